@@ -1,0 +1,91 @@
+"""A run's store of finished work, so that a killed run resumes without recomputing it.
+
+Everything lives under ``<run>/.cache/<fingerprint>/``, where the fingerprint
+hashes the parts of the config that determine the numbers; a changed config
+starts a fresh store. Models are safetensors files (loading them cannot
+execute code), tables are CSV files with exact float round-trip, and every
+file is written atomically, so a file that exists is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from ._io import atomic_write_bytes, atomic_write_text
+
+__all__ = ["RunCache", "fingerprint"]
+
+
+def fingerprint(data: dict[str, Any]) -> str:
+    """Short, stable hash of JSON-serialisable ``data``."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _safe(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+
+
+class RunCache:
+    """Keyed results of a run; ``None`` directory disables caching."""
+
+    def __init__(self, root: Path | None, key_data: dict[str, Any]) -> None:
+        self.dir = None if root is None else Path(root) / ".cache" / fingerprint(key_data)
+
+    def _path(self, key: str, suffix: str) -> Path | None:
+        return None if self.dir is None else self.dir / f"{_safe(key)}{suffix}"
+
+    def tensors(self, key: str, compute: Callable[[], dict[str, Tensor]],
+                meta: Callable[[], dict[str, str]] | None = None
+                ) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """Load the tensor dict stored under ``key``, or compute and store it."""
+        path = self._path(key, ".safetensors")
+        if path is not None and path.exists():
+            with safetensors.safe_open(str(path), framework="pt") as fh:
+                return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+        tensors = compute()
+        metadata = meta() if meta else {}
+        if path is not None:
+            payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            atomic_write_bytes(path, safetensors.torch.save(payload, metadata=metadata))
+        return tensors, metadata
+
+    def model(self, key: str, template: Callable[[], nn.Module],
+              compute: Callable[[], tuple[nn.Module, dict[str, Any]]]) -> tuple[nn.Module, dict]:
+        """A trained model (and JSON info about its training), loaded into ``template()`` if stored."""
+        holder: dict[str, Any] = {}
+
+        def run():
+            model, info = compute()
+            holder["model"], holder["info"] = model, info
+            return model.state_dict()
+
+        state, meta = self.tensors(key, run, lambda: {"info": json.dumps(holder["info"])})
+        if "model" in holder:
+            return holder["model"], holder["info"]
+        model = template()
+        model.load_state_dict(state)
+        return model, json.loads(meta.get("info", "{}"))
+
+    def frame(self, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """Load the table stored under ``key``, or compute and store it."""
+        path = self._path(key, ".csv")
+        if path is not None and path.exists():
+            return pd.read_csv(path, float_precision="round_trip", keep_default_na=False,
+                               na_values=["NaN", "nan"])
+        frame = compute()
+        if path is not None:
+            buf = io.StringIO()
+            frame.to_csv(buf, index=False, na_rep="NaN")
+            atomic_write_text(path, buf.getvalue())
+        return frame

@@ -1,0 +1,143 @@
+"""Argument checks shared by every public function.
+
+Each check raises with a message of the form
+"Expected `name` to be <what was expected>, got <what came>." so that a user
+sees which argument was wrong and what would have been right.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_fraction",
+    "check_positive_int",
+    "check_same_shape",
+    "check_targets",
+    "check_tensor",
+    "closest_name",
+]
+
+
+def check_tensor(x: object, name: str, *, min_dim: int = 1, finite: bool = True) -> Tensor:
+    """Return ``x`` as a floating tensor, or raise if it is not a usable batch.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not a tensor.
+    ValueError
+        If it has fewer than ``min_dim`` dimensions, an empty batch, or NaN/Inf
+        entries (when ``finite``).
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, got {type(x).__name__}.")
+    if x.dim() < min_dim:
+        raise ValueError(
+            f"Expected `{name}` to have at least {min_dim} dimensions (N, ...), "
+            f"got shape {tuple(x.shape)}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"Expected `{name}` to hold at least one sample, got an empty batch.")
+    if not x.is_floating_point():
+        x = x.float()
+    if finite and not bool(torch.isfinite(x).all()):
+        n_bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"Expected `{name}` to be finite, got {n_bad} NaN or Inf entries.")
+    return x
+
+
+def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"Expected `{name_a}` and `{name_b}` to have the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}."
+        )
+
+
+def check_fraction(value: float, name: str, *, low: float = 0.0, high: float = 1.0,
+                   high_inclusive: bool = False) -> float:
+    """Return ``value`` as a float in ``[low, high)`` (or ``[low, high]``), else raise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    upper_ok = ok and (value <= high if high_inclusive else value < high)
+    if not (ok and value >= low and upper_ok):
+        bracket = "]" if high_inclusive else ")"
+        raise ValueError(f"Expected `{name}` in [{low}, {high}{bracket}, got {value!r}.")
+    return float(value)
+
+
+def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Expected `{name}` to be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+def check_targets(target: object, n: int, n_outputs: int, *, name: str = "target") -> Tensor | None:
+    """Normalise a target specification to a long tensor of shape ``(n,)``.
+
+    Parameters
+    ----------
+    target : int, sequence of int, Tensor of shape (n,), or None
+        The output index to explain for each sample. ``None`` is allowed only
+        for a model with a single output.
+    n : int
+        Number of samples.
+    n_outputs : int
+        Number of model outputs (classes).
+
+    Raises
+    ------
+    ValueError
+        If ``target`` is missing for a multi-output model, has the wrong length,
+        or holds an index outside ``[0, n_outputs)``.
+    """
+    if target is None:
+        if n_outputs == 1:
+            return None
+        raise ValueError(
+            f"Expected `{name}` for a model with {n_outputs} outputs: pass one class index "
+            f"per sample (a tensor of shape ({n},)) or a single int; got None."
+        )
+    if isinstance(target, bool):
+        raise ValueError(f"Expected `{name}` to be an int or a tensor of ints, got a bool.")
+    if isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long)
+    elif isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise ValueError(
+                f"Expected `{name}` to hold integer class indices, got dtype {target.dtype}."
+            )
+        t = target.detach().reshape(-1).to(torch.long)
+        if target.dim() > 1 or t.numel() != n:
+            raise ValueError(
+                f"Expected `{name}` of shape ({n},), got shape {tuple(target.shape)}."
+            )
+    elif isinstance(target, Sequence):
+        t = torch.as_tensor(list(target), dtype=torch.long)
+        if t.numel() != n:
+            raise ValueError(f"Expected `{name}` to have {n} entries, got {t.numel()}.")
+    else:
+        raise ValueError(
+            f"Expected `{name}` to be an int, a sequence of ints or a tensor, "
+            f"got {type(target).__name__}."
+        )
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_outputs):
+        raise ValueError(
+            f"Expected `{name}` in [0, {n_outputs}) for a model with {n_outputs} outputs, "
+            f"got values from {int(t.min())} to {int(t.max())}."
+        )
+    return t
+
+
+def closest_name(name: str, valid: Sequence[str]) -> str:
+    """A hint naming the closest valid name, for unknown-name errors."""
+    import difflib
+
+    match = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean {match[0]!r}?" if match else ""

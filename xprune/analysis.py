@@ -1,0 +1,389 @@
+"""Run an analysis: train, prune, attribute, score, and write the run folder.
+
+This module orchestrates; the numbers come from :mod:`xprune.pruning`,
+:mod:`xprune.attribution` and :mod:`xprune.metrics`. A run folder holds the
+tidy ``results.csv`` (one row per sample x model x attribution method x
+metric), the model and layer tables, curves, example maps, timings, the
+resolved config and package versions; :func:`xprune.report.render_report`
+turns it into the report.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import metrics as M
+from ._cache import RunCache
+from ._io import atomic_write_text
+from .attribution import Attributions, attribute, explainer
+from .config import AnalysisConfig
+from .data import DatasetSplit, load_dataset
+from .models import DigitsCNN, evaluate, predict, train
+from .profiling import count_macs, measure_latency, storage_bytes
+from .pruning import fine_tune, layer_table, prune, sparsity
+from .stats import mean_ci, proportion_ci
+
+__all__ = ["ModelRecord", "RunResult", "run_analysis"]
+
+RESULT_COLUMNS = ["model", "role", "pruning", "sparsity", "attribution", "metric", "sample",
+                  "label", "target", "prediction", "value"]
+
+
+@dataclass
+class ModelRecord:
+    """A model of the run: the dense original, a pruned twin, or a control."""
+
+    tag: str
+    role: str            # "dense", "sparse" or "control"
+    pruning: str         # pruning method, or the control's kind
+    sparsity: float      # requested sparsity (0 for dense and controls)
+    model: nn.Module
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_analysis` produced: the run folder and its main tables."""
+
+    out_dir: Path
+    results: pd.DataFrame
+    models: pd.DataFrame
+    report: Path | None = None
+
+
+def _model_factory(data: DatasetSplit) -> Callable[[], nn.Module]:
+    if data.name == "digits":
+        return lambda: DigitsCNN(n_classes=data.n_classes)
+    raise ValueError(f"No default model for dataset {data.name!r}.")
+
+
+def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any computation if the output directory cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"Cannot write to the output directory {out}: {exc.strerror or exc}") \
+            from None
+
+
+def _versions() -> dict[str, str]:
+    import captum
+    import matplotlib
+    import sklearn
+
+    from . import __version__
+
+    return {"xprune": __version__, "python": sys.version.split()[0],
+            "platform": platform.platform(), "torch": torch.__version__,
+            "captum": captum.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__}
+
+
+def _metric_seed(seed: int, name: str) -> int:
+    """One seed per metric, shared by all models: the same noise for dense and sparse."""
+    return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+
+
+def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
+                  say: Callable[[str], None]) -> list[ModelRecord]:
+    factory = _model_factory(data)
+    tc, pc, dev = config.train, config.pruning, config.device
+
+    def train_new(seed: int):
+        def compute():
+            model = _seeded(factory, seed).to(dev)
+            res = train(model, data.x_train, data.y_train, epochs=tc.epochs, lr=tc.lr,
+                        batch_size=tc.batch_size, seed=seed)
+            return model, {"train_seconds": res.seconds, "seed": seed}
+        return compute
+
+    say(f"training the dense model ({tc.epochs} epochs)")
+    dense, info = cache.model("dense", factory, train_new(config.seed))
+    dense.to(dev)
+    records = [ModelRecord("dense", "dense", "", 0.0, dense, info)]
+    for s in pc.sparsities:
+        tag = f"{pc.method}@{s:.2f}"
+
+        def compute(s=s):
+            pair = prune(dense, s, method=pc.method, scope=pc.scope, seed=config.seed)
+            pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
+                             lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
+            return pair.sparse, {"finetune_seconds": pair.params["finetune_seconds"]}
+
+        say(f"pruning {tag} + {pc.finetune_epochs} fine-tuning epochs")
+        model, info = cache.model(tag, factory, compute)
+        records.append(ModelRecord(tag, "sparse", pc.method, float(s), model.to(dev), info))
+    if config.controls.other_seed:
+        say("training the control: a dense model with another seed")
+        model, info = cache.model("control-seed", factory, train_new(config.seed + 1))
+        records.append(ModelRecord("control:other-seed", "control", "other-seed", 0.0,
+                                   model.to(dev), info))
+    if config.controls.finetune:
+        def compute_ft():
+            model = copy.deepcopy(dense)
+            res = train(model, data.x_train, data.y_train, epochs=pc.finetune_epochs,
+                        lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
+            return model, {"finetune_seconds": res.seconds}
+
+        say("training the control: the dense model fine-tuned without pruning")
+        model, info = cache.model("control-finetune", factory, compute_ft)
+        records.append(ModelRecord("control:finetune", "control", "finetune", 0.0,
+                                   model.to(dev), info))
+    return records
+
+
+def _model_table(records: list[ModelRecord], data: DatasetSplit, config: AnalysisConfig
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    rows, timing_rows, layer_frames = [], [], []
+    example = data.x_test[:1]
+    for rec in records:
+        ev = evaluate(rec.model, data.x_test, data.y_test)
+        n = data.x_test.shape[0]
+        acc, lo, hi = proportion_ci(round(ev["accuracy"] * n), n)
+        table = layer_table(rec.model)
+        total, nnz = int(table["numel"].sum()), int(table["nonzeros"].sum())
+        macs = count_macs(rec.model, example)
+        size = storage_bytes(rec.model)
+        rows.append({
+            "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
+            "requested_sparsity": rec.sparsity, "measured_sparsity": sparsity(rec.model),
+            "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
+            "macro_recall": ev["macro_recall"], "total_weights": total, "nonzero_weights": nnz,
+            "compression_ratio": total / nnz if nnz else math.inf,
+            "macs_dense": macs["dense"], "macs_nonzero": macs["nonzero"],
+            "storage_dense_bytes": size["dense"], "storage_sparse_bytes": size["sparse"],
+        })
+        lat = measure_latency(rec.model, data.x_test[:config.report.latency_batch])
+        timing_rows.append({"model": rec.tag,
+                            "train_seconds": rec.info.get("train_seconds", math.nan),
+                            "finetune_seconds": rec.info.get("finetune_seconds", math.nan),
+                            **lat})
+        layer_frames.append(table.assign(model=rec.tag))
+    layers = pd.concat(layer_frames, ignore_index=True)[
+        ["model", "layer", "parameter", "numel", "nonzeros", "sparsity"]]
+    return pd.DataFrame(rows), pd.DataFrame(timing_rows), layers
+
+
+def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs: Attributions,
+                x: torch.Tensor, targets: torch.Tensor, config: AnalysisConfig
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    mc, seed = config.metrics, config.seed
+    model, max_rows = rec.model, config.attribution.max_rows
+    scores: dict[str, torch.Tensor] = {"gini_index": M.gini_index(attrs)}
+    curve = M.deletion_curve(model, x, attrs, targets, steps=mc.deletion_steps,
+                             max_rows=max_rows)
+    scores["deletion_auc"] = torch.trapezoid(curve.values, curve.fractions, dim=1)
+    scores["faithfulness_correlation"] = M.faithfulness_correlation(
+        model, x, attrs, targets, subset_size=mc.faithfulness_subset_size,
+        n_runs=mc.faithfulness_runs,
+        generator=torch.Generator().manual_seed(_metric_seed(seed, "faithfulness")),
+        max_rows=max_rows)
+    scores["max_sensitivity"] = M.max_sensitivity(
+        explainer(model, method, params=config.attribution.params(method), max_rows=max_rows),
+        x, targets, radius=mc.sensitivity_radius, n_samples=mc.sensitivity_samples,
+        generator=torch.Generator().manual_seed(_metric_seed(seed, "sensitivity")),
+        max_rows=max_rows)
+    if rec.role != "dense":
+        d = M.feature_map(attrs.values).shape[1]
+        scores["spearman"] = M.spearman(dense_attrs, attrs)
+        scores["top_k_intersection"] = M.top_k_intersection(
+            dense_attrs, attrs, k=max(1, round(mc.top_k * d)))
+    if attrs.delta is not None:
+        scores["convergence_delta"] = attrs.delta.double().abs()
+    return scores, curve
+
+
+def _examples(records, attrs_by, methods, x, n_examples) -> pd.DataFrame:
+    """Long table of the first ``n_examples`` maps (channels summed) and inputs, for figures."""
+    if x.dim() < 3:
+        return pd.DataFrame(columns=["attribution", "model", "sample", "row", "col", "value"])
+    frames = []
+
+    def add(values, attribution, model):
+        maps = values[:n_examples].sum(dim=1).reshape(min(n_examples, len(values)), -1,
+                                                       values.shape[-1])
+        s, r, c = np.indices(maps.shape)
+        frames.append(pd.DataFrame({"attribution": attribution, "model": model,
+                                    "sample": s.ravel(), "row": r.ravel(), "col": c.ravel(),
+                                    "value": maps.double().numpy().ravel()}))
+
+    add(x, "", "input")
+    for method in methods:
+        for rec in records:
+            add(attrs_by[method, rec.tag].values, method, rec.tag)
+    return pd.concat(frames, ignore_index=True)
+
+
+def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | None = None,
+                 progress: bool = True, use_cache: bool = True, render: bool = True
+                 ) -> RunResult:
+    """Run an analysis end to end and write its run folder (and report).
+
+    Parameters
+    ----------
+    config : AnalysisConfig, optional
+        Defaults to the embedded digits analysis.
+    out_dir : path, optional
+        Run folder; default ``reports/<config.name>``.
+    progress : bool
+        Show stage messages and a progress bar on stderr.
+    use_cache : bool
+        Keep finished models, maps and metric cells under ``<run>/.cache`` and
+        reuse them when the same config runs again (a killed run resumes).
+    render : bool
+        Render ``report.md`` / ``report.html`` and figures.
+
+    Raises
+    ------
+    OSError
+        If the run folder is not writable (checked before any computation).
+    ValueError
+        On invalid configuration values.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or AnalysisConfig()
+    out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
+    check_writable(out)
+    started = time.perf_counter()
+    stage_seconds: dict[str, float] = {}
+
+    def say(msg: str) -> None:
+        if progress:
+            tqdm.write(f"[xprune] {msg}", file=sys.stderr)
+
+    def mark(stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + now - t0
+        return now
+
+    key = {k: v for k, v in config.to_dict().items() if k not in ("name", "report")}
+    cache = RunCache(out if use_cache else None, key)
+    torch.manual_seed(config.seed)
+    t0 = time.perf_counter()
+    data = load_dataset(config.data.dataset, seed=config.seed, val_size=config.data.val_size,
+                        test_size=config.data.test_size)
+    say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
+        f"{len(data.x_test)} test samples")
+    records = _build_models(config, data, cache, say)
+    t0 = mark("train_and_prune", t0)
+    models, timings, layers = _model_table(records, data, config)
+    t0 = mark("model_table", t0)
+
+    ac = config.attribution
+    n_eval = min(ac.n_samples, len(data.x_test))
+    x, labels = data.x_test[:n_eval], data.y_test[:n_eval]
+    dense = records[0].model
+    targets = predict(dense, x).argmax(dim=1)        # the dense model's prediction, for all
+    predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
+
+    frames, curve_rows = [], []
+    attrs_by: dict[tuple[str, str], Attributions] = {}
+    cells = [(m, rec) for m in ac.methods for rec in records]
+    bar = tqdm(cells, desc="attribute + score", unit="cell", disable=not progress,
+               file=sys.stderr)
+    for method, rec in bar:
+        bar.set_postfix_str(f"{method} / {rec.tag}")
+        ta = time.perf_counter()
+
+        def compute_attr(rec=rec, method=method):
+            a = attribute(rec.model, x, targets, method, params=ac.params(method),
+                          model_tag=rec.tag, max_rows=ac.max_rows, device=config.device)
+            out_t = {"values": a.values}
+            if a.delta is not None:
+                out_t["delta"] = a.delta
+            return out_t
+
+        stored, _ = cache.tensors(f"attr-{method}-{rec.tag}", compute_attr)
+        attrs = Attributions(stored["values"], x, targets, method, ac.params(method), rec.tag,
+                             stored.get("delta"))
+        attrs_by[method, rec.tag] = attrs
+        tm = mark("attribute", ta)
+
+        memo: dict[str, pd.DataFrame] = {}
+
+        def compute_cell(part: str, rec=rec, method=method, attrs=attrs, memo=memo):
+            if not memo:
+                scores, curve = _score_cell(rec, method, attrs, attrs_by[method, "dense"], x,
+                                            targets, config)
+                memo["scores"] = pd.concat([pd.DataFrame({
+                    "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
+                    "sparsity": rec.sparsity, "attribution": method, "metric": name,
+                    "sample": np.arange(n_eval), "label": labels.numpy(),
+                    "target": targets.numpy(), "prediction": predictions[rec.tag].numpy(),
+                    "value": v.double().cpu().numpy()}) for name, v in scores.items()],
+                    ignore_index=True)[RESULT_COLUMNS]
+                steps = curve.fractions.numel()
+                memo["curve"] = pd.DataFrame({
+                    "model": rec.tag, "attribution": method,
+                    "sample": np.repeat(np.arange(n_eval), steps),
+                    "fraction": np.tile(curve.fractions.numpy(), n_eval),
+                    "value": curve.values.reshape(-1).numpy()})
+            return memo[part]
+
+        frames.append(cache.frame(f"cell-{method}-{rec.tag}", lambda: compute_cell("scores")))
+        curve_rows.append(cache.frame(f"curve-{method}-{rec.tag}",
+                                      lambda: compute_cell("curve")))
+        mark("metrics", tm)
+    bar.close()
+
+    results = pd.concat(frames, ignore_index=True)
+    curves = _curve_summary(pd.concat(curve_rows, ignore_index=True))
+    examples = _examples(records, attrs_by, ac.methods, x, config.report.n_examples)
+
+    write_csv = lambda frame, name: atomic_write_text(out / name, frame.to_csv(  # noqa: E731
+        index=False, na_rep="NaN"))
+    write_csv(results, "results.csv")
+    write_csv(models, "models.csv")
+    write_csv(layers, "layers.csv")
+    write_csv(curves, "curves.csv")
+    write_csv(examples, "examples.csv")
+    write_csv(timings, "timings.csv")
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "versions.json", json.dumps(_versions(), indent=2) + "\n")
+    t0 = time.perf_counter()
+    report = None
+    if render:
+        from .report import render_report
+
+        say("rendering the report")
+        report = render_report(out)
+    mark("report", t0)
+    stage_seconds["total"] = time.perf_counter() - started
+    atomic_write_text(out / "stages.json", json.dumps(
+        {k: round(v, 3) for k, v in stage_seconds.items()}, indent=2) + "\n")
+    return RunResult(out_dir=out, results=results, models=models, report=report)
+
+
+def _curve_summary(per_sample: pd.DataFrame) -> pd.DataFrame:
+    """Mean deletion curve with a 95% CI per model, attribution method and fraction removed."""
+    rows = []
+    for (model, method, fraction), group in per_sample.groupby(
+            ["model", "attribution", "fraction"], sort=False):
+        mean, lo, hi, n = mean_ci(group["value"].to_numpy())
+        rows.append({"model": model, "attribution": method, "fraction": fraction,
+                     "mean": mean, "ci_low": lo, "ci_high": hi, "n": n})
+    return pd.DataFrame(rows)

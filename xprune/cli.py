@@ -1,0 +1,96 @@
+"""The ``xprune`` command line.
+
+Exit codes: 0 success, 2 usage or input error (one line on stderr; the
+traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+EXAMPLES = """examples:
+  xprune run                          the default digits analysis -> reports/digits/
+  xprune run analyses/digits-full.toml
+  xprune run --out /tmp/run --seed 1
+  xprune report reports/digits        re-render a run's report from its stored results
+  xprune list                         registered pruning methods, attribution methods, metrics
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xprune", description="Measure how pruning changes a model's explanations.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an analysis and write its report",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", nargs="?", help="analysis config (TOML); default: digits")
+    run.add_argument("--out", help="run folder (default: reports/<analysis name>)")
+    run.add_argument("--seed", type=int, help="override the config's seed")
+    run.add_argument("--device", help="override the config's device, e.g. cuda")
+    run.add_argument("--no-cache", action="store_true",
+                     help="recompute everything instead of reusing finished work")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    report = sub.add_parser("report", help="re-render a run folder's report")
+    report.add_argument("run_dir")
+    sub.add_parser("list", help="list registered methods and metrics")
+    return parser
+
+
+def _run(args) -> int:
+    from .analysis import run_analysis
+    from .config import load_config
+
+    config = load_config(args.config)
+    changes = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
+    config = config.replace(**changes) if changes else config
+    result = run_analysis(config, out_dir=args.out, progress=not args.quiet,
+                          use_cache=not args.no_cache)
+    print(f"Report written to {result.report}")
+    return 0
+
+
+def _list(_args) -> int:
+    from . import ATTRIBUTION_METHODS, PRUNING_METHODS
+    from .metrics import METRICS
+
+    print("pruning methods:")
+    for name, m in PRUNING_METHODS.items():
+        print(f"  {name:24s} {m.description}")
+    print("attribution methods:")
+    for name, m in ATTRIBUTION_METHODS.items():
+        print(f"  {name:24s} {m.description}")
+    print("metrics:")
+    for name, m in METRICS.items():
+        better = "higher" if m.higher_is_better else "lower"
+        print(f"  {name:24s} {m.category}, {better} is better; {m.reference}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import render_report
+
+    print(f"Report written to {render_report(args.run_dir)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xprune`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handler = {"run": _run, "list": _list, "report": _report}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, TypeError, OSError, KeyError) as exc:
+        if args.debug:
+            raise
+        print(f"xprune: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

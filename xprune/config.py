@@ -1,0 +1,193 @@
+"""Analysis configuration: frozen dataclasses, read from TOML, validated, saved resolved.
+
+An analysis config is a TOML file with the sections below; every key is
+optional and defaults to the embedded digits analysis (``analyses/digits.toml``
+spells the defaults out). Unknown sections or keys are errors, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._validation import check_fraction, check_positive_int, closest_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "AnalysisConfig",
+    "AttributionConfig",
+    "ControlsConfig",
+    "DataConfig",
+    "MetricsConfig",
+    "PruningConfig",
+    "ReportConfig",
+    "TrainConfig",
+    "load_config",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    val_size: float = 0.2
+    test_size: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.epochs, "train.epochs")
+        check_positive_int(self.batch_size, "train.batch_size")
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    method: str = "l1_unstructured"
+    scope: str = "global"
+    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sparsities", tuple(self.sparsities))
+        if not self.sparsities:
+            raise ValueError("Expected `pruning.sparsities` to list at least one sparsity, got [].")
+        for s in self.sparsities:
+            check_fraction(s, "pruning.sparsities[i]")
+        check_positive_int(self.finetune_epochs, "pruning.finetune_epochs", minimum=0)
+
+
+@dataclass(frozen=True)
+class ControlsConfig:
+    """Reference levels for agreement: what two maps agree to without pruning."""
+
+    other_seed: bool = True
+    finetune: bool = True
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    methods: tuple[str, ...] = ("saliency", "integrated_gradients")
+    n_samples: int = 256
+    ig_steps: int = 32
+    max_rows: int = 4096
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        check_positive_int(self.n_samples, "attribution.n_samples")
+        check_positive_int(self.ig_steps, "attribution.ig_steps")
+        check_positive_int(self.max_rows, "attribution.max_rows")
+
+    def params(self, method: str) -> dict[str, Any]:
+        return {"n_steps": self.ig_steps} if method == "integrated_gradients" else {}
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    top_k: float = 0.1
+    deletion_steps: int | None = None
+    faithfulness_subset_size: int | None = None
+    faithfulness_runs: int = 100
+    sensitivity_radius: float = 0.1
+    sensitivity_samples: int = 10
+
+    def __post_init__(self) -> None:
+        check_fraction(self.top_k, "metrics.top_k", high_inclusive=True)
+        check_positive_int(self.faithfulness_runs, "metrics.faithfulness_runs", minimum=2)
+        check_positive_int(self.sensitivity_samples, "metrics.sensitivity_samples")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    n_examples: int = 8
+    latency_batch: int = 256
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """A whole analysis: data, training, pruning, controls, attribution, metrics, report."""
+
+    name: str = "digits"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
+            raise ValueError(f"Expected `name` to be a plain directory name, got {self.name!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"Expected `seed` to be a non-negative integer, got {self.seed!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain data (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
+        """Build from nested mappings; unknown sections or keys raise ``ValueError``."""
+        return _build(cls, data, "config")
+
+    def replace(self, **changes: Any) -> AnalysisConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"Expected `{where}` to be a table of keys, got {data!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"Unknown key `{key}` in [{where}]; expected one of "
+                             f"{sorted(fields)}." + closest_name(key, fields))
+        default = fields[key].default_factory if fields[key].default_factory \
+            is not dataclasses.MISSING else None
+        if default is not None and dataclasses.is_dataclass(default):
+            kwargs[key] = _build(default, value, key)
+        else:
+            kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # wrong value types caught by dataclass validation
+        raise ValueError(f"Invalid value in [{where}]: {exc}") from None
+
+
+def load_config(path: str | Path | None = None) -> AnalysisConfig:
+    """Read an analysis config from TOML; ``None`` gives the embedded digits default.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the TOML is malformed or names unknown keys or invalid values.
+    """
+    if path is None:
+        return AnalysisConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"Could not parse {path} as TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    return AnalysisConfig.from_dict(data)

@@ -1,0 +1,171 @@
+"""Shared plumbing of the metric modules: input coercion, feature views, the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._state import eval_mode, model_device
+from .._validation import check_same_shape, check_targets, check_tensor, closest_name
+from ..attribution import DEFAULT_MAX_ROWS, Attributions
+
+__all__ = ["METRICS", "MetricInfo", "get_metric", "register"]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """Metadata of a registered metric, as data.
+
+    Attributes
+    ----------
+    name : str
+    fn : callable
+        The pure function computing one value per sample, shape (N,).
+    category : {"complexity", "faithfulness", "agreement", "stability"}
+    kind : {"map", "model", "pair", "explainer"}
+        Call signature: ``fn(a)``, ``fn(model, inputs, a, target)``,
+        ``fn(a_dense, a_sparse)`` or ``fn(explain_fn, inputs, target)``.
+    higher_is_better : bool
+    range : tuple of float
+        Attainable values (``float("inf")`` where unbounded).
+    reference : str
+        The paper the definition comes from.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    category: str
+    kind: str
+    higher_is_better: bool
+    range: tuple[float, float]
+    reference: str
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register(*, category: str, kind: str, higher_is_better: bool,
+             range: tuple[float, float], reference: str):  # noqa: A002
+    """Register a metric function in :data:`METRICS` under its own name."""
+
+    def decorator(fn):
+        METRICS[fn.__name__] = MetricInfo(fn.__name__, fn, category, kind, higher_is_better,
+                                          range, reference)
+        return fn
+
+    return decorator
+
+
+def get_metric(name: str) -> MetricInfo:
+    """The :class:`MetricInfo` registered as ``name``; unknown names raise with the closest match."""
+    if name not in METRICS:
+        raise ValueError(f"Expected a metric name in {sorted(METRICS)}, got {name!r}."
+                         + closest_name(name, METRICS))
+    return METRICS[name]
+
+
+def values_of(a: Tensor | Attributions, name: str = "attributions") -> Tensor:
+    """The map tensor of ``a`` (a tensor or :class:`Attributions`), checked finite, at least 2-D."""
+    if isinstance(a, Attributions):
+        a = a.values
+    return check_tensor(a, name, min_dim=2)
+
+
+def feature_map(a: Tensor) -> Tensor:
+    """Per-feature attribution, shape (N, d).
+
+    A feature is a column of (N, F) tabular data, or a pixel of (N, C, *S)
+    images: its channels are summed (signed), so an RGB pixel is one feature.
+    """
+    if a.dim() >= 3:
+        a = a.sum(dim=1)
+    return a.reshape(a.shape[0], -1)
+
+
+def expand_feature_mask(mask: Tensor, input_shape: torch.Size) -> Tensor:
+    """Broadcastable input-space mask from a feature mask of shape (..., N', d).
+
+    For images the mask gains a channel axis of size 1 so that all channels of a
+    pixel are covered together. The result has shape (..., N', 1, *S) or (..., N', F).
+    """
+    feat_shape = input_shape[1:]
+    if len(feat_shape) >= 2:
+        return mask.reshape(*mask.shape[:-1], 1, *feat_shape[1:])
+    return mask.reshape(*mask.shape[:-1], *feat_shape)
+
+
+def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
+    """Checked (inputs, attribution values) with equal shapes."""
+    x = check_tensor(inputs, "inputs", min_dim=2)
+    a = values_of(attributions)
+    check_same_shape(x, a, "inputs", "attributions")
+    return x, a
+
+
+def as_baseline(baseline: float | Tensor, x: Tensor) -> Tensor:
+    """A baseline broadcastable against a batch ``x`` of shape (N, *F): a scalar or (*F) tensor."""
+    if isinstance(baseline, Tensor):
+        b = check_tensor(baseline.reshape(1, *baseline.shape), "baseline", min_dim=1)[0]
+        if b.dim() and tuple(b.shape) != tuple(x.shape[1:]):
+            raise ValueError(f"Expected `baseline` to be a scalar or of shape "
+                             f"{tuple(x.shape[1:])}, got {tuple(baseline.shape)}.")
+        return b.to(dtype=x.dtype, device=x.device)
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
+        raise ValueError(f"Expected `baseline` to be a number or a tensor, got {baseline!r}.")
+    return torch.tensor(float(baseline), dtype=x.dtype, device=x.device)
+
+
+OUTPUTS = ("probability", "logit")
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"Expected `output` in {OUTPUTS}, got {output!r}.")
+    return output
+
+
+def n_outputs(model: nn.Module, x: Tensor) -> int:
+    """Number of model outputs, from one forward pass of one sample."""
+    with torch.no_grad(), eval_mode(model):
+        out = model(x[:1].to(model_device(model)))
+    return out.shape[1] if out.dim() > 1 else 1
+
+
+def model_targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
+    """Checked target indices of shape (N,) for ``model`` (zeros for a one-output model)."""
+    t = check_targets(target, x.shape[0], n_outputs(model, x))
+    return torch.zeros(x.shape[0], dtype=torch.long) if t is None else t
+
+
+@torch.no_grad()
+def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
+                  max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """The target's logit or softmax probability for each row of ``x``: shape (M,), float64.
+
+    ``target`` has shape (M,). Rows are sent through the model (in eval mode,
+    restored afterwards) in chunks of at most ``max_rows``.
+    """
+    device = model_device(model)
+    out = []
+    with eval_mode(model):
+        for i in range(0, x.shape[0], max_rows):
+            logits = model(x[i:i + max_rows].to(device))
+            if logits.dim() == 1:
+                logits = logits[:, None]
+            scores = logits.softmax(dim=1) if output == "probability" else logits
+            idx = target[i:i + max_rows].to(device)[:, None]
+            out.append(scores.gather(1, idx)[:, 0].double().cpu())
+    return torch.cat(out)
+
+
+def pearson(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise Pearson correlation of (N, R) tensors, float64; NaN for a constant row."""
+    x = x.double() - x.double().mean(dim=1, keepdim=True)
+    y = y.double() - y.double().mean(dim=1, keepdim=True)
+    denom = x.norm(dim=1) * y.norm(dim=1)
+    r = (x * y).sum(dim=1) / denom
+    return torch.where(denom > 0, r.clamp(-1.0, 1.0), torch.full_like(r, float("nan")))

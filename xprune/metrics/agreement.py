@@ -1,0 +1,117 @@
+"""Agreement between two attribution maps of the same inputs (dense vs sparse)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._validation import check_same_shape
+from ..attribution import Attributions
+from ._base import feature_map, pearson, register, values_of
+
+__all__ = ["spearman", "top_k_intersection"]
+
+
+def _pair(a: Tensor | Attributions, b: Tensor | Attributions) -> tuple[Tensor, Tensor]:
+    a, b = values_of(a, "a"), values_of(b, "b")
+    check_same_shape(a, b, "a", "b")
+    return feature_map(a).double(), feature_map(b).double()
+
+
+def average_ranks(x: Tensor) -> Tensor:
+    """Row-wise ranks 1..d of an (N, d) tensor, ties given their average rank (as scipy.stats.rankdata)."""
+    n, d = x.shape
+    sorted_x, order = x.sort(dim=1, stable=True)
+    new_group = torch.ones_like(sorted_x, dtype=torch.long)
+    new_group[:, 1:] = (sorted_x[:, 1:] != sorted_x[:, :-1]).long()
+    group = new_group.cumsum(dim=1) - 1 + d * torch.arange(n, device=x.device)[:, None]
+    position = torch.arange(1, d + 1, dtype=torch.float64, device=x.device).expand(n, d)
+    flat = group.reshape(-1)
+    sums = torch.zeros(n * d, dtype=torch.float64, device=x.device).index_add_(
+        0, flat, position.reshape(-1))
+    counts = torch.zeros(n * d, dtype=torch.float64, device=x.device).index_add_(
+        0, flat, torch.ones(n * d, dtype=torch.float64, device=x.device))
+    mean_rank = (sums[flat] / counts[flat]).reshape(n, d)
+    return torch.empty_like(mean_rank).scatter_(1, order, mean_rank)
+
+
+@register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
+          reference="Spearman 1904; used for saliency-map similarity by Adebayo et al. 2018, "
+                    "'Sanity checks for saliency maps', NeurIPS")
+def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = False) -> Tensor:  # noqa: A002
+    """Spearman rank correlation between two maps of the same input, per sample.
+
+    The Pearson correlation of the features' ranks (average ranks for ties,
+    as ``scipy.stats.spearmanr``), a pixel's channels summed first.
+
+    Parameters
+    ----------
+    a, b : Tensor of shape (N, *F) or Attributions
+        Two maps of the same N inputs (e.g. dense and sparse).
+    abs : bool
+        Rank |a| and |b| instead of the signed maps. Note that Captum's
+        Saliency already returns |gradient| by default.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [-1, 1]; higher = more similar rankings; a map against itself
+        scores 1. Undefined (NaN, documented) when either map is constant
+        over its features, e.g. all zero.
+
+    Raises
+    ------
+    ValueError
+        If the maps differ in shape or hold NaN/Inf.
+    """
+    x, y = _pair(a, b)
+    if abs:
+        x, y = x.abs(), y.abs()
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def _top_k_mask(x: Tensor, k: int) -> Tensor:
+    order = x.argsort(dim=1, descending=True, stable=True)[:, :k]
+    return torch.zeros_like(x, dtype=torch.bool).scatter_(1, order, True)
+
+
+@register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
+          reference="Top-k feature overlap, e.g. Ghorbani, Abid & Zou 2019, 'Interpretation "
+                    "of neural networks is fragile', AAAI")
+def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
+                       k: int | None = None, abs: bool = True) -> Tensor:  # noqa: A002
+    """Fraction of the k most important features that two maps share, per sample.
+
+    ``|topk(a) ∩ topk(b)| / k``, features ranked by |a| (``abs=True``, the
+    default) or by the signed value; ties broken by feature index.
+
+    Parameters
+    ----------
+    a, b : Tensor of shape (N, *F) or Attributions
+    k : int, optional
+        Features to compare, 1 <= k <= d. Default: 10% of the d features
+        (at least 1).
+    abs : bool
+        Rank by magnitude (default) or by signed value.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, 1]; higher = more overlap; a map against itself scores 1.
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is outside [1, d], or the maps differ in shape / hold NaN/Inf.
+    """
+    x, y = _pair(a, b)
+    d = x.shape[1]
+    if k is None:
+        k = max(1, round(0.1 * d))
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+        raise ValueError(f"Expected `k` to be an integer in [1, {d}] (the number of features), "
+                         f"got {k!r}.")
+    if abs:
+        x, y = x.abs(), y.abs()
+    shared = _top_k_mask(x, k) & _top_k_mask(y, k)
+    return shared.sum(dim=1).double() / k

@@ -1,0 +1,150 @@
+"""Reference models and a small, seeded training loop.
+
+The default CNN is built so that every Captum method runs on it, LRP included:
+each ReLU is its own module (LRP keeps per-module state) and flattening happens
+inside ``forward`` (Captum's LRP has no rule for ``nn.Flatten``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from sklearn.metrics import recall_score
+from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
+
+from ._state import eval_mode, model_device
+from ._validation import check_positive_int, check_tensor
+
+__all__ = ["DigitsCNN", "TrainResult", "evaluate", "predict", "train"]
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 1x8x8 digit images.
+
+    conv(1->c1, 3x3, pad 1) - ReLU - conv(c1->c2, 3x3, pad 1) - ReLU - maxpool 2
+    - linear(c2*4*4 -> hidden) - ReLU - linear(hidden -> n_classes).
+    Input: Tensor of shape (N, 1, 8, 8); output: logits of shape (N, n_classes).
+    """
+
+    def __init__(self, n_classes: int = 10, *, channels: tuple[int, int] = (16, 32),
+                 hidden: int = 64, image_size: int = 8) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(c2 * (image_size // 2) ** 2, hidden)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+        x = x.reshape(x.shape[0], -1)
+        return self.fc2(self.relu3(self.fc1(x)))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a call to :func:`train` did: epochs, wall seconds and the last epoch's mean loss."""
+
+    epochs: int
+    seconds: float
+    final_loss: float
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e-3,
+          batch_size: int = 64, seed: int = 0, masks: Mapping[str, Tensor] | None = None,
+          device: str | torch.device | None = None) -> TrainResult:
+    """Train ``model`` in place with Adam on cross-entropy, reproducibly.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Mapping (N, *F) inputs to (N, C) logits. Trained in place.
+    x : Tensor of shape (N, *F); y : Tensor of shape (N,) with class indices.
+    epochs, lr, batch_size : training budget.
+    seed : int
+        Seeds the shuffling order (a ``torch.Generator``), so the same seed and
+        model give the same weights.
+    masks : mapping from parameter name (``"conv1.weight"``) to a 0/1 tensor, optional
+        Weights where the mask is 0 are held at exactly 0 throughout (masked
+        fine-tuning through ``torch.nn.utils.prune.custom_from_mask``); the
+        reparametrisation is removed before returning.
+    device : optional
+        Where to train; defaults to the model's device.
+
+    Raises
+    ------
+    ValueError
+        On a non-positive budget, mismatched ``x``/``y`` or a mask naming a
+        parameter the model does not have.
+    """
+    check_positive_int(epochs, "epochs", minimum=0)
+    check_positive_int(batch_size, "batch_size")
+    x = check_tensor(x, "x")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"Expected `y` of shape ({x.shape[0]},), got {tuple(y.shape)}.")
+    device = torch.device(device) if device is not None else model_device(model)
+    model.to(device)
+    modules = dict(model.named_modules())
+    masked = []
+    for name, mask in (masks or {}).items():
+        module_name, _, param = name.rpartition(".")
+        if module_name not in modules or not hasattr(modules[module_name], param):
+            raise ValueError(f"Expected `masks` to name parameters of the model, got {name!r}.")
+        module = modules[module_name]
+        torch_prune.custom_from_mask(module, param, mask.to(device=device, dtype=torch.float32))
+        masked.append((module, param))
+    gen = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = x.to(device), y.to(device)
+    was_training = model.training
+    model.train()
+    start = time.perf_counter()
+    final_loss = float("nan")
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=gen).to(device)
+            total, count = 0.0, 0
+            for i in range(0, x.shape[0], batch_size):
+                idx = order[i:i + batch_size]
+                optimiser.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[idx]), y[idx])
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach()) * idx.numel()
+                count += idx.numel()
+            final_loss = total / count
+    finally:
+        for module, param in masked:
+            torch_prune.remove(module, param)
+        model.train(was_training)
+    return TrainResult(epochs=epochs, seconds=time.perf_counter() - start, final_loss=final_loss)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """Logits of ``model`` (in eval mode, restored afterwards) for (N, *F) inputs: (N, C), on CPU."""
+    device = model_device(model)
+    outs = []
+    with eval_mode(model):
+        for i in range(0, x.shape[0], batch_size):
+            outs.append(model(x[i:i + batch_size].to(device)).float().cpu())
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Test accuracy and macro-averaged recall, both in [0, 1], higher is better."""
+    pred = predict(model, x).argmax(dim=1)
+    return {
+        "accuracy": float((pred == y).float().mean()),
+        "macro_recall": float(recall_score(y.numpy(), pred.numpy(), average="macro",
+                                           zero_division=0)),
+    }

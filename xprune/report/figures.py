@@ -1,0 +1,142 @@
+"""Figures of a report. Each takes DataFrames from the run folder and draws; none computes metrics.
+
+Plot functions take ``ax=None`` and return the ``Axes`` (or the ``Figure`` for grids).
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = [
+    "figure_png",
+    "plot_agreement_distribution",
+    "plot_attribution_grid",
+    "plot_deletion_curves",
+    "plot_metric_vs_sparsity",
+]
+
+METHOD_COLOURS = {"saliency": "tab:blue", "integrated_gradients": "tab:orange"}
+
+
+def _colour(name: str, i: int) -> str:
+    return METHOD_COLOURS.get(name, f"C{i + 2}")
+
+
+def figure_png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes (the figure is closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _image(frame: pd.DataFrame) -> np.ndarray:
+    shape = (int(frame["row"].max()) + 1, int(frame["col"].max()) + 1)
+    img = np.zeros(shape)
+    img[frame["row"].to_numpy(), frame["col"].to_numpy()] = frame["value"].to_numpy()
+    return img
+
+
+def plot_attribution_grid(examples: pd.DataFrame, attribution: str, models: list[str],
+                          *, title: str | None = None) -> plt.Figure:
+    """Maps of the same inputs (rows) for each model (columns), one colour scale per row.
+
+    Signed maps use a diverging colormap centred on 0; non-negative maps
+    (e.g. |gradient|) a sequential one from 0.
+    """
+    maps = examples[examples["attribution"] == attribution]
+    inputs = examples[examples["model"] == "input"]
+    samples = sorted(maps["sample"].unique())
+    cols = ["input"] + [m for m in models if m in set(maps["model"])]
+    fig, axes = plt.subplots(len(samples), len(cols), squeeze=False,
+                             figsize=(1.25 * len(cols) + 0.6, 1.25 * len(samples)))
+    signed = bool((maps["value"] < 0).any())
+    for r, sample in enumerate(samples):
+        row_maps = maps[maps["sample"] == sample]
+        vmax = float(row_maps["value"].abs().max()) or 1.0
+        for c, model in enumerate(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if model == "input":
+                ax.imshow(_image(inputs[inputs["sample"] == sample]), cmap="gray_r")
+            else:
+                img = _image(row_maps[row_maps["model"] == model])
+                im = ax.imshow(img, cmap="RdBu_r" if signed else "magma",
+                               vmin=-vmax if signed else 0.0, vmax=vmax)
+            if r == 0:
+                ax.set_title(model.replace("l1_unstructured@", "sparse ").replace("control:", ""),
+                             fontsize=8)
+        fig.colorbar(im, ax=axes[r, :].tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=6)
+    fig.suptitle(title or attribution.replace("_", " "), fontsize=10)
+    return fig
+
+
+def plot_metric_vs_sparsity(summary: pd.DataFrame, metric: str, *, ax=None):
+    """Mean metric vs requested sparsity with 95% CI bands, one line per attribution method.
+
+    Dense is drawn at sparsity 0; controls as dotted horizontal lines.
+    """
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    data = summary[summary["metric"] == metric]
+    for i, (method, group) in enumerate(data.groupby("attribution", sort=False)):
+        colour = _colour(method, i)
+        curve = group[group["role"].isin(["dense", "sparse"])].sort_values("sparsity")
+        ax.plot(curve["sparsity"], curve["mean"], marker="o", ms=3, color=colour,
+                label=method.replace("_", " "))
+        ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"], color=colour,
+                        alpha=0.2, linewidth=0)
+        for j, (_, ctrl) in enumerate(group[group["role"] == "control"].iterrows()):
+            ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "--"][j % 2], linewidth=1,
+                       label=f"{method.replace('_', ' ')}: {ctrl['model']}")
+    ax.set_xlabel("sparsity (fraction of weights removed)")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title(metric.replace("_", " "), fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_deletion_curves(curves: pd.DataFrame, attribution: str, models: list[str], *, ax=None):
+    """Mean deletion curve (target probability vs fraction of features removed) per model."""
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    data = curves[curves["attribution"] == attribution]
+    cmap = plt.get_cmap("viridis")
+    for i, model in enumerate(models):
+        c = data[data["model"] == model].sort_values("fraction")
+        if c.empty:
+            continue
+        colour = "black" if model == "dense" else cmap(i / max(1, len(models) - 1))
+        ax.plot(c["fraction"], c["mean"], color=colour, linewidth=1.2, label=model)
+        ax.fill_between(c["fraction"], c["ci_low"], c["ci_high"], color=colour, alpha=0.12,
+                        linewidth=0)
+    ax.set_xlabel("fraction of features removed")
+    ax.set_ylabel("target probability")
+    ax.set_title(f"deletion curves, {attribution.replace('_', ' ')}", fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_agreement_distribution(results: pd.DataFrame, attribution: str, models: list[str],
+                                *, metric: str = "spearman", ax=None):
+    """Per-sample agreement with the dense maps, one box per model."""
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    data = results[(results["attribution"] == attribution) & (results["metric"] == metric)]
+    present = [m for m in models if m in set(data["model"])]
+    values = [data.loc[data["model"] == m, "value"].dropna().to_numpy() for m in present]
+    ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks(range(1, len(present) + 1),
+                  [m.replace("l1_unstructured@", "").replace("control:", "") for m in present],
+                  rotation=30, fontsize=7)
+    ax.set_ylabel(f"{metric.replace('_', ' ')} vs dense")
+    ax.set_title(f"per-sample agreement, {attribution.replace('_', ' ')}", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    return ax

@@ -1,0 +1,190 @@
+"""Render a run folder into ``report.md``, ``report.html`` and ``figures/``.
+
+Reads only the files a run wrote (results, models, curves, examples,
+timings, config), so a report can be re-rendered without recomputation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from .._io import atomic_write_bytes, atomic_write_text
+from ..metrics import METRICS
+from . import figures as F
+from .tables import fmt_ci, metric_summary, model_order, what_changed
+
+__all__ = ["render_report"]
+
+SUMMARY_METRICS = ["gini_index", "deletion_auc", "faithfulness_correlation", "max_sensitivity",
+                   "spearman", "top_k_intersection"]
+
+
+def _read(run: Path, name: str) -> pd.DataFrame:
+    path = run / name
+    if not path.exists():
+        raise FileNotFoundError(f"Expected {name} in the run folder {run}; is it an xprune run?")
+    return pd.read_csv(path, float_precision="round_trip", keep_default_na=False,
+                       na_values=["NaN"])
+
+
+def _model_rows(models: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
+    t = models.merge(timings, on="model", how="left")
+    out = pd.DataFrame({
+        "model": t["model"],
+        "sparsity (measured)": t["measured_sparsity"].map("{:.4f}".format),
+        "test accuracy [95% CI]": [
+            f"{100 * a:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+            for a, lo, hi in zip(t["accuracy"], t["accuracy_ci_low"], t["accuracy_ci_high"],
+                                 strict=True)],
+        "macro recall": t["macro_recall"].map("{:.3f}".format),
+        "nonzero / total weights": [f"{nz:,} / {tot:,}" for nz, tot in
+                                    zip(t["nonzero_weights"], t["total_weights"], strict=True)],
+        "compression ratio": t["compression_ratio"].map("{:.2f}x".format),
+        "MACs dense / nonzero": [f"{d:,} / {n:,}" for d, n in
+                                 zip(t["macs_dense"], t["macs_nonzero"], strict=True)],
+        "storage bytes dense / sparse": [f"{d:,} / {s:,}" for d, s in
+                                         zip(t["storage_dense_bytes"], t["storage_sparse_bytes"],
+                                             strict=True)],
+        "latency ms (median)": t["latency_ms"].map("{:.3f}".format),
+        "fine-tune s": t["finetune_seconds"].map(lambda v: "-" if math.isnan(v) else f"{v:.2f}"),
+    })
+    return out
+
+
+def _metric_tables(summary: pd.DataFrame, order: list[str]) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for attribution, group in summary.groupby("attribution", sort=False):
+        cells = group.assign(text=[fmt_ci(m, lo, hi) for m, lo, hi in
+                                   zip(group["mean"], group["ci_low"], group["ci_high"],
+                                       strict=True)])
+        table = cells.pivot(index="model", columns="metric", values="text")
+        cols = [m for m in SUMMARY_METRICS if m in table.columns]
+        cols += [c for c in table.columns if c not in cols]
+        table = table.reindex(index=[m for m in order if m in table.index], columns=cols)
+        tables[attribution] = table.fillna("—").reset_index()
+    return tables
+
+
+def _metric_notes() -> pd.DataFrame:
+    return pd.DataFrame([{
+        "metric": name, "category": info.category,
+        "better": "higher" if info.higher_is_better else "lower",
+        "range": f"[{info.range[0]:g}, {info.range[1]:g}]", "reference": info.reference,
+    } for name, info in METRICS.items() if name in SUMMARY_METRICS])
+
+
+def _figures(run: Path, results, summary, curves, examples, order) -> list[dict[str, str]]:
+    figs: list[tuple[str, str, bytes]] = []
+    methods = list(dict.fromkeys(results["attribution"]))
+    for method in methods:
+        if not examples.empty:
+            fig = F.plot_attribution_grid(
+                examples, method, order,
+                title=f"{method.replace('_', ' ')}: the same inputs, dense vs each model "
+                      "(one colour scale per row)")
+            figs.append((f"maps_{method}.png", f"Attribution maps, {method}", F.figure_png(fig)))
+    for metric in [m for m in SUMMARY_METRICS if m in set(summary["metric"])]:
+        ax = F.plot_metric_vs_sparsity(summary, metric)
+        figs.append((f"{metric}_vs_sparsity.png", f"{metric} vs sparsity (95% CI bands)",
+                     F.figure_png(ax.figure)))
+    for method in methods:
+        ax = F.plot_deletion_curves(curves, method, [m for m in order if "control" not in m])
+        figs.append((f"deletion_curves_{method}.png", f"Deletion curves, {method}",
+                     F.figure_png(ax.figure)))
+        if "spearman" in set(results["metric"]):
+            ax = F.plot_agreement_distribution(results, method, order)
+            figs.append((f"agreement_{method}.png", f"Per-sample Spearman agreement, {method}",
+                         F.figure_png(ax.figure)))
+    out = []
+    for name, caption, png in figs:
+        atomic_write_bytes(run / "figures" / name, png)
+        out.append({"file": f"figures/{name}", "caption": caption,
+                    "data": base64.b64encode(png).decode("ascii")})
+    return out
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False)
+
+
+def render_report(run_dir: str | Path) -> Path:
+    """Write ``report.md``, ``report.html``, ``summary.csv`` and ``figures/`` for a run folder.
+
+    Returns the path of ``report.html``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder lacks the files a run writes.
+    """
+    run = Path(run_dir)
+    results, models = _read(run, "results.csv"), _read(run, "models.csv")
+    curves, examples = _read(run, "curves.csv"), _read(run, "examples.csv")
+    timings = _read(run, "timings.csv")
+    config = json.loads((run / "config.json").read_text())
+    order = model_order(models)
+    summary = metric_summary(results)
+    atomic_write_text(run / "summary.csv", summary.to_csv(index=False, na_rep="NaN"))
+    changed, sentences = what_changed(models, summary)
+    model_rows = _model_rows(models, timings)
+    tables = _metric_tables(summary, order)
+    figs = _figures(run, results, summary, curves, examples, order)
+    n_samples = int(results["sample"].nunique())
+    lat = timings.iloc[0]
+    context = {
+        "name": config["name"], "config": config, "sentences": sentences,
+        "n_samples": n_samples, "n_test": None,
+        "latency_note": f"median of torch.utils.benchmark runs after warm-up, batch size "
+                        f"{int(lat['batch_size'])}, {int(lat['threads'])} threads, "
+                        f"{lat['dtype']}, {lat['device']}",
+    }
+    md = _markdown(context, changed, model_rows, tables, figs)
+    atomic_write_text(run / "report.md", md)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)
+    html = env.get_template("report.html.j2").render(
+        **context, changed=_records(changed), model_rows=_records(model_rows),
+        tables={k: _records(v) for k, v in tables.items()}, figures=figs,
+        notes=_records(_metric_notes()))
+    return atomic_write_text(run / "report.html", html)
+
+
+def _records(frame: pd.DataFrame) -> dict:
+    return {"columns": [str(c) for c in frame.columns],
+            "rows": [[str(v) for v in row] for row in frame.itertuples(index=False)]}
+
+
+def _markdown(ctx, changed, model_rows, tables, figs) -> str:
+    cfg = ctx["config"]
+    lines = [f"# xprune report: {ctx['name']}", "",
+             f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, pruning "
+             f"`{cfg['pruning']['method']}` ({cfg['pruning']['scope']}) with "
+             f"{cfg['pruning']['finetune_epochs']} masked fine-tuning epochs; attributions on "
+             f"{ctx['n_samples']} held-out test inputs, target = the dense model's prediction "
+             "for every model. Intervals are 95% confidence intervals over test samples of one "
+             "trained model each (they do not include training variance across seeds).", "",
+             "## What pruning changed", ""]
+    lines += [f"- {s}" for s in ctx["sentences"]]
+    lines += ["", _md_table(changed), "",
+              "Δ = sparse minus dense on the same samples (paired 95% CI). Controls: a dense "
+              "model trained with another seed, and the dense model fine-tuned for the same "
+              "budget without pruning: the agreement any retrained model keeps.", "",
+              "## Models", "", _md_table(model_rows), "",
+              f"Latency: {ctx['latency_note']}. MACs per input sample; nonzero MACs are "
+              "theoretical (dense kernels do not skip zeros). Storage: safetensors bytes, "
+              "dense float32 vs bitmask + nonzero values.", "",
+              "## Metrics (mean [95% CI] over samples)", ""]
+    for method, table in tables.items():
+        lines += [f"### {method}", "", _md_table(table), ""]
+    lines += ["### Metric definitions", "", _md_table(_metric_notes()), "", "## Figures", ""]
+    lines += [f"![{f['caption']}]({f['file']})" for f in figs]
+    lines += ["", "Per-layer sparsity: `layers.csv`; per-sample scores: `results.csv`; "
+              "resolved config: `config.json`; package versions: `versions.json`.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""Tables a report shows, derived from the run folder's long results only."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from ..metrics import METRICS
+from ..stats import mean_ci
+
+__all__ = ["fmt_ci", "metric_summary", "model_order", "what_changed"]
+
+GROUP = ["model", "role", "pruning", "sparsity", "attribution", "metric"]
+
+
+def model_order(models: pd.DataFrame) -> list[str]:
+    """Dense first, then sparse models by requested sparsity, then controls."""
+    rank = {"dense": 0, "sparse": 1, "control": 2}
+    ordered = models.assign(_r=models["role"].map(rank)).sort_values(
+        ["_r", "requested_sparsity", "model"], kind="stable")
+    return list(ordered["model"])
+
+
+def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% CI per model x attribution x metric, and the paired change vs dense.
+
+    ``diff_*`` columns give mean(score - dense score) over the same samples
+    with a paired t interval, for metrics the dense model has too.
+    """
+    dense = results[results["role"] == "dense"].set_index(["attribution", "metric", "sample"])
+    rows = []
+    for key, group in results.groupby(GROUP, sort=False):
+        mean, lo, hi, n = mean_ci(group["value"].to_numpy())
+        row = dict(zip(GROUP, key, strict=True)) | {"n": n, "mean": mean, "ci_low": lo,
+                                                    "ci_high": hi}
+        idx = pd.MultiIndex.from_arrays([group["attribution"], group["metric"], group["sample"]])
+        if key[1] != "dense" and idx.isin(dense.index).all():
+            diff = group["value"].to_numpy() - dense.loc[idx, "value"].to_numpy()
+            d_mean, d_lo, d_hi, _ = mean_ci(diff)
+            row |= {"diff_mean": d_mean, "diff_ci_low": d_lo, "diff_ci_high": d_hi}
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in ("diff_mean", "diff_ci_low", "diff_ci_high"):
+        if col not in out:
+            out[col] = np.nan
+    return out
+
+
+def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:
+    """``0.820 [0.801, 0.839]``; the interval is left out where undefined."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.{digits}f}"
+    if low is not None and not (isinstance(low, float) and math.isnan(low)):
+        text += f" [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+    return text
+
+
+def _get(summary: pd.DataFrame, model: str, attribution: str, metric: str) -> pd.Series | None:
+    hit = summary[(summary["model"] == model) & (summary["attribution"] == attribution)
+                  & (summary["metric"] == metric)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def what_changed(models: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The summary block: one row per pruned model and attribution method, plus sentences.
+
+    Columns: accuracy change (points), compression ratio, mean Spearman
+    agreement with the dense maps beside the two controls, and the paired
+    changes of faithfulness correlation, deletion AUC and max-sensitivity.
+    """
+    dense = models[models["role"] == "dense"].iloc[0]
+    controls = models[models["role"] == "control"]["model"].tolist()
+    rows, sentences = [], []
+    for _, m in models[models["role"] == "sparse"].sort_values("requested_sparsity").iterrows():
+        for attribution in summary["attribution"].unique():
+            row = {"model": m["model"], "attribution": attribution,
+                   "measured sparsity": f"{m['measured_sparsity']:.3f}",
+                   "accuracy (pts vs dense)": f"{100 * (m['accuracy'] - dense['accuracy']):+.1f}",
+                   "compression": f"{m['compression_ratio']:.1f}x"}
+            agree = _get(summary, m["model"], attribution, "spearman")
+            row["Spearman vs dense"] = fmt_ci(*_triple(agree)) if agree is not None else "n/a"
+            for c in controls:
+                ctrl = _get(summary, c, attribution, "spearman")
+                row[f"Spearman, {c}"] = fmt_ci(ctrl["mean"], math.nan, math.nan) \
+                    if ctrl is not None else "n/a"
+            for metric, label in (("faithfulness_correlation", "Δ faithfulness corr."),
+                                  ("deletion_auc", "Δ deletion AUC"),
+                                  ("max_sensitivity", "Δ max-sensitivity")):
+                s = _get(summary, m["model"], attribution, metric)
+                row[label] = fmt_ci(s["diff_mean"], s["diff_ci_low"], s["diff_ci_high"],
+                                    signed=True) if s is not None else "n/a"
+            rows.append(row)
+            sentences.append(_sentence(m, dense, attribution, summary, controls))
+    return pd.DataFrame(rows), sentences
+
+
+def _triple(s: pd.Series) -> tuple[float, float, float]:
+    return s["mean"], s["ci_low"], s["ci_high"]
+
+
+def _sentence(m, dense, attribution, summary, controls) -> str:
+    name = attribution.replace("_", " ").capitalize()
+    text = (f"At {100 * m['requested_sparsity']:.0f}% sparsity ({m['pruning']}, "
+            f"{m['compression_ratio']:.1f}x fewer weights), test accuracy is "
+            f"{100 * m['accuracy']:.1f}% [{100 * m['accuracy_ci_low']:.1f}, "
+            f"{100 * m['accuracy_ci_high']:.1f}] vs {100 * dense['accuracy']:.1f}% dense.")
+    agree = _get(summary, m["model"], attribution, "spearman")
+    if agree is not None:
+        text += f" {name} maps keep a mean Spearman agreement of {fmt_ci(*_triple(agree), 2)}"
+        ctrl = [(c, _get(summary, c, attribution, "spearman")) for c in controls]
+        ctrl = [f"{c.split(':')[-1]} {s['mean']:.2f}" for c, s in ctrl if s is not None]
+        text += f" with the dense maps (controls: {', '.join(ctrl)})." if ctrl else "."
+    for metric in ("faithfulness_correlation", "max_sensitivity"):
+        s = _get(summary, m["model"], attribution, metric)
+        if s is not None and not math.isnan(s["diff_mean"]):
+            label = metric.replace("_", " ")
+            worse = (s["diff_mean"] < 0) == METRICS[metric].higher_is_better
+            significant = not (s["diff_ci_low"] <= 0 <= s["diff_ci_high"])
+            verdict = ("worse" if worse else "better") if significant else "no clear change"
+            text += (f" {label.capitalize()} changes by "
+                     f"{fmt_ci(s['diff_mean'], s['diff_ci_low'], s['diff_ci_high'], 3, True)}"
+                     f" ({verdict}).")
+    return text
