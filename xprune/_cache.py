@@ -18,10 +18,9 @@ from typing import Any
 
 import pandas as pd
 import safetensors.torch
-import torch
 from torch import Tensor, nn
 
-from ._io import atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_text, read_table
 
 __all__ = ["RunCache", "fingerprint"]
 
@@ -81,8 +80,7 @@ class RunCache:
         """Load the table stored under ``key``, or compute and store it."""
         path = self._path(key, ".csv")
         if path is not None and path.exists():
-            return pd.read_csv(path, float_precision="round_trip", keep_default_na=False,
-                               na_values=["NaN", "nan"])
+            return read_table(path)
         frame = compute()
         if path is not None:
             buf = io.StringIO()

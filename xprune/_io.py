@@ -7,7 +7,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+import pandas as pd
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "read_table"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -43,3 +45,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV that xprune wrote, floats exactly as written, "NaN" as the only missing value."""
+    kwargs = {}
+    if int(pd.__version__.split(".")[0]) < 3:  # pandas 3 round-trips floats by default
+        kwargs["float_precision"] = "round_trip"
+    return pd.read_csv(path, keep_default_na=False, na_values=["NaN"], **kwargs)

@@ -96,7 +96,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     masked = []
     for name, mask in (masks or {}).items():
         module_name, _, param = name.rpartition(".")
-        if module_name not in modules or not hasattr(modules[module_name], param):
+        if module_name not in modules or not isinstance(
+                getattr(modules[module_name], param, None), torch.Tensor):
             raise ValueError(f"Expected `masks` to name parameters of the model, got {name!r}.")
         module = modules[module_name]
         torch_prune.custom_from_mask(module, param, mask.to(device=device, dtype=torch.float32))

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._state import eval_mode, model_device
-from .pruning import PRUNABLE_LAYERS
+from .pruning import PRUNABLE_LAYERS, prunable_weights, weight_name
 
 __all__ = ["count_macs", "measure_latency", "storage_bytes"]
 
@@ -68,8 +68,7 @@ def storage_bytes(model: nn.Module) -> dict[str, int]:
     """
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     dense = len(safetensors.torch.save(state))
-    prunable = {f"{name}.weight" for name, m in model.named_modules()
-                if isinstance(m, PRUNABLE_LAYERS)}
+    prunable = {weight_name(name) for name, _ in prunable_weights(model)}
     sparse_state = {}
     for key, value in state.items():
         if key in prunable:

@@ -38,6 +38,7 @@ __all__ = [
     "prunable_weights",
     "prune",
     "sparsity",
+    "weight_name",
 ]
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -49,13 +50,18 @@ def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)]
 
 
+def weight_name(module_name: str) -> str:
+    """State-dict key of a prunable layer's weight (``"weight"`` for a bare layer)."""
+    return f"{module_name}.weight" if module_name else "weight"
+
+
 def layer_table(model: nn.Module) -> pd.DataFrame:
     """Per-layer weight counts: columns layer, parameter, numel, nonzeros, sparsity (in [0, 1])."""
     rows = []
     for name, module in prunable_weights(model):
         w = module.weight.detach()
         nnz = int(torch.count_nonzero(w))
-        rows.append({"layer": name, "parameter": f"{name}.weight", "numel": w.numel(),
+        rows.append({"layer": name, "parameter": weight_name(name), "numel": w.numel(),
                      "nonzeros": nnz, "sparsity": 1.0 - nnz / w.numel()})
     return pd.DataFrame(rows, columns=["layer", "parameter", "numel", "nonzeros", "sparsity"])
 
@@ -225,7 +231,7 @@ def prune(model: nn.Module, amount: float, *, method: str = "l1_unstructured",
     masks = {}
     for name, module in prunable_weights(sparse):
         if torch_prune.is_pruned(module) and hasattr(module, "weight_mask"):
-            masks[f"{name}.weight"] = module.weight_mask.detach().bool().clone()
+            masks[weight_name(name)] = module.weight_mask.detach().bool().clone()
             torch_prune.remove(module, "weight")
     return ModelPair(dense=model, sparse=sparse, method=method, amount=amount, masks=masks,
                      params={"scope": scope, "seed": seed})

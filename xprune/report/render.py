@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from .._io import atomic_write_bytes, atomic_write_text
+from .._io import atomic_write_bytes, atomic_write_text, read_table
 from ..metrics import METRICS
 from . import figures as F
 from .tables import fmt_ci, metric_summary, model_order, what_changed
@@ -29,8 +29,7 @@ def _read(run: Path, name: str) -> pd.DataFrame:
     path = run / name
     if not path.exists():
         raise FileNotFoundError(f"Expected {name} in the run folder {run}; is it an xprune run?")
-    return pd.read_csv(path, float_precision="round_trip", keep_default_na=False,
-                       na_values=["NaN"])
+    return read_table(path)
 
 
 def _model_rows(models: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:

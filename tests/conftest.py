@@ -1,0 +1,62 @@
+"""Shared fixtures: small deterministic models and data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from xprune.data import load_digits_split
+from xprune.models import DigitsCNN, train
+
+
+class Linear(nn.Module):
+    """f(x) = W flatten(x) + b, whose exact attribution w_t * (x - baseline) is known."""
+
+    def __init__(self, in_features: int, n_classes: int, *, seed: int = 0,
+                 dtype=torch.float64) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(in_features, n_classes).to(dtype)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(n_classes, in_features, generator=gen))
+            self.fc.bias.copy_(torch.randn(n_classes, generator=gen))
+
+    def forward(self, x):
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+@pytest.fixture
+def linear_model() -> Linear:
+    return Linear(64, 10).eval()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_digits_split(seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(digits) -> DigitsCNN:
+    """A digits CNN trained for a few epochs (about a second), in eval mode."""
+    torch.manual_seed(0)
+    model = DigitsCNN()
+    train(model, digits.x_train, digits.y_train, epochs=8, seed=0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits_batch(digits):
+    """The first 256 test images (Tensor (256, 1, 8, 8)) and labels."""
+    return digits.x_test[:256].clone(), digits.y_test[:256].clone()
+
+
+def state_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_state_equal(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == snapshot.keys()
+    for key, value in snapshot.items():
+        assert torch.equal(state[key], value), key

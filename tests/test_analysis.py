@@ -1,0 +1,145 @@
+"""End to end: a small digits analysis through the API and the CLI."""
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import xprune.analysis as analysis
+from xprune.analysis import RESULT_COLUMNS, run_analysis
+from xprune.cli import main
+from xprune.config import AnalysisConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "name": "small<b>",
+    "train": {"epochs": 4},
+    "pruning": {"sparsities": [0.5, 0.9], "finetune_epochs": 1},
+    "attribution": {"n_samples": 24, "ig_steps": 8},
+    "metrics": {"faithfulness_runs": 10, "sensitivity_samples": 3},
+    "report": {"n_examples": 3, "latency_batch": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_analysis(AnalysisConfig.from_dict(SMALL), out_dir=out, progress=False)
+    return out, result
+
+
+def test_run_folder_contents(small_run):
+    out, result = small_run
+    for name in ("results.csv", "models.csv", "layers.csv", "curves.csv", "timings.csv",
+                 "summary.csv", "config.json", "versions.json", "report.md", "report.html"):
+        assert (out / name).is_file(), name
+    assert result.report == out / "report.html"
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == RESULT_COLUMNS
+    models = ["dense", "l1_unstructured@0.50", "l1_unstructured@0.90", "control:other-seed",
+              "control:finetune"]
+    assert sorted(results["model"].unique()) == sorted(models)
+    # one row per sample x model x method x metric
+    assert not results.duplicated(["model", "attribution", "metric", "sample"]).any()
+    counts = results.groupby(["model", "attribution", "metric"]).size()
+    assert (counts == 24).all()
+    dense = results[results["model"] == "dense"]
+    assert set(dense["metric"]) == {"gini_index", "deletion_auc", "faithfulness_correlation",
+                                    "max_sensitivity", "convergence_delta"}
+    assert "spearman" in set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
+    # targets are the dense model's predictions, the same for every model
+    assert (results.groupby("sample")["target"].nunique() == 1).all()
+    assert not any(c for c in results.columns if "second" in c or "latency" in c)
+
+
+def test_model_table_facts(small_run):
+    out, _ = small_run
+    models = pd.read_csv(out / "models.csv").set_index("model")
+    total = 144 + 4608 + 32768 + 640
+    assert (models["total_weights"] == total).all()
+    for tag, s in (("l1_unstructured@0.50", 0.5), ("l1_unstructured@0.90", 0.9)):
+        assert abs(models.loc[tag, "measured_sparsity"] - s) * total <= 1
+        assert models.loc[tag, "compression_ratio"] == pytest.approx(
+            total / models.loc[tag, "nonzero_weights"])
+        assert models.loc[tag, "storage_sparse_bytes"] < models.loc[tag, "storage_dense_bytes"]
+    assert models.loc["dense", "macs_dense"] == 144 * 64 + 4608 * 64 + 32768 + 640
+    assert models.loc["dense", "accuracy"] > 0.8
+    layers = pd.read_csv(out / "layers.csv")
+    assert set(layers["layer"]) == {"conv1", "conv2", "fc1", "fc2"}
+
+
+def test_report_is_self_contained_and_escaped(small_run):
+    out, _ = small_run
+    html = (out / "report.html").read_text()
+    assert "small&lt;b&gt;" in html and "small<b>" not in html
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 8
+    for data in images:
+        assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
+    md = (out / "report.md").read_text()
+    assert "## What pruning changed" in md and "## Models" in md
+    assert "At 90% sparsity" in md
+    for line in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md):
+        assert (out / line).is_file()
+
+
+def test_same_seed_gives_byte_identical_results(small_run, tmp_path):
+    out, _ = small_run
+    again = tmp_path / "again"
+    run_analysis(AnalysisConfig.from_dict(SMALL), out_dir=again, progress=False, use_cache=False,
+                 render=False)
+    assert (again / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
+    assert (again / "models.csv").read_bytes() == (out / "models.csv").read_bytes()
+
+
+def test_rerun_reuses_finished_work(small_run, monkeypatch):
+    out, _ = small_run
+    before = (out / "results.csv").read_bytes()
+    calls = []
+    monkeypatch.setattr(analysis, "_score_cell", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(analysis, "train", lambda *a, **k: calls.append(a))
+    (out / "results.csv").unlink()
+    run_analysis(AnalysisConfig.from_dict(SMALL), out_dir=out, progress=False, render=False)
+    assert calls == []
+    assert (out / "results.csv").read_bytes() == before
+
+
+def test_shipped_default_config_is_the_embedded_default():
+    assert load_config(ROOT / "analyses" / "digits.toml") == AnalysisConfig()
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean 'sparsities'"):
+        AnalysisConfig.from_dict({"pruning": {"sparsity": [0.5]}})
+    with pytest.raises(ValueError, match=r"Expected `pruning.sparsities\[i\]` in \[0.0, 1.0\)"):
+        AnalysisConfig.from_dict({"pruning": {"sparsities": [0.5, 1.2]}})
+    with pytest.raises(FileNotFoundError, match="Config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text('[train]\nepochs = 2\n[pruning]\nsparsities = [0.8]\nfinetune_epochs = 1\n'
+                   '[controls]\nother_seed = false\nfinetune = false\n'
+                   '[attribution]\nn_samples = 8\nig_steps = 4\nmethods = ["saliency"]\n'
+                   '[metrics]\nfaithfulness_runs = 5\nsensitivity_samples = 2\n'
+                   '[report]\nlatency_batch = 8\n')
+    out = tmp_path / "out"
+    assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == \
+        f"Report written to {out / 'report.html'}"
+    assert json.loads((out / "config.json").read_text())["name"] == "tiny"
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "report.html").is_file()
+    assert main(["list"]) == 0
+    assert "faithfulness_correlation" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pruning]\nsparsities = [1.5]\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xprune: error: Expected `pruning.sparsities[i]`")
+    assert "Traceback" not in err
