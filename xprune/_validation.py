@@ -104,8 +104,9 @@ def check_targets(target: object, n: int, n_outputs: int, *, name: str = "target
             f"Expected `{name}` for a model with {n_outputs} outputs: pass one class index "
             f"per sample (a tensor of shape ({n},)) or a single int; got None."
         )
-    if isinstance(target, bool):
-        raise ValueError(f"Expected `{name}` to be an int or a tensor of ints, got a bool.")
+    if isinstance(target, (bool, str)):
+        raise ValueError(f"Expected `{name}` to be an int, a sequence of ints or a tensor of "
+                         f"class indices, got {target!r}.")
     if isinstance(target, int):
         t = torch.full((n,), target, dtype=torch.long)
     elif isinstance(target, Tensor):

@@ -109,7 +109,7 @@ def _figures(run: Path, results, summary, curves, examples, order) -> list[dict[
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False)
+    return frame.to_markdown(index=False, disable_numparse=True)
 
 
 def render_report(run_dir: str | Path) -> Path:
