@@ -60,3 +60,26 @@ def assert_state_equal(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> N
     assert state.keys() == snapshot.keys()
     for key, value in snapshot.items():
         assert torch.equal(state[key], value), key
+
+
+@pytest.fixture(scope="session")
+def cancer():
+    from xprune.data import load_breast_cancer_split
+
+    return load_breast_cancer_split(seed=0)
+
+
+@pytest.fixture(scope="session")
+def cancer_mlp(cancer):
+    """A breast-cancer MLP (30 features, 2 classes) trained for a few epochs, in eval mode."""
+    from xprune.models import TabularMLP
+
+    torch.manual_seed(0)
+    model = TabularMLP(30)
+    train(model, cancer.x_train, cancer.y_train, epochs=10, seed=0)
+    return model.eval()
+
+
+def all_hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from ._validation import check_fraction, closest_name
 
-__all__ = ["DATASETS", "DatasetSplit", "load_dataset", "load_digits_split"]
+__all__ = ["DATASETS", "DatasetSplit", "load_breast_cancer_split", "load_dataset",
+           "load_digits_split", "make_token_dataset"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,43 @@ def load_digits_split(*, seed: int = 0, val_size: float = 0.2, test_size: float 
                         class_names=tuple(str(c) for c in bunch.target_names))
 
 
-DATASETS = {"digits": load_digits_split}
+def load_breast_cancer_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
+                             ) -> DatasetSplit:
+    """scikit-learn's Wisconsin breast-cancer data: 569 samples, 30 features, 2 classes.
+
+    Features are standardised with the training split's mean and standard
+    deviation (no information from validation or test leaks in); feature names
+    are carried for reports.
+    """
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    parts = list(_split(bunch.data, bunch.target, seed=seed, val_size=val_size,
+                        test_size=test_size))
+    mean, std = parts[0].mean(dim=0), parts[0].std(dim=0).clamp_min(1e-12)
+    for i in (0, 2, 4):
+        parts[i] = (parts[i] - mean) / std
+    return DatasetSplit("breast_cancer", *parts, n_classes=2,
+                        class_names=tuple(str(c) for c in bunch.target_names),
+                        feature_names=tuple(str(f) for f in bunch.feature_names))
+
+
+def make_token_dataset(n: int = 600, *, seq_len: int = 12, vocab_size: int = 30, seed: int = 0
+                       ) -> tuple[Tensor, Tensor]:
+    """Generated text: token ids (n, seq_len) and labels (n,).
+
+    Token 0 is padding; tokens 1-5 are "positive" and 6-10 "negative" words,
+    the rest neutral. The label is 1 when positive words outnumber negative
+    ones (ties broken towards 0), so a faithful token map points at those words.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, vocab_size, (n, seq_len), generator=gen)
+    positive = ((tokens >= 1) & (tokens <= 5)).sum(dim=1)
+    negative = ((tokens >= 6) & (tokens <= 10)).sum(dim=1)
+    return tokens, (positive > negative).long()
+
+
+DATASETS = {"digits": load_digits_split, "breast_cancer": load_breast_cancer_split}
 
 
 def load_dataset(name: str, **kwargs) -> DatasetSplit:

@@ -19,27 +19,30 @@ from torch.nn.utils import prune as torch_prune
 from ._state import eval_mode, model_device
 from ._validation import check_positive_int, check_tensor
 
-__all__ = ["DigitsCNN", "TrainResult", "evaluate", "predict", "train"]
+__all__ = ["DigitsCNN", "TabularMLP", "TokenClassifier", "TrainResult", "evaluate", "predict",
+           "train"]
 
 
 class DigitsCNN(nn.Module):
-    """A small CNN for 1x8x8 digit images.
+    """A small CNN for images; by default 1x8x8 digits.
 
-    conv(1->c1, 3x3, pad 1) - ReLU - conv(c1->c2, 3x3, pad 1) - ReLU - maxpool 2
-    - linear(c2*4*4 -> hidden) - ReLU - linear(hidden -> n_classes).
-    Input: Tensor of shape (N, 1, 8, 8); output: logits of shape (N, n_classes).
+    conv(C->c1, 3x3, pad 1) - ReLU - conv(c1->c2, 3x3, pad 1) - ReLU - maxpool 2
+    - linear(c2*(H/2)*(W/2) -> hidden) - ReLU - linear(hidden -> n_classes).
+    Input: Tensor of shape (N, C, H, W) with even H and W; output: logits (N, n_classes).
     """
 
-    def __init__(self, n_classes: int = 10, *, channels: tuple[int, int] = (16, 32),
-                 hidden: int = 64, image_size: int = 8) -> None:
+    def __init__(self, n_classes: int = 10, *, in_channels: int = 1,
+                 image_shape: tuple[int, int] = (8, 8), channels: tuple[int, int] = (16, 32),
+                 hidden: int = 64) -> None:
         super().__init__()
         c1, c2 = channels
-        self.conv1 = nn.Conv2d(1, c1, kernel_size=3, padding=1)
+        h, w = image_shape
+        self.conv1 = nn.Conv2d(in_channels, c1, kernel_size=3, padding=1)
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
         self.relu2 = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(c2 * (image_size // 2) ** 2, hidden)
+        self.fc1 = nn.Linear(c2 * (h // 2) * (w // 2), hidden)
         self.relu3 = nn.ReLU()
         self.fc2 = nn.Linear(hidden, n_classes)
 
@@ -47,6 +50,43 @@ class DigitsCNN(nn.Module):
         x = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
         x = x.reshape(x.shape[0], -1)
         return self.fc2(self.relu3(self.fc1(x)))
+
+
+class TabularMLP(nn.Module):
+    """An MLP for tabular data: (N, F) -> (N, n_classes), a distinct ReLU per hidden layer."""
+
+    def __init__(self, n_features: int, n_classes: int = 2, *,
+                 hidden: tuple[int, ...] = (64, 32)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class TokenClassifier(nn.Module):
+    """A bag-of-embeddings text classifier: token ids (N, T) -> logits (N, n_classes).
+
+    embedding - mean over tokens - linear - ReLU - linear. Attribute it per token
+    with ``"embedding_integrated_gradients"``.
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int = 2, *, dim: int = 16,
+                 hidden: int = 32) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, n_classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.fc2(self.relu(self.fc1(self.embedding(tokens).mean(dim=1))))
 
 
 @dataclass(frozen=True)
@@ -87,7 +127,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     """
     check_positive_int(epochs, "epochs", minimum=0)
     check_positive_int(batch_size, "batch_size")
-    x = check_tensor(x, "x")
+    if x.is_floating_point():
+        x = check_tensor(x, "x")
     if y.shape != (x.shape[0],):
         raise ValueError(f"Expected `y` of shape ({x.shape[0]},), got {tuple(y.shape)}.")
     device = torch.device(device) if device is not None else model_device(model)

@@ -1,0 +1,80 @@
+"""Baselines (reference inputs) for path, perturbation and Shapley methods.
+
+The same baseline is used for both models of a pair. A baseline is one of
+``"zero"`` or a number (a constant image), a tensor of the features' shape
+(e.g. the training-set mean), ``"blur"`` (each input Gaussian-blurred over
+its spatial axes, Fong & Vedaldi 2017) or ``"uniform"`` (uniform noise over
+each input's own value range, seeded, drawn sample by sample).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+__all__ = ["BASELINE_KINDS", "check_baseline", "make_baseline"]
+
+BASELINE_KINDS = ("zero", "blur", "uniform")
+
+
+def check_baseline(baseline: object, name: str = "baseline") -> None:
+    """Raise ``ValueError`` unless ``baseline`` is a number, a finite tensor or a known kind."""
+    if isinstance(baseline, bool):
+        raise ValueError(f"Expected `{name}` to be a number, a tensor or one of "
+                         f"{BASELINE_KINDS}, got {baseline!r}.")
+    if isinstance(baseline, (int, float)):
+        if not np.isfinite(baseline):
+            raise ValueError(f"Expected `{name}` to be finite, got {baseline!r}.")
+        return
+    if isinstance(baseline, Tensor):
+        if not bool(torch.isfinite(baseline).all()):
+            raise ValueError(f"Expected `{name}` to be finite, got NaN or Inf entries.")
+        return
+    if baseline not in BASELINE_KINDS:
+        raise ValueError(f"Expected `{name}` to be a number, a tensor or one of "
+                         f"{BASELINE_KINDS}, got {baseline!r}.")
+
+
+def make_baseline(baseline: float | str | Tensor, x: Tensor, *, blur_sigma: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor | float:
+    """The baseline for a chunk of inputs ``x`` of shape (N, *F).
+
+    Returns a float (a constant baseline) or a tensor of shape (N, *F).
+
+    Raises
+    ------
+    ValueError
+        If a tensor baseline has neither the features' shape (*F) nor (N, *F),
+        or ``"blur"`` is asked of inputs without spatial axes.
+    """
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return float(baseline)
+    if isinstance(baseline, Tensor):
+        b = baseline.to(device=x.device, dtype=x.dtype)
+        if tuple(b.shape) == tuple(x.shape[1:]):
+            return b.expand_as(x).clone()
+        if tuple(b.shape) == tuple(x.shape):
+            return b.clone()
+        raise ValueError(f"Expected a tensor `baseline` of shape {tuple(x.shape[1:])} (one "
+                         f"input) or {tuple(x.shape)}, got {tuple(baseline.shape)}.")
+    if baseline == "zero":
+        return 0.0
+    if baseline == "blur":
+        if x.dim() < 3:
+            raise ValueError("Expected image inputs (N, C, H, W) for a 'blur' baseline, "
+                             f"got shape {tuple(x.shape)}.")
+        sigma = (0, 0) + (blur_sigma,) * (x.dim() - 2)
+        blurred = ndimage.gaussian_filter(x.detach().cpu().double().numpy(), sigma=sigma,
+                                          mode="nearest")
+        return torch.from_numpy(blurred).to(dtype=x.dtype, device=x.device)
+    if baseline == "uniform":
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        out = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            low, high = x[i].min(), x[i].max()
+            out[i] = low + (high - low) * torch.rand(x.shape[1:], generator=gen).to(x)
+        return out
+    check_baseline(baseline)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,516 @@
+"""The registered attribution methods: a Captum class, a validated parameter spec, a runner.
+
+No attribution maths lives here. Each runner receives one chunk of inputs and
+a row budget, and sets Captum's own batching knobs (``internal_batch_size``,
+``nt_samples_batch_size``, ``perturbations_per_eval``) so that no forward pass
+sees more than ``max_rows`` rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import captum.attr as ca
+import numpy as np
+import torch
+from captum.attr._core import lrp as captum_lrp
+from torch import Tensor, nn
+
+from .._validation import check_positive_int
+from ._baselines import check_baseline, make_baseline
+
+__all__ = [
+    "ATTRIBUTION_METHODS",
+    "AttributionMethod",
+    "DeepLiftParams",
+    "EmbeddingIntegratedGradientsParams",
+    "GradCamParams",
+    "GradientShapParams",
+    "GuidedBackpropParams",
+    "InputXGradientParams",
+    "IntegratedGradientsParams",
+    "LRPParams",
+    "NoiseTunnelParams",
+    "OcclusionParams",
+    "SaliencyParams",
+]
+
+Baseline = float | str | Tensor
+
+
+def _check_nonneg(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"Expected `{name}` >= 0, got {value!r}.")
+
+
+@dataclass(frozen=True)
+class SaliencyParams:
+    """Saliency (Simonyan, Vedaldi & Zisserman 2014): the input gradient of the target.
+
+    abs : bool
+        |gradient| (Captum's default) or the signed gradient.
+    """
+
+    abs: bool = True
+
+
+@dataclass(frozen=True)
+class InputXGradientParams:
+    """Input x gradient (Shrikumar et al. 2016). No parameters."""
+
+
+@dataclass(frozen=True)
+class GuidedBackpropParams:
+    """Guided backpropagation (Springenberg et al. 2015). No parameters."""
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsParams:
+    """Integrated Gradients (Sundararajan, Taly & Yan 2017, eq. 1).
+
+    n_steps : int >= 1
+        Points of the path integral.
+    baseline : float, "zero", "blur", "uniform" or Tensor of shape (*F)
+        Reference input x' (0 = black image). See :mod:`._baselines`.
+    integration : str
+        Captum's quadrature rule: "gausslegendre" (default), "riemann_trapezoid", ...
+    blur_sigma : float
+        Gaussian width in pixels for ``baseline="blur"``.
+    seed : int
+        Seeds ``baseline="uniform"``.
+    delta_tolerance : float
+        Warn when the median relative completeness error
+        |delta| / |f(x) - f(x')| exceeds this.
+    """
+
+    n_steps: int = 50
+    baseline: Baseline = 0.0
+    integration: str = "gausslegendre"
+    blur_sigma: float = 1.0
+    seed: int = 0
+    delta_tolerance: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.n_steps, "n_steps")
+        check_baseline(self.baseline)
+        if self.integration not in ("gausslegendre", "riemann_left", "riemann_right",
+                                    "riemann_middle", "riemann_trapezoid"):
+            raise ValueError(f"Expected `integration` to be a Captum rule such as "
+                             f"'gausslegendre' or 'riemann_trapezoid', got {self.integration!r}.")
+        _check_nonneg(self.delta_tolerance, "delta_tolerance")
+
+
+@dataclass(frozen=True)
+class NoiseTunnelParams:
+    """SmoothGrad (Smilkov et al. 2017) / VarGrad (Adebayo et al. 2018) over Saliency.
+
+    nt_samples : int
+        Noisy copies per input.
+    stdevs : float
+        Standard deviation of the Gaussian noise, in input units (0 = no noise).
+    abs : bool
+        Average |gradient| (Captum's Saliency default) or the signed gradient.
+    seed : int
+        Seeds the noise (Captum draws from torch's global RNG; xprune forks
+        and seeds it, so the caller's RNG state is untouched).
+    """
+
+    nt_samples: int = 25
+    stdevs: float = 0.15
+    abs: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.nt_samples, "nt_samples")
+        _check_nonneg(self.stdevs, "stdevs")
+
+
+@dataclass(frozen=True)
+class GradientShapParams:
+    """GradientSHAP (Lundberg & Lee 2017): expected gradients over a baseline distribution.
+
+    n_samples : int
+        Random (baseline, interpolation point) draws per input.
+    stdevs : float
+        Gaussian noise added to the inputs.
+    baseline : float, "zero" or Tensor of shape (*F) or (B, *F)
+        A tensor with a batch axis is the distribution baselines are drawn from
+        (e.g. training samples).
+    seed : int
+    """
+
+    n_samples: int = 20
+    stdevs: float = 0.0
+    baseline: Baseline = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.n_samples, "n_samples")
+        _check_nonneg(self.stdevs, "stdevs")
+        check_baseline(self.baseline)
+        if self.baseline in ("blur", "uniform"):
+            raise ValueError("Expected a number or a tensor of baselines for GradientSHAP, "
+                             f"got {self.baseline!r}.")
+
+
+@dataclass(frozen=True)
+class DeepLiftParams:
+    """DeepLIFT, Rescale rule (Shrikumar, Greenside & Kundaje 2017).
+
+    baseline : as for Integrated Gradients.
+    """
+
+    baseline: Baseline = 0.0
+    blur_sigma: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_baseline(self.baseline)
+
+
+@dataclass(frozen=True)
+class OcclusionParams:
+    """Occlusion (Zeiler & Fergus 2014): output drop when a sliding patch is set to the baseline.
+
+    window : int
+        Patch side in pixels (all channels together), or features for tabular data.
+    stride : int
+    baseline : as for Integrated Gradients.
+    """
+
+    window: int = 2
+    stride: int = 1
+    baseline: Baseline = 0.0
+    blur_sigma: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.window, "window")
+        check_positive_int(self.stride, "stride")
+        check_baseline(self.baseline)
+
+
+@dataclass(frozen=True)
+class GradCamParams:
+    """Grad-CAM (Selvaraju et al. 2017) of a conv layer, upsampled bilinearly to the input.
+
+    layer : str, optional
+        Qualified name of the conv layer; default the model's last ``nn.Conv2d``.
+    relu_attributions : bool
+        Keep only positive evidence (the paper's ReLU).
+
+    The (N, 1, h, w) map is upsampled to (N, 1, H, W) and spread evenly over the
+    input's C channels (each gets map / C), so a pixel's channel sum is the map.
+    """
+
+    layer: str | None = None
+    relu_attributions: bool = True
+
+
+@dataclass(frozen=True)
+class LRPParams:
+    """Layer-wise relevance propagation (Bach et al. 2015), Captum's default epsilon rules.
+
+    Runs on a copy of the model (Captum's LRP leaves state on the modules it visits).
+    """
+
+
+@dataclass(frozen=True)
+class EmbeddingIntegratedGradientsParams:
+    """Integrated Gradients on an ``nn.Embedding``'s output for token inputs (N, T).
+
+    Captum's LayerIntegratedGradients; the per-token map is the sum over the
+    embedding dimension. The baseline is a sequence of ``baseline_token`` ids.
+    """
+
+    n_steps: int = 50
+    layer: str | None = None
+    baseline_token: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.n_steps, "n_steps")
+        check_positive_int(self.baseline_token, "baseline_token", minimum=0)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Row budget of one chunk: at most ``max_rows`` rows per forward pass."""
+
+    max_rows: int
+    chunk_index: int
+
+
+@dataclass(frozen=True)
+class AttributionMethod:
+    """A registered method.
+
+    rows_per_sample(spec) bounds the rows one input adds to a forward pass
+    when Captum cannot be told a batch size; inputs are chunked accordingly.
+    """
+
+    name: str
+    spec: type
+    run: Callable[[nn.Module, Tensor, Tensor | None, Any, Budget], tuple[Tensor, Tensor | None]]
+    description: str
+    rows_per_sample: Callable[[Any], int] = lambda spec: 1
+    integer_inputs: bool = False
+
+
+def _baseline(spec, x: Tensor, budget: Budget):
+    gen = torch.Generator().manual_seed(getattr(spec, "seed", 0) * 1_000_003
+                                        + budget.chunk_index)
+    return make_baseline(spec.baseline, x, blur_sigma=getattr(spec, "blur_sigma", 1.0),
+                         generator=gen)
+
+
+class _seeded:
+    """Fork torch's and NumPy's global RNGs and seed them, for Captum code that draws from them.
+
+    Captum's NoiseTunnel draws noise from torch's global RNG and GradientSHAP
+    picks baselines with ``numpy.random``; the caller's RNG states are restored.
+    """
+
+    def __init__(self, seed: int, budget: Budget) -> None:
+        self.seed = (seed * 1_000_003 + budget.chunk_index) % 2**32
+        self._fork = None
+        self._np_state = None
+
+    def __enter__(self):
+        self._fork = torch.random.fork_rng(devices=[])
+        self._fork.__enter__()
+        torch.manual_seed(self.seed)
+        self._np_state = np.random.get_state()  # noqa: NPY002
+        np.random.seed(self.seed)  # noqa: NPY002  Captum draws from the global NumPy RNG
+
+    def __exit__(self, *exc):
+        np.random.set_state(self._np_state)  # noqa: NPY002
+        return self._fork.__exit__(*exc)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence Captum's notices that it sets (and afterwards removes) hooks on activations."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting (forward, )?backward hooks")
+        yield
+
+
+def _saliency(model, x, target, spec: SaliencyParams, budget):
+    return ca.Saliency(model).attribute(x, target=target, abs=spec.abs), None
+
+
+def _input_x_gradient(model, x, target, spec, budget):
+    return ca.InputXGradient(model).attribute(x, target=target), None
+
+
+def _guided_backprop(model, x, target, spec, budget):
+    with _quiet():
+        return ca.GuidedBackprop(model).attribute(x, target=target), None
+
+
+def _integrated_gradients(model, x, target, spec: IntegratedGradientsParams, budget):
+    return ca.IntegratedGradients(model).attribute(
+        x, baselines=_baseline(spec, x, budget), target=target, n_steps=spec.n_steps,
+        method=spec.integration, internal_batch_size=budget.max_rows,
+        return_convergence_delta=True)
+
+
+def _noise_tunnel(kind: str):
+    def run(model, x, target, spec: NoiseTunnelParams, budget):
+        batch = max(1, min(spec.nt_samples, budget.max_rows // x.shape[0]))
+        with _seeded(spec.seed, budget):
+            values = ca.NoiseTunnel(ca.Saliency(model)).attribute(
+                x, nt_type=kind, nt_samples=spec.nt_samples, nt_samples_batch_size=batch,
+                stdevs=float(spec.stdevs), target=target, abs=spec.abs)
+        return values, None
+    return run
+
+
+def _gradient_shap(model, x, target, spec: GradientShapParams, budget):
+    base = spec.baseline
+    if isinstance(base, Tensor):
+        dist = base.to(x) if base.dim() == x.dim() else base.to(x)[None]
+        if tuple(dist.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(f"Expected GradientSHAP baselines of shape {tuple(x.shape[1:])} or "
+                             f"(B, {', '.join(map(str, x.shape[1:]))}), got {tuple(base.shape)}.")
+    else:
+        dist = torch.full((1, *x.shape[1:]), 0.0 if base == "zero" else float(base)).to(x)
+    with _seeded(spec.seed, budget), _quiet():
+        values, delta = ca.GradientShap(model).attribute(
+            x, baselines=dist, n_samples=spec.n_samples, stdevs=float(spec.stdevs),
+            target=target, return_convergence_delta=True)
+    # Captum returns one delta per (input, draw); report the mean per input
+    return values, delta.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def _deeplift(model, x, target, spec: DeepLiftParams, budget):
+    base = _baseline(spec, x, budget)
+    if not isinstance(base, Tensor):
+        base = torch.full_like(x, base)
+    with _quiet():
+        return ca.DeepLift(model).attribute(x, baselines=base, target=target,
+                                            return_convergence_delta=True)
+
+
+def _occlusion(model, x, target, spec: OcclusionParams, budget):
+    spatial = tuple(x.shape[2:]) if x.dim() >= 3 else tuple(x.shape[1:])
+    if any(spec.window > size for size in spatial):
+        raise ValueError(f"Expected occlusion `window` ({spec.window}) to fit the input's "
+                         f"spatial size {spatial}.")
+    lead = (x.shape[1],) if x.dim() >= 3 else ()  # all channels of a pixel together
+    values = ca.Occlusion(model).attribute(
+        x, sliding_window_shapes=lead + (spec.window,) * len(spatial),
+        strides=lead + (spec.stride,) * len(spatial), baselines=_baseline(spec, x, budget),
+        target=target, perturbations_per_eval=max(1, budget.max_rows // x.shape[0]))
+    return values, None
+
+
+def _last_conv(model: nn.Module) -> str:
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"Grad-CAM needs a 2-D convolutional layer; {type(model).__name__} "
+                         "has none (use it on CNNs only).")
+    return convs[-1]
+
+
+def _get_layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise ValueError(f"Expected `layer` to name a submodule of the model, got {name!r}; "
+                         f"layers: {names}.") from None
+
+
+def _grad_cam(model, x, target, spec: GradCamParams, budget):
+    layer = _cam_layer(model, spec)
+    if x.dim() != 4:
+        raise ValueError(f"Grad-CAM needs image inputs (N, C, H, W), got shape {tuple(x.shape)}.")
+    cam = ca.LayerGradCam(model, layer).attribute(x, target=target,
+                                                  relu_attributions=spec.relu_attributions)
+    up = ca.LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    return (up / x.shape[1]).expand_as(x).contiguous(), None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, ProbabilityOutput) else model
+
+
+def _cam_layer(model: nn.Module, spec: GradCamParams) -> nn.Module:
+    inner = _unwrap(model)
+    return _get_layer(inner, spec.layer if spec.layer is not None else _last_conv(inner))
+
+
+def _lrp(model, x, target, spec, budget):
+    if isinstance(model, ProbabilityOutput):
+        raise ValueError("LRP explains logits only: its rules have no softmax; "
+                         "use output='logit'.")
+    supported = tuple(captum_lrp.SUPPORTED_LAYERS_WITH_RULES) + tuple(
+        captum_lrp.SUPPORTED_NON_LINEAR_LAYERS)
+    for name, module in model.named_modules():
+        if not list(module.children()) and not isinstance(module, supported):
+            raise ValueError(f"LRP has no rule for layer {name!r} ({type(module).__name__}); "
+                             "supported: " + ", ".join(t.__name__ for t in supported) + ".")
+    twin = copy.deepcopy(model)  # Captum's LRP leaves activations and rules on the modules
+    values, delta = ca.LRP(twin).attribute(x, target=target, return_convergence_delta=True)
+    return values, delta
+
+
+def _embedding_ig(model, x, target, spec: EmbeddingIntegratedGradientsParams, budget):
+    inner = _unwrap(model)
+    if spec.layer is None:
+        embeddings = [n for n, m in inner.named_modules() if isinstance(m, nn.Embedding)]
+        if not embeddings:
+            raise ValueError("Embedding Integrated Gradients needs an nn.Embedding layer; "
+                             f"{type(inner).__name__} has none.")
+        layer = _get_layer(inner, embeddings[0])
+    else:
+        layer = _get_layer(inner, spec.layer)
+    baseline = torch.full_like(x, spec.baseline_token)
+    values, delta = ca.LayerIntegratedGradients(model, layer).attribute(
+        x, baselines=baseline, target=target, n_steps=spec.n_steps,
+        internal_batch_size=budget.max_rows, return_convergence_delta=True)
+    return values.sum(dim=-1), delta
+
+
+class ProbabilityOutput(nn.Module):
+    """Wraps a logit model so that methods explain softmax probabilities instead."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
+    AttributionMethod("saliency", SaliencyParams, _saliency,
+                      "Input gradient of the target (Captum Saliency)."),
+    AttributionMethod("input_x_gradient", InputXGradientParams, _input_x_gradient,
+                      "Input times its gradient (Captum InputXGradient)."),
+    AttributionMethod("integrated_gradients", IntegratedGradientsParams, _integrated_gradients,
+                      "Path integral of gradients from a baseline (Captum IntegratedGradients)."),
+    AttributionMethod("smoothgrad", NoiseTunnelParams, _noise_tunnel("smoothgrad"),
+                      "Saliency averaged over noisy copies (Captum NoiseTunnel, smoothgrad)."),
+    AttributionMethod("vargrad", NoiseTunnelParams, _noise_tunnel("vargrad"),
+                      "Variance of Saliency over noisy copies (Captum NoiseTunnel, vargrad)."),
+    AttributionMethod("gradient_shap", GradientShapParams, _gradient_shap,
+                      "Expected gradients over a baseline distribution (Captum GradientShap).",
+                      rows_per_sample=lambda spec: spec.n_samples),
+    AttributionMethod("deeplift", DeepLiftParams, _deeplift,
+                      "DeepLIFT Rescale rule against a baseline (Captum DeepLift).",
+                      rows_per_sample=lambda spec: 2),
+    AttributionMethod("guided_backprop", GuidedBackpropParams, _guided_backprop,
+                      "Guided backpropagation (Captum GuidedBackprop)."),
+    AttributionMethod("occlusion", OcclusionParams, _occlusion,
+                      "Output drop under a sliding baseline patch (Captum Occlusion)."),
+    AttributionMethod("grad_cam", GradCamParams, _grad_cam,
+                      "Grad-CAM of the last conv layer, upsampled to the input (Captum "
+                      "LayerGradCam)."),
+    AttributionMethod("lrp", LRPParams, _lrp,
+                      "Layer-wise relevance propagation, epsilon rules (Captum LRP)."),
+    AttributionMethod("embedding_integrated_gradients", EmbeddingIntegratedGradientsParams,
+                      _embedding_ig,
+                      "Integrated Gradients on an embedding layer, per token (Captum "
+                      "LayerIntegratedGradients).", integer_inputs=True),
+]}
+
+
+def resolve_spec(method: str, params: Any):
+    """The method's spec from ``None``, a mapping of its fields, or the spec itself."""
+    from .._validation import closest_name
+
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"Expected `method` to be one of {sorted(ATTRIBUTION_METHODS)}, "
+                         f"got {method!r}." + closest_name(method, ATTRIBUTION_METHODS))
+    spec_cls = ATTRIBUTION_METHODS[method].spec
+    if params is None:
+        return spec_cls()
+    if isinstance(params, spec_cls):
+        return params
+    if not isinstance(params, dict) and not hasattr(params, "keys"):
+        raise TypeError(f"Expected `params` to be a mapping or {spec_cls.__name__}, "
+                        f"got {type(params).__name__}.")
+    valid = {f.name for f in dataclasses.fields(spec_cls)}
+    unknown = sorted(set(params) - valid)
+    if unknown:
+        raise ValueError(f"Unknown parameter(s) {unknown} for method {method!r}; "
+                         f"expected some of {sorted(valid)}.")
+    return spec_cls(**dict(params))
+
+
+def describe(spec) -> dict[str, Any]:
+    """The spec as plain data: tensors are replaced by a short description."""
+    out = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        out[f.name] = (f"tensor{tuple(value.shape)}" if isinstance(value, Tensor) else value)
+    return out
+
