@@ -19,7 +19,7 @@ SMALL = {
     "name": "small<b>",
     "train": {"epochs": 4},
     "pruning": {"sparsities": [0.5, 0.9], "finetune_epochs": 1},
-    "attribution": {"n_samples": 24, "ig_steps": 8},
+    "attribution": {"n_samples": 24, "params": {"integrated_gradients": {"n_steps": 8}}},
     "metrics": {"faithfulness_runs": 10, "sensitivity_samples": 3},
     "report": {"n_examples": 3, "latency_batch": 16},
 }
@@ -125,7 +125,7 @@ def test_cli(tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('[train]\nepochs = 2\n[pruning]\nsparsities = [0.8]\nfinetune_epochs = 1\n'
                    '[controls]\nother_seed = false\nfinetune = false\n'
-                   '[attribution]\nn_samples = 8\nig_steps = 4\nmethods = ["saliency"]\n'
+                   '[attribution]\nn_samples = 8\nmethods = ["saliency"]\n'
                    '[metrics]\nfaithfulness_runs = 5\nsensitivity_samples = 2\n'
                    '[report]\nlatency_batch = 8\n')
     out = tmp_path / "out"

@@ -56,7 +56,7 @@ def test_summary_block_places_agreement_against_the_controls():
     assert table.iloc[0]["Δ accuracy (pts)"] == "-2.0"
     assert table.iloc[0]["compression"] == "10.0x"
     assert sentences == [
-        "At 90% sparsity (l1_unstructured, 10.0x fewer weights), test accuracy is 95.0% "
+        "At 90% sparsity (l1_unstructured, compression 10.0x), test accuracy is 95.0% "
         "[93.0, 97.0] vs 97.0% dense. Saliency maps keep a mean Spearman agreement of "
         "0.21 [0.19, 0.24] with the dense maps, below every control (controls: ctrl 0.92); "
         "Δ faithfulness correlation +0.050 [-0.329, +0.429] (no clear change)."]

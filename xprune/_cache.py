@@ -44,6 +44,11 @@ class RunCache:
     def _path(self, key: str, suffix: str) -> Path | None:
         return None if self.dir is None else self.dir / f"{_safe(key)}{suffix}"
 
+    def has(self, key: str) -> bool:
+        """Whether a model or tensor dict is stored under ``key``."""
+        path = self._path(key, ".safetensors")
+        return path is not None and path.exists()
+
     def tensors(self, key: str, compute: Callable[[], dict[str, Tensor]],
                 meta: Callable[[], dict[str, str]] | None = None
                 ) -> tuple[dict[str, Tensor], dict[str, str]]:

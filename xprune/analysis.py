@@ -35,6 +35,7 @@ from .data import DatasetSplit, load_dataset
 from .models import DigitsCNN, evaluate, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
 from .pruning import fine_tune, layer_table, prune, sparsity
+from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
 __all__ = ["ModelRecord", "RunResult", "run_analysis"]
@@ -120,7 +121,10 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
             return model, {"train_seconds": res.seconds, "seed": seed}
         return compute
 
-    say(f"training the dense model ({tc.epochs} epochs)")
+    def status(key: str, what: str) -> None:
+        say(f"{what} (stored, reused)" if cache.has(key) else what)
+
+    status("dense", f"training the dense model ({plural(tc.epochs, 'epoch')})")
     dense, info = cache.model("dense", factory, train_new(config.seed))
     dense.to(dev)
     records = [ModelRecord("dense", "dense", "", 0.0, dense, info)]
@@ -133,11 +137,11 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
                              lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
             return pair.sparse, {"finetune_seconds": pair.params["finetune_seconds"]}
 
-        say(f"pruning {tag} + {pc.finetune_epochs} fine-tuning epochs")
+        status(tag, f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
         model, info = cache.model(tag, factory, compute)
         records.append(ModelRecord(tag, "sparse", pc.method, float(s), model.to(dev), info))
     if config.controls.other_seed:
-        say("training the control: a dense model with another seed")
+        status("control-seed", "training the control: a dense model with another seed")
         model, info = cache.model("control-seed", factory, train_new(config.seed + 1))
         records.append(ModelRecord("control:other-seed", "control", "other-seed", 0.0,
                                    model.to(dev), info))
@@ -148,7 +152,8 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
                         lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
             return model, {"finetune_seconds": res.seconds}
 
-        say("training the control: the dense model fine-tuned without pruning")
+        status("control-finetune",
+               "training the control: the dense model fine-tuned without pruning")
         model, info = cache.model("control-finetune", factory, compute_ft)
         records.append(ModelRecord("control:finetune", "control", "finetune", 0.0,
                                    model.to(dev), info))
@@ -202,7 +207,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
         generator=torch.Generator().manual_seed(_metric_seed(seed, "faithfulness")),
         max_rows=max_rows)
     scores["max_sensitivity"] = M.max_sensitivity(
-        explainer(model, method, params=config.attribution.params(method), max_rows=max_rows),
+        explainer(model, method, params=config.attribution.method_params(method),
+                  output=config.attribution.output, max_rows=max_rows),
         x, targets, radius=mc.sensitivity_radius, n_samples=mc.sensitivity_samples,
         generator=torch.Generator().manual_seed(_metric_seed(seed, "sensitivity")),
         max_rows=max_rows)
@@ -310,16 +316,18 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
         ta = time.perf_counter()
 
         def compute_attr(rec=rec, method=method):
-            a = attribute(rec.model, x, targets, method, params=ac.params(method),
-                          model_tag=rec.tag, max_rows=ac.max_rows, device=config.device)
+            a = attribute(rec.model, x, targets, method, params=ac.method_params(method),
+                          output=ac.output, model_tag=rec.tag, max_rows=ac.max_rows,
+                          device=config.device)
             out_t = {"values": a.values}
             if a.delta is not None:
                 out_t["delta"] = a.delta
             return out_t
 
         stored, _ = cache.tensors(f"attr-{method}-{rec.tag}", compute_attr)
-        attrs = Attributions(stored["values"], x, targets, method, ac.params(method), rec.tag,
-                             stored.get("delta"))
+        attrs = Attributions(stored["values"], x, targets, method,
+                             {**ac.method_params(method), "output": ac.output}, rec.tag,
+                             stored.get("delta"), predictions[rec.tag])
         attrs_by[method, rec.tag] = attrs
         tm = mark("attribute", ta)
 

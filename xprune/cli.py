@@ -15,30 +15,43 @@ __all__ = ["main"]
 EXAMPLES = """examples:
   xprune run                          the default digits analysis -> reports/digits/
   xprune run analyses/digits-full.toml
-  xprune run --out /tmp/run --seed 1
   xprune report reports/digits        re-render a run's report from its stored results
   xprune list                         registered pruning methods, attribution methods, metrics
 """
 
+RUN_EXAMPLES = """examples:
+  xprune run                          the embedded digits analysis (analyses/digits.toml)
+  xprune run analyses/digits-full.toml
+  xprune run --out /tmp/run --seed 1  another folder and seed
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (exit code 1)")
     parser = argparse.ArgumentParser(
         prog="xprune", description="Measure how pruning changes a model's explanations.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common])
+    parser.add_argument("--version", action="version", version=f"xprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an analysis and write its report",
-                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("config", nargs="?", help="analysis config (TOML); default: digits")
+    run = sub.add_parser("run", help="run an analysis and write its report", parents=[common],
+                         epilog=RUN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", nargs="?",
+                     help="analysis config file (TOML); default: the embedded digits analysis, "
+                          "as spelled out in analyses/digits.toml")
     run.add_argument("--out", help="run folder (default: reports/<analysis name>)")
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--device", help="override the config's device, e.g. cuda")
     run.add_argument("--no-cache", action="store_true",
                      help="recompute everything instead of reusing finished work")
     run.add_argument("--quiet", action="store_true", help="no progress output")
-    report = sub.add_parser("report", help="re-render a run folder's report")
-    report.add_argument("run_dir")
-    sub.add_parser("list", help="list registered methods and metrics")
+    report = sub.add_parser("report", help="re-render a run folder's report", parents=[common])
+    report.add_argument("run_dir", help="a folder written by `xprune run`")
+    sub.add_parser("list", help="list registered methods and metrics", parents=[common])
     return parser
 
 
@@ -86,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ValueError, TypeError, OSError, KeyError) as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"xprune: error: {exc}", file=sys.stderr)
         return 2

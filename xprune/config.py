@@ -40,6 +40,11 @@ class DataConfig:
     val_size: float = 0.2
     test_size: float = 0.2
 
+    def __post_init__(self) -> None:
+        from .data import DATASETS
+
+        _check_name(self.dataset, DATASETS, "data.dataset")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -61,6 +66,12 @@ class PruningConfig:
     finetune_lr: float = 1e-3
 
     def __post_init__(self) -> None:
+        from .pruning import PRUNING_METHODS
+
+        _check_name(self.method, PRUNING_METHODS, "pruning.method")
+        if self.scope not in ("global", "layer"):
+            raise ValueError(f"Expected `pruning.scope` to be 'global' or 'layer', "
+                             f"got {self.scope!r}.")
         object.__setattr__(self, "sparsities", tuple(self.sparsities))
         if not self.sparsities:
             raise ValueError("Expected `pruning.sparsities` to list at least one sparsity, got [].")
@@ -77,21 +88,58 @@ class ControlsConfig:
     finetune: bool = True
 
 
+def _default_attribution_params() -> dict[str, dict[str, Any]]:
+    return {"integrated_gradients": {"n_steps": 32}}
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
+    """Which Captum methods explain every model, and with what parameters.
+
+    ``params`` maps a method name to its parameters (the fields of its spec,
+    e.g. ``[attribution.params.integrated_gradients] n_steps = 32``); methods
+    not named there use their defaults. Maps explain ``output`` ("logit" or
+    "probability") of the dense model's predicted class.
+    """
+
     methods: tuple[str, ...] = ("saliency", "integrated_gradients")
     n_samples: int = 256
-    ig_steps: int = 32
+    params: dict[str, dict[str, Any]] = field(default_factory=_default_attribution_params)
+    output: str = "logit"
     max_rows: int = 4096
 
     def __post_init__(self) -> None:
+        from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
+
         object.__setattr__(self, "methods", tuple(self.methods))
+        if not self.methods:
+            raise ValueError("Expected `attribution.methods` to list at least one method, got [].")
+        for method in self.methods:
+            _check_name(method, ATTRIBUTION_METHODS, "attribution.methods")
+        if not isinstance(self.params, dict):
+            raise ValueError(f"Expected `attribution.params` to be a table of method tables, "
+                             f"got {self.params!r}.")
+        for method, values in self.params.items():
+            _check_name(method, ATTRIBUTION_METHODS, "attribution.params")
+            try:
+                resolve_spec(method, values)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"In [attribution.params.{method}]: {exc}") from None
+        if self.output not in ("logit", "probability"):
+            raise ValueError(f"Expected `attribution.output` to be 'logit' or 'probability', "
+                             f"got {self.output!r}.")
         check_positive_int(self.n_samples, "attribution.n_samples")
-        check_positive_int(self.ig_steps, "attribution.ig_steps")
         check_positive_int(self.max_rows, "attribution.max_rows")
 
-    def params(self, method: str) -> dict[str, Any]:
-        return {"n_steps": self.ig_steps} if method == "integrated_gradients" else {}
+    def method_params(self, method: str) -> dict[str, Any]:
+        """The configured parameters of ``method`` (empty for its defaults)."""
+        return dict(self.params.get(method, {}))
+
+
+def _check_name(name: str, registry, key: str) -> None:
+    if name not in registry:
+        raise ValueError(f"Expected `{key}` to name one of {sorted(registry)}, got {name!r}."
+                         + closest_name(str(name), list(registry)))
 
 
 @dataclass(frozen=True)
@@ -135,6 +183,7 @@ class AnalysisConfig:
             raise ValueError(f"Expected `name` to be a plain directory name, got {self.name!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"Expected `seed` to be a non-negative integer, got {self.seed!r}.")
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as plain data (JSON-serialisable)."""
@@ -143,10 +192,26 @@ class AnalysisConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
         """Build from nested mappings; unknown sections or keys raise ``ValueError``."""
-        return _build(cls, data, "config")
+        return _build(cls, data, "the config's top level")
 
     def replace(self, **changes: Any) -> AnalysisConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` names a device this torch build can use."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Expected `device` to be a torch device such as 'cpu' or 'cuda', "
+                         f"got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Expected an available `device`, got {device!r}: this torch build "
+                         "sees no CUDA device (use 'cpu').")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Expected an available `device`, got {device!r}: MPS is not available.")
 
 
 def _build(cls, data: Any, where: str):
@@ -156,18 +221,18 @@ def _build(cls, data: Any, where: str):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ValueError(f"Unknown key `{key}` in [{where}]; expected one of "
+            raise ValueError(f"Unknown key `{key}` in {where}; expected one of "
                              f"{sorted(fields)}." + closest_name(key, fields))
         default = fields[key].default_factory if fields[key].default_factory \
             is not dataclasses.MISSING else None
         if default is not None and dataclasses.is_dataclass(default):
-            kwargs[key] = _build(default, value, key)
+            kwargs[key] = _build(default, value, f"[{key}]")
         else:
             kwargs[key] = value
     try:
         return cls(**kwargs)
     except TypeError as exc:  # wrong value types caught by dataclass validation
-        raise ValueError(f"Invalid value in [{where}]: {exc}") from None
+        raise ValueError(f"Invalid value in {where}: {exc}") from None
 
 
 def load_config(path: str | Path | None = None) -> AnalysisConfig:

@@ -17,12 +17,27 @@ import pandas as pd
 from .._io import atomic_write_bytes, atomic_write_text, read_table
 from ..metrics import METRICS
 from . import figures as F
-from .tables import fmt_ci, metric_summary, model_order, what_changed
+from .tables import fmt_ci, metric_summary, model_order, plural, what_changed
 
 __all__ = ["render_report"]
 
 SUMMARY_METRICS = ["gini_index", "deletion_auc", "faithfulness_correlation", "max_sensitivity",
                    "spearman", "top_k_intersection"]
+
+
+NOTES = {
+    "changed": "Δ = pruned (or control) minus dense on the same samples, with a paired 95% CI. "
+               "Controls: a dense model trained with another seed, and the dense model "
+               "fine-tuned for the same budget without pruning. They show how far any "
+               "retrained model moves: agreement with the dense maps means little without them.",
+    "models": "MACs per input sample; nonzero MACs are theoretical (dense kernels do not skip "
+              "zeros). Storage: safetensors bytes, dense float32 vs a bitmask plus the nonzero "
+              "values; the bitmask costs 1/32 of a float32 per weight, so the sparse encoding "
+              "is smaller only above about 3% sparsity.",
+    "metrics": "Deletion AUC is not normalised by the starting probability: a model that is "
+               "less confident in the explained class scores lower (better) without its maps "
+               "being more faithful. Read it beside the deletion curves and the accuracy.",
+}
 
 
 def _read(run: Path, name: str) -> pd.DataFrame:
@@ -32,8 +47,8 @@ def _read(run: Path, name: str) -> pd.DataFrame:
     return read_table(path)
 
 
-def _model_rows(models: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
-    t = models.merge(timings, on="model", how="left")
+def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    t = models.merge(timings, on="model", how="left").set_index("model").loc[order].reset_index()
     out = pd.DataFrame({
         "model": t["model"],
         "sparsity (measured)": t["measured_sparsity"].map("{:.4f}".format),
@@ -44,7 +59,7 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame) -> pd.DataFrame:
         "macro recall": t["macro_recall"].map("{:.3f}".format),
         "nonzero / total weights": [f"{nz:,} / {tot:,}" for nz, tot in
                                     zip(t["nonzero_weights"], t["total_weights"], strict=True)],
-        "compression ratio": t["compression_ratio"].map("{:.2f}x".format),
+        "compression ratio": t["compression_ratio"].map("{:.1f}x".format),
         "MACs dense / nonzero": [f"{d:,} / {n:,}" for d, n in
                                  zip(t["macs_dense"], t["macs_nonzero"], strict=True)],
         "storage bytes dense / sparse": [f"{d:,} / {s:,}" for d, s in
@@ -131,14 +146,15 @@ def render_report(run_dir: str | Path) -> Path:
     summary = metric_summary(results)
     atomic_write_text(run / "summary.csv", summary.to_csv(index=False, na_rep="NaN"))
     changed, sentences = what_changed(models, summary)
-    model_rows = _model_rows(models, timings)
+    model_rows = _model_rows(models, timings, order)
     tables = _metric_tables(summary, order)
     figs = _figures(run, results, summary, curves, examples, order)
     n_samples = int(results["sample"].nunique())
     lat = timings.iloc[0]
     context = {
         "name": config["name"], "config": config, "sentences": sentences,
-        "n_samples": n_samples, "n_test": None,
+        "n_samples": n_samples,
+        "epochs": plural(config["pruning"]["finetune_epochs"], "masked fine-tuning epoch"),
         "latency_note": f"median of torch.utils.benchmark runs after warm-up, batch size "
                         f"{int(lat['batch_size'])}, {int(lat['threads'])} threads, "
                         f"{lat['dtype']}, {lat['device']}",
@@ -149,7 +165,7 @@ def render_report(run_dir: str | Path) -> Path:
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined)
     html = env.get_template("report.html.j2").render(
-        **context, changed=_records(changed), model_rows=_records(model_rows),
+        **context, notes_text=NOTES, changed=_records(changed), model_rows=_records(model_rows),
         tables={k: _records(v) for k, v in tables.items()}, figures=figs,
         notes=_records(_metric_notes()))
     return atomic_write_text(run / "report.html", html)
@@ -165,24 +181,20 @@ def _markdown(ctx, changed, model_rows, tables, figs) -> str:
     lines = [f"# xprune report: {ctx['name']}", "",
              f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, pruning "
              f"`{cfg['pruning']['method']}` ({cfg['pruning']['scope']}) with "
-             f"{cfg['pruning']['finetune_epochs']} masked fine-tuning epochs; attributions on "
+             f"{ctx['epochs']}; attributions on "
              f"{ctx['n_samples']} held-out test inputs, target = the dense model's prediction "
              "for every model. Intervals are 95% confidence intervals over test samples of one "
              "trained model each (they do not include training variance across seeds).", "",
              "## What pruning changed", ""]
     lines += [f"- {s}" for s in ctx["sentences"]]
     lines += ["", _md_table(changed), "",
-              "Δ = sparse minus dense on the same samples (paired 95% CI). Controls: a dense "
-              "model trained with another seed, and the dense model fine-tuned for the same "
-              "budget without pruning: the agreement any retrained model keeps.", "",
+              NOTES["changed"], "",
               "## Models", "", _md_table(model_rows), "",
-              f"Latency: {ctx['latency_note']}. MACs per input sample; nonzero MACs are "
-              "theoretical (dense kernels do not skip zeros). Storage: safetensors bytes, "
-              "dense float32 vs bitmask + nonzero values.", "",
+              f"Latency: {ctx['latency_note']}. " + NOTES["models"], "",
               "## Metrics (mean [95% CI] over samples)", ""]
     for method, table in tables.items():
         lines += [f"### {method}", "", _md_table(table), ""]
-    lines += ["### Metric definitions", "", _md_table(_metric_notes()), "", "## Figures", ""]
+    lines += [NOTES["metrics"], "", "### Metric definitions", "", _md_table(_metric_notes()), "", "## Figures", ""]
     lines += [f"![{f['caption']}]({f['file']})" for f in figs]
     lines += ["", "Per-layer sparsity: `layers.csv`; per-sample scores: `results.csv`; "
               "resolved config: `config.json`; package versions: `versions.json`.", ""]

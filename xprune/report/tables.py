@@ -10,9 +10,14 @@ import pandas as pd
 from ..metrics import METRICS
 from ..stats import mean_ci
 
-__all__ = ["fmt_ci", "metric_summary", "model_order", "what_changed"]
+__all__ = ["fmt_ci", "metric_summary", "model_order", "plural", "what_changed"]
 
 GROUP = ["model", "role", "pruning", "sparsity", "attribution", "metric"]
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 epoch"``, ``"5 epochs"``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def model_order(models: pd.DataFrame) -> list[str]:
@@ -53,9 +58,14 @@ def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool =
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     sign = "+" if signed else ""
-    text = f"{mean:{sign}.{digits}f}"
+
+    def num(v: float) -> str:
+        v = 0.0 if round(v, digits) == 0 else v  # no "-0.000"
+        return f"{v:{sign}.{digits}f}"
+
+    text = num(mean)
     if low is not None and not (isinstance(low, float) and math.isnan(low)):
-        text += f" [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+        text += f" [{num(low)}, {num(high)}]"
     return text
 
 
@@ -109,7 +119,7 @@ def _triple(s: pd.Series) -> tuple[float, float, float]:
 def _sentence(m, dense, attributions, summary, controls) -> str:
     """One bullet per pruned model: accuracy and size, then each method's maps."""
     text = (f"At {100 * m['requested_sparsity']:.0f}% sparsity ({m['pruning']}, "
-            f"{m['compression_ratio']:.1f}x fewer weights), test accuracy is "
+            f"compression {m['compression_ratio']:.1f}x), test accuracy is "
             f"{100 * m['accuracy']:.1f}% [{100 * m['accuracy_ci_low']:.1f}, "
             f"{100 * m['accuracy_ci_high']:.1f}] vs {100 * dense['accuracy']:.1f}% dense.")
     for attribution in attributions:
