@@ -1,0 +1,23 @@
+"""What the README says runs, runs: its Python example, executed as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(capsys):
+    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
+    exec(compile(block, "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "0.9 10.0"
+    assert out[1].startswith("gini (dense): mean 0.") and out[1].endswith("over 256 samples")
+    assert len(out) == 7
+
+
+def test_readme_quick_start_commands_are_the_ci_commands():
+    text = README.read_text()
+    assert "pip install -e . -c constraints.txt && xprune run" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert 'pip install -e ".[test]" -c constraints.txt' in text
+    assert 'pip install -e ".[test]" -c constraints.txt' in ci and "pytest" in ci
