@@ -143,3 +143,23 @@ def test_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("xprune: error: Expected `pruning.sparsities[i]`")
     assert "Traceback" not in err
+
+
+def test_tabular_analysis_carries_feature_names(tmp_path):
+    config = load_config(ROOT / "analyses" / "breast-cancer.toml")
+    small = AnalysisConfig.from_dict({
+        **{k: v for k, v in config.to_dict().items() if k in ("name", "seed", "data")},
+        "train": {"epochs": 5},
+        "pruning": {"sparsities": [0.9], "finetune_epochs": 1},
+        "attribution": {"n_samples": 16, "params": {"integrated_gradients": {"n_steps": 8}}},
+        "metrics": {"faithfulness_runs": 5, "sensitivity_samples": 2},
+        "report": {"latency_batch": 8},
+    })
+    run_analysis(small, out_dir=tmp_path, progress=False)
+    importance = pd.read_csv(tmp_path / "importance.csv")
+    assert "worst concave points" in set(importance["feature"])
+    assert len(importance) == 30 * 4 * 2  # features x models x methods
+    assert (tmp_path / "figures" / "importance_saliency.png").is_file()
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert results["sample"].nunique() == 16
+    assert "worst concave points" in (tmp_path / "report.html").read_text()

@@ -32,7 +32,7 @@ from ._io import atomic_write_text
 from .attribution import Attributions, attribute, explainer
 from .config import AnalysisConfig
 from .data import DatasetSplit, load_dataset
-from .models import DigitsCNN, evaluate, predict, train
+from .models import DigitsCNN, TabularMLP, evaluate, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
 from .pruning import fine_tune, layer_table, prune, sparsity
 from .report.tables import plural
@@ -67,9 +67,14 @@ class RunResult:
 
 
 def _model_factory(data: DatasetSplit) -> Callable[[], nn.Module]:
-    if data.name == "digits":
-        return lambda: DigitsCNN(n_classes=data.n_classes)
-    raise ValueError(f"No default model for dataset {data.name!r}.")
+    """The default architecture for a dataset: a small CNN for images, an MLP for tables."""
+    shape = data.feature_shape
+    if len(shape) == 3:
+        return lambda: DigitsCNN(n_classes=data.n_classes, in_channels=shape[0],
+                                 image_shape=(shape[1], shape[2]))
+    if len(shape) == 1:
+        return lambda: TabularMLP(shape[0], n_classes=data.n_classes)
+    raise ValueError(f"No default model for inputs of shape {shape} ({data.name!r}).")
 
 
 def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -243,6 +248,23 @@ def _examples(records, attrs_by, methods, x, n_examples) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _importance(records, attrs_by, methods, feature_names) -> pd.DataFrame:
+    """Mean |attribution| per feature with a 95% CI, per model and method, for tabular data."""
+    rows = []
+    for method in methods:
+        for rec in records:
+            values = attrs_by[method, rec.tag].values
+            if values.dim() != 2:
+                continue
+            names = feature_names or [f"x{i}" for i in range(values.shape[1])]
+            for j, name in enumerate(names):
+                mean, lo, hi, _ = mean_ci(values[:, j].abs().double().numpy())
+                rows.append({"attribution": method, "model": rec.tag, "feature": name,
+                             "mean_abs": mean, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["attribution", "model", "feature", "mean_abs", "ci_low",
+                                       "ci_high"])
+
+
 def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | None = None,
                  progress: bool = True, use_cache: bool = True, render: bool = True
                  ) -> RunResult:
@@ -361,6 +383,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     results = pd.concat(frames, ignore_index=True)
     curves = _curve_summary(pd.concat(curve_rows, ignore_index=True))
     examples = _examples(records, attrs_by, ac.methods, x, config.report.n_examples)
+    importance = _importance(records, attrs_by, ac.methods, data.feature_names)
 
     write_csv = lambda frame, name: atomic_write_text(out / name, frame.to_csv(  # noqa: E731
         index=False, na_rep="NaN"))
@@ -369,6 +392,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     write_csv(layers, "layers.csv")
     write_csv(curves, "curves.csv")
     write_csv(examples, "examples.csv")
+    write_csv(importance, "importance.csv")
     write_csv(timings, "timings.csv")
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "versions.json", json.dumps(_versions(), indent=2) + "\n")

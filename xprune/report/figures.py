@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 __all__ = [
     "figure_png",
+    "plot_feature_importance",
     "plot_agreement_distribution",
     "plot_attribution_grid",
     "plot_deletion_curves",
@@ -139,4 +140,28 @@ def plot_agreement_distribution(results: pd.DataFrame, attribution: str, models:
     ax.set_ylabel(f"{metric.replace('_', ' ')} vs dense")
     ax.set_title(f"per-sample agreement, {attribution.replace('_', ' ')}", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def plot_feature_importance(importance: pd.DataFrame, attribution: str, models: list[str], *,
+                            top: int = 15, ax=None):
+    """Mean |attribution| of the dense model's ``top`` features, one bar per model, 95% CIs."""
+    data = importance[importance["attribution"] == attribution]
+    dense = data[data["model"] == "dense"].sort_values("mean_abs", ascending=False)
+    features = list(dense["feature"][:top])[::-1]
+    present = [m for m in models if m in set(data["model"])]
+    ax = ax or plt.subplots(figsize=(5.5, 0.32 * len(features) + 1.2))[1]
+    height = 0.8 / max(1, len(present))
+    cmap = plt.get_cmap("viridis")
+    for i, model in enumerate(present):
+        rows = data[data["model"] == model].set_index("feature").reindex(features)
+        y = np.arange(len(features)) + (i - (len(present) - 1) / 2) * height
+        colour = "black" if model == "dense" else cmap(i / max(1, len(present) - 1))
+        err = np.vstack([rows["mean_abs"] - rows["ci_low"], rows["ci_high"] - rows["mean_abs"]])
+        ax.barh(y, rows["mean_abs"], height=height, color=colour, label=model,
+                xerr=np.nan_to_num(err), error_kw={"linewidth": 0.5})
+    ax.set_yticks(np.arange(len(features)), features, fontsize=7)
+    ax.set_xlabel("mean |attribution|")
+    ax.set_title(f"feature importance, {attribution.replace('_', ' ')}", fontsize=10)
+    ax.legend(fontsize=6)
     return ax

@@ -85,6 +85,18 @@ def _metric_tables(summary: pd.DataFrame, order: list[str]) -> dict[str, pd.Data
     return tables
 
 
+def _importance_tables(importance: pd.DataFrame, order: list[str], top: int = 10
+                       ) -> dict[str, pd.DataFrame]:
+    """Per method: the dense model's ``top`` features by mean |attribution|, every model beside."""
+    tables = {}
+    for method, group in importance.groupby("attribution", sort=False):
+        table = group.pivot(index="feature", columns="model", values="mean_abs")
+        table = table.reindex(columns=[m for m in order if m in table.columns])
+        table = table.sort_values("dense", ascending=False).head(top)
+        tables[method] = table.map("{:.3f}".format).reset_index()
+    return tables
+
+
 def _metric_notes() -> pd.DataFrame:
     return pd.DataFrame([{
         "metric": name, "category": info.category,
@@ -93,7 +105,8 @@ def _metric_notes() -> pd.DataFrame:
     } for name, info in METRICS.items() if name in SUMMARY_METRICS])
 
 
-def _figures(run: Path, results, summary, curves, examples, order) -> list[dict[str, str]]:
+def _figures(run: Path, results, summary, curves, examples, importance, order
+             ) -> list[dict[str, str]]:
     figs: list[tuple[str, str, bytes]] = []
     methods = list(dict.fromkeys(results["attribution"]))
     for method in methods:
@@ -103,6 +116,10 @@ def _figures(run: Path, results, summary, curves, examples, order) -> list[dict[
                 title=f"{method.replace('_', ' ')}: the same inputs, dense vs each model "
                       "(one colour scale per row)")
             figs.append((f"maps_{method}.png", f"Attribution maps, {method}", F.figure_png(fig)))
+        if not importance.empty:
+            ax = F.plot_feature_importance(importance, method, order)
+            figs.append((f"importance_{method}.png", f"Feature importance, {method}",
+                         F.figure_png(ax.figure)))
     for metric in [m for m in SUMMARY_METRICS if m in set(summary["metric"])]:
         ax = F.plot_metric_vs_sparsity(summary, metric)
         figs.append((f"{metric}_vs_sparsity.png", f"{metric} vs sparsity (95% CI bands)",
@@ -148,7 +165,9 @@ def render_report(run_dir: str | Path) -> Path:
     changed, sentences = what_changed(models, summary)
     model_rows = _model_rows(models, timings, order)
     tables = _metric_tables(summary, order)
-    figs = _figures(run, results, summary, curves, examples, order)
+    importance = _read(run, "importance.csv") if (run / "importance.csv").exists() \
+        else pd.DataFrame()
+    figs = _figures(run, results, summary, curves, examples, importance, order)
     n_samples = int(results["sample"].nunique())
     lat = timings.iloc[0]
     context = {
@@ -159,7 +178,8 @@ def render_report(run_dir: str | Path) -> Path:
                         f"{int(lat['batch_size'])}, {int(lat['threads'])} threads, "
                         f"{lat['dtype']}, {lat['device']}",
     }
-    md = _markdown(context, changed, model_rows, tables, figs)
+    features = _importance_tables(importance, order) if not importance.empty else {}
+    md = _markdown(context, changed, model_rows, tables, figs, features)
     atomic_write_text(run / "report.md", md)
     env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -167,6 +187,7 @@ def render_report(run_dir: str | Path) -> Path:
     html = env.get_template("report.html.j2").render(
         **context, notes_text=NOTES, changed=_records(changed), model_rows=_records(model_rows),
         tables={k: _records(v) for k, v in tables.items()}, figures=figs,
+        features={k: _records(v) for k, v in features.items()},
         notes=_records(_metric_notes()))
     return atomic_write_text(run / "report.html", html)
 
@@ -176,7 +197,7 @@ def _records(frame: pd.DataFrame) -> dict:
             "rows": [[str(v) for v in row] for row in frame.itertuples(index=False)]}
 
 
-def _markdown(ctx, changed, model_rows, tables, figs) -> str:
+def _markdown(ctx, changed, model_rows, tables, figs, features) -> str:
     cfg = ctx["config"]
     lines = [f"# xprune report: {ctx['name']}", "",
              f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, pruning "
@@ -194,7 +215,13 @@ def _markdown(ctx, changed, model_rows, tables, figs) -> str:
               "## Metrics (mean [95% CI] over samples)", ""]
     for method, table in tables.items():
         lines += [f"### {method}", "", _md_table(table), ""]
-    lines += [NOTES["metrics"], "", "### Metric definitions", "", _md_table(_metric_notes()), "", "## Figures", ""]
+    lines += [NOTES["metrics"], "", "### Metric definitions", "", _md_table(_metric_notes()), ""]
+    if features:
+        lines += ["## Feature importance (mean |attribution|, top features of the dense model)",
+                  ""]
+        for method, table in features.items():
+            lines += [f"### {method}", "", _md_table(table), ""]
+    lines += ["## Figures", ""]
     lines += [f"![{f['caption']}]({f['file']})" for f in figs]
     lines += ["", "Per-layer sparsity: `layers.csv`; per-sample scores: `results.csv`; "
               "resolved config: `config.json`; package versions: `versions.json`.", ""]
