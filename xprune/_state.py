@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "model_device"]
+__all__ = ["as_logits", "eval_mode", "model_device", "model_dtype"]
 
 
 @contextlib.contextmanager
@@ -30,3 +30,21 @@ def model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter (float32 if it has none)."""
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def as_logits(output: object, model: nn.Module) -> torch.Tensor:
+    """The model's output as a tensor, or a clear error for tuples, dicts and other outputs."""
+    if isinstance(output, torch.Tensor):
+        return output
+    raise ValueError(
+        f"Expected {type(model).__name__}.forward to return a tensor of logits (N, C), got "
+        f"{type(output).__name__}. Wrap the model so that forward returns the logits, e.g. "
+        f"lambda x: model(x)[0] inside an nn.Module.")

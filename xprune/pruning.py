@@ -111,22 +111,65 @@ class ModelPair:
 
     @property
     def sparsity(self) -> float:
-        """Measured sparsity of the sparse model, in [0, 1]."""
-        return sparsity(self.sparse)
+        """Measured sparsity in [0, 1]: the fraction of the dense model's conv/linear weights
+        that are zero or physically removed in the sparse model."""
+        return 1.0 - self.nonzero_weights / self.total_weights
 
     @property
     def total_weights(self) -> int:
-        return _counts(self.sparse)[0]
+        """Conv/linear weights of the dense model."""
+        return _counts(self.dense)[0]
 
     @property
     def nonzero_weights(self) -> int:
+        """Nonzero conv/linear weights of the sparse model."""
         return _counts(self.sparse)[1]
 
     @property
     def compression_ratio(self) -> float:
-        """Total / nonzero prunable weights (1 = no compression; higher = smaller)."""
-        total, nnz = _counts(self.sparse)
-        return total / nnz if nnz else float("inf")
+        """Dense weights / nonzero sparse weights (1 = no compression; higher = smaller)."""
+        nnz = self.nonzero_weights
+        return self.total_weights / nnz if nnz else float("inf")
+
+    @classmethod
+    def from_models(cls, dense: nn.Module, sparse: nn.Module, *, method: str = "external",
+                    amount: float | None = None, params: Mapping[str, Any] | None = None
+                    ) -> ModelPair:
+        """A pair pruned elsewhere (Torch-Pruning, NNI, your own code), for comparison only.
+
+        Masks are read off the sparse model (kept = nonzero) where a layer has
+        the dense layer's shape; layers whose shapes differ (structured
+        removal) get no mask, and the two models are compared in input space
+        only. ``amount`` defaults to the measured sparsity. Neither model is
+        modified; pruning hooks still attached to ``sparse`` are an error.
+
+        Raises
+        ------
+        ValueError
+            If either model has no prunable layer, or ``sparse`` still carries
+            ``torch.nn.utils.prune`` reparametrisations (call
+            ``torch.nn.utils.prune.remove`` first).
+        """
+        for name, model in (("dense", dense), ("sparse", sparse)):
+            if not prunable_weights(model):
+                raise ValueError(f"Expected the {name} model to have at least one Linear or "
+                                 f"Conv layer, found none in {type(model).__name__}.")
+            hooked = [n for n, m in model.named_modules() if torch_prune.is_pruned(m)
+                      and any(isinstance(h, torch_prune.BasePruningMethod)
+                              for h in m._forward_pre_hooks.values())]
+            if hooked:
+                raise ValueError(f"The {name} model still has pruning hooks on {hooked[:3]}: "
+                                 "make pruning permanent with torch.nn.utils.prune.remove first.")
+        dense_shapes = {weight_name(n): m.weight.shape for n, m in prunable_weights(dense)}
+        masks = {weight_name(n): (m.weight.detach() != 0).clone()
+                 for n, m in prunable_weights(sparse)
+                 if dense_shapes.get(weight_name(n)) == m.weight.shape}
+        structured = len(masks) < len(dense_shapes)
+        pair = cls(dense=dense, sparse=sparse, method=method, amount=0.0, masks=masks,
+                   params={**(params or {}), "structured": structured})
+        measured = pair.sparsity
+        amount = measured if amount is None else check_fraction(amount, "amount")
+        return dataclasses.replace(pair, amount=amount)
 
     def layer_table(self) -> pd.DataFrame:
         """Per-layer table of the sparse model (see :func:`layer_table`)."""

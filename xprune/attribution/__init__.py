@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import eval_mode, model_device
+from .._state import eval_mode, model_device, model_dtype
 from .._validation import check_positive_int, check_targets, check_tensor
 from ._baselines import BASELINE_KINDS, make_baseline
 from ._methods import (
@@ -172,8 +172,9 @@ def resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *,
 
 
 def _n_outputs(model: nn.Module, inputs: Tensor) -> int:
-    with torch.no_grad(), eval_mode(model):
-        out = model(inputs[:1].to(model_device(model)))
+    from ..models import predict
+
+    out = predict(model, inputs[:1])
     return out.shape[1] if out.dim() > 1 else 1
 
 
@@ -193,7 +194,9 @@ def attribute(model: nn.Module, inputs: Tensor, target: Any, method: str = "inte
     inputs : Tensor of shape (N, *F)
         Images (N, C, H, W), tabular rows (N, F), or token ids (N, T) for
         ``"embedding_integrated_gradients"``. Left untouched (no
-        ``requires_grad``, no ``.grad``).
+        ``requires_grad``, no ``.grad``). Integer or float64 inputs are cast to
+        the model's dtype (maps come back in the inputs' floating dtype) and
+        moved to the model's device.
     target : "predicted", "label", int, sequence of int or Tensor of shape (N,)
         The output index to explain per sample (see :func:`resolve_targets`).
         Required for a multi-output model.
@@ -263,7 +266,7 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
         for index, start in enumerate(range(0, inputs.shape[0], chunk)):
             x = inputs[start:start + chunk].detach().clone().to(run_device)
             if x.is_floating_point():
-                x.requires_grad_()
+                x = x.to(model_dtype(model)).requires_grad_()
             t = None if targets is None else targets[start:start + chunk].to(run_device)
             v, d = info.run(explained, x, t, spec, Budget(max_rows, index))
             values.append(v.detach().to(device=inputs.device,

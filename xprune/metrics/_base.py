@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import eval_mode, model_device
+from .._state import as_logits, eval_mode, model_device, model_dtype
 from .._validation import check_same_shape, check_targets, check_tensor, closest_name
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 
@@ -130,8 +130,9 @@ def check_output(output: str) -> str:
 
 def n_outputs(model: nn.Module, x: Tensor) -> int:
     """Number of model outputs, from one forward pass of one sample."""
-    with torch.no_grad(), eval_mode(model):
-        out = model(x[:1].to(model_device(model)))
+    from ..models import predict
+
+    out = predict(model, x[:1])
     return out.shape[1] if out.dim() > 1 else 1
 
 
@@ -149,11 +150,11 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
     ``target`` has shape (M,). Rows are sent through the model (in eval mode,
     restored afterwards) in chunks of at most ``max_rows``.
     """
-    device = model_device(model)
+    device, dtype = model_device(model), model_dtype(model)
     out = []
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            logits = model(x[i:i + max_rows].to(device))
+            logits = as_logits(model(x[i:i + max_rows].to(device=device, dtype=dtype)), model)
             if logits.dim() == 1:
                 logits = logits[:, None]
             scores = logits.softmax(dim=1) if output == "probability" else logits

@@ -17,7 +17,10 @@ __all__ = ["max_sensitivity"]
 
 
 def _explain_targets(target: Any, n: int) -> Tensor:
-    if isinstance(target, int) and not isinstance(target, bool):
+    if target is None or isinstance(target, (bool, str)):
+        raise ValueError(f"Expected `target` to be an int or class indices of shape ({n},) "
+                         f"for the explainer, got {target!r}.")
+    if isinstance(target, int):
         return torch.full((n,), target, dtype=torch.long)
     t = torch.as_tensor(target)
     if t.is_floating_point() or t.shape != (n,) or (t.numel() and int(t.min()) < 0):

@@ -1,0 +1,198 @@
+"""Saving and loading models and pairs, without ever unpickling code.
+
+Weights are stored as safetensors (a format that holds tensors and string
+metadata only). A plain PyTorch state dict (``.pt``/``.pth``) can be read too,
+through ``torch.load(weights_only=True)``, which refuses any pickled object
+other than tensors and plain containers: a checkpoint that would run code
+when unpickled is rejected with a clear error. Every file is written
+atomically (temporary file, then rename), so an interrupted save leaves the
+previous complete file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from ._io import atomic_write_bytes, atomic_write_text
+from .pruning import ModelPair, prunable_weights, sparsity, weight_name
+
+__all__ = ["load_model", "load_pair", "load_state_dict", "save_model", "save_pair"]
+
+SAFE_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+def _fold_pruning(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Turn ``x_orig``/``x_mask`` pairs (a model saved with pruning hooks) into plain ``x``."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith("_orig")]:
+        base = key[: -len("_orig")]
+        if base + "_mask" in state:
+            out[base] = state[key] * state[base + "_mask"]
+            del out[key], out[base + "_mask"]
+    return out
+
+
+def load_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from safetensors, or from a ``torch.save`` file with weights only.
+
+    State dicts saved while ``torch.nn.utils.prune`` hooks were attached
+    (``weight_orig`` and ``weight_mask`` keys) are folded into plain
+    ``weight = weight_orig * weight_mask``, so they load into the dense
+    architecture.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a state dict of tensors: in particular a pickle that
+        holds other Python objects (which could execute code) is refused, and
+        nothing in it is run.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.suffix in SAFE_SUFFIXES:
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as fh:
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # safetensors raises its own error types
+            raise ValueError(f"Could not read {path} as safetensors: {exc}") from None
+        return _fold_pruning(state)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"Refused to load {path}: it holds Python objects other than tensors, which "
+            f"could run code when unpickled. xprune loads weights only (safetensors, or a "
+            f"state dict saved with torch.save(model.state_dict())). Detail: {first}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise ValueError(f"Could not read {path} as a PyTorch checkpoint: {exc}") from None
+    if isinstance(state, nn.Module) or not isinstance(state, Mapping):
+        raise ValueError(f"Expected {path} to hold a state dict (a mapping of names to tensors), "
+                         f"got {type(state).__name__}.")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"Expected {path} to map names to tensors; entries {bad[:5]} are not "
+                         "tensors.")
+    return _fold_pruning(dict(state))
+
+
+def save_model(model: nn.Module, path: str | Path, *,
+               metadata: Mapping[str, str] | None = None) -> Path:
+    """Save ``model``'s state dict as safetensors (atomically). Returns the path."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if any(k.endswith(("_orig", "_mask")) for k in state):
+        state = _fold_pruning(state)
+    payload = safetensors.torch.save(state, metadata=dict(metadata or {}))
+    return atomic_write_bytes(path, payload)
+
+
+def load_model(path: str | Path, template: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """Load weights into a fresh instance of the architecture.
+
+    Parameters
+    ----------
+    path : path to a ``.safetensors`` (or weights-only ``.pt``) file.
+    template : nn.Module or a callable returning one
+        The architecture; a module is deep-copied, never modified.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint is refused (see :func:`load_state_dict`) or its keys
+        and shapes do not match the architecture (the message lists them).
+    """
+    import copy
+
+    model = template() if callable(template) and not isinstance(template, nn.Module) \
+        else copy.deepcopy(template)
+    state = load_state_dict(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {missing[:5]}")
+        if unexpected:
+            details.append(f"unexpected {unexpected[:5]}")
+        if wrong:
+            details.append("shape mismatch " + ", ".join(
+                f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                for k in wrong[:5]))
+        raise ValueError(f"Checkpoint {path} does not fit {type(model).__name__}: "
+                         + "; ".join(details) + ".")
+    model.load_state_dict(state)
+    return model
+
+
+def save_pair(pair: ModelPair, directory: str | Path, *,
+              extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a pair to ``directory``: dense, sparse and masks as safetensors, plus ``manifest.json``.
+
+    The manifest records the method, requested and measured sparsity, the
+    method's parameters, the architecture's class name and package versions.
+    """
+    from . import __version__
+
+    directory = Path(directory)
+    save_model(pair.dense, directory / "dense.safetensors")
+    save_model(pair.sparse, directory / "sparse.safetensors")
+    masks = {k: v.to(torch.uint8).cpu().contiguous() for k, v in pair.masks.items()}
+    atomic_write_bytes(directory / "masks.safetensors", safetensors.torch.save(masks))
+    manifest = {
+        "format": "xprune-pair/1", "method": pair.method, "amount": pair.amount,
+        "measured_sparsity": pair.sparsity, "params": dict(pair.params),
+        "architecture": f"{type(pair.dense).__module__}.{type(pair.dense).__qualname__}",
+        "versions": {"xprune": __version__, "torch": torch.__version__},
+        **({"extra": dict(extra)} if extra else {}),
+    }
+    atomic_write_text(directory / "manifest.json",
+                      json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return directory
+
+
+def load_pair(directory: str | Path, template: nn.Module | Callable[[], nn.Module]) -> ModelPair:
+    """Load a pair saved by :func:`save_pair` into fresh instances of ``template``.
+
+    The sparse model's zeros are checked against the saved masks.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        On missing files, refused checkpoints, or a sparse model whose pruned
+        weights are not zero.
+    """
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"No manifest.json in {directory}: not a saved xprune pair.")
+    manifest = json.loads(manifest_path.read_text())
+    dense = load_model(directory / "dense.safetensors", template)
+    sparse = load_model(directory / "sparse.safetensors", template)
+    masks = {k: v.bool() for k, v in load_state_dict(directory / "masks.safetensors").items()}
+    for name, module in prunable_weights(sparse):
+        key = weight_name(name)
+        if key in masks and bool((module.weight.detach()[~masks[key]] != 0).any()):
+            raise ValueError(f"Saved pair in {directory} is inconsistent: {key} has nonzero "
+                             "weights where its mask is 0.")
+    pair = ModelPair(dense=dense, sparse=sparse, method=manifest["method"],
+                     amount=float(manifest["amount"]), masks=masks,
+                     params=dict(manifest.get("params", {})))
+    if abs(sparsity(sparse) - float(manifest["measured_sparsity"])) > 1e-9:
+        raise ValueError(f"Saved pair in {directory} is inconsistent: the manifest says sparsity "
+                         f"{manifest['measured_sparsity']}, the weights have {sparsity(sparse)}.")
+    return pair
