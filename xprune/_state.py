@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["as_logits", "eval_mode", "model_device", "model_dtype"]
+__all__ = ["as_logits", "eval_mode", "model_device", "model_dtype", "to_model"]
 
 
 @contextlib.contextmanager
@@ -32,12 +32,27 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype of the model's first floating parameter (float32 if it has none)."""
-    for t in model.parameters():
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the model's first floating parameter or buffer (None if it has neither)."""
+    for t in (*model.parameters(), *model.buffers()):
         if t.is_floating_point():
             return t.dtype
-    return torch.float32
+    return None
+
+
+def to_model(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Inputs on the model's device and in its floating dtype.
+
+    Integer inputs become floating point, except token ids for a model with an
+    ``nn.Embedding``. A model without floating parameters keeps the inputs' dtype.
+    """
+    x = x.to(model_device(model))
+    dtype = model_dtype(model)
+    if not x.is_floating_point():
+        if any(isinstance(m, nn.Embedding) for m in model.modules()):
+            return x
+        return x.to(dtype or torch.get_default_dtype())
+    return x if dtype is None else x.to(dtype)
 
 
 def as_logits(output: object, model: nn.Module) -> torch.Tensor:

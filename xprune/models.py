@@ -16,7 +16,7 @@ from sklearn.metrics import recall_score
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from ._state import as_logits, eval_mode, model_device, model_dtype
+from ._state import as_logits, eval_mode, model_device, to_model
 from ._validation import check_positive_int, check_tensor
 
 __all__ = ["DigitsCNN", "TabularMLP", "TokenClassifier", "TrainResult", "evaluate", "predict",
@@ -178,19 +178,12 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
     Inputs are moved to the model's device and cast to its dtype (token ids
     for a model with an embedding stay integers).
     """
-    device, dtype = model_device(model), model_dtype(model)
     outs = []
     with eval_mode(model):
         for i in range(0, x.shape[0], batch_size):
-            chunk = x[i:i + batch_size].to(device)
-            if chunk.is_floating_point() or not _takes_tokens(model):
-                chunk = chunk.to(dtype)
-            outs.append(as_logits(model(chunk), model).float().cpu())
+            outs.append(as_logits(model(to_model(x[i:i + batch_size], model)), model)
+                        .float().cpu())
     return torch.cat(outs)
-
-
-def _takes_tokens(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Embedding) for m in model.modules())
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:

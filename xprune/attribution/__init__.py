@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import eval_mode, model_device, model_dtype
+from .._state import eval_mode, model_device, to_model
 from .._validation import check_positive_int, check_targets, check_tensor
 from ._baselines import BASELINE_KINDS, make_baseline
 from ._methods import (
@@ -264,9 +264,9 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     values, deltas = [], []
     with eval_mode(model):
         for index, start in enumerate(range(0, inputs.shape[0], chunk)):
-            x = inputs[start:start + chunk].detach().clone().to(run_device)
+            x = to_model(inputs[start:start + chunk].detach().clone(), model)
             if x.is_floating_point():
-                x = x.to(model_dtype(model)).requires_grad_()
+                x.requires_grad_()
             t = None if targets is None else targets[start:start + chunk].to(run_device)
             v, d = info.run(explained, x, t, spec, Budget(max_rows, index))
             values.append(v.detach().to(device=inputs.device,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import as_logits, eval_mode, model_device, model_dtype
+from .._state import as_logits, eval_mode, model_device, to_model
 from .._validation import check_same_shape, check_targets, check_tensor, closest_name
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 
@@ -150,11 +150,11 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
     ``target`` has shape (M,). Rows are sent through the model (in eval mode,
     restored afterwards) in chunks of at most ``max_rows``.
     """
-    device, dtype = model_device(model), model_dtype(model)
+    device = model_device(model)
     out = []
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(x[i:i + max_rows].to(device=device, dtype=dtype)), model)
+            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
             if logits.dim() == 1:
                 logits = logits[:, None]
             scores = logits.softmax(dim=1) if output == "probability" else logits

@@ -1,0 +1,178 @@
+"""Bad input gets a clear error naming the argument, or a documented, correct result.
+
+One matrix over the public functions that take a model, inputs, attributions
+and targets. Each row is a kind of bad input; each column a function.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import xprune
+from xprune import metrics as M
+from xprune.models import DigitsCNN
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    x = torch.rand(N, 1, 8, 8)
+    t = torch.tensor([0, 1, 2, 3])
+    a = xprune.attribute(model, x, t, "saliency").values
+    return model, x, t, a
+
+
+def g():
+    return torch.Generator().manual_seed(0)
+
+
+# name -> f(model, x, a, t) calling the function with those arguments
+FUNCTIONS = {
+    "attribute": lambda m, x, a, t: xprune.attribute(m, x, t, "saliency").values,
+    "integrated_gradients": lambda m, x, a, t: xprune.attribute(
+        m, x, t, params={"n_steps": 4, "delta_tolerance": float("inf")}).values,
+    "gini_index": lambda m, x, a, t: M.gini_index(a),
+    "deletion_auc": lambda m, x, a, t: M.deletion_auc(m, x, a, t),
+    "faithfulness_correlation": lambda m, x, a, t: M.faithfulness_correlation(
+        m, x, a, t, n_runs=10, generator=g()),
+    "spearman": lambda m, x, a, t: M.spearman(a, a.flip(-1)),
+    "top_k_intersection": lambda m, x, a, t: M.top_k_intersection(a, a.flip(-1)),
+    "max_sensitivity": lambda m, x, a, t: M.max_sensitivity(
+        xprune.explainer(m, "saliency"), x, t, n_samples=3, generator=g()),
+}
+TAKES_INPUTS = ["attribute", "integrated_gradients", "deletion_auc", "faithfulness_correlation",
+                "max_sensitivity"]
+TAKES_MAPS = ["gini_index", "deletion_auc", "faithfulness_correlation", "spearman",
+              "top_k_intersection"]
+TAKES_MODEL = ["attribute", "integrated_gradients", "deletion_auc", "faithfulness_correlation",
+               "max_sensitivity"]
+
+
+def _with(x, value):
+    x = x.clone()
+    x.view(-1)[5] = value
+    return x
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("name", TAKES_INPUTS)
+def test_non_finite_inputs(setup, name, bad):
+    model, x, t, a = setup
+    with pytest.raises(ValueError, match="Expected `inputs` to be finite, got 1 NaN or Inf"):
+        FUNCTIONS[name](model, _with(x, bad), a, t)
+
+
+@pytest.mark.parametrize("name", TAKES_MAPS)
+def test_non_finite_attributions(setup, name):
+    model, x, t, a = setup
+    with pytest.raises(ValueError, match=r"Expected `(attributions|a)` to be finite"):
+        FUNCTIONS[name](model, x, _with(a, float("nan")), t)
+
+
+@pytest.mark.parametrize("name", TAKES_INPUTS)
+def test_wrong_dimensions_and_empty_batches(setup, name):
+    model, x, t, a = setup
+    with pytest.raises(ValueError, match=r"at least 2 dimensions \(N, ...\), got shape \(64,\)"):
+        FUNCTIONS[name](model, x[0].reshape(-1), a, t)
+    with pytest.raises(ValueError, match="at least one sample, got an empty batch"):
+        FUNCTIONS[name](model, x[:0], a[:0], t[:0])
+
+
+@pytest.mark.parametrize("name", ["deletion_auc", "faithfulness_correlation"])
+def test_attributions_of_another_shape(setup, name):
+    model, x, t, a = setup
+    with pytest.raises(ValueError, match=r"`inputs` and `attributions` to have the same shape, "
+                                         r"got \(4, 1, 8, 8\) and \(4, 1, 8, 7\)"):
+        FUNCTIONS[name](model, x, a[..., :7], t)
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONS))
+def test_batch_of_one(setup, name):
+    model, x, t, a = setup
+    out = FUNCTIONS[name](model, x[:1], a[:1], t[:1])
+    assert out.shape[0] == 1
+
+
+@pytest.mark.parametrize("name", TAKES_MODEL)
+def test_integer_and_float64_inputs_are_cast_to_the_model_dtype(setup, name):
+    model, x, t, a = setup
+    pixels = (x * 16).round()
+    expected = FUNCTIONS[name](model, pixels, a, t)
+    as_int = FUNCTIONS[name](model, pixels.long(), a, t)
+    as_double = FUNCTIONS[name](model, pixels.double(), a.double(), t)
+    torch.testing.assert_close(as_int.double(), expected.double(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(as_double.double(), expected.double(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["attribute", "deletion_auc", "faithfulness_correlation"])
+@pytest.mark.parametrize("target, message", [
+    (torch.tensor([0, 1, 2, 10]), r"in \[0, 10\) for a model with 10 outputs, got values "
+                                  r"from 0 to 10"),
+    (torch.tensor([0, 1]), r"of shape \(4,\), got shape \(2,\)"),
+    (None, "for a model with 10 outputs: pass one class index"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), "integer class indices"),
+])
+def test_bad_targets(setup, name, target, message):
+    model, x, _, a = setup
+    with pytest.raises(ValueError, match=message):
+        FUNCTIONS[name](model, x, a, target)
+
+
+def test_bad_targets_for_the_explainer(setup):
+    model, x, _, a = setup
+    with pytest.raises(ValueError, match=r"class indices of shape \(4,\) for the explainer"):
+        FUNCTIONS["max_sensitivity"](model, x, a, None)
+
+
+@pytest.mark.parametrize("name", TAKES_MODEL)
+def test_model_returning_a_tuple(setup, name):
+    _, x, t, a = setup
+
+    class TupleModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DigitsCNN()
+
+        def forward(self, inputs):
+            return self.net(inputs), None
+
+    with pytest.raises(ValueError, match="TupleModel.forward to return a tensor of logits "
+                                         r"\(N, C\), got tuple"):
+        FUNCTIONS[name](TupleModel(), x, a, t)
+
+
+@pytest.mark.parametrize("name", TAKES_MODEL)
+def test_train_mode_model_gives_eval_results_and_keeps_its_mode(setup, name):
+    _, x, t, a = setup
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Dropout(0.5), nn.Flatten(), nn.Linear(256, 10))
+    model(torch.rand(32, 1, 8, 8))  # give BatchNorm running statistics
+    model.eval()
+    expected = FUNCTIONS[name](model, x, a, t)
+    model.train()
+    got = FUNCTIONS[name](model, x, a, t)
+    torch.testing.assert_close(got, expected)
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m, x, a, t: xprune.prune(m, 1.0), r"`amount` in \[0.0, 1.0\), got 1.0"),
+    (lambda m, x, a, t: xprune.attribute(m, x, t, params={"n_steps": -1}),
+     "`n_steps` to be an integer >= 1, got -1"),
+    (lambda m, x, a, t: M.max_sensitivity(xprune.explainer(m, "saliency"), x, t, radius=-0.1),
+     "`radius` > 0, got -0.1"),
+    (lambda m, x, a, t: M.top_k_intersection(a, a, k=0), r"`k` to be an integer in \[1, 64\]"),
+    (lambda m, x, a, t: M.deletion_auc(m, x, a, t, steps=0), r"`steps` to be an integer in"),
+    (lambda m, x, a, t: M.faithfulness_correlation(m, x, a, t, subset_size=64),
+     r"`subset_size` to be an integer in \[1, 64\) for inputs with 64 features, got 64"),
+    (lambda m, x, a, t: xprune.attribute(m, x, t, max_rows=0), "`max_rows` to be an integer"),
+    (lambda m, x, a, t: xprune.attribute(m, x, t, output="softmax"), "`output` in"),
+])
+def test_parameters_out_of_range(setup, call, message):
+    model, x, t, a = setup
+    with pytest.raises(ValueError, match=message):
+        call(model, x, a, t)
