@@ -66,8 +66,17 @@ class RunResult:
     report: Path | None = None
 
 
-def _model_factory(data: DatasetSplit) -> Callable[[], nn.Module]:
-    """The default architecture for a dataset: a small CNN for images, an MLP for tables."""
+def _model_factory(data: DatasetSplit, config: AnalysisConfig) -> Callable[[], nn.Module]:
+    """The configured architecture, else the default: a small CNN for images, an MLP for tables."""
+    factory = config.model.resolve()
+    if factory is not None:
+        def build() -> nn.Module:
+            model = factory(**config.model.kwargs)
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"Expected `model.factory` {config.model.factory!r} to return an "
+                                 f"nn.Module, got {type(model).__name__}.")
+            return model
+        return build
     shape = data.feature_shape
     if len(shape) == 3:
         return lambda: DigitsCNN(n_classes=data.n_classes, in_channels=shape[0],
@@ -115,7 +124,7 @@ def _metric_seed(seed: int, name: str) -> int:
 
 def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
                   say: Callable[[str], None]) -> list[ModelRecord]:
-    factory = _model_factory(data)
+    factory = _model_factory(data, config)
     tc, pc, dev = config.train, config.pruning, config.device
 
     def train_new(seed: int):

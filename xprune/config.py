@@ -26,6 +26,7 @@ __all__ = [
     "AttributionConfig",
     "ControlsConfig",
     "DataConfig",
+    "ModelConfig",
     "MetricsConfig",
     "PruningConfig",
     "ReportConfig",
@@ -44,6 +45,51 @@ class DataConfig:
         from .data import DATASETS
 
         _check_name(self.dataset, DATASETS, "data.dataset")
+
+
+FACTORY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture to train: the dataset's default, or ``factory = "package.module:function"``.
+
+    The factory string is resolved only as a module path and an attribute name
+    (``importlib.import_module`` then ``getattr``); nothing in a config is ever
+    evaluated as code. The function is called with ``kwargs`` and must return
+    an ``nn.Module`` mapping the dataset's inputs to logits.
+    """
+
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import re
+
+        if self.factory is not None and (not isinstance(self.factory, str)
+                                         or not re.fullmatch(FACTORY_PATTERN, self.factory)):
+            raise ValueError(f"Expected `model.factory` of the form 'package.module:function', "
+                             f"got {self.factory!r}.")
+        if not isinstance(self.kwargs, dict):
+            raise ValueError(f"Expected `model.kwargs` to be a table, got {self.kwargs!r}.")
+
+    def resolve(self):
+        """The factory function (``None`` for the dataset's default architecture)."""
+        import importlib
+
+        if self.factory is None:
+            return None
+        module_name, _, attr = self.factory.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ValueError(f"Could not import module {module_name!r} named by "
+                             f"`model.factory`: {exc}") from None
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            raise ValueError(f"Expected `model.factory` to name a callable, but "
+                             f"{module_name!r} has no callable {attr!r}.")
+        return fn
 
 
 @dataclass(frozen=True)
@@ -171,6 +217,7 @@ class AnalysisConfig:
     seed: int = 0
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
