@@ -18,16 +18,26 @@ def cnn():
     return DigitsCNN()
 
 
+def _kwargs(method, model):
+    data = (torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,)))
+    if method == "custom_mask":
+        masks = {f"{n}.weight": torch.rand(m.weight.shape) > 0.5
+                 for n, m in xprune.pruning.prunable_weights(model)}
+        return {"amount": None, "options": {"masks": masks}, "data": data}
+    return {"amount": 0.9, "data": data}
+
+
 @pytest.mark.parametrize("method", sorted(PRUNING_METHODS))
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_dense_model_is_never_mutated(cnn, method, scope):
     snapshot = state_snapshot(cnn)
-    pair = prune(cnn, 0.9, method=method, scope=scope)
+    pair = prune(cnn, method=method, scope=scope, **_kwargs(method, cnn))
     assert pair.dense is cnn
     assert_state_equal(cnn, snapshot)
     assert not any(k.endswith(("_orig", "_mask")) for k in cnn.state_dict())
 
 
+@pytest.mark.filterwarnings("ignore:Pruning removed every weight")  # untrained fc1 at 0.95
 @pytest.mark.parametrize("amount", [0.0, 0.5, 0.8, 0.9, 0.95, 0.333])
 def test_global_measured_sparsity_equals_request_within_one_weight(cnn, amount):
     pair = prune(cnn, amount)
@@ -110,3 +120,130 @@ def test_unknown_method_and_scope(cnn):
 def test_model_with_nothing_to_prune():
     with pytest.raises(ValueError, match="at least one prunable layer.*found none in Sequential"):
         prune(nn.Sequential(nn.ReLU()), 0.5)
+
+
+# --- threshold, caps, data-driven criteria, custom masks -----------------------------------
+
+def test_threshold_by_theta_and_by_bisection(cnn):
+    theta = 0.05
+    pair = prune(cnn, method="threshold", options={"theta": theta})
+    weights = torch.cat([m.weight.detach().abs().reshape(-1)
+                         for _, m in xprune.pruning.prunable_weights(cnn)])
+    assert pair.sparsity == pytest.approx(float((weights < theta).double().mean()))
+    assert pair.amount == pair.sparsity
+    for amount in (0.5, 0.9):
+        matched = prune(cnn, amount, method="threshold")
+        assert round(abs(matched.sparsity - amount) * matched.total_weights) <= 1
+        l1 = prune(cnn, amount)  # global magnitude: the same weights, up to ties at theta
+        kept_t = torch.cat([matched.masks[k].reshape(-1) for k in l1.masks])
+        kept_l1 = torch.cat([l1.masks[k].reshape(-1) for k in l1.masks])
+        differ = weights[kept_t != kept_l1]
+        assert differ.numel() <= 2 and (differ.numel() == 0 or bool((differ == differ[0]).all()))
+    assert xprune.pruning.find_threshold(cnn, 0.5) == pytest.approx(
+        float(weights.median()), rel=1e-3)
+    with pytest.raises(ValueError, match="either `amount` or the option `theta`"):
+        prune(cnn, 0.5, method="threshold", options={"theta": 0.1})
+    with pytest.raises(ValueError, match="Expected `theta` >= 0, got -1"):
+        prune(cnn, method="threshold", options={"theta": -1})
+
+
+def test_global_pruning_that_empties_a_layer_warns_and_the_cap_prevents_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 20), nn.ReLU(), nn.Linear(20, 3))
+    with torch.no_grad():
+        model[2].weight.mul_(1e-3)  # the small layer goes first under global magnitude
+    with pytest.warns(UserWarning, match=r"removed every weight of layer\(s\) \['2'\]"):
+        prune(model, 0.6)
+    capped = prune(model, 0.6, max_layer_sparsity=0.9)
+    table = capped.layer_table().set_index("layer")
+    assert table.loc["2", "sparsity"] == pytest.approx(0.9, abs=1 / 60)
+    assert abs(capped.sparsity - 0.6) * capped.total_weights <= 1
+    with pytest.raises(ValueError, match="Cannot reach sparsity 0.95 with `max_layer_sparsity`"):
+        prune(model, 0.95, max_layer_sparsity=0.5)
+
+
+def test_taylor_scores_are_g_times_w_squared(cnn, digits):
+    data = (digits.x_train[:64], digits.y_train[:64])
+    pair = prune(cnn, 0.5, method="taylor_unstructured", data=data, scope="layer")
+    x, y = data
+    loss = nn.functional.cross_entropy(cnn(x), y)
+    grad = torch.autograd.grad(loss, cnn.fc2.weight)[0]
+    score = (grad * cnn.fc2.weight.detach()) ** 2
+    kept = pair.masks["fc2.weight"]
+    assert score[~kept].max() <= score[kept].min()
+    with pytest.raises(ValueError, match="needs a reference batch: pass `data="):
+        prune(cnn, 0.5, method="taylor_unstructured")
+
+
+def test_l1_regularised_then_threshold(cnn, digits):
+    data = (digits.x_train[:128], digits.y_train[:128])
+    pair = prune(cnn, 0.8, method="l1_regularised", data=data,
+                 options={"lam": 1e-3, "epochs": 2})
+    assert round(abs(pair.sparsity - 0.8) * pair.total_weights) <= 1
+    plain = prune(cnn, 0.8)
+    assert not all(torch.equal(pair.masks[k], plain.masks[k]) for k in plain.masks)
+    # the penalty shrank the weights before the cut
+    assert float(pair.sparse.fc1.weight.abs().sum()) < float(plain.sparse.fc1.weight.abs().sum())
+
+
+def test_custom_mask_and_user_criterion(cnn):
+    mask = torch.zeros_like(cnn.fc2.weight, dtype=torch.bool)
+    mask[:, :5] = True
+    pair = prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask}})
+    assert torch.equal(pair.masks["fc2.weight"], mask) and list(pair.masks) == ["fc2.weight"]
+    assert pair.sparsity == pytest.approx((640 - 50) / 38160)
+    with pytest.raises(ValueError, match="mask for 'fc2.weight' of shape \\(10, 64\\)"):
+        prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask[:, :3]}})
+    with pytest.raises(ValueError, match="Expected mask names among"):
+        prune(cnn, method="custom_mask", options={"masks": {"fc9.weight": mask}})
+
+    @xprune.pruning.register_importance("largest_first_test", "prunes the largest weights")
+    def largest(model, ctx):
+        return {f"{n}.weight": -m.weight.detach().abs()
+                for n, m in xprune.pruning.prunable_weights(model)}
+
+    try:
+        inverse = prune(cnn, 0.5, method="largest_first_test")
+        l1 = prune(cnn, 0.5)
+        kept_inverse = torch.cat([m.reshape(-1) for m in inverse.masks.values()])
+        kept_l1 = torch.cat([m.reshape(-1) for m in l1.masks.values()])
+        assert not bool((kept_inverse & kept_l1).any())
+    finally:
+        del PRUNING_METHODS["largest_first_test"]
+
+
+def test_unknown_options_are_errors(cnn):
+    with pytest.raises(ValueError, match="Unknown option\\(s\\) \\['thetta'\\] for pruning method"):
+        prune(cnn, method="threshold", options={"thetta": 0.1})
+
+
+# --- torch.nn.utils.prune invariants, in the style of PyTorch's own tests -------------------
+
+def test_reparametrisation_invariants_during_masked_training(cnn, digits):
+    from torch.nn.utils import prune as torch_prune
+
+    pair = prune(cnn, 0.7)
+    model = copy.deepcopy(pair.sparse)
+    for name, mask in pair.masks.items():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        torch_prune.custom_from_mask(module, "weight", mask.float())
+        assert torch.equal(module.weight, module.weight_orig * module.weight_mask)
+    x = digits.x_train[:16]
+    model(x).sum().backward()
+    for name, mask in pair.masks.items():
+        module = model.get_submodule(name.rsplit(".", 1)[0])
+        assert bool((module.weight_orig.grad[~mask] == 0).all())  # masked weights get no grad
+        out = model(x)
+        torch_prune.remove(module, "weight")
+        torch.testing.assert_close(model(x), out)  # remove keeps the output
+
+
+def test_all_ones_mask_changes_neither_forward_nor_backward(cnn, digits):
+    x = digits.x_train[:8]
+    masks = {f"{n}.weight": torch.ones_like(m.weight, dtype=torch.bool)
+             for n, m in xprune.pruning.prunable_weights(cnn)}
+    pair = prune(cnn, method="custom_mask", options={"masks": masks})
+    torch.testing.assert_close(pair.sparse(x), cnn(x), rtol=0, atol=0)
+    a = torch.autograd.grad(pair.sparse(x).sum(), pair.sparse.fc1.weight)[0]
+    b = torch.autograd.grad(cnn(x).sum(), cnn.fc1.weight)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

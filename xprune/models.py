@@ -100,7 +100,7 @@ class TrainResult:
 
 def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e-3,
           batch_size: int = 64, seed: int = 0, masks: Mapping[str, Tensor] | None = None,
-          device: str | torch.device | None = None) -> TrainResult:
+          l1: float = 0.0, device: str | torch.device | None = None) -> TrainResult:
     """Train ``model`` in place with Adam on cross-entropy, reproducibly.
 
     Parameters
@@ -112,6 +112,9 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     seed : int
         Seeds the shuffling order (a ``torch.Generator``), so the same seed and
         model give the same weights.
+    l1 : float
+        Adds ``l1 * sum(|w|)`` over conv and linear weights to the loss (the
+        sparsity-inducing penalty of L1-regularised pruning).
     masks : mapping from parameter name (``"conv1.weight"``) to a 0/1 tensor, optional
         Weights where the mask is 0 are held at exactly 0 throughout (masked
         fine-tuning through ``torch.nn.utils.prune.custom_from_mask``); the
@@ -143,6 +146,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
         module = modules[module_name]
         torch_prune.custom_from_mask(module, param, mask.to(device=device, dtype=torch.float32))
         masked.append((module, param))
+    penalised = [m for m in model.modules()
+                 if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     gen = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss_fn = nn.CrossEntropyLoss()
@@ -159,6 +164,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
                 idx = order[i:i + batch_size]
                 optimiser.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x[idx]), y[idx])
+                if l1:
+                    loss = loss + l1 * sum(m.weight.abs().sum() for m in penalised)
                 loss.backward()
                 optimiser.step()
                 total += float(loss.detach()) * idx.numel()

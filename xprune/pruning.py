@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +34,15 @@ __all__ = [
     "PRUNABLE_LAYERS",
     "PRUNING_METHODS",
     "ModelPair",
+    "PruningContext",
     "PruningMethod",
+    "find_threshold",
     "fine_tune",
     "layer_table",
     "prunable_weights",
     "prune",
+    "register_importance",
+    "register_pruning_method",
     "sparsity",
     "weight_name",
 ]
@@ -177,107 +183,320 @@ class ModelPair:
 
 
 @dataclass(frozen=True)
+class PruningContext:
+    """What a pruning method may use besides the model copy and the requested amount.
+
+    scope : "global" or "layer"
+    generator : torch.Generator, seeded from ``prune(seed=...)``
+    max_layer_sparsity : float or None
+        No layer may lose more than this fraction of its weights.
+    data : (inputs, labels) or None
+        A reference batch, for data-driven criteria (Taylor, attribution-guided).
+    options : dict
+        The method's own options, validated against :attr:`PruningMethod.options`.
+    """
+
+    scope: str
+    generator: torch.Generator
+    max_layer_sparsity: float | None
+    data: tuple[Tensor, Tensor] | None
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class PruningMethod:
-    """A registered pruning method: ``fn(model_copy, amount, scope, generator)`` prunes in place."""
+    """A registered pruning method.
+
+    ``fn(model_copy, amount, ctx)`` prunes the copy in place with
+    ``torch.nn.utils.prune`` (masks are collected and made permanent by
+    :func:`prune`), or returns a new, physically smaller model.
+    """
 
     name: str
-    fn: Callable[..., None]
+    fn: Callable[[nn.Module, float | None, PruningContext], nn.Module | None]
     description: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    needs_data: bool = False
+    amount_optional: bool = False
 
 
 PRUNING_METHODS: dict[str, PruningMethod] = {}
 
 
-def _register(name: str, description: str):
+def register_pruning_method(name: str, description: str, *, options: Mapping[str, Any] | None = None,
+                            needs_data: bool = False, amount_optional: bool = False):
+    """Register ``fn(model_copy, amount, ctx)`` as a pruning method under ``name``.
+
+    ``options`` maps each accepted option to its default. The method then
+    works with :func:`prune`, analysis configs and ``xprune list``.
+    """
+
     def decorator(fn):
-        PRUNING_METHODS[name] = PruningMethod(name, fn, description)
+        PRUNING_METHODS[name] = PruningMethod(name, fn, description, dict(options or {}),
+                                              needs_data, amount_optional)
         return fn
     return decorator
 
 
-def _apply(targets: list[tuple[str, nn.Module]], amount: float, scope: str,
-           method: type[torch_prune.BasePruningMethod],
-           scores: Mapping[str, Tensor] | None = None) -> None:
-    params = [(m, "weight") for _, m in targets]
-    if scope == "global":
-        importance = None
-        if scores is not None:
-            importance = {(m, "weight"): scores[name] for name, m in targets}
-        torch_prune.global_unstructured(params, pruning_method=method, amount=amount,
-                                        importance_scores=importance)
-    else:
-        for name, m in targets:
-            kwargs = {"importance_scores": scores[name]} if scores is not None else {}
-            torch_prune.l1_unstructured(m, "weight", amount=amount, **kwargs)
+def register_importance(name: str, description: str, *, needs_data: bool = False,
+                        options: Mapping[str, Any] | None = None):
+    """Register an unstructured criterion: ``scores(model, ctx) -> {"layer.weight": Tensor}``.
+
+    The lowest-scoring weights are pruned, globally or per layer, honouring
+    ``max_layer_sparsity``; this is how a user adds a criterion of their own.
+    """
+
+    def decorator(score_fn):
+        def fn(model: nn.Module, amount: float | None, ctx: PruningContext) -> None:
+            _prune_by_scores(model, amount, score_fn(model, ctx), ctx)
+        register_pruning_method(name, description, options=options, needs_data=needs_data)(fn)
+        return score_fn
+    return decorator
 
 
-@_register("l1_unstructured", "Magnitude pruning: remove the weights of smallest |w| "
-                              "(globally across layers, or the same fraction per layer).")
-def _l1_unstructured(model: nn.Module, amount: float, scope: str, generator) -> None:
-    _apply(prunable_weights(model), amount, scope, torch_prune.L1Unstructured)
-
-
-@_register("random_unstructured", "Random control: remove weights chosen uniformly at random "
-                                  "(seeded), at the same sparsity.")
-def _random_unstructured(model: nn.Module, amount: float, scope: str, generator) -> None:
+def _prune_by_scores(model: nn.Module, amount: float, scores: Mapping[str, Tensor],
+                     ctx: PruningContext) -> None:
+    """Prune the lowest ``scores`` with torch.nn.utils.prune, capped per layer if asked."""
     targets = prunable_weights(model)
-    scores = {name: torch.rand(m.weight.shape, generator=generator).to(m.weight.device)
+    scores = {name: scores[weight_name(name)].detach().to(m.weight.device).clone()
               for name, m in targets}
-    _apply(targets, amount, scope, torch_prune.L1Unstructured, scores)
+    # torch's L1Unstructured ranks |score|: shift so that any criterion's order survives
+    finite = torch.cat([v[torch.isfinite(v)].reshape(-1) for v in scores.values()])
+    low = float(finite.min()) if finite.numel() else 0.0
+    scores = {name: v - low for name, v in scores.items()}
+    total = sum(m.weight.numel() for _, m in targets)
+    cap = ctx.max_layer_sparsity
+    if cap is not None:
+        protected = 0
+        for name, m in targets:  # the largest (1 - cap) of each layer can never be chosen
+            keep = math.ceil((1 - cap) * m.weight.numel())
+            if keep:
+                top = scores[name].reshape(-1).topk(keep).indices
+                scores[name].view(-1)[top] = float("inf")
+                protected += keep
+        if round(amount * total) > total - protected:
+            raise ValueError(f"Cannot reach sparsity {amount} with `max_layer_sparsity` = {cap}: "
+                             f"at most {(total - protected) / total:.4f} is reachable.")
+    if ctx.scope == "global":
+        torch_prune.global_unstructured(
+            [(m, "weight") for _, m in targets], pruning_method=torch_prune.L1Unstructured,
+            amount=amount, importance_scores={(m, "weight"): scores[name] for name, m in targets})
+    else:
+        if cap is not None and amount > cap:
+            raise ValueError(f"Expected `amount` <= `max_layer_sparsity` ({cap}) with "
+                             f"scope='layer', got {amount}.")
+        for name, m in targets:
+            torch_prune.l1_unstructured(m, "weight", amount=amount, importance_scores=scores[name])
+    emptied = [name for name, m in targets if not bool(m.weight_mask.any())]
+    if emptied:
+        warnings.warn(f"Pruning removed every weight of layer(s) {emptied}: the model can no "
+                      "longer pass information through them. Set `max_layer_sparsity` "
+                      "(e.g. 0.99) to cap each layer.", UserWarning, stacklevel=4)
 
 
-def prune(model: nn.Module, amount: float, *, method: str = "l1_unstructured",
-          scope: str = "global", seed: int = 0) -> ModelPair:
+@register_importance("l1_unstructured", "Magnitude pruning: remove the weights of smallest |w| "
+                                        "(globally across layers, or the same fraction per layer).")
+def _magnitude(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
+    return {weight_name(n): m.weight.detach().abs() for n, m in prunable_weights(model)}
+
+
+@register_importance("random_unstructured", "Random control: remove weights chosen uniformly at "
+                                            "random (seeded), at the same sparsity.")
+def _random(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
+    return {weight_name(n): torch.rand(m.weight.shape, generator=ctx.generator)
+            for n, m in prunable_weights(model)}
+
+
+@register_importance("taylor_unstructured",
+                     "First-order Taylor importance (g * w)^2 of each weight on a reference batch "
+                     "(Molchanov et al. 2019, eq. 3).", needs_data=True)
+def _taylor(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
+    return {k: (g * w) ** 2 for k, (g, w) in _weight_gradients(model, ctx.data).items()}
+
+
+def _weight_gradients(model: nn.Module, data: tuple[Tensor, Tensor]) -> dict[str, tuple]:
+    """Gradients of the mean cross-entropy on ``data`` w.r.t. each prunable weight (eval mode)."""
+    from ._state import eval_mode, to_model
+
+    x, y = data
+    params = {weight_name(n): m.weight for n, m in prunable_weights(model)}
+    with eval_mode(model):
+        logits = model(to_model(x, model))
+        loss = nn.functional.cross_entropy(logits, y.to(logits.device))
+        grads = torch.autograd.grad(loss, list(params.values()))
+    return {k: (g.detach(), w.detach()) for (k, w), g in zip(params.items(), grads, strict=True)}
+
+
+def find_threshold(model: nn.Module, amount: float, *, iterations: int = 100) -> float:
+    """The magnitude threshold theta at which |w| < theta covers ``amount`` of the weights.
+
+    Bisection over theta on the conv/linear weights (one global threshold), so
+    that threshold pruning can be compared with other methods at matched
+    measured sparsity. Ties at theta can make the match inexact by their count.
+    """
+    weights = torch.cat([m.weight.detach().abs().reshape(-1).double().cpu()
+                         for _, m in prunable_weights(model)])
+    target = round(amount * weights.numel())
+    low, high = 0.0, float(weights.max()) * (1 + 1e-12) + 1e-30
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        if int((weights < mid).sum()) < target:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _threshold_masks(model: nn.Module, theta: float) -> dict[str, Tensor]:
+    return {weight_name(n): m.weight.detach().abs() >= theta for n, m in prunable_weights(model)}
+
+
+def _apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
+    modules = dict(model.named_modules())
+    known = {weight_name(n) for n, _ in prunable_weights(model)}
+    for key, mask in masks.items():
+        if key not in known:
+            raise ValueError(f"Expected mask names among {sorted(known)}, got {key!r}.")
+        module = modules[key.rpartition(".")[0]]
+        if tuple(mask.shape) != tuple(module.weight.shape):
+            raise ValueError(f"Expected the mask for {key!r} of shape "
+                             f"{tuple(module.weight.shape)}, got {tuple(mask.shape)}.")
+        torch_prune.custom_from_mask(module, "weight", mask.to(module.weight.device).float())
+
+
+@register_pruning_method(
+    "threshold", "Remove every weight with |w| < theta (option `theta`), or find theta by "
+                 "bisection to reach `amount`.", options={"theta": None}, amount_optional=True)
+def _threshold(model: nn.Module, amount: float | None, ctx: PruningContext) -> None:
+    theta = ctx.options["theta"]
+    if (theta is None) == (amount is None):
+        raise ValueError("Threshold pruning takes either `amount` or the option `theta`, "
+                         "not both and not neither.")
+    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))
+                              or not theta >= 0):
+        raise ValueError(f"Expected `theta` >= 0, got {theta!r}.")
+    _apply_masks(model, _threshold_masks(model, theta if theta is not None
+                                         else find_threshold(model, amount)))
+
+
+@register_pruning_method(
+    "l1_regularised", "Fine-tune with an L1 penalty lambda * sum|w| on conv/linear weights, then "
+                      "threshold to `amount` (or `theta`).",
+    options={"lam": 1e-4, "epochs": 5, "lr": 1e-3, "theta": None}, needs_data=True,
+    amount_optional=True)
+def _l1_regularised(model: nn.Module, amount: float | None, ctx: PruningContext) -> None:
+    x, y = ctx.data
+    opts = ctx.options
+    train(model, x, y, epochs=opts["epochs"], lr=opts["lr"], l1=opts["lam"],
+          seed=int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator)))
+    _threshold(model, amount, dataclasses.replace(ctx, options={"theta": opts["theta"]}))
+
+
+@register_pruning_method(
+    "custom_mask", "Your own mask: option `masks` maps 'layer.weight' to a 0/1 tensor "
+                   "(1 = keep), applied with torch.nn.utils.prune.custom_from_mask.",
+    options={"masks": None}, amount_optional=True)
+def _custom_mask(model: nn.Module, amount: float | None, ctx: PruningContext) -> None:
+    masks = ctx.options["masks"]
+    if not isinstance(masks, Mapping) or not masks:
+        raise ValueError("Expected the option `masks` to map 'layer.weight' names to 0/1 tensors.")
+    _apply_masks(model, {k: torch.as_tensor(v).bool() for k, v in masks.items()})
+
+
+def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_unstructured",
+          scope: str = "global", seed: int = 0, max_layer_sparsity: float | None = None,
+          data: tuple[Tensor, Tensor] | None = None,
+          options: Mapping[str, Any] | None = None) -> ModelPair:
     """Prune a copy of ``model`` and return the dense/sparse pair.
 
     Parameters
     ----------
     model : nn.Module
         The trained dense model. It is deep-copied first and never mutated.
-    amount : float
-        Requested sparsity in [0, 1): the fraction of conv/linear weights to
-        zero (``round(amount * n)`` weights, as ``torch.nn.utils.prune`` counts).
+    amount : float in [0, 1), optional
+        Requested sparsity: the fraction of conv/linear weights to remove
+        (``round(amount * n)`` weights, as ``torch.nn.utils.prune`` counts).
+        Required except for methods given their own target (``threshold`` with
+        ``theta``, ``custom_mask``).
     method : str
-        A name in :data:`PRUNING_METHODS`: ``"l1_unstructured"`` (magnitude) or
-        ``"random_unstructured"`` (control).
+        A name in :data:`PRUNING_METHODS` (``xprune list`` shows them).
     scope : {"global", "layer"}
         ``"global"`` ranks all weights of all layers together; ``"layer"``
         removes ``amount`` of each layer.
     seed : int
         Seeds random methods.
+    max_layer_sparsity : float in (0, 1], optional
+        Cap on any one layer's sparsity (global magnitude pruning can otherwise
+        empty a layer; that case is warned about).
+    data : (inputs, labels), optional
+        Reference batch for data-driven methods (Taylor, L1-regularised,
+        attribution-guided).
+    options : mapping, optional
+        The method's own options (see :attr:`PruningMethod.options`).
 
     Returns
     -------
     ModelPair
-        ``pair.dense is model``; ``pair.sparse`` is a pruned copy with
-        permanent zeros; ``pair.masks`` maps ``"layer.weight"`` to bool masks.
+        ``pair.dense is model``; ``pair.sparse`` is a pruned copy with permanent
+        zeros (or a physically smaller model for structured methods);
+        ``pair.masks`` maps ``"layer.weight"`` to bool masks.
 
     Raises
     ------
     ValueError
-        If ``amount`` is outside [0, 1), ``method`` or ``scope`` is unknown, or
-        the model has no Linear/Conv layer to prune.
+        If ``amount`` is outside [0, 1) or missing, ``method``, ``scope`` or an
+        option is unknown, data is missing for a data-driven method, or the
+        model has no Linear/Conv layer to prune.
     """
-    amount = check_fraction(amount, "amount")
     if method not in PRUNING_METHODS:
         raise ValueError(f"Expected `method` to be one of {sorted(PRUNING_METHODS)}, "
                          f"got {method!r}." + closest_name(method, PRUNING_METHODS))
+    info = PRUNING_METHODS[method]
+    if amount is None and not info.amount_optional:
+        raise ValueError(f"Expected `amount` in [0.0, 1.0) for method {method!r}, got None.")
+    if amount is not None:
+        amount = check_fraction(amount, "amount")
     if scope not in ("global", "layer"):
         raise ValueError(f"Expected `scope` to be 'global' or 'layer', got {scope!r}.")
+    if max_layer_sparsity is not None:
+        max_layer_sparsity = check_fraction(max_layer_sparsity, "max_layer_sparsity",
+                                            high_inclusive=True)
+    unknown = sorted(set(options or {}) - set(info.options))
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for pruning method {method!r}; "
+                         f"expected some of {sorted(info.options)}.")
+    if info.needs_data and data is None:
+        raise ValueError(f"Pruning method {method!r} needs a reference batch: pass "
+                         "`data=(inputs, labels)`.")
     if not prunable_weights(model):
         raise ValueError(f"Expected a model with at least one prunable layer "
                          f"({', '.join(t.__name__ for t in PRUNABLE_LAYERS)}), "
                          f"found none in {type(model).__name__}.")
     sparse = copy.deepcopy(model)  # before any hook: a hooked module cannot be deep-copied
-    generator = torch.Generator().manual_seed(seed)
-    PRUNING_METHODS[method].fn(sparse, amount, scope, generator)
+    ctx = PruningContext(scope=scope, generator=torch.Generator().manual_seed(seed),
+                         max_layer_sparsity=max_layer_sparsity, data=data,
+                         options={**info.options, **(options or {})})
+    try:
+        replaced = info.fn(sparse, amount, ctx)
+    finally:  # never hand out a model with pruning hooks, even after an error
+        masks = _make_permanent(sparse)
+    params = {"scope": scope, "seed": seed, "max_layer_sparsity": max_layer_sparsity,
+              **{k: v for k, v in ctx.options.items() if k != "masks"}}
+    if isinstance(replaced, ModelPair):
+        return dataclasses.replace(replaced, dense=model, method=method,
+                                   params={**params, **replaced.params})
+    pair = ModelPair(dense=model, sparse=sparse, method=method, amount=0.0, masks=masks,
+                     params=params)
+    return dataclasses.replace(pair, amount=pair.sparsity if amount is None else amount)
+
+
+def _make_permanent(model: nn.Module) -> dict[str, Tensor]:
     masks = {}
-    for name, module in prunable_weights(sparse):
+    for name, module in prunable_weights(model):
         if torch_prune.is_pruned(module) and hasattr(module, "weight_mask"):
             masks[weight_name(name)] = module.weight_mask.detach().bool().clone()
             torch_prune.remove(module, "weight")
-    return ModelPair(dense=model, sparse=sparse, method=method, amount=amount, masks=masks,
-                     params={"scope": scope, "seed": seed})
+    return masks
 
 
 def fine_tune(pair: ModelPair, x: Tensor, y: Tensor, *, epochs: int, lr: float = 1e-3,
