@@ -163,6 +163,9 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
             for i in range(0, x.shape[0], batch_size):
                 idx = order[i:i + batch_size]
                 optimiser.zero_grad(set_to_none=True)
+                for module, param in masked:  # also for modules whose forward is bypassed,
+                    setattr(module, param,    # e.g. MultiheadAttention.out_proj
+                            getattr(module, param + "_orig") * getattr(module, param + "_mask"))
                 loss = loss_fn(model(x[idx]), y[idx])
                 if l1:
                     loss = loss + l1 * sum(m.weight.abs().sum() for m in penalised)

@@ -106,6 +106,10 @@ class ModelPair:
     params : dict
         The method's parameters (scope, seed, ...) and what was done afterwards
         (e.g. fine-tuning epochs and seconds).
+    twin : nn.Module or None
+        For structured pruning: the dense architecture with the removed
+        channels' parameters set to zero; its outputs equal the smaller
+        ``sparse`` model's. ``twin_masks`` are its weight masks.
     """
 
     dense: nn.Module
@@ -114,6 +118,8 @@ class ModelPair:
     amount: float
     masks: Mapping[str, Tensor] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    twin: nn.Module | None = None
+    twin_masks: Mapping[str, Tensor] = field(default_factory=dict)
 
     @property
     def sparsity(self) -> float:
@@ -506,10 +512,16 @@ def fine_tune(pair: ModelPair, x: Tensor, y: Tensor, *, epochs: int, lr: float =
 
     Pruned weights stay exactly zero (their masks are re-applied during
     training). The new pair's ``params`` gain ``finetune_epochs`` and
-    ``finetune_seconds`` (wall time).
+    ``finetune_seconds`` (wall time). A structured pair's smaller model is
+    fine-tuned as it is; its masked twin (which described the weights before
+    fine-tuning) is dropped.
     """
     sparse = copy.deepcopy(pair.sparse)
     result = train(sparse, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                    masks=pair.masks, device=device)
     params = {**pair.params, "finetune_epochs": epochs, "finetune_seconds": result.seconds}
-    return dataclasses.replace(pair, sparse=sparse, params=params)
+    # a structured pair's masked twin describes the weights before fine-tuning: drop it
+    return dataclasses.replace(pair, sparse=sparse, params=params, twin=None, twin_masks={})
+
+
+from . import _structured  # noqa: E402,F401  registers "structured"
