@@ -247,3 +247,34 @@ def test_all_ones_mask_changes_neither_forward_nor_backward(cnn, digits):
     a = torch.autograd.grad(pair.sparse(x).sum(), pair.sparse.fc1.weight)[0]
     b = torch.autograd.grad(cnn(x).sum(), cnn.fc1.weight)[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# --- schedules ----------------------------------------------------------------------------
+
+def test_schedule_sparsities():
+    from xprune.pruning import schedule_sparsities
+
+    assert schedule_sparsities(0.9, "one_shot", 5) == [0.9]
+    assert schedule_sparsities(0.8, "iterative", 4) == pytest.approx([0.2, 0.4, 0.6, 0.8])
+    # Zhu & Gupta 2017, eq. 1 with s_i = 0, s_f = 0.9, n = 3: 0.9 * (1 - (1 - k/3)^3)
+    assert schedule_sparsities(0.9, "gradual", 3) == pytest.approx(
+        [0.9 * (1 - (2 / 3) ** 3), 0.9 * (1 - (1 / 3) ** 3), 0.9])
+    with pytest.raises(ValueError, match="Expected `schedule` in"):
+        schedule_sparsities(0.9, "cosine", 3)
+
+
+@pytest.mark.parametrize("schedule", ["one_shot", "iterative", "gradual"])
+def test_schedules_share_one_budget_and_keep_earlier_zeros(cnn, digits, schedule):
+    from xprune.pruning import prune_and_fine_tune
+
+    x, y = digits.x_train[:256], digits.y_train[:256]
+    snapshot = state_snapshot(cnn)
+    pair = prune_and_fine_tune(cnn, 0.9, x, y, schedule=schedule, steps=3, epochs=4)
+    assert_state_equal(cnn, snapshot)
+    assert abs(pair.sparsity - 0.9) * pair.total_weights <= 1
+    assert pair.params["finetune_epochs"] == 4 and pair.params["schedule"] == schedule
+    assert pair.params["steps"] == (1 if schedule == "one_shot" else 3)
+    for name, mask in pair.masks.items():
+        assert bool((pair.sparse.get_parameter(name)[~mask] == 0).all())
+    with pytest.raises(ValueError, match="earlier zeros must stay pruned"):
+        prune_and_fine_tune(cnn, 0.9, x, y, method="random_unstructured")

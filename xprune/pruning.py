@@ -41,7 +41,9 @@ __all__ = [
     "layer_table",
     "prunable_weights",
     "prune",
+    "prune_and_fine_tune",
     "register_importance",
+    "schedule_sparsities",
     "register_pruning_method",
     "sparsity",
     "weight_name",
@@ -494,6 +496,87 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     pair = ModelPair(dense=model, sparse=sparse, method=method, amount=0.0, masks=masks,
                      params=params)
     return dataclasses.replace(pair, amount=pair.sparsity if amount is None else amount)
+
+
+SCHEDULES = ("one_shot", "iterative", "gradual")
+MONOTONE_METHODS = ("l1_unstructured", "taylor_unstructured", "threshold")
+
+
+def schedule_sparsities(amount: float, schedule: str, steps: int) -> list[float]:
+    """Target sparsity after each pruning step.
+
+    ``one_shot``: ``[amount]``. ``iterative``: equal increments,
+    ``amount * k / steps``. ``gradual``: the cubic schedule of Zhu & Gupta
+    2017 (eq. 1) from 0, ``s_k = amount * (1 - (1 - k / steps) ** 3)``, which
+    prunes fast while the network is redundant and slowly near the target.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"Expected `schedule` in {SCHEDULES}, got {schedule!r}.")
+    if schedule == "one_shot":
+        return [amount]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"Expected `steps` to be an integer >= 1, got {steps!r}.")
+    if schedule == "iterative":
+        return [amount * k / steps for k in range(1, steps + 1)]
+    return [amount * (1 - (1 - k / steps) ** 3) for k in range(1, steps + 1)]
+
+
+def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *,
+                        schedule: str = "one_shot", steps: int = 5, epochs: int = 5,
+                        method: str = "l1_unstructured", lr: float = 1e-3, seed: int = 0,
+                        scope: str = "global", max_layer_sparsity: float | None = None,
+                        data: tuple[Tensor, Tensor] | None = None,
+                        options: Mapping[str, Any] | None = None) -> ModelPair:
+    """Prune and fine-tune on a schedule, within one total fine-tuning budget.
+
+    The ``epochs`` of masked fine-tuning are split evenly over the pruning
+    steps (the remainder goes to the last), so one-shot, fixed-step iterative
+    and gradual pruning (Zhu & Gupta 2017) are compared at the same cost.
+    Each step prunes the current sparse model to the next target sparsity;
+    weights pruned earlier stay pruned (the criterion must rank zeros lowest,
+    as magnitude, Taylor and threshold do).
+
+    Parameters
+    ----------
+    model : nn.Module, never mutated
+    amount : float in [0, 1)
+        Final sparsity.
+    x, y : training inputs (N, *F) and labels (N,)
+    schedule : {"one_shot", "iterative", "gradual"}
+    steps : int
+        Pruning steps for "iterative" and "gradual".
+    epochs, lr : total fine-tuning budget and learning rate.
+    method : str
+        One of ``MONOTONE_METHODS``.
+    seed, scope, max_layer_sparsity, data, options
+        As for :func:`prune`, at every step.
+
+    Returns
+    -------
+    ModelPair
+        ``params`` record the schedule, the per-step sparsities and the total
+        ``finetune_seconds``.
+    """
+    if method not in MONOTONE_METHODS:
+        raise ValueError(f"Expected `method` in {MONOTONE_METHODS} for a pruning schedule "
+                         f"(earlier zeros must stay pruned), got {method!r}.")
+    amount = check_fraction(amount, "amount")
+    targets = schedule_sparsities(amount, schedule, steps)
+    per_step = [epochs // len(targets)] * len(targets)
+    per_step[-1] += epochs - sum(per_step)
+    current, seconds = model, 0.0
+    for k, (target, n_epochs) in enumerate(zip(targets, per_step, strict=True)):
+        step = prune(current, target, method=method, seed=seed + k, scope=scope,
+                     max_layer_sparsity=max_layer_sparsity, data=data, options=options)
+        step = fine_tune(step, x, y, epochs=n_epochs, lr=lr, seed=seed + k)
+        seconds += step.params["finetune_seconds"]
+        current = step.sparse
+    masks = {weight_name(n): m.weight.detach() != 0 for n, m in prunable_weights(current)}
+    params = {**step.params, "schedule": schedule, "steps": len(targets),
+              "step_sparsities": [round(t, 6) for t in targets], "finetune_epochs": epochs,
+              "finetune_seconds": seconds}
+    return ModelPair(dense=model, sparse=current, method=method, amount=amount, masks=masks,
+                     params=params)
 
 
 def _make_permanent(model: nn.Module) -> dict[str, Tensor]:
