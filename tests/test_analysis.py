@@ -163,3 +163,45 @@ def test_tabular_analysis_carries_feature_names(tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert results["sample"].nunique() == 16
     assert "worst concave points" in (tmp_path / "report.html").read_text()
+
+
+def test_pruning_methods_compared_at_matched_sparsity(tmp_path):
+    config = load_config(ROOT / "analyses" / "digits-methods.toml")
+    assert [v.name for v in config.pruning.variants()] == [
+        "l1_unstructured", "l1_unstructured-layer", "random_unstructured", "threshold",
+        "structured", "l1_unstructured-gradual"]
+    small = AnalysisConfig.from_dict({
+        "name": "methods", "train": {"epochs": 3},
+        "pruning": {"sparsities": [0.8], "finetune_epochs": 2, "reference_samples": 64,
+                    "methods": [{"method": "l1_unstructured"}, {"method": "structured"},
+                                {"method": "l1_unstructured", "schedule": "gradual",
+                                 "steps": 2}]},
+        "controls": {"other_seed": False},
+        "attribution": {"n_samples": 8, "methods": ["saliency"]},
+        "metrics": {"faithfulness_runs": 4, "sensitivity_samples": 2},
+        "report": {"latency_batch": 8},
+    })
+    first = run_analysis(small, out_dir=tmp_path, progress=False)
+    models = first.models.set_index("model")
+    for tag in ("l1_unstructured@0.80", "structured@0.80", "l1_unstructured-gradual@0.80"):
+        assert abs(models.loc[tag, "measured_sparsity"] - 0.8) <= 0.01
+    assert bool(models.loc["structured@0.80", "structured"])
+    assert models.loc["structured@0.80", "macs_nonzero"] < models.loc["dense", "macs_dense"] / 3
+    before = (tmp_path / "results.csv").read_bytes()
+    (tmp_path / "results.csv").unlink()
+    run_analysis(small, out_dir=tmp_path, progress=False, render=False)  # reloads the stored
+    assert (tmp_path / "results.csv").read_bytes() == before              # smaller model
+    assert (tmp_path / "figures" / "spearman_vs_sparsity_saliency.png").is_file()
+
+
+def test_pruning_variant_errors():
+    with pytest.raises(ValueError, match="Expected a method in .* for schedule 'gradual'"):
+        AnalysisConfig.from_dict({"pruning": {"method": "random_unstructured",
+                                              "schedule": "gradual"}})
+    with pytest.raises(ValueError, match="drop the options `theta`"):
+        AnalysisConfig.from_dict({"pruning": {"method": "threshold", "options": {"theta": 0.1}}})
+    with pytest.raises(ValueError, match="Expected distinct pruning variants"):
+        AnalysisConfig.from_dict({"pruning": {"methods": [{"method": "threshold"},
+                                                          {"method": "threshold"}]}})
+    with pytest.raises(ValueError, match=r"Unknown key\(s\) \['sparsity'\] in `pruning.methods\[0\]`"):
+        AnalysisConfig.from_dict({"pruning": {"methods": [{"sparsity": 0.5}]}})

@@ -64,9 +64,13 @@ class RunCache:
             atomic_write_bytes(path, safetensors.torch.save(payload, metadata=metadata))
         return tensors, metadata
 
-    def model(self, key: str, template: Callable[[], nn.Module],
+    def model(self, key: str, template: Callable[[dict[str, Any]], nn.Module],
               compute: Callable[[], tuple[nn.Module, dict[str, Any]]]) -> tuple[nn.Module, dict]:
-        """A trained model (and JSON info about its training), loaded into ``template()`` if stored."""
+        """A trained model and JSON info about it; if stored, loaded into ``template(info)``.
+
+        ``template`` receives the stored info, so that an architecture that
+        depends on it (a structurally pruned model) can be rebuilt first.
+        """
         holder: dict[str, Any] = {}
 
         def run():
@@ -77,9 +81,10 @@ class RunCache:
         state, meta = self.tensors(key, run, lambda: {"info": json.dumps(holder["info"])})
         if "model" in holder:
             return holder["model"], holder["info"]
-        model = template()
+        info = json.loads(meta.get("info", "{}"))
+        model = template(info)
         model.load_state_dict(state)
-        return model, json.loads(meta.get("info", "{}"))
+        return model, info
 
     def frame(self, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """Load the table stored under ``key``, or compute and store it."""

@@ -34,7 +34,7 @@ from .config import AnalysisConfig
 from .data import DatasetSplit, load_dataset
 from .models import DigitsCNN, TabularMLP, evaluate, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
-from .pruning import fine_tune, layer_table, prune, sparsity
+from .pruning import fine_tune, layer_table, prune, prune_and_fine_tune
 from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
@@ -138,25 +138,24 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
     def status(key: str, what: str) -> None:
         say(f"{what} (stored, reused)" if cache.has(key) else what)
 
+    template = lambda info: factory()  # noqa: E731
     status("dense", f"training the dense model ({plural(tc.epochs, 'epoch')})")
-    dense, info = cache.model("dense", factory, train_new(config.seed))
+    dense, info = cache.model("dense", template, train_new(config.seed))
     dense.to(dev)
     records = [ModelRecord("dense", "dense", "", 0.0, dense, info)]
-    for s in pc.sparsities:
-        tag = f"{pc.method}@{s:.2f}"
-
-        def compute(s=s):
-            pair = prune(dense, s, method=pc.method, scope=pc.scope, seed=config.seed)
-            pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
-                             lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
-            return pair.sparse, {"finetune_seconds": pair.params["finetune_seconds"]}
-
-        status(tag, f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
-        model, info = cache.model(tag, factory, compute)
-        records.append(ModelRecord(tag, "sparse", pc.method, float(s), model.to(dev), info))
+    reference = (data.x_train[:pc.reference_samples], data.y_train[:pc.reference_samples])
+    for variant in pc.variants():
+        for s in pc.sparsities:
+            tag = f"{variant.name}@{s:.2f}"
+            status(tag, f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
+            model, info = cache.model(
+                tag, _sparse_template(dense, variant, reference, factory, config.seed),
+                _sparse_compute(dense, variant, float(s), data, reference, config))
+            records.append(ModelRecord(tag, "sparse", variant.name, float(s), model.to(dev),
+                                       info))
     if config.controls.other_seed:
         status("control-seed", "training the control: a dense model with another seed")
-        model, info = cache.model("control-seed", factory, train_new(config.seed + 1))
+        model, info = cache.model("control-seed", template, train_new(config.seed + 1))
         records.append(ModelRecord("control:other-seed", "control", "other-seed", 0.0,
                                    model.to(dev), info))
     if config.controls.finetune:
@@ -168,31 +167,78 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
 
         status("control-finetune",
                "training the control: the dense model fine-tuned without pruning")
-        model, info = cache.model("control-finetune", factory, compute_ft)
+        model, info = cache.model("control-finetune", template, compute_ft)
         records.append(ModelRecord("control:finetune", "control", "finetune", 0.0,
                                    model.to(dev), info))
     return records
 
 
+def _sparse_compute(dense, variant, amount, data, reference, config):
+    """Prune ``dense`` to ``amount`` with ``variant`` and fine-tune; returns (model, info)."""
+    pc, tc = config.pruning, config.train
+
+    def compute():
+        kwargs = dict(method=variant.method, scope=variant.scope, seed=config.seed,
+                      max_layer_sparsity=variant.max_layer_sparsity, data=reference,
+                      options=variant.options or None)
+        if variant.schedule == "one_shot":
+            pair = prune(dense, amount, **kwargs)
+            pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
+                             lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
+        else:
+            pair = prune_and_fine_tune(dense, amount, data.x_train, data.y_train,
+                                       schedule=variant.schedule, steps=variant.steps,
+                                       epochs=pc.finetune_epochs, lr=pc.finetune_lr, **kwargs)
+        info = {"finetune_seconds": pair.params["finetune_seconds"]}
+        if pair.params.get("structured"):
+            info["channel_ratio"] = pair.params["channel_ratio"]
+        return pair.sparse, info
+
+    return compute
+
+
+def _sparse_template(dense, variant, reference, factory, seed):
+    """The architecture a stored sparse model loads into (smaller for structured pruning)."""
+
+    def template(info):
+        if "channel_ratio" not in info:
+            return factory()
+        options = {**variant.options, "channel_ratio": info["channel_ratio"]}
+        return prune(dense, method="structured", data=reference, seed=seed,
+                     options=options).sparse
+
+    return template
+
+
 def _model_table(records: list[ModelRecord], data: DatasetSplit, config: AnalysisConfig
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per model: accuracy, weights, MACs and storage, counted against the dense model.
+
+    Sparsity and compression compare each model's nonzero conv/linear weights
+    with the dense model's total, so physically removed weights (structured
+    pruning) count like zeroed ones. ``macs_dense`` is the dense model's MACs
+    per sample; ``macs_nonzero`` this model's MACs counting nonzero weights only
+    (real for a structurally smaller model, theoretical for zeroed weights).
+    """
     rows, timing_rows, layer_frames = [], [], []
     example = data.x_test[:1]
+    dense_total = int(layer_table(records[0].model)["numel"].sum())
+    dense_macs = count_macs(records[0].model, example)["dense"]
     for rec in records:
         ev = evaluate(rec.model, data.x_test, data.y_test)
         n = data.x_test.shape[0]
         acc, lo, hi = proportion_ci(round(ev["accuracy"] * n), n)
         table = layer_table(rec.model)
-        total, nnz = int(table["numel"].sum()), int(table["nonzeros"].sum())
-        macs = count_macs(rec.model, example)
+        nnz = int(table["nonzeros"].sum())
         size = storage_bytes(rec.model)
         rows.append({
             "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
-            "requested_sparsity": rec.sparsity, "measured_sparsity": sparsity(rec.model),
+            "requested_sparsity": rec.sparsity, "measured_sparsity": 1 - nnz / dense_total,
+            "structured": int(table["numel"].sum()) < dense_total,
             "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "macro_recall": ev["macro_recall"], "total_weights": total, "nonzero_weights": nnz,
-            "compression_ratio": total / nnz if nnz else math.inf,
-            "macs_dense": macs["dense"], "macs_nonzero": macs["nonzero"],
+            "macro_recall": ev["macro_recall"], "total_weights": dense_total,
+            "nonzero_weights": nnz, "compression_ratio": dense_total / nnz if nnz else math.inf,
+            "macs_dense": dense_macs, "macs_nonzero": count_macs(rec.model, example)["nonzero"],
             "storage_dense_bytes": size["dense"], "storage_sparse_bytes": size["sparse"],
         })
         lat = measure_latency(rec.model, data.x_test[:config.report.latency_batch])

@@ -29,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "MetricsConfig",
     "PruningConfig",
+    "PruningVariant",
     "ReportConfig",
     "TrainConfig",
     "load_config",
@@ -104,26 +105,110 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class PruningConfig:
+class PruningVariant:
+    """One way of making the sparse models: a method, its scope, schedule and options.
+
+    ``label`` names the variant in tables and figures (default: the method,
+    with ``-layer`` for layer-wise scope and the schedule when not one-shot).
+    """
+
     method: str = "l1_unstructured"
     scope: str = "global"
-    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
-    finetune_epochs: int = 5
-    finetune_lr: float = 1e-3
+    schedule: str = "one_shot"
+    steps: int = 5
+    max_layer_sparsity: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
 
     def __post_init__(self) -> None:
-        from .pruning import PRUNING_METHODS
+        from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
 
         _check_name(self.method, PRUNING_METHODS, "pruning.method")
         if self.scope not in ("global", "layer"):
             raise ValueError(f"Expected `pruning.scope` to be 'global' or 'layer', "
                              f"got {self.scope!r}.")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"Expected `pruning.schedule` in {SCHEDULES}, got {self.schedule!r}.")
+        if self.schedule != "one_shot" and self.method not in MONOTONE_METHODS:
+            raise ValueError(f"Expected a method in {MONOTONE_METHODS} for schedule "
+                             f"{self.schedule!r}, got {self.method!r}.")
+        check_positive_int(self.steps, "pruning.steps")
+        if self.max_layer_sparsity is not None:
+            check_fraction(self.max_layer_sparsity, "pruning.max_layer_sparsity",
+                           high_inclusive=True)
+        allowed = PRUNING_METHODS[self.method].options
+        unknown = sorted(set(self.options) - set(allowed))
+        if unknown:
+            raise ValueError(f"Unknown option(s) {unknown} for pruning method {self.method!r}; "
+                             f"expected some of {sorted(allowed)}.")
+        if self.options.get("theta") is not None or self.options.get("channel_ratio") is not None:
+            raise ValueError("A sweep over `pruning.sparsities` sets each model's sparsity: drop "
+                             "the options `theta` / `channel_ratio` (xprune finds them).")
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        name = self.method + ("-layer" if self.scope == "layer" else "")
+        return name + ("" if self.schedule == "one_shot" else f"-{self.schedule}")
+
+
+_VARIANT_KEYS = ("method", "scope", "schedule", "steps", "max_layer_sparsity", "options", "label")
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """How the sparse models are made.
+
+    The top-level keys describe one variant. ``methods`` (``[[pruning.methods]]``
+    tables in TOML) lists several variants to compare at the same sparsities;
+    each table overrides the top-level keys. Every variant is pruned to every
+    sparsity in ``sparsities`` and fine-tuned for ``finetune_epochs`` (split
+    over the steps of a schedule). Data-driven methods use the first
+    ``reference_samples`` training samples.
+    """
+
+    method: str = "l1_unstructured"
+    scope: str = "global"
+    schedule: str = "one_shot"
+    steps: int = 5
+    max_layer_sparsity: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    methods: tuple[dict[str, Any], ...] = ()
+    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    finetune_epochs: int = 5
+    finetune_lr: float = 1e-3
+    reference_samples: int = 256
+
+    def __post_init__(self) -> None:
         object.__setattr__(self, "sparsities", tuple(self.sparsities))
+        object.__setattr__(self, "methods", tuple(self.methods))
         if not self.sparsities:
             raise ValueError("Expected `pruning.sparsities` to list at least one sparsity, got [].")
         for s in self.sparsities:
             check_fraction(s, "pruning.sparsities[i]")
         check_positive_int(self.finetune_epochs, "pruning.finetune_epochs", minimum=0)
+        check_positive_int(self.reference_samples, "pruning.reference_samples")
+        names = [v.name for v in self.variants()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Expected distinct pruning variants, got labels {names}: give "
+                             "repeated ones a `label`.")
+
+    def variants(self) -> list[PruningVariant]:
+        """The pruning variants this config compares (one unless ``methods`` is given)."""
+        base = {k: getattr(self, k) for k in _VARIANT_KEYS if k != "label"}
+        if not self.methods:
+            return [PruningVariant(**base)]
+        out = []
+        for i, entry in enumerate(self.methods):
+            if not isinstance(entry, dict):
+                raise ValueError(f"Expected `pruning.methods[{i}]` to be a table, got {entry!r}.")
+            unknown = sorted(set(entry) - set(_VARIANT_KEYS))
+            if unknown:
+                raise ValueError(f"Unknown key(s) {unknown} in `pruning.methods[{i}]`; expected "
+                                 f"some of {list(_VARIANT_KEYS)}.")
+            out.append(PruningVariant(**{**base, **entry}))
+        return out
 
 
 @dataclass(frozen=True)

@@ -80,26 +80,46 @@ def plot_attribution_grid(examples: pd.DataFrame, attribution: str, models: list
     return fig
 
 
-def plot_metric_vs_sparsity(summary: pd.DataFrame, metric: str, *, ax=None):
-    """Mean metric vs requested sparsity with 95% CI bands, one line per attribution method.
+def plot_metric_vs_sparsity(summary: pd.DataFrame, metric: str, *, attribution: str | None = None,
+                            ax=None):
+    """Mean metric vs requested sparsity with 95% CI bands.
 
-    Dense is drawn at sparsity 0; controls as dotted horizontal lines.
+    One line per attribution method, or, given ``attribution``, one line per
+    pruning variant (for comparing methods at matched sparsity). Dense is drawn
+    at sparsity 0 on every line; controls as dotted horizontal lines.
     """
     ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
     data = summary[summary["metric"] == metric]
-    for i, (method, group) in enumerate(data.groupby("attribution", sort=False)):
-        colour = _colour(method, i)
-        curve = group[group["role"].isin(["dense", "sparse"])].sort_values("sparsity")
+    if attribution is not None:
+        data = data[data["attribution"] == attribution]
+        dense = data[data["role"] == "dense"]
+        sparse = data[data["role"] == "sparse"]
+        lines = [(variant, pd.concat([dense, group]))
+                 for variant, group in sparse.groupby("pruning", sort=False)]
+        controls = data[data["role"] == "control"]
+    else:
+        lines = [(method, group[group["role"].isin(["dense", "sparse"])])
+                 for method, group in data.groupby("attribution", sort=False)]
+        controls = data[data["role"] == "control"]
+    for i, (name, group) in enumerate(lines):
+        colour = _colour(name, i)
+        curve = group.sort_values("sparsity")
         ax.plot(curve["sparsity"], curve["mean"], marker="o", ms=3, color=colour,
-                label=method.replace("_", " "))
+                label=name.replace("_", " "))
         ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"], color=colour,
                         alpha=0.2, linewidth=0)
-        for j, (_, ctrl) in enumerate(group[group["role"] == "control"].iterrows()):
-            ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "--"][j % 2], linewidth=1,
-                       label=f"{method.replace('_', ' ')}: {ctrl['model']}")
+    for j, (_, ctrl) in enumerate(controls.iterrows()):
+        colour = "grey" if attribution is not None else _colour(
+            ctrl["attribution"], [n for n, _ in lines].index(ctrl["attribution"])
+            if ctrl["attribution"] in [n for n, _ in lines] else 0)
+        ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "--"][j % 2], linewidth=1,
+                   label=f"{ctrl['attribution'].replace('_', ' ')}: {ctrl['model']}"
+                   if attribution is None else ctrl["model"])
     ax.set_xlabel("sparsity (fraction of weights removed)")
     ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(metric.replace("_", " "), fontsize=10)
+    title = metric.replace("_", " ")
+    ax.set_title(title if attribution is None else f"{title}, {attribution.replace('_', ' ')}",
+                 fontsize=10)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     return ax

@@ -30,10 +30,13 @@ NOTES = {
                "Controls: a dense model trained with another seed, and the dense model "
                "fine-tuned for the same budget without pruning. They show how far any "
                "retrained model moves: agreement with the dense maps means little without them.",
-    "models": "MACs per input sample; nonzero MACs are theoretical (dense kernels do not skip "
-              "zeros). Storage: safetensors bytes, dense float32 vs a bitmask plus the nonzero "
-              "values; the bitmask costs 1/32 of a float32 per weight, so the sparse encoding "
-              "is smaller only above about 3% sparsity.",
+    "models": "Sparsity and compression count each model's nonzero conv/linear weights against "
+              "the dense model's, so removed channels count like zeroed weights. MACs per input "
+              "sample, counting nonzero weights: real savings for a structurally smaller model, "
+              "theoretical for zeroed weights (dense kernels do not skip zeros). Storage: "
+              "safetensors bytes of the model as float32 vs a bitmask plus the nonzero values; "
+              "the bitmask costs 1/32 of a float32 per weight, so that encoding is smaller only "
+              "above about 3% sparsity.",
     "metrics": "Deletion AUC is not normalised by the starting probability: a model that is "
                "less confident in the explained class scores lower (better) without its maps "
                "being more faithful. Read it beside the deletion curves and the accuracy.",
@@ -57,12 +60,14 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -
             for a, lo, hi in zip(t["accuracy"], t["accuracy_ci_low"], t["accuracy_ci_high"],
                                  strict=True)],
         "macro recall": t["macro_recall"].map("{:.3f}".format),
-        "nonzero / total weights": [f"{nz:,} / {tot:,}" for nz, tot in
-                                    zip(t["nonzero_weights"], t["total_weights"], strict=True)],
+        "nonzero / dense weights": [f"{nz:,} / {tot:,}" + (" (channels removed)" if st else "")
+                                    for nz, tot, st in zip(t["nonzero_weights"],
+                                                           t["total_weights"], t["structured"],
+                                                           strict=True)],
         "compression ratio": t["compression_ratio"].map("{:.1f}x".format),
-        "MACs dense / nonzero": [f"{d:,} / {n:,}" for d, n in
+        "MACs nonzero / dense": [f"{n:,} / {d:,}" for d, n in
                                  zip(t["macs_dense"], t["macs_nonzero"], strict=True)],
-        "storage bytes dense / sparse": [f"{d:,} / {s:,}" for d, s in
+        "storage bytes float32 / sparse encoding": [f"{d:,} / {s:,}" for d, s in
                                          zip(t["storage_dense_bytes"], t["storage_sparse_bytes"],
                                              strict=True)],
         "latency ms (median)": t["latency_ms"].map("{:.3f}".format),
@@ -109,10 +114,11 @@ def _figures(run: Path, results, summary, curves, examples, importance, order
              ) -> list[dict[str, str]]:
     figs: list[tuple[str, str, bytes]] = []
     methods = list(dict.fromkeys(results["attribution"]))
+    focus = _focus_models(results, order)
     for method in methods:
         if not examples.empty:
             fig = F.plot_attribution_grid(
-                examples, method, order,
+                examples, method, focus + [m for m in order if m.startswith("control")],
                 title=f"{method.replace('_', ' ')}: the same inputs, dense vs each model "
                       "(one colour scale per row)")
             figs.append((f"maps_{method}.png", f"Attribution maps, {method}", F.figure_png(fig)))
@@ -120,12 +126,20 @@ def _figures(run: Path, results, summary, curves, examples, importance, order
             ax = F.plot_feature_importance(importance, method, order)
             figs.append((f"importance_{method}.png", f"Feature importance, {method}",
                          F.figure_png(ax.figure)))
+    variants = list(dict.fromkeys(results.loc[results["role"] == "sparse", "pruning"]))
     for metric in [m for m in SUMMARY_METRICS if m in set(summary["metric"])]:
-        ax = F.plot_metric_vs_sparsity(summary, metric)
-        figs.append((f"{metric}_vs_sparsity.png", f"{metric} vs sparsity (95% CI bands)",
-                     F.figure_png(ax.figure)))
+        if len(variants) > 1:  # compare pruning methods, one figure per attribution method
+            for method in methods:
+                ax = F.plot_metric_vs_sparsity(summary, metric, attribution=method)
+                figs.append((f"{metric}_vs_sparsity_{method}.png",
+                             f"{metric} vs sparsity by pruning method, {method} (95% CI bands)",
+                             F.figure_png(ax.figure)))
+        else:
+            ax = F.plot_metric_vs_sparsity(summary, metric)
+            figs.append((f"{metric}_vs_sparsity.png", f"{metric} vs sparsity (95% CI bands)",
+                         F.figure_png(ax.figure)))
     for method in methods:
-        ax = F.plot_deletion_curves(curves, method, [m for m in order if "control" not in m])
+        ax = F.plot_deletion_curves(curves, method, focus)
         figs.append((f"deletion_curves_{method}.png", f"Deletion curves, {method}",
                      F.figure_png(ax.figure)))
         if "spearman" in set(results["metric"]):
@@ -138,6 +152,19 @@ def _figures(run: Path, results, summary, curves, examples, importance, order
         out.append({"file": f"figures/{name}", "caption": caption,
                     "data": base64.b64encode(png).decode("ascii")})
     return out
+
+
+def _focus_models(results: pd.DataFrame, order: list[str]) -> list[str]:
+    """Models drawn in the per-model figures: dense and every sparse model of a single
+    pruning variant; with several variants, dense and each variant at one shared sparsity
+    (the highest at or below 0.9)."""
+    sparse = results[results["role"] == "sparse"].drop_duplicates("model")
+    if sparse["pruning"].nunique() <= 1:
+        return [m for m in order if m == "dense" or m in set(sparse["model"])]
+    levels = sorted(sparse["sparsity"].unique())
+    level = max([s for s in levels if s <= 0.9 + 1e-9] or levels)
+    chosen = set(sparse.loc[sparse["sparsity"] == level, "model"])
+    return [m for m in order if m == "dense" or m in chosen]
 
 
 def _md_table(frame: pd.DataFrame) -> str:
