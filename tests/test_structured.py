@@ -110,8 +110,8 @@ def test_structured_errors(data):
     model = DigitsCNN()
     with pytest.raises(ValueError, match="either `amount` .* or the option `channel_ratio`"):
         xprune.prune(model, 0.5, method="structured", data=data, options={"channel_ratio": 0.5})
-    with pytest.raises(ValueError, match="`criterion` to be 'magnitude' or 'taylor'"):
-        xprune.prune(model, 0.5, method="structured", data=data, options={"criterion": "lrp"})
+    with pytest.raises(ValueError, match="`criterion` to be 'magnitude', 'taylor'"):
+        xprune.prune(model, 0.5, method="structured", data=data, options={"criterion": "gain"})
     with pytest.raises(ValueError, match="needs a reference batch"):
         xprune.prune(model, 0.5, method="structured")
 
@@ -163,3 +163,27 @@ def test_lstm_layers_are_left_dense_and_the_head_prunes():
     assert bool((tuned.sparse.head.weight[~pair.masks["head.weight"]] == 0).all())
     with pytest.raises(ValueError, match="at least one prunable layer .* found none in LSTM"):
         xprune.prune(nn.LSTM(4, 6), 0.5)
+
+
+@pytest.mark.parametrize("criterion", ["integrated_gradients", "lrp"])
+def test_attribution_guided_unit_pruning(digits, criterion):
+    """Yeom et al. 2021: units ranked by their relevance on a reference batch."""
+    import captum.attr as ca
+
+    from xprune._structured import _relevance_scores
+
+    torch.manual_seed(0)
+    model = DigitsCNN().eval()
+    train(model, digits.x_train, digits.y_train, epochs=3, seed=0)
+    model.eval()
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    scores = _relevance_scores(model, {"fc1": model.fc1}, (x, y), criterion)["fc1"]
+    if criterion == "integrated_gradients":
+        expected = ca.LayerIntegratedGradients(model, model.fc1).attribute(
+            x, target=y, n_steps=16).abs().mean(dim=0)
+        torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-6)
+    pair = xprune.prune(model, 0.5, method="structured", data=(x, y),
+                        options={"criterion": criterion})
+    assert abs(pair.sparsity - 0.5) <= 0.01 and pair.sparse.fc2.out_features == 10
+    torch.testing.assert_close(pair.sparse(x), pair.twin(x), atol=1e-5, rtol=0)
+    assert all(not hasattr(m, "rule") for m in model.modules())  # LRP ran on a copy

@@ -64,8 +64,40 @@ def _channel_scores(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
         grads = _weight_gradients(model, ctx.data)
         return {n: (grads[weight_name(n)][0] * grads[weight_name(n)][1])
                 .reshape(_out_channels(m), -1).sum(dim=1) ** 2 for n, m in layers.items()}
-    raise ValueError(f"Expected the option `criterion` to be 'magnitude' or 'taylor', "
-                     f"got {criterion!r}.")
+    if criterion in ("integrated_gradients", "lrp"):
+        return _relevance_scores(model, layers, ctx.data, criterion)
+    raise ValueError(f"Expected the option `criterion` to be 'magnitude', 'taylor', "
+                     f"'integrated_gradients' or 'lrp', got {criterion!r}.")
+
+
+def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
+                      data: tuple[Tensor, Tensor], criterion: str) -> dict[str, Tensor]:
+    """Attribution-guided unit importance (Yeom et al. 2021, "Pruning by explaining").
+
+    Each unit's score is its mean absolute relevance for the true class over
+    the reference batch: Captum's LayerIntegratedGradients (16 steps, zero
+    baseline) or LayerLRP (epsilon rules, on a copy of the model), summed over
+    a channel's spatial positions.
+    """
+    import captum.attr as ca
+
+    from ._state import eval_mode, to_model
+
+    x, y = data
+    scores = {}
+    with eval_mode(model):
+        x = to_model(x, model)
+        target = y.to(x.device)
+        for name, layer in layers.items():
+            if criterion == "integrated_gradients":
+                rel = ca.LayerIntegratedGradients(model, layer).attribute(
+                    x, target=target, n_steps=16, internal_batch_size=4096)
+            else:
+                twin = copy.deepcopy(model)
+                rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(x, target=target)
+            rel = rel.detach().abs()
+            scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).mean(dim=0)
+    return scores
 
 
 def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
