@@ -205,3 +205,47 @@ def test_pruning_variant_errors():
                                                           {"method": "threshold"}]}})
     with pytest.raises(ValueError, match=r"Unknown key\(s\) \['sparsity'\] in `pruning.methods\[0\]`"):
         AnalysisConfig.from_dict({"pruning": {"methods": [{"sparsity": 0.5}]}})
+
+
+def test_pair_pruned_elsewhere_from_two_checkpoints(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import xprune
+    from xprune.checkpoint import save_model
+    from xprune.data import load_digits_split
+    from xprune.models import DigitsCNN, train
+
+    data = load_digits_split(seed=0)
+    torch.manual_seed(0)
+    dense = DigitsCNN()
+    train(dense, data.x_train, data.y_train, epochs=3, seed=0)
+    save_model(dense, tmp_path / "dense.safetensors")
+    save_model(xprune.prune(dense, 0.7).sparse, tmp_path / "magnitude70.safetensors")
+    small = xprune.prune(dense, 0.6, method="structured",
+                         data=(data.x_train[:64], data.y_train[:64])).sparse
+    save_model(small, tmp_path / "channels.safetensors")
+    cfg = tmp_path / "pair.toml"
+    cfg.write_text(
+        '[model]\nfactory = "xprune.models:DigitsCNN"\ncheckpoint = "dense.safetensors"\n'
+        '[pruning]\ncheckpoints = ["magnitude70.safetensors", {path = "channels.safetensors", '
+        f'label = "channels", factory = "xprune.models:DigitsCNN", kwargs = {{channels = '
+        f'[{small.conv1.out_channels}, {small.conv2.out_channels}], hidden = '
+        f'{small.fc1.out_features}}}}}]\n'
+        '[controls]\nother_seed = false\nfinetune = false\n'
+        '[attribution]\nn_samples = 8\nmethods = ["saliency"]\n'
+        '[metrics]\nfaithfulness_runs = 4\nsensitivity_samples = 2\n[report]\nlatency_batch = 8\n')
+    monkeypatch.setattr(analysis, "train", lambda *a, **k: pytest.fail("nothing is trained"))
+    monkeypatch.setattr(analysis, "prune", lambda *a, **k: pytest.fail("nothing is pruned"))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    models = pd.read_csv(tmp_path / "out" / "models.csv").set_index("model")
+    assert list(models.index) == ["dense", "magnitude70", "channels"]
+    assert abs(models.loc["magnitude70", "measured_sparsity"] - 0.7) * 38160 <= 1
+    assert abs(models.loc["channels", "measured_sparsity"] - 0.6) <= 0.01
+    assert bool(models.loc["channels", "structured"])
+    # the same comparison from the command line alone
+    assert main(["run", "--dense", str(tmp_path / "dense.safetensors"), "--sparse",
+                 str(tmp_path / "magnitude70.safetensors"), "--factory",
+                 "xprune.models:DigitsCNN", "--out", str(tmp_path / "cli"), "--quiet",
+                 str(cfg)]) == 0
+    assert list(pd.read_csv(tmp_path / "cli" / "models.csv")["model"]) == ["dense",
+                                                                            "magnitude70"]

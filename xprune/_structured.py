@@ -94,7 +94,8 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
                     x, target=target, n_steps=16, internal_batch_size=4096)
             else:
                 twin = copy.deepcopy(model)
-                rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(x, target=target)
+                rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
+                    x.clone().requires_grad_(), target=target)
             rel = rel.detach().abs()
             scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).mean(dim=0)
     return scores

@@ -30,11 +30,12 @@ from . import metrics as M
 from ._cache import RunCache
 from ._io import atomic_write_text
 from .attribution import Attributions, attribute, explainer
-from .config import AnalysisConfig
+from .checkpoint import load_model
+from .config import AnalysisConfig, ModelConfig
 from .data import DatasetSplit, load_dataset
 from .models import DigitsCNN, TabularMLP, evaluate, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
-from .pruning import fine_tune, layer_table, prune, prune_and_fine_tune
+from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tune
 from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
@@ -139,12 +140,27 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
         say(f"{what} (stored, reused)" if cache.has(key) else what)
 
     template = lambda info: factory()  # noqa: E731
-    status("dense", f"training the dense model ({plural(tc.epochs, 'epoch')})")
-    dense, info = cache.model("dense", template, train_new(config.seed))
+    if config.model.checkpoint:
+        say(f"loading the dense model from {config.model.checkpoint}")
+        dense, info = load_model(config.model.checkpoint, factory), {}
+    else:
+        status("dense", f"training the dense model ({plural(tc.epochs, 'epoch')})")
+        dense, info = cache.model("dense", template, train_new(config.seed))
     dense.to(dev)
     records = [ModelRecord("dense", "dense", "", 0.0, dense, info)]
     reference = (data.x_train[:pc.reference_samples], data.y_train[:pc.reference_samples])
-    for variant in pc.variants():
+    for entry in pc.checkpoints:  # pruned elsewhere: compare only
+        table = {"path": entry} if isinstance(entry, str) else entry
+        own = ModelConfig(factory=table.get("factory"), kwargs=table.get("kwargs", {}))
+        build = factory if own.factory is None else _model_factory(
+            data, config.replace(model=own))
+        say(f"loading a pruned model from {table['path']}")
+        model = load_model(table["path"], build)
+        pair = ModelPair.from_models(dense, model)
+        tag = table.get("label") or Path(table["path"]).stem
+        records.append(ModelRecord(tag, "sparse", "external", round(pair.sparsity, 6),
+                                   model.to(dev), {}))
+    for variant in (pc.variants() if not pc.checkpoints else []):
         for s in pc.sparsities:
             tag = f"{variant.name}@{s:.2f}"
             status(tag, f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
@@ -364,6 +380,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
         return now
 
     key = {k: v for k, v in config.to_dict().items() if k not in ("name", "report")}
+    key["checkpoint_digests"] = _digests(config)  # a replaced checkpoint invalidates the store
     cache = RunCache(out if use_cache else None, key)
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()
@@ -463,6 +480,19 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     atomic_write_text(out / "stages.json", json.dumps(
         {k: round(v, 3) for k, v in stage_seconds.items()}, indent=2) + "\n")
     return RunResult(out_dir=out, results=results, models=models, report=report)
+
+
+def _digests(config: AnalysisConfig) -> dict[str, str]:
+    import hashlib
+
+    paths = [config.model.checkpoint] if config.model.checkpoint else []
+    paths += [e if isinstance(e, str) else e["path"] for e in config.pruning.checkpoints]
+    out = {}
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"Checkpoint not found: {p}")
+        out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
 
 
 def _curve_summary(per_sample: pd.DataFrame) -> pd.DataFrame:

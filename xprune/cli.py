@@ -23,6 +23,8 @@ RUN_EXAMPLES = """examples:
   xprune run                          the embedded digits analysis (analyses/digits.toml)
   xprune run analyses/digits-full.toml
   xprune run --out /tmp/run --seed 1  another folder and seed
+  xprune run --dense dense.safetensors --sparse pruned.safetensors \
+             --factory xprune.models:DigitsCNN   compare a pair pruned elsewhere
 """
 
 
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: reports/<analysis name>)")
     run.add_argument("--seed", type=int, help="override the config's seed")
     run.add_argument("--device", help="override the config's device, e.g. cuda")
+    run.add_argument("--factory", help="model factory 'package.module:function' for checkpoints")
+    run.add_argument("--dense", metavar="PATH",
+                     help="load the dense model from this checkpoint instead of training it")
+    run.add_argument("--sparse", metavar="PATH", action="append",
+                     help="compare this pruned checkpoint (repeatable); nothing is pruned")
     run.add_argument("--no-cache", action="store_true",
                      help="recompute everything instead of reusing finished work")
     run.add_argument("--quiet", action="store_true", help="no progress output")
@@ -56,11 +63,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
     from .analysis import run_analysis
     from .config import load_config
 
     config = load_config(args.config)
     changes = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
+    if args.factory or args.dense:
+        model = config.model
+        changes["model"] = dataclasses.replace(
+            model, factory=args.factory or model.factory,
+            checkpoint=str(Path(args.dense).resolve()) if args.dense else model.checkpoint)
+    if args.sparse:
+        changes["pruning"] = dataclasses.replace(
+            config.pruning, checkpoints=tuple(str(Path(p).resolve()) for p in args.sparse))
     config = config.replace(**changes) if changes else config
     result = run_analysis(config, out_dir=args.out, progress=not args.quiet,
                           use_cache=not args.no_cache)

@@ -58,15 +58,21 @@ class ModelConfig:
     The factory string is resolved only as a module path and an attribute name
     (``importlib.import_module`` then ``getattr``); nothing in a config is ever
     evaluated as code. The function is called with ``kwargs`` and must return
-    an ``nn.Module`` mapping the dataset's inputs to logits.
+    an ``nn.Module`` mapping the dataset's inputs to logits. With
+    ``checkpoint`` (a ``.safetensors`` or weights-only ``.pt`` file) the dense
+    model is loaded into that architecture instead of trained.
     """
 
     factory: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
 
     def __post_init__(self) -> None:
         import re
 
+        if self.checkpoint is not None and not isinstance(self.checkpoint, str):
+            raise ValueError(f"Expected `model.checkpoint` to be a file path, got "
+                             f"{self.checkpoint!r}.")
         if self.factory is not None and (not isinstance(self.factory, str)
                                          or not re.fullmatch(FACTORY_PATTERN, self.factory)):
             raise ValueError(f"Expected `model.factory` of the form 'package.module:function', "
@@ -166,6 +172,11 @@ class PruningConfig:
     sparsity in ``sparsities`` and fine-tuned for ``finetune_epochs`` (split
     over the steps of a schedule). Data-driven methods use the first
     ``reference_samples`` training samples.
+
+    ``checkpoints`` compares models pruned elsewhere instead: each entry is
+    a path, or a table with ``path``, ``label`` and, for a structurally
+    smaller model, its own ``factory`` and ``kwargs``. Nothing is then pruned
+    or fine-tuned; sparsity is measured against the dense model.
     """
 
     method: str = "l1_unstructured"
@@ -179,8 +190,18 @@ class PruningConfig:
     finetune_epochs: int = 5
     finetune_lr: float = 1e-3
     reference_samples: int = 256
+    checkpoints: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
+        for i, entry in enumerate(self.checkpoints):
+            table = {"path": entry} if isinstance(entry, str) else entry
+            if not isinstance(table, dict) or not isinstance(table.get("path"), str) or \
+                    set(table) - {"path", "label", "factory", "kwargs"}:
+                raise ValueError(f"Expected `pruning.checkpoints[{i}]` to be a path or a table "
+                                 f"with `path` (and optional `label`, `factory`, `kwargs`), "
+                                 f"got {entry!r}.")
+            ModelConfig(factory=table.get("factory"), kwargs=table.get("kwargs", {}))
         object.__setattr__(self, "sparsities", tuple(self.sparsities))
         object.__setattr__(self, "methods", tuple(self.methods))
         if not self.sparsities:
@@ -387,4 +408,21 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"Could not parse {path} as TOML: {exc}") from None
     data.setdefault("name", path.stem)
+    _resolve_paths(data, path.parent)
     return AnalysisConfig.from_dict(data)
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Make checkpoint paths in a config file relative to the file's folder."""
+    def resolve(p: Any) -> Any:
+        return str((base / p).resolve()) if isinstance(p, str) else p
+
+    model = data.get("model")
+    if isinstance(model, dict) and "checkpoint" in model:
+        model["checkpoint"] = resolve(model["checkpoint"])
+    pruning = data.get("pruning")
+    if isinstance(pruning, dict) and isinstance(pruning.get("checkpoints"), list):
+        pruning["checkpoints"] = [
+            resolve(e) if isinstance(e, str)
+            else {**e, "path": resolve(e.get("path"))} if isinstance(e, dict) else e
+            for e in pruning["checkpoints"]]
