@@ -48,9 +48,15 @@ def test_run_folder_contents(small_run):
     counts = results.groupby(["model", "attribution", "metric"]).size()
     assert (counts == 24).all()
     dense = results[results["model"] == "dense"]
-    assert set(dense["metric"]) == {"gini_index", "deletion_auc", "faithfulness_correlation",
-                                    "max_sensitivity", "convergence_delta"}
-    assert "spearman" in set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
+    assert set(dense["metric"]) == {"gini_index", "entropy_complexity", "deletion_auc",
+                                    "insertion_auc", "faithfulness_correlation",
+                                    "max_sensitivity", "avg_sensitivity", "convergence_delta"}
+    sparse = set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
+    assert {"spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"} <= sparse
+    # max- and avg-sensitivity come from the same noise draws: avg <= max per sample
+    wide = results.pivot_table(index=["model", "attribution", "sample"], columns="metric",
+                               values="value")
+    assert bool((wide["avg_sensitivity"] <= wide["max_sensitivity"] + 1e-12).all())
     # targets are the dense model's predictions, the same for every model
     assert (results.groupby("sample")["target"].nunique() == 1).all()
     assert not any(c for c in results.columns if "second" in c or "latency" in c)

@@ -273,24 +273,31 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     mc, seed = config.metrics, config.seed
     model, max_rows = rec.model, config.attribution.max_rows
-    scores: dict[str, torch.Tensor] = {"gini_index": M.gini_index(attrs)}
+    scores: dict[str, torch.Tensor] = {"gini_index": M.gini_index(attrs),
+                                       "entropy_complexity": M.entropy_complexity(attrs)}
     curve = M.deletion_curve(model, x, attrs, targets, steps=mc.deletion_steps,
                              max_rows=max_rows)
     scores["deletion_auc"] = torch.trapezoid(curve.values, curve.fractions, dim=1)
+    scores["insertion_auc"] = M.insertion_auc(model, x, attrs, targets, steps=mc.deletion_steps,
+                                              max_rows=max_rows)
     scores["faithfulness_correlation"] = M.faithfulness_correlation(
         model, x, attrs, targets, subset_size=mc.faithfulness_subset_size,
         n_runs=mc.faithfulness_runs,
         generator=torch.Generator().manual_seed(_metric_seed(seed, "faithfulness")),
         max_rows=max_rows)
-    scores["max_sensitivity"] = M.max_sensitivity(
+    draws = M.sensitivity_draws(
         explainer(model, method, params=config.attribution.method_params(method),
                   output=config.attribution.output, max_rows=max_rows),
         x, targets, radius=mc.sensitivity_radius, n_samples=mc.sensitivity_samples,
         generator=torch.Generator().manual_seed(_metric_seed(seed, "sensitivity")),
         max_rows=max_rows)
+    scores["max_sensitivity"] = draws.amax(dim=1)
+    scores["avg_sensitivity"] = draws.mean(dim=1)
     if rec.role != "dense":
         d = M.feature_map(attrs.values).shape[1]
         scores["spearman"] = M.spearman(dense_attrs, attrs)
+        scores["kendall_tau"] = M.kendall_tau(dense_attrs, attrs)
+        scores["cosine_similarity"] = M.cosine_similarity(dense_attrs, attrs)
         scores["top_k_intersection"] = M.top_k_intersection(
             dense_attrs, attrs, k=max(1, round(mc.top_k * d)))
     if attrs.delta is not None:

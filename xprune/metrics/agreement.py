@@ -9,7 +9,8 @@ from .._validation import check_same_shape
 from ..attribution import Attributions
 from ._base import feature_map, pearson, register, values_of
 
-__all__ = ["spearman", "top_k_intersection"]
+__all__ = ["cosine_similarity", "kendall_tau", "sign_agreement", "spearman",
+           "top_k_intersection"]
 
 
 def _pair(a: Tensor | Attributions, b: Tensor | Attributions) -> tuple[Tensor, Tensor]:
@@ -115,3 +116,81 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
         x, y = x.abs(), y.abs()
     shared = _top_k_mask(x, k) & _top_k_mask(y, k)
     return shared.sum(dim=1).double() / k
+
+
+@register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
+          reference="Kendall 1938, tau-b (Kendall 1945) for ties; scipy.stats.kendalltau")
+def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
+                abs: bool = False) -> Tensor:  # noqa: A002
+    """Kendall rank correlation tau-b between two maps of the same input, per sample.
+
+    ``tau_b = (P - Q) / sqrt((P + Q + T_a) (P + Q + T_b))`` over feature pairs,
+    with P concordant and Q discordant pairs and T_a, T_b pairs tied in only
+    one map (Kendall 1945), as ``scipy.stats.kendalltau``. O(d^2) per sample.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [-1, 1]; a map against itself scores 1; NaN (documented) when
+        either map is constant.
+    """
+    x, y = _pair(a, b)
+    if abs:
+        x, y = x.abs(), y.abs()
+    out = []
+    for i in range(x.shape[0]):  # one sample at a time keeps memory at d^2
+        dx = torch.sign(x[i, :, None] - x[i, None, :]).triu(diagonal=1)
+        dy = torch.sign(y[i, :, None] - y[i, None, :]).triu(diagonal=1)
+        s = (dx * dy).sum()
+        n0 = (dx != 0).sum().double()  # pairs not tied in x
+        n1 = (dy != 0).sum().double()
+        denom = torch.sqrt(n0 * n1)
+        out.append(s / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64))
+    return torch.stack(out).double()
+
+
+@register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
+          reference="Cosine similarity of attribution vectors, e.g. Ghorbani, Abid & Zou 2019")
+def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
+                      abs: bool = False) -> Tensor:  # noqa: A002
+    """Cosine similarity ``<a, b> / (||a|| ||b||)`` of two maps' feature vectors, per sample.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [-1, 1]; 1 for maps that differ by a positive factor (scale
+        invariant); NaN (documented) when either map is all zero.
+    """
+    x, y = _pair(a, b)
+    if abs:
+        x, y = x.abs(), y.abs()
+    denom = x.norm(dim=1) * y.norm(dim=1)
+    return torch.where(denom > 0, ((x * y).sum(dim=1) / denom).clamp(-1, 1),
+                       torch.full_like(denom, float("nan")))
+
+
+@register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
+          reference="Sign agreement of feature attributions, as in Krishna et al. 2022, 'The "
+                    "disagreement problem in explainable machine learning' (signed agreement)")
+def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
+                   k: int | None = None) -> Tensor:
+    """Fraction of features whose attributions have the same sign (-1, 0, +1), per sample.
+
+    With ``k``, only over the k features of largest |a| (the first map is the
+    reference, e.g. the dense model's).
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, 1]; higher = more agreement; a map against itself scores 1.
+        Not meaningful for maps that are |.| already (Captum's Saliency default).
+    """
+    x, y = _pair(a, b)
+    same = (torch.sign(x) == torch.sign(y)).double()
+    if k is None:
+        return same.mean(dim=1)
+    d = x.shape[1]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
+        raise ValueError(f"Expected `k` to be an integer in [1, {d}] (the number of features), "
+                         f"got {k!r}.")
+    return (same * _top_k_mask(x.abs(), k)).sum(dim=1) / k

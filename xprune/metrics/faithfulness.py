@@ -25,7 +25,8 @@ from ._base import (
     target_scores,
 )
 
-__all__ = ["DeletionCurve", "deletion_auc", "deletion_curve", "faithfulness_correlation"]
+__all__ = ["DeletionCurve", "deletion_auc", "deletion_curve", "faithfulness_correlation",
+           "insertion_auc", "insertion_curve"]
 
 
 class DeletionCurve(NamedTuple):
@@ -100,6 +101,13 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     ValueError
         On mismatched shapes, NaN/Inf, ``steps`` outside [1, d], a bad target or output.
     """
+    return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
+                         output=output, max_rows=max_rows, insert=False)
+
+
+def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, output, max_rows,
+                  insert: bool) -> DeletionCurve:
+    """Scores as features are removed (or inserted into the baseline), most important first."""
     x, a = check_map_and_inputs(inputs, attributions)
     check_output(output)
     check_positive_int(max_rows, "max_rows")
@@ -110,16 +118,51 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= d:
         raise ValueError(f"Expected `steps` to be an integer in [1, {d}] (the number of "
                          f"features), got {steps!r}.")
-    removed = torch.round(torch.arange(steps + 1, dtype=torch.float64) * d / steps).long()
+    changed = torch.round(torch.arange(steps + 1, dtype=torch.float64) * d / steps).long()
     order = scores.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
     b = as_baseline(baseline, x)
 
-    def masks_for(sl: slice) -> Tensor:
-        return rank[sl, None, :] < removed[None, :, None]
+    def masks_for(sl: slice) -> Tensor:  # True = the feature is at the baseline
+        if insert:
+            return rank[sl, None, :] >= changed[None, :, None]
+        return rank[sl, None, :] < changed[None, :, None]
 
     values = _perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows)
-    return DeletionCurve(fractions=removed.double() / d, values=values)
+    return DeletionCurve(fractions=changed.double() / d, values=values)
+
+
+def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
+                    target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
+                    output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS
+                    ) -> DeletionCurve:
+    """Insertion curves: start from the baseline and insert features, most important first.
+
+    The mirror of :func:`deletion_curve` (Petsiuk et al. 2018): column 0 is
+    the all-baseline input (fraction 0 inserted), the last column the
+    unperturbed input. Same arguments, ranking and errors.
+    """
+    return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
+                         output=output, max_rows=max_rows, insert=True)
+
+
+@register(category="faithfulness", kind="model", higher_is_better=True, range=(0.0, 1.0),
+          reference="Petsiuk, Das & Saenko 2018, 'RISE: Randomized input sampling for "
+                    "explanation of black-box models', BMVC (insertion metric)")
+def insertion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
+                  target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
+                  output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """Area under the insertion curve over the fraction of features inserted, per sample.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, 1] for probabilities; higher is better (the score rises fast
+        when the features the map ranks highest are inserted first).
+    """
+    curve = insertion_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
+                            output=output, max_rows=max_rows)
+    return torch.trapezoid(curve.values, curve.fractions, dim=1)
 
 
 @register(category="faithfulness", kind="model", higher_is_better=False, range=(0.0, 1.0),

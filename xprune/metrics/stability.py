@@ -13,7 +13,7 @@ from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS
 from ._base import register
 
-__all__ = ["max_sensitivity"]
+__all__ = ["avg_sensitivity", "max_sensitivity", "sensitivity_draws"]
 
 
 def _explain_targets(target: Any, n: int) -> Tensor:
@@ -90,6 +90,47 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
         On NaN/Inf inputs, ``radius`` <= 0, ``n_samples`` < 1, a bad target, or
         an ``explain_fn`` returning the wrong shape.
     """
+    return _sensitivity(explain_fn, inputs, target, radius=radius, n_samples=n_samples,
+                        relative=relative, generator=generator, max_rows=max_rows,
+                        reduce="max")
+
+
+@register(category="stability", kind="explainer", higher_is_better=False,
+          range=(0.0, float("inf")),
+          reference="Bhatt, Weller & Moura 2020, 'Evaluating and aggregating feature-based "
+                    "model explanations', IJCAI (definition 2, average sensitivity)")
+def avg_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, target: Any,
+                    *, radius: float = 0.1, n_samples: int = 10, relative: bool = True,
+                    generator: torch.Generator | None = None,
+                    max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """Avg-sensitivity: the mean change of the map under small input noise, per sample.
+
+    As :func:`max_sensitivity` (same noise, norms, ``relative`` default and
+    errors), with the mean over the ``n_samples`` draws instead of the
+    maximum. With the same generator seed both see the same noise, so
+    avg <= max sample by sample. Lower is better.
+    """
+    return _sensitivity(explain_fn, inputs, target, radius=radius, n_samples=n_samples,
+                        relative=relative, generator=generator, max_rows=max_rows,
+                        reduce="mean")
+
+
+def sensitivity_draws(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
+                      target: Any, *, radius: float = 0.1, n_samples: int = 10,
+                      relative: bool = True, generator: torch.Generator | None = None,
+                      max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """The change of the map under each noise draw: Tensor of shape (N, n_samples), float64.
+
+    Its row maximum is :func:`max_sensitivity` and its row mean
+    :func:`avg_sensitivity` (same noise for the same generator seed), so both
+    can be had from one set of explainer calls. Arguments as for those.
+    """
+    return _sensitivity(explain_fn, inputs, target, radius=radius, n_samples=n_samples,
+                        relative=relative, generator=generator, max_rows=max_rows, reduce=None)
+
+
+def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, generator,
+                 max_rows, reduce: str | None) -> Tensor:
     x = check_tensor(inputs, "inputs", min_dim=2)
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
         raise ValueError(f"Expected `radius` > 0, got {radius!r}.")
@@ -105,11 +146,13 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
     base = _explain(explain_fn, x, t, max_rows)              # (N, D)
     perturbed = (x[:, None] + noise).reshape(n * n_samples, *x.shape[1:])
     maps = _explain(explain_fn, perturbed, t.repeat_interleave(n_samples), max_rows)
-    diff = (maps.reshape(n, n_samples, -1) - base[:, None]).norm(dim=2).amax(dim=1)
-    if not relative:
+    diff = (maps.reshape(n, n_samples, -1) - base[:, None]).norm(dim=2)   # (N, S)
+    if relative:
+        denom = base.norm(dim=1, keepdim=True)
+        if bool((denom == 0).any()):
+            warnings.warn(f"{int((denom == 0).sum())} sample(s) have an all-zero map; their "
+                          "relative sensitivity is NaN.", RuntimeWarning, stacklevel=3)
+        diff = torch.where(denom > 0, diff / denom, torch.full_like(diff, float("nan")))
+    if reduce is None:
         return diff
-    denom = base.norm(dim=1)
-    if bool((denom == 0).any()):
-        warnings.warn(f"{int((denom == 0).sum())} sample(s) have an all-zero map; their "
-                      "relative max-sensitivity is NaN.", RuntimeWarning, stacklevel=2)
-    return torch.where(denom > 0, diff / denom, torch.full_like(diff, float("nan")))
+    return diff.amax(dim=1) if reduce == "max" else diff.mean(dim=1)

@@ -1,0 +1,163 @@
+"""The metrics added to the catalogue: each against a reference, a closed form and its errors."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import xprune
+from xprune import metrics as M
+
+
+def _maps(n=12, seed=0, shape=(1, 8, 8)):
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed),
+                       dtype=torch.float64)
+
+
+# --- complexity ---------------------------------------------------------------------------
+
+def test_entropy_complexity_closed_forms_and_scipy():
+    d = 64
+    one_hot = torch.zeros(1, d, dtype=torch.float64)
+    one_hot[0, 5] = -3.0
+    constant = torch.full((1, d), 0.7, dtype=torch.float64)
+    zero = torch.zeros(1, d, dtype=torch.float64)
+    torch.testing.assert_close(M.entropy_complexity(torch.cat([one_hot, constant, zero])),
+                               torch.tensor([0.0, math.log(d), math.log(d)],
+                                            dtype=torch.float64))
+    a = _maps()
+    expected = [stats.entropy(np.abs(row.reshape(-1))) for row in a.numpy()]
+    np.testing.assert_allclose(M.entropy_complexity(a).numpy(), expected, rtol=1e-12)
+    torch.testing.assert_close(M.entropy_complexity(42 * a), M.entropy_complexity(a))
+
+
+def test_entropy_complexity_matches_quantus():
+    quantus = pytest.importorskip("quantus")
+    a = _maps(16, seed=1).float()
+    x = torch.rand(16, 1, 8, 8)
+    metric = quantus.Complexity(normalise=False, disable_warnings=True)
+    theirs = metric(model=None, x_batch=x.numpy().copy(), y_batch=np.zeros(16, dtype=int),
+                    a_batch=a.numpy().copy(), channel_first=True)
+    np.testing.assert_allclose(M.entropy_complexity(a).numpy(), np.asarray(theirs), atol=1e-5)
+
+
+def test_top_k_mass():
+    a = torch.tensor([[4.0, -3.0, 2.0, 1.0, 0.0]])
+    torch.testing.assert_close(M.top_k_mass(a, k=2), torch.tensor([0.7], dtype=torch.float64))
+    torch.testing.assert_close(M.top_k_mass(torch.zeros(1, 5), k=2),
+                               torch.tensor([0.4], dtype=torch.float64))
+    b = _maps()
+    torch.testing.assert_close(M.top_k_mass(9 * b), M.top_k_mass(b))
+    with pytest.raises(ValueError, match=r"`k` to be an integer in \[1, 5\]"):
+        M.top_k_mass(a, k=6)
+
+
+# --- agreement ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_kendall_matches_scipy_tau_b(ties):
+    a, b = _maps(seed=2), _maps(seed=3)
+    b = a + 0.8 * b
+    if ties:
+        a, b = a.round(), (2 * b).round()
+    expected = [stats.kendalltau(x.reshape(-1), y.reshape(-1)).statistic
+                for x, y in zip(a.numpy(), b.numpy(), strict=True)]
+    np.testing.assert_allclose(M.kendall_tau(a, b).numpy(), expected, rtol=1e-10)
+    torch.testing.assert_close(M.kendall_tau(a, a), torch.ones(12, dtype=torch.float64))
+    assert torch.isnan(M.kendall_tau(torch.zeros(1, 5), torch.rand(1, 5))).all()
+
+
+def test_cosine_and_sign_agreement():
+    a, b = _maps(seed=4), _maps(seed=5)
+    flat_a, flat_b = a.reshape(12, -1), b.reshape(12, -1)
+    expected = (flat_a * flat_b).sum(1) / (flat_a.norm(dim=1) * flat_b.norm(dim=1))
+    torch.testing.assert_close(M.cosine_similarity(a, b), expected)
+    torch.testing.assert_close(M.cosine_similarity(a, 3 * a), torch.ones(12, dtype=torch.float64))
+    assert torch.isnan(M.cosine_similarity(torch.zeros(1, 4), torch.rand(1, 4))).all()
+    x = torch.tensor([[1.0, -2.0, 0.0, 3.0]])
+    y = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    torch.testing.assert_close(M.sign_agreement(x, y), torch.tensor([0.5], dtype=torch.float64))
+    # top-2 of |x|: features 3 and 1, both disagree
+    torch.testing.assert_close(M.sign_agreement(x, y, k=2), torch.tensor([0.0],
+                                                                          dtype=torch.float64))
+    torch.testing.assert_close(M.sign_agreement(a, a), torch.ones(12, dtype=torch.float64))
+
+
+# --- faithfulness: insertion -------------------------------------------------------------
+
+def test_insertion_hand_computed_and_linear_ordering(linear_model):
+    class TwoFeatures(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0] + 2 * x[:, 1], torch.zeros_like(x[:, 0])], dim=1)
+
+    x, a = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 2.0]])  # insert feature 2, then 1
+    curve = M.insertion_curve(TwoFeatures(), x, a, 0, output="logit")
+    torch.testing.assert_close(curve.values, torch.tensor([[0.0, 2.0, 3.0]], dtype=torch.float64))
+    torch.testing.assert_close(M.insertion_auc(TwoFeatures(), x, a, 0, output="logit"),
+                               torch.tensor([1.75], dtype=torch.float64))
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.rand(16, 1, 8, 8, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 10, (16,), generator=gen)
+    exact = linear_model.fc.weight.detach()[t].reshape(16, 1, 8, 8) * xs
+    best = M.insertion_curve(linear_model, xs, exact, t, output="logit").values
+    worst = M.insertion_curve(linear_model, xs, -exact, t, output="logit").values
+    assert bool((best >= worst - 1e-9).all())  # the largest contributions enter first
+    deletion = M.deletion_curve(linear_model, xs, exact, t, output="logit").values
+    # inserting what deletion removed last: for a linear model the curves mirror
+    torch.testing.assert_close(best[:, -1], deletion[:, 0])
+
+
+# --- stability: avg-sensitivity ----------------------------------------------------------
+
+def test_avg_sensitivity_literal_and_bounded_by_max():
+    from test_metrics_stability import quadratic_explainer
+
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t = torch.arange(5)
+    avg = M.avg_sensitivity(quadratic_explainer, x, t, radius=0.05, n_samples=6,
+                            generator=torch.Generator().manual_seed(2), relative=False)
+    gen = torch.Generator().manual_seed(2)
+    expected = []
+    for i in range(5):
+        noise = (torch.rand(6, 1, 4, 4, generator=gen) * 2 - 1) * 0.05
+        phi = quadratic_explainer(x[i:i + 1], t[i:i + 1])
+        changes = [float((quadratic_explainer(x[i:i + 1] + noise[j:j + 1].double(),
+                                              t[i:i + 1]) - phi).norm()) for j in range(6)]
+        expected.append(sum(changes) / 6)
+    torch.testing.assert_close(avg, torch.tensor(expected, dtype=torch.float64))
+    mx = M.max_sensitivity(quadratic_explainer, x, t, radius=0.05, n_samples=6,
+                           generator=torch.Generator().manual_seed(2), relative=False)
+    assert bool((avg <= mx).all())
+
+
+def test_avg_sensitivity_matches_quantus_in_distribution(digits_cnn, digits_batch):
+    quantus = pytest.importorskip("quantus")
+    x, _ = digits_batch
+    explain = xprune.explainer(digits_cnn, "saliency", params={"abs": False})
+    t = digits_cnn(x).argmax(dim=1)
+    ours = M.avg_sensitivity(explain, x, t, radius=0.1, n_samples=10,
+                             generator=torch.Generator().manual_seed(0)).numpy()
+    np.random.seed(0)  # noqa: NPY002  Quantus draws from the global NumPy RNG
+    metric = quantus.AvgSensitivity(nr_samples=10, lower_bound=0.1, abs=False, normalise=False,
+                                    return_aggregate=False, disable_warnings=True)
+    theirs = np.asarray(metric(
+        model=digits_cnn, x_batch=x.numpy().copy(), y_batch=t.numpy().copy(),
+        a_batch=explain(x, t).numpy().copy(), channel_first=True, device="cpu",
+        explain_func=lambda model, inputs, targets, **kw: explain(
+            torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()))
+    se = math.sqrt(ours.var(ddof=1) / ours.size + theirs.var(ddof=1) / theirs.size)
+    assert abs(ours.mean() - theirs.mean()) < 3 * se
+
+
+def test_new_metrics_are_registered_with_metadata():
+    for name, category, better in [("entropy_complexity", "complexity", False),
+                                   ("top_k_mass", "complexity", True),
+                                   ("kendall_tau", "agreement", True),
+                                   ("cosine_similarity", "agreement", True),
+                                   ("sign_agreement", "agreement", True),
+                                   ("insertion_auc", "faithfulness", True),
+                                   ("avg_sensitivity", "stability", False)]:
+        info = M.METRICS[name]
+        assert (info.category, info.higher_is_better) == (category, better) and info.reference
