@@ -78,11 +78,43 @@ def test_cosine_and_sign_agreement():
     assert torch.isnan(M.cosine_similarity(torch.zeros(1, 4), torch.rand(1, 4))).all()
     x = torch.tensor([[1.0, -2.0, 0.0, 3.0]])
     y = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
-    torch.testing.assert_close(M.sign_agreement(x, y), torch.tensor([0.5], dtype=torch.float64))
+    # feature 2 is zero in both and not counted: 1 of the other 3 agrees
+    torch.testing.assert_close(M.sign_agreement(x, y), torch.tensor([1 / 3], dtype=torch.float64))
     # top-2 of |x|: features 3 and 1, both disagree
     torch.testing.assert_close(M.sign_agreement(x, y, k=2), torch.tensor([0.0],
                                                                           dtype=torch.float64))
     torch.testing.assert_close(M.sign_agreement(a, a), torch.ones(12, dtype=torch.float64))
+    # features both maps leave at zero say nothing: opposite signs everywhere else -> 0
+    p = torch.tensor([[1.0, -1.0, 0.0, 0.0]])
+    torch.testing.assert_close(M.sign_agreement(p, -p), torch.tensor([0.0], dtype=torch.float64))
+    assert torch.isnan(M.sign_agreement(torch.zeros(1, 4), torch.zeros(1, 4))).all()
+
+
+def test_top_k_ignores_tied_zeros():
+    """Two sparse maps with nothing in common share nothing, whatever k is."""
+    a, b = torch.zeros(1, 64), torch.zeros(1, 64)
+    a[0, 5], b[0, 7] = 1.0, 1.0
+    for k in (1, 3, 6):
+        torch.testing.assert_close(M.top_k_intersection(a, b, k=k),
+                                   torch.tensor([0.0], dtype=torch.float64))
+        torch.testing.assert_close(M.top_k_intersection(a, a, k=k),
+                                   torch.tensor([1.0], dtype=torch.float64))
+    assert torch.isnan(M.top_k_intersection(torch.zeros(1, 4), torch.zeros(1, 4), k=2)).all()
+
+
+def test_insertion_from_a_blurred_copy(digits_cnn, digits_batch):
+    """Petsiuk et al. start insertion from a blurred image: per-sample baselines work."""
+    x = digits_batch[0][:8]
+    a = xprune.attribute(digits_cnn, x, "predicted", "saliency")
+    blurred = xprune.attribution.make_baseline("blur", x, blur_sigma=1.0)
+    curve = M.insertion_curve(digits_cnn, x, a, a.targets, baseline=blurred)
+    expected_first = torch.softmax(digits_cnn(blurred), dim=1).gather(
+        1, a.targets[:, None])[:, 0].double()
+    torch.testing.assert_close(curve.values[:, 0], expected_first.detach(), atol=1e-6, rtol=0)
+    alone = M.insertion_auc(digits_cnn, x[:1], a.values[:1], a.targets[:1],
+                            baseline=blurred[:1])
+    together = M.insertion_auc(digits_cnn, x, a, a.targets, baseline=blurred)
+    torch.testing.assert_close(alone, together[:1], atol=1e-6, rtol=0)
 
 
 # --- faithfulness: insertion -------------------------------------------------------------

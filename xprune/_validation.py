@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_count",
     "check_fraction",
     "check_positive_int",
     "check_same_shape",
@@ -69,6 +70,19 @@ def check_fraction(value: float, name: str, *, low: float = 0.0, high: float = 1
         bracket = "]" if high_inclusive else ")"
         raise ValueError(f"Expected `{name}` in [{low}, {high}{bracket}, got {value!r}.")
     return float(value)
+
+
+def check_count(value: object, name: str, d: int, *, inclusive: bool = True) -> int:
+    """Return ``value`` if it is an int in [1, d] (or [1, d) when not ``inclusive``), else raise.
+
+    ``d`` is the number of features, named in the message.
+    """
+    upper_ok = isinstance(value, int) and (value <= d if inclusive else value < d)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or not upper_ok:
+        bracket = "]" if inclusive else ")"
+        raise ValueError(f"Expected `{name}` to be an integer in [1, {d}{bracket} for inputs with "
+                         f"{d} features, got {value!r}.")
+    return value
 
 
 def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:

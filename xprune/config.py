@@ -111,12 +111,8 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class PruningVariant:
-    """One way of making the sparse models: a method, its scope, schedule and options.
-
-    ``label`` names the variant in tables and figures (default: the method,
-    with ``-layer`` for layer-wise scope and the schedule when not one-shot).
-    """
+class _VariantFields:
+    """The keys that describe one pruning variant (shared by a variant and the config's top level)."""
 
     method: str = "l1_unstructured"
     scope: str = "global"
@@ -124,6 +120,16 @@ class PruningVariant:
     steps: int = 5
     max_layer_sparsity: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PruningVariant(_VariantFields):
+    """One way of making the sparse models: a method, its scope, schedule and options.
+
+    ``label`` names the variant in tables and figures (default: the method,
+    with ``-layer`` for layer-wise scope and the schedule when not one-shot).
+    """
+
     label: str | None = None
 
     def __post_init__(self) -> None:
@@ -159,11 +165,11 @@ class PruningVariant:
         return name + ("" if self.schedule == "one_shot" else f"-{self.schedule}")
 
 
-_VARIANT_KEYS = ("method", "scope", "schedule", "steps", "max_layer_sparsity", "options", "label")
+_VARIANT_KEYS = tuple(f.name for f in dataclasses.fields(PruningVariant))
 
 
 @dataclass(frozen=True)
-class PruningConfig:
+class PruningConfig(_VariantFields):
     """How the sparse models are made.
 
     The top-level keys describe one variant. ``methods`` (``[[pruning.methods]]``
@@ -179,12 +185,6 @@ class PruningConfig:
     or fine-tuned; sparsity is measured against the dense model.
     """
 
-    method: str = "l1_unstructured"
-    scope: str = "global"
-    schedule: str = "one_shot"
-    steps: int = 5
-    max_layer_sparsity: float | None = None
-    options: dict[str, Any] = field(default_factory=dict)
     methods: tuple[dict[str, Any], ...] = ()
     sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
     finetune_epochs: int = 5

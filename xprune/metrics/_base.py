@@ -79,7 +79,9 @@ def feature_map(a: Tensor) -> Tensor:
     """Per-feature attribution, shape (N, d).
 
     A feature is a column of (N, F) tabular data, or a pixel of (N, C, *S)
-    images: its channels are summed (signed), so an RGB pixel is one feature.
+    images: its channels are summed with their signs (the pixel's net
+    relevance), so an RGB pixel is one feature and channels of opposite sign
+    cancel. Quantus instead treats every channel element as a feature.
     """
     if a.dim() >= 3:
         a = a.sum(dim=1)
@@ -107,12 +109,18 @@ def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) ->
 
 
 def as_baseline(baseline: float | Tensor, x: Tensor) -> Tensor:
-    """A baseline broadcastable against a batch ``x`` of shape (N, *F): a scalar or (*F) tensor."""
+    """A baseline broadcastable against ``x[:, None]`` (shape (N, 1, *F)).
+
+    A scalar, a tensor of the features' shape (*F), or one per sample (N, *F).
+    """
     if isinstance(baseline, Tensor):
         b = check_tensor(baseline.reshape(1, *baseline.shape), "baseline", min_dim=1)[0]
+        if tuple(b.shape) == tuple(x.shape):
+            return b.to(dtype=x.dtype, device=x.device)[:, None]
         if b.dim() and tuple(b.shape) != tuple(x.shape[1:]):
             raise ValueError(f"Expected `baseline` to be a scalar or of shape "
-                             f"{tuple(x.shape[1:])}, got {tuple(baseline.shape)}.")
+                             f"{tuple(x.shape[1:])} or {tuple(x.shape)}, got "
+                             f"{tuple(baseline.shape)}.")
         return b.to(dtype=x.dtype, device=x.device)
     if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
         raise ValueError(f"Expected `baseline` to be a number or a tensor, got {baseline!r}.")

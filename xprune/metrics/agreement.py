@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._validation import check_same_shape
+from .._validation import check_count, check_same_shape
 from ..attribution import Attributions
 from ._base import feature_map, pearson, register, values_of
 
@@ -72,8 +72,10 @@ def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = 
 
 
 def _top_k_mask(x: Tensor, k: int) -> Tensor:
+    """The k largest entries of each row of ``x`` (ties by index), among the nonzero ones only."""
     order = x.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return torch.zeros_like(x, dtype=torch.bool).scatter_(1, order, True)
+    mask = torch.zeros_like(x, dtype=torch.bool).scatter_(1, order, True)
+    return mask & (x != 0)
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
@@ -83,8 +85,12 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
                        k: int | None = None, abs: bool = True) -> Tensor:  # noqa: A002
     """Fraction of the k most important features that two maps share, per sample.
 
-    ``|topk(a) ∩ topk(b)| / k``, features ranked by |a| (``abs=True``, the
-    default) or by the signed value; ties broken by feature index.
+    ``|topk(a) ∩ topk(b)| / max(|topk(a)|, |topk(b)|)``, features ranked by |a|
+    (``abs=True``, the default) or by the signed value, ties broken by feature
+    index. Only features with a nonzero score enter a top-k set: zeros carry no
+    importance, and counting tied zeros as shared would make two sparse maps
+    with nothing in common agree. With k nonzero features in each map this is
+    the usual ``|topk(a) ∩ topk(b)| / k``.
 
     Parameters
     ----------
@@ -98,7 +104,8 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
     Returns
     -------
     Tensor of shape (N,), float64
-        In [0, 1]; higher = more overlap; a map against itself scores 1.
+        In [0, 1]; higher = more overlap; a map against itself scores 1 (NaN,
+        documented, if it is all zero, as for two all-zero maps).
 
     Raises
     ------
@@ -109,13 +116,13 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
     d = x.shape[1]
     if k is None:
         k = max(1, round(0.1 * d))
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
-        raise ValueError(f"Expected `k` to be an integer in [1, {d}] (the number of features), "
-                         f"got {k!r}.")
+    check_count(k, "k", d)
     if abs:
         x, y = x.abs(), y.abs()
-    shared = _top_k_mask(x, k) & _top_k_mask(y, k)
-    return shared.sum(dim=1).double() / k
+    top_x, top_y = _top_k_mask(x, k), _top_k_mask(y, k)
+    size = torch.maximum(top_x.sum(dim=1), top_y.sum(dim=1)).double()
+    shared = (top_x & top_y).sum(dim=1).double()
+    return torch.where(size > 0, shared / size.clamp_min(1), torch.full_like(size, float("nan")))
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
@@ -176,21 +183,25 @@ def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
                    k: int | None = None) -> Tensor:
     """Fraction of features whose attributions have the same sign (-1, 0, +1), per sample.
 
-    With ``k``, only over the k features of largest |a| (the first map is the
-    reference, e.g. the dense model's).
+    Counted over the features where at least one map is nonzero (a feature
+    both maps leave at 0 says nothing about agreement), or, with ``k``, over
+    the k features of largest |a| (the first map is the reference, e.g. the
+    dense model's).
 
     Returns
     -------
     Tensor of shape (N,), float64
         In [0, 1]; higher = more agreement; a map against itself scores 1.
-        Not meaningful for maps that are |.| already (Captum's Saliency default).
+        NaN (documented) when both maps are all zero. Not meaningful for maps
+        that are |.| already (Captum's Saliency default).
     """
     x, y = _pair(a, b)
     same = (torch.sign(x) == torch.sign(y)).double()
     if k is None:
-        return same.mean(dim=1)
-    d = x.shape[1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
-        raise ValueError(f"Expected `k` to be an integer in [1, {d}] (the number of features), "
-                         f"got {k!r}.")
-    return (same * _top_k_mask(x.abs(), k)).sum(dim=1) / k
+        counted = ((x != 0) | (y != 0)).double()
+    else:
+        check_count(k, "k", x.shape[1])
+        counted = _top_k_mask(x.abs(), k).double()
+    n = counted.sum(dim=1)
+    return torch.where(n > 0, (same * counted).sum(dim=1) / n.clamp_min(1),
+                       torch.full_like(n, float("nan")))

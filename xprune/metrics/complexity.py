@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._validation import check_count
 from ..attribution import Attributions
 from ._base import feature_map, register, values_of
 
@@ -106,9 +107,7 @@ def top_k_mass(attributions: Tensor | Attributions, *, k: int | None = None) -> 
     v = feature_map(values_of(attributions)).double().abs()
     d = v.shape[1]
     k = max(1, round(0.1 * d)) if k is None else k
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= d:
-        raise ValueError(f"Expected `k` to be an integer in [1, {d}] (the number of features), "
-                         f"got {k!r}.")
+    check_count(k, "k", d)
     total = v.sum(dim=1)
     top = v.topk(k, dim=1).values.sum(dim=1)
     return torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float64).tiny),

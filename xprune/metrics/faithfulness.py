@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
+from .._validation import check_count, check_positive_int
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
     as_baseline,
@@ -56,7 +56,8 @@ def _perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor, masks_for, n
         sl = slice(start, min(n, start + chunk))
         mask = expand_feature_mask(masks_for(sl), x.shape)  # (c, R, 1, *S) or (c, R, F)
         xs = x[sl, None]
-        perturbed = torch.where(mask, baseline, xs).reshape(-1, *x.shape[1:])
+        b = baseline[sl] if baseline.dim() == x.dim() + 1 else baseline  # per-sample baseline
+        perturbed = torch.where(mask, b, xs).reshape(-1, *x.shape[1:])
         t = targets[sl].repeat_interleave(n_per_sample)
         out.append(target_scores(model, perturbed, t, output=output, max_rows=max_rows)
                    .reshape(-1, n_per_sample))
@@ -82,8 +83,8 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     attributions : Tensor of shape (N, *F) or Attributions
     target : int, sequence or Tensor of shape (N,)
         The class whose score is tracked.
-    baseline : float or Tensor of shape (*F)
-        Value a removed feature takes.
+    baseline : float or Tensor of shape (*F) or (N, *F)
+        Value a removed feature takes (per sample with a leading batch axis).
     steps : int, optional
         Points after the first, 1 <= steps <= d; default d (one feature per step).
     output : {"probability", "logit"}
@@ -112,13 +113,12 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
     check_output(output)
     check_positive_int(max_rows, "max_rows")
     targets = model_targets(model, x, target)
-    scores = feature_map(a)
+    scores = feature_map(a.to(x.device))
     n, d = scores.shape
     steps = d if steps is None else steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= d:
-        raise ValueError(f"Expected `steps` to be an integer in [1, {d}] (the number of "
-                         f"features), got {steps!r}.")
+    check_count(steps, "steps", d)
     changed = torch.round(torch.arange(steps + 1, dtype=torch.float64) * d / steps).long()
+    changed = changed.to(x.device)
     order = scores.argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
     b = as_baseline(baseline, x)
@@ -129,7 +129,7 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
         return rank[sl, None, :] < changed[None, :, None]
 
     values = _perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows)
-    return DeletionCurve(fractions=changed.double() / d, values=values)
+    return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
 
 
 def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
@@ -138,9 +138,12 @@ def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Att
                     ) -> DeletionCurve:
     """Insertion curves: start from the baseline and insert features, most important first.
 
-    The mirror of :func:`deletion_curve` (Petsiuk et al. 2018): column 0 is
-    the all-baseline input (fraction 0 inserted), the last column the
-    unperturbed input. Same arguments, ranking and errors.
+    The mirror of :func:`deletion_curve`: column 0 is the all-baseline input
+    (fraction 0 inserted), the last column the unperturbed input. Same
+    arguments, ranking and errors. Petsiuk et al. 2018 start insertion from a
+    blurred copy of each image; the default here is the constant 0 of
+    deletion. For theirs pass per-sample blurred inputs,
+    ``baseline=xprune.attribution.make_baseline("blur", inputs)``.
     """
     return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
                          output=output, max_rows=max_rows, insert=True)
@@ -233,8 +236,9 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
     Tensor of shape (N,), float64
         In [-1, 1]; higher = more faithful. For a linear model, zero baseline
         and the exact attribution w * x it is 1 (its negation: -1). Invariant
-        to positive scaling of the map. NaN (documented) when the map is
-        constant over every drawn subset sum, e.g. an all-zero map.
+        to positive scaling of the map. NaN (documented) when either side of
+        the correlation is constant over the runs: an all-zero map, or a model
+        whose output does not change when the subsets are removed.
 
     Raises
     ------
@@ -252,10 +256,7 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
         if d < 2:
             raise ValueError(f"Faithfulness correlation needs at least 2 features, got {d}.")
         subset_size = default_subset_size(d)
-    if isinstance(subset_size, bool) or not isinstance(subset_size, int) \
-            or not 1 <= subset_size < d:
-        raise ValueError(f"Expected `subset_size` to be an integer in [1, {d}) for inputs "
-                         f"with {d} features, got {subset_size!r}.")
+    check_count(subset_size, "subset_size", d, inclusive=False)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     subsets = []
 
