@@ -31,6 +31,10 @@ def _kwargs(method, model):
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_dense_model_is_never_mutated(cnn, method, scope):
     snapshot = state_snapshot(cnn)
+    if scope == "layer" and not PRUNING_METHODS[method].ranks_weights:
+        with pytest.raises(ValueError, match="does not rank weights per layer"):
+            prune(cnn, method=method, scope=scope, **_kwargs(method, cnn))
+        return
     pair = prune(cnn, method=method, scope=scope, **_kwargs(method, cnn))
     assert pair.dense is cnn
     assert_state_equal(cnn, snapshot)
@@ -145,6 +149,15 @@ def test_threshold_by_theta_and_by_bisection(cnn):
         prune(cnn, 0.5, method="threshold", options={"theta": 0.1})
     with pytest.raises(ValueError, match="Expected `theta` >= 0, got -1"):
         prune(cnn, method="threshold", options={"theta": -1})
+    with pytest.raises(ValueError, match="does not rank weights per layer"):
+        prune(cnn, 0.5, method="threshold", max_layer_sparsity=0.3)
+
+
+def test_threshold_matches_the_request_exactly_without_ties():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))  # 40 distinct weights
+    for amount in (0.25, 0.5, 0.75):
+        assert prune(model, amount, method="threshold").sparsity == amount
 
 
 def test_global_pruning_that_empties_a_layer_warns_and_the_cap_prevents_it():

@@ -90,9 +90,11 @@ def test_model_factory_is_resolved_never_evaluated(tmp_path):
     run_analysis(config, out_dir=tmp_path / "run", progress=False, render=False)
     layers = pd.read_csv(tmp_path / "run" / "layers.csv")
     assert layers.loc[layers["layer"] == "fc1", "numel"].iloc[0] == 512 * 16
-    bad = AnalysisConfig.from_dict({**TINY, "model": {"factory": "math:hypot",
-                                                      "kwargs": {}}})
-    with pytest.raises(ValueError, match="to return an nn.Module, got float"):
+    with pytest.raises(ValueError, match="got the standard-library 'os:system'"):
+        AnalysisConfig.from_dict({"model": {"factory": "os:system"}}).model.resolve()
+    bad = AnalysisConfig.from_dict({**TINY, "model": {"factory": "xprune.data:make_token_dataset",
+                                                      "kwargs": {"n": 4}}})
+    with pytest.raises(ValueError, match="to return an nn.Module, got tuple"):
         run_analysis(bad, out_dir=tmp_path / "bad", progress=False)
 
 

@@ -234,6 +234,16 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
     else:
         measured, pruned, alive = removed_fraction(float(ratio))
     twin = _masked_twin(model, alive)
+    from ._state import eval_mode
+
+    with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
+        probe = ctx.data[0][:32]
+        gap = float((pruned(probe) - twin(probe)).abs().max())
+    if gap > 1e-4:
+        warnings.warn(f"The masked twin's outputs differ from the smaller model's by up to "
+                      f"{gap:.3g}: a removed unit's zero output is changed downstream (an "
+                      "activation with f(0) != 0 such as sigmoid, or LayerNorm). Compare the "
+                      "smaller model itself, not the twin.", UserWarning, stacklevel=4)
     masks = {weight_name(n): (m.weight.detach() != 0) for n, m in prunable_weights(twin)}
     return ModelPair(dense=model, sparse=pruned, method="structured",
                      amount=measured if amount is None else amount, masks={},

@@ -87,6 +87,9 @@ class ModelConfig:
         if self.factory is None:
             return None
         module_name, _, attr = self.factory.partition(":")
+        if module_name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
+            raise ValueError(f"Expected `model.factory` to name a model-building function of "
+                             f"your own package, got the standard-library {self.factory!r}.")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
@@ -108,6 +111,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_positive_int(self.epochs, "train.epochs")
         check_positive_int(self.batch_size, "train.batch_size")
+        _check_positive_number(self.lr, "train.lr")
 
 
 @dataclass(frozen=True)
@@ -208,8 +212,11 @@ class PruningConfig(_VariantFields):
             raise ValueError("Expected `pruning.sparsities` to list at least one sparsity, got [].")
         for s in self.sparsities:
             check_fraction(s, "pruning.sparsities[i]")
+        if len(set(self.sparsities)) != len(self.sparsities):
+            raise ValueError(f"Expected distinct `pruning.sparsities`, got {list(self.sparsities)}.")
         check_positive_int(self.finetune_epochs, "pruning.finetune_epochs", minimum=0)
         check_positive_int(self.reference_samples, "pruning.reference_samples")
+        _check_positive_number(self.finetune_lr, "pruning.finetune_lr")
         names = [v.name for v in self.variants()]
         if len(set(names)) != len(names):
             raise ValueError(f"Expected distinct pruning variants, got labels {names}: give "
@@ -239,6 +246,12 @@ class ControlsConfig:
     other_seed: bool = True
     finetune: bool = True
 
+    def __post_init__(self) -> None:
+        for key in ("other_seed", "finetune"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"Expected `controls.{key}` to be true or false, got "
+                                 f"{getattr(self, key)!r}.")
+
 
 def _default_attribution_params() -> dict[str, dict[str, Any]]:
     return {"integrated_gradients": {"n_steps": 32}}
@@ -263,9 +276,14 @@ class AttributionConfig:
     def __post_init__(self) -> None:
         from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
 
+        if isinstance(self.methods, str):
+            raise ValueError(f"Expected `attribution.methods` to be a list of names, got "
+                             f"{self.methods!r}; write [{self.methods!r}].")
         object.__setattr__(self, "methods", tuple(self.methods))
         if not self.methods:
             raise ValueError("Expected `attribution.methods` to list at least one method, got [].")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"Expected distinct `attribution.methods`, got {list(self.methods)}.")
         for method in self.methods:
             _check_name(method, ATTRIBUTION_METHODS, "attribution.methods")
         if not isinstance(self.params, dict):
@@ -305,14 +323,30 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         check_fraction(self.top_k, "metrics.top_k", high_inclusive=True)
+        if self.top_k == 0:
+            raise ValueError("Expected `metrics.top_k` in (0, 1], got 0.")
         check_positive_int(self.faithfulness_runs, "metrics.faithfulness_runs", minimum=2)
         check_positive_int(self.sensitivity_samples, "metrics.sensitivity_samples")
+        _check_positive_number(self.sensitivity_radius, "metrics.sensitivity_radius")
+        for key in ("deletion_steps", "faithfulness_subset_size"):
+            if getattr(self, key) is not None:
+                check_positive_int(getattr(self, key), f"metrics.{key}")
 
 
 @dataclass(frozen=True)
 class ReportConfig:
     n_examples: int = 8
     latency_batch: int = 256
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.n_examples, "report.n_examples")
+        check_positive_int(self.latency_batch, "report.latency_batch")
+
+
+def _check_positive_number(value: object, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or value != value or value == float("inf"):
+        raise ValueError(f"Expected `{name}` to be a positive number, got {value!r}.")
 
 
 @dataclass(frozen=True)

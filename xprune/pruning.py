@@ -226,13 +226,15 @@ class PruningMethod:
     options: Mapping[str, Any] = field(default_factory=dict)
     needs_data: bool = False
     amount_optional: bool = False
+    ranks_weights: bool = False  # honours scope="layer" and max_layer_sparsity
 
 
 PRUNING_METHODS: dict[str, PruningMethod] = {}
 
 
 def register_pruning_method(name: str, description: str, *, options: Mapping[str, Any] | None = None,
-                            needs_data: bool = False, amount_optional: bool = False):
+                            needs_data: bool = False, amount_optional: bool = False,
+                            ranks_weights: bool = False):
     """Register ``fn(model_copy, amount, ctx)`` as a pruning method under ``name``.
 
     ``options`` maps each accepted option to its default. The method then
@@ -241,7 +243,7 @@ def register_pruning_method(name: str, description: str, *, options: Mapping[str
 
     def decorator(fn):
         PRUNING_METHODS[name] = PruningMethod(name, fn, description, dict(options or {}),
-                                              needs_data, amount_optional)
+                                              needs_data, amount_optional, ranks_weights)
         return fn
     return decorator
 
@@ -257,7 +259,8 @@ def register_importance(name: str, description: str, *, needs_data: bool = False
     def decorator(score_fn):
         def fn(model: nn.Module, amount: float | None, ctx: PruningContext) -> None:
             _prune_by_scores(model, amount, score_fn(model, ctx), ctx)
-        register_pruning_method(name, description, options=options, needs_data=needs_data)(fn)
+        register_pruning_method(name, description, options=options, needs_data=needs_data,
+                                ranks_weights=True)(fn)
         return score_fn
     return decorator
 
@@ -340,23 +343,29 @@ def find_threshold(model: nn.Module, amount: float, *, iterations: int = 100) ->
 
     Bisection over theta on the conv/linear weights (one global threshold), so
     that threshold pruning can be compared with other methods at matched
-    measured sparsity. Ties at theta can make the match inexact by their count.
+    measured sparsity. The search runs in the weights' own dtype, so the
+    returned theta reproduces the count exactly; only weights tied at theta
+    can make the match inexact, by their number.
     """
-    weights = torch.cat([m.weight.detach().abs().reshape(-1).double().cpu()
+    weights = torch.cat([m.weight.detach().abs().reshape(-1).cpu()
                          for _, m in prunable_weights(model)])
     target = round(amount * weights.numel())
-    low, high = 0.0, float(weights.max()) * (1 + 1e-12) + 1e-30
+    low = torch.tensor(0.0, dtype=weights.dtype)
+    high = torch.nextafter(weights.max(), torch.tensor(float("inf"), dtype=weights.dtype))
     for _ in range(iterations):
-        mid = (low + high) / 2
+        mid = ((low.double() + high.double()) / 2).to(weights.dtype)
+        if mid in (low, high):
+            break
         if int((weights < mid).sum()) < target:
             low = mid
         else:
             high = mid
-    return high
+    return float(high)
 
 
 def _threshold_masks(model: nn.Module, theta: float) -> dict[str, Tensor]:
-    return {weight_name(n): m.weight.detach().abs() >= theta for n, m in prunable_weights(model)}
+    return {weight_name(n): m.weight.detach().abs() >= torch.tensor(theta, dtype=m.weight.dtype)
+            for n, m in prunable_weights(model)}
 
 
 def _apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:
@@ -456,6 +465,8 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
         option is unknown, data is missing for a data-driven method, or the
         model has no Linear/Conv layer to prune.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
     if method not in PRUNING_METHODS:
         raise ValueError(f"Expected `method` to be one of {sorted(PRUNING_METHODS)}, "
                          f"got {method!r}." + closest_name(method, PRUNING_METHODS))
@@ -469,6 +480,11 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     if max_layer_sparsity is not None:
         max_layer_sparsity = check_fraction(max_layer_sparsity, "max_layer_sparsity",
                                             high_inclusive=True)
+    if not info.ranks_weights and (scope != "global" or max_layer_sparsity is not None):
+        raise ValueError(f"Pruning method {method!r} does not rank weights per layer: "
+                         "`scope='layer'` and `max_layer_sparsity` apply only to "
+                         + ", ".join(sorted(k for k, v in PRUNING_METHODS.items()
+                                            if v.ranks_weights)) + ".")
     unknown = sorted(set(options or {}) - set(info.options))
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} for pruning method {method!r}; "
