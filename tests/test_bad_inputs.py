@@ -176,3 +176,39 @@ def test_parameters_out_of_range(setup, call, message):
     model, x, t, a = setup
     with pytest.raises(ValueError, match=message):
         call(model, x, a, t)
+
+
+def test_more_bad_inputs_found_by_a_new_user(setup):
+    model, x, t, a = setup
+    one_output = nn.Linear(3, 1)
+    with pytest.raises(ValueError, match="softmax of a single output is constant"):
+        xprune.attribute(one_output, torch.rand(2, 3), None, "saliency", output="probability")
+    half = xprune.attribute(model, x.half(), t, "saliency")
+    assert half.values.dtype == torch.float32  # computed in float32, never squeezed to float16
+    record = xprune.attribute(model, x, t, "saliency")
+    with pytest.raises(ValueError, match="record was computed on other inputs"):
+        M.deletion_auc(model, torch.rand_like(x), record, t)
+    with pytest.raises(TypeError, match="`model` to be a torch.nn.Module, got str"):
+        xprune.prune("model", 0.5)
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        if not torch.cuda.is_available():
+            xprune.attribute(model, x, t, "saliency", device="cuda")
+        else:
+            raise ValueError("sees no CUDA device")  # nothing to test with a GPU present
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("pruning", {"sparsities": [0.5, 0.5]}, "distinct `pruning.sparsities`"),
+    ("attribution", {"methods": ["saliency", "saliency"]}, "distinct `attribution.methods`"),
+    ("attribution", {"methods": "saliency"}, "a list of names"),
+    ("train", {"lr": "fast"}, "`train.lr` to be a positive number"),
+    ("controls", {"other_seed": "no"}, "`controls.other_seed` to be true or false"),
+    ("metrics", {"top_k": 0.0}, r"`metrics.top_k` in \(0, 1\]"),
+    ("metrics", {"sensitivity_radius": -1}, "`metrics.sensitivity_radius` to be a positive"),
+    ("report", {"latency_batch": 0}, "`report.latency_batch` to be an integer >= 1"),
+])
+def test_config_values_are_checked_before_any_work(section, values, message):
+    from xprune.config import AnalysisConfig
+
+    with pytest.raises(ValueError, match=message):
+        AnalysisConfig.from_dict({section: values})

@@ -58,7 +58,7 @@ def test_summary_block_places_agreement_against_the_controls():
     assert sentences == [
         "At 90% sparsity (l1_unstructured, compression 10.0x), test accuracy is 95.0% "
         "[93.0, 97.0] vs 97.0% dense. Saliency maps keep a mean Spearman agreement of "
-        "0.21 [0.19, 0.24] with the dense maps, below every control (controls: ctrl 0.92); "
+        "0.21 [0.19, 0.24] with the dense maps (below the ctrl control, 0.92); "
         "Δ faithfulness correlation +0.050 [-0.329, +0.429] (no clear change)."]
 
 
@@ -74,3 +74,11 @@ def test_intervals():
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     assert (low, high) == pytest.approx((centre - half, centre + half))
+
+
+def test_intervals_are_clipped_to_the_metric_range():
+    rows = [{"model": "sparse", "role": "sparse", "pruning": "", "sparsity": 0.5,
+             "attribution": "saliency", "metric": "top_k_intersection", "sample": i, "value": v}
+            for i, v in enumerate([1.0, 1.0, 1.0, 0.5])]
+    row = metric_summary(pd.DataFrame(rows)).iloc[0]
+    assert row["ci_high"] == 1.0 and row["ci_low"] < row["mean"] < 1.0

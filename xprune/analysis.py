@@ -162,7 +162,7 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
                                    model.to(dev), {}))
     for variant in (pc.variants() if not pc.checkpoints else []):
         for s in pc.sparsities:
-            tag = f"{variant.name}@{s:.2f}"
+            tag = f"{variant.name}@{s:.2f}" if round(s, 2) == s else f"{variant.name}@{s:g}"
             status(tag, f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
             model, info = cache.model(
                 tag, _sparse_template(dense, variant, reference, factory, config.seed),

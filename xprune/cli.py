@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"run": _run, "list": _list, "report": _report}[args.command]
     try:
         return handler(args)
-    except (ValueError, TypeError, OSError, KeyError) as exc:
+    except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:
         if getattr(args, "debug", False):
             raise
         print(f"xprune: error: {exc}", file=sys.stderr)

@@ -251,10 +251,18 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     check_positive_int(max_rows, "max_rows")
     if output not in OUTPUTS:
         raise ValueError(f"Expected `output` in {OUTPUTS}, got {output!r}.")
+    if device is not None:
+        from ..config import check_device
+
+        check_device(str(device))
     run_device = torch.device(device) if device is not None else model_device(model)
     if run_device != model_device(model):
         model = copy.deepcopy(model).to(run_device)
     targets = resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows)
+    if output == "probability" and _n_outputs(model, inputs) == 1:
+        raise ValueError("Expected a model with several outputs for output='probability': the "
+                         "softmax of a single output is constant, so every map would be zero. "
+                         "Use output='logit'.")
     rows = info.rows_per_sample(spec)
     if rows > max_rows:
         raise ValueError(f"Method {method!r} sends {rows} rows per input through one forward "
@@ -269,8 +277,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
                 x.requires_grad_()
             t = None if targets is None else targets[start:start + chunk].to(run_device)
             v, d = info.run(explained, x, t, spec, Budget(max_rows, index))
-            values.append(v.detach().to(device=inputs.device,
-                                        dtype=inputs.dtype if x.is_floating_point() else None))
+            dtype = torch.promote_types(inputs.dtype, v.dtype) if x.is_floating_point() else None
+            values.append(v.detach().to(device=inputs.device, dtype=dtype))
             if d is not None:
                 deltas.append(d.detach().reshape(-1).to(inputs.device))
         predictions = None

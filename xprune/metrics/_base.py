@@ -103,6 +103,11 @@ def expand_feature_mask(mask: Tensor, input_shape: torch.Size) -> Tensor:
 def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
     """Checked (inputs, attribution values) with equal shapes."""
     x = check_tensor(inputs, "inputs", min_dim=2)
+    if isinstance(attributions, Attributions) and (
+            attributions.inputs.shape != x.shape
+            or not torch.equal(attributions.inputs.to(x.device, x.dtype), x)):
+        raise ValueError("Expected `attributions` to explain these `inputs`: the Attributions "
+                         "record was computed on other inputs.")
     a = values_of(attributions)
     check_same_shape(x, a, "inputs", "attributions")
     return x, a

@@ -73,8 +73,7 @@ def plot_attribution_grid(examples: pd.DataFrame, attribution: str, models: list
                 im = ax.imshow(img, cmap="RdBu_r" if signed else "magma",
                                vmin=-vmax if signed else 0.0, vmax=vmax)
             if r == 0:
-                ax.set_title(model.replace("l1_unstructured@", "sparse ").replace("control:", ""),
-                             fontsize=8)
+                ax.set_title(model.replace("control:", "").replace("@", "\n@"), fontsize=6)
         fig.colorbar(im, ax=axes[r, :].tolist(), fraction=0.02, pad=0.01).ax.tick_params(labelsize=6)
     fig.suptitle(title or attribution.replace("_", " "), fontsize=10)
     return fig
@@ -104,8 +103,8 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, metric: str, *, attribution: 
     for i, (name, group) in enumerate(lines):
         colour = _colour(name, i)
         curve = group.sort_values("sparsity")
-        ax.plot(curve["sparsity"], curve["mean"], marker="o", ms=3, color=colour,
-                label=name.replace("_", " "))
+        ax.plot(curve["sparsity"], curve["mean"], marker="os^vDP*"[i % 7], ms=3, color=colour,
+                linestyle=["-", "--", "-.", ":"][i % 4], label=name.replace("_", " "))
         ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"], color=colour,
                         alpha=0.2, linewidth=0)
     for j, (_, ctrl) in enumerate(controls.iterrows()):

@@ -31,7 +31,9 @@ NOTES = {
                "Controls: a dense model trained with another seed, and the dense model "
                "fine-tuned for the same budget without pruning. They show how far any "
                "retrained model moves: agreement with the dense maps means little without them.",
-    "models": "Sparsity and compression count each model's nonzero conv/linear weights against "
+    "models": "Latency is one median per model on a shared machine: compare ratios within a "
+              "run, and rerun benchmarks/structured_latency.py for a controlled measurement. "
+              "Sparsity and compression count each model's nonzero conv/linear weights against "
               "the dense model's, so removed channels count like zeroed weights. MACs per input "
               "sample, counting nonzero weights: real savings for a structurally smaller model, "
               "theoretical for zeroed weights (dense kernels do not skip zeros). Storage: "
@@ -40,7 +42,10 @@ NOTES = {
               "above about 3% sparsity.",
     "metrics": "Deletion AUC is not normalised by the starting probability: a model that is "
                "less confident in the explained class scores lower (better) without its maps "
-               "being more faithful. Read it beside the deletion curves and the accuracy.",
+               "being more faithful. Read it beside the deletion curves and the accuracy. "
+               "convergence_delta is |sum of the map - (f(x) - f(baseline))| in logits "
+               "(completeness error of Integrated Gradients; small against the logit gap is "
+               "good). Intervals are clipped to each metric's range.",
 }
 
 
@@ -155,6 +160,17 @@ def _figures(run: Path, results, summary, curves, examples, importance, order
     return out
 
 
+def _pruning_text(config: dict, results: pd.DataFrame) -> str:
+    """What was pruned and how, from the config and the models actually present."""
+    pc = config["pruning"]
+    if pc.get("checkpoints"):
+        return "pruned models loaded from checkpoints (pruned elsewhere; nothing pruned or " \
+               "fine-tuned here)"
+    variants = list(dict.fromkeys(results.loc[results["role"] == "sparse", "pruning"]))
+    return (f"pruning {', '.join(f'`{v}`' for v in variants)} with "
+            + plural(pc["finetune_epochs"], "fine-tuning epoch") + " each (masks held)")
+
+
 def _focus_models(results: pd.DataFrame, order: list[str]) -> list[str]:
     """Models drawn in the per-model figures: dense and every sparse model of a single
     pruning variant; with several variants, dense and each variant at one shared sparsity
@@ -201,7 +217,7 @@ def render_report(run_dir: str | Path) -> Path:
     context = {
         "name": config["name"], "config": config, "sentences": sentences,
         "n_samples": n_samples,
-        "epochs": plural(config["pruning"]["finetune_epochs"], "masked fine-tuning epoch"),
+        "pruning_text": _pruning_text(config, results),
         "latency_note": f"median of torch.utils.benchmark runs after warm-up, batch size "
                         f"{int(lat['batch_size'])}, {int(lat['threads'])} threads, "
                         f"{lat['dtype']}, {lat['device']}",
@@ -228,9 +244,8 @@ def _records(frame: pd.DataFrame) -> dict:
 def _markdown(ctx, changed, model_rows, tables, figs, features) -> str:
     cfg = ctx["config"]
     lines = [f"# xprune report: {ctx['name']}", "",
-             f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, pruning "
-             f"`{cfg['pruning']['method']}` ({cfg['pruning']['scope']}) with "
-             f"{ctx['epochs']}; attributions on "
+             f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, {ctx['pruning_text']}; "
+             "attributions on "
              f"{ctx['n_samples']} held-out test inputs, target = the dense model's prediction "
              "for every model. Intervals are 95% confidence intervals over test samples of one "
              "trained model each (they do not include training variance across seeds).", "",

@@ -38,6 +38,9 @@ def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, group in results.groupby(GROUP, sort=False):
         mean, lo, hi, n = mean_ci(group["value"].to_numpy())
+        if key[5] in METRICS:  # a t interval can leave the metric's range: clip it
+            low_bound, high_bound = METRICS[key[5]].range
+            lo, hi = max(lo, low_bound), min(hi, high_bound)
         row = dict(zip(GROUP, key, strict=True)) | {"n": n, "mean": mean, "ci_low": lo,
                                                     "ci_high": hi}
         idx = pd.MultiIndex.from_arrays([group["attribution"], group["metric"], group["sample"]])
@@ -112,13 +115,24 @@ def what_changed(models: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFr
     return pd.DataFrame(rows), sentences
 
 
+def _place(value: pd.Series, control: pd.Series) -> str:
+    """Where a mean with its CI stands against a control's mean."""
+    if math.isnan(value["ci_low"]):
+        return "no interval (one sample) against"
+    if value["ci_high"] < control["mean"]:
+        return "below"
+    if value["ci_low"] > control["mean"]:
+        return "above"
+    return "not distinguishable from"
+
+
 def _triple(s: pd.Series) -> tuple[float, float, float]:
     return s["mean"], s["ci_low"], s["ci_high"]
 
 
 def _sentence(m, dense, attributions, summary, controls) -> str:
     """One bullet per pruned model: accuracy and size, then each method's maps."""
-    text = (f"At {100 * m['requested_sparsity']:.0f}% sparsity ({m['pruning']}, "
+    text = (f"At {100 * m['requested_sparsity']:g}% sparsity ({m['pruning']}, "
             f"compression {m['compression_ratio']:.1f}x), test accuracy is "
             f"{100 * m['accuracy']:.1f}% [{100 * m['accuracy_ci_low']:.1f}, "
             f"{100 * m['accuracy_ci_high']:.1f}] vs {100 * dense['accuracy']:.1f}% dense.")
@@ -130,11 +144,9 @@ def _sentence(m, dense, attributions, summary, controls) -> str:
             ctrl = [(c, s) for c in controls
                     if (s := _get(summary, c, attribution, "spearman")) is not None]
             if ctrl:
-                listed = ", ".join(f"{c.split(':')[-1]} {s['mean']:.2f}" for c, s in ctrl)
-                below = sum(agree["ci_high"] < s["mean"] for _, s in ctrl)
-                where = ("below every control" if below == len(ctrl)
-                         else "within the controls' range" if below else "at or above the controls")
-                text += f" with the dense maps, {where} (controls: {listed})"
+                text += " with the dense maps (" + "; ".join(
+                    f"{_place(agree, s)} the {c.split(':')[-1]} control, {s['mean']:.2f}"
+                    for c, s in ctrl) + ")"
             else:
                 text += " with the dense maps"
         else:
@@ -146,7 +158,9 @@ def _sentence(m, dense, attributions, summary, controls) -> str:
                 continue
             worse = (s["diff_mean"] < 0) == METRICS[metric].higher_is_better
             significant = not (s["diff_ci_low"] <= 0 <= s["diff_ci_high"])
-            verdict = ("worse" if worse else "better") if significant else "no clear change"
+            verdict = ("no interval (one sample)" if math.isnan(s["diff_ci_low"])
+                       else ("worse" if worse else "better") if significant
+                       else "no clear change")
             changes.append(f"Δ {metric.replace('_', ' ')} "
                            f"{fmt_ci(s['diff_mean'], s['diff_ci_low'], s['diff_ci_high'], 3, True)}"
                            f" ({verdict})")
