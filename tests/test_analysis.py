@@ -49,7 +49,7 @@ def test_run_folder_contents(small_run):
     assert (counts == 24).all()
     dense = results[results["model"] == "dense"]
     assert set(dense["metric"]) == {"gini_index", "entropy_complexity", "deletion_auc",
-                                    "insertion_auc", "faithfulness_correlation",
+                                    "insertion_auc", "faithfulness_correlation", "infidelity",
                                     "max_sensitivity", "avg_sensitivity", "convergence_delta"}
     sparse = set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
     assert {"spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"} <= sparse

@@ -193,3 +193,44 @@ def test_new_metrics_are_registered_with_metadata():
                                    ("avg_sensitivity", "stability", False)]:
         info = M.METRICS[name]
         assert (info.category, info.higher_is_better) == (category, better) and info.reference
+
+
+# --- faithfulness: infidelity (Captum) ----------------------------------------------------
+
+def test_infidelity_closed_form_literal_and_scale(linear_model):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 8, 8, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 10, (6,), generator=gen)
+    grad = linear_model.fc.weight.detach()[t].reshape(6, 1, 8, 8)
+    # for a linear model, I^T w = f(x) - f(x - I) exactly: the gradient map scores 0
+    torch.testing.assert_close(M.infidelity(linear_model, x, grad, t),
+                               torch.zeros(6, dtype=torch.float64), atol=1e-12, rtol=0)
+    exact = grad * x
+    one = M.infidelity(linear_model, x[:1], exact[:1], t[:1], n_samples=5, noise_std=0.2,
+                       generator=torch.Generator().manual_seed(3))
+    noise = torch.randn((5, 1, 8, 8), generator=torch.Generator().manual_seed(3),
+                        dtype=torch.float64) * 0.2  # Captum perturbs the 5 copies in one call
+    drop = (noise.reshape(5, -1) @ linear_model.fc.weight.detach()[t[0]])
+    literal = (((noise * exact[:1]).reshape(5, -1).sum(1) - drop) ** 2).mean()
+    torch.testing.assert_close(one, literal.reshape(1))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    base = M.infidelity(linear_model, x, exact, t, normalize=True, generator=g())
+    torch.testing.assert_close(M.infidelity(linear_model, x, 100 * exact, t, normalize=True,
+                                            generator=g()), base)
+    assert torch.equal(base, M.infidelity(linear_model, x, exact, t, normalize=True,
+                                          generator=g()))
+    with pytest.raises(ValueError, match="Expected `noise_std` > 0"):
+        M.infidelity(linear_model, x, exact, t, noise_std=0)
+
+
+def test_infidelity_respects_the_row_bound(digits_cnn, digits_batch):
+    x = digits_batch[0][:40]
+    a = xprune.attribute(digits_cnn, x, "predicted", "saliency", params={"abs": False})
+    seen = []
+    handle = digits_cnn.conv1.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        chunked = M.infidelity(digits_cnn, x, a, a.targets, n_samples=10, max_rows=50,
+                               generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    assert max(seen) <= 50 and chunked.shape == (40,) and bool(torch.isfinite(chunked).all())

@@ -285,6 +285,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
         n_runs=mc.faithfulness_runs,
         generator=torch.Generator().manual_seed(_metric_seed(seed, "faithfulness")),
         max_rows=max_rows)
+    scores["infidelity"] = M.infidelity(
+        model, x, attrs, targets, normalize=True, max_rows=max_rows,
+        generator=torch.Generator().manual_seed(_metric_seed(seed, "infidelity")))
     draws = M.sensitivity_draws(
         explainer(model, method, params=config.attribution.method_params(method),
                   output=config.attribution.output, max_rows=max_rows),

@@ -21,6 +21,7 @@ from .faithfulness import (
     deletion_auc,
     deletion_curve,
     faithfulness_correlation,
+    infidelity,
     insertion_auc,
     insertion_curve,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "feature_map",
     "get_metric",
     "gini_index",
+    "infidelity",
     "insertion_auc",
     "insertion_curve",
     "kendall_tau",

@@ -22,8 +22,8 @@ from .tables import fmt_ci, metric_summary, model_order, plural, what_changed
 __all__ = ["render_report"]
 
 SUMMARY_METRICS = ["gini_index", "entropy_complexity", "deletion_auc", "insertion_auc",
-                   "faithfulness_correlation", "max_sensitivity", "avg_sensitivity", "spearman",
-                   "kendall_tau", "cosine_similarity", "top_k_intersection"]
+                   "faithfulness_correlation", "infidelity", "max_sensitivity", "avg_sensitivity",
+                   "spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"]
 
 
 NOTES = {
