@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .pruning import (
+    PRUNABLE_LAYERS,
     ModelPair,
     PruningContext,
     _counts,
@@ -31,7 +32,7 @@ from .pruning import (
     weight_name,
 )
 
-CHANNEL_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+CHANNEL_LAYERS = PRUNABLE_LAYERS  # layers whose output channels / units can be removed
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "attribute_pair",
     "explainer",
     "make_baseline",
+    "n_outputs",
     "resolve_targets",
 ]
 
@@ -158,20 +159,21 @@ def resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *,
     """
     from ..models import predict
 
-    n_outputs = _n_outputs(model, inputs)
+    outputs = n_outputs(model, inputs)
     if isinstance(target, str):
         if target == "predicted":
             return predict(model, inputs, batch_size=max_rows).argmax(dim=1)
         if target == "label":
             if labels is None:
                 raise ValueError("target='label' needs the true labels: pass `labels`.")
-            return check_targets(labels, inputs.shape[0], n_outputs, name="labels")
+            return check_targets(labels, inputs.shape[0], outputs, name="labels")
         raise ValueError(f"Expected `target` to be 'predicted', 'label', an int or a tensor of "
                          f"class indices, got {target!r}.")
-    return check_targets(target, inputs.shape[0], n_outputs)
+    return check_targets(target, inputs.shape[0], outputs)
 
 
-def _n_outputs(model: nn.Module, inputs: Tensor) -> int:
+def n_outputs(model: nn.Module, inputs: Tensor) -> int:
+    """Number of model outputs (classes), from one forward pass of one input."""
     from ..models import predict
 
     out = predict(model, inputs[:1])
@@ -259,7 +261,7 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     if run_device != model_device(model):
         model = copy.deepcopy(model).to(run_device)
     targets = resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows)
-    if output == "probability" and _n_outputs(model, inputs) == 1:
+    if output == "probability" and n_outputs(model, inputs) == 1:
         raise ValueError("Expected a model with several outputs for output='probability': the "
                          "softmax of a single output is constant, so every map would be zero. "
                          "Use output='logit'.")

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, model_device, to_model
 from .._validation import check_same_shape, check_targets, check_tensor, closest_name
-from ..attribution import DEFAULT_MAX_ROWS, Attributions
+from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 
 __all__ = ["METRICS", "MetricInfo", "get_metric", "register"]
 
@@ -139,14 +139,6 @@ def check_output(output: str) -> str:
     if output not in OUTPUTS:
         raise ValueError(f"Expected `output` in {OUTPUTS}, got {output!r}.")
     return output
-
-
-def n_outputs(model: nn.Module, x: Tensor) -> int:
-    """Number of model outputs, from one forward pass of one sample."""
-    from ..models import predict
-
-    out = predict(model, x[:1])
-    return out.shape[1] if out.dim() > 1 else 1
 
 
 def model_targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
