@@ -76,6 +76,15 @@ def test_model_table_facts(small_run):
     assert models.loc["dense", "accuracy"] > 0.8
     layers = pd.read_csv(out / "layers.csv")
     assert set(layers["layer"]) == {"conv1", "conv2", "fc1", "fc2"}
+    # calibration and per-class figures of every model
+    assert ((models["ece"] >= 0) & (models["ece"] <= 1) & (models["nll"] > 0)).all()
+    classes = pd.read_csv(out / "classes.csv")
+    assert set(classes["class"]) == set(range(10))
+    dense = classes[classes["model"] == "dense"]
+    # support-weighted mean recall is the accuracy
+    assert (dense["recall"] * dense["support"]).sum() / dense["support"].sum() == pytest.approx(
+        models.loc["dense", "accuracy"])
+    assert "Per-class recall" in (out / "report.md").read_text()
 
 
 def test_report_is_self_contained_and_escaped(small_run):

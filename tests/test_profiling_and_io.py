@@ -66,3 +66,34 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
                                             (_ for _ in ()).throw(RuntimeError("disk full"))))
     assert path.read_text() == "complete"
     assert os.listdir(tmp_path) == ["report.md"]
+
+
+def test_expected_calibration_error_hand_computed_and_nll_matches_sklearn():
+    import math
+
+    from sklearn.metrics import log_loss
+
+    from xprune.models import evaluate, expected_calibration_error
+
+    # confidences 0.9, 0.9 (one right) in bin 14; 0.6 (right) in bin 9; 0.3 (wrong) in bin 4
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.05, 0.9, 0.05], [0.6, 0.2, 0.2],
+                          [0.3, 0.35, 0.35]], dtype=torch.float64)
+    probs[3] = torch.tensor([0.3, 0.3, 0.4])
+    y = torch.tensor([0, 0, 0, 1])
+    # bin of 0.9: acc 0.5, conf 0.9; bin of 0.6: acc 1, conf 0.6; bin of 0.4: acc 0, conf 0.4
+    expected = 0.5 * 0.4 + 0.25 * 0.4 + 0.25 * 0.4
+    assert expected_calibration_error(probs, y) == pytest.approx(expected)
+    assert expected_calibration_error(torch.eye(3, dtype=torch.float64), torch.arange(3)) == 0.0
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    logits = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 4, (20,), generator=torch.Generator().manual_seed(1))
+    ev = evaluate(Fixed(), logits, labels)
+    assert ev["nll"] == pytest.approx(log_loss(labels.numpy(), logits.double().softmax(1).numpy(),
+                                               labels=[0, 1, 2, 3]))
+    assert ev["nll"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)),
+                                      rel=1e-5)
+    assert not math.isnan(ev["ece"])

@@ -6,7 +6,7 @@ import pytest
 from scipy import stats
 
 from xprune.report import metric_summary, what_changed
-from xprune.stats import mean_ci, proportion_ci
+from xprune.stats import bootstrap_ci, holm, mean_ci, paired_test, proportion_ci
 
 
 def _results():
@@ -25,18 +25,49 @@ def _results():
     return pd.DataFrame(rows)
 
 
+def _bca(values):
+    res = stats.bootstrap((np.asarray(values),), np.mean, n_resamples=2000, method="BCa",
+                          rng=np.random.default_rng(0))
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
 def test_summary_means_and_paired_differences():
     summary = metric_summary(_results()).set_index(["model", "metric"])
     row = summary.loc[("sparse", "faithfulness_correlation")]
     sparse, dense = np.array([0.3, 0.1, 0.6, 0.2]), np.array([0.1, 0.2, 0.3, 0.4])
-    low, high = stats.t.interval(0.95, 3, loc=sparse.mean(), scale=stats.sem(sparse))
     assert row["mean"] == pytest.approx(0.3) and row["n"] == 4
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(_bca(sparse))
     diff = sparse - dense
-    d_low, d_high = stats.t.interval(0.95, 3, loc=diff.mean(), scale=stats.sem(diff))
     assert row["diff_mean"] == pytest.approx(0.05)
-    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx((d_low, d_high))
+    assert (row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(_bca(diff))
+    assert row["p_value"] == pytest.approx(stats.wilcoxon(diff).pvalue)
+    # two metrics tested for (sparse, saliency): Holm doubles the smaller p-value
+    p_spearman = summary.loc[("sparse", "spearman"), "p_value"]
+    assert math.isnan(p_spearman)  # agreement has no dense value to pair with
+    assert row["p_holm"] == pytest.approx(row["p_value"])
     assert math.isnan(summary.loc[("dense", "faithfulness_correlation"), "diff_mean"])
+
+
+def test_bootstrap_interval_is_close_to_t_for_a_large_normal_sample():
+    v = np.random.default_rng(1).normal(2.0, 3.0, size=4000)
+    mean, low, high, n = bootstrap_ci(v)
+    t_low, t_high = stats.t.interval(0.95, n - 1, loc=v.mean(), scale=stats.sem(v))
+    assert mean == pytest.approx(v.mean()) and n == 4000
+    assert low == pytest.approx(t_low, abs=0.02) and high == pytest.approx(t_high, abs=0.02)
+    assert bootstrap_ci(v) == bootstrap_ci(v)  # seeded
+    assert bootstrap_ci([0.5, 0.5, 0.5])[:3] == (0.5, 0.5, 0.5)
+    assert math.isnan(bootstrap_ci([1.0, math.nan])[1])
+
+
+def test_holm_and_wilcoxon_hand_computed():
+    # sorted p: 0.01, 0.03, 0.04 (m = 3) -> 0.03, 0.06, max(0.06, 0.04) = 0.06
+    np.testing.assert_allclose(holm([0.01, 0.04, math.nan, 0.03]),
+                               [0.03, 0.06, math.nan, 0.06])
+    np.testing.assert_allclose(holm([0.5, 0.9]), [1.0, 1.0])
+    # n = 5 positive differences: exact two-sided p = 2 / 2^5
+    assert paired_test([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+    assert paired_test([0.0, 0.0, 0.0]) == 1.0
+    assert math.isnan(paired_test([0.3]))
 
 
 def test_summary_block_places_agreement_against_the_controls():
@@ -58,8 +89,8 @@ def test_summary_block_places_agreement_against_the_controls():
     assert sentences == [
         "At 90% sparsity (l1_unstructured, compression 10.0x), test accuracy is 95.0% "
         "[93.0, 97.0] vs 97.0% dense. Saliency maps keep a mean Spearman agreement of "
-        "0.21 [0.19, 0.24] with the dense maps (below the ctrl control, 0.92); "
-        "Δ faithfulness correlation +0.050 [-0.329, +0.429] (no clear change)."]
+        "0.21 [0.20, 0.22] with the dense maps (below the ctrl control, 0.92); "
+        "Δ faithfulness correlation +0.050 [-0.150, +0.250] (no clear change, p_Holm = 0.88)."]
 
 
 def test_intervals():

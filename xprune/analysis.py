@@ -33,7 +33,7 @@ from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
 from .data import DatasetSplit, load_dataset
-from .models import DigitsCNN, TabularMLP, evaluate, predict, train
+from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
 from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tune
 from .report.tables import plural
@@ -227,8 +227,8 @@ def _sparse_template(dense, variant, reference, factory, seed):
 
 
 def _model_table(records: list[ModelRecord], data: DatasetSplit, config: AnalysisConfig
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per model: accuracy, weights, MACs and storage, counted against the dense model.
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Per model: accuracy, calibration, weights, MACs and storage, counted against the dense model.
 
     Sparsity and compression compare each model's nonzero conv/linear weights
     with the dense model's total, so physically removed weights (structured
@@ -236,7 +236,7 @@ def _model_table(records: list[ModelRecord], data: DatasetSplit, config: Analysi
     per sample; ``macs_nonzero`` this model's MACs counting nonzero weights only
     (real for a structurally smaller model, theoretical for zeroed weights).
     """
-    rows, timing_rows, layer_frames = [], [], []
+    rows, timing_rows, layer_frames, class_frames = [], [], [], []
     example = data.x_test[:1]
     dense_total = int(layer_table(records[0].model)["numel"].sum())
     dense_macs = count_macs(records[0].model, example)["dense"]
@@ -252,7 +252,8 @@ def _model_table(records: list[ModelRecord], data: DatasetSplit, config: Analysi
             "requested_sparsity": rec.sparsity, "measured_sparsity": 1 - nnz / dense_total,
             "structured": int(table["numel"].sum()) < dense_total,
             "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "macro_recall": ev["macro_recall"], "total_weights": dense_total,
+            "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
+            "total_weights": dense_total,
             "nonzero_weights": nnz, "compression_ratio": dense_total / nnz if nnz else math.inf,
             "macs_dense": dense_macs, "macs_nonzero": count_macs(rec.model, example)["nonzero"],
             "storage_dense_bytes": size["dense"], "storage_sparse_bytes": size["sparse"],
@@ -263,9 +264,13 @@ def _model_table(records: list[ModelRecord], data: DatasetSplit, config: Analysi
                             "finetune_seconds": rec.info.get("finetune_seconds", math.nan),
                             **lat})
         layer_frames.append(table.assign(model=rec.tag))
+        class_frames.append(pd.DataFrame(per_class(rec.model, data.x_test, data.y_test))
+                            .assign(model=rec.tag))
     layers = pd.concat(layer_frames, ignore_index=True)[
         ["model", "layer", "parameter", "numel", "nonzeros", "sparsity"]]
-    return pd.DataFrame(rows), pd.DataFrame(timing_rows), layers
+    classes = pd.concat(class_frames, ignore_index=True)[
+        ["model", "class", "support", "recall", "precision"]]
+    return pd.DataFrame(rows), pd.DataFrame(timing_rows), layers, classes
 
 
 def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs: Attributions,
@@ -400,7 +405,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
         f"{len(data.x_test)} test samples")
     records = _build_models(config, data, cache, say)
     t0 = mark("train_and_prune", t0)
-    models, timings, layers = _model_table(records, data, config)
+    models, timings, layers, classes = _model_table(records, data, config)
     t0 = mark("model_table", t0)
 
     ac = config.attribution
@@ -472,6 +477,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     write_csv(results, "results.csv")
     write_csv(models, "models.csv")
     write_csv(layers, "layers.csv")
+    write_csv(classes, "classes.csv")
     write_csv(curves, "curves.csv")
     write_csv(examples, "examples.csv")
     write_csv(importance, "importance.csv")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from sklearn.metrics import recall_score
+from sklearn.metrics import log_loss, precision_recall_fscore_support, recall_score
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
@@ -196,11 +196,71 @@ def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
     return torch.cat(outs)
 
 
+def expected_calibration_error(probabilities: Tensor, y: Tensor, *, n_bins: int = 15) -> float:
+    """Expected calibration error of top-1 predictions (Guo, Pleiss, Sun & Weinberger 2017).
+
+    Predictions are grouped into ``n_bins`` equal-width bins of confidence
+    ``max_c p_c`` over (0, 1]; ECE = sum_b (|B_b| / N) |accuracy(B_b) - confidence(B_b)|
+    ('On calibration of modern neural networks', ICML, eq. 3).
+
+    Parameters
+    ----------
+    probabilities : Tensor of shape (N, C)
+        Rows of class probabilities.
+    y : Tensor of shape (N,)
+        True class indices.
+
+    Returns
+    -------
+    float in [0, 1]; lower is better (0 = confidence matches accuracy in every bin).
+    """
+    check_positive_int(n_bins, "n_bins")
+    conf, pred = probabilities.double().max(dim=1)
+    correct = (pred == y).double()
+    bins = torch.clamp(torch.ceil(conf * n_bins).long() - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            total += float(in_bin.double().mean()
+                           * (correct[in_bin].mean() - conf[in_bin].mean()).abs())
+    return total
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
-    """Test accuracy and macro-averaged recall, both in [0, 1], higher is better."""
-    pred = predict(model, x).argmax(dim=1)
+    """Accuracy, macro recall and calibration of ``model`` on (x, y).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` and ``macro_recall`` in [0, 1] (higher is better);
+        ``nll``, the mean negative log-likelihood of the true class in nats
+        (scikit-learn's ``log_loss``; lower is better); ``ece``, the
+        :func:`expected_calibration_error` with 15 bins (lower is better).
+    """
+    logits = predict(model, x)
+    pred = logits.argmax(dim=1)
+    probs = logits.double().softmax(dim=1)
     return {
         "accuracy": float((pred == y).float().mean()),
         "macro_recall": float(recall_score(y.numpy(), pred.numpy(), average="macro",
                                            zero_division=0)),
+        "nll": float(log_loss(y.numpy(), probs.numpy(), labels=list(range(probs.shape[1])))),
+        "ece": expected_calibration_error(probs, y),
     }
+
+
+def per_class(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, list]:
+    """Per-class support, recall (the class's accuracy) and precision, via scikit-learn.
+
+    Returns
+    -------
+    dict of lists, one entry per class 0..C-1: ``class``, ``support``,
+    ``recall`` and ``precision`` in [0, 1] (0 where undefined).
+    """
+    logits = predict(model, x)
+    labels = list(range(logits.shape[1]))
+    precision, recall, _, support = precision_recall_fscore_support(
+        y.numpy(), logits.argmax(dim=1).numpy(), labels=labels, zero_division=0)
+    return {"class": labels, "support": support.tolist(), "recall": recall.tolist(),
+            "precision": precision.tolist()}

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy import stats
 
-__all__ = ["mean_ci", "proportion_ci"]
+__all__ = ["bootstrap_ci", "holm", "mean_ci", "paired_test", "proportion_ci"]
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, int]:
@@ -47,3 +47,68 @@ def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[flo
     ci = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence,
                                                                 method="wilson")
     return successes / n, float(ci.low), float(ci.high)
+
+
+def bootstrap_ci(values, confidence: float = 0.95, *, n_resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float, float, int]:
+    """Mean and bias-corrected, accelerated (BCa) bootstrap interval of the finite ``values``.
+
+    ``scipy.stats.bootstrap`` with ``n_resamples`` resamples drawn from a
+    generator seeded with ``seed``, so the same values and seed give the same
+    interval. Returns ``(mean, low, high, n)`` like :func:`mean_ci`: NaNs are
+    left out, n < 2 gives no interval, zero spread collapses it to the mean.
+    Efron 1987, 'Better bootstrap confidence intervals', JASA.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = float(v.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, n
+    if float(v.max()) == float(v.min()):
+        return mean, mean, mean, n
+    res = stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                          method="BCa", vectorized=True, rng=np.random.default_rng(seed))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined: percentile instead
+        low, high = (float(q) for q in np.quantile(
+            res.bootstrap_distribution, [(1 - confidence) / 2, (1 + confidence) / 2]))
+    return mean, low, high, n
+
+
+def paired_test(differences) -> float:
+    """Two-sided Wilcoxon signed-rank p-value of paired differences (finite ones only).
+
+    ``scipy.stats.wilcoxon`` with its default zero handling. Differences that
+    are all zero give p = 1 (nothing changed); fewer than 2 finite
+    differences give NaN. Wilcoxon 1945, 'Individual comparisons by ranking methods'.
+    """
+    d = np.asarray(differences, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if d.size < 2:
+        return math.nan
+    if not d.any():
+        return 1.0
+    return float(stats.wilcoxon(d).pvalue)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values, family-wise error control (Holm 1979).
+
+    The k-th smallest of m p-values becomes ``max_{j<=k} min(1, (m - j + 1) p_(j))``;
+    NaNs stay NaN and are not counted in m. Reject where the adjusted value is
+    below alpha. Holm 1979, 'A simple sequentially rejective multiple test
+    procedure', Scand. J. Statist. 6(2).
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if ok.size == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = ok.size
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out

@@ -27,7 +27,9 @@ SUMMARY_METRICS = ["gini_index", "entropy_complexity", "deletion_auc", "insertio
 
 
 NOTES = {
-    "changed": "Δ = pruned (or control) minus dense on the same samples, with a paired 95% CI. "
+    "changed": "Δ = pruned (or control) minus dense on the same samples, with a paired 95% "
+               "bootstrap (BCa) CI; p-values are two-sided Wilcoxon signed-rank tests of the "
+               "paired differences, Holm-corrected across the metrics of one model and method. "
                "Controls: a dense model trained with another seed, and the dense model "
                "fine-tuned for the same budget without pruning. They show how far any "
                "retrained model moves: agreement with the dense maps means little without them.",
@@ -40,12 +42,18 @@ NOTES = {
               "safetensors bytes of the model as float32 vs a bitmask plus the nonzero values; "
               "the bitmask costs 1/32 of a float32 per weight, so that encoding is smaller only "
               "above about 3% sparsity.",
+    "classes": "Recall of a class = the share of its test samples classified correctly (its "
+               "accuracy). Δ in percentage points against the dense model; a pruned model can "
+               "keep its overall accuracy while losing one class. ECE: expected calibration "
+               "error, 15 equal-width confidence bins (Guo et al. 2017); NLL: mean negative "
+               "log-likelihood of the true class in nats. Lower is better for both.",
     "metrics": "Deletion AUC is not normalised by the starting probability: a model that is "
                "less confident in the explained class scores lower (better) without its maps "
                "being more faithful. Read it beside the deletion curves and the accuracy. "
                "convergence_delta is |sum of the map - (f(x) - f(baseline))| in logits "
                "(completeness error of Integrated Gradients; small against the logit gap is "
-               "good). Intervals are clipped to each metric's range.",
+               "good). Means with 95% BCa bootstrap intervals over samples (2,000 resamples, "
+               "seeded), clipped to each metric's range.",
 }
 
 
@@ -66,6 +74,8 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -
             for a, lo, hi in zip(t["accuracy"], t["accuracy_ci_low"], t["accuracy_ci_high"],
                                  strict=True)],
         "macro recall": t["macro_recall"].map("{:.3f}".format),
+        "ECE": t["ece"].map("{:.3f}".format) if "ece" in t else "n/a",
+        "NLL": t["nll"].map("{:.3f}".format) if "nll" in t else "n/a",
         "nonzero / dense weights": [f"{nz:,} / {tot:,}" + (" (channels removed)" if st else "")
                                     for nz, tot, st in zip(t["nonzero_weights"],
                                                            t["total_weights"], t["structured"],
@@ -79,6 +89,21 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -
         "latency ms (median)": t["latency_ms"].map("{:.3f}".format),
         "fine-tune s": t["finetune_seconds"].map(lambda v: "-" if math.isnan(v) else f"{v:.2f}"),
     })
+    return out
+
+
+def _class_table(classes: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per-class recall of the dense model and each other model's change in points."""
+    recall = classes.pivot(index="class", columns="model", values="recall")
+    dense = order[0]
+    out = pd.DataFrame({"class": recall.index,
+                        "support": classes[classes["model"] == dense]
+                        .set_index("class").loc[recall.index, "support"].to_numpy(),
+                        f"recall {dense}": recall[dense].map("{:.3f}".format).to_numpy()})
+    for model in order[1:]:
+        if model in recall:
+            out[f"Δ {model} (pts)"] = (100 * (recall[model] - recall[dense])).map(
+                "{:+.1f}".format).to_numpy()
     return out
 
 
@@ -207,7 +232,14 @@ def render_report(run_dir: str | Path) -> Path:
     summary = metric_summary(results)
     atomic_write_text(run / "summary.csv", summary.to_csv(index=False, na_rep="NaN"))
     changed, sentences = what_changed(models, summary)
+    seed = config.get("seed", 0)
+    sentences.append(
+        f"All intervals and tests are over the {int(results['sample'].nunique())} evaluated "
+        f"test samples of models trained with one seed ({seed}): they do not include the "
+        "variance between training runs. Rerun with other seeds before generalising.")
     model_rows = _model_rows(models, timings, order)
+    classes = _read(run, "classes.csv") if (run / "classes.csv").exists() else None
+    class_rows = _class_table(classes, order) if classes is not None else None
     tables = _metric_tables(summary, order)
     importance = _read(run, "importance.csv") if (run / "importance.csv").exists() \
         else pd.DataFrame()
@@ -223,7 +255,7 @@ def render_report(run_dir: str | Path) -> Path:
                         f"{lat['dtype']}, {lat['device']}",
     }
     features = _importance_tables(importance, order) if not importance.empty else {}
-    md = _markdown(context, changed, model_rows, tables, figs, features)
+    md = _markdown(context, changed, model_rows, tables, figs, features, class_rows)
     atomic_write_text(run / "report.md", md)
     env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -232,7 +264,8 @@ def render_report(run_dir: str | Path) -> Path:
         **context, notes_text=NOTES, changed=_records(changed), model_rows=_records(model_rows),
         tables={k: _records(v) for k, v in tables.items()}, figures=figs,
         features={k: _records(v) for k, v in features.items()},
-        notes=_records(_metric_notes()))
+        notes=_records(_metric_notes()),
+        class_rows=_records(class_rows) if class_rows is not None else None)
     return atomic_write_text(run / "report.html", html)
 
 
@@ -241,7 +274,7 @@ def _records(frame: pd.DataFrame) -> dict:
             "rows": [[str(v) for v in row] for row in frame.itertuples(index=False)]}
 
 
-def _markdown(ctx, changed, model_rows, tables, figs, features) -> str:
+def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows) -> str:
     cfg = ctx["config"]
     lines = [f"# xprune report: {ctx['name']}", "",
              f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, {ctx['pruning_text']}; "
@@ -254,8 +287,10 @@ def _markdown(ctx, changed, model_rows, tables, figs, features) -> str:
     lines += ["", _md_table(changed), "",
               NOTES["changed"], "",
               "## Models", "", _md_table(model_rows), "",
-              f"Latency: {ctx['latency_note']}. " + NOTES["models"], "",
-              "## Metrics (mean [95% CI] over samples)", ""]
+              f"Latency: {ctx['latency_note']}. " + NOTES["models"], ""]
+    if class_rows is not None:
+        lines += ["### Per-class recall", "", _md_table(class_rows), "", NOTES["classes"], ""]
+    lines += ["## Metrics (mean [95% CI] over samples)", ""]
     for method, table in tables.items():
         lines += [f"### {method}", "", _md_table(table), ""]
     lines += [NOTES["metrics"], "", "### Metric definitions", "", _md_table(_metric_notes()), ""]

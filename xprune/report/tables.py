@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import METRICS
-from ..stats import mean_ci
+from ..stats import bootstrap_ci, holm, paired_test
 
 __all__ = ["fmt_ci", "metric_summary", "model_order", "plural", "what_changed"]
 
@@ -29,16 +29,19 @@ def model_order(models: pd.DataFrame) -> list[str]:
 
 
 def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and 95% CI per model x attribution x metric, and the paired change vs dense.
+    """Mean and 95% bootstrap CI per model x attribution x metric, and the paired change vs dense.
 
     ``diff_*`` columns give mean(score - dense score) over the same samples
-    with a paired t interval, for metrics the dense model has too.
+    with a BCa bootstrap interval, ``p_value`` the two-sided Wilcoxon
+    signed-rank test of those paired differences and ``p_holm`` the same
+    p-value Holm-corrected across the metrics tested for that model and
+    attribution method. Intervals are clipped to the metric's range.
     """
     dense = results[results["role"] == "dense"].set_index(["attribution", "metric", "sample"])
     rows = []
     for key, group in results.groupby(GROUP, sort=False):
-        mean, lo, hi, n = mean_ci(group["value"].to_numpy())
-        if key[5] in METRICS:  # a t interval can leave the metric's range: clip it
+        mean, lo, hi, n = bootstrap_ci(group["value"].to_numpy())
+        if key[5] in METRICS:  # keep intervals inside the metric's attainable range
             low_bound, high_bound = METRICS[key[5]].range
             lo, hi = max(lo, low_bound), min(hi, high_bound)
         row = dict(zip(GROUP, key, strict=True)) | {"n": n, "mean": mean, "ci_low": lo,
@@ -46,13 +49,17 @@ def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
         idx = pd.MultiIndex.from_arrays([group["attribution"], group["metric"], group["sample"]])
         if key[1] != "dense" and idx.isin(dense.index).all():
             diff = group["value"].to_numpy() - dense.loc[idx, "value"].to_numpy()
-            d_mean, d_lo, d_hi, _ = mean_ci(diff)
-            row |= {"diff_mean": d_mean, "diff_ci_low": d_lo, "diff_ci_high": d_hi}
+            d_mean, d_lo, d_hi, _ = bootstrap_ci(diff)
+            row |= {"diff_mean": d_mean, "diff_ci_low": d_lo, "diff_ci_high": d_hi,
+                    "p_value": paired_test(diff)}
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("diff_mean", "diff_ci_low", "diff_ci_high"):
+    for col in ("diff_mean", "diff_ci_low", "diff_ci_high", "p_value"):
         if col not in out:
             out[col] = np.nan
+    out["p_holm"] = np.nan
+    for _, family in out.groupby(["model", "attribution"], sort=False):
+        out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy())
     return out
 
 
@@ -126,6 +133,11 @@ def _place(value: pd.Series, control: pd.Series) -> str:
     return "not distinguishable from"
 
 
+def _fmt_p(p: float) -> str:
+    """Holm-adjusted p-value as a report writes it: ``p_Holm < 0.001`` or ``p_Holm = 0.03``."""
+    return "p_Holm < 0.001" if p < 0.001 else f"p_Holm = {p:.2g}"
+
+
 def _triple(s: pd.Series) -> tuple[float, float, float]:
     return s["mean"], s["ci_low"], s["ci_high"]
 
@@ -157,10 +169,10 @@ def _sentence(m, dense, attributions, summary, controls) -> str:
             if s is None or math.isnan(s["diff_mean"]):
                 continue
             worse = (s["diff_mean"] < 0) == METRICS[metric].higher_is_better
-            significant = not (s["diff_ci_low"] <= 0 <= s["diff_ci_high"])
-            verdict = ("no interval (one sample)" if math.isnan(s["diff_ci_low"])
-                       else ("worse" if worse else "better") if significant
-                       else "no clear change")
+            significant = s["p_holm"] < 0.05
+            verdict = ("no test (one sample)" if math.isnan(s["p_holm"])
+                       else f"{'worse' if worse else 'better'}, {_fmt_p(s['p_holm'])}"
+                       if significant else f"no clear change, {_fmt_p(s['p_holm'])}")
             changes.append(f"Δ {metric.replace('_', ' ')} "
                            f"{fmt_ci(s['diff_mean'], s['diff_ci_low'], s['diff_ci_high'], 3, True)}"
                            f" ({verdict})")
