@@ -20,7 +20,8 @@ SMALL = {
     "train": {"epochs": 4},
     "pruning": {"sparsities": [0.5, 0.9], "finetune_epochs": 1},
     "attribution": {"n_samples": 24, "params": {"integrated_gradients": {"n_steps": 8}}},
-    "metrics": {"faithfulness_runs": 10, "sensitivity_samples": 3},
+    "metrics": {"faithfulness_runs": 10, "sensitivity_samples": 3,
+                "versus_random": ["deletion_auc"]},
     "report": {"n_examples": 3, "latency_batch": 16},
 }
 
@@ -50,7 +51,8 @@ def test_run_folder_contents(small_run):
     dense = results[results["model"] == "dense"]
     assert set(dense["metric"]) == {"gini_index", "entropy_complexity", "deletion_auc",
                                     "insertion_auc", "faithfulness_correlation", "infidelity",
-                                    "max_sensitivity", "avg_sensitivity", "convergence_delta"}
+                                    "max_sensitivity", "avg_sensitivity", "convergence_delta",
+                                    "deletion_auc@vs_random"}
     sparse = set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
     assert {"spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"} <= sparse
     # max- and avg-sensitivity come from the same noise draws: avg <= max per sample
@@ -134,6 +136,54 @@ def test_config_errors(tmp_path):
         AnalysisConfig.from_dict({"pruning": {"sparsities": [0.5, 1.2]}})
     with pytest.raises(FileNotFoundError, match="Config file not found"):
         load_config(tmp_path / "missing.toml")
+    with pytest.raises(ValueError, match="Did you mean 'gini_index'"):
+        AnalysisConfig.from_dict({"metrics": {"names": ["gini_indx"]}})
+    with pytest.raises(ValueError, match=r"Unknown key `runs` in \[metrics.params."
+                                         r"faithfulness_correlation\].*'n_runs'"):
+        AnalysisConfig.from_dict({"metrics": {"params": {"faithfulness_correlation":
+                                                         {"runs": 5}}}})
+    with pytest.raises(ValueError, match="Unknown key `generator`"):  # xprune supplies it
+        AnalysisConfig.from_dict({"metrics": {"params": {"infidelity": {"generator": 1}}}})
+    with pytest.raises(ValueError, match="distinct `metrics.names`"):
+        AnalysisConfig.from_dict({"metrics": {"names": ["spearman", "spearman"]}})
+
+
+def test_metrics_chosen_by_name_with_params(tmp_path, monkeypatch):
+    """Only the named metrics are computed, called with the configured parameters."""
+    import dataclasses
+    import functools
+
+    import torch
+
+    from xprune import metrics as M
+
+    calls = []
+    info = M.METRICS["faithfulness_correlation"]
+
+    @functools.wraps(info.fn)
+    def spy(*args, **kwargs):
+        calls.append({**kwargs, "state": kwargs["generator"].get_state().clone()})
+        return info.fn(*args, **kwargs)
+
+    monkeypatch.setitem(M.METRICS, "faithfulness_correlation", dataclasses.replace(info, fn=spy))
+    cfg = {**SMALL, "name": "chosen", "controls": {"other_seed": False, "finetune": False},
+           "pruning": {"sparsities": [0.9], "finetune_epochs": 0},
+           "attribution": {"methods": ["saliency"], "n_samples": 6},
+           "metrics": {"names": ["gini_index", "faithfulness_correlation", "spearman"],
+                       "params": {"faithfulness_correlation": {"n_runs": 7,
+                                                               "output": "probability"}}}}
+    result = run_analysis(AnalysisConfig.from_dict(cfg), out_dir=tmp_path, progress=False,
+                          render=False, use_cache=False)
+    sparse = result.results[result.results["role"] == "sparse"]
+    assert set(sparse["metric"]) == {"gini_index", "faithfulness_correlation", "spearman"}
+    assert "spearman" not in set(result.results[result.results["role"] == "dense"]["metric"])
+    assert len(calls) == 2  # dense and sparse
+    for kwargs in calls:
+        assert kwargs["n_runs"] == 7 and kwargs["output"] == "probability"
+        assert kwargs["subset_size"] is None and kwargs["max_rows"] == 4096
+        # the same noise for both models: a generator seeded from the run seed and the name
+        expected = torch.Generator().manual_seed(analysis._metric_seed(0, info.name))
+        assert torch.equal(kwargs["state"], expected.get_state())
 
 
 def test_cli(tmp_path, capsys):

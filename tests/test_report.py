@@ -113,3 +113,33 @@ def test_intervals_are_clipped_to_the_metric_range():
             for i, v in enumerate([1.0, 1.0, 1.0, 0.5])]
     row = metric_summary(pd.DataFrame(rows)).iloc[0]
     assert row["ci_high"] == 1.0 and row["ci_low"] < row["mean"] < 1.0
+
+
+def test_prediction_split_and_both_correct_subset():
+    from xprune.report.tables import prediction_split, subset
+
+    rows = []
+    # 4 samples, labels 0..3; dense predicts [0, 1, 2, 0] (sample 3 wrong);
+    # sparse predicts [0, 1, 3, 3] (sample 2 differs from dense, sample 3 right)
+    labels, dense_pred, sparse_pred = [0, 1, 2, 3], [0, 1, 2, 0], [0, 1, 3, 3]
+    for model, role, preds in (("dense", "dense", dense_pred), ("sparse", "sparse", sparse_pred)):
+        for i in range(4):
+            common = {"model": model, "role": role, "pruning": "", "sparsity": 0.0,
+                      "attribution": "saliency", "sample": i, "label": labels[i],
+                      "target": dense_pred[i], "prediction": preds[i]}
+            rows.append({**common, "metric": "deletion_auc",
+                         "value": (0.1 * i if role == "dense" else 0.2 * i)})
+            if role == "sparse":
+                rows.append({**common, "metric": "spearman", "value": [0.9, 0.8, 0.1, 0.2][i]})
+    results = pd.DataFrame(rows)
+    both = subset(results, "both_correct")
+    assert sorted(both[both["model"] == "sparse"]["sample"].unique()) == [0, 1]
+    split = prediction_split(results).iloc[0]
+    # agree: samples 0, 1 (sample 3: dense 0, sparse 3); disagree: 2, 3
+    assert split["n agree / disagree"] == "2 / 2"
+    assert split["Spearman (agree)"].startswith("0.850")
+    assert split["Spearman (disagree)"].startswith("0.150")
+    # both correct: samples 0 and 1, Δ deletion = 0.0 and 0.1 -> mean 0.05
+    assert split["Δ deletion AUC (both correct)"].startswith("+0.050")
+    with pytest.raises(ValueError, match="Expected a subset in"):
+        subset(results, "correct")

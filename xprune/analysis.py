@@ -11,6 +11,7 @@ turns it into the report.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -33,6 +34,7 @@ from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
 from .data import DatasetSplit, load_dataset
+from .metrics.controls import versus_random
 from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
 from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tune
@@ -273,41 +275,83 @@ def _model_table(records: list[ModelRecord], data: DatasetSplit, config: Analysi
     return pd.DataFrame(rows), pd.DataFrame(timing_rows), layers, classes
 
 
+def _call_metric(info: M.MetricInfo, args: tuple, params: dict, seed: int, max_rows: int
+                 ) -> torch.Tensor:
+    """Call a registered metric with its params, a per-metric generator and the row bound."""
+    accepted = inspect.signature(info.fn).parameters
+    kwargs = dict(params)
+    if "generator" in accepted:
+        kwargs["generator"] = torch.Generator().manual_seed(_metric_seed(seed, info.name))
+    if "max_rows" in accepted:
+        kwargs["max_rows"] = max_rows
+    return info.fn(*args, **kwargs)
+
+
 def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs: Attributions,
                 x: torch.Tensor, targets: torch.Tensor, config: AnalysisConfig
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every configured metric of one model's maps: {name: (N,) scores}, and its deletion curve.
+
+    Metrics are called through the registry by their kind (see
+    :class:`xprune.metrics.MetricInfo`); agreement metrics compare with the
+    dense model's maps and are skipped for the dense model itself. Max- and
+    avg-sensitivity with the same parameters share one set of noise draws.
+    """
     mc, seed = config.metrics, config.seed
     model, max_rows = rec.model, config.attribution.max_rows
-    scores: dict[str, torch.Tensor] = {"gini_index": M.gini_index(attrs),
-                                       "entropy_complexity": M.entropy_complexity(attrs)}
+    d = M.feature_map(attrs.values).shape[1]
+    ac = config.attribution
+    explain = explainer(model, method, params=ac.method_params(method), output=ac.output,
+                        max_rows=max_rows)
+
+    def attribute_fn(m: nn.Module, inputs: torch.Tensor, target) -> torch.Tensor:
+        return attribute(m, inputs, target, method, params=ac.method_params(method),
+                         output=ac.output, max_rows=max_rows).values
+
     curve = M.deletion_curve(model, x, attrs, targets, steps=mc.deletion_steps,
                              max_rows=max_rows)
-    scores["deletion_auc"] = torch.trapezoid(curve.values, curve.fractions, dim=1)
-    scores["insertion_auc"] = M.insertion_auc(model, x, attrs, targets, steps=mc.deletion_steps,
-                                              max_rows=max_rows)
-    scores["faithfulness_correlation"] = M.faithfulness_correlation(
-        model, x, attrs, targets, subset_size=mc.faithfulness_subset_size,
-        n_runs=mc.faithfulness_runs,
-        generator=torch.Generator().manual_seed(_metric_seed(seed, "faithfulness")),
-        max_rows=max_rows)
-    scores["infidelity"] = M.infidelity(
-        model, x, attrs, targets, normalize=True, max_rows=max_rows,
-        generator=torch.Generator().manual_seed(_metric_seed(seed, "infidelity")))
-    draws = M.sensitivity_draws(
-        explainer(model, method, params=config.attribution.method_params(method),
-                  output=config.attribution.output, max_rows=max_rows),
-        x, targets, radius=mc.sensitivity_radius, n_samples=mc.sensitivity_samples,
-        generator=torch.Generator().manual_seed(_metric_seed(seed, "sensitivity")),
-        max_rows=max_rows)
-    scores["max_sensitivity"] = draws.amax(dim=1)
-    scores["avg_sensitivity"] = draws.mean(dim=1)
-    if rec.role != "dense":
-        d = M.feature_map(attrs.values).shape[1]
-        scores["spearman"] = M.spearman(dense_attrs, attrs)
-        scores["kendall_tau"] = M.kendall_tau(dense_attrs, attrs)
-        scores["cosine_similarity"] = M.cosine_similarity(dense_attrs, attrs)
-        scores["top_k_intersection"] = M.top_k_intersection(
-            dense_attrs, attrs, k=max(1, round(mc.top_k * d)))
+    scores: dict[str, torch.Tensor] = {}
+    draws_memo: dict[str, torch.Tensor] = {}
+    for name in mc.names:
+        info = M.METRICS[name]
+        params = mc.metric_params(name, d)
+        if info.kind == "pair":
+            if rec.role == "dense":
+                continue
+            scores[name] = _call_metric(info, (dense_attrs, attrs), params, seed, max_rows)
+        elif info.kind == "map":
+            scores[name] = _call_metric(info, (attrs,), params, seed, max_rows)
+        elif name == "deletion_auc" and params.get("steps") == mc.deletion_steps \
+                and set(params) == {"steps"}:
+            scores[name] = torch.trapezoid(curve.values, curve.fractions, dim=1)
+        elif info.kind == "model":
+            scores[name] = _call_metric(info, (model, x, attrs, targets), params, seed,
+                                        max_rows)
+        elif name in ("max_sensitivity", "avg_sensitivity"):
+            key = json.dumps(params, sort_keys=True)
+            if key not in draws_memo:  # one set of draws for both
+                draws_memo[key] = M.sensitivity_draws(
+                    explain, x, targets, **params, max_rows=max_rows,
+                    generator=torch.Generator().manual_seed(_metric_seed(seed, "sensitivity")))
+            draws = draws_memo[key]
+            scores[name] = draws.amax(dim=1) if name == "max_sensitivity" else draws.mean(dim=1)
+        elif info.kind == "explainer":
+            scores[name] = _call_metric(info, (explain, x, targets), params, seed, max_rows)
+        elif info.kind == "model_explainer":
+            scores[name] = _call_metric(info, (model, explain, x, targets), params, seed,
+                                        max_rows)
+        elif info.kind == "sanity":
+            scores[name] = _call_metric(info, (model, x, targets, attribute_fn), params, seed,
+                                        max_rows)
+        else:  # pragma: no cover - a registry entry of an unknown kind
+            raise ValueError(f"Metric {name!r} has an unknown kind {info.kind!r}.")
+    for name in mc.versus_random:
+        params = mc.metric_params(name, d)
+        if "max_rows" in inspect.signature(M.METRICS[name].fn).parameters:
+            params["max_rows"] = max_rows
+        scores[f"{name}@vs_random"] = versus_random(
+            name, model, x, attrs, targets, **params,
+            generator=torch.Generator().manual_seed(_metric_seed(seed, f"{name}@vs_random")))
     if attrs.delta is not None:
         scores["convergence_delta"] = attrs.delta.double().abs()
     return scores, curve

@@ -312,8 +312,38 @@ def _check_name(name: str, registry, key: str) -> None:
                          + closest_name(str(name), list(registry)))
 
 
+DEFAULT_METRICS = ("gini_index", "entropy_complexity", "deletion_auc", "insertion_auc",
+                   "faithfulness_correlation", "infidelity", "max_sensitivity",
+                   "avg_sensitivity", "spearman", "kendall_tau", "cosine_similarity",
+                   "top_k_intersection")
+
+# arguments xprune supplies itself: never set through [metrics.params]
+_SUPPLIED = {"model", "inputs", "attributions", "target", "explain_fn", "attribute_fn", "a",
+             "b", "generator", "max_rows"}
+
+
+def _default_metric_names() -> list[str]:
+    return list(DEFAULT_METRICS)
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
+    """Which registered metrics a run computes, and their parameters.
+
+    ``names`` lists metrics by their registry name (``xprune list``); every
+    map is scored by each that applies (agreement metrics only for models
+    compared with the dense one). ``params`` maps a metric name to keyword
+    arguments of its function, e.g. ``[metrics.params.local_lipschitz_estimate]
+    n_samples = 20``. ``versus_random`` names model-based metrics that are also
+    reported minus their score under a random ranking (metric name
+    ``<name>@vs_random``, see :func:`xprune.metrics.controls.versus_random`).
+    The other keys are shorthands for the most used
+    parameters; an explicit ``params`` entry wins over them.
+    """
+
+    names: list[str] = field(default_factory=_default_metric_names)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versus_random: list[str] = field(default_factory=list)
     top_k: float = 0.1
     deletion_steps: int | None = None
     faithfulness_subset_size: int | None = None
@@ -322,6 +352,43 @@ class MetricsConfig:
     sensitivity_samples: int = 10
 
     def __post_init__(self) -> None:
+        import inspect
+
+        from .metrics import METRICS
+
+        if not isinstance(self.names, list) or not self.names:
+            raise ValueError(f"Expected `metrics.names` to be a non-empty list of metric "
+                             f"names, got {self.names!r}.")
+        for name in self.names:
+            _check_name(name, METRICS, "metrics.names")
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"Expected distinct `metrics.names`, got {self.names!r}.")
+        if not isinstance(self.versus_random, list):
+            raise ValueError(f"Expected `metrics.versus_random` to be a list of metric names, "
+                             f"got {self.versus_random!r}.")
+        for name in self.versus_random:
+            _check_name(name, METRICS, "metrics.versus_random")
+            if METRICS[name].kind != "model":
+                raise ValueError(f"Expected `metrics.versus_random` to name model-based "
+                                 f"metrics such as 'deletion_auc', got {name!r} (kind "
+                                 f"{METRICS[name].kind!r}).")
+        if not isinstance(self.params, dict):
+            raise ValueError(f"Expected `metrics.params` to be a table of metric tables, "
+                             f"got {self.params!r}.")
+        for name, values in self.params.items():
+            _check_name(name, METRICS, "metrics.params")
+            if not isinstance(values, dict):
+                raise ValueError(f"Expected [metrics.params.{name}] to be a table, got "
+                                 f"{values!r}.")
+            accepted = [p for p in inspect.signature(METRICS[name].fn).parameters
+                        if p not in _SUPPLIED and
+                        inspect.signature(METRICS[name].fn).parameters[p].kind
+                        == inspect.Parameter.KEYWORD_ONLY]
+            for key in values:
+                if key not in accepted:
+                    raise ValueError(f"Unknown key `{key}` in [metrics.params.{name}]; "
+                                     f"expected one of {sorted(accepted)}."
+                                     + closest_name(key, accepted))
         check_fraction(self.top_k, "metrics.top_k", high_inclusive=True)
         if self.top_k == 0:
             raise ValueError("Expected `metrics.top_k` in (0, 1], got 0.")
@@ -331,6 +398,23 @@ class MetricsConfig:
         for key in ("deletion_steps", "faithfulness_subset_size"):
             if getattr(self, key) is not None:
                 check_positive_int(getattr(self, key), f"metrics.{key}")
+
+    def metric_params(self, name: str, n_features: int) -> dict[str, Any]:
+        """Keyword arguments for metric ``name`` on maps of ``n_features`` features."""
+        shorthand = {
+            "top_k_intersection": {"k": max(1, round(self.top_k * n_features))},
+            "top_k_mass": {"k": max(1, round(self.top_k * n_features))},
+            "deletion_auc": {"steps": self.deletion_steps},
+            "insertion_auc": {"steps": self.deletion_steps},
+            "faithfulness_correlation": {"subset_size": self.faithfulness_subset_size,
+                                         "n_runs": self.faithfulness_runs},
+            "infidelity": {"normalize": True},
+            "max_sensitivity": {"radius": self.sensitivity_radius,
+                                "n_samples": self.sensitivity_samples},
+            "avg_sensitivity": {"radius": self.sensitivity_radius,
+                                "n_samples": self.sensitivity_samples},
+        }.get(name, {})
+        return {**shorthand, **self.params.get(name, {})}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,14 @@ import pandas as pd
 from .._io import atomic_write_bytes, atomic_write_text, read_table
 from ..metrics import METRICS
 from . import figures as F
-from .tables import fmt_ci, metric_summary, model_order, plural, what_changed
+from .tables import (
+    fmt_ci,
+    metric_summary,
+    model_order,
+    plural,
+    prediction_split,
+    what_changed,
+)
 
 __all__ = ["render_report"]
 
@@ -42,6 +49,11 @@ NOTES = {
               "safetensors bytes of the model as float32 vs a bitmask plus the nonzero values; "
               "the bitmask costs 1/32 of a float32 per weight, so that encoding is smaller only "
               "above about 3% sparsity.",
+    "split": "Agreement of the maps on samples where the model predicts the dense model's "
+             "class (agree) and where it does not (disagree): the maps explain the same target "
+             "class either way. Removal scores (faithfulness, deletion) move with a model's "
+             "confidence; their paired changes over the samples both models classify "
+             "correctly leave out the samples one of them gets wrong.",
     "classes": "Recall of a class = the share of its test samples classified correctly (its "
                "accuracy). Δ in percentage points against the dense model; a pruned model can "
                "keep its overall accuracy while losing one class. ECE: expected calibration "
@@ -238,6 +250,7 @@ def render_report(run_dir: str | Path) -> Path:
         f"test samples of models trained with one seed ({seed}): they do not include the "
         "variance between training runs. Rerun with other seeds before generalising.")
     model_rows = _model_rows(models, timings, order)
+    split = prediction_split(results)
     classes = _read(run, "classes.csv") if (run / "classes.csv").exists() else None
     class_rows = _class_table(classes, order) if classes is not None else None
     tables = _metric_tables(summary, order)
@@ -255,7 +268,7 @@ def render_report(run_dir: str | Path) -> Path:
                         f"{lat['dtype']}, {lat['device']}",
     }
     features = _importance_tables(importance, order) if not importance.empty else {}
-    md = _markdown(context, changed, model_rows, tables, figs, features, class_rows)
+    md = _markdown(context, changed, model_rows, tables, figs, features, class_rows, split)
     atomic_write_text(run / "report.md", md)
     env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -265,7 +278,8 @@ def render_report(run_dir: str | Path) -> Path:
         tables={k: _records(v) for k, v in tables.items()}, figures=figs,
         features={k: _records(v) for k, v in features.items()},
         notes=_records(_metric_notes()),
-        class_rows=_records(class_rows) if class_rows is not None else None)
+        class_rows=_records(class_rows) if class_rows is not None else None,
+        split=_records(split))
     return atomic_write_text(run / "report.html", html)
 
 
@@ -274,7 +288,7 @@ def _records(frame: pd.DataFrame) -> dict:
             "rows": [[str(v) for v in row] for row in frame.itertuples(index=False)]}
 
 
-def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows) -> str:
+def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, split) -> str:
     cfg = ctx["config"]
     lines = [f"# xprune report: {ctx['name']}", "",
              f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, {ctx['pruning_text']}; "
@@ -286,6 +300,7 @@ def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows) -> s
     lines += [f"- {s}" for s in ctx["sentences"]]
     lines += ["", _md_table(changed), "",
               NOTES["changed"], "",
+              "### Split by prediction", "", _md_table(split), "", NOTES["split"], "",
               "## Models", "", _md_table(model_rows), "",
               f"Latency: {ctx['latency_note']}. " + NOTES["models"], ""]
     if class_rows is not None:

@@ -10,7 +10,8 @@ import pandas as pd
 from ..metrics import METRICS
 from ..stats import bootstrap_ci, holm, paired_test
 
-__all__ = ["fmt_ci", "metric_summary", "model_order", "plural", "what_changed"]
+__all__ = ["fmt_ci", "metric_summary", "model_order", "plural", "prediction_split",
+           "what_changed"]
 
 GROUP = ["model", "role", "pruning", "sparsity", "attribution", "metric"]
 
@@ -61,6 +62,59 @@ def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
     for _, family in out.groupby(["model", "attribution"], sort=False):
         out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy())
     return out
+
+
+def subset(results: pd.DataFrame, which: str) -> pd.DataFrame:
+    """Rows of ``results`` on one subset of samples.
+
+    ``"both_correct"``: samples the dense model (its prediction is the target)
+    and the row's model both classify correctly, so that a removal score is
+    not moved by samples one of them gets wrong. ``"agree"`` / ``"disagree"``:
+    samples where the row's model predicts the dense model's class, or not.
+    """
+    if which == "both_correct":
+        keep = (results["target"] == results["label"]) & (results["prediction"]
+                                                           == results["label"])
+    elif which == "agree":
+        keep = results["prediction"] == results["target"]
+    elif which == "disagree":
+        keep = results["prediction"] != results["target"]
+    else:
+        raise ValueError(f"Expected a subset in ('both_correct', 'agree', 'disagree'), "
+                         f"got {which!r}.")
+    return results[keep]
+
+
+def prediction_split(results: pd.DataFrame) -> pd.DataFrame:
+    """Per non-dense model and method: agreement with the dense maps split by prediction,
+    and the paired changes of removal scores on samples both models classify correctly.
+
+    Columns: n agree / disagree (samples where the model predicts the dense
+    model's class, or not), mean Spearman agreement on each (bootstrap CI), and
+    the paired Δ of faithfulness correlation and deletion AUC over the
+    samples both models classify correctly (BCa CI).
+    """
+    rows = []
+    both = metric_summary(subset(results, "both_correct"))
+    others = results[results["role"] != "dense"]
+    for (model, attribution), group in others.groupby(["model", "attribution"], sort=False):
+        first = group[group["metric"] == group["metric"].iloc[0]]
+        n_agree = int((first["prediction"] == first["target"]).sum())
+        row = {"model": model, "attribution": attribution,
+               "n agree / disagree": f"{n_agree} / {len(first) - n_agree}"}
+        for which in ("agree", "disagree"):
+            part = subset(group[group["metric"] == "spearman"], which)
+            mean, lo, hi, _ = bootstrap_ci(part["value"].to_numpy())
+            row[f"Spearman ({which})"] = fmt_ci(mean, lo, hi)
+        for metric, label in (("faithfulness_correlation", "Δ faithfulness corr. (both correct)"),
+                              ("deletion_auc", "Δ deletion AUC (both correct)")):
+            s = both[(both["model"] == model) & (both["attribution"] == attribution)
+                     & (both["metric"] == metric)]
+            row[label] = ("n/a" if s.empty else
+                          fmt_ci(s.iloc[0]["diff_mean"], s.iloc[0]["diff_ci_low"],
+                                 s.iloc[0]["diff_ci_high"], signed=True))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:
