@@ -83,3 +83,27 @@ def cancer_mlp(cancer):
 def all_hooks(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
+# A small digits analysis shared by the end-to-end tests: (run folder, RunResult).
+SMALL = {
+    "name": "small<b>",
+    "train": {"epochs": 4},
+    "pruning": {"sparsities": [0.5, 0.9], "finetune_epochs": 1},
+    "attribution": {"n_samples": 24, "params": {"integrated_gradients": {"n_steps": 8}}},
+    "metrics": {"faithfulness_runs": 10, "sensitivity_samples": 3,
+                "versus_random": ["deletion_auc"]},
+    "report": {"n_examples": 3, "latency_batch": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    from xprune.analysis import run_analysis
+    from xprune.config import AnalysisConfig
+
+    out = tmp_path_factory.mktemp("run")
+    result = run_analysis(AnalysisConfig.from_dict(SMALL), out_dir=out, progress=False)
+    return out, result
+
+

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SMALL
 
 import xprune.analysis as analysis
 from xprune.analysis import RESULT_COLUMNS, run_analysis
@@ -14,24 +15,6 @@ from xprune.cli import main
 from xprune.config import AnalysisConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-SMALL = {
-    "name": "small<b>",
-    "train": {"epochs": 4},
-    "pruning": {"sparsities": [0.5, 0.9], "finetune_epochs": 1},
-    "attribution": {"n_samples": 24, "params": {"integrated_gradients": {"n_steps": 8}}},
-    "metrics": {"faithfulness_runs": 10, "sensitivity_samples": 3,
-                "versus_random": ["deletion_auc"]},
-    "report": {"n_examples": 3, "latency_batch": 16},
-}
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    result = run_analysis(AnalysisConfig.from_dict(SMALL), out_dir=out, progress=False)
-    return out, result
-
 
 def test_run_folder_contents(small_run):
     out, result = small_run
