@@ -65,6 +65,21 @@ def test_killed_run_resumes_to_byte_identical_results(tmp_path):
     assert (out / "results.csv").read_bytes() == (clean / "results.csv").read_bytes()
 
 
+def test_two_processes_give_byte_identical_results(tmp_path):
+    """--jobs 2 scores cells in two spawned processes; the results are the same bytes."""
+    config = AnalysisConfig.from_dict({**TINY, "name": "tiny",
+                                       "attribution": {**TINY["attribution"],
+                                                       "methods": ["saliency"]}})
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_analysis(config, out_dir=one, progress=False, render=False, use_cache=False)
+    run_analysis(config, out_dir=two, progress=False, render=False, jobs=2)
+    for name in ("results.csv", "curves.csv"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert len(list(two.glob(".cache/*/cell-*.csv"))) == 5  # the driver stored every cell
+    with pytest.raises(ValueError, match="Expected `jobs` to be an integer >= 1"):
+        run_analysis(config, out_dir=one, jobs=0)
+
+
 def test_unwritable_output_fails_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -88,12 +88,21 @@ class RunCache:
 
     def frame(self, key: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """Load the table stored under ``key``, or compute and store it."""
+        frame = self.load_frame(key)
+        if frame is None:
+            frame = compute()
+            self.store_frame(key, frame)
+        return frame
+
+    def load_frame(self, key: str) -> pd.DataFrame | None:
+        """The table stored under ``key``, or None."""
         path = self._path(key, ".csv")
-        if path is not None and path.exists():
-            return read_table(path)
-        frame = compute()
+        return read_table(path) if path is not None and path.exists() else None
+
+    def store_frame(self, key: str, frame: pd.DataFrame) -> None:
+        """Store ``frame`` under ``key`` atomically (nothing without a directory)."""
+        path = self._path(key, ".csv")
         if path is not None:
             buf = io.StringIO()
             frame.to_csv(buf, index=False, na_rep="NaN")
             atomic_write_text(path, buf.getvalue())
-        return frame

@@ -30,6 +30,7 @@ from torch import nn
 from . import metrics as M
 from ._cache import RunCache
 from ._io import atomic_write_text
+from ._validation import check_positive_int
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
@@ -340,7 +341,7 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
         elif info.kind == "model_explainer":
             scores[name] = _call_metric(info, (model, explain, x, targets), params, seed,
                                         max_rows)
-        elif info.kind == "sanity":
+        elif info.kind == "randomisation":
             scores[name] = _call_metric(info, (model, x, targets, attribute_fn), params, seed,
                                         max_rows)
         else:  # pragma: no cover - a registry entry of an unknown kind
@@ -395,9 +396,71 @@ def _importance(records, attrs_by, methods, feature_names) -> pd.DataFrame:
                                        "ci_high"])
 
 
+@dataclass
+class _CellJob:
+    """Everything one grid cell (a model's maps of one method) needs to be scored."""
+
+    rec: ModelRecord
+    method: str
+    attrs: Attributions
+    dense_attrs: Attributions
+    labels: torch.Tensor
+    config: AnalysisConfig
+
+    def __call__(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(per-sample scores in RESULT_COLUMNS, per-sample deletion curve)."""
+        rec, attrs, x = self.rec, self.attrs, self.attrs.inputs
+        scores, curve = _score_cell(rec, self.method, attrs, self.dense_attrs, x,
+                                    attrs.targets, self.config)
+        n = x.shape[0]
+        table = pd.concat([pd.DataFrame({
+            "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
+            "sparsity": rec.sparsity, "attribution": self.method, "metric": name,
+            "sample": np.arange(n), "label": self.labels.numpy(),
+            "target": attrs.targets.numpy(), "prediction": attrs.predictions.numpy(),
+            "value": v.double().cpu().numpy()}) for name, v in scores.items()],
+            ignore_index=True)[RESULT_COLUMNS]
+        steps = curve.fractions.numel()
+        curves = pd.DataFrame({
+            "model": rec.tag, "attribution": self.method,
+            "sample": np.repeat(np.arange(n), steps),
+            "fraction": np.tile(curve.fractions.numpy(), n),
+            "value": curve.values.reshape(-1).numpy()})
+        return table, curves
+
+
+def _run_job(job: _CellJob, threads: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score one cell in a worker process with ``threads`` intra-op threads."""
+    torch.set_num_threads(threads)
+    return job()
+
+
+def _run_cells(jobs: list[_CellJob], keys: list[str], n_jobs: int):
+    """Yield ``(key, frames)`` for every job: in this process, or in ``n_jobs`` processes.
+
+    Each cell is seeded from the run seed and metric names only, so its numbers
+    do not depend on which process runs it or in what order; results are
+    yielded as they finish, and the caller stores them.
+    """
+    if n_jobs == 1 or len(jobs) <= 1:
+        for key, job in zip(keys, jobs, strict=True):
+            yield key, job()
+        return
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, torch.get_num_threads() // n_jobs)
+    ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with concurrent.futures.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(_run_job, job, threads): key
+                   for key, job in zip(keys, jobs, strict=True)}
+        for fut in concurrent.futures.as_completed(futures):
+            yield futures[fut], fut.result()
+
+
 def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | None = None,
-                 progress: bool = True, use_cache: bool = True, render: bool = True
-                 ) -> RunResult:
+                 progress: bool = True, use_cache: bool = True, render: bool = True,
+                 jobs: int = 1) -> RunResult:
     """Run an analysis end to end and write its run folder (and report).
 
     Parameters
@@ -413,6 +476,9 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
         reuse them when the same config runs again (a killed run resumes).
     render : bool
         Render ``report.md`` / ``report.html`` and figures.
+    jobs : int
+        Processes that score grid cells in parallel (1: in this process).
+        Results are byte-identical whatever the number.
 
     Raises
     ------
@@ -424,6 +490,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     from tqdm.auto import tqdm
 
     config = config or AnalysisConfig()
+    check_positive_int(jobs, "jobs")
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     check_writable(out)
     started = time.perf_counter()
@@ -459,12 +526,10 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     targets = predict(dense, x).argmax(dim=1)        # the dense model's prediction, for all
     predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
 
-    frames, curve_rows = [], []
     attrs_by: dict[tuple[str, str], Attributions] = {}
     cells = [(m, rec) for m in ac.methods for rec in records]
-    bar = tqdm(cells, desc="attribute + score", unit="cell", disable=not progress,
-               file=sys.stderr)
-    for method, rec in bar:
+    bar = tqdm(cells, desc="attribute", unit="map", disable=not progress, file=sys.stderr)
+    for method, rec in bar:  # dense first: every other cell compares with its maps
         bar.set_postfix_str(f"{method} / {rec.tag}")
         ta = time.perf_counter()
 
@@ -478,38 +543,34 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
             return out_t
 
         stored, _ = cache.tensors(f"attr-{method}-{rec.tag}", compute_attr)
-        attrs = Attributions(stored["values"], x, targets, method,
-                             {**ac.method_params(method), "output": ac.output}, rec.tag,
-                             stored.get("delta"), predictions[rec.tag])
-        attrs_by[method, rec.tag] = attrs
-        tm = mark("attribute", ta)
-
-        memo: dict[str, pd.DataFrame] = {}
-
-        def compute_cell(part: str, rec=rec, method=method, attrs=attrs, memo=memo):
-            if not memo:
-                scores, curve = _score_cell(rec, method, attrs, attrs_by[method, "dense"], x,
-                                            targets, config)
-                memo["scores"] = pd.concat([pd.DataFrame({
-                    "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
-                    "sparsity": rec.sparsity, "attribution": method, "metric": name,
-                    "sample": np.arange(n_eval), "label": labels.numpy(),
-                    "target": targets.numpy(), "prediction": predictions[rec.tag].numpy(),
-                    "value": v.double().cpu().numpy()}) for name, v in scores.items()],
-                    ignore_index=True)[RESULT_COLUMNS]
-                steps = curve.fractions.numel()
-                memo["curve"] = pd.DataFrame({
-                    "model": rec.tag, "attribution": method,
-                    "sample": np.repeat(np.arange(n_eval), steps),
-                    "fraction": np.tile(curve.fractions.numpy(), n_eval),
-                    "value": curve.values.reshape(-1).numpy()})
-            return memo[part]
-
-        frames.append(cache.frame(f"cell-{method}-{rec.tag}", lambda: compute_cell("scores")))
-        curve_rows.append(cache.frame(f"curve-{method}-{rec.tag}",
-                                      lambda: compute_cell("curve")))
-        mark("metrics", tm)
+        attrs_by[method, rec.tag] = Attributions(
+            stored["values"], x, targets, method,
+            {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
+            predictions[rec.tag])
+        mark("attribute", ta)
     bar.close()
+
+    tm = time.perf_counter()
+    jobs_of = {f"{method}-{rec.tag}": _CellJob(rec, method, attrs_by[method, rec.tag],
+                                               attrs_by[method, "dense"], labels, config)
+               for method, rec in cells}
+    done = {key: (cache.load_frame(f"cell-{key}"), cache.load_frame(f"curve-{key}"))
+            for key in jobs_of}
+    pending = [key for key, frames in done.items() if frames[0] is None or frames[1] is None]
+    bar = tqdm(total=len(jobs_of), initial=len(jobs_of) - len(pending), desc="score",
+               unit="cell", disable=not progress, file=sys.stderr)
+    for key, frames in _run_cells([jobs_of[k] for k in pending], pending, jobs):
+        stored = done[key]
+        for part, old, new in (("curve", stored[1], frames[1]), ("cell", stored[0], frames[0])):
+            if old is None:  # the driver is the only writer; a stored file is never rewritten
+                cache.store_frame(f"{part}-{key}", new)
+        done[key] = (stored[0] if stored[0] is not None else frames[0],
+                     stored[1] if stored[1] is not None else frames[1])
+        bar.update()
+    bar.close()
+    mark("metrics", tm)
+    frames = [done[key][0] for key in jobs_of]
+    curve_rows = [done[key][1] for key in jobs_of]
 
     results = pd.concat(frames, ignore_index=True)
     curves = _curve_summary(pd.concat(curve_rows, ignore_index=True))

@@ -23,6 +23,7 @@ RUN_EXAMPLES = """examples:
   xprune run                          the embedded digits analysis (analyses/digits.toml)
   xprune run analyses/digits-full.toml
   xprune run --out /tmp/run --seed 1  another folder and seed
+  xprune run --jobs 2                 score grid cells in two processes
   xprune run --dense dense.safetensors --sparse pruned.safetensors \
              --factory xprune.models:DigitsCNN   compare a pair pruned elsewhere
 """
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true",
                      help="recompute everything instead of reusing finished work")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="score grid cells in N processes (same results for any N)")
     report = sub.add_parser("report", help="re-render a run folder's report", parents=[common])
     report.add_argument("run_dir", help="a folder written by `xprune run`")
     sub.add_parser("list", help="list registered methods and metrics", parents=[common])
@@ -81,7 +84,7 @@ def _run(args) -> int:
             config.pruning, checkpoints=tuple(str(Path(p).resolve()) for p in args.sparse))
     config = config.replace(**changes) if changes else config
     result = run_analysis(config, out_dir=args.out, progress=not args.quiet,
-                          use_cache=not args.no_cache)
+                          use_cache=not args.no_cache, jobs=args.jobs)
     print(f"Report written to {result.report}")
     return 0
 
