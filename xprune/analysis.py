@@ -320,6 +320,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
             if rec.role == "dense":
                 continue
             scores[name] = _call_metric(info, (dense_attrs, attrs), params, seed, max_rows)
+            if mc.foreground and name != "ssim" and not bool(M.foreground(x).all()):
+                scores[f"{name}@foreground"] = M.on_features(
+                    info.fn, dense_attrs, attrs, M.foreground(x), **params)
         elif info.kind == "map":
             scores[name] = _call_metric(info, (attrs,), params, seed, max_rows)
         elif name == "deletion_auc" and params.get("steps") == mc.deletion_steps \

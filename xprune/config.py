@@ -337,13 +337,16 @@ class MetricsConfig:
     n_samples = 20``. ``versus_random`` names model-based metrics that are also
     reported minus their score under a random ranking (metric name
     ``<name>@vs_random``, see :func:`xprune.metrics.controls.versus_random`).
-    The other keys are shorthands for the most used
+    With ``foreground`` every agreement metric but SSIM is also computed over
+    the features where the input is nonzero only (``<name>@foreground``, see
+    :func:`xprune.metrics.on_features`). The other keys are shorthands for the most used
     parameters; an explicit ``params`` entry wins over them.
     """
 
     names: list[str] = field(default_factory=_default_metric_names)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     versus_random: list[str] = field(default_factory=list)
+    foreground: bool = True
     top_k: float = 0.1
     deletion_steps: int | None = None
     faithfulness_subset_size: int | None = None
@@ -389,6 +392,9 @@ class MetricsConfig:
                     raise ValueError(f"Unknown key `{key}` in [metrics.params.{name}]; "
                                      f"expected one of {sorted(accepted)}."
                                      + closest_name(key, accepted))
+        if not isinstance(self.foreground, bool):
+            raise ValueError(f"Expected `metrics.foreground` to be true or false, got "
+                             f"{self.foreground!r}.")
         check_fraction(self.top_k, "metrics.top_k", high_inclusive=True)
         if self.top_k == 0:
             raise ValueError("Expected `metrics.top_k` in (0, 1], got 0.")

@@ -25,10 +25,14 @@ class MetricInfo:
     name : str
     fn : callable
         The pure function computing one value per sample, shape (N,).
-    category : {"complexity", "faithfulness", "agreement", "stability"}
-    kind : {"map", "model", "pair", "explainer"}
+    category : {"complexity", "faithfulness", "agreement", "stability", "randomisation"}
+    kind : {"map", "model", "pair", "explainer", "model_explainer", "randomisation"}
         Call signature: ``fn(a)``, ``fn(model, inputs, a, target)``,
-        ``fn(a_dense, a_sparse)`` or ``fn(explain_fn, inputs, target)``.
+        ``fn(a_dense, a_sparse)``, ``fn(explain_fn, inputs, target)``,
+        ``fn(model, explain_fn, inputs, target)`` (stability that also needs
+        the model's outputs) or ``fn(model, inputs, target, attribute_fn)``
+        (sanity checks that re-run the method on a changed model or target;
+        ``attribute_fn(model, inputs, targets) -> (N, *F)``).
     higher_is_better : bool
     range : tuple of float
         Attainable values (``float("inf")`` where unbounded).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -9,8 +11,8 @@ from .._validation import check_count, check_same_shape
 from ..attribution import Attributions
 from ._base import feature_map, pearson, register, values_of
 
-__all__ = ["cosine_similarity", "kendall_tau", "sign_agreement", "spearman",
-           "top_k_intersection"]
+__all__ = ["cosine_similarity", "foreground", "kendall_tau", "on_features", "sign_agreement",
+           "spearman", "ssim", "top_k_intersection"]
 
 
 def _pair(a: Tensor | Attributions, b: Tensor | Attributions) -> tuple[Tensor, Tensor]:
@@ -205,3 +207,190 @@ def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
     n = counted.sum(dim=1)
     return torch.where(n > 0, (same * counted).sum(dim=1) / n.clamp_min(1),
                        torch.full_like(n, float("nan")))
+
+
+def _ssim_window(size: int, gaussian: bool, device: torch.device) -> Tensor:
+    """The (1, 1, size, size) averaging window: uniform, or a Gaussian of sigma 1.5, summing to 1."""
+    if gaussian:
+        r = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+        g = torch.exp(-0.5 * (r / 1.5) ** 2)
+        g = g / g.sum()
+        w = g[:, None] * g[None, :]
+    else:
+        w = torch.full((size, size), 1.0 / size**2, dtype=torch.float64, device=device)
+    return w[None, None]
+
+
+@register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
+          reference="Wang, Bovik, Sheikh & Simoncelli 2004, 'Image quality assessment: from error "
+                    "visibility to structural similarity', IEEE TIP (eq. 13, mean SSIM)")
+def ssim(a: Tensor | Attributions, b: Tensor | Attributions, *, absolute: bool = False,
+         data_range: float | None = None, window: int = 7, gaussian: bool = False) -> Tensor:
+    """Mean structural similarity (SSIM) of two image maps, per sample.
+
+    Each map is reduced to one value per pixel (channels summed with their
+    signs, as :func:`~xprune.metrics.feature_map`), shape (H, W). Over every
+    ``window`` x ``window`` patch that lies inside the image (no padding),
+
+    ``SSIM = (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))``
+
+    with the patch means ``mu``, variances ``s^2`` and covariance ``s_ab``
+    (sample estimates: factor P / (P - 1) for P = window^2 pixels),
+    ``C1 = (0.01 R)^2`` and ``C2 = (0.03 R)^2`` for the data range ``R``
+    (Wang et al. 2004, eq. 13 with K1 = 0.01, K2 = 0.03); the score is the
+    mean over the patches. This is ``skimage.metrics.structural_similarity``
+    with its defaults (``win_size=7``, ``use_sample_covariance=True``) and
+    ``data_range=R``.
+
+    Parameters
+    ----------
+    a, b : Tensor of shape (N, C, H, W) or Attributions
+        Two maps of the same N images; H and W need not be equal.
+    absolute : bool
+        Compare |a| and |b| (after the channel sum) instead of the signed maps.
+    data_range : float > 0, optional
+        ``R``. Default: per sample, the range of the two maps together,
+        ``max(a, b) - min(a, b)`` over both maps' pixels (after ``absolute``),
+        which is what Quantus 0.6 passes to scikit-image. A fixed value makes
+        scores of maps with different magnitudes (dense vs sparse) less
+        comparable: C1 and C2 then matter more for the smaller maps.
+    window : int
+        Odd side of the patch, >= 3; 7 as scikit-image's default.
+    gaussian : bool
+        Weight each patch with a Gaussian of sigma 1.5 (truncated to the
+        window and renormalised) instead of uniformly. With ``window=11`` this
+        is Wang et al.'s 11 x 11 window and scikit-image's
+        ``gaussian_weights=True``.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [-1, 1]; higher = more similar; a map against itself scores 1.
+        Two identical constant maps (e.g. both all zero) have no data range;
+        they score 1 (where scikit-image returns NaN). A constant map against
+        a varying one is well defined (C1, C2 > 0).
+
+    Raises
+    ------
+    ValueError
+        If the maps are not 4-D image maps (tabular or 1-D maps have no
+        patches), differ in shape or hold NaN/Inf; if ``window`` is not an
+        odd integer >= 3 or exceeds the image height or width (scikit-image
+        raises too; shrinking the window silently would change the measure);
+        or if ``data_range`` is not positive.
+    """
+    x, y = values_of(a, "a"), values_of(b, "b")
+    check_same_shape(x, y, "a", "b")
+    if x.dim() != 4:
+        raise ValueError(f"Expected `a` and `b` to be image maps of shape (N, C, H, W) for SSIM, "
+                         f"got shape {tuple(x.shape)}; use e.g. spearman for tabular maps.")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 3 or window % 2 == 0:
+        raise ValueError(f"Expected `window` to be an odd integer >= 3, got {window!r}.")
+    height, width = x.shape[2:]
+    if height < window or width < window:
+        raise ValueError(f"Expected images of at least {window} x {window} pixels for an SSIM "
+                         f"window of {window}, got {height} x {width}; pass a smaller odd "
+                         f"`window`.")
+    if data_range is not None and (isinstance(data_range, bool)
+                                   or not isinstance(data_range, (int, float))
+                                   or not math.isfinite(data_range) or data_range <= 0):
+        raise ValueError(f"Expected `data_range` > 0 or None, got {data_range!r}.")
+    n = x.shape[0]
+    x, y = x.double().sum(dim=1), y.double().sum(dim=1)                      # (N, H, W)
+    if absolute:
+        x, y = x.abs(), y.abs()
+    if data_range is None:
+        both = torch.cat([x.reshape(n, -1), y.reshape(n, -1)], dim=1)
+        r = both.amax(dim=1) - both.amin(dim=1)
+    else:
+        r = torch.full((n,), float(data_range), dtype=torch.float64, device=x.device)
+    stats = torch.stack([x, y, x * x, y * y, x * y], dim=1).reshape(n * 5, 1, height, width)
+    m = torch.nn.functional.conv2d(stats, _ssim_window(window, gaussian, x.device))
+    mu_x, mu_y, m_xx, m_yy, m_xy = m.reshape(n, 5, *m.shape[2:]).unbind(dim=1)
+    p = window * window
+    norm = p / (p - 1)
+    var_x, var_y = norm * (m_xx - mu_x * mu_x), norm * (m_yy - mu_y * mu_y)
+    cov = norm * (m_xy - mu_x * mu_y)
+    c1, c2 = ((0.01 * r) ** 2)[:, None, None], ((0.03 * r) ** 2)[:, None, None]
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)
+         / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2)))
+    # r = 0 only for two identical constant maps (0/0 above): identical maps score 1
+    return torch.where(r > 0, s.mean(dim=(1, 2)), torch.ones_like(r))
+
+
+def foreground(inputs: Tensor, baseline: float = 0.0) -> Tensor:
+    """Features where the input differs from the baseline: bool Tensor of shape (N, d).
+
+    A pixel counts when any of its channels differs from ``baseline``.
+    Zero-baseline methods (Integrated Gradients, input x gradient) give
+    exactly 0 on every other feature, for any model, which inflates the
+    agreement of any two models' maps; comparing over these features only
+    removes that shared zero background.
+
+    Parameters
+    ----------
+    inputs : Tensor of shape (N, *F)
+    baseline : float
+        The attribution baseline (0 for the digits background).
+    """
+    x = values_of(inputs, "inputs")
+    differs = x != baseline
+    if differs.dim() >= 3:
+        differs = differs.any(dim=1)
+    return differs.reshape(differs.shape[0], -1)
+
+
+def on_features(metric, a: Tensor | Attributions, b: Tensor | Attributions, features: Tensor,
+                **params) -> Tensor:
+    """A pair metric computed over a subset of each sample's features only.
+
+    For each sample, the features where ``features`` is True are taken from
+    both maps (a pixel's channels summed first, as every agreement metric
+    does) and scored by ``metric`` as a map of those features alone, so rank
+    correlations rank only them. Samples with the same number of selected
+    features are scored together in one batched call.
+
+    Parameters
+    ----------
+    metric : callable
+        A pair metric such as :func:`spearman` taking (M, m) maps.
+    a, b : Tensor of shape (N, *F) or Attributions
+    features : bool Tensor of shape (N, d)
+        e.g. :func:`foreground`; d features per sample as in :func:`feature_map`.
+    **params
+        Keyword arguments of ``metric``; an integer ``k`` larger than a
+        sample's selected features is lowered to their number.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        The metric's value over the selected features; NaN for a sample with
+        none selected (and wherever the metric itself is undefined, e.g. a
+        rank correlation over a single feature).
+
+    Raises
+    ------
+    ValueError
+        If ``features`` is not a bool tensor of shape (N, d), or on the metric's errors.
+    """
+    x, y = _pair(a, b)
+    if not isinstance(features, Tensor) or features.dtype != torch.bool \
+            or tuple(features.shape) != tuple(x.shape):
+        raise ValueError(f"Expected `features` to be a bool tensor of shape {tuple(x.shape)}, "
+                         f"got {getattr(features, 'dtype', type(features).__name__)} of shape "
+                         f"{tuple(getattr(features, 'shape', ()))}.")
+    features = features.to(x.device)
+    counts = features.sum(dim=1)
+    out = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
+    for m in counts.unique().tolist():
+        if m == 0:
+            continue
+        rows = (counts == m).nonzero()[:, 0]
+        sel = features[rows]
+        xs = x[rows][sel].reshape(len(rows), m)   # row-major: each row keeps its order
+        ys = y[rows][sel].reshape(len(rows), m)
+        kw = dict(params)
+        if isinstance(kw.get("k"), int):
+            kw["k"] = min(kw["k"], m)
+        out[rows.cpu()] = metric(xs, ys, **kw).double().cpu()
+    return out
