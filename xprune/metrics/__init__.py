@@ -49,7 +49,14 @@ from .sanity import (
     parameter_randomisation,
     random_logit,
 )
-from .stability import avg_sensitivity, max_sensitivity, sensitivity_draws
+from .stability import (
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+    sensitivity_draws,
+)
 
 __all__ = [
     "METRICS",
@@ -73,6 +80,7 @@ __all__ = [
     "insertion_auc",
     "insertion_curve",
     "kendall_tau",
+    "local_lipschitz_estimate",
     "max_sensitivity",
     "model_effective_complexity",
     "model_parameter_randomisation",
@@ -83,6 +91,8 @@ __all__ = [
     "random_logit",
     "random_map_like",
     "region_perturbation_curve",
+    "relative_input_stability",
+    "relative_output_stability",
     "road",
     "road_curve",
     "sensitivity_draws",

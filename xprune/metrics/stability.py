@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .._state import as_logits, eval_mode, to_model
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS
-from ._base import register
+from ._base import model_targets, register
 
-__all__ = ["avg_sensitivity", "max_sensitivity", "sensitivity_draws"]
+__all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
+           "relative_input_stability", "relative_output_stability", "sensitivity_draws"]
 
 
 def _explain_targets(target: Any, n: int) -> Tensor:
@@ -39,6 +42,24 @@ def _explain(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tenso
                              f"{tuple(x[i:i + max_rows].shape)}, got {tuple(out.shape)}.")
         parts.append(out.detach().double().reshape(out.shape[0], -1).cpu())
     return torch.cat(parts)
+
+
+def _noise(x: Tensor, n_samples: int, scale: float, generator: torch.Generator, *,
+           gaussian: bool) -> Tensor:
+    """Noise of shape (N, n_samples, *F) in ``x``'s dtype and device, drawn sample by sample.
+
+    Gaussian with standard deviation ``scale``, or uniform in [-scale, scale]
+    per element. Each sample's draws come from ``generator`` in batch order
+    (in float32 on the CPU), so they do not depend on the samples after it.
+    """
+    draws = []
+    for _ in range(x.shape[0]):
+        if gaussian:
+            draws.append(torch.randn(n_samples, *x.shape[1:], generator=generator) * scale)
+        else:
+            draws.append((torch.rand(n_samples, *x.shape[1:], generator=generator) * 2 - 1)
+                         * scale)
+    return torch.stack(draws).to(dtype=x.dtype, device=x.device)
 
 
 @register(category="stability", kind="explainer", higher_is_better=False,
@@ -139,10 +160,7 @@ def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, gen
     n = x.shape[0]
     t = _explain_targets(target, n)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    noise = torch.stack([
-        (torch.rand(n_samples, *x.shape[1:], generator=generator) * 2 - 1) * radius
-        for _ in range(n)
-    ]).to(dtype=x.dtype, device=x.device)                   # (N, S, *F)
+    noise = _noise(x, n_samples, radius, generator, gaussian=False)   # (N, S, *F)
     base = _explain(explain_fn, x, t, max_rows)              # (N, D)
     perturbed = (x[:, None] + noise).reshape(n * n_samples, *x.shape[1:])
     maps = _explain(explain_fn, perturbed, t.repeat_interleave(n_samples), max_rows)
@@ -156,3 +174,296 @@ def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, gen
     if reduce is None:
         return diff
     return diff.amax(dim=1) if reduce == "max" else diff.mean(dim=1)
+
+
+# --- local Lipschitz estimate and relative stability ------------------------------------------
+
+def _check_scale(value: object, name: str) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not value > 0):
+        raise ValueError(f"Expected `{name}` to be a finite number > 0, got {value!r}.")
+    return float(value)
+
+
+def _max_over_valid(ratio: Tensor, valid: Tensor, what: str, stacklevel: int) -> Tensor:
+    """Row maximum of (N, S) ``ratio`` over its ``valid`` entries; NaN, with a warning, for none."""
+    none = ~valid.any(dim=1)
+    if bool(none.any()):
+        warnings.warn(f"{int(none.sum())} sample(s) have no {what}; their score is NaN.",
+                      RuntimeWarning, stacklevel=stacklevel)
+    best = torch.where(valid, ratio, torch.full_like(ratio, -math.inf)).amax(dim=1)
+    return best.masked_fill(none, math.nan)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: Tensor, max_rows: int) -> Tensor:
+    """The model's outputs for each row of ``x``: (M, C), float64 on the CPU, in eval mode."""
+    out = []
+    with eval_mode(model):
+        for i in range(0, x.shape[0], max_rows):
+            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            out.append(logits.reshape(logits.shape[0], -1).double().cpu())
+    return torch.cat(out)
+
+
+def _predicted(logits: Tensor) -> Tensor:
+    """Predicted class of (..., C) logits; a one-output model predicts 1 where its logit is > 0."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] > 0).long()
+    return logits.argmax(dim=-1)
+
+
+def _relative_change(ref: Tensor, other: Tensor, eps_min: float) -> Tensor:
+    """Element-wise ``(ref - other) / ref``, with ``eps_min`` in place of ``ref`` where it is 0."""
+    return (ref - other) / ref.masked_fill(ref == 0, eps_min)
+
+
+@register(category="stability", kind="explainer", higher_is_better=False,
+          range=(0.0, float("inf")),
+          reference="Alvarez-Melis & Jaakkola 2018, 'On the robustness of interpretability "
+                    "methods', ICML Workshop on Human Interpretability (arXiv 1806.08049), "
+                    "local Lipschitz estimate; also 'Towards robust interpretability with "
+                    "self-explaining neural networks', NeurIPS 2018")
+def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
+                             target: Any, *, noise_std: float = 0.1, n_samples: int = 10,
+                             generator: torch.Generator | None = None,
+                             max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """Local Lipschitz estimate: the largest change of the map per unit change of the input.
+
+    ``max_j ||Phi(x) - Phi(x_j)||_2 / ||x - x_j||_2`` over ``n_samples``
+    neighbours ``x_j = x + e_j``, ``e_j ~ N(0, noise_std^2)`` i.i.d. per
+    element (Euclidean norms over all elements of a sample). This is the
+    finite-sample estimate of Alvarez-Melis & Jaakkola 2018 with the
+    neighbourhood sampled as Quantus 0.6 ``LocalLipschitzEstimate`` does
+    (Gaussian noise, default sigma 0.1; Quantus adds 1e-10 to the
+    denominator, which changes nothing here). Unlike Quantus's default, maps are
+    never normalised (Quantus divides by a batch-wide maximum); compare with
+    its ``normalise=False, abs=False``. The predicted class is not checked.
+
+    Parameters
+    ----------
+    explain_fn : callable
+        ``explain_fn(inputs (M, *F), target (M,)) -> Tensor (M, *F)``, e.g.
+        :func:`xprune.explainer`. All neighbours of all samples are sent in
+        calls of at most ``max_rows`` rows.
+    inputs : Tensor of shape (N, *F)
+    target : int or Tensor of shape (N,)
+        The class explained, for ``x`` and all its neighbours.
+    noise_std : float > 0
+        Standard deviation of the Gaussian noise, in input units.
+    n_samples : int >= 1
+        Neighbours per sample.
+    generator : torch.Generator, optional
+        Noise source (default ``torch.Generator().manual_seed(0)``); drawn
+        sample by sample in batch order, so the same seed gives bit-identical
+        scores and a sample's noise does not depend on the samples after it.
+    max_rows : int >= 1
+        Rows per explainer call.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, inf); lower is better (more stable). The gradient of a linear
+        model scores 0; an explainer ``Phi(x) = c x`` scores ``|c|``
+        exactly. Neighbours that equal ``x`` in the inputs' dtype (noise
+        below its resolution) are skipped; a sample with no other neighbour
+        scores NaN, with a RuntimeWarning.
+
+    Raises
+    ------
+    ValueError
+        On NaN/Inf inputs, ``noise_std`` <= 0 or not finite, ``n_samples`` or
+        ``max_rows`` < 1, a bad target, or an ``explain_fn`` returning the
+        wrong shape.
+    """
+    x = check_tensor(inputs, "inputs", min_dim=2)
+    noise_std = _check_scale(noise_std, "noise_std")
+    check_positive_int(n_samples, "n_samples")
+    check_positive_int(max_rows, "max_rows")
+    n, s = x.shape[0], n_samples
+    t = _explain_targets(target, n)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    perturbed = x[:, None] + _noise(x, s, noise_std, generator, gaussian=True)   # (N, S, *F)
+    base = _explain(explain_fn, x, t, max_rows)                                   # (N, D)
+    maps = _explain(explain_fn, perturbed.reshape(n * s, *x.shape[1:]), t.repeat_interleave(s),
+                    max_rows).reshape(n, s, -1)
+    change = (maps - base[:, None]).norm(dim=2)                                   # (N, S)
+    step = (perturbed.double() - x.double()[:, None]).reshape(n, s, -1).norm(dim=2).cpu()
+    return _max_over_valid(change / step, step > 0, "neighbour that differs from the input",
+                           stacklevel=3)
+
+
+def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples, eps_min,
+                        generator, max_rows, denominator: str) -> Tensor:
+    x = check_tensor(inputs, "inputs", min_dim=2)
+    radius = _check_scale(radius, "radius")
+    eps_min = _check_scale(eps_min, "eps_min")
+    check_positive_int(n_samples, "n_samples")
+    check_positive_int(max_rows, "max_rows")
+    n, s = x.shape[0], n_samples
+    t = model_targets(model, x, target)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    perturbed = x[:, None] + _noise(x, s, radius, generator, gaussian=False)     # (N, S, *F)
+    flat = perturbed.reshape(n * s, *x.shape[1:])
+    # One sample's S + 1 rows per forward pass: a float32 model rounds differently for
+    # other batch sizes, which relative logit changes magnify (to ~1e-5 on digits), so
+    # batching across samples would make a score depend on its batch-mates.
+    rows = [_logits(model, torch.cat([x[i:i + 1], perturbed[i]]), max_rows) for i in range(n)]
+    h = torch.stack([r[0] for r in rows])                                         # (N, C)
+    h_pert = torch.stack([r[1:] for r in rows])                                   # (N, S, C)
+    valid = _predicted(h_pert) == _predicted(h)[:, None]                          # (N, S)
+    base = _explain(explain_fn, x, t, max_rows)                                   # (N, D)
+    maps = _explain(explain_fn, flat, t.repeat_interleave(s), max_rows).reshape(n, s, -1)
+    change = _relative_change(base[:, None], maps, eps_min).norm(dim=2)           # (N, S)
+    if denominator == "input":
+        ref = _relative_change(x.double().reshape(n, 1, -1).cpu(),
+                               perturbed.double().reshape(n, s, -1).cpu(), eps_min)
+    elif denominator == "relative_logits":
+        ref = _relative_change(h[:, None], h_pert, eps_min)
+    else:
+        ref = h[:, None] - h_pert
+    ratio = change / ref.norm(dim=2).clamp_min(eps_min)
+    return _max_over_valid(ratio, valid, "perturbation that keeps the predicted class",
+                           stacklevel=4)
+
+
+@register(category="stability", kind="model_explainer", higher_is_better=False,
+          range=(0.0, float("inf")),
+          reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
+                    "'Rethinking stability for attribution-based explanations', arXiv "
+                    "2203.06877 (Sec. 3.3, relative input stability RIS)")
+def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Tensor], Tensor],
+                             inputs: Tensor, target: Any, *, radius: float = 0.2,
+                             n_samples: int = 10, eps_min: float = 1e-6,
+                             generator: torch.Generator | None = None,
+                             max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """Relative input stability (RIS): relative change of the map per relative change of the input.
+
+    ``max_{x'} ||(Phi(x) - Phi(x')) / Phi(x)||_2 / max(||(x - x') / x||_2, eps_min)``
+    over ``n_samples`` perturbations ``x'`` that keep the model's predicted
+    class (Agarwal et al. 2022), ratios element-wise.
+
+    Parameters
+    ----------
+    model : nn.Module
+        (M, *F) -> (M, C) logits; only its predicted class is used (eval mode,
+        restored afterwards; run on its own device).
+    explain_fn : callable
+        ``explain_fn(inputs (M, *F), target (M,)) -> Tensor (M, *F)``, e.g.
+        :func:`xprune.explainer` of the same model. All perturbations of all
+        samples are sent in calls of at most ``max_rows`` rows.
+    inputs : Tensor of shape (N, *F)
+    target : int, sequence or Tensor of shape (N,)
+        The class explained at ``x`` and at every ``x'`` (usually the
+        predicted class); may be omitted for a one-output model.
+    radius : float > 0
+        Half-width of the uniform noise, in input units.
+    n_samples : int >= 1
+        Perturbations per sample.
+    eps_min : float > 0
+        Stands in for zero denominators (see below); Quantus's default 1e-6.
+    generator : torch.Generator, optional
+        Noise source (default ``torch.Generator().manual_seed(0)``), drawn
+        sample by sample in batch order: same seed, bit-identical scores.
+    max_rows : int >= 1
+        Rows per explainer call and per forward pass (forward passes take one
+        sample's ``x`` and its perturbations at a time, so that a float32
+        model's batch-size-dependent rounding cannot reach other samples).
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, inf); lower is better (more stable). The gradient of a linear
+        model scores 0; an explainer ``Phi(x) = c x`` (c != 0) scores 1 on
+        inputs with no zero element, ``Phi(x) = x^k`` about ``|k|`` for small
+        ``radius``. NaN, with
+        a RuntimeWarning, for a sample whose every perturbation changes the
+        prediction.
+
+    Raises
+    ------
+    ValueError
+        On NaN/Inf inputs, ``radius`` or ``eps_min`` <= 0 or not finite,
+        ``n_samples`` or ``max_rows`` < 1, a target that is missing, of the
+        wrong shape or out of the model's range, or an ``explain_fn``
+        returning the wrong shape.
+
+    Notes
+    -----
+    Element-wise ratios and zeros. Both relative changes divide element by
+    element, which is undefined where ``Phi(x)_i = 0`` or ``x_i = 0``. As in
+    Quantus 0.6, ``eps_min`` takes the place of such a zero denominator, so an element that is 0 at ``x`` and
+    moves by ``delta`` counts ``delta / eps_min``. On inputs that are exactly 0
+    on many features (every background pixel of a digits image) the input term
+    is then dominated by those features, about ``||noise there|| / eps_min``,
+    and RIS scales with ``eps_min``; on maps that are exactly 0 at ``x``
+    (zero-baseline methods on such pixels) the numerator is dominated the same
+    way. Compare scores only at equal ``eps_min``, ``radius`` and
+    ``n_samples``. The denominator norm is floored at ``eps_min`` as in the
+    paper (Quantus adds ``eps_min`` only where it is exactly 0; the two differ
+    only for norms below ``eps_min``).
+
+    Perturbations. ``x' = x + e`` with ``e`` uniform in [-radius, radius] per
+    element, drawn as :func:`max_sensitivity` draws its noise (same seed, same
+    noise). Quantus 0.6 draws uniform noise in [0.02, 0.2], a one-sided shift;
+    we sample the box centred on ``x`` (pass Quantus
+    ``perturb_func_kwargs={"lower_bound": r, "upper_bound": None}`` for the
+    same distribution). Norms are Euclidean (p = 2) over all elements (every
+    channel of every pixel), as Quantus's.
+
+    Changed predictions. Perturbations after which the model's predicted class
+    (argmax of its outputs; ``logit > 0`` for a one-output model) differs from
+    its prediction at ``x`` are left out of the maximum, as the paper requires.
+    A sample with no perturbation left scores NaN, with a RuntimeWarning.
+    Quantus instead scores NaN as soon as one perturbation changes the
+    prediction.
+    """
+    return _relative_stability(model, explain_fn, inputs, target, radius=radius,
+                               n_samples=n_samples, eps_min=eps_min, generator=generator,
+                               max_rows=max_rows, denominator="input")
+
+
+@register(category="stability", kind="model_explainer", higher_is_better=False,
+          range=(0.0, float("inf")),
+          reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
+                    "'Rethinking stability for attribution-based explanations', arXiv "
+                    "2203.06877 (Sec. 3.3, relative output stability ROS)")
+def relative_output_stability(model: nn.Module, explain_fn: Callable[[Tensor, Tensor], Tensor],
+                              inputs: Tensor, target: Any, *, radius: float = 0.2,
+                              n_samples: int = 10, eps_min: float = 1e-6,
+                              relative_logits: bool = True,
+                              generator: torch.Generator | None = None,
+                              max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+    """Relative output stability (ROS): relative change of the map per relative change of the logits.
+
+    ``max_{x'} ||(Phi(x) - Phi(x')) / Phi(x)||_2 / max(||(h(x) - h(x')) / h(x)||_2, eps_min)``
+    over ``n_samples`` perturbations ``x'`` that keep the model's predicted
+    class, ``h`` the model's logit vector (all classes), ratios element-wise
+    (Agarwal et al. 2022). Arguments, perturbations, zero handling and errors
+    as :func:`relative_input_stability`; the same seed gives the same
+    perturbations, so RIS and ROS can be read side by side.
+
+    Parameters
+    ----------
+    relative_logits : bool
+        Default True: the paper's relative change of the logits. False divides
+        by the absolute change ``||h(x) - h(x')||_2`` instead, which is what
+        Quantus 0.6 ``RelativeOutputStability`` computes.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, inf); lower is better (more stable). The gradient of a linear
+        model scores 0. NaN, with a RuntimeWarning, for a sample whose every
+        perturbation changes the prediction.
+
+    Notes
+    -----
+    Logits that are exactly 0 at ``x`` get ``eps_min`` as their denominator,
+    as zero inputs do in RIS. The prediction check, the perturbations and the
+    treatment of zero map elements are those of :func:`relative_input_stability`.
+    """
+    return _relative_stability(model, explain_fn, inputs, target, radius=radius,
+                               n_samples=n_samples, eps_min=eps_min, generator=generator,
+                               max_rows=max_rows,
+                               denominator="relative_logits" if relative_logits else "logits")
