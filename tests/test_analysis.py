@@ -32,12 +32,18 @@ def test_run_folder_contents(small_run):
     counts = results.groupby(["model", "attribution", "metric"]).size()
     assert (counts == 24).all()
     dense = results[results["model"] == "dense"]
+    # every family of the default metrics; agreement only against the dense maps
     assert set(dense["metric"]) == {"gini_index", "entropy_complexity", "deletion_auc",
                                     "insertion_auc", "faithfulness_correlation", "infidelity",
                                     "max_sensitivity", "avg_sensitivity", "convergence_delta",
-                                    "deletion_auc@vs_random"}
+                                    "deletion_auc@vs_random", "model_parameter_randomisation",
+                                    "random_logit"}
+    agreement = {"spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"}
     sparse = set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
-    assert {"spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"} <= sparse
+    assert agreement | {f"{m}@foreground" for m in agreement} | {"ssim"} <= sparse
+    assert {"model_parameter_randomisation", "random_logit"} <= sparse
+    control = set(results[results["model"] == "control:finetune"]["metric"])
+    assert "random_logit" not in control and "spearman" in control  # sanity checks: not controls
     # max- and avg-sensitivity come from the same noise draws: avg <= max per sample
     wide = results.pivot_table(index=["model", "attribution", "sample"], columns="metric",
                                values="value")
@@ -153,6 +159,7 @@ def test_metrics_chosen_by_name_with_params(tmp_path, monkeypatch):
            "pruning": {"sparsities": [0.9], "finetune_epochs": 0},
            "attribution": {"methods": ["saliency"], "n_samples": 6},
            "metrics": {"names": ["gini_index", "faithfulness_correlation", "spearman"],
+                       "versus_random": [], "foreground": False,
                        "params": {"faithfulness_correlation": {"n_runs": 7,
                                                                "output": "probability"}}}}
     result = run_analysis(AnalysisConfig.from_dict(cfg), out_dir=tmp_path, progress=False,

@@ -119,7 +119,8 @@ def test_every_user_string_is_escaped_in_the_html(tmp_path):
     run = tmp_path / "run"
     run_analysis(config, out_dir=run, progress=False, render=False)
     evil = "<script>alert(1)</script>"
-    for name in ("results.csv", "models.csv", "timings.csv", "curves.csv", "examples.csv"):
+    for name in ("results.csv", "models.csv", "timings.csv", "curves.csv", "examples.csv",
+                 "classes.csv"):
         frame = pd.read_csv(run / name, keep_default_na=False)
         if "model" in frame:
             frame["model"] = frame["model"].replace("dense", f"dense{evil}")

@@ -315,6 +315,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
     draws_memo: dict[str, torch.Tensor] = {}
     for name in mc.names:
         info = M.METRICS[name]
+        if info.images_only and x.dim() != 4:  # e.g. SSIM of tabular maps: not defined
+            continue
         params = mc.metric_params(name, d)
         if info.kind == "pair":
             if rec.role == "dense":
@@ -345,6 +347,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
             scores[name] = _call_metric(info, (model, explain, x, targets), params, seed,
                                         max_rows)
         elif info.kind == "randomisation":
+            if rec.role == "control":  # a sanity check of the dense and pruned models only
+                continue
             scores[name] = _call_metric(info, (model, x, targets, attribute_fn), params, seed,
                                         max_rows)
         else:  # pragma: no cover - a registry entry of an unknown kind

@@ -254,7 +254,7 @@ class ControlsConfig:
 
 
 def _default_attribution_params() -> dict[str, dict[str, Any]]:
-    return {"integrated_gradients": {"n_steps": 32}}
+    return {"integrated_gradients": {"n_steps": 16}}
 
 
 @dataclass(frozen=True)
@@ -312,10 +312,13 @@ def _check_name(name: str, registry, key: str) -> None:
                          + closest_name(str(name), list(registry)))
 
 
+# the default run scores every family: complexity, faithfulness, stability, agreement,
+# randomisation (sanity checks)
 DEFAULT_METRICS = ("gini_index", "entropy_complexity", "deletion_auc", "insertion_auc",
                    "faithfulness_correlation", "infidelity", "max_sensitivity",
                    "avg_sensitivity", "spearman", "kendall_tau", "cosine_similarity",
-                   "top_k_intersection")
+                   "top_k_intersection", "ssim", "model_parameter_randomisation",
+                   "random_logit")
 
 # arguments xprune supplies itself: never set through [metrics.params]
 _SUPPLIED = {"model", "inputs", "attributions", "target", "explain_fn", "attribute_fn", "a",
@@ -332,7 +335,8 @@ class MetricsConfig:
 
     ``names`` lists metrics by their registry name (``xprune list``); every
     map is scored by each that applies (agreement metrics only for models
-    compared with the dense one). ``params`` maps a metric name to keyword
+    compared with the dense one; metrics defined for images only, such as
+    SSIM and ROAD, skipped for tabular data). ``params`` maps a metric name to keyword
     arguments of its function, e.g. ``[metrics.params.local_lipschitz_estimate]
     n_samples = 20``. ``versus_random`` names model-based metrics that are also
     reported minus their score under a random ranking (metric name
@@ -345,7 +349,7 @@ class MetricsConfig:
 
     names: list[str] = field(default_factory=_default_metric_names)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    versus_random: list[str] = field(default_factory=list)
+    versus_random: list[str] = field(default_factory=lambda: ["deletion_auc"])
     foreground: bool = True
     top_k: float = 0.1
     deletion_steps: int | None = None

@@ -38,6 +38,9 @@ class MetricInfo:
         Attainable values (``float("inf")`` where unbounded).
     reference : str
         The paper the definition comes from.
+    images_only : bool
+        Defined for image inputs (N, C, H, W) only (a pixel neighbourhood or
+        a 2-D window); analyses skip it for tabular data.
     """
 
     name: str
@@ -47,18 +50,20 @@ class MetricInfo:
     higher_is_better: bool
     range: tuple[float, float]
     reference: str
+    images_only: bool = False
 
 
 METRICS: dict[str, MetricInfo] = {}
 
 
 def register(*, category: str, kind: str, higher_is_better: bool,
-             range: tuple[float, float], reference: str):  # noqa: A002
+             range: tuple[float, float], reference: str,  # noqa: A002
+             images_only: bool = False):
     """Register a metric function in :data:`METRICS` under its own name."""
 
     def decorator(fn):
         METRICS[fn.__name__] = MetricInfo(fn.__name__, fn, category, kind, higher_is_better,
-                                          range, reference)
+                                          range, reference, images_only)
         return fn
 
     return decorator

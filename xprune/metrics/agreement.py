@@ -223,7 +223,8 @@ def _ssim_window(size: int, gaussian: bool, device: torch.device) -> Tensor:
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
           reference="Wang, Bovik, Sheikh & Simoncelli 2004, 'Image quality assessment: from error "
-                    "visibility to structural similarity', IEEE TIP (eq. 13, mean SSIM)")
+                    "visibility to structural similarity', IEEE TIP (eq. 13, mean SSIM)",
+          images_only=True)
 def ssim(a: Tensor | Attributions, b: Tensor | Attributions, *, absolute: bool = False,
          data_range: float | None = None, window: int = 7, gaussian: bool = False) -> Tensor:
     """Mean structural similarity (SSIM) of two image maps, per sample.

@@ -1063,7 +1063,8 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
 
 @register(category="faithfulness", kind="model", higher_is_better=False, range=(0.0, 1.0),
           reference="Rong, Leemann, Borisov, Kasneci & Kasneci 2022, 'A consistent and efficient "
-                    "evaluation strategy for attribution methods', ICML (ROAD, MoRF)")
+                    "evaluation strategy for attribution methods', ICML (ROAD, MoRF)",
+          images_only=True)
 def road(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, target: Any,
          *, percentages: tuple[float, ...] = ROAD_PERCENTAGES, order: str = "morf",
          noise_std: float = 0.01, output: str = "probability",

@@ -28,10 +28,22 @@ from .tables import (
 
 __all__ = ["render_report"]
 
-SUMMARY_METRICS = ["gini_index", "entropy_complexity", "deletion_auc", "insertion_auc",
-                   "faithfulness_correlation", "infidelity", "max_sensitivity", "avg_sensitivity",
-                   "spearman", "kendall_tau", "cosine_similarity", "top_k_intersection"]
+# the metrics drawn against sparsity: one or two per family, in report order
+SUMMARY_METRICS = ["gini_index", "deletion_auc", "faithfulness_correlation", "max_sensitivity",
+                   "spearman", "spearman@foreground", "model_parameter_randomisation"]
+CATEGORY_ORDER = ["complexity", "faithfulness", "stability", "agreement", "randomisation"]
 
+
+def _base(metric: str) -> str:
+    """``spearman@foreground`` -> ``spearman``."""
+    return metric.split("@")[0]
+
+
+def _metric_rank(metric: str) -> tuple[int, int, str]:
+    info = METRICS.get(_base(metric))
+    category = CATEGORY_ORDER.index(info.category) if info and info.category in \
+        CATEGORY_ORDER else len(CATEGORY_ORDER)
+    return category, list(METRICS).index(_base(metric)) if info else 0, metric
 
 NOTES = {
     "changed": "Δ = pruned (or control) minus dense on the same samples, with a paired 95% "
@@ -64,7 +76,14 @@ NOTES = {
                "being more faithful. Read it beside the deletion curves and the accuracy. "
                "convergence_delta is |sum of the map - (f(x) - f(baseline))| in logits "
                "(completeness error of Integrated Gradients; small against the logit gap is "
-               "good). Means with 95% BCa bootstrap intervals over samples (2,000 resamples, "
+               "good). name@foreground: an agreement metric over the pixels where the input "
+               "is nonzero only (zero-baseline maps are 0 elsewhere for any model). "
+               "name@vs_random: the score minus that of a random ranking of the features on "
+               "the same model (0 = no better than chance), which takes out confidence "
+               "shifts. model_parameter_randomisation: mean similarity to the original map as "
+               "layers are re-initialised from the output down; random_logit: similarity to "
+               "the map of a random other class (lower = the map depends on the model / "
+               "class, as it should). Means with 95% BCa bootstrap intervals over samples (2,000 resamples, "
                "seeded), clipped to each metric's range.",
 }
 
@@ -120,15 +139,19 @@ def _class_table(classes: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 
 
 def _metric_tables(summary: pd.DataFrame, order: list[str]) -> dict[str, pd.DataFrame]:
+    """Per attribution method: one row per metric (grouped by family), one column per model."""
     tables = {}
     for attribution, group in summary.groupby("attribution", sort=False):
         cells = group.assign(text=[fmt_ci(m, lo, hi) for m, lo, hi in
                                    zip(group["mean"], group["ci_low"], group["ci_high"],
                                        strict=True)])
-        table = cells.pivot(index="model", columns="metric", values="text")
-        cols = [m for m in SUMMARY_METRICS if m in table.columns]
-        cols += [c for c in table.columns if c not in cols]
-        table = table.reindex(index=[m for m in order if m in table.index], columns=cols)
+        table = cells.pivot(index="metric", columns="model", values="text")
+        rows = sorted(table.index, key=_metric_rank)
+        table = table.reindex(index=rows, columns=[m for m in order if m in table.columns])
+        info = [METRICS.get(_base(m)) for m in rows]
+        table.insert(0, "family", [i.category if i else "" for i in info])
+        table.insert(1, "better", ["higher" if i and i.higher_is_better else
+                                   "lower" if i else "" for i in info])
         tables[attribution] = table.fillna("—").reset_index()
     return tables
 
@@ -145,12 +168,13 @@ def _importance_tables(importance: pd.DataFrame, order: list[str], top: int = 10
     return tables
 
 
-def _metric_notes() -> pd.DataFrame:
+def _metric_notes(metrics: set[str]) -> pd.DataFrame:
+    """Definitions of the registered metrics among ``metrics`` (base names)."""
     return pd.DataFrame([{
         "metric": name, "category": info.category,
         "better": "higher" if info.higher_is_better else "lower",
         "range": f"[{info.range[0]:g}, {info.range[1]:g}]", "reference": info.reference,
-    } for name, info in METRICS.items() if name in SUMMARY_METRICS])
+    } for name, info in METRICS.items() if name in metrics])
 
 
 def _figures(run: Path, results, summary, curves, examples, importance, order
@@ -249,6 +273,7 @@ def render_report(run_dir: str | Path) -> Path:
         f"All intervals and tests are over the {int(results['sample'].nunique())} evaluated "
         f"test samples of models trained with one seed ({seed}): they do not include the "
         "variance between training runs. Rerun with other seeds before generalising.")
+    metric_names = {_base(m) for m in results["metric"].unique()}
     model_rows = _model_rows(models, timings, order)
     split = prediction_split(results)
     classes = _read(run, "classes.csv") if (run / "classes.csv").exists() else None
@@ -261,6 +286,7 @@ def render_report(run_dir: str | Path) -> Path:
     lat = timings.iloc[0]
     context = {
         "name": config["name"], "config": config, "sentences": sentences,
+        "metric_names": metric_names,
         "n_samples": n_samples,
         "pruning_text": _pruning_text(config, results),
         "latency_note": f"median of torch.utils.benchmark runs after warm-up, batch size "
@@ -277,7 +303,7 @@ def render_report(run_dir: str | Path) -> Path:
         **context, notes_text=NOTES, changed=_records(changed), model_rows=_records(model_rows),
         tables={k: _records(v) for k, v in tables.items()}, figures=figs,
         features={k: _records(v) for k, v in features.items()},
-        notes=_records(_metric_notes()),
+        notes=_records(_metric_notes(metric_names)),
         class_rows=_records(class_rows) if class_rows is not None else None,
         split=_records(split))
     return atomic_write_text(run / "report.html", html)
@@ -308,7 +334,8 @@ def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, spli
     lines += ["## Metrics (mean [95% CI] over samples)", ""]
     for method, table in tables.items():
         lines += [f"### {method}", "", _md_table(table), ""]
-    lines += [NOTES["metrics"], "", "### Metric definitions", "", _md_table(_metric_notes()), ""]
+    lines += [NOTES["metrics"], "", "### Metric definitions", "",
+              _md_table(_metric_notes(ctx["metric_names"])), ""]
     if features:
         lines += ["## Feature importance (mean |attribution|, top features of the dense model)",
                   ""]

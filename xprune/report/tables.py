@@ -95,7 +95,8 @@ def prediction_split(results: pd.DataFrame) -> pd.DataFrame:
     samples both models classify correctly (BCa CI).
     """
     rows = []
-    both = metric_summary(subset(results, "both_correct"))
+    removal = results[results["metric"].isin(["faithfulness_correlation", "deletion_auc"])]
+    both = metric_summary(subset(removal, "both_correct"))
     others = results[results["role"] != "dense"]
     for (model, attribution), group in others.groupby(["model", "attribution"], sort=False):
         first = group[group["metric"] == group["metric"].iloc[0]]
