@@ -8,6 +8,7 @@ from .attribution import (
     attribute_pair,
     explainer,
 )
+from .checkpoint import load_attributions, save_attributions
 from .pruning import PRUNING_METHODS, ModelPair, fine_tune, prune, sparsity
 
 __version__ = "0.1.0"
@@ -21,7 +22,9 @@ __all__ = [
     "attribute_pair",
     "explainer",
     "fine_tune",
+    "load_attributions",
     "metrics",
     "prune",
+    "save_attributions",
     "sparsity",
 ]

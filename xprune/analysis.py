@@ -35,6 +35,7 @@ from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
 from .data import DatasetSplit, load_dataset
+from .metrics._base import metric_seed
 from .metrics.controls import versus_random
 from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
@@ -121,9 +122,7 @@ def _versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__}
 
 
-def _metric_seed(seed: int, name: str) -> int:
-    """One seed per metric, shared by all models: the same noise for dense and sparse."""
-    return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+_metric_seed = metric_seed  # one seed per metric, shared by all models of a run
 
 
 def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,

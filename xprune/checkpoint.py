@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from ._io import atomic_write_bytes, atomic_write_text
 from .pruning import ModelPair, prunable_weights, sparsity, weight_name
 
-__all__ = ["load_model", "load_pair", "load_state_dict", "save_model", "save_pair"]
+__all__ = ["load_attributions", "load_model", "load_pair", "load_state_dict",
+           "save_attributions", "save_model", "save_pair"]
 
 SAFE_SUFFIXES = (".safetensors",)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
@@ -196,3 +197,67 @@ def load_pair(directory: str | Path, template: nn.Module | Callable[[], nn.Modul
         raise ValueError(f"Saved pair in {directory} is inconsistent: the manifest says sparsity "
                          f"{manifest['measured_sparsity']}, the weights have {sparsity(sparse)}.")
     return pair
+
+
+def save_attributions(attributions, path: str | Path) -> Path:
+    """Write an :class:`~xprune.Attributions` record to a safetensors file, atomically.
+
+    The maps, inputs, targets (and delta and predictions where present) are
+    stored as tensors; method, parameters and model tag as JSON metadata.
+    Read it back with :func:`load_attributions` (no code is unpickled).
+
+    Raises
+    ------
+    ValueError
+        If ``attributions`` is not an Attributions record or its parameters
+        are not JSON-serialisable.
+    """
+    from .attribution import Attributions
+
+    if not isinstance(attributions, Attributions):
+        raise ValueError(f"Expected an xprune.Attributions record, got "
+                         f"{type(attributions).__name__}.")
+    tensors = {"values": attributions.values, "inputs": attributions.inputs,
+               "targets": attributions.targets}
+    for key in ("delta", "predictions"):
+        if getattr(attributions, key) is not None:
+            tensors[key] = getattr(attributions, key)
+    try:
+        meta = json.dumps({"method": attributions.method, "params": dict(attributions.params),
+                           "model_tag": attributions.model_tag})
+    except TypeError as exc:
+        raise ValueError(f"Expected JSON-serialisable attribution parameters: {exc}") from None
+    payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write_bytes(Path(path), safetensors.torch.save(
+        payload, metadata={"xprune_attributions": meta}))
+
+
+def load_attributions(path: str | Path):
+    """Read an :class:`~xprune.Attributions` record written by :func:`save_attributions`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a safetensors file written by :func:`save_attributions`.
+    """
+    from .attribution import Attributions
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Attribution file not found: {path}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            meta = (fh.metadata() or {}).get("xprune_attributions")
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"Could not read {path} as safetensors: {exc}") from None
+    if meta is None or not {"values", "inputs", "targets"} <= tensors.keys():
+        raise ValueError(f"Expected {path} to be an attribution file written by "
+                         f"xprune.save_attributions (maps, inputs and targets), got tensors "
+                         f"{sorted(tensors)}.")
+    info = json.loads(meta)
+    return Attributions(tensors["values"], tensors["inputs"], tensors["targets"], info["method"],
+                        info.get("params", {}), info.get("model_tag"), tensors.get("delta"),
+                        tensors.get("predictions"))

@@ -28,6 +28,18 @@ RUN_EXAMPLES = """examples:
              --factory xprune.models:DigitsCNN   compare a pair pruned elsewhere
 """
 
+COMPARE_EXAMPLES = """examples:
+  xprune compare dense.safetensors sparse.safetensors
+  xprune compare dense.safetensors sparse.safetensors --metrics spearman,ssim --out /tmp/cmp
+"""
+
+SCORE_EXAMPLES = """examples:
+  xprune score maps.safetensors --checkpoint model.safetensors \
+               --factory xprune.models:DigitsCNN
+  xprune score maps.safetensors --checkpoint model.safetensors \
+               --factory xprune.models:DigitsCNN --metrics deletion_auc,max_sensitivity
+"""
+
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -62,6 +74,29 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-render a run folder's report", parents=[common])
     report.add_argument("run_dir", help="a folder written by `xprune run`")
     sub.add_parser("list", help="list registered methods and metrics", parents=[common])
+    compare = sub.add_parser(
+        "compare", help="agreement metrics of two saved attribution files", parents=[common],
+        epilog=COMPARE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("a", help="reference attribution file (xprune.save_attributions)")
+    compare.add_argument("b", help="attribution file of the same inputs")
+    compare.add_argument("--metrics", help="comma-separated agreement metrics (default: all)")
+    compare.add_argument("--no-foreground", action="store_true",
+                         help="skip the scores over the features where the input is nonzero")
+    compare.add_argument("--out", default="reports/compare",
+                         help="folder for compare.csv and compare.png (default: %(default)s)")
+    score = sub.add_parser(
+        "score", help="faithfulness/complexity/stability scores of a model's saved maps",
+        parents=[common], epilog=SCORE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    score.add_argument("attributions", help="attribution file (xprune.save_attributions)")
+    score.add_argument("--checkpoint", required=True, help="the model's weights")
+    score.add_argument("--factory", required=True,
+                       help="model factory 'package.module:function' building the architecture")
+    score.add_argument("--metrics", help="comma-separated metrics (default: every complexity "
+                                         "and faithfulness metric that applies)")
+    score.add_argument("--seed", type=int, default=0, help="seed of the metrics' random draws")
+    score.add_argument("--out", default="reports/score",
+                       help="folder for score.csv (default: %(default)s)")
     return parser
 
 
@@ -113,10 +148,70 @@ def _report(args) -> int:
     return 0
 
 
+def _print_summary(summary) -> None:
+    from .report.tables import fmt_ci
+
+    width = max(len(m) for m in summary["metric"])
+    for row in summary.itertuples(index=False):
+        print(f"  {row.metric:{width}s}  {fmt_ci(row.mean, row.ci_low, row.ci_high)}"
+              f"  (n={row.n}, {row.better or '-'} is better)")
+
+
+def _metric_list(text: str | None) -> list[str] | None:
+    return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from ._io import atomic_write_text
+    from .checkpoint import load_attributions
+    from .compare import compare_attributions, summarise
+    from .report.figures import figure_png, plot_score_distributions
+
+    a, b = load_attributions(args.a), load_attributions(args.b)
+    scores = compare_attributions(a, b, metrics=_metric_list(args.metrics),
+                                  foreground=not args.no_foreground)
+    out = Path(args.out)
+    atomic_write_text(out / "compare.csv", scores.to_csv(index=False, na_rep="NaN"))
+    from ._io import atomic_write_bytes
+
+    atomic_write_bytes(out / "compare.png", figure_png(plot_score_distributions(
+        scores, title=f"{a.model_tag or Path(args.a).stem} vs {b.model_tag or Path(args.b).stem}"
+    ).figure))
+    print(f"{a.method} maps of {len(a)} inputs, {Path(args.a).name} vs {Path(args.b).name}: "
+          "mean [95% CI]")
+    _print_summary(summarise(scores))
+    print(f"Per-sample scores: {out / 'compare.csv'}; figure: {out / 'compare.png'}")
+    return 0
+
+
+def _score(args) -> int:
+    from pathlib import Path
+
+    from ._io import atomic_write_text
+    from .checkpoint import load_attributions, load_model
+    from .compare import score_attributions, summarise
+    from .config import ModelConfig
+
+    a = load_attributions(args.attributions)
+    factory = ModelConfig(factory=args.factory).resolve()
+    model = load_model(args.checkpoint, factory)
+    scores = score_attributions(model, a, metrics=_metric_list(args.metrics), seed=args.seed)
+    out = Path(args.out)
+    atomic_write_text(out / "score.csv", scores.to_csv(index=False, na_rep="NaN"))
+    print(f"{a.method} maps of {len(a)} inputs scored on {Path(args.checkpoint).name}: "
+          "mean [95% CI]")
+    _print_summary(summarise(scores))
+    print(f"Per-sample scores: {out / 'score.csv'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xprune`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    handler = {"run": _run, "list": _list, "report": _report}[args.command]
+    handler = {"run": _run, "list": _list, "report": _report, "compare": _compare,
+               "score": _score}[args.command]
     try:
         return handler(args)
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:

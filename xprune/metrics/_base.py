@@ -69,6 +69,15 @@ def register(*, category: str, kind: str, higher_is_better: bool,
     return decorator
 
 
+def metric_seed(seed: int, name: str) -> int:
+    """The seed of metric ``name``'s generator in a run seeded with ``seed``.
+
+    Depends on the two only, never on execution order, so every model of a
+    run sees the same perturbations for the same metric.
+    """
+    return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+
+
 def get_metric(name: str) -> MetricInfo:
     """The :class:`MetricInfo` registered as ``name``; unknown names raise with the closest match."""
     if name not in METRICS:

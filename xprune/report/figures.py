@@ -184,3 +184,17 @@ def plot_feature_importance(importance: pd.DataFrame, attribution: str, models: 
     ax.set_title(f"feature importance, {attribution.replace('_', ' ')}", fontsize=10)
     ax.legend(fontsize=6)
     return ax
+
+
+def plot_score_distributions(scores: pd.DataFrame, *, title: str = "", ax=None):
+    """Per-sample scores of a long (metric, sample, value) table: one box per metric."""
+    metrics = list(dict.fromkeys(scores["metric"]))
+    ax = ax or plt.subplots(figsize=(max(4.0, 0.55 * len(metrics) + 1.5), 3.2))[1]
+    values = [scores.loc[scores["metric"] == m, "value"].dropna().to_numpy() for m in metrics]
+    ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
+    ax.set_xticks(range(1, len(metrics) + 1), metrics, rotation=40, ha="right", fontsize=7)
+    ax.set_ylabel("per-sample score")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.figure.tight_layout()
+    return ax

@@ -1,0 +1,152 @@
+"""Score saved attribution maps: two maps of the same inputs against each other, or one
+model's maps for faithfulness, complexity and stability. The engines of ``xprune compare``
+and ``xprune score``; the numbers come from :mod:`xprune.metrics`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import metrics as M
+from .attribution import Attributions, explainer
+from .metrics._base import metric_seed
+from .stats import bootstrap_ci
+
+__all__ = ["compare_attributions", "score_attributions", "summarise"]
+
+
+def _names(metrics: Sequence[str] | None, kinds: tuple[str, ...], x_dim: int) -> list[str]:
+    if metrics is None:
+        return [n for n, i in M.METRICS.items()
+                if i.kind in kinds and not (i.images_only and x_dim != 4)]
+    out = []
+    for name in metrics:
+        info = M.get_metric(name)
+        if info.kind not in kinds:
+            raise ValueError(f"Expected metrics of kind {kinds}, got {name!r} of kind "
+                             f"{info.kind!r}.")
+        out.append(name)
+    return out
+
+
+def _long(scores: dict[str, torch.Tensor]) -> pd.DataFrame:
+    return pd.concat([pd.DataFrame({"metric": name, "sample": range(len(v)),
+                                    "value": v.double().cpu().numpy()})
+                      for name, v in scores.items()], ignore_index=True)
+
+
+def compare_attributions(a: Attributions, b: Attributions, *,
+                         metrics: Sequence[str] | None = None,
+                         foreground: bool = True) -> pd.DataFrame:
+    """Agreement of two attribution records of the same inputs, per sample.
+
+    Parameters
+    ----------
+    a, b : Attributions
+        Maps of the same inputs (checked equal), e.g. a dense and a pruned
+        model's, with ``a`` the reference.
+    metrics : sequence of str, optional
+        Registered agreement ("pair") metrics; default all that apply
+        (SSIM only for images).
+    foreground : bool
+        Also score each metric but SSIM over the features where the input is
+        nonzero (``<name>@foreground``, :func:`xprune.metrics.on_features`).
+
+    Returns
+    -------
+    DataFrame with columns metric, sample, value (long format).
+
+    Raises
+    ------
+    ValueError
+        If the records explain different inputs or maps of different shapes,
+        or a metric is unknown or not an agreement metric.
+    """
+    if a.inputs.shape != b.inputs.shape or not torch.equal(a.inputs, b.inputs):
+        raise ValueError("Expected two attribution records of the same inputs, got records of "
+                         f"different inputs (shapes {tuple(a.inputs.shape)} and "
+                         f"{tuple(b.inputs.shape)}).")
+    names = _names(metrics, ("pair",), a.values.dim())
+    fg = M.foreground(a.inputs) if foreground else None
+    scores = {}
+    for name in names:
+        info = M.METRICS[name]
+        scores[name] = info.fn(a, b)
+        if fg is not None and name != "ssim" and not bool(fg.all()):
+            scores[f"{name}@foreground"] = M.on_features(info.fn, a, b, fg)
+    return _long(scores)
+
+
+def score_attributions(model: nn.Module, a: Attributions, *,
+                       metrics: Sequence[str] | None = None, seed: int = 0,
+                       method_params: dict | None = None) -> pd.DataFrame:
+    """Complexity, faithfulness, stability and sanity scores of one model's saved maps.
+
+    The maps are scored against ``model`` on the inputs and targets stored in
+    ``a``. Stability and randomisation metrics re-run the attribution method
+    recorded in ``a`` (``a.method`` with ``a.params`` unless
+    ``method_params`` is given).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model the maps explain.
+    a : Attributions
+    metrics : sequence of str, optional
+        Registered metric names of any kind but "pair"; default: every
+        complexity and faithfulness metric that applies.
+    seed : int
+        Seeds each metric's random draws (one generator per metric name).
+
+    Returns
+    -------
+    DataFrame with columns metric, sample, value (long format).
+
+    Raises
+    ------
+    ValueError
+        On an unknown metric or an agreement metric, or the metrics' own errors.
+    """
+    kinds = ("map", "model", "explainer", "model_explainer", "randomisation")
+    default = metrics is None
+    names = _names(metrics, kinds, a.values.dim())
+    if default:
+        names = [n for n in names if M.METRICS[n].kind in ("map", "model")]
+    params = dict(a.params) if method_params is None else dict(method_params)
+    output = params.pop("output", "logit")
+    explain = explainer(model, a.method, params=params, output=output)
+
+    def attribute_fn(m, inputs, target):
+        from .attribution import attribute
+
+        return attribute(m, inputs, target, a.method, params=params, output=output).values
+
+    scores = {}
+    x, t = a.inputs, a.targets
+    for name in names:
+        info = M.METRICS[name]
+        kwargs = {}
+        if "generator" in inspect.signature(info.fn).parameters:
+            kwargs["generator"] = torch.Generator().manual_seed(metric_seed(seed, name))
+        args = {"map": (a,), "model": (model, x, a, t), "explainer": (explain, x, t),
+                "model_explainer": (model, explain, x, t),
+                "randomisation": (model, x, t, attribute_fn)}[info.kind]
+        scores[name] = info.fn(*args, **kwargs)
+    return _long(scores)
+
+
+def summarise(scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean and 95% BCa bootstrap interval per metric of a long score table."""
+    rows = []
+    for metric, group in scores.groupby("metric", sort=False):
+        mean, low, high, n = bootstrap_ci(group["value"].to_numpy())
+        info = M.METRICS.get(metric.split("@")[0])
+        rows.append({"metric": metric, "n": n, "mean": mean, "ci_low": low, "ci_high": high,
+                     "better": "" if info is None else
+                     "higher" if info.higher_is_better else "lower"})
+    return pd.DataFrame(rows)
