@@ -43,7 +43,7 @@ from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tu
 from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
-__all__ = ["ModelRecord", "RunResult", "run_analysis"]
+__all__ = ["ModelRecord", "RunResult", "run_analysis", "run_seeds"]
 
 RESULT_COLUMNS = ["model", "role", "pruning", "sparsity", "attribution", "metric", "sample",
                   "label", "target", "prediction", "value"]
@@ -607,6 +607,37 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     atomic_write_text(out / "stages.json", json.dumps(
         {k: round(v, 3) for k, v in stage_seconds.items()}, indent=2) + "\n")
     return RunResult(out_dir=out, results=results, models=models, report=report)
+
+
+def run_seeds(config: AnalysisConfig | None, seeds: list[int], *,
+              out_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True,
+              jobs: int = 1) -> Path:
+    """Run the same analysis once per training seed and summarise across seeds.
+
+    Each seed's run goes to ``<out>/seed-<seed>`` with its full report (and
+    resumes like any run); ``<out>/report.html`` gives every figure as mean ±
+    standard deviation across seeds, so that a headline rests on training
+    variance, not only on test-sample variance. Returns that report's path.
+
+    Raises
+    ------
+    ValueError
+        If ``seeds`` is empty or repeats a seed.
+    """
+    from .report.seeds import render_seeds_report
+
+    config = config or AnalysisConfig()
+    if not seeds or len(set(seeds)) != len(seeds) or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"Expected distinct integer seeds, got {seeds!r}.")
+    out = Path(out_dir) if out_dir is not None else Path("reports") / f"{config.name}-seeds"
+    check_writable(out)
+    runs = {}
+    for seed in seeds:
+        result = run_analysis(config.replace(seed=seed), out_dir=out / f"seed-{seed}",
+                              progress=progress, use_cache=use_cache, jobs=jobs)
+        runs[seed] = result.out_dir
+    return render_seeds_report(out, runs)
 
 
 def _digests(config: AnalysisConfig) -> dict[str, str]:

@@ -24,6 +24,7 @@ RUN_EXAMPLES = """examples:
   xprune run analyses/digits-full.toml
   xprune run --out /tmp/run --seed 1  another folder and seed
   xprune run --jobs 2                 score grid cells in two processes
+  xprune run --seeds 0,1,2            three training seeds, mean ± std across them
   xprune run --dense dense.safetensors --sparse pruned.safetensors \
              --factory xprune.models:DigitsCNN   compare a pair pruned elsewhere
 """
@@ -69,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true",
                      help="recompute everything instead of reusing finished work")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--seeds", metavar="S1,S2,...",
+                     help="run once per training seed and summarise across seeds")
     run.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="score grid cells in N processes (same results for any N)")
     report = sub.add_parser("report", help="re-render a run folder's report", parents=[common])
@@ -118,6 +121,18 @@ def _run(args) -> int:
         changes["pruning"] = dataclasses.replace(
             config.pruning, checkpoints=tuple(str(Path(p).resolve()) for p in args.sparse))
     config = config.replace(**changes) if changes else config
+    if args.seeds:
+        from .analysis import run_seeds
+
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ValueError(f"Expected --seeds as comma-separated integers, got "
+                             f"{args.seeds!r}.") from None
+        report = run_seeds(config, seeds, out_dir=args.out, progress=not args.quiet,
+                           use_cache=not args.no_cache, jobs=args.jobs)
+        print(f"Report written to {report}")
+        return 0
     result = run_analysis(config, out_dir=args.out, progress=not args.quiet,
                           use_cache=not args.no_cache, jobs=args.jobs)
     print(f"Report written to {result.report}")
