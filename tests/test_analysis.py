@@ -33,7 +33,7 @@ def test_run_folder_contents(small_run):
     assert (counts == 24).all()
     dense = results[results["model"] == "dense"]
     # every family of the default metrics; agreement only against the dense maps
-    assert set(dense["metric"]) == {"gini_index", "entropy_complexity", "deletion_auc",
+    assert {m for m in dense["metric"] if ":" not in m} == {"gini_index", "entropy_complexity", "deletion_auc",
                                     "insertion_auc", "faithfulness_correlation", "infidelity",
                                     "max_sensitivity", "avg_sensitivity", "convergence_delta",
                                     "deletion_auc@vs_random", "model_parameter_randomisation",
@@ -42,6 +42,20 @@ def test_run_folder_contents(small_run):
     sparse = set(results[results["model"] == "l1_unstructured@0.90"]["metric"])
     assert agreement | {f"{m}@foreground" for m in agreement} | {"ssim"} <= sparse
     assert {"model_parameter_randomisation", "random_logit"} <= sparse
+    sparse = {m for m in sparse if "@" not in m or "@foreground" in m}
+    # the randomisation curve is kept layer by layer; its mean is the registered score
+    mprt = results[results["model"] == "l1_unstructured@0.90"].pivot_table(
+        index=["attribution", "sample"], columns="metric", values="value")
+    layer_cols = [c for c in mprt if c.startswith("model_parameter_randomisation@")]
+    assert layer_cols == ["model_parameter_randomisation@1:fc2",
+                          "model_parameter_randomisation@2:fc1",
+                          "model_parameter_randomisation@3:conv2",
+                          "model_parameter_randomisation@4:conv1"]
+    pd.testing.assert_series_equal(mprt[layer_cols].mean(axis=1),
+                                   mprt["model_parameter_randomisation"], check_names=False)
+    for fig in ("randomisation_saliency.png", "accuracy_vs_compression.png",
+                "layer_sparsity.png"):
+        assert (out / "figures" / fig).stat().st_size > 5000, fig
     control = set(results[results["model"] == "control:finetune"]["metric"])
     assert "random_logit" not in control and "spearman" in control  # sanity checks: not controls
     # max- and avg-sensitivity come from the same noise draws: avg <= max per sample

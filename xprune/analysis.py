@@ -348,6 +348,15 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
         elif info.kind == "randomisation":
             if rec.role == "control":  # a sanity check of the dense and pruned models only
                 continue
+            if name == "model_parameter_randomisation" and set(params) <= {"order"}:
+                # keep the curve: one row per layer, "<name>@<k>:<layer>" (k re-initialised)
+                layers = M.parameter_randomisation(
+                    model, x, targets, attribute_fn, **params,
+                    generator=torch.Generator().manual_seed(_metric_seed(seed, name)))
+                scores[name] = layers.values.mean(dim=1)
+                for k, layer in enumerate(layers.layers):
+                    scores[f"{name}@{k + 1}:{layer}"] = layers.values[:, k]
+                continue
             scores[name] = _call_metric(info, (model, x, targets, attribute_fn), params, seed,
                                         max_rows)
         else:  # pragma: no cover - a registry entry of an unknown kind

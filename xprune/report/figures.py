@@ -16,11 +16,15 @@ import pandas as pd  # noqa: E402
 
 __all__ = [
     "figure_png",
-    "plot_feature_importance",
+    "plot_accuracy_vs_compression",
     "plot_agreement_distribution",
     "plot_attribution_grid",
     "plot_deletion_curves",
+    "plot_feature_importance",
+    "plot_layer_sparsity",
     "plot_metric_vs_sparsity",
+    "plot_randomisation_curves",
+    "plot_score_distributions",
 ]
 
 METHOD_COLOURS = {"saliency": "tab:blue", "integrated_gradients": "tab:orange"}
@@ -197,4 +201,79 @@ def plot_score_distributions(scores: pd.DataFrame, *, title: str = "", ax=None):
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.figure.tight_layout()
+    return ax
+
+
+def plot_randomisation_curves(summary: pd.DataFrame, attribution: str, models: list[str], *,
+                              metric: str = "model_parameter_randomisation", ax=None):
+    """Cascading randomisation (Adebayo et al. 2018): similarity to the original map as
+    layers are re-initialised from the output down, one line per model, 95% CI bands.
+
+    Reads the summary rows ``<metric>@<k>:<layer>``; the original model (k = 0) is 1.
+    """
+    ax = ax or plt.subplots(figsize=(4.6, 3.0))[1]
+    data = summary[(summary["attribution"] == attribution)
+                   & summary["metric"].str.startswith(f"{metric}@")]
+    data = data.assign(k=data["metric"].str.split("@").str[1].str.split(":").str[0].astype(int),
+                       layer=data["metric"].str.split(":").str[1])
+    present = [m for m in models if m in set(data["model"])]
+    labels = []
+    for i, model in enumerate(present):
+        curve = data[data["model"] == model].sort_values("k")
+        labels = ["original"] + [f"+{layer}" for layer in curve["layer"]]
+        x = np.arange(len(curve) + 1)
+        ax.plot(x, np.r_[1.0, curve["mean"]], marker="os^vDP*"[i % 7], ms=3,
+                linestyle=["-", "--", "-.", ":"][i % 4], color=f"C{i}",
+                label=model.replace("l1_unstructured@", "l1 "))
+        ax.fill_between(x[1:], curve["ci_low"], curve["ci_high"], color=f"C{i}", alpha=0.15,
+                        linewidth=0)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=7)
+    ax.set_ylabel("similarity to the original map")
+    ax.set_title(f"cascading randomisation, {attribution.replace('_', ' ')}", fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_accuracy_vs_compression(models: pd.DataFrame, *, ax=None):
+    """Test accuracy (95% Wilson CI) against compression ratio, one line per pruning method;
+    the dense model at 1x and the controls as grey markers."""
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    dense = models[models["role"] == "dense"]
+    for i, (variant, group) in enumerate(models[models["role"] == "sparse"].groupby(
+            "pruning", sort=False)):
+        curve = pd.concat([dense, group]).sort_values("compression_ratio")
+        ax.errorbar(curve["compression_ratio"], 100 * curve["accuracy"],
+                    yerr=[100 * (curve["accuracy"] - curve["accuracy_ci_low"]),
+                          100 * (curve["accuracy_ci_high"] - curve["accuracy"])],
+                    marker="os^vDP*"[i % 7], ms=3, capsize=2, color=f"C{i}",
+                    linestyle=["-", "--", "-.", ":"][i % 4], label=variant)
+    for _, ctrl in models[models["role"] == "control"].iterrows():
+        ax.plot(ctrl["compression_ratio"], 100 * ctrl["accuracy"], "x", color="grey", ms=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("compression ratio (dense / nonzero weights)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy vs compression (x: controls)", fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
+    return ax
+
+
+def plot_layer_sparsity(layers: pd.DataFrame, models: list[str], *, ax=None):
+    """Per-layer sparsity of the weights, one bar per model in ``models`` and layer."""
+    weights = layers[layers["parameter"].astype(str).str.endswith("weight")]
+    names = list(dict.fromkeys(weights["layer"]))
+    present = [m for m in models if m in set(weights["model"])]
+    ax = ax or plt.subplots(figsize=(max(4.2, 0.9 * len(names) + 1.5), 3.0))[1]
+    width = 0.8 / max(1, len(present))
+    for i, model in enumerate(present):
+        row = weights[weights["model"] == model].set_index("layer").reindex(names)
+        ax.bar(np.arange(len(names)) + (i - (len(present) - 1) / 2) * width, row["sparsity"],
+               width, color=f"C{i}", label=model.replace("l1_unstructured@", "l1 "))
+    ax.set_xticks(range(len(names)), names, fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("sparsity of the layer's weights")
+    ax.set_title("per-layer sparsity", fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, axis="y")
     return ax

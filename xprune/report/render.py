@@ -141,7 +141,8 @@ def _class_table(classes: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 def _metric_tables(summary: pd.DataFrame, order: list[str]) -> dict[str, pd.DataFrame]:
     """Per attribution method: one row per metric (grouped by family), one column per model."""
     tables = {}
-    for attribution, group in summary.groupby("attribution", sort=False):
+    per_layer = summary["metric"].str.contains(r"@\d+:", regex=True)
+    for attribution, group in summary[~per_layer].groupby("attribution", sort=False):
         cells = group.assign(text=[fmt_ci(m, lo, hi) for m, lo, hi in
                                    zip(group["mean"], group["ci_low"], group["ci_high"],
                                        strict=True)])
@@ -177,8 +178,8 @@ def _metric_notes(metrics: set[str]) -> pd.DataFrame:
     } for name, info in METRICS.items() if name in metrics])
 
 
-def _figures(run: Path, results, summary, curves, examples, importance, order
-             ) -> list[dict[str, str]]:
+def _figures(run: Path, results, summary, curves, examples, importance, order, models,
+             layers) -> list[dict[str, str]]:
     figs: list[tuple[str, str, bytes]] = []
     methods = list(dict.fromkeys(results["attribution"]))
     focus = _focus_models(results, order)
@@ -205,7 +206,18 @@ def _figures(run: Path, results, summary, curves, examples, importance, order
             ax = F.plot_metric_vs_sparsity(summary, metric)
             figs.append((f"{metric}_vs_sparsity.png", f"{metric} vs sparsity (95% CI bands)",
                          F.figure_png(ax.figure)))
+    ax = F.plot_accuracy_vs_compression(models)
+    figs.append(("accuracy_vs_compression.png", "Test accuracy vs compression ratio (95% CI)",
+                 F.figure_png(ax.figure)))
+    ax = F.plot_layer_sparsity(layers, [m for m in focus if m != "dense"])
+    figs.append(("layer_sparsity.png", "Per-layer sparsity of the pruned models",
+                 F.figure_png(ax.figure)))
     for method in methods:
+        if summary["metric"].str.startswith("model_parameter_randomisation@").any():
+            ax = F.plot_randomisation_curves(summary, method, focus)
+            figs.append((f"randomisation_{method}.png",
+                         f"Sanity check: cascading parameter randomisation, {method}",
+                         F.figure_png(ax.figure)))
         ax = F.plot_deletion_curves(curves, method, focus)
         figs.append((f"deletion_curves_{method}.png", f"Deletion curves, {method}",
                      F.figure_png(ax.figure)))
@@ -281,7 +293,8 @@ def render_report(run_dir: str | Path) -> Path:
     tables = _metric_tables(summary, order)
     importance = _read(run, "importance.csv") if (run / "importance.csv").exists() \
         else pd.DataFrame()
-    figs = _figures(run, results, summary, curves, examples, importance, order)
+    layers = _read(run, "layers.csv")
+    figs = _figures(run, results, summary, curves, examples, importance, order, models, layers)
     n_samples = int(results["sample"].nunique())
     lat = timings.iloc[0]
     context = {

@@ -135,7 +135,8 @@ def render_seeds_report(out_dir: str | Path, run_dirs: dict[int, Path]) -> Path:
                 if "ece_mean" in models else "n/a" for m in order],
         "seeds": [int(models.set_index("model").loc[m, "seeds"]) for m in order]})
     tables = {}
-    for attribution, group in metrics.groupby("attribution", sort=False):
+    per_layer = metrics["metric"].str.contains(r"@\d+:", regex=True)  # curve points
+    for attribution, group in metrics[~per_layer].groupby("attribution", sort=False):
         cells = group.assign(text=[_pm(m, s) for m, s in zip(group["mean"], group["std"],
                                                                strict=True)])
         table = cells.pivot(index="metric", columns="model", values="text")
