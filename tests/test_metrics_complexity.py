@@ -80,3 +80,18 @@ def test_metadata():
     info = METRICS["gini_index"]
     assert (info.category, info.higher_is_better, info.range) == ("complexity", True, (0.0, 1.0))
     assert "Chalasani" in info.reference
+
+
+def test_gini_matches_quantus_sparseness():
+    """Quantus 0.6 Sparseness with normalise=False: the same Gini index, except that it adds
+    1e-7 to every |a_i| (so its values sit within about d * 1e-7 / sum|a| of ours)."""
+    import numpy as np
+
+    quantus = pytest.importorskip("quantus")
+    gen = torch.Generator().manual_seed(4)
+    a = torch.randn(16, 1, 8, 8, generator=gen)
+    x = torch.rand(16, 1, 8, 8, generator=gen)
+    metric = quantus.Sparseness(normalise=False, disable_warnings=True)
+    theirs = metric(model=None, x_batch=x.numpy().copy(), y_batch=np.zeros(16, dtype=int),
+                    a_batch=a.numpy().copy(), channel_first=True)
+    np.testing.assert_allclose(gini_index(a).numpy(), np.asarray(theirs), atol=1e-5)
