@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import SMALL
@@ -53,8 +54,16 @@ def test_run_folder_contents(small_run):
                           "model_parameter_randomisation@4:conv1"]
     pd.testing.assert_series_equal(mprt[layer_cols].mean(axis=1),
                                    mprt["model_parameter_randomisation"], check_names=False)
+    # the stored mean curves integrate to the mean AUCs (the trapezoidal rule is linear)
+    curves = pd.read_csv(out / "curves.csv")
+    for kind in ("deletion", "insertion"):
+        c = curves[(curves["curve"] == kind) & (curves["model"] == "l1_unstructured@0.90")
+                   & (curves["attribution"] == "saliency")].sort_values("fraction")
+        auc = results[(results["metric"] == f"{kind}_auc") & (results["attribution"] == "saliency")
+                      & (results["model"] == "l1_unstructured@0.90")]["value"].mean()
+        assert np.trapezoid(c["mean"], c["fraction"]) == pytest.approx(auc, rel=1e-9)
     for fig in ("randomisation_saliency.png", "accuracy_vs_compression.png",
-                "layer_sparsity.png"):
+                "layer_sparsity.png", "insertion_curves_saliency.png"):
         assert (out / "figures" / fig).stat().st_size > 5000, fig
     control = set(results[results["model"] == "control:finetune"]["metric"])
     assert "random_logit" not in control and "spearman" in control  # sanity checks: not controls

@@ -290,7 +290,8 @@ def _call_metric(info: M.MetricInfo, args: tuple, params: dict, seed: int, max_r
 def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs: Attributions,
                 x: torch.Tensor, targets: torch.Tensor, config: AnalysisConfig
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every configured metric of one model's maps: {name: (N,) scores}, and its deletion curve.
+    """Every configured metric of one model's maps: {name: (N,) scores}, and its deletion and
+    insertion curves ({"deletion": DeletionCurve, "insertion": DeletionCurve}).
 
     Metrics are called through the registry by their kind (see
     :class:`xprune.metrics.MetricInfo`); agreement metrics compare with the
@@ -308,8 +309,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
         return attribute(m, inputs, target, method, params=ac.method_params(method),
                          output=ac.output, max_rows=max_rows).values
 
-    curve = M.deletion_curve(model, x, attrs, targets, steps=mc.deletion_steps,
-                             max_rows=max_rows)
+    curves = {kind: fn(model, x, attrs, targets, steps=mc.deletion_steps, max_rows=max_rows)
+              for kind, fn in (("deletion", M.deletion_curve), ("insertion", M.insertion_curve))}
     scores: dict[str, torch.Tensor] = {}
     draws_memo: dict[str, torch.Tensor] = {}
     for name in mc.names:
@@ -326,8 +327,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
                     info.fn, dense_attrs, attrs, M.foreground(x), **params)
         elif info.kind == "map":
             scores[name] = _call_metric(info, (attrs,), params, seed, max_rows)
-        elif name == "deletion_auc" and params.get("steps") == mc.deletion_steps \
-                and set(params) == {"steps"}:
+        elif name in ("deletion_auc", "insertion_auc") and set(params) == {"steps"} \
+                and params["steps"] == mc.deletion_steps:  # the area under the stored curve
+            curve = curves[name.split("_")[0]]
             scores[name] = torch.trapezoid(curve.values, curve.fractions, dim=1)
         elif info.kind == "model":
             scores[name] = _call_metric(info, (model, x, attrs, targets), params, seed,
@@ -370,7 +372,7 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
             generator=torch.Generator().manual_seed(_metric_seed(seed, f"{name}@vs_random")))
     if attrs.delta is not None:
         scores["convergence_delta"] = attrs.delta.double().abs()
-    return scores, curve
+    return scores, curves
 
 
 def _examples(records, attrs_by, methods, x, n_examples) -> pd.DataFrame:
@@ -423,9 +425,9 @@ class _CellJob:
     config: AnalysisConfig
 
     def __call__(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(per-sample scores in RESULT_COLUMNS, per-sample deletion curve)."""
+        """(per-sample scores in RESULT_COLUMNS, per-sample deletion and insertion curves)."""
         rec, attrs, x = self.rec, self.attrs, self.attrs.inputs
-        scores, curve = _score_cell(rec, self.method, attrs, self.dense_attrs, x,
+        scores, curves = _score_cell(rec, self.method, attrs, self.dense_attrs, x,
                                     attrs.targets, self.config)
         n = x.shape[0]
         table = pd.concat([pd.DataFrame({
@@ -435,13 +437,15 @@ class _CellJob:
             "target": attrs.targets.numpy(), "prediction": attrs.predictions.numpy(),
             "value": v.double().cpu().numpy()}) for name, v in scores.items()],
             ignore_index=True)[RESULT_COLUMNS]
-        steps = curve.fractions.numel()
-        curves = pd.DataFrame({
-            "model": rec.tag, "attribution": self.method,
-            "sample": np.repeat(np.arange(n), steps),
-            "fraction": np.tile(curve.fractions.numpy(), n),
-            "value": curve.values.reshape(-1).numpy()})
-        return table, curves
+        frames = []
+        for kind, curve in curves.items():
+            steps = curve.fractions.numel()
+            frames.append(pd.DataFrame({
+                "model": rec.tag, "attribution": self.method, "curve": kind,
+                "sample": np.repeat(np.arange(n), steps),
+                "fraction": np.tile(curve.fractions.numpy(), n),
+                "value": curve.values.reshape(-1).numpy()}))
+        return table, pd.concat(frames, ignore_index=True)
 
 
 def _run_job(job: _CellJob, threads: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -618,7 +622,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     return RunResult(out_dir=out, results=results, models=models, report=report)
 
 
-def run_seeds(config: AnalysisConfig | None, seeds: list[int], *,
+def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
               out_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True,
               jobs: int = 1) -> Path:
     """Run the same analysis once per training seed and summarise across seeds.
@@ -636,6 +640,7 @@ def run_seeds(config: AnalysisConfig | None, seeds: list[int], *,
     from .report.seeds import render_seeds_report
 
     config = config or AnalysisConfig()
+    seeds = config.seeds if seeds is None else seeds
     if not seeds or len(set(seeds)) != len(seeds) or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ValueError(f"Expected distinct integer seeds, got {seeds!r}.")
@@ -643,7 +648,8 @@ def run_seeds(config: AnalysisConfig | None, seeds: list[int], *,
     check_writable(out)
     runs = {}
     for seed in seeds:
-        result = run_analysis(config.replace(seed=seed), out_dir=out / f"seed-{seed}",
+        result = run_analysis(config.replace(seed=seed, seeds=None),
+                              out_dir=out / f"seed-{seed}",
                               progress=progress, use_cache=use_cache, jobs=jobs)
         runs[seed] = result.out_dir
     return render_seeds_report(out, runs)
@@ -653,21 +659,25 @@ def _digests(config: AnalysisConfig) -> dict[str, str]:
     import hashlib
 
     paths = [config.model.checkpoint] if config.model.checkpoint else []
+    if config.data.dataset.endswith((".npz", ".pt")):  # a changed data file starts afresh
+        paths.append(config.data.dataset)
     paths += [e if isinstance(e, str) else e["path"] for e in config.pruning.checkpoints]
     out = {}
     for p in paths:
         if not Path(p).is_file():
-            raise FileNotFoundError(f"Checkpoint not found: {p}")
+            kind = "Data file" if p == config.data.dataset else "Checkpoint"
+            raise FileNotFoundError(f"{kind} not found: {p}")
         out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out
 
 
 def _curve_summary(per_sample: pd.DataFrame) -> pd.DataFrame:
-    """Mean deletion curve with a 95% CI per model, attribution method and fraction removed."""
+    """Mean deletion and insertion curves with a 95% CI per model, attribution method and
+    fraction of features removed (inserted)."""
     rows = []
-    for (model, method, fraction), group in per_sample.groupby(
-            ["model", "attribution", "fraction"], sort=False):
+    for (model, method, kind, fraction), group in per_sample.groupby(
+            ["model", "attribution", "curve", "fraction"], sort=False):
         mean, lo, hi, n = mean_ci(group["value"].to_numpy())
-        rows.append({"model": model, "attribution": method, "fraction": fraction,
-                     "mean": mean, "ci_low": lo, "ci_high": hi, "n": n})
+        rows.append({"model": model, "attribution": method, "curve": kind,
+                     "fraction": fraction, "mean": mean, "ci_low": lo, "ci_high": hi, "n": n})
     return pd.DataFrame(rows)

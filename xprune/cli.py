@@ -121,14 +121,16 @@ def _run(args) -> int:
         changes["pruning"] = dataclasses.replace(
             config.pruning, checkpoints=tuple(str(Path(p).resolve()) for p in args.sparse))
     config = config.replace(**changes) if changes else config
+    seeds = config.seeds
     if args.seeds:
-        from .analysis import run_seeds
-
         try:
             seeds = [int(s) for s in args.seeds.split(",")]
         except ValueError:
             raise ValueError(f"Expected --seeds as comma-separated integers, got "
                              f"{args.seeds!r}.") from None
+    if seeds:
+        from .analysis import run_seeds
+
         report = run_seeds(config, seeds, out_dir=args.out, progress=not args.quiet,
                            use_cache=not args.no_cache, jobs=args.jobs)
         print(f"Report written to {report}")

@@ -38,14 +38,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataConfig:
+    """A bundled dataset by name (``digits``, ``digits_flat``, ``breast_cancer``, ``wine``)
+    or your own: an ``.npz`` file (arrays ``x``, ``y``, optional ``feature_names``), a
+    ``.pt`` dict of tensors (loaded weights-only) or ``"package.module:function"``
+    returning ``(x, y)``; split seeded and stratified into train / validation / test."""
+
     dataset: str = "digits"
     val_size: float = 0.2
     test_size: float = 0.2
 
     def __post_init__(self) -> None:
-        from .data import DATASETS
+        from .data import DATASETS, is_data_source
 
-        _check_name(self.dataset, DATASETS, "data.dataset")
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"Expected `data.dataset` to be a name or a source, got "
+                             f"{self.dataset!r}.")
+        if not is_data_source(self.dataset):
+            _check_name(self.dataset, DATASETS, "data.dataset")
 
 
 FACTORY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
@@ -445,10 +454,16 @@ def _check_positive_number(value: object, name: str) -> None:
 
 @dataclass(frozen=True)
 class AnalysisConfig:
-    """A whole analysis: data, training, pruning, controls, attribution, metrics, report."""
+    """A whole analysis: data, training, pruning, controls, attribution, metrics, report.
+
+    ``seeds`` (optional) lists training seeds: ``xprune run`` then runs the
+    analysis once per seed and summarises across them (see
+    :func:`xprune.analysis.run_seeds`); ``seed`` is the seed of a single run.
+    """
 
     name: str = "digits"
     seed: int = 0
+    seeds: list[int] | None = None
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -464,6 +479,13 @@ class AnalysisConfig:
             raise ValueError(f"Expected `name` to be a plain directory name, got {self.name!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"Expected `seed` to be a non-negative integer, got {self.seed!r}.")
+        if self.seeds is not None and (
+                not isinstance(self.seeds, list) or not self.seeds
+                or len(set(self.seeds)) != len(self.seeds)
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                           for s in self.seeds)):
+            raise ValueError(f"Expected `seeds` to be a list of distinct non-negative "
+                             f"integers, got {self.seeds!r}.")
         check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -548,6 +570,10 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     model = data.get("model")
     if isinstance(model, dict) and "checkpoint" in model:
         model["checkpoint"] = resolve(model["checkpoint"])
+    source = data.get("data")
+    if isinstance(source, dict) and isinstance(source.get("dataset"), str) \
+            and source["dataset"].endswith((".npz", ".pt")):
+        source["dataset"] = resolve(source["dataset"])
     pruning = data.get("pruning")
     if isinstance(pruning, dict) and isinstance(pruning.get("checkpoints"), list):
         pruning["checkpoints"] = [

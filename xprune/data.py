@@ -15,7 +15,7 @@ from torch import Tensor
 from ._validation import check_fraction, closest_name
 
 __all__ = ["DATASETS", "DatasetSplit", "load_breast_cancer_split", "load_dataset",
-           "load_digits_split", "make_token_dataset"]
+           "load_digits_split", "load_wine_split", "make_token_dataset", "split_arrays"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,18 @@ def load_digits_split(*, seed: int = 0, val_size: float = 0.2, test_size: float 
                         class_names=tuple(str(c) for c in bunch.target_names))
 
 
+def _standardised_table(name: str, bunch, *, seed: int, val_size: float, test_size: float
+                        ) -> DatasetSplit:
+    parts = list(_split(bunch.data, bunch.target, seed=seed, val_size=val_size,
+                        test_size=test_size))
+    mean, std = parts[0].mean(dim=0), parts[0].std(dim=0).clamp_min(1e-12)
+    for i in (0, 2, 4):
+        parts[i] = (parts[i] - mean) / std
+    return DatasetSplit(name, *parts, n_classes=len(bunch.target_names),
+                        class_names=tuple(str(c) for c in bunch.target_names),
+                        feature_names=tuple(str(f) for f in bunch.feature_names))
+
+
 def load_breast_cancer_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
                              ) -> DatasetSplit:
     """scikit-learn's Wisconsin breast-cancer data: 569 samples, 30 features, 2 classes.
@@ -96,15 +108,126 @@ def load_breast_cancer_split(*, seed: int = 0, val_size: float = 0.2, test_size:
     """
     from sklearn.datasets import load_breast_cancer
 
-    bunch = load_breast_cancer()
-    parts = list(_split(bunch.data, bunch.target, seed=seed, val_size=val_size,
-                        test_size=test_size))
-    mean, std = parts[0].mean(dim=0), parts[0].std(dim=0).clamp_min(1e-12)
-    for i in (0, 2, 4):
-        parts[i] = (parts[i] - mean) / std
-    return DatasetSplit("breast_cancer", *parts, n_classes=2,
-                        class_names=tuple(str(c) for c in bunch.target_names),
-                        feature_names=tuple(str(f) for f in bunch.feature_names))
+    return _standardised_table("breast_cancer", load_breast_cancer(), seed=seed,
+                               val_size=val_size, test_size=test_size)
+
+
+def load_wine_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
+                    ) -> DatasetSplit:
+    """scikit-learn's wine data: 178 samples, 13 named chemical features, 3 cultivars.
+
+    Standardised with the training split's statistics, as breast cancer.
+    """
+    from sklearn.datasets import load_wine
+
+    return _standardised_table("wine", load_wine(), seed=seed, val_size=val_size,
+                               test_size=test_size)
+
+
+def load_digits_flat_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
+                           ) -> DatasetSplit:
+    """The digits as 64-feature vectors (for an MLP): the same split as :func:`load_digits_split`."""
+    d = load_digits_split(seed=seed, val_size=val_size, test_size=test_size)
+    flat = {k: getattr(d, k).reshape(len(getattr(d, k)), -1)
+            for k in ("x_train", "x_val", "x_test")}
+    return DatasetSplit("digits_flat", flat["x_train"], d.y_train, flat["x_val"], d.y_val,
+                        flat["x_test"], d.y_test, d.n_classes, d.class_names,
+                        tuple(f"pixel_{r}_{c}" for r in range(8) for c in range(8)))
+
+
+def split_arrays(x, y, *, name: str = "data", seed: int = 0, val_size: float = 0.2,
+                 test_size: float = 0.2, feature_names=None) -> DatasetSplit:
+    """Your own data as a seeded, stratified train / validation / test split.
+
+    Parameters
+    ----------
+    x : array or Tensor of shape (n, *feature_shape)
+        Features as the model takes them (already preprocessed: nothing is scaled here).
+    y : array or Tensor of shape (n,)
+        Integer class labels 0..C-1.
+    feature_names : sequence of str, optional
+        One per column of 2-D ``x``, for reports.
+
+    Raises
+    ------
+    ValueError
+        On NaN/Inf features, labels that are not integers 0..C-1, mismatched
+        lengths, or a class too small to stratify.
+    """
+    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    y_raw = np.asarray(y.detach().cpu() if isinstance(y, Tensor) else y)
+    if x.ndim < 2 or len(x) != len(y_raw) or y_raw.ndim != 1:
+        raise ValueError(f"Expected features (n, ...) and labels (n,), got shapes {x.shape} "
+                         f"and {y_raw.shape}.")
+    if not np.isfinite(x).all():
+        raise ValueError("Expected finite features, got NaN or Inf.")
+    if not np.issubdtype(y_raw.dtype, np.integer) or y_raw.min() < 0:
+        raise ValueError(f"Expected integer class labels 0..C-1, got dtype {y_raw.dtype} with "
+                         f"minimum {y_raw.min()!r}.")
+    names = None if feature_names is None else tuple(str(f) for f in feature_names)
+    if names is not None and (x.ndim != 2 or len(names) != x.shape[1]):
+        raise ValueError(f"Expected one feature name per column ({x.shape[1:]}), got "
+                         f"{len(names)}.")
+    try:
+        parts = _split(x, y_raw, seed=seed, val_size=val_size, test_size=test_size)
+    except ValueError as exc:
+        raise ValueError(f"Could not split the data into train / validation / test: {exc}"
+                         ) from None
+    n_classes = int(y_raw.max()) + 1
+    return DatasetSplit(name, *parts, n_classes=n_classes,
+                        class_names=tuple(str(c) for c in range(n_classes)),
+                        feature_names=names)
+
+
+def load_data_source(source: str, *, seed: int = 0, val_size: float = 0.2,
+                     test_size: float = 0.2) -> DatasetSplit:
+    """Data from a file or a function, split by :func:`split_arrays`.
+
+    ``source`` is an ``.npz`` file with arrays ``x`` and ``y`` (and optionally
+    ``feature_names``), a ``.pt`` file holding a dict of tensors ``x`` and ``y``
+    (read with ``torch.load(weights_only=True)``: no code is unpickled), or
+    ``"package.module:function"`` returning ``(x, y)`` or ``(x, y, feature_names)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file source does not exist.
+    ValueError
+        If the file lacks ``x``/``y`` or the function returns something else.
+    """
+    from pathlib import Path
+
+    if source.endswith(".npz"):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"Data file not found: {source}")
+        with np.load(source, allow_pickle=False) as npz:
+            if not {"x", "y"} <= set(npz.files):
+                raise ValueError(f"Expected arrays 'x' and 'y' in {source}, got {npz.files}.")
+            names = npz["feature_names"].tolist() if "feature_names" in npz.files else None
+            x, y = npz["x"], npz["y"]
+    elif source.endswith(".pt"):
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"Data file not found: {source}")
+        try:
+            blob = torch.load(source, weights_only=True, map_location="cpu")
+        except Exception as exc:  # pickled code or a corrupt file
+            raise ValueError(f"Could not read {source} as a weights-only torch file: "
+                             f"{str(exc).splitlines()[0]}") from None
+        if not isinstance(blob, dict) or not {"x", "y"} <= set(blob):
+            raise ValueError(f"Expected {source} to hold a dict with tensors 'x' and 'y'.")
+        x, y, names = blob["x"], blob["y"], blob.get("feature_names")
+    else:
+        from .config import ModelConfig
+
+        fn = ModelConfig(factory=source).resolve()
+        out = fn()
+        if not isinstance(out, tuple) or len(out) not in (2, 3):
+            raise ValueError(f"Expected {source} to return (x, y) or (x, y, feature_names), "
+                             f"got {type(out).__name__}.")
+        x, y, names = (*out, None) if len(out) == 2 else out
+    name = Path(source).stem if source.endswith((".npz", ".pt")) else source.split(":")[-1]
+    return split_arrays(x, y, name=name, seed=seed, val_size=val_size, test_size=test_size,
+                        feature_names=names)
 
 
 def make_token_dataset(n: int = 600, *, seq_len: int = 12, vocab_size: int = 30, seed: int = 0
@@ -122,11 +245,20 @@ def make_token_dataset(n: int = 600, *, seq_len: int = 12, vocab_size: int = 30,
     return tokens, (positive > negative).long()
 
 
-DATASETS = {"digits": load_digits_split, "breast_cancer": load_breast_cancer_split}
+DATASETS = {"digits": load_digits_split, "digits_flat": load_digits_flat_split,
+            "breast_cancer": load_breast_cancer_split, "wine": load_wine_split}
+
+
+def is_data_source(name: str) -> bool:
+    """Whether ``name`` is a file or function source rather than a registered dataset."""
+    return name.endswith((".npz", ".pt")) or ":" in name
 
 
 def load_dataset(name: str, **kwargs) -> DatasetSplit:
-    """Load a registered dataset by name (see ``DATASETS``)."""
+    """Load a registered dataset by name (see ``DATASETS``), or a file / function source
+    (see :func:`load_data_source`)."""
+    if is_data_source(name):
+        return load_data_source(name, **kwargs)
     if name not in DATASETS:
         raise ValueError(
             f"Expected `dataset` to be one of {sorted(DATASETS)}, got {name!r}."

@@ -128,10 +128,14 @@ def plot_metric_vs_sparsity(summary: pd.DataFrame, metric: str, *, attribution: 
     return ax
 
 
-def plot_deletion_curves(curves: pd.DataFrame, attribution: str, models: list[str], *, ax=None):
-    """Mean deletion curve (target probability vs fraction of features removed) per model."""
+def plot_deletion_curves(curves: pd.DataFrame, attribution: str, models: list[str], *,
+                         kind: str = "deletion", ax=None):
+    """Mean deletion (or insertion) curve, target probability vs fraction of features removed
+    (inserted), per model, with 95% CI bands."""
     ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
     data = curves[curves["attribution"] == attribution]
+    if "curve" in data:  # run folders before insertion curves were stored hold deletion only
+        data = data[data["curve"] == kind]
     cmap = plt.get_cmap("viridis")
     for i, model in enumerate(models):
         c = data[data["model"] == model].sort_values("fraction")
@@ -141,9 +145,9 @@ def plot_deletion_curves(curves: pd.DataFrame, attribution: str, models: list[st
         ax.plot(c["fraction"], c["mean"], color=colour, linewidth=1.2, label=model)
         ax.fill_between(c["fraction"], c["ci_low"], c["ci_high"], color=colour, alpha=0.12,
                         linewidth=0)
-    ax.set_xlabel("fraction of features removed")
+    ax.set_xlabel(f"fraction of features {'removed' if kind == 'deletion' else 'inserted'}")
     ax.set_ylabel("target probability")
-    ax.set_title(f"deletion curves, {attribution.replace('_', ' ')}", fontsize=10)
+    ax.set_title(f"{kind} curves, {attribution.replace('_', ' ')}", fontsize=10)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     return ax

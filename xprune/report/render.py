@@ -218,9 +218,11 @@ def _figures(run: Path, results, summary, curves, examples, importance, order, m
             figs.append((f"randomisation_{method}.png",
                          f"Sanity check: cascading parameter randomisation, {method}",
                          F.figure_png(ax.figure)))
-        ax = F.plot_deletion_curves(curves, method, focus)
-        figs.append((f"deletion_curves_{method}.png", f"Deletion curves, {method}",
-                     F.figure_png(ax.figure)))
+        kinds = set(curves["curve"]) if "curve" in curves else {"deletion"}
+        for kind in [k for k in ("deletion", "insertion") if k in kinds]:
+            ax = F.plot_deletion_curves(curves, method, focus, kind=kind)
+            figs.append((f"{kind}_curves_{method}.png", f"{kind.capitalize()} curves, {method}",
+                         F.figure_png(ax.figure)))
         if "spearman" in set(results["metric"]):
             ax = F.plot_agreement_distribution(results, method, order)
             figs.append((f"agreement_{method}.png", f"Per-sample Spearman agreement, {method}",
