@@ -21,3 +21,13 @@ def test_readme_quick_start_commands_are_the_ci_commands():
     ci = (README.parent / ".ci" / "run").read_text()
     assert 'pip install -e ".[test]" -c constraints.txt' in text
     assert 'pip install -e ".[test]" -c constraints.txt' in ci and "pytest" in ci
+
+
+def test_readme_config_example_is_a_valid_config():
+    import tomllib
+
+    from xprune.config import AnalysisConfig
+
+    block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
+    config = AnalysisConfig.from_dict(tomllib.loads(block))  # every key and name is known
+    assert config.seeds == [0, 1, 2] and "road" in config.metrics.names
