@@ -19,8 +19,8 @@ def test_readme_quick_start_commands_are_the_ci_commands():
     text = README.read_text()
     assert "pip install -e . -c constraints.txt && xprune run" in text
     ci = (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -e ".[test]" -c constraints.txt' in text
-    assert 'pip install -e ".[test]" -c constraints.txt' in ci and "pytest" in ci
+    assert 'pip install -e ".[test,ray]" -c constraints.txt && pytest' in text
+    assert 'pip install -e ".[test,ray]" -c constraints.txt && ruff check . && pytest' in ci
 
 
 def test_readme_config_example_is_a_valid_config():

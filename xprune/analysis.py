@@ -11,6 +11,7 @@ turns it into the report.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import math
@@ -30,7 +31,7 @@ from torch import nn
 from . import metrics as M
 from ._cache import RunCache
 from ._io import atomic_write_text
-from ._validation import check_positive_int
+from ._validation import check_positive_int, closest_name
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
@@ -454,13 +455,21 @@ def _run_job(job: _CellJob, threads: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return job()
 
 
-def _run_cells(jobs: list[_CellJob], keys: list[str], n_jobs: int):
-    """Yield ``(key, frames)`` for every job: in this process, or in ``n_jobs`` processes.
+EXECUTORS = ("local", "ray")
 
-    Each cell is seeded from the run seed and metric names only, so its numbers
-    do not depend on which process runs it or in what order; results are
-    yielded as they finish, and the caller stores them.
+
+def _run_cells(jobs: list[_CellJob], keys: list[str], n_jobs: int, executor: str = "local",
+               address: str | None = None):
+    """Yield ``(key, frames)`` for every job as it finishes, for the caller to store.
+
+    ``executor="local"``: in this process (``n_jobs == 1``) or in ``n_jobs``
+    spawned processes; ``"ray"``: one Ray task per cell. Each cell is seeded
+    from the run seed and metric names only, so its numbers do not depend on
+    which process runs it, in what order, or on which attempt.
     """
+    if executor == "ray":
+        yield from _run_cells_ray(jobs, keys, address)
+        return
     if n_jobs == 1 or len(jobs) <= 1:
         for key, job in zip(keys, jobs, strict=True):
             yield key, job()
@@ -477,9 +486,60 @@ def _run_cells(jobs: list[_CellJob], keys: list[str], n_jobs: int):
             yield futures[fut], fut.result()
 
 
+def import_ray():
+    """The ``ray`` module, or a ValueError with the install hint."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("The Ray executor needs Ray: pip install 'xprune[ray]'") from None
+    return ray
+
+
+def _ray_cell(job: _CellJob, inputs: torch.Tensor, dense_values: torch.Tensor,
+              labels: torch.Tensor) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One cell in a Ray worker; the shared tensors arrive from the object store."""
+    attrs = dataclasses.replace(job.attrs, inputs=inputs)
+    dense = dataclasses.replace(job.dense_attrs, inputs=inputs, values=dense_values)
+    return dataclasses.replace(job, attrs=attrs, dense_attrs=dense, labels=labels)()
+
+
+def _run_cells_ray(jobs: list[_CellJob], keys: list[str], address: str | None):
+    if not jobs:
+        return
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    rc = jobs[0].config.ray
+    task = ray.remote(_ray_cell).options(num_cpus=rc.num_cpus, num_gpus=rc.num_gpus,
+                                         max_retries=rc.max_retries, retry_exceptions=True)
+    # the evaluation inputs, labels and each method's dense maps go to the object store once
+    inputs = ray.put(jobs[0].attrs.inputs)
+    labels = ray.put(jobs[0].labels)
+    dense = {}
+    pending = {}
+    for key, job in zip(keys, jobs, strict=True):
+        if job.method not in dense:
+            dense[job.method] = ray.put(job.dense_attrs.values)
+        light = dataclasses.replace(
+            job, attrs=dataclasses.replace(job.attrs, inputs=torch.empty(0)),
+            dense_attrs=dataclasses.replace(job.dense_attrs, inputs=torch.empty(0),
+                                            values=torch.empty(0)),
+            labels=torch.empty(0, dtype=torch.long))
+        pending[task.remote(light, inputs, dense[job.method], labels)] = key
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        key = pending.pop(done[0])
+        try:
+            yield key, ray.get(done[0])
+        except Exception as exc:  # Ray wraps the worker's error; name the cell
+            raise RuntimeError(f"Grid cell {key!r} failed on Ray after "
+                               f"{rc.max_retries} retries: {exc}") from None
+
+
 def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | None = None,
                  progress: bool = True, use_cache: bool = True, render: bool = True,
-                 jobs: int = 1) -> RunResult:
+                 jobs: int = 1, executor: str = "local", address: str | None = None
+                 ) -> RunResult:
     """Run an analysis end to end and write its run folder (and report).
 
     Parameters
@@ -498,6 +558,12 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     jobs : int
         Processes that score grid cells in parallel (1: in this process).
         Results are byte-identical whatever the number.
+    executor : {"local", "ray"}
+        ``"ray"`` runs each unfinished cell as a Ray task (resources from
+        ``config.ray``) on the cluster at ``address`` (default: the running
+        Ray instance, else a new local one); results come back to this
+        process, the only writer of the run folder, and are identical to a
+        local run.
 
     Raises
     ------
@@ -510,6 +576,11 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
 
     config = config or AnalysisConfig()
     check_positive_int(jobs, "jobs")
+    if executor not in EXECUTORS:
+        raise ValueError(f"Expected `executor` in {EXECUTORS}, got {executor!r}."
+                         + closest_name(str(executor), EXECUTORS))
+    if executor == "ray":
+        import_ray()  # fail before any work
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     check_writable(out)
     started = time.perf_counter()
@@ -524,7 +595,9 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
         stage_seconds[stage] = stage_seconds.get(stage, 0.0) + now - t0
         return now
 
-    key = {k: v for k, v in config.to_dict().items() if k not in ("name", "report")}
+    # what determines the numbers: not the name, the report layout, the executor's resources
+    key = {k: v for k, v in config.to_dict().items()
+           if k not in ("name", "report", "ray", "seeds")}
     key["checkpoint_digests"] = _digests(config)  # a replaced checkpoint invalidates the store
     cache = RunCache(out if use_cache else None, key)
     torch.manual_seed(config.seed)
@@ -578,7 +651,8 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     pending = [key for key, frames in done.items() if frames[0] is None or frames[1] is None]
     bar = tqdm(total=len(jobs_of), initial=len(jobs_of) - len(pending), desc="score",
                unit="cell", disable=not progress, file=sys.stderr)
-    for key, frames in _run_cells([jobs_of[k] for k in pending], pending, jobs):
+    for key, frames in _run_cells([jobs_of[k] for k in pending], pending, jobs, executor,
+                                  address):
         stored = done[key]
         for part, old, new in (("curve", stored[1], frames[1]), ("cell", stored[0], frames[0])):
             if old is None:  # the driver is the only writer; a stored file is never rewritten
@@ -624,7 +698,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
 
 def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
               out_dir: str | Path | None = None, progress: bool = True, use_cache: bool = True,
-              jobs: int = 1) -> Path:
+              jobs: int = 1, executor: str = "local", address: str | None = None) -> Path:
     """Run the same analysis once per training seed and summarise across seeds.
 
     Each seed's run goes to ``<out>/seed-<seed>`` with its full report (and
@@ -650,7 +724,8 @@ def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
     for seed in seeds:
         result = run_analysis(config.replace(seed=seed, seeds=None),
                               out_dir=out / f"seed-{seed}",
-                              progress=progress, use_cache=use_cache, jobs=jobs)
+                              progress=progress, use_cache=use_cache, jobs=jobs,
+                              executor=executor, address=address)
         runs[seed] = result.out_dir
     return render_seeds_report(out, runs)
 

@@ -25,6 +25,7 @@ RUN_EXAMPLES = """examples:
   xprune run --out /tmp/run --seed 1  another folder and seed
   xprune run --jobs 2                 score grid cells in two processes
   xprune run --seeds 0,1,2            three training seeds, mean ± std across them
+  xprune run --executor ray --address ray://head:10001   cells as tasks on a Ray cluster
   xprune run --dense dense.safetensors --sparse pruned.safetensors \
              --factory xprune.models:DigitsCNN   compare a pair pruned elsewhere
 """
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="run once per training seed and summarise across seeds")
     run.add_argument("--jobs", type=int, default=1, metavar="N",
                      help="score grid cells in N processes (same results for any N)")
+    run.add_argument("--executor", choices=("local", "ray"), default="local",
+                     help="where grid cells run: this machine (default) or a Ray cluster")
+    run.add_argument("--address", help="Ray cluster address (default: start a local Ray, or "
+                                       "use RAY_ADDRESS)")
     report = sub.add_parser("report", help="re-render a run folder's report", parents=[common])
     report.add_argument("run_dir", help="a folder written by `xprune run`")
     sub.add_parser("list", help="list registered methods and metrics", parents=[common])
@@ -132,11 +137,13 @@ def _run(args) -> int:
         from .analysis import run_seeds
 
         report = run_seeds(config, seeds, out_dir=args.out, progress=not args.quiet,
-                           use_cache=not args.no_cache, jobs=args.jobs)
+                           use_cache=not args.no_cache, jobs=args.jobs,
+                           executor=args.executor, address=args.address)
         print(f"Report written to {report}")
         return 0
     result = run_analysis(config, out_dir=args.out, progress=not args.quiet,
-                          use_cache=not args.no_cache, jobs=args.jobs)
+                          use_cache=not args.no_cache, jobs=args.jobs,
+                          executor=args.executor, address=args.address)
     print(f"Report written to {result.report}")
     return 0
 

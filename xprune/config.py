@@ -437,6 +437,31 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Resources of one grid cell as a Ray task (``xprune run --executor ray``).
+
+    ``num_cpus`` and ``num_gpus`` are Ray's per-task resource requests (a
+    fraction shares a GPU between cells); ``max_retries`` how often a cell
+    whose worker died or raised is run again (with the same numbers: a cell
+    is seeded from the run seed and the metric names only).
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_retries: int = 3
+
+    def __post_init__(self) -> None:
+        for key in ("num_cpus", "num_gpus"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"Expected `ray.{key}` to be a number >= 0, got {value!r}.")
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int) \
+                or self.max_retries < 0:
+            raise ValueError(f"Expected `ray.max_retries` to be an integer >= 0, got "
+                             f"{self.max_retries!r}.")
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     n_examples: int = 8
     latency_batch: int = 256
@@ -473,6 +498,7 @@ class AnalysisConfig:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
