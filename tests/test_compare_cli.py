@@ -48,8 +48,14 @@ def test_compare_equals_the_metrics(saved):
     np.testing.assert_array_equal(wide["kendall_tau@foreground"].to_numpy(), fg)
     assert "ssim@foreground" not in wide
     other = xprune.Attributions(sparse.values, sparse.inputs + 1, sparse.targets, sparse.method)
-    with pytest.raises(ValueError, match="same inputs"):
+    with pytest.raises(ValueError, match="inputs that differ in 12 of 12 samples"):
         compare_attributions(dense, other)
+    shifted = xprune.Attributions(sparse.values, sparse.inputs, (sparse.targets + 1) % 10,
+                                  sparse.method)
+    with pytest.raises(ValueError, match="targets that differ in 12 of 12 samples"):
+        compare_attributions(dense, shifted)
+    with pytest.raises(ValueError, match="at least one metric name"):
+        compare_attributions(dense, sparse, metrics=[])
     with pytest.raises(ValueError, match="Expected metrics of kind \\('pair',\\)"):
         compare_attributions(dense, sparse, metrics=["gini_index"])
 
@@ -89,6 +95,17 @@ def test_cli_compare_and_score(saved, tmp_path, capsys):
     scores = pd.read_csv(tmp_path / "s" / "score.csv")
     assert set(scores["metric"]) == {"deletion_auc", "max_sensitivity"}
     assert "deletion_auc" in capsys.readouterr().out
+    # maps of another model: a warning; a tabular model with its factory's arguments
+    assert main(["score", str(root / "sparse.safetensors"), "--checkpoint",
+                 str(root / "model.safetensors"), "--factory", "xprune.models:DigitsCNN",
+                 "--metrics", "gini_index", "--out", str(tmp_path / "s2")]) == 0
+    err = capsys.readouterr().err
+    assert "predictions differ from those stored with the maps" in err or \
+        bool((sparse.predictions == dense.predictions).all())
+    assert main(["score", str(root / "dense.safetensors"), "--checkpoint",
+                 str(root / "model.safetensors"), "--factory", "xprune.models:DigitsCNN",
+                 "--kwargs", "{bad", "--metrics", "gini_index"]) == 2
+    assert "Expected --kwargs as a JSON object" in capsys.readouterr().err
     # bad input: one line, exit code 2
     assert main(["compare", str(root / "dense.safetensors"), str(root / "nope.safetensors")]) == 2
     assert "Attribution file not found" in capsys.readouterr().err

@@ -78,8 +78,13 @@ def test_analysis_on_an_npz_file_relative_to_its_config(tmp_path):
         '[metrics]\nnames = ["gini_index", "spearman", "ssim"]\nversus_random = []\n')
     config = load_config(tmp_path / "blobs.toml")
     assert config.data.dataset == str(tmp_path / "blobs.npz")
-    run_analysis(config, out_dir=tmp_path / "run", progress=False, render=False)
+    with pytest.raises(ValueError, match=r"\['ssim'\] need images"):  # before any training
+        run_analysis(config, out_dir=tmp_path / "run", progress=False, render=False)
+    assert not (tmp_path / "run" / ".cache").exists()
+    config = config.replace(metrics=config.metrics.__class__(names=["gini_index", "spearman"],
+                                                             versus_random=[]))
+    run_analysis(config, out_dir=tmp_path / "run", progress=False)  # with the report
     results = pd.read_csv(tmp_path / "run" / "results.csv")
-    assert "ssim" not in set(results["metric"])  # images only: skipped for a table
+    assert set(results["metric"]) == {"gini_index", "spearman"}
     importance = pd.read_csv(tmp_path / "run" / "importance.csv")
     assert set(importance["feature"]) == {"a", "b", "c", "d"}

@@ -143,3 +143,25 @@ def test_prediction_split_and_both_correct_subset():
     assert split["Δ deletion AUC (both correct)"].startswith("+0.050")
     with pytest.raises(ValueError, match="Expected a subset in"):
         subset(results, "correct")
+
+
+def test_summaries_without_removal_metrics_and_small_subsets():
+    """A run that computes neither deletion nor faithfulness still gets its split table; a
+    subset of fewer than 10 samples shows its mean and count, not a bootstrap interval."""
+    from xprune.report.tables import prediction_split
+
+    rows = []
+    for i in range(12):
+        for model, role, pred in (("dense", "dense", 0), ("sparse", "sparse", int(i < 3))):
+            common = {"model": model, "role": role, "pruning": "", "sparsity": 0.0,
+                      "attribution": "saliency", "sample": i, "label": 0, "target": 0,
+                      "prediction": pred}
+            rows.append({**common, "metric": "gini_index", "value": 0.1 * i})
+            if role == "sparse":
+                rows.append({**common, "metric": "spearman", "value": 0.05 * i})
+    results = pd.DataFrame(rows)
+    assert metric_summary(results.iloc[:0]).empty
+    split = prediction_split(results).iloc[0]
+    assert split["n agree / disagree"] == "9 / 3"
+    assert split["Spearman (disagree)"] == "0.050 (n=3)"  # samples 0, 1, 2
+    assert split["Δ deletion AUC (both correct)"] == "n/a"

@@ -314,10 +314,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
               for kind, fn in (("deletion", M.deletion_curve), ("insertion", M.insertion_curve))}
     scores: dict[str, torch.Tensor] = {}
     draws_memo: dict[str, torch.Tensor] = {}
-    for name in mc.names:
+    for name in mc.resolved_names(images=x.dim() == 4):
         info = M.METRICS[name]
-        if info.images_only and x.dim() != 4:  # e.g. SSIM of tabular maps: not defined
-            continue
         params = mc.metric_params(name, d)
         if info.kind == "pair":
             if rec.role == "dense":
@@ -606,6 +604,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
                         test_size=config.data.test_size)
     say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
         f"{len(data.x_test)} test samples")
+    config.metrics.resolved_names(images=data.x_test.dim() == 4)  # refuse before training
     records = _build_models(config, data, cache, say)
     t0 = mark("train_and_prune", t0)
     models, timings, layers, classes = _model_table(records, data, config)

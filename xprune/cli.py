@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--checkpoint", required=True, help="the model's weights")
     score.add_argument("--factory", required=True,
                        help="model factory 'package.module:function' building the architecture")
+    score.add_argument("--kwargs", default="{}", metavar="JSON",
+                       help='keyword arguments of the factory, e.g. \'{"n_features": 30}\'')
     score.add_argument("--metrics", help="comma-separated metrics (default: every complexity "
                                          "and faithfulness metric that applies)")
     score.add_argument("--seed", type=int, default=0, help="seed of the metrics' random draws")
@@ -194,6 +196,9 @@ def _compare(args) -> int:
     from .report.figures import figure_png, plot_score_distributions
 
     a, b = load_attributions(args.a), load_attributions(args.b)
+    if a.method != b.method:
+        print(f"xprune: warning: comparing {a.method} maps with {b.method} maps",
+              file=sys.stderr)
     scores = compare_attributions(a, b, metrics=_metric_list(args.metrics),
                                   foreground=not args.no_foreground)
     out = Path(args.out)
@@ -211,16 +216,30 @@ def _compare(args) -> int:
 
 
 def _score(args) -> int:
+    import json
     from pathlib import Path
 
     from ._io import atomic_write_text
     from .checkpoint import load_attributions, load_model
     from .compare import score_attributions, summarise
     from .config import ModelConfig
+    from .models import predict
 
     a = load_attributions(args.attributions)
-    factory = ModelConfig(factory=args.factory).resolve()
-    model = load_model(args.checkpoint, factory)
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"Expected --kwargs as a JSON object, got {args.kwargs!r}: {exc}"
+                         ) from None
+    config = ModelConfig(factory=args.factory, kwargs=kwargs)
+    factory = config.resolve()
+    model = load_model(args.checkpoint, lambda: factory(**config.kwargs))
+    if a.predictions is not None:
+        agree = predict(model, a.inputs).argmax(dim=1) == a.predictions
+        if not bool(agree.all()):
+            print(f"xprune: warning: this model's predictions differ from those stored with the "
+                  f"maps on {int((~agree).sum())} of {len(a)} inputs: were the maps made by "
+                  f"another model (tag {a.model_tag!r})?", file=sys.stderr)
     scores = score_attributions(model, a, metrics=_metric_list(args.metrics), seed=args.seed)
     out = Path(args.out)
     atomic_write_text(out / "score.csv", scores.to_csv(index=False, na_rep="NaN"))

@@ -34,6 +34,11 @@ def _names(metrics: Sequence[str] | None, kinds: tuple[str, ...], x_dim: int) ->
     return out
 
 
+def names_given(metrics: Sequence[str] | None) -> bool:
+    """False for an explicitly empty list of metric names."""
+    return metrics is None or len(metrics) > 0
+
+
 def _long(scores: dict[str, torch.Tensor]) -> pd.DataFrame:
     return pd.concat([pd.DataFrame({"metric": name, "sample": range(len(v)),
                                     "value": v.double().cpu().numpy()})
@@ -67,10 +72,20 @@ def compare_attributions(a: Attributions, b: Attributions, *,
         If the records explain different inputs or maps of different shapes,
         or a metric is unknown or not an agreement metric.
     """
-    if a.inputs.shape != b.inputs.shape or not torch.equal(a.inputs, b.inputs):
-        raise ValueError("Expected two attribution records of the same inputs, got records of "
-                         f"different inputs (shapes {tuple(a.inputs.shape)} and "
-                         f"{tuple(b.inputs.shape)}).")
+    if a.inputs.shape != b.inputs.shape:
+        raise ValueError("Expected two attribution records of the same inputs, got inputs of "
+                         f"shapes {tuple(a.inputs.shape)} and {tuple(b.inputs.shape)}.")
+    if not torch.equal(a.inputs, b.inputs):
+        n = int((a.inputs != b.inputs).reshape(len(a), -1).any(dim=1).sum())
+        raise ValueError(f"Expected two attribution records of the same inputs, got inputs "
+                         f"that differ in {n} of {len(a)} samples.")
+    if not torch.equal(a.targets, b.targets):
+        n = int((a.targets != b.targets).sum())
+        raise ValueError(f"Expected maps of the same target classes, got targets that differ "
+                         f"in {n} of {len(a)} samples: compare maps of the same class (for a "
+                         "pruned model, the dense model's prediction).")
+    if not names_given(metrics):
+        raise ValueError("Expected at least one metric name.")
     names = _names(metrics, ("pair",), a.values.dim())
     fg = M.foreground(a.inputs) if foreground else None
     scores = {}
@@ -113,6 +128,8 @@ def score_attributions(model: nn.Module, a: Attributions, *,
         On an unknown metric or an agreement metric, or the metrics' own errors.
     """
     kinds = ("map", "model", "explainer", "model_explainer", "randomisation")
+    if not names_given(metrics):
+        raise ValueError("Expected at least one metric name.")
     default = metrics is None
     names = _names(metrics, kinds, a.values.dim())
     if default:

@@ -334,18 +334,15 @@ _SUPPLIED = {"model", "inputs", "attributions", "target", "explain_fn", "attribu
              "b", "generator", "max_rows"}
 
 
-def _default_metric_names() -> list[str]:
-    return list(DEFAULT_METRICS)
-
-
 @dataclass(frozen=True)
 class MetricsConfig:
     """Which registered metrics a run computes, and their parameters.
 
-    ``names`` lists metrics by their registry name (``xprune list``); every
-    map is scored by each that applies (agreement metrics only for models
-    compared with the dense one; metrics defined for images only, such as
-    SSIM and ROAD, skipped for tabular data). ``params`` maps a metric name to keyword
+    ``names`` lists metrics by their registry name (``xprune list``); default:
+    one or more of every family (:data:`DEFAULT_METRICS`, SSIM for images
+    only). Agreement metrics are computed for the models compared with the
+    dense one; image-only metrics (SSIM, ROAD) named for tabular data are an
+    error before any training. ``params`` maps a metric name to keyword
     arguments of its function, e.g. ``[metrics.params.local_lipschitz_estimate]
     n_samples = 20``. ``versus_random`` names model-based metrics that are also
     reported minus their score under a random ranking (metric name
@@ -356,7 +353,7 @@ class MetricsConfig:
     parameters; an explicit ``params`` entry wins over them.
     """
 
-    names: list[str] = field(default_factory=_default_metric_names)
+    names: list[str] | None = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     versus_random: list[str] = field(default_factory=lambda: ["deletion_auc"])
     foreground: bool = True
@@ -372,12 +369,12 @@ class MetricsConfig:
 
         from .metrics import METRICS
 
-        if not isinstance(self.names, list) or not self.names:
+        if self.names is not None and (not isinstance(self.names, list) or not self.names):
             raise ValueError(f"Expected `metrics.names` to be a non-empty list of metric "
                              f"names, got {self.names!r}.")
-        for name in self.names:
+        for name in self.names or []:
             _check_name(name, METRICS, "metrics.names")
-        if len(set(self.names)) != len(self.names):
+        if self.names is not None and len(set(self.names)) != len(self.names):
             raise ValueError(f"Expected distinct `metrics.names`, got {self.names!r}.")
         if not isinstance(self.versus_random, list):
             raise ValueError(f"Expected `metrics.versus_random` to be a list of metric names, "
@@ -417,6 +414,28 @@ class MetricsConfig:
         for key in ("deletion_steps", "faithfulness_subset_size"):
             if getattr(self, key) is not None:
                 check_positive_int(getattr(self, key), f"metrics.{key}")
+
+    def resolved_names(self, images: bool) -> list[str]:
+        """The metrics to compute for image (``images=True``) or other inputs.
+
+        Without ``names``: the default set, with the image-only metrics (SSIM)
+        for images only. Named image-only metrics for other inputs are an error.
+
+        Raises
+        ------
+        ValueError
+            If ``names`` asks for an image-only metric and the inputs are not images.
+        """
+        from .metrics import METRICS
+
+        if self.names is None:
+            return [n for n in DEFAULT_METRICS if images or not METRICS[n].images_only]
+        if not images:
+            bad = [n for n in self.names if METRICS[n].images_only]
+            if bad:
+                raise ValueError(f"Expected metrics defined for these inputs: {bad} need images "
+                                 f"(N, C, H, W); remove them from `metrics.names`.")
+        return list(self.names)
 
     def metric_params(self, name: str, n_features: int) -> dict[str, Any]:
         """Keyword arguments for metric ``name`` on maps of ``n_features`` features."""

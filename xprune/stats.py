@@ -8,6 +8,7 @@ variance across seeds.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
@@ -69,8 +70,11 @@ def bootstrap_ci(values, confidence: float = 0.95, *, n_resamples: int = 2000,
         return mean, math.nan, math.nan, n
     if float(v.max()) == float(v.min()):
         return mean, mean, mean, n
-    res = stats.bootstrap((v,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                          method="BCa", vectorized=True, rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # nearly degenerate samples: BCa may warn, then NaN
+        warnings.simplefilter("ignore")
+        res = stats.bootstrap((v,), np.mean, confidence_level=confidence,
+                              n_resamples=n_resamples, method="BCa", vectorized=True,
+                              rng=np.random.default_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined: percentile instead
         low, high = (float(q) for q in np.quantile(

@@ -266,9 +266,12 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
         subset_size = default_subset_size(d)
     check_count(subset_size, "subset_size", d, inclusive=False)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    return _subset_correlations(model, x, scores, targets, [subset_size], n_runs=n_runs,
-                                baseline=baseline, output=output, generator=generator,
-                                max_rows=max_rows)[:, 0]
+    values = _subset_correlations(model, x, scores, targets, [subset_size], n_runs=n_runs,
+                                  baseline=baseline, output=output, generator=generator,
+                                  max_rows=max_rows)[:, 0]
+    _warn_nan(values, "faithfulness correlation",
+              "the map or the output drop is constant over the runs")
+    return values
 
 
 def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: Tensor,

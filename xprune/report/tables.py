@@ -38,6 +38,10 @@ def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
     p-value Holm-corrected across the metrics tested for that model and
     attribution method. Intervals are clipped to the metric's range.
     """
+    columns = [*GROUP, "n", "mean", "ci_low", "ci_high", "diff_mean", "diff_ci_low",
+               "diff_ci_high", "p_value", "p_holm"]
+    if results.empty:
+        return pd.DataFrame(columns=columns)
     dense = results[results["role"] == "dense"].set_index(["attribution", "metric", "sample"])
     rows = []
     for key, group in results.groupby(GROUP, sort=False):
@@ -85,6 +89,9 @@ def subset(results: pd.DataFrame, which: str) -> pd.DataFrame:
     return results[keep]
 
 
+MIN_BOOTSTRAP_N = 10  # below this many samples a subset's mean is shown without an interval
+
+
 def prediction_split(results: pd.DataFrame) -> pd.DataFrame:
     """Per non-dense model and method: agreement with the dense maps split by prediction,
     and the paired changes of removal scores on samples both models classify correctly.
@@ -105,8 +112,11 @@ def prediction_split(results: pd.DataFrame) -> pd.DataFrame:
                "n agree / disagree": f"{n_agree} / {len(first) - n_agree}"}
         for which in ("agree", "disagree"):
             part = subset(group[group["metric"] == "spearman"], which)
-            mean, lo, hi, _ = bootstrap_ci(part["value"].to_numpy())
-            row[f"Spearman ({which})"] = fmt_ci(mean, lo, hi)
+            mean, lo, hi, n = bootstrap_ci(part["value"].to_numpy())
+            if n < MIN_BOOTSTRAP_N:  # too few samples for an interval: give the count
+                row[f"Spearman ({which})"] = "n/a" if n == 0 else f"{mean:.3f} (n={n})"
+            else:
+                row[f"Spearman ({which})"] = fmt_ci(mean, lo, hi)
         for metric, label in (("faithfulness_correlation", "Δ faithfulness corr. (both correct)"),
                               ("deletion_auc", "Δ deletion AUC (both correct)")):
             s = both[(both["model"] == model) & (both["attribution"] == attribution)
