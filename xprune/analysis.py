@@ -314,6 +314,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
               for kind, fn in (("deletion", M.deletion_curve), ("insertion", M.insertion_curve))}
     scores: dict[str, torch.Tensor] = {}
     draws_memo: dict[str, torch.Tensor] = {}
+    fg = M.foreground(x) if mc.foreground else None
+    fg = None if fg is None or bool(fg.all()) else fg  # nothing at the baseline: no subset
     for name in mc.resolved_names(images=x.dim() == 4):
         info = M.METRICS[name]
         params = mc.metric_params(name, d)
@@ -321,9 +323,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
             if rec.role == "dense":
                 continue
             scores[name] = _call_metric(info, (dense_attrs, attrs), params, seed, max_rows)
-            if mc.foreground and name != "ssim" and not bool(M.foreground(x).all()):
-                scores[f"{name}@foreground"] = M.on_features(
-                    info.fn, dense_attrs, attrs, M.foreground(x), **params)
+            if fg is not None and name != "ssim":
+                scores[f"{name}@foreground"] = M.on_features(info.fn, dense_attrs, attrs, fg,
+                                                             **params)
         elif info.kind == "map":
             scores[name] = _call_metric(info, (attrs,), params, seed, max_rows)
         elif name in ("deletion_auc", "insertion_auc") and set(params) == {"steps"} \

@@ -16,6 +16,17 @@ from scipy import stats
 __all__ = ["bootstrap_ci", "holm", "mean_ci", "paired_test", "proportion_ci"]
 
 
+def _finite(values) -> tuple[np.ndarray, tuple[float, float, float, int] | None]:
+    """The finite values as float64, and the result when there are too few for an interval."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return v, (math.nan, math.nan, math.nan, 0)
+    if v.size < 2:
+        return v, (float(v.mean()), math.nan, math.nan, 1)
+    return v, None
+
+
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, int]:
     """Mean and Student-t confidence interval of the finite ``values``.
 
@@ -26,14 +37,10 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, int]
         correlations of constant maps, are left out). With n < 2 the interval
         is (nan, nan); with zero spread it collapses to the mean.
     """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(v.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
+    v, early = _finite(values)
+    if early is not None:
+        return early
+    n, mean = int(v.size), float(v.mean())
     sem = float(stats.sem(v))
     if sem == 0.0:
         return mean, mean, mean, n
@@ -60,14 +67,10 @@ def bootstrap_ci(values, confidence: float = 0.95, *, n_resamples: int = 2000,
     left out, n < 2 gives no interval, zero spread collapses it to the mean.
     Efron 1987, 'Better bootstrap confidence intervals', JASA.
     """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return math.nan, math.nan, math.nan, 0
-    mean = float(v.mean())
-    if n < 2:
-        return mean, math.nan, math.nan, n
+    v, early = _finite(values)
+    if early is not None:
+        return early
+    n, mean = int(v.size), float(v.mean())
     if float(v.max()) == float(v.min()):
         return mean, mean, mean, n
     with warnings.catch_warnings():  # nearly degenerate samples: BCa may warn, then NaN
