@@ -117,6 +117,10 @@ def _run(args) -> int:
     from .analysis import run_analysis
     from .config import load_config
 
+    from .reproductions import is_reproduction
+
+    if is_reproduction(args.config):
+        return _run_reproduction(args)
     config = load_config(args.config)
     changes = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
     if args.factory or args.dense:
@@ -150,6 +154,26 @@ def _run(args) -> int:
     return 0
 
 
+def _run_reproduction(args) -> int:
+    from .reproductions import load_reproduction, run_reproduction
+
+    unused = [flag for flag, value in (("--factory", args.factory), ("--dense", args.dense),
+                                       ("--sparse", args.sparse), ("--seeds", args.seeds),
+                                       ("--jobs", args.jobs != 1),
+                                       ("--executor", args.executor != "local"),
+                                       ("--address", args.address)) if value]
+    if unused:
+        raise ValueError(f"{args.config} is a reproduction config: it takes --out, --seed, "
+                         f"--device, --no-cache and --quiet, not {', '.join(unused)}.")
+    config = load_reproduction(args.config)
+    changes = {k: v for k, v in (("seed", args.seed), ("device", args.device)) if v is not None}
+    config = config.replace(**changes) if changes else config
+    report = run_reproduction(config, out_dir=args.out, progress=not args.quiet,
+                              use_cache=not args.no_cache)
+    print(f"Report written to {report}")
+    return 0
+
+
 def _list(_args) -> int:
     from . import ATTRIBUTION_METHODS, PRUNING_METHODS
     from .metrics import METRICS
@@ -164,6 +188,12 @@ def _list(_args) -> int:
     for name, m in METRICS.items():
         better = "higher" if m.higher_is_better else "lower"
         print(f"  {name:24s} {m.category}, {better} is better; {m.reference}")
+    from .reproductions import REPRODUCTIONS, _load_all
+
+    _load_all()
+    print("reproductions (configs under analyses/repro-*.toml):")
+    for name, r in REPRODUCTIONS.items():
+        print(f"  {name:24s} {r.citation}")
     return 0
 
 
