@@ -148,3 +148,20 @@ def test_drift_smoke_run_resumes_and_reproduces(tmp_path):
     assert (tmp_path / "b" / "per_seed.csv").read_bytes() == first  # same seed, same numbers
     assert not list((tmp_path / "b").rglob(".cache"))
     assert np.isfinite(per_seed["spearman"].dropna()).all()
+
+
+def test_threads_are_set_for_the_run_and_restored_also_after_an_error(tmp_path):
+    import torch
+
+    from xprune.reproductions import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="boom"), torch_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="Expected `threads` to be"):
+        load_reproduction(_write(tmp_path, 'reproduction = "attribution_drift"\nthreads = 0\n'))
+    # the thread count does not change the numbers, so it is not part of the store's key
+    config = load_reproduction(SMOKE)
+    assert "threads" in config.to_dict() and config.threads == 1

@@ -20,15 +20,19 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._cache import RunCache
+from .._validation import check_positive_int
 from ..config import _build, check_device
 from ._report import ReproductionReport, Section
 
@@ -48,6 +52,7 @@ __all__ = [
     "load_reproduction",
     "register",
     "run_reproduction",
+    "torch_threads",
 ]
 
 
@@ -98,12 +103,20 @@ class Context:
 
 @dataclass(frozen=True)
 class ReproductionConfig:
-    """A reproduction's config: which one, its output name, seed, device and parameters."""
+    """A reproduction's config: which one, its output name, seed, device, CPU threads and
+    parameters.
+
+    ``threads``: torch's intra-op CPU threads during the run (restored after).
+    The networks are tiny, so one thread loses little, and on a machine shared
+    with other busy processes more threads mostly wait for each other (training
+    the digits CNN ran 20-60x slower with 2 threads than with 1 at a load of 5).
+    """
 
     reproduction: str
     name: str
     seed: int = 0
     device: str = "cpu"
+    threads: int = 1
     params: Any = None
 
     def __post_init__(self) -> None:
@@ -117,6 +130,7 @@ class ReproductionConfig:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"Expected `seed` to be a non-negative integer, got {self.seed!r}.")
         check_device(self.device)
+        check_positive_int(self.threads, "threads")
         cls = REPRODUCTIONS[self.reproduction].params
         if self.params is None:
             object.__setattr__(self, "params", cls())
@@ -128,10 +142,27 @@ class ReproductionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"reproduction": self.reproduction, "name": self.name, "seed": self.seed,
-                "device": self.device, "params": dataclasses.asdict(self.params)}
+                "device": self.device, "threads": self.threads,
+                "params": dataclasses.asdict(self.params)}
+
+    def store_key(self) -> dict[str, Any]:
+        """What determines the numbers (not the name or the thread count): the key of the
+        run's store of finished work."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("name", "threads")}
 
     def replace(self, **changes: Any) -> ReproductionConfig:
         return dataclasses.replace(self, **changes)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside, restored afterwards (also on error)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -167,7 +198,7 @@ def load_reproduction(path: str | Path) -> ReproductionConfig:
     return _build(ReproductionConfig, data, "the config's top level")
 
 
-_MODULES = ("drift",)  # the modules under xprune/reproductions/ that register reproductions
+_MODULES = ("yeom2021", "adebayo2018", "hooker2019", "drift")  # the modules under xprune/reproductions/ that register reproductions
 
 
 def _load_all() -> None:
@@ -194,12 +225,13 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
         config = load_reproduction(config)
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     check_writable(out)
-    cache = RunCache(out if use_cache else None, config.to_dict())
+    cache = RunCache(out if use_cache else None, config.store_key())
     context = Context(out_dir=out, seed=config.seed, device=config.device, cache=cache,
                       progress=progress)
     repro = REPRODUCTIONS[config.reproduction]
     context.say(f"{repro.title}: running into {out}")
-    report = repro.run(config.params, context)
+    with torch_threads(config.threads):
+        report = repro.run(config.params, context)
     path = report.write(out, config=config.to_dict())
     context.say(f"report written to {path}")
     return path

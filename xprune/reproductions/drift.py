@@ -135,6 +135,23 @@ def _paired_vs(res: pd.DataFrame, model: str, control: str, method: str,
     return (a - b.reindex(a.index)).to_numpy(dtype=np.float64)
 
 
+def _versus_controls(results: dict[int, pd.DataFrame], seeds: list[int], tag: str,
+                     method: str) -> dict[str, tuple[float, float, float, int]]:
+    """Per control: the mean over seeds of (agreement of ``tag`` − the control's), its 95%
+    t-interval across seeds, and in how many seeds a Wilcoxon test of the per-sample
+    differences is significant after Holm's correction across seeds."""
+    out = {}
+    for control in CONTROLS:
+        diffs, pvals = [], []
+        for seed in seeds:
+            d = _paired_vs(results[seed], tag, control, method)
+            diffs.append(float(np.nanmean(d)))
+            pvals.append(paired_test(d))
+        mean, low, high, _ = mean_ci(np.asarray(diffs))
+        out[control] = (mean, low, high, int(np.sum(holm(pvals) < 0.05)))
+    return out
+
+
 def drift_summary(per_seed: pd.DataFrame, tolerance: float) -> tuple[pd.DataFrame, float | None]:
     """Across seeds: each model's mean and 95% t-interval of accuracy, its drop, agreement, Gini.
 
@@ -236,39 +253,44 @@ def run(params: Params, context: Context) -> ReproductionReport:
                 "class), averaged over the test samples; foreground: over the pixels where the "
                 "input is nonzero. Controls have no sparsity: their agreement is how far maps "
                 "move without pruning."]
-        vs_rows = []
+        versus = {tag: _versus_controls(results, seeds, tag, method)
+                  for tag in t.loc[t["role"] == "sparse", "model"]}
+        shown.insert(5, "Δ Spearman vs fine-tuned control", [
+            _fmt(*versus[m]["control:finetune"][:3], 3) if m in versus else "—"
+            for m in t["model"]])
+        onset = next((float(s) for m, s in zip(t["model"], t["sparsity"], strict=True)
+                      if m in versus and versus[m]["control:finetune"][2] < 0), None)
+        vs = None
         if highest is not None:
             model_at = t[(t["role"] == "sparse") & np.isclose(t["sparsity"], highest)]
-            tag = model_at["model"].iloc[0]
-            for control, what in CONTROLS.items():
-                diffs, pvals = [], []
-                for seed in seeds:
-                    d = _paired_vs(results[seed], tag, control, method)
-                    diffs.append(float(np.nanmean(d)))
-                    pvals.append(paired_test(d))
-                mean, low, high, _ = mean_ci(np.asarray(diffs))
-                adjusted = holm(pvals)
-                vs_rows.append({"control": f"{control} ({what})",
-                                "Δ Spearman, pruned − control": _fmt(mean, low, high, 3),
-                                "seeds with p_Holm < 0.05": f"{int(np.sum(adjusted < 0.05))} "
-                                                            f"of {len(seeds)}",
-                                "_mean": mean, "_low": low, "_high": high})
-            vs = pd.DataFrame(vs_rows)
-            ft = vs.iloc[0]
-            drifted = ft["_high"] < 0
-            below_seed = vs.iloc[1]["_high"] < 0
+            at = versus[model_at["model"].iloc[0]]
+            vs = pd.DataFrame([{
+                "control": f"{control} ({what})",
+                "Δ Spearman, pruned − control": _fmt(*at[control][:3], 3),
+                "seeds with p_Holm < 0.05": f"{at[control][3]} of {len(seeds)}"}
+                for control, what in CONTROLS.items()])
+            ft, other = at["control:finetune"], at["control:other-seed"]
+            versus_seed = ("below even a model trained from another seed" if other[2] < 0 else
+                           "still above a model trained from another seed" if other[1] > 0
+                           else "no closer than a model trained from another seed")
             findings.append(
                 f"{label.capitalize()}: the highest sparsity at which mean accuracy stays "
                 f"within {_points(tol_pts)} of dense is {highest:.2f} "
                 f"(Δ accuracy {model_at['accuracy_drop'].iloc[0] * -100:+.1f} points). There "
                 f"the maps agree with the dense maps at Spearman "
                 f"{_fmt(*model_at[['spearman', 'spearman_low', 'spearman_high']].iloc[0])}, "
-                f"{ft['Δ Spearman, pruned − control']} against the fine-tuned control: "
+                f"Δ {_fmt(*ft[:3], 3)} against the fine-tuned control: "
                 + ("the maps have drifted beyond what fine-tuning alone does before accuracy "
-                   "dropped" if drifted else
+                   "dropped" if ft[2] < 0 else
                    "not distinguishable from fine-tuning alone, so no drift before accuracy "
                    "drops at this resolution")
-                + ("; below even a model trained from another seed." if below_seed else "."))
+                + f"; {versus_seed} (Δ {_fmt(*other[:3], 3)}).")
+            findings.append(
+                f"{label.capitalize()}: agreement falls below the fine-tuned control's (95% "
+                f"interval of the difference below 0) from sparsity {onset:.2f} on."
+                if onset is not None else
+                f"{label.capitalize()}: at no sparsity tried is agreement below the fine-tuned "
+                "control's.")
             text.append(f"At the highest sparsity within {_points(tol_pts)} of dense "
                         f"accuracy ({highest:.2f}), the pruned model's agreement minus each "
                         "control's, per seed averaged over samples, then a 95% t-interval "
@@ -280,9 +302,9 @@ def run(params: Params, context: Context) -> ReproductionReport:
                             f"({min(params.sparsities):.2f}).")
         tables = [(f"{label}: accuracy, agreement with the dense maps and Gini per model",
                    shown)]
-        if vs_rows:
+        if vs is not None:
             tables.append((f"{label}: agreement at sparsity {highest:.2f} against the controls",
-                           vs.drop(columns=["_mean", "_low", "_high"])))
+                           vs))
         sections.append(Section(f"Accuracy against attribution agreement: {label}", text,
                                 tables, [(f"{label}: accuracy and agreement along sparsity "
                                           f"(mean, 95% CI across seeds)",

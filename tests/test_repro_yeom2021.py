@@ -1,0 +1,375 @@
+"""Tests of the Yeom et al. 2021 toy reproduction: its criteria, ranking, pruning and report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import xprune.reproductions.yeom2021 as yeom  # registers "yeom2021_toy"
+from xprune._cache import RunCache
+from xprune.reproductions import Context, run_reproduction
+
+SMOKE = Path(__file__).resolve().parent.parent / "analyses" / "smoke" / "repro-yeom2021-toy.toml"
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny network with set weights: 2 -> 3 -> 3 -> 3 -> 2
+# --------------------------------------------------------------------------------------------
+
+W1 = [[1.0, -2.0], [0.5, 0.5], [-3.0, 0.25]]
+W2 = [[0.5, -1.0, 2.0], [1.0, 1.0, -0.5], [-0.25, 0.75, 1.5]]
+W3 = [[1.0, 0.5, -1.0], [-0.5, 2.0, 0.25], [0.75, -0.25, 1.0]]
+W4 = [[1.0, -1.5, 0.5], [-0.5, 1.0, 2.0]]
+
+
+def tiny(*, third_relu: bool = False, biases: bool = True) -> nn.Sequential:
+    model = yeom.toy_mlp(hidden=3, third_relu=third_relu).double()
+    layers = [m for m in model if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for layer, w, b in zip(layers, (W1, W2, W3, W4),
+                               ([0.1, -0.2, 0.3], [0.05, 0.1, -0.1], [0.2, -0.1, 0.1],
+                                [0.1, -0.05]), strict=True):
+            layer.weight.copy_(torch.tensor(w, dtype=torch.float64))
+            layer.bias.copy_(torch.tensor(b, dtype=torch.float64) if biases else 0.0)
+    return model.eval()
+
+
+X = torch.tensor([[0.8, -0.3], [-0.4, 0.9], [1.2, 0.7], [0.37, 0.21]], dtype=torch.float64)
+Y = torch.tensor([0, 1, 1, 0])
+
+
+def layer_outputs(model: nn.Sequential, x: torch.Tensor, bump=None) -> tuple[list, torch.Tensor]:
+    """Outputs of the hidden linear layers and the logits; ``bump=(layer, unit, sample, eps)``
+    adds eps to one hidden unit's output of one sample."""
+    hidden = yeom.hidden_layers(model)
+    outs, h = [], x
+    for module in model:
+        h = module(h)
+        if any(module is m for m in hidden):
+            if bump is not None and bump[0] == len(outs):
+                h = h.clone()
+                h[bump[2], bump[1]] += bump[3]
+            outs.append(h)
+    return outs, h
+
+
+def literal_taylor_gradient(model, x, y, eps=1e-6):
+    """Taylor and gradient criteria by a loop over layers, units and samples, with the gradient of
+    the mean cross-entropy taken by central finite differences."""
+    n = x.shape[0]
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        outs, _ = layer_outputs(model, x)
+        assert all(bool((o.abs() > 1e-3).all()) for o in outs)  # no ReLU kink within eps
+        taylor, gradient = [], []
+        for li, out in enumerate(outs):
+            t_row, g_row = [], []
+            for k in range(out.shape[1]):
+                t_sum = g_sum = 0.0
+                for i in range(n):
+                    up = loss(layer_outputs(model, x, (li, k, i, eps))[1], y)
+                    down = loss(layer_outputs(model, x, (li, k, i, -eps))[1], y)
+                    g = float(up - down) / (2 * eps)
+                    g_sum += g
+                    t_sum += float(out[i, k]) * g
+                t_row.append(t_sum / n)
+                g_row.append(g_sum / n)
+            taylor.append(torch.tensor(t_row, dtype=torch.float64))
+            gradient.append(torch.tensor(g_row, dtype=torch.float64))
+    return taylor, gradient
+
+
+def literal_zplus(model, x, y):
+    """z+ LRP by explicit loops: relevance at each hidden linear layer's output, per sample."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    inputs, h = [], x
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, nn.Linear):
+                inputs.append(h.clone())
+            h = module(h)
+    out = [torch.zeros(x.shape[0], m.out_features, dtype=torch.float64) for m in linears[:-1]]
+    for i in range(x.shape[0]):
+        relevance = [0.0] * linears[-1].out_features
+        relevance[int(y[i])] = float(h[i, int(y[i])])
+        for li in reversed(range(len(linears))):
+            layer, a = linears[li], inputs[li][i].tolist()
+            w = layer.weight.detach().clamp(min=0).tolist()
+            if li < len(linears) - 1:
+                out[li][i] = torch.tensor(relevance, dtype=torch.float64)
+            z = [sum(a[j] * w[k][j] for j in range(layer.in_features))
+                 for k in range(layer.out_features)]
+            z = [zk + (1e-9 if zk >= 0 else -1e-9) for zk in z]  # Captum's stabiliser
+            relevance = [sum(a[j] * w[k][j] * relevance[k] / z[k]
+                             for k in range(layer.out_features))
+                         for j in range(layer.in_features)]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The criteria
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("third_relu", [False, True])
+def test_taylor_and_gradient_match_a_literal_finite_difference_loop(third_relu):
+    model = tiny(third_relu=third_relu)
+    scores = yeom.unit_scores(model, X, Y)
+    taylor, gradient = literal_taylor_gradient(model, X, Y)
+    for ours, ref in zip(scores["taylor"], taylor, strict=True):
+        assert_close(ours, ref, atol=1e-7, rtol=1e-6)
+    for ours, ref in zip(scores["gradient"], gradient, strict=True):
+        assert_close(ours, ref, atol=1e-7, rtol=1e-6)
+
+
+def test_weight_criterion_is_the_l1_norm_of_incoming_weights():
+    scores = yeom.unit_scores(tiny(), X, Y)["weight"]
+    assert_close(scores[0], torch.tensor([3.0, 1.0, 3.25], dtype=torch.float64))
+    assert_close(scores[1], torch.tensor([3.5, 2.5, 2.5], dtype=torch.float64))
+    assert_close(scores[2], torch.tensor([2.5, 2.75, 2.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("third_relu", [False, True])
+def test_captum_lrp_equals_a_literal_zplus_loop(third_relu):
+    model = tiny(third_relu=third_relu)
+    ours = yeom.lrp_relevance(model, X, Y)
+    ref = literal_zplus(model, X, Y)
+    for a, b in zip(ours, ref, strict=True):
+        assert_close(a, b, atol=1e-8, rtol=1e-6)
+    summed = yeom.unit_scores(model, X, Y)["lrp"]
+    for a, b in zip(summed, ref, strict=True):
+        assert_close(a, b.sum(dim=0), atol=1e-8, rtol=1e-6)
+
+
+def test_lrp_conserves_the_explained_logit_with_zero_biases():
+    model = tiny(third_relu=True, biases=False)
+    with torch.no_grad():
+        logits = model(X)
+    target = logits.argmax(dim=1)
+    explained = logits.gather(1, target[:, None])[:, 0]
+    assert bool((explained > 0).all())  # conservation needs a positive start
+    for relevance in yeom.lrp_relevance(model, X, target):
+        assert_close(relevance.sum(dim=1), explained, atol=1e-7, rtol=1e-7)
+    for layer_total in yeom.unit_scores(model, X, target)["lrp"]:
+        assert_close(layer_total.sum(), explained.sum(), atol=1e-7, rtol=1e-7)
+
+
+def test_unit_scores_leave_model_and_inputs_untouched():
+    model = tiny()
+    model.train()  # dropout on: the criteria must still use eval mode
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = X.clone()
+    first = yeom.unit_scores(model, x, Y)
+    second = yeom.unit_scores(model, x, Y)
+    for name in yeom.CRITERIA:
+        for a, b in zip(first[name], second[name], strict=True):
+            assert torch.equal(a, b)
+    assert model.training and all(m.training for m in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    for module in model.modules():
+        assert not hasattr(module, "rule") and not hasattr(module, "activations")
+        assert not module._forward_hooks and not module._backward_hooks
+        assert not module._forward_pre_hooks
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(x, X) and x.grad is None and not x.requires_grad
+
+
+def test_toy_mlp_follows_the_authors_missing_third_relu():
+    plain = yeom.toy_mlp(hidden=4)
+    assert list(dict(plain.named_children())) == [
+        "linear1", "relu1", "dropout1", "linear2", "relu2", "linear3", "output"]
+    with_relu = yeom.toy_mlp(hidden=4, third_relu=True)
+    assert isinstance(with_relu.relu3, nn.ReLU)
+    assert [m.out_features for m in yeom.hidden_layers(plain)] == [4, 4, 4]
+
+
+def test_make_toy_gives_n_per_class_and_rejects_unknown_sets():
+    for dataset in ("moons", "circles"):
+        x, y = yeom.make_toy(dataset, 10, noise=0.1, random_state=3)
+        assert x.shape == (10, 2) and x.dtype == torch.float32
+        assert int((y == 0).sum()) == 5 and int((y == 1).sum()) == 5
+        x2, _ = yeom.make_toy(dataset, 10, noise=0.1, random_state=3)
+        assert torch.equal(x, x2)
+    with pytest.raises(ValueError, match="Expected `dataset` in"):
+        yeom.make_toy("spirals", 10, noise=0.1, random_state=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation, global ranking, pruning
+# --------------------------------------------------------------------------------------------
+
+def test_normalise_per_layer_hand_computed():
+    t = [torch.tensor([3.0, -4.0]), torch.tensor([0.0, 0.0])]
+    for name in ("taylor", "gradient"):
+        out = yeom.normalise_per_layer(t, name)
+        assert_close(out[0], torch.tensor([0.6, 0.8]))
+        assert_close(out[1], torch.tensor([0.0, 0.0]))  # zero norm: left as is
+    w = [torch.tensor([1.0, 3.0])]
+    assert_close(yeom.normalise_per_layer(w, "weight")[0], torch.tensor([0.25, 0.75]))
+    r = [torch.tensor([2.0, -1.0, 3.0]), torch.tensor([1.0, -1.0])]
+    out = yeom.normalise_per_layer(r, "lrp")
+    assert_close(out[0], torch.tensor([0.5, -0.25, 0.75]))
+    assert_close(out[1], torch.tensor([1.0, -1.0]))  # zero sum: left as is
+    assert torch.equal(r[0], torch.tensor([2.0, -1.0, 3.0]))  # inputs untouched
+    with pytest.raises(ValueError, match="Expected `criterion` in"):
+        yeom.normalise_per_layer(r, "random")
+
+
+def test_global_ranking_removes_exactly_the_lowest_units():
+    scores = [torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.2, 0.05]), torch.tensor([0.3])]
+    keep = yeom.global_keep_masks(scores, 3)
+    assert [k.tolist() for k in keep] == [[True, False, True], [False, False], [True]]
+    ties = yeom.global_keep_masks([torch.ones(2), torch.ones(1)], 2)  # stable: layer, then index
+    assert [k.tolist() for k in ties] == [[False, False], [True]]
+    gen = torch.Generator().manual_seed(0)
+    layers = [torch.rand(50, generator=gen) for _ in range(3)]
+    for k in (0, 1, 37, 150):
+        keep = yeom.global_keep_masks(layers, k)
+        flat_keep, flat = torch.cat(keep), torch.cat(layers)
+        assert int((~flat_keep).sum()) == k
+        if 0 < k < 150:
+            assert flat[~flat_keep].max() <= flat[flat_keep].min()
+    with pytest.raises(ValueError, match=r"Expected `n_prune` to be an integer in \[0, 6\]"):
+        yeom.global_keep_masks(scores, 7)
+    with pytest.raises(ValueError, match="Expected finite `scores`"):
+        yeom.global_keep_masks([torch.tensor([0.1, math.nan])], 1)
+
+
+def test_pruning_masks_units_like_deleting_them_and_keeps_the_dense_model():
+    model = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    keep = [torch.tensor([True, False, True]), torch.tensor([False, True, True]),
+            torch.tensor([True, True, False])]
+    pruned = yeom.prune_units(model, keep)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert set(pruned.state_dict()) == set(model.state_dict())  # masks made permanent
+    for layer, k in zip(yeom.hidden_layers(pruned), keep, strict=True):
+        assert bool((layer.weight[~k] == 0).all()) and bool((layer.bias[~k] == 0).all())
+    # the same network with the units deleted (rows of their layer, columns of the next)
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    small, prev = [], torch.ones(2, dtype=torch.bool)
+    for layer, k in zip(linears, [*keep, torch.ones(2, dtype=torch.bool)], strict=True):
+        s = nn.Linear(int(prev.sum()), int(k.sum())).double()
+        with torch.no_grad():
+            s.weight.copy_(layer.weight[k][:, prev])
+            s.bias.copy_(layer.bias[k])
+        small.append(s)
+        prev = k
+    with torch.no_grad():
+        h = torch.relu(small[0](X))
+        h = small[2](torch.relu(small[1](h)))
+        expected = small[3](h)  # no ReLU after the third hidden layer
+        assert_close(pruned(X), expected)
+        outs, _ = layer_outputs(pruned, X)
+    for out, k in zip(outs, keep, strict=True):
+        assert bool((out[:, ~k] == 0).all())
+
+
+@pytest.mark.parametrize("third_relu", [False, True])
+def test_removing_units_computes_what_masking_them_computes(third_relu):
+    gen = torch.Generator().manual_seed(1)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = yeom.toy_mlp(hidden=12, third_relu=third_relu).double().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(30, 2, generator=gen, dtype=torch.float64)
+    for n_prune in (0, 7, 12, 30):  # 12: possibly a whole layer; 30: most units
+        scores = [torch.rand(12, generator=gen) for _ in range(3)]
+        keep = yeom.global_keep_masks(scores, n_prune)
+        small = yeom.remove_units(model, keep)
+        masked = yeom.prune_units(model, keep)
+        assert [m.out_features for m in yeom.hidden_layers(small)] == [int(k.sum()) for k in keep]
+        with torch.no_grad():
+            assert_close(small(x), masked(x))
+    whole = [torch.zeros(12, dtype=torch.bool), torch.ones(12, dtype=torch.bool),
+             torch.ones(12, dtype=torch.bool)]
+    with torch.no_grad():  # a whole layer removed: the network outputs what the biases give
+        assert_close(yeom.remove_units(model, whole)(x), yeom.prune_units(model, whole)(x))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters, determinism and the smoke run
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"n_prune": 30, "hidden": 10}, r"Expected `params.n_prune` below the 30 hidden units"),
+    ({"datasets": ["spirals"]}, r"Expected `params.datasets` to be a non-empty list"),
+    ({"n_per_class": [10, 5]}, r"Expected `params.n_per_class` to be a non-empty increasing"),
+    ({"n_models": 4, "n_seeds": 3}, r"Expected `params.n_models` <= `params.n_seeds` \(3\)"),
+    ({"n_seeds": 1}, r"Expected `params.n_seeds` to be an integer >= 2"),
+    ({"dropout": 1.0}, r"Expected `params.dropout` in \[0.0, 1.0\)"),
+    ({"circle_factor": 0}, r"Expected `params.circle_factor` in \(0.0, 1.0\)"),
+    ({"lr": 0}, r"Expected `params.lr` to be a positive number"),
+    ({"third_relu": 1}, r"Expected `params.third_relu` to be true or false"),
+])
+def test_bad_params_are_rejected(changes, message):
+    with pytest.raises(ValueError, match=message):
+        yeom.Params(**changes)
+
+
+def _tiny_params() -> yeom.Params:
+    return yeom.Params(n_seeds=2, hidden=8, n_prune=10, n_train=60, n_test=20, n_noisy_test=20,
+                       epochs=1, batch_size=32, boundary_grid=0)
+
+
+def test_same_seed_gives_the_same_network_and_numbers(tmp_path):
+    params = _tiny_params()
+    frames, states = [], []
+    for _ in range(2):
+        context = Context(out_dir=tmp_path, seed=3, device="cpu", cache=RunCache(None, {}),
+                          progress=False)
+        model, train_xy, _ = yeom._network("circles", 0, params, context)
+        states.append(model.state_dict())
+        frames.append(yeom._seed_frame("circles", 1, model, train_xy, {}, params, context))
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k])
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    removed = frames[0][frames[0]["criterion"] != "dense"]
+    totals = removed[["removed_layer1", "removed_layer2", "removed_layer3"]].sum(axis=1)
+    assert bool((totals == params.n_prune).all())
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("yeom-smoke")
+    run_reproduction(SMOKE, out_dir=out, progress=False)
+    return out
+
+
+def test_smoke_report_has_the_side_by_side_table(smoke):
+    md = (smoke / "report.md").read_text(encoding="utf-8")
+    html = (smoke / "report.html").read_text(encoding="utf-8")
+    assert "Side by side: accuracy after pruning, paper and ours" in md
+    for value in ("99.20", "98.20", "81.80", "81.20", "99.80", "83.80", "86.17", "99.99"):
+        assert value in md and value in html
+    assert "ordering LRP > weight > Taylor > gradient" in md
+    assert len(list((smoke / "figures").glob("*.png"))) == 5
+    results = pd.read_csv(smoke / "results.csv")
+    # 2 datasets x 3 seeds x 2 n x (dense + 4 criteria) x 4 splits
+    assert len(results) == 2 * 3 * 2 * 5 * 4
+    assert results["accuracy"].between(0, 100).all()
+    dense = results[results["criterion"] == "dense"]
+    assert (dense[["removed_layer1", "removed_layer2", "removed_layer3"]] == 0).all().all()
+    side = pd.read_csv(next((smoke / "tables").glob("01-1-*.csv")), dtype=str)
+    moons5 = side[(side["dataset"] == "moons") & (side["n per class"] == "5")]
+    assert moons5.set_index("criterion").loc["LRP", "paper: reference samples"] == "99.20"
+
+
+def test_smoke_rerun_reuses_the_cache_and_gives_identical_csvs(smoke):
+    cached = sorted((smoke / ".cache").rglob("*"))
+    stamps = {p: p.stat().st_mtime_ns for p in cached if p.is_file()}
+    assert any(p.suffix == ".safetensors" for p in stamps)
+    csvs = {p: p.read_bytes() for p in smoke.rglob("*.csv") if ".cache" not in p.parts}
+    run_reproduction(SMOKE, out_dir=smoke, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing recomputed
+    for path, content in csvs.items():
+        assert path.read_bytes() == content, path
