@@ -116,7 +116,6 @@ def _run(args) -> int:
 
     from .analysis import run_analysis
     from .config import load_config
-
     from .reproductions import is_reproduction
 
     if is_reproduction(args.config):
