@@ -286,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                "score": _score}[args.command]
     try:
         return handler(args)
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print("xprune: interrupted; run the same command again to resume from the finished "
+              "work", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, KeyError, RuntimeError) as exc:
         if getattr(args, "debug", False):
             raise

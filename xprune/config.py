@@ -602,6 +602,11 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"Could not parse {path} as TOML: {exc}") from None
+    for key in data:
+        if key not in {f.name for f in dataclasses.fields(AnalysisConfig)} \
+                and closest_name(key, ["reproduction"]):
+            raise ValueError(f"Unknown key `{key}` in {path}: did you mean 'reproduction' "
+                             "(a reproduction config)?")
     data.setdefault("name", path.stem)
     _resolve_paths(data, path.parent)
     return AnalysisConfig.from_dict(data)

@@ -110,6 +110,8 @@ class ReproductionConfig:
     The networks are tiny, so one thread loses little, and on a machine shared
     with other busy processes more threads mostly wait for each other (training
     the digits CNN ran 20-60x slower with 2 threads than with 1 at a load of 5).
+    The thread count changes the order of floating-point sums, hence the last
+    bits of trained weights, so it is part of what determines the numbers.
     """
 
     reproduction: str
@@ -120,6 +122,9 @@ class ReproductionConfig:
     params: Any = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reproduction, str):
+            raise ValueError(f"Expected `reproduction` to be the name of a reproduction, got "
+                             f"{self.reproduction!r}.")
         if self.reproduction not in REPRODUCTIONS:
             from .._validation import closest_name
             raise ValueError(f"Unknown reproduction {self.reproduction!r}; expected one of "
@@ -146,9 +151,12 @@ class ReproductionConfig:
                 "params": dataclasses.asdict(self.params)}
 
     def store_key(self) -> dict[str, Any]:
-        """What determines the numbers (not the name or the thread count): the key of the
-        run's store of finished work."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("name", "threads")}
+        """The key of the run's store of finished work: everything that determines the
+        numbers (not the name), including a digest of xprune's source code, so that a
+        changed implementation never reuses results computed by the old one."""
+        key = {k: v for k, v in self.to_dict().items() if k != "name"}
+        key["code"] = _code_digest()
+        return key
 
     def replace(self, **changes: Any) -> ReproductionConfig:
         return dataclasses.replace(self, **changes)
@@ -165,7 +173,21 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _code_digest() -> str:
+    """SHA-256 (16 hex digits) of every ``.py`` file of the installed xprune package."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ValueError(f"Expected a TOML config file, got the directory {path}.")
     if not path.is_file():
         raise FileNotFoundError(f"Config file not found: {path}")
     try:
@@ -232,6 +254,9 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
     context.say(f"{repro.title}: running into {out}")
     with torch_threads(config.threads):
         report = repro.run(config.params, context)
-    path = report.write(out, config=config.to_dict())
+    from ..analysis import _versions
+
+    path = report.write(out, config=config.to_dict(),
+                        versions={**_versions(), "code": config.store_key()["code"]})
     context.say(f"report written to {path}")
     return path

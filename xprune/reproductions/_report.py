@@ -56,11 +56,20 @@ class ReproductionReport:
     sections: list[Section] = field(default_factory=list)
     data: dict[str, pd.DataFrame] = field(default_factory=dict)  # raw results, CSV only
 
-    def write(self, out_dir: str | Path, *, config: dict[str, Any] | None = None) -> Path:
-        """Write the report into ``out_dir``; returns the path of ``report.html``."""
+    def write(self, out_dir: str | Path, *, config: dict[str, Any] | None = None,
+              versions: dict[str, str] | None = None) -> Path:
+        """Write the report into ``out_dir``; returns the path of ``report.html``.
+
+        ``config`` (the resolved config) and ``versions`` (library versions) are
+        written as ``config.json`` / ``versions.json`` and summarised at the end
+        of the report, so a reader knows how it was made.
+        """
         out = Path(out_dir)
         if config is not None:
             atomic_write_text(out / "config.json", json.dumps(config, indent=2, default=str))
+        if versions is not None:
+            atomic_write_text(out / "versions.json", json.dumps(versions, indent=2))
+        provenance = _provenance(config, versions)
         for name, frame in self.data.items():
             atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False, na_rep="NaN"))
         md = [f"# {self.title}", "", f"Reproducing: {self.citation}", "", "## Findings", ""]
@@ -78,7 +87,7 @@ class ReproductionReport:
                 stem = f"tables/{i + 1:02d}-{j + 1}-{_slug(caption)}"
                 atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False, na_rep="NaN"))
                 md += [f"**{caption}** ([CSV]({stem}.csv))", "",
-                       frame.to_markdown(index=False, disable_numparse=True), ""]
+                       _markdown(frame), ""]
                 tables.append({"caption": caption, "csv": f"{stem}.csv",
                                "columns": [str(c) for c in frame.columns],
                                "rows": [[_cell(v) for v in row]
@@ -94,14 +103,38 @@ class ReproductionReport:
                                 "src": "data:image/png;base64," + base64.b64encode(png).decode()})
             html_sections.append({"heading": section.heading, "text": section.text,
                                   "tables": tables, "figures": figures})
+        if provenance:
+            md += ["", "---", "", provenance]
         atomic_write_text(out / "report.md", "\n".join(md).rstrip() + "\n")
         env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
                                  autoescape=jinja2.select_autoescape(["html", "j2"]),
                                  undefined=jinja2.StrictUndefined)
         html = env.get_template("reproduction.html.j2").render(
             title=self.title, citation=self.citation, findings=self.findings,
-            setup=self.setup, differences=self.differences, sections=html_sections)
+            setup=self.setup, differences=self.differences, sections=html_sections,
+            provenance=provenance)
         return atomic_write_text(out / "report.html", html)
+
+
+def _provenance(config: dict[str, Any] | None, versions: dict[str, str] | None) -> str:
+    """One line: the run's reproduction, seed, device, threads and library versions."""
+    parts = []
+    if config is not None:
+        parts.append(f"Made by `xprune run` of reproduction {config.get('reproduction')} "
+                     f"(seed {config.get('seed')}, device {config.get('device')}, "
+                     f"{config.get('threads')} CPU thread(s); config.json has every parameter)")
+    if versions is not None:
+        parts.append("with " + ", ".join(f"{k} {v}" for k, v in versions.items()
+                                         if k not in ("platform", "code"))
+                     + (f", source digest {versions['code']}" if "code" in versions else ""))
+    return " ".join(parts) + ("." if parts else "")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table whose cells may contain ``|`` (escaped, so columns stay aligned)."""
+    escaped = frame.rename(columns=lambda c: str(c).replace("|", "\\|")).map(
+        lambda v: _cell(v).replace("|", "\\|"))
+    return escaped.to_markdown(index=False, disable_numparse=True)
 
 
 def _cell(value: Any) -> str:
