@@ -4,6 +4,7 @@ computations against hand-computed cases and scipy / scikit-image."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from xprune.metrics.agreement import foreground, ssim
 from xprune.metrics.sanity import parameter_randomisation
 from xprune.models import DigitsCNN
 from xprune.reproductions import Context, load_reproduction, run_reproduction, torch_threads
+from xprune.stats import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "analyses" / "smoke" / "repro-adebayo2018-sanity.toml"
@@ -90,6 +92,36 @@ def test_smoke_run_reports_the_paper_beside_ours_and_reuses_its_cache(tmp_path):
     with torch_threads(config.threads):
         fresh, _, _ = adb._seed_results(config.params, load_digits_split(seed=0), 1, context)
     pd.testing.assert_frame_equal(fresh, kept, check_dtype=False)
+
+
+def test_smoke_report_reads_wide_intervals_as_undecided_and_clips_them(tmp_path):
+    out = tmp_path / "run"
+    run_reproduction(SMOKE, out_dir=out, progress=False)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    findings = md.split("## Findings", 1)[1].split("## Setup", 1)[0]
+    summary = pd.read_csv(out / "summary.csv")
+    # every interval within the range a similarity (or a difference of two) can take
+    assert summary["ci_low"].ge(-1).all() and summary["ci_high"].le(1).all()
+    assert summary["ci_clipped"].any()
+    for low, high in re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", md.split("## Models")[0]):
+        assert -2 <= float(low) <= float(high) <= 2
+    accuracy = md.split("## Models")[1]
+    assert re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", accuracy)
+    for low, high in re.findall(r"\[(-?\d+\.\d+), (-?\d+\.\d+)\]", accuracy):
+        assert 0 <= float(low) <= float(high) <= 100
+    # two seeds: said in the findings, and no reading decided on intervals that wide
+    assert findings.lstrip("\n- ").startswith("Only 2 training seeds: intervals across so few")
+    assert f"{summary['ci_clipped'].mean():.0%} of the similarity intervals" in findings
+    assert "does not hold" not in findings and "undecided" in findings
+    # the pruning finding: the full tally with its correction, and the uncorrected count apart
+    pruning = next(line for line in findings.splitlines() if "Does pruning change" in line)
+    assert "of the 18 comparisons (1 pruned model × 3 methods × 3 similarities × 2 regions) " \
+           "with Holm's correction over all 18 (paired t-tests across the 2 training seeds" \
+           in pruning
+    assert "Without a correction, " in pruning and "the dense model's own drop" in pruning
+    # plain wording; only the figure whose number was checked is cited by number
+    for word in ("main job", "Fig. 3", "Figs.", "the issue"):
+        assert word not in md, word
 
 
 def test_the_full_config_is_the_default_run():
@@ -278,14 +310,33 @@ def test_paired_differences_by_hand():
                                  "spearman_signed": value + (0.1 if step == 2 else 0.0)})
     frame = pd.DataFrame(rows)
     left, right = {"method": "guided_backprop"}, {"method": "saliency"}
-    mean, low, high, n, over = adb._paired(frame, left, right, "spearman_signed", step=1)
+    est = adb._paired(frame, left, right, "spearman_signed", step=1)
     # per seed: mean over samples of 0.9 - 0.1 (seed + sample): seed 0 -> 0.85, seed 1 -> 0.75
     seeds = np.array([0.85, 0.75])
-    assert (mean, n, over) == (pytest.approx(0.8), 2, "seeds")
-    assert (low, high) == pytest.approx(stats.t.interval(0.95, 1, loc=0.8,
-                                                         scale=stats.sem(seeds)))
+    assert (est.mean, est.n, est.over) == (pytest.approx(0.8), 2, "seeds")
+    assert (est.low, est.high) == pytest.approx(stats.t.interval(0.95, 1, loc=0.8,
+                                                                 scale=stats.sem(seeds)))
+    assert not est.clipped  # [0.16, 1.44]: inside [-2, 2], the range of a difference
+    assert est.p == pytest.approx(stats.ttest_1samp(seeds, 0.0).pvalue)
     # step None: each sample's curve averaged first (here the same offset at both steps)
-    assert adb._paired(frame, left, right, "spearman_signed", step=None)[0] == pytest.approx(0.8)
+    assert adb._paired(frame, left, right, "spearman_signed", step=None).mean == \
+        pytest.approx(0.8)
+
+
+def test_intervals_are_clipped_to_the_range_and_the_test_matches_the_interval():
+    assert adb._clip(-4.2, 4.1, (-1.0, 1.0)) == (-1.0, 1.0, True)
+    assert adb._clip(-0.2, 0.3, (-1.0, 1.0)) == (-0.2, 0.3, False)
+    low, high, clipped = adb._clip(math.nan, math.nan, (-1.0, 1.0))
+    assert math.isnan(low) and math.isnan(high) and not clipped
+    gen = np.random.default_rng(0)
+    for shift in (0.0, 0.3, 1.0):
+        v = gen.normal(shift, 1.0, 8)
+        _, lo, hi, _ = mean_ci(v)
+        p = adb._t_p(v)
+        assert p == pytest.approx(stats.ttest_1samp(v, 0.0).pvalue)
+        assert (p < 0.05) == (lo > 0 or hi < 0)  # the test behind the interval
+    assert math.isnan(adb._t_p(np.array([0.4])))
+    assert adb._t_p(np.array([0.2, 0.2])) == 0.0 and adb._t_p(np.zeros(3)) == 1.0
 
 
 def test_verdict_against_the_line():
@@ -312,12 +363,64 @@ def test_summarise_by_hand():
     means = np.array([0.3, 0.6])  # per-seed means, the NaN left out
     low, high = stats.t.interval(0.95, 1, loc=means.mean(), scale=stats.sem(means))
     assert row["mean"] == pytest.approx(0.45) and row["interval"] == "seeds"
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
+    assert low < -1 and high > 1  # two seeds: wider than a similarity can go, so clipped
+    assert (row["ci_low"], row["ci_high"], row["ci_clipped"]) == (-1.0, 1.0, True)
     assert row["n"] == 2 and row["nan_fraction"] == pytest.approx(1 / 6)
     one = adb.summarise(frame[frame["seed"] == 0]).iloc[0]  # one seed: across samples
     low, high = stats.t.interval(0.95, 2, loc=0.3, scale=stats.sem([0.1, 0.2, 0.6]))
     assert one["interval"] == "samples" and one["n"] == 3
+    assert low > -1 and high < 1 and not one["ci_clipped"]
     assert (one["ci_low"], one["ci_high"]) == pytest.approx((low, high))
+
+
+def _effect_table(means, p_holm, shares, lows=None, highs=None):
+    n = len(means)
+    methods = (["saliency", "integrated_gradients", "guided_backprop"] * n)[:n]
+    return pd.DataFrame({
+        "_model": "l1@0.90", "_method": methods,
+        "_region": (["all", "foreground"] * n)[:n], "_sim": "spearman_signed",
+        "_mean": means, "_p_holm": p_holm, "_share": shares,
+        "_low": lows if lows is not None else [m - 0.01 for m in means],
+        "_high": highs if highs is not None else [m + 0.01 for m in means]})
+
+
+def test_pruning_finding_counts_every_cell_with_one_correction():
+    models = ["dense", "l1@0.90"]
+    methods = ["saliency", "integrated_gradients", "guided_backprop"]
+    verdicts = {(m, k): "changes" for m in models for k in methods}
+    means = [-0.02, 0.001, -0.09, 0.03, -0.001, 0.0]
+    lows = [m - 0.01 for m in means]
+    lows[1] = 0.0005  # excludes 0 without the correction only
+    effect = _effect_table(means, [0.01, 0.9, 0.001, 0.04, 0.5, math.nan],
+                           [-0.03, 0.01, -0.23, 0.05, -0.002, 0.0], lows=lows,
+                           highs=[m + 0.01 for m in means])
+    text = adb._pruning_finding(effect, models, methods, verdicts, "paired t-tests across the 5 "
+                                "training seeds", 5)
+    assert "the same for the dense and the pruned models" in text
+    assert ("differs from 0 in 3 of the 5 comparisons (1 pruned model × 3 methods × 1 similarity"
+            " × 2 regions; 1 without a test, too few values) with Holm's correction over all 5 "
+            "(paired t-tests across the 5 training seeds, family-wise error 5%): 2 below 0") in text
+    assert "and 1 above 0; by method Saliency (gradient) 2 of 2 (all pixels 1, foreground 1, " \
+           "1 below and 1 above 0); Integrated Gradients 0 of 2" in text
+    assert "Guided Backprop 1 of 1 (all pixels 1, foreground 0)" in text
+    # rows 0, 2 (below), 1 and 3 (above) of the 5 tested exclude 0; row 1 only uncorrected
+    assert "Without a correction, 4 of the 5 95% intervals exclude 0 (2 below, 2 above)" in text
+    assert ("The 1 that excludes 0 only without the correction is 0.001 in similarity, at most "
+            "1% of the dense model's own drop under randomisation (1 − its mean similarity over "
+            "the cascade).") in text
+    assert "0.020 to 0.090 in similarity, that is 3% to 23% (median 5%) of that drop" in text
+    assert "Guided Backprop, Spearman, signed maps, all pixels, l1@0.90: -0.090, 23% of the " \
+           "drop" in text
+    assert "1 of them reaches 10% of that drop or more (our line, not a test), for Guided " \
+           "Backprop: not negligible" in text
+    # nothing significant: no evidence, with the low power of few seeds said
+    quiet = adb._pruning_finding(_effect_table([-0.02, 0.01], [0.2, 0.6], [-0.05, 0.02]),
+                                 models, methods[:2], verdicts, "paired t-tests across the 2 "
+                                 "training seeds", 2)
+    assert "No evidence after the correction that pruning changes" in quiet
+    assert "(with 2 training seeds these tests have little power)" in quiet
+    assert "The 1 that excludes 0 only without the correction is 0.020" in quiet
+    assert "relative to that drop is 0.020, 5% of it (Saliency (gradient)" in quiet
 
 
 @pytest.mark.parametrize(("changes", "message"), [

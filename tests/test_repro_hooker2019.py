@@ -14,6 +14,7 @@ from scipy import stats
 import xprune.reproductions.hooker2019 as hk  # registers the reproduction
 from xprune.data import load_digits_split
 from xprune.reproductions import run_reproduction, torch_threads
+from xprune.stats import holm
 
 SMOKE = Path(__file__).resolve().parents[1] / "analyses" / "smoke" / "repro-hooker2019-pies.toml"
 CSVS = ("samples", "pies", "accuracy", "pooled", "comparisons", "models")
@@ -45,6 +46,31 @@ def test_smoke_report_has_the_side_by_side_table(smoke_run):
     for name in CSVS:
         assert (smoke_run / f"{name}.csv").is_file()
     assert len(list((smoke_run / "figures").glob("*.png"))) >= 4
+
+
+def test_smoke_report_wording_for_a_general_reader(smoke_run):
+    md = (smoke_run / "report.md").read_text()
+    for phrase in ("stored", "could search", "could be searched", "not checked against",
+                   "30 per pruning level", "main job", "not readable"):
+        assert phrase not in md, phrase
+    assert "No numbers from the paper's tables are reproduced here" in md
+    assert "quoted from the paper, Abstract" in md
+    # the Saliency variant is named wherever a method is named
+    assert "Saliency (absolute gradient)" in md and "| saliency " not in md
+    assert "not adjusted for multiple comparisons" in md and "[95% CI, unadjusted]" in md
+    findings = md.split("## Findings")[1].split("## Setup")[0]
+    assert "PIEs' maps do not agree less" not in findings
+    assert "Holm" in findings
+
+
+def test_smoke_holm_family_is_the_valid_comparisons(smoke_run):
+    c = pd.read_csv(smoke_run / "comparisons.csv", dtype={"excluded": str})
+    c["excluded"] = c["excluded"].fillna("")
+    valid = (c["excluded"] == "") & c["p"].notna()
+    assert set(c["subset"]) == {"all", "agree", "strata"}
+    assert c.loc[c["subset"] == "strata", "p"].notna().all()  # van Elteren p in the family
+    np.testing.assert_allclose(c.loc[valid, "p_holm"], holm(c.loc[valid, "p"].to_numpy()))
+    assert c.loc[~valid, "p_holm"].isna().all()
 
 
 def test_smoke_numbers_are_consistent(smoke_run):
@@ -199,6 +225,126 @@ def test_stratified_difference_against_a_literal_loop():
     assert res["n_strata"] == 3 and res["ci_low"] < res["diff"] < res["ci_high"]
     one = hk.stratified_difference(values, is_pie, np.zeros(80), n_resamples=300)
     assert one["diff"] == pytest.approx(values[is_pie].mean() - values[~is_pie].mean())
+
+
+def test_van_elteren_with_one_stratum_is_mann_whitney_asymptotic():
+    rng = np.random.default_rng(5)
+    values = np.round(rng.normal(size=70), 1)  # ties
+    is_pie = rng.random(70) < 0.3
+    z, p = hk.van_elteren(values, is_pie, np.zeros(70))
+    ref = stats.mannwhitneyu(values[is_pie], values[~is_pie], alternative="two-sided",
+                             method="asymptotic", use_continuity=False)
+    assert p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert np.sign(z) == np.sign(ref.statistic - is_pie.sum() * (~is_pie).sum() / 2)
+    assert hk.van_elteren(np.ones(10), np.arange(10) < 3, np.zeros(10)) == (0.0, 1.0)
+    assert all(math.isnan(v) for v in hk.van_elteren(values, np.zeros(70, bool), np.zeros(70)))
+
+
+def test_van_elteren_against_a_literal_loop():
+    rng = np.random.default_rng(6)
+    values = np.round(rng.normal(size=90), 1)
+    is_pie = rng.random(90) < 0.35
+    values[is_pie] += 0.4
+    strata = rng.integers(0, 3, size=90)
+    total, var = 0.0, 0.0
+    for s in range(3):
+        a, b = values[(strata == s) & is_pie], values[(strata == s) & ~is_pie]
+        both = np.concatenate([a, b])
+        n1, n2, n = len(a), len(b), len(both)
+        ranks = [sum(1.0 for w in both if w < v) + (sum(1.0 for w in both if w == v) + 1) / 2
+                 for v in both]
+        counts = [list(both).count(v) for v in set(both)]
+        tie = sum(t ** 3 - t for t in counts) / (n * (n - 1))
+        total += (sum(ranks[:n1]) - n1 * (n + 1) / 2) / (n + 1)
+        var += n1 * n2 / 12 * ((n + 1) - tie) / (n + 1) ** 2
+    z, p = hk.van_elteren(values, is_pie, strata)
+    assert z == pytest.approx(total / math.sqrt(var)) and z > 0
+    assert p == pytest.approx(2 * stats.norm.sf(abs(total / math.sqrt(var))))
+    res = hk.stratified_difference(values, is_pie, strata, n_resamples=200)
+    assert (res["z"], res["p"]) == (z, p)
+
+
+def test_comparisons_leave_collapsed_and_small_cells_out_of_the_holm_family():
+    from xprune.reproductions import Context
+
+    rng = np.random.default_rng(7)
+    frames = []
+    for t, n_pie in ((0.5, 20), (0.9, 3), (0.99, 40)):
+        for subset in ("all", "agree"):
+            frames.append(pd.DataFrame({
+                "sparsity": t, "method": "saliency", "metric": "spearman", "subset": subset,
+                "sample": np.arange(100), "value": rng.normal(size=100),
+                "pie": np.arange(100) < n_pie, "dense_margin": rng.random(100)}))
+    params = hk.Params(methods=("saliency",), n_bootstrap=100, margin_strata=2)
+    context = Context(out_dir=Path("."), seed=0, device="cpu", cache=None, progress=False)
+    c = hk._comparisons(pd.concat(frames, ignore_index=True), params, context, [0.99])
+    assert len(c) == 9 and c["p"].notna().all()
+    ok = c["sparsity"] == 0.5
+    assert (c.loc[ok, "excluded"] == "").all()
+    assert set(c.loc[c["sparsity"] == 0.9, "excluded"]) == {"3 PIEs, fewer than 5"}
+    assert set(c.loc[c["sparsity"] == 0.99, "excluded"]) == {"models collapsed"}
+    np.testing.assert_allclose(c.loc[ok, "p_holm"], holm(c.loc[ok, "p"].to_numpy()))
+    assert c.loc[~ok, "p_holm"].isna().all()
+
+
+def _fake_comparisons(rows) -> pd.DataFrame:
+    """Comparisons frame from (sparsity, method, subset, diff, n_pie, p) tuples."""
+    out = pd.DataFrame([{"sparsity": t, "method": m, "metric": "spearman", "subset": sub,
+                         "diff": d, "ci_low": d - 0.01, "ci_high": d + 0.01, "n_pie": n,
+                         "n_rest": 300, "p": p} for t, m, sub, d, n, p in rows])
+    out["excluded"] = [hk._exclusion(t, n, [0.99]) for t, n in zip(out["sparsity"],
+                                                                   out["n_pie"], strict=True)]
+    out["p_holm"] = holm(np.where(out["excluded"] == "", out["p"], np.nan))
+    return out
+
+
+def test_attribution_summary_counts_only_valid_cells_with_one_correction():
+    params = hk.Params(methods=("integrated_gradients",))
+    rows = [(0.7, "integrated_gradients", sub, -0.2, 1, 1e-9) for sub in ("all", "agree",
+                                                                         "strata")]
+    rows += [(0.99, "integrated_gradients", sub, -0.2, 300, 1e-9)
+             for sub in ("all", "agree", "strata")]
+    rows += [(0.96, "integrated_gradients", "all", +0.04, 18, 1e-6),
+             (0.96, "integrated_gradients", "agree", +0.01, 12, 0.3),
+             (0.96, "integrated_gradients", "strata", +0.03, 18, 1e-5),
+             (0.97, "integrated_gradients", "all", +0.01, 64, 0.2),
+             (0.97, "integrated_gradients", "agree", +0.01, 4, 1e-9),
+             (0.97, "integrated_gradients", "strata", +0.02, 64, 0.04)]
+    c = _fake_comparisons(rows)
+    text = hk._attribution_summary(c, params)
+    # 0.7 (1 PIE), 0.99 (collapsed) and 0.97 'agree' (4 PIEs) are left out despite tiny p
+    assert "no evidence that PIEs' maps agree less" in text
+    assert "where a difference is detected, PIEs agree more (2 of 5 comparisons)" in text
+    assert "all samples lower in 0, higher in 1, undecided in 1 of 2" in text
+    assert "both models predict the explained class lower in 0, higher in 0, undecided in 1 " \
+           "of 1" in text
+    assert "within dense-margin strata lower in 0, higher in 1, undecided in 1 of 2" in text
+    assert "Holm family over the run's 5 valid tests" in text and "0.99" not in text
+    lines = hk._attribution_findings(c, params)
+    assert "not counted: 0.7 (1 PIE, fewer than 5), 0.99 (models collapsed)" in lines[0]
+    assert "[-0.21" not in lines[0]  # no interval for the excluded cells
+    assert "higher at 1 and undecided at 1 of 2 sparsities" in lines[0]
+    assert hk._cell(c.iloc[0]) == "-0.200 (not tested: 1 PIE, fewer than 5)"
+
+
+def test_attribution_summary_wording_when_pies_agree_less_or_nothing_is_detected():
+    params = hk.Params(methods=("saliency",))
+    lower = _fake_comparisons([(0.96, "saliency", sub, -0.05, 20, 1e-6)
+                               for sub in ("all", "agree", "strata")])
+    text = hk._attribution_summary(lower, params)
+    assert "PIEs' maps agree less between the dense and the pruned model than the rest's " \
+           "in 3 of 3 comparisons, including under at least one control" in text
+    none = _fake_comparisons([(0.96, "saliency", sub, -0.05, 20, 0.5)
+                              for sub in ("all", "agree", "strata")])
+    assert "all 3 comparisons are undecided" in hk._attribution_summary(none, params)
+    few = _fake_comparisons([(0.96, "saliency", sub, -0.05, 3, 1e-9)
+                             for sub in ("all", "agree", "strata")])
+    assert "nothing to stand on" in hk._attribution_summary(few, params)
+
+
+def test_saliency_is_the_absolute_gradient():
+    assert hk._method_params("saliency", hk.Params()) == {"abs": True}
+    assert hk.METHOD_LABELS["saliency"] == "Saliency (absolute gradient)"
 
 
 def test_attribution_changes_against_literal_computations():

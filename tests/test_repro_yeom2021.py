@@ -373,3 +373,105 @@ def test_smoke_rerun_reuses_the_cache_and_gives_identical_csvs(smoke):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing recomputed
     for path, content in csvs.items():
         assert path.read_bytes() == content, path
+
+
+# --------------------------------------------------------------------------------------------
+# The findings are computed from the results
+# --------------------------------------------------------------------------------------------
+
+def _synthetic_results(means: dict[str, float], *, n_seeds: int = 12, n: int = 5,
+                       datasets=("moons",)) -> pd.DataFrame:
+    """Per-repetition accuracies around ``means`` (per criterion), the same in every split:
+    ``mean + 0.2 s + 0.02 i s`` for repetition s and the criterion's position i in ``means``, so
+    paired differences keep their sign and are untied (scipy's Wilcoxon stays exact and fast)."""
+    rows = []
+    for dataset in datasets:
+        for s in range(n_seeds):
+            for i, (criterion, mean) in enumerate(means.items()):
+                for split in yeom.SPLITS:
+                    rows.append({"dataset": dataset, "seed": s, "model": 0, "n_per_class": n,
+                                 "criterion": criterion, "split": split,
+                                 "accuracy": mean + 0.2 * s + 0.02 * i * s})
+    return pd.DataFrame(rows)
+
+
+def _headline(results: pd.DataFrame, params: yeom.Params) -> str:
+    summary = yeom.summarise(results)
+    tests = yeom.ordering_tests(results[results["criterion"] != "dense"])
+    return yeom._headline(params, results, summary, tests)
+
+
+def test_headline_says_when_lrp_is_not_best():
+    params = yeom.Params(datasets=["moons"], n_per_class=[5], n_seeds=12)
+    results = _synthetic_results({"dense": 95.0, "lrp": 80.0, "weight": 90.0, "taylor": 70.0,
+                                  "gradient": 60.0})
+    text = _headline(results, params)
+    assert not text.startswith("LRP keeps the accuracy best")
+    assert text.startswith("The paper's finding that LRP keeps the accuracy best does not hold "
+                           "here in 4 of 4 (dataset, n, split) cells")
+    assert "moons n=5 on the reference samples (below weight)" in text
+    assert "significantly above each of weight, Taylor and gradient in 0 cells" in text
+    assert "Holm's correction over all 20 comparisons" in text
+    # LRP is 15 points below the unpruned network in every split: the first cell is named
+    assert "LRP's largest mean shortfall from the unpruned network is for moons n=5" in text
+    assert "81.2% against 96.1%" in text and "paired difference -14.89 points" in text
+    assert "weight > Taylor holds in 4 of 4" in text
+    assert "Taylor - gradient difference is +9.9 points in every cell" in text
+    assert "ahead of gradient by 0.6 points in every cell" in text  # the paper's moons n = 5
+    assert "full ordering LRP > weight > Taylor > gradient" in text and "holds in 0 of 4" in text
+
+
+def test_headline_says_when_lrp_is_best_and_when_undecided():
+    means = {"dense": 94.9, "lrp": 95.0, "weight": 90.0, "taylor": 80.0, "gradient": 70.0}
+    params = yeom.Params(datasets=["moons"], n_per_class=[5], n_seeds=12)
+    text = _headline(_synthetic_results(means), params)
+    assert text.startswith("LRP keeps the accuracy best, as in every cell of the paper's table for "
+                           "n = 5 and 10 per class: its accuracy is significantly above that of "
+                           "each of weight, Taylor and gradient in all 4 (dataset, n, split) cells")
+    assert "at or above the unpruned network's in every cell" in text
+    assert "The paper's full ordering LRP > weight > Taylor > gradient" in text
+    assert "holds in 4 of 4 cells" in text
+    mixed = _synthetic_results(means, datasets=("moons", "circles"))
+    circles = mixed["dataset"] == "circles"
+    for split in yeom.SPLITS:  # on circles LRP equals weight: those cells stay undecided
+        cell = circles & (mixed["split"] == split)
+        mixed.loc[cell & (mixed["criterion"] == "lrp"), "accuracy"] = mixed.loc[
+            cell & (mixed["criterion"] == "weight"), "accuracy"].to_numpy()
+    text = _headline(mixed, yeom.Params(n_per_class=[5], n_seeds=12))
+    assert text.startswith("LRP keeps the accuracy best, as in every cell of the paper's table for "
+                           "n = 5 and 10 per class, in 4 of 8 (dataset, n, split) cells here")
+    assert "In the other 4 (circles n=5 on the reference samples, circles n=5 on the training " \
+           "set, circles n=5 on the held-out test, circles n=5 on the noisy held-out test) at " \
+           "least one comparison is undecided, and in no cell is LRP significantly below" in text
+    few = yeom.Params(datasets=["moons"], n_per_class=[7], n_seeds=3)
+    text = _headline(_synthetic_results(means, n_seeds=3, n=7), few)
+    assert text.startswith("Whether LRP keeps the accuracy best")
+    assert "is undecided here" in text and "does not hold" not in text
+    assert "With 3 repetitions no comparison reaches an adjusted p below 0.05" in text
+    assert "paper's table of accuracies on the reference samples" not in text  # no n = 7 there
+
+
+def test_dense_gap_training_size_and_caveat_follow_the_params():
+    means = {"dense": 95.0, "lrp": 95.0, "weight": 90.0, "taylor": 80.0, "gradient": 70.0}
+    results = _synthetic_results(means, datasets=("moons", "circles"))
+    params = yeom.Params(n_per_class=[5], n_seeds=12, n_train=200, epochs=3)
+    summary = yeom.summarise(results)
+    gap = yeom._dense_gap_to_paper(params, summary)
+    # dense mean 95.0 + 0.2 * mean(seed) = 96.1 in every cell; circles' paper value is 100
+    assert gap == ("After 3 Adam epochs against the authors' 10,000 full-batch SGD epochs, our "
+                   "unpruned networks are up to 3.90 points less accurate on the reference samples "
+                   "(circles, n = 5: ours 96.1% against the paper's 100.00%) and up to 3.90 points "
+                   "less accurate on the training set (circles: ours 96.1% against the paper's "
+                   "100.00%).")
+    none = yeom._dense_gap_to_paper(yeom.Params(n_per_class=[7]),
+                                    yeom.summarise(_synthetic_results(means, n=7)))
+    assert "lists no unpruned accuracy" in none
+    assert "This run uses 200 training samples instead, not the inferred 2,000." in (
+        yeom._train_size_sentence(params))
+    assert "This run uses 2,000, as inferred." in yeom._train_size_sentence(yeom.Params())
+    tests = yeom.ordering_tests(results[results["criterion"] != "dense"])
+    findings = yeom._ordering_findings(params, tests)
+    train = [f for f in findings if f.startswith("On the training set")]
+    assert len(train) == 1 and "Caveat: these training-set verdicts rest on one trained network" \
+        in train[0]
+    assert not any("Caveat" in f for f in findings if not f.startswith("On the training set"))

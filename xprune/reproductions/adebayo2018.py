@@ -9,8 +9,8 @@ and Integrated Gradients maps do, while Guided Backprop maps barely change
 until the lowest layers are randomised.
 
 Here the test runs on the xprune digits CNN (conv1, conv2, fc1, fc2), dense
-and pruned by global L1 magnitude at a few sparsities with the main job's
-short masked fine-tune, for several training seeds. Similarity to the
+and pruned by global L1 magnitude at a few sparsities with the short masked
+fine-tune of the default xprune analysis, for several training seeds. Similarity to the
 original map: Spearman rank correlation of the signed maps and of their
 absolute values, and SSIM of the maps normalised as in the authors' code;
 each over all pixels and over the foreground pixels only (zero-baseline
@@ -28,16 +28,17 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..stats import mean_ci
+from ..stats import holm, mean_ci
 from . import Context, register
 from ._report import ReproductionReport, Section
 
@@ -62,26 +63,32 @@ METHOD_LABELS = {"saliency": "Saliency (gradient)", "integrated_gradients": "Int
                  "guided_backprop": "Guided Backprop"}
 
 # The paper reports the randomisation test as figures, not tables: these are its qualitative
-# results per method (NeurIPS 2018 version; arXiv 1810.03292 v3). Fig. 2: example maps of
-# Inception v3 on ImageNet as blocks are re-initialised from the logits down (caption: "Cascading
-# randomization on Inception v3 (ImageNet)"). Fig. 3: the similarity of the maps to the original
-# (Spearman with and without absolute value, SSIM) along the same cascade. No value is read off
-# the figures.
+# results per method (NeurIPS 2018; arXiv 1810.03292). Fig. 2 (caption checked: "Cascading
+# randomization on Inception v3 (ImageNet)", 17 blocks re-initialised from the logits down) shows
+# example maps. The similarity of the maps to the original (Spearman with and without absolute
+# value, SSIM) along the same cascade is plotted in a further figure whose number we did not
+# check, so it is cited without one. No value is read off the figures.
 PAPER = {
     "saliency": ("changes: the maps degrade block by block and the similarity to the original "
-                 "falls as layers are randomised", "Figs. 2 and 3"),
+                 "falls as layers are randomised", "Fig. 2 and the paper's similarity curves"),
     "integrated_gradients": ("changes by the metrics: the similarity falls as layers are "
                              "randomised, although the maps keep the input's outline to the eye",
-                             "Figs. 2 and 3"),
+                             "Fig. 2 and the paper's similarity curves"),
     "guided_backprop": ("changes far less: maps and similarity stay high while the top layers are "
-                        "randomised; only the lower layers change them", "Figs. 2 and 3"),
+                        "randomised; only the lower layers change them",
+                        "Fig. 2 and the paper's similarity curves"),
 }
 PAPER_VERDICT = {"saliency": "changes", "integrated_gradients": "changes",
                  "guided_backprop": "stays high"}
+OPPOSITE = {"changes": "stays high", "stays high": "changes"}
 LINE = 0.5  # our descriptive line for "changes" / "stays high"; the paper draws none
-PAPER_SHORT = {"saliency": "falls (Figs. 2–3)",
-               "integrated_gradients": "falls by the metrics (Fig. 3)",
-               "guided_backprop": "stays high under top-layer randomisation (Figs. 2–3)"}
+PAPER_SHORT = {"saliency": "falls (Fig. 2, similarity curves)",
+               "integrated_gradients": "falls by the metrics (similarity curves)",
+               "guided_backprop": "stays high under top-layer randomisation (Fig. 2, "
+                                  "similarity curves)"}
+SIMILARITY_RANGE = (-1.0, 1.0)  # Spearman and SSIM alike
+DIFFERENCE_RANGE = (-2.0, 2.0)  # a difference of two similarities
+ALPHA = 0.05  # family-wise error of the Holm-corrected tests
 
 
 @dataclass(frozen=True)
@@ -406,14 +413,57 @@ def _column(similarity: str, region: str) -> str:
     return similarity if region == "all" else f"{similarity}@{region}"
 
 
-def _interval(frame: pd.DataFrame, column: str) -> tuple[float, float, float, int, str]:
+class Estimate(NamedTuple):
+    """A mean with its 95% t-interval (clipped to ``bounds``) and its t-test against 0."""
+
+    mean: float
+    low: float
+    high: float
+    n: int        # seeds or samples used
+    over: str     # "seeds" or "samples"
+    p: float      # two-sided one-sample t-test of mean = 0 over the same values
+    clipped: bool  # whether the interval was clipped to the possible range
+
+
+def _clip(low: float, high: float, bounds: tuple[float, float]) -> tuple[float, float, bool]:
+    """The interval cut to ``bounds`` (the values the quantity can take); NaN stays NaN."""
+    lo, hi = bounds
+    clipped = False
+    if math.isfinite(low) and low < lo:
+        low, clipped = lo, True
+    if math.isfinite(high) and high > hi:
+        high, clipped = hi, True
+    return low, high, clipped
+
+
+def _t_p(values: np.ndarray) -> float:
+    """Two-sided one-sample t-test p-value of mean = 0 (scipy), on the finite values.
+
+    The test behind the t-interval: p < 0.05 exactly when the 95% interval
+    excludes 0. Fewer than 2 values: NaN; no spread: 0 if the mean is not 0,
+    else 1 (the interval collapses to the mean).
+    """
+    v = values[np.isfinite(values)]
+    if v.size < 2:
+        return math.nan
+    if float(v.max()) == float(v.min()):
+        return 1.0 if float(v[0]) == 0.0 else 0.0
+    return float(stats.ttest_1samp(v, 0.0).pvalue)
+
+
+def _interval(frame: pd.DataFrame, column: str,
+              bounds: tuple[float, float] = SIMILARITY_RANGE) -> Estimate:
     """Mean and 95% t-interval: across the seeds' sample means if there are several seeds,
-    else across the samples of the one seed. Returns (mean, low, high, n, 'seeds'/'samples')."""
+    else across the samples of the one seed; the interval clipped to ``bounds``."""
     seeds = frame["seed"].unique()
     if len(seeds) > 1:
-        means = frame.groupby("seed")[column].mean()  # NaN samples left out, as in mean_ci
-        return (*mean_ci(means.to_numpy(dtype=np.float64)), "seeds")
-    return (*mean_ci(frame[column].to_numpy(dtype=np.float64)), "samples")
+        values = frame.groupby("seed")[column].mean().to_numpy(dtype=np.float64)  # NaN left out
+        over = "seeds"
+    else:
+        values, over = frame[column].to_numpy(dtype=np.float64), "samples"
+    mean, low, high, n = mean_ci(values)
+    low, high, clipped = _clip(low, high, bounds)
+    return Estimate(mean, low, high, n, over, _t_p(values), clipped)
 
 
 def summarise(per_sample: pd.DataFrame) -> pd.DataFrame:
@@ -431,9 +481,11 @@ def summarise(per_sample: pd.DataFrame) -> pd.DataFrame:
     DataFrame
         One row per (model, method, order, step, similarity, region):
         ``mean, ci_low, ci_high`` (Student-t over the seeds' sample means
-        with several seeds, else over the samples), ``n`` (seeds or samples
-        used), ``interval`` ("seeds" or "samples") and ``nan_fraction`` (the
-        share of undefined per-sample values, left out of the mean).
+        with several seeds, else over the samples; clipped to [-1, 1], the
+        range of every similarity), ``ci_clipped`` (whether it was), ``n``
+        (seeds or samples used), ``interval`` ("seeds" or "samples") and
+        ``nan_fraction`` (the share of undefined per-sample values, left out
+        of the mean).
     """
     rows = []
     keys = ["model", "sparsity", "method", "order", "step", "layer"]
@@ -443,31 +495,37 @@ def summarise(per_sample: pd.DataFrame) -> pd.DataFrame:
                 column = _column(similarity, region)
                 if column not in g:
                     continue
-                mean, low, high, n, over = _interval(g, column)
+                est = _interval(g, column)
                 rows.append({**dict(zip(keys, key, strict=True)), "similarity": similarity,
-                             "region": region, "mean": mean, "ci_low": low, "ci_high": high,
-                             "n": n, "interval": over,
+                             "region": region, "mean": est.mean, "ci_low": est.low,
+                             "ci_high": est.high, "ci_clipped": est.clipped, "n": est.n,
+                             "interval": est.over,
                              "nan_fraction": float(g[column].isna().mean())})
     return pd.DataFrame(rows)
 
 
 def _paired(per_sample: pd.DataFrame, left: Mapping[str, Any], right: Mapping[str, Any],
-            column: str, step: int | None) -> tuple[float, float, float, int, str]:
-    """Mean and CI of a per-sample difference ``left - right`` (the same seeds and samples).
+            column: str, step: int | None) -> Estimate:
+    """Mean, CI and t-test of a per-sample difference ``left - right`` (the same seeds and
+    samples); the interval clipped to [-2, 2], the range of a difference of similarities.
 
     ``left``/``right`` select rows by column values; ``step`` None averages
     each sample's curve over its steps first (the normalised area under it).
     """
-    def select(where):
-        rows = per_sample
-        for k, v in where.items():
-            rows = rows[rows[k] == v]
-        if step is not None:
-            rows = rows[rows["step"] == step]
-        return rows.groupby(["seed", "sample"])[column].mean()
+    diff = (_curve_means(per_sample, left, column, step)
+            - _curve_means(per_sample, right, column, step)).dropna().rename("d").reset_index()
+    return _interval(diff, "d", DIFFERENCE_RANGE)
 
-    diff = (select(left) - select(right)).dropna().rename("d").reset_index()
-    return _interval(diff, "d")
+
+def _curve_means(per_sample: pd.DataFrame, where: Mapping[str, Any], column: str,
+                 step: int | None) -> pd.Series:
+    """Per (seed, sample): the value at ``step``, or (None) the mean over the curve's steps."""
+    rows = per_sample
+    for k, v in where.items():
+        rows = rows[rows[k] == v]
+    if step is not None:
+        rows = rows[rows["step"] == step]
+    return rows.groupby(["seed", "sample"])[column].mean()
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,6 +743,121 @@ def _examples_figure(examples: pd.DataFrame, models: list[str], methods: list[st
     return fig
 
 
+def _p_text(p: float) -> str:
+    if not math.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _join(names: list[str]) -> str:
+    names = [str(n) for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _share_text(share: float) -> str:
+    return f"{abs(share):.0%}" if math.isfinite(share) else "— (no dense drop)"
+
+
+SMALL_SHARE = 0.10  # our descriptive line for a pruning effect beside the dense drop; no test
+
+
+def _pruning_finding(effect: pd.DataFrame, models: list[str], methods: list[str],
+                     verdicts: Mapping[tuple[str, str], str], test_unit: str,
+                     n_seeds: int) -> str:
+    """The finding 'Does pruning change the sanity check?' from the pruned-minus-dense table.
+
+    Every count in it is over the whole table with Holm's correction (one
+    family, family-wise error :data:`ALPHA`), except the one sentence that
+    says it counts the uncorrected 95% intervals. Sizes are set against the
+    dense model's own drop under randomisation (1 − its mean similarity over
+    the cascade, per method, similarity and region).
+    """
+    same = all(verdicts[(m, method)] == verdicts[("dense", method)]
+               for m in models for method in methods)
+    eff = effect[np.isfinite(effect["_p_holm"])]
+    n = len(eff)
+    sig = eff[eff["_p_holm"] < ALPHA]
+    below, above = int((sig["_mean"] < 0).sum()), int((sig["_mean"] > 0).sum())
+    per_method = []
+    for method in methods:
+        g, gs = eff[eff["_method"] == method], sig[sig["_method"] == method]
+        signs = (f", {int((gs['_mean'] < 0).sum())} below and {int((gs['_mean'] > 0).sum())} "
+                 "above 0" if len(gs) and (gs["_mean"] > 0).any() and (gs["_mean"] < 0).any()
+                 else "")
+        per_method.append(
+            f"{METHOD_LABELS[method]} {len(gs)} of {len(g)} (all pixels "
+            f"{int((gs['_region'] == 'all').sum())}, foreground "
+            f"{int((gs['_region'] == 'foreground').sum())}{signs})")
+    text = ("Does pruning change the sanity check? The readings above against our line are "
+            + ("the same" if same else "not the same") + " for the dense and the pruned models. "
+            f"The pruned model's similarity averaged over the cascade minus the dense model's "
+            f"(table 'Pruned minus dense') differs from 0 in {len(sig)} of the {n} comparisons "
+            f"({_plural(effect['_model'].nunique(), 'pruned model')} × "
+            f"{_plural(effect['_method'].nunique(), 'method')} × {effect['_sim'].nunique()} "
+            f"similarit{'y' if effect['_sim'].nunique() == 1 else 'ies'} × "
+            f"{_plural(effect['_region'].nunique(), 'region')}"
+            + (f"; {len(effect) - n} without a test, too few values" if n < len(effect) else "")
+            + f") with Holm's correction over all {n} ({test_unit}, family-wise error "
+            f"{ALPHA:.0%})"
+            + (f": {below} below 0 (the pruned model's maps change more when its weights are "
+               f"randomised) and {above} above 0" if len(sig) else "")
+            + "; by method " + "; ".join(per_method)
+            + ("; by pruned model " + ", ".join(
+                f"{m} {int((sig['_model'] == m).sum())}" for m in effect["_model"].unique())
+               if effect["_model"].nunique() > 1 else "") + ".")
+    raw = eff[(eff["_low"] > 0) | (eff["_high"] < 0)]
+    text += (f" Without a correction, {len(raw)} of the {n} 95% intervals exclude 0 "
+             f"({int((raw['_high'] < 0).sum())} below, {int((raw['_low'] > 0).sum())} above).")
+    drop = ("the dense model's own drop under randomisation (1 − its mean similarity over the "
+            "cascade)")
+    only_raw = raw[~raw.index.isin(sig.index)]
+    if len(only_raw):
+        one = len(only_raw) == 1
+        text += (f" The {len(only_raw)} that {'excludes' if one else 'exclude'} 0 only without "
+                 f"the correction {'is' if one else 'are'} "
+                 + (f"{only_raw['_mean'].abs().iloc[0]:.3f}" if one else
+                    f"{only_raw['_mean'].abs().min():.3f} to "
+                    f"{only_raw['_mean'].abs().max():.3f}")
+                 + f" in similarity, at most {_share_text(only_raw['_share'].abs().max())} of "
+                 f"{drop}.")
+        drop = "that drop"
+    shares = eff["_share"].abs()
+    if len(sig):
+        mags, sig_shares = sig["_mean"].abs(), sig["_share"].abs()
+        big = sig.loc[sig_shares.idxmax()] if sig_shares.notna().any() else sig.iloc[0]
+        large = sig[sig_shares >= SMALL_SHARE]
+        text += (f" Size of the {len(sig)}: {mags.min():.3f} to {mags.max():.3f} in similarity, "
+                 f"that is {sig_shares.min():.0%} to {sig_shares.max():.0%} (median "
+                 f"{sig_shares.median():.0%}) of {drop}; the largest relative one is "
+                 f"{METHOD_LABELS[big['_method']]}, {SIMILARITY_LABELS[big['_sim']]}, "
+                 f"{'all pixels' if big['_region'] == 'all' else 'foreground'}, "
+                 f"{big['_model']}: {big['_mean']:+.3f}, {_share_text(big['_share'])} of the drop.")
+        if large.empty:
+            text += (f" Every one is under {SMALL_SHARE:.0%} of that drop (our line, not a "
+                     "test): small beside the change randomisation itself causes.")
+        else:
+            text += (f" {len(large)} of them {'reaches' if len(large) == 1 else 'reach'} "
+                     f"{SMALL_SHARE:.0%} of that drop or more (our "
+                     "line, not a test), for "
+                     + _join(sorted({METHOD_LABELS[m] for m in large["_method"]},
+                                    key=list(METHOD_LABELS.values()).index))
+                     + ": not negligible beside the change randomisation itself causes"
+                     + (", although no reading against our line changes." if same else "."))
+    else:
+        worst = eff.loc[shares.idxmax()] if shares.notna().any() else None
+        text += (" No evidence after the correction that pruning changes how much the maps "
+                 "move under randomisation"
+                 + (f" (with {_plural(n_seeds, 'training seed')} these tests have little power)"
+                    if n_seeds < 3 else "") + "."
+                 + ("" if worst is None else
+                    f" The largest |pruned − dense| relative to {drop} is "
+                    f"{abs(worst['_mean']):.3f}, {_share_text(worst['_share'])} of it "
+                    f"({METHOD_LABELS[worst['_method']]}, {SIMILARITY_LABELS[worst['_sim']]}, "
+                    f"{'all pixels' if worst['_region'] == 'all' else 'foreground'}, "
+                    f"{worst['_model']})."))
+    return text
+
+
 @register("adebayo2018_sanity", title=TITLE, citation=CITATION, params=Params)
 def run(params: Params, context: Context) -> ReproductionReport:
     """Run the randomisation test on the dense and pruned digits CNNs and return the report."""
@@ -713,11 +886,15 @@ def run(params: Params, context: Context) -> ReproductionReport:
     ci_text = (f"mean over the {params.n_samples} test images of each seed, then the mean and "
                f"95% t-interval across {len(seeds)} training seeds" if over == "seeds" else
                f"mean and 95% t-interval across the {params.n_samples} test images of one "
-               f"training seed")
+               f"training seed") + " (clipped to the range the quantity can take)"
+    test_unit = (f"paired t-tests across the {len(seeds)} training seeds" if over == "seeds" else
+                 f"paired t-tests across the {params.n_samples} test images of one training "
+                 "seed")
 
     # --- comparisons: Guided Backprop against the others, pruned against dense --------------
     contrast_rows, effect_rows = [], []
     region_names = {"all": "all pixels", "foreground": "foreground"}
+    gap_column = f"GBP − other, after {top}"
     for model in models:
         for other in [m for m in ("saliency", "integrated_gradients") if m in methods]:
             if "guided_backprop" not in methods:
@@ -726,37 +903,63 @@ def run(params: Params, context: Context) -> ReproductionReport:
                 for similarity in SIMILARITIES:
                     col = _column(similarity, region)
                     base = {"model": model, "order": "cascading"}
-                    m, lo, hi, n, _ = _paired(per_sample, {**base, "method": "guided_backprop"},
-                                              {**base, "method": other}, col, step=1)
+                    est = _paired(per_sample, {**base, "method": "guided_backprop"},
+                                  {**base, "method": other}, col, step=1)
                     contrast_rows.append({
                         "model": model, "versus": METHOD_LABELS[other],
                         "region": region_names[region],
                         "similarity": SIMILARITY_LABELS[similarity],
-                        f"GBP − other, after {top}": _fmt(m, lo, hi),
-                        "_mean": m, "_low": lo, "_high": hi, "_sim": similarity,
-                        "_region": region, "_other": other})
+                        gap_column: _fmt(est.mean, est.low, est.high), "p (Holm)": "",
+                        "_mean": est.mean, "_low": est.low, "_high": est.high, "_p": est.p,
+                        "_sim": similarity, "_region": region, "_other": other})
+    effect_column = "pruned − dense, mean over the curve"
     for tag in models[1:]:
         for method in methods:
             for region in REGIONS:
                 for similarity in SIMILARITIES:
                     col = _column(similarity, region)
-                    m, lo, hi, n, _ = _paired(per_sample,
-                                              {"model": tag, "method": method,
-                                               "order": "cascading"},
-                                              {"model": "dense", "method": method,
-                                               "order": "cascading"}, col, step=None)
+                    est = _paired(per_sample,
+                                  {"model": tag, "method": method, "order": "cascading"},
+                                  {"model": "dense", "method": method, "order": "cascading"},
+                                  col, step=None)
+                    dense = _curve_means(per_sample, {"model": "dense", "method": method,
+                                                      "order": "cascading"}, col, None)
+                    drop = 1.0 - float(dense.groupby(level="seed").mean().mean())
+                    share = est.mean / drop if drop > 1e-12 else math.nan
                     effect_rows.append({
                         "pruned model": tag, "method": METHOD_LABELS[method],
                         "region": region_names[region],
                         "similarity": SIMILARITY_LABELS[similarity],
-                        "pruned − dense, mean over the curve": _fmt(m, lo, hi, 3),
-                        "_mean": m, "_low": lo, "_high": hi, "_method": method,
+                        effect_column: _fmt(est.mean, est.low, est.high, 3), "p (Holm)": "",
+                        "dense drop": f"{drop:.3f}",
+                        "difference / dense drop": "—" if math.isnan(share) else f"{share:+.0%}",
+                        "_mean": est.mean, "_low": est.low, "_high": est.high, "_p": est.p,
+                        "_drop": drop, "_share": share, "_method": method, "_model": tag,
                         "_sim": similarity, "_region": region})
     contrast = pd.DataFrame(contrast_rows)
     effect = pd.DataFrame(effect_rows)
+    for table in (contrast, effect):  # one family per table: Holm over all of its rows
+        if not table.empty:
+            table["_p_holm"] = holm(table["_p"].to_numpy(dtype=np.float64))
+            table["p (Holm)"] = [_p_text(p) for p in table["_p_holm"]]
 
     # --- findings ----------------------------------------------------------------------------
     findings = []
+    clipped_share = float(summary["ci_clipped"].mean())
+    if len(seeds) == 1:
+        findings.append(
+            "Only one training seed: every interval below is across the test images of one "
+            "trained model and leaves out how much the results vary between training runs, so "
+            "it says nothing about other training runs. Run at least 3 seeds (the default is "
+            f"{Params().n_seeds}).")
+    elif len(seeds) < 3:
+        findings.append(
+            f"Only {len(seeds)} training seeds: intervals across so few seeds are unreliable "
+            f"(a t-interval with {_plural(len(seeds) - 1, 'degree')} of freedom): "
+            f"{clipped_share:.0%} of the similarity intervals run past the range a similarity "
+            "can take and are clipped to it ([-1, 1]; [-2, 2] for a difference of two), and a "
+            "reading whose interval is too wide to decide is reported as undecided. Run at "
+            f"least 3 seeds (the default is {Params().n_seeds}).")
     verdicts: dict[tuple[str, str], str] = {}
     for method in methods:
         tops, alls = [], []
@@ -772,15 +975,32 @@ def run(params: Params, context: Context) -> ReproductionReport:
         ours = (f"{'every model' if len(models) > 1 else 'the model'}: "
                 + ", ".join(sorted(seen)) if len(seen) == 1 else
                 "; ".join(f"{model}: {verdicts[(model, method)]}" for model in models))
-        holds = seen == {PAPER_VERDICT[method]}
+        paper = PAPER_VERDICT[method]
+        against = [m for m in models if verdicts[(m, method)] == OPPOSITE[paper]]
+        undecided = [m for m in models if verdicts[(m, method)] == "undecided"]
+        agree = [m for m in models if verdicts[(m, method)] == paper]
+        if not against and not undecided:
+            outcome = "this holds here."
+        elif len(undecided) == len(models):
+            outcome = ("undecided here: every model's interval contains the line."
+                       if len(models) > 1 else "undecided here: the interval contains the line.")
+        else:
+            bits = []
+            if against:
+                bits.append(f"this does not hold here for {_join(against)}")
+            if undecided:
+                bits.append(f"undecided for {_join(undecided)} (the interval contains the line)")
+            if agree:
+                bits.append(f"it holds for {_join(agree)}")
+            outcome = "; ".join(bits) + "."
         findings.append(
             f"{METHOD_LABELS[method]}: after randomising {top} alone, the foreground signed "
             f"Spearman correlation with the original maps is " + ", ".join(tops)
             + f"; after all {last} layers " + ", ".join(alls)
-            + f". Against our line at {LINE} (ours, not the paper's: 'changes' if the interval "
-            f"after {top} lies below it, 'stays high' if above): {ours}. The paper: "
-            f"{PAPER[method][0]} ({PAPER[method][1]}); "
-            + ("this holds here." if holds else "this does not hold here for every model."))
+            + f". Against our line at {LINE} (ours, not the paper's: 'changes' if the 95% "
+            f"interval after {top} lies below it, 'stays high' if above; each model read on its "
+            f"own interval, no multiple-comparison correction): {ours}. The paper: "
+            f"{PAPER[method][0]} ({PAPER[method][1]}); " + outcome)
     if "integrated_gradients" in methods:
         a_all = _at(summary, "dense", "integrated_gradients", "cascading", last, "spearman_abs",
                     "all")
@@ -788,45 +1008,38 @@ def run(params: Params, context: Context) -> ReproductionReport:
                    "foreground")
         findings.append(
             f"Integrated Gradients by |maps|: with all {last} layers of the dense model "
-            f"randomised, Spearman of |maps| is {_cell(a_all)} over all pixels but "
+            f"randomised, Spearman of |maps| is {_cell(a_all)} over all pixels and "
             f"{_cell(a_fg)} over the foreground. The all-pixel value mostly counts the "
             "background, where zero-baseline IG is exactly 0 for any weights; what remains on "
             "the foreground is |input x mean gradient| following the strokes of the digit, the "
             "input outline the paper sees in its IG maps.")
     if not contrast.empty:
-        held = []
+        n_contrast = int(np.isfinite(contrast["_p_holm"]).sum())
         for model in models:
             sel = contrast[(contrast["model"] == model) & (contrast["_region"] == "foreground")
                            & (contrast["_sim"] == "spearman_signed")]
-            gaps = [f"{r['versus']} {_fmt(r['_mean'], r['_low'], r['_high'])}"
-                    for _, r in sel.iterrows()]
-            held.append(bool((sel["_low"] > 0).all()))
+            gaps = [f"{r['versus']} {_fmt(r['_mean'], r['_low'], r['_high'])} "
+                    f"(Holm-adjusted p {_p_text(r['_p_holm'])})" for _, r in sel.iterrows()]
+            sig = sel["_p_holm"] < ALPHA
+            if bool((sig & (sel["_mean"] > 0)).all()):
+                outcome = ("the paper's contrast holds here (Guided Backprop changes less: every "
+                           "difference above 0)")
+            elif bool((sig & (sel["_mean"] < 0)).any()):
+                outcome = ("the paper's contrast does not hold here: "
+                           + _join(list(sel[sig & (sel["_mean"] < 0)]["versus"]))
+                           + " changed less than Guided Backprop")
+            else:
+                outcome = ("undecided (not every difference is above 0 after the correction, "
+                           "and none is below 0)")
             findings.append(
                 f"{model}: after randomising {top}, Guided Backprop's foreground signed Spearman "
-                f"minus the other method's is " + ", ".join(gaps) + ": the paper's contrast "
-                + ("holds (Guided Backprop changes less, every interval above 0)." if held[-1]
-                   else "does not hold for every method (an interval reaches 0 or below)."))
-    effect_bits, moved_bits = [], []
-    for method in methods:
-        sel = effect[(effect["_method"] == method) & (effect["_region"] == "foreground")
-                     & (effect["_sim"] == "spearman_signed")]
-        effect_bits.append(f"{METHOD_LABELS[method]} " + ", ".join(
-            f"{r['pruned model']} {_fmt(r['_mean'], r['_low'], r['_high'], 3)}"
-            for _, r in sel.iterrows()))
-        moved = sel[(sel["_low"] > 0) | (sel["_high"] < 0)]
-        moved_bits += [f"{METHOD_LABELS[method]} at {r['pruned model']} "
-                       f"({r['_mean']:+.3f})" for _, r in moved.iterrows()]
-    same = all(verdicts[(m, method)] == verdicts[("dense", method)]
-               for m in models for method in methods)
+                f"minus the other method's is " + ", ".join(gaps)
+                + f". With Holm's correction over the {n_contrast} comparisons of the table "
+                f"'Guided Backprop minus the other methods' ({test_unit}, family-wise error "
+                f"{ALPHA:.0%}): " + outcome + ".")
     if len(models) > 1:
-        findings.append(
-            "Does pruning change the sanity check? The verdicts above are "
-            + ("the same for the dense and the pruned models" if same else
-               "not the same for the dense and the pruned models")
-            + ". Pruned minus dense mean similarity over the cascade (foreground signed "
-            "Spearman; above 0 = the pruned maps change less): " + "; ".join(effect_bits)
-            + ". " + ("No interval excludes 0." if not moved_bits else
-                      "Intervals excluding 0: " + ", ".join(moved_bits) + "."))
+        findings.append(_pruning_finding(effect, models, methods, verdicts, test_unit,
+                                         len(seeds)))
 
     # --- tables and figures ------------------------------------------------------------------
     paper_table = pd.DataFrame([{"method": METHOD_LABELS[m], "paper's finding": PAPER[m][0],
@@ -835,9 +1048,10 @@ def run(params: Params, context: Context) -> ReproductionReport:
     accuracy = []
     for tag in models:
         g = models_info[models_info["model"] == tag]
+        acc, acc_low, acc_high, _ = mean_ci(g["accuracy"])
+        acc_low, acc_high, _ = _clip(acc_low, acc_high, (0.0, 1.0))
         accuracy.append({"model": tag,
-                         "test accuracy %": _fmt(*[100 * v for v in mean_ci(g["accuracy"])[:3]],
-                                                 1),
+                         "test accuracy %": _fmt(100 * acc, 100 * acc_low, 100 * acc_high, 1),
                          "measured sparsity": f"{g['measured_sparsity'].mean():.3f}",
                          "seeds": len(g)})
     sections = [
@@ -857,7 +1071,9 @@ def run(params: Params, context: Context) -> ReproductionReport:
         *([Section("Does Guided Backprop change less than the other methods?", [
             f"Per sample, Guided Backprop's similarity minus Saliency's (or IG's) after "
             f"randomising {top}, same model, samples and random weights; {ci_text}. Above 0 = "
-            "Guided Backprop's maps changed less, the paper's finding."],
+            "Guided Backprop's maps changed less, the paper's finding. p (Holm): the "
+            f"two-sided {test_unit.removeprefix('paired ')} that the difference is 0, "
+            f"Holm-adjusted over all {len(contrast)} rows of this table (one family)."],
             [("Guided Backprop minus the other methods after the top layer",
               contrast.drop(columns=[c for c in contrast if c.startswith("_")]))])]
           if not contrast.empty else []),
@@ -865,7 +1081,11 @@ def run(params: Params, context: Context) -> ReproductionReport:
             "Per sample, the pruned model's similarity averaged over the cascade (the "
             "normalised area under the curve) minus the dense model's, same seed, samples and "
             f"random weights; {ci_text}. Above 0 = the pruned model's maps change less when "
-            "its weights are randomised."],
+            "its weights are randomised. p (Holm): the two-sided "
+            f"{test_unit.removeprefix('paired ')} that the difference is 0, Holm-adjusted over "
+            f"all {len(effect)} rows of this table (one family). Dense drop: 1 − the dense "
+            "model's mean similarity over the cascade, how far randomisation itself moves the "
+            "dense maps; the last column sets the difference against it."],
             [("Pruned minus dense, mean similarity over the cascading curve",
               effect.drop(columns=[c for c in effect if c.startswith("_")]))]),
         Section("Cascading randomisation curves", [
@@ -884,7 +1104,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
             [("Maps of one test image under cascading randomisation, dense and pruned",
               _examples_figure(all_examples[0], models, methods, layers))]),
         Section("Models", ["Digits test set (all of it), mean and 95% t-interval across "
-                           "seeds (one seed: no interval)."],
+                           "seeds, clipped to [0, 100] (one seed: no interval)."],
                 [("Accuracy and measured sparsity", pd.DataFrame(accuracy))]),
     ]
     if params.independent:
@@ -915,8 +1135,13 @@ def run(params: Params, context: Context) -> ReproductionReport:
         + (f"seeds {seeds[0]}–{seeds[-1]}." if len(seeds) > 1 else f"seed {seeds[0]}."),
         "Pruned models: global L1 magnitude pruning of conv and linear weights at "
         + ", ".join(f"{s:g}" for s in params.sparsities)
-        + f" with {_plural(params.finetune_epochs, 'epoch')} of masked fine-tuning (the main job's "
-        "pipeline); pruning made permanent before the test.",
+        + f" with {_plural(params.finetune_epochs, 'epoch')} of masked fine-tuning (as in the "
+        "default xprune analysis); pruning made permanent before the test.",
+        "Intervals: Student-t 95% intervals across the training seeds' means (one seed: across "
+        "its test images), clipped to the range the quantity can take: [-1, 1] for Spearman "
+        "and SSIM, [-2, 2] for a difference of two (summary.csv marks a clipped interval in "
+        "ci_clipped). Counts of differences from 0 use Holm's correction over every row of "
+        "their table; fewer than 3 seeds make the intervals across seeds unreliable.",
         f"Maps: {', '.join(METHOD_LABELS[m] for m in methods)} (Captum"
         + ("; Saliency as the signed gradient" if "saliency" in methods else "")
         + (f"; IG with a zero baseline and {params.ig_steps} steps"
@@ -941,11 +1166,13 @@ def run(params: Params, context: Context) -> ReproductionReport:
     ]
     differences = [
         "Data and networks: 8x8 digits and a 4-layer CNN, not Inception v3 on ImageNet (the "
-        "paper's Figs. 2–3) or its MNIST networks; 4 randomisation steps instead of 17 blocks.",
-        "The paper's results are figures; the side-by-side table quotes them qualitatively. The "
-        "figure numbers are those of the NeurIPS version: the caption of Fig. 2 was checked (as "
-        "quoted by summaries of the paper), the numbering of the similarity-curve figure "
-        "(Fig. 3) could not be checked against the full text here.",
+        "paper's Fig. 2 and similarity curves) or its MNIST networks; 4 randomisation steps "
+        "instead of 17 blocks.",
+        "The paper's results are figures; the side-by-side table quotes them qualitatively, "
+        "without numbers read off a figure. Fig. 2 is the paper's figure of example maps under "
+        "cascading randomisation on Inception v3 (its caption checked); the paper also plots "
+        "the similarity to the original maps along the same cascade, in a figure whose number "
+        "we did not check, so it is cited here as 'the paper's similarity curves'.",
         "Which normalisation feeds the paper's SSIM we could not confirm (the released MNIST "
         "notebook computes only rank correlations); we use the absolute-value one "
         "(abs_grayscale_norm of the authors' code) with data range 1. The SSIM window is "
@@ -954,8 +1181,10 @@ def run(params: Params, context: Context) -> ReproductionReport:
         "Pruned models are re-initialised densely (each layer's reset_parameters()): after a "
         "layer is randomised it is no longer sparse, so every model ends at the same random "
         "network of its seed. Pruning is compared through the maps of the trained models.",
-        f"{_plural(len(seeds), 'training seed')}, no HOG similarity, and the methods the issue asks "
-        "for (the paper has more: SmoothGrad, Gradient ⊙ Input, GradCAM, Guided GradCAM).",
+        f"{_plural(len(seeds), 'training seed')}, no HOG similarity, and "
+        f"{_plural(len(methods), 'method')} of the paper's ("
+        + ", ".join(METHOD_LABELS[m] for m in methods) + "; the paper also has SmoothGrad, "
+        "Gradient ⊙ Input, GradCAM and Guided GradCAM).",
         "Foreground scores are ours: the paper compares all pixels.",
     ]
     value_columns = [c for c in per_sample if c.split("@")[0] in SIMILARITIES]
