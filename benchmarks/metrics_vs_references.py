@@ -11,7 +11,8 @@ gives the seconds of one call (best of the repeats shown), samples per second, t
 ratio xprune / peer, whether the values agree, and each time divided by the
 *floor*: the model forward (and, for explainers, backward) passes the metric
 cannot avoid, timed alone in batches of 4,096 rows. ``--scaling`` times three
-metrics at N = 256, 1,024 and 4,096 (a fresh subprocess each, for peak memory).
+metrics at N = 256, 1,024 and 4,096 (fresh subprocesses: one for the time, one for
+the peak memory).
 A summary of the targets of issue 8 closes the output.
 
 On a machine shared with other busy processes, torch's intra-op threads wait for
@@ -498,9 +499,10 @@ def print_table(rows: list[Row]) -> None:
 
 # --- scaling: one subprocess per (metric, N), for time and peak memory ---------------------
 
-def child(path: str, metric: str) -> None:
+def child(path: str, metric: str, *, memory_only: bool = False) -> None:
     """Run in a fresh process: time ``metric`` once (after a warm-up on 8 samples), report its
-    peak-RSS growth, then time its floor. Prints one JSON line."""
+    peak-RSS growth, then (unless ``memory_only``) time it again and its floor. Prints one
+    JSON line."""
     blob = torch.load(path, weights_only=True)
     device = torch.device(blob["device"])
     model = DigitsCNN()
@@ -538,6 +540,9 @@ def child(path: str, metric: str) -> None:
     if device.type == "cuda":
         out["cuda_peak_growth_mb"] = (torch.cuda.max_memory_allocated(device)
                                       - cuda_before) / 2 ** 20
+    if memory_only:
+        print(json.dumps(out))
+        return
     again, _ = _once(lambda: call(n), device)
     out["seconds"] = min(first, again)
     rows, backward = floor_rows(metric, "saliency", n, p)
@@ -587,14 +592,34 @@ def run_scaling(model: DigitsCNN, x_test: torch.Tensor, device: torch.device, p:
                         "params": json.dumps({k: getattr(p, k) for k in (
                             "n_runs", "subset_size", "radius", "n_samples")})}, path)
             for metric in SCALING_METRICS:
-                proc = subprocess.run([sys.executable, __file__, "--child", metric,
-                                       "--child-data", path,
-                                       "--threads", str(torch.get_num_threads())],
-                                      capture_output=True, text=True, check=False)
-                if proc.returncode:
-                    raise RuntimeError(f"scaling child {metric} N={n} failed:\n{proc.stderr}")
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                timed = _run_child(metric, n, path)
+                memory = _run_child(metric, n, path, env={**os.environ, **MALLOC_ENV})
+                timed.update({k: v for k, v in memory.items() if k not in ("seconds",
+                                                                           "floor_seconds")})
+                results.append(timed)
     return results
+
+
+# glibc's malloc raises its mmap threshold (up to 32 MiB) each time a large block is freed;
+# blocks below it then come from the heap, whose freed holes stay resident. The peak RSS of
+# a chunked loop then varies from run to run by tens of MB (a deletion curve on N = 1,024:
+# 101 to 148 MB in three runs of the same call) and can look like growth in N. A fixed
+# threshold returns every block of 64 KiB or more to the system when freed, so the peak is
+# that of the memory actually held (the same call: 83.0 to 83.2 MB). It also slows large
+# allocations, so the memory is measured in a child of its own and the times in another.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _run_child(metric: str, n: int, path: str, env: dict[str, str] | None = None) -> dict:
+    """One scaling child; with ``env`` (the memory run) only its first call is timed."""
+    command = [sys.executable, __file__, "--child", metric, "--child-data", path,
+               "--threads", str(torch.get_num_threads())]
+    if env is not None:
+        command.append("--child-memory-only")
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"scaling child {metric} N={n} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def print_scaling(results: list[dict], device: torch.device) -> dict[str, dict]:
@@ -700,12 +725,13 @@ def main() -> None:
                         help="torch intra-op threads (default: torch's default)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-data", help=argparse.SUPPRESS)
+    parser.add_argument("--child-memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # Quantus warns on every call; IG's coarse-integral warning
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        child(args.child_data, args.child)
+        child(args.child_data, args.child, memory_only=args.child_memory_only)
         return
     import captum
     import quantus
@@ -764,7 +790,10 @@ def main() -> None:
               "maps loaded). It counts every page the call touches, torch tensors included, "
               "but not memory the allocator reuses from before the call. (resource.getrusage's "
               "ru_maxrss is no use here: in a child started by fork + exec it starts at the "
-              "parent's size.)\n")
+              "parent's size.) Memory is measured in a second child started with "
+              "MALLOC_MMAP_THRESHOLD_=65536, so that glibc returns every freed block of 64 KiB "
+              "or more at once; with its default, adaptive threshold freed chunk buffers stay "
+              "resident and the same call's peak varies by tens of MB from run to run.\n")
         scaling = print_scaling(run_scaling(model, data.x_test, device, p), device)
         print()
     print_summary(rows, scaling)

@@ -157,9 +157,15 @@ def resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *,
         On an unknown policy, a missing target for a multi-output model, or
         indices of the wrong length or out of range.
     """
+    return _resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows,
+                            outputs=n_outputs(model, inputs))
+
+
+def _resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *, labels: Tensor | None,
+                     max_rows: int, outputs: int) -> Tensor | None:
+    """:func:`resolve_targets` for a model with a known number of ``outputs``."""
     from ..models import predict
 
-    outputs = n_outputs(model, inputs)
     if isinstance(target, str):
         if target == "predicted":
             return predict(model, inputs, batch_size=max_rows).argmax(dim=1)
@@ -246,7 +252,9 @@ def attribute(model: nn.Module, inputs: Tensor, target: Any, method: str = "inte
 
 
 def _attribute(model, inputs, target, method, *, params, output, model_tag, max_rows, device,
-               labels, with_predictions) -> Attributions:
+               labels, with_predictions, memo: dict[str, int] | None = None) -> Attributions:
+    """:func:`attribute`; ``memo``, when given, keeps the model's number of outputs
+    (``memo["outputs"]``) from one call to the next, which saves a forward pass per call."""
     spec = resolve_spec(method, params)
     info = ATTRIBUTION_METHODS[method]
     inputs = _check_inputs(inputs, info)
@@ -260,8 +268,15 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     run_device = torch.device(device) if device is not None else model_device(model)
     if run_device != model_device(model):
         model = copy.deepcopy(model).to(run_device)
-    targets = resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows)
-    if output == "probability" and n_outputs(model, inputs) == 1:
+    if memo is not None and "outputs" in memo:
+        outputs = memo["outputs"]
+    else:
+        outputs = n_outputs(model, inputs)
+        if memo is not None:
+            memo["outputs"] = outputs
+    targets = _resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows,
+                               outputs=outputs)
+    if output == "probability" and outputs == 1:
         raise ValueError("Expected a model with several outputs for output='probability': the "
                          "softmax of a single output is constant, so every map would be zero. "
                          "Use output='logit'.")
@@ -289,7 +304,7 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
 
             predictions = predict(model, inputs, batch_size=max_rows).argmax(dim=1)
     result = Attributions(
-        values=torch.cat(values), inputs=inputs.detach(),
+        values=values[0] if len(values) == 1 else torch.cat(values), inputs=inputs.detach(),
         targets=(targets if targets is not None
                  else torch.zeros(inputs.shape[0], dtype=torch.long)).cpu(),
         method=method, params={**describe(spec), "output": output}, model_tag=model_tag,
@@ -343,14 +358,25 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
 
     The callable maps inputs of shape (M, *F) and targets of shape (M,) to
     attribution values of shape (M, *F), with the guarantees of :func:`attribute`.
+    The model's number of outputs (to check the targets) is found by one
+    forward pass at the first call and reused by later calls; make a new
+    explainer for a model whose output layer has changed.
+
+    The callable's attribute ``independent_rows`` is True when a row's map
+    does not depend on the other rows of the call (up to floating-point
+    rounding): every method except those that draw random numbers per call
+    (SmoothGrad, VarGrad, GradientSHAP, a ``"uniform"`` baseline). Stability
+    metrics then explain unperturbed and perturbed inputs in one call.
     """
     spec = resolve_spec(method, params)
+    memo: dict[str, int] = {}
 
     def explain_fn(inputs: Tensor, target: Tensor) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # IG's coarse-integral warning per call
             return _attribute(model, inputs, target, method, params=spec, output=output,
                               model_tag=None, max_rows=max_rows, device=device, labels=None,
-                              with_predictions=False).values
+                              with_predictions=False, memo=memo).values
 
+    explain_fn.independent_rows = not ATTRIBUTION_METHODS[method].random_per_call(spec)
     return explain_fn

@@ -19,6 +19,7 @@ from typing import Any
 import captum.attr as ca
 import numpy as np
 import torch
+from captum._utils.common import _run_forward
 from captum.attr._core import lrp as captum_lrp
 from torch import Tensor, nn
 
@@ -246,12 +247,23 @@ class Budget:
     chunk_index: int
 
 
+def _random_baseline(spec) -> bool:
+    """True when the spec's baseline is drawn at random (``"uniform"``)."""
+    baseline = getattr(spec, "baseline", None)
+    return isinstance(baseline, str) and baseline == "uniform"
+
+
 @dataclass(frozen=True)
 class AttributionMethod:
     """A registered method.
 
     rows_per_sample(spec) bounds the rows one input adds to a forward pass
     when Captum cannot be told a batch size; inputs are chunked accordingly.
+    random_per_call(spec) is True when the method draws random numbers for
+    each call (noise, sampled baselines), seeded per call and chunk: a row's
+    map then depends on the other rows of the call. Otherwise it depends on
+    the row alone, up to floating-point rounding, which can vary with the
+    number of rows.
     """
 
     name: str
@@ -260,6 +272,7 @@ class AttributionMethod:
     description: str
     rows_per_sample: Callable[[Any], int] = lambda spec: 1
     integer_inputs: bool = False
+    random_per_call: Callable[[Any], bool] = _random_baseline
 
 
 def _baseline(spec, x: Tensor, budget: Budget):
@@ -301,21 +314,45 @@ def _quiet():
         yield
 
 
+def _summed_gradients(forward_fn: Callable, inputs: tuple[Tensor, ...], target_ind=None,
+                      additional_forward_args=None) -> tuple[Tensor, ...]:
+    """Captum's ``compute_gradients`` (same signature) with a single backward root.
+
+    Captum differentiates ``torch.unbind(outputs)``: one autograd root per row,
+    each with its own gradient of one, which costs time per row. The gradient
+    of the sum of the selected outputs is the same tensor of ones reaching the
+    same graph, so the input gradients are bit-identical (a test checks it).
+    """
+    with torch.autograd.set_grad_enabled(True):
+        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        if outputs[0].numel() != 1:
+            raise ValueError("Expected a target for a model with several outputs: the gradient "
+                             "of several outputs at once is not defined.")
+        return torch.autograd.grad(outputs, inputs, grad_outputs=torch.ones_like(outputs))
+
+
+def _one_root(method):
+    """A Captum gradient method (Saliency, InputXGradient, IntegratedGradients,
+    GuidedBackprop) computing its input gradients with :func:`_summed_gradients`."""
+    method.gradient_func = _summed_gradients
+    return method
+
+
 def _saliency(model, x, target, spec: SaliencyParams, budget):
-    return ca.Saliency(model).attribute(x, target=target, abs=spec.abs), None
+    return _one_root(ca.Saliency(model)).attribute(x, target=target, abs=spec.abs), None
 
 
 def _input_x_gradient(model, x, target, spec, budget):
-    return ca.InputXGradient(model).attribute(x, target=target), None
+    return _one_root(ca.InputXGradient(model)).attribute(x, target=target), None
 
 
 def _guided_backprop(model, x, target, spec, budget):
     with _quiet():
-        return ca.GuidedBackprop(model).attribute(x, target=target), None
+        return _one_root(ca.GuidedBackprop(model)).attribute(x, target=target), None
 
 
 def _integrated_gradients(model, x, target, spec: IntegratedGradientsParams, budget):
-    return ca.IntegratedGradients(model).attribute(
+    return _one_root(ca.IntegratedGradients(model)).attribute(
         x, baselines=_baseline(spec, x, budget), target=target, n_steps=spec.n_steps,
         method=spec.integration, internal_batch_size=budget.max_rows,
         return_convergence_delta=True)
@@ -325,7 +362,7 @@ def _noise_tunnel(kind: str):
     def run(model, x, target, spec: NoiseTunnelParams, budget):
         batch = max(1, min(spec.nt_samples, budget.max_rows // x.shape[0]))
         with _seeded(spec.seed, budget):
-            values = ca.NoiseTunnel(ca.Saliency(model)).attribute(
+            values = ca.NoiseTunnel(_one_root(ca.Saliency(model))).attribute(
                 x, nt_type=kind, nt_samples=spec.nt_samples, nt_samples_batch_size=batch,
                 stdevs=float(spec.stdevs), target=target, abs=spec.abs)
         return values, None
@@ -458,12 +495,15 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
     AttributionMethod("integrated_gradients", IntegratedGradientsParams, _integrated_gradients,
                       "Path integral of gradients from a baseline (Captum IntegratedGradients)."),
     AttributionMethod("smoothgrad", NoiseTunnelParams, _noise_tunnel("smoothgrad"),
-                      "Saliency averaged over noisy copies (Captum NoiseTunnel, smoothgrad)."),
+                      "Saliency averaged over noisy copies (Captum NoiseTunnel, smoothgrad).",
+                      random_per_call=lambda spec: True),
     AttributionMethod("vargrad", NoiseTunnelParams, _noise_tunnel("vargrad"),
-                      "Variance of Saliency over noisy copies (Captum NoiseTunnel, vargrad)."),
+                      "Variance of Saliency over noisy copies (Captum NoiseTunnel, vargrad).",
+                      random_per_call=lambda spec: True),
     AttributionMethod("gradient_shap", GradientShapParams, _gradient_shap,
                       "Expected gradients over a baseline distribution (Captum GradientShap).",
-                      rows_per_sample=lambda spec: spec.n_samples),
+                      rows_per_sample=lambda spec: spec.n_samples,
+                      random_per_call=lambda spec: True),
     AttributionMethod("deeplift", DeepLiftParams, _deeplift,
                       "DeepLIFT Rescale rule against a baseline (Captum DeepLift).",
                       rows_per_sample=lambda spec: 2),

@@ -13,13 +13,13 @@ from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
     check_map_and_inputs,
     check_output,
-    expand_feature_mask,
     feature_map,
     model_targets,
     register,
     target_scores,
     values_of,
 )
+from .faithfulness import _perturbed_scores
 
 __all__ = ["effective_complexity", "entropy_complexity", "gini_index",
            "model_effective_complexity", "top_k_mass"]
@@ -280,25 +280,26 @@ def model_effective_complexity(model: nn.Module, inputs: Tensor,
     scores = feature_map(a).double()
     n, d = scores.shape
     order = scores.abs().argsort(dim=1, descending=True, stable=True)
-    # keep[i, k, j]: feature j is among the k highest-ranked of sample i
+    # rank[i, j]: position of feature j in sample i's ranking (0 = the highest)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
-    keep = rank[:, None, :] < torch.arange(d + 1)[None, :, None]           # (N, d+1, d)
-    original = target_scores(model, x, targets, output=output, max_rows=max_rows)
-    rows = (d + 1) * n_samples
-    chunk = max(1, max_rows // rows)
-    losses = []
-    for start in range(0, n, chunk):
-        idx = range(start, min(n, start + chunk))
+    kept = torch.arange(d + 1, device=rank.device)[None, :, None, None]
+
+    def masks_for(sl: slice) -> Tensor:  # row (k, j): draw j outside the k top features
+        return (rank[sl, None, None, :] >= kept).to(x.device)         # (c, d+1, 1, d)
+
+    def replacement_for(sl: slice) -> Tensor:                         # (c, 1, S, *F)
         z = torch.stack([low + (high - low) * torch.rand(n_samples, *x.shape[1:],
                                                          generator=generator,
                                                          dtype=torch.float64)
-                         for _ in idx]).to(dtype=x.dtype, device=x.device)  # (c, S, *F)
-        mask = expand_feature_mask(keep[idx.start:idx.stop].to(x.device), x.shape)
-        xs = x[idx.start:idx.stop, None, None]                               # (c, 1, 1, *F)
-        perturbed = torch.where(mask[:, :, None], xs, z[:, None])           # (c, d+1, S, *F)
-        t = targets[idx.start:idx.stop].repeat_interleave(rows)
-        f = target_scores(model, perturbed.reshape(-1, *x.shape[1:]), t, output=output,
-                          max_rows=max_rows).reshape(len(idx), d + 1, n_samples)
-        losses.append(((f - original[idx.start:idx.stop, None, None]) ** 2).mean(dim=2))
-    below = torch.cat(losses) < eps                                          # (N, d+1)
+                         for _ in range(sl.start, sl.stop)])
+        return z.to(dtype=x.dtype, device=x.device)[:, None]
+
+    def expected_loss(sl: slice, f: Tensor) -> Tensor:               # L(k): (c, d+1)
+        f = f.reshape(-1, d + 1, n_samples)
+        return ((f - original[sl, None, None]) ** 2).mean(dim=2)
+
+    original = target_scores(model, x, targets, output=output, max_rows=max_rows)
+    losses = _perturbed_scores(model, x, targets, masks_for, (d + 1) * n_samples,
+                               replacement_for, output, max_rows, reduce=expected_loss)
+    below = losses < eps
     return below.double().argmax(dim=1).double()  # first k below tolerance (L(d) = 0 < eps)

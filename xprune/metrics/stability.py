@@ -62,6 +62,49 @@ def _noise(x: Tensor, n_samples: int, scale: float, generator: torch.Generator, 
     return torch.stack(draws).to(dtype=x.dtype, device=x.device)
 
 
+def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor,
+                      n_samples: int, scale: float, generator: torch.Generator, *,
+                      gaussian: bool, max_rows: int):
+    """Noisy copies of ``x`` and their maps, a chunk of samples at a time.
+
+    Yields ``(sl, perturbed, base, maps)`` for consecutive sample slices ``sl``:
+    ``perturbed`` (c, S, *F) = ``x[sl]`` plus the noise of :func:`_noise` (drawn
+    chunk by chunk, which gives the same draws as the whole batch at once),
+    ``base`` (c, D) the maps of ``x[sl]`` and ``maps`` (c, S, D) those of
+    ``perturbed``, float64 on the CPU. Memory is bounded by the chunk, not by N.
+
+    How rows are sent to ``explain_fn`` (calls of at most ``max_rows`` rows):
+
+    - An explainer whose map of a row does not depend on the other rows of the
+      call (``explain_fn.independent_rows`` is True, as :func:`xprune.explainer`
+      sets for deterministic methods) gets each chunk's unperturbed and perturbed
+      rows together, ``max_rows // (S + 1)`` samples per call.
+    - Any other callable (e.g. SmoothGrad, whose noise is drawn per call) sees
+      the calls it always saw: the unperturbed rows, ``max_rows`` per call, and
+      the perturbed rows, sample-major, in calls of ``max_rows``. Chunks of
+      ``max_rows`` samples keep those call boundaries, so its maps, and the
+      scores, are those of one call over the whole batch; for N <= ``max_rows``
+      even the order of the calls is unchanged.
+    """
+    n, s = x.shape[0], n_samples
+    merged = getattr(explain_fn, "independent_rows", False) is True
+    chunk = max(1, max_rows // (s + 1)) if merged else max_rows
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        xs, ts = x[sl], t[sl]
+        c = xs.shape[0]
+        perturbed = xs[:, None] + _noise(xs, s, scale, generator, gaussian=gaussian)
+        flat, flat_t = perturbed.reshape(c * s, *x.shape[1:]), ts.repeat_interleave(s)
+        if merged:
+            maps = _explain(explain_fn, torch.cat([xs, flat]), torch.cat([ts, flat_t]),
+                            max_rows)
+            base, maps = maps[:c], maps[c:]
+        else:
+            base = _explain(explain_fn, xs, ts, max_rows)
+            maps = _explain(explain_fn, flat, flat_t, max_rows)
+        yield sl, perturbed, base, maps.reshape(c, s, -1)
+
+
 @register(category="stability", kind="explainer", higher_is_better=False,
           range=(0.0, float("inf")),
           reference="Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, 'On the (in)fidelity and "
@@ -81,7 +124,10 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
     explain_fn : callable
         ``explain_fn(inputs (M, *F), target (M,)) -> Tensor (M, *F)``, e.g.
         :func:`xprune.explainer`. All perturbations of all samples are sent in
-        calls of at most ``max_rows`` rows.
+        calls of at most ``max_rows`` rows, a chunk of samples at a time (with
+        the unperturbed inputs in the same calls when ``explain_fn`` has the
+        attribute ``independent_rows = True``, as :func:`xprune.explainer`
+        gives deterministic methods), so memory does not grow with N.
     inputs : Tensor of shape (N, *F)
     target : int or Tensor of shape (N,)
     radius : float > 0
@@ -160,13 +206,13 @@ def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, gen
     n = x.shape[0]
     t = _explain_targets(target, n)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    noise = _noise(x, n_samples, radius, generator, gaussian=False)   # (N, S, *F)
-    base = _explain(explain_fn, x, t, max_rows)              # (N, D)
-    perturbed = (x[:, None] + noise).reshape(n * n_samples, *x.shape[1:])
-    maps = _explain(explain_fn, perturbed, t.repeat_interleave(n_samples), max_rows)
-    diff = (maps.reshape(n, n_samples, -1) - base[:, None]).norm(dim=2)   # (N, S)
+    diff = torch.empty(n, n_samples, dtype=torch.float64)
+    denom = torch.empty(n, 1, dtype=torch.float64)
+    for sl, _, base, maps in _explained_chunks(explain_fn, x, t, n_samples, radius, generator,
+                                               gaussian=False, max_rows=max_rows):
+        diff[sl] = (maps - base[:, None]).norm(dim=2)        # (c, S)
+        denom[sl] = base.norm(dim=1, keepdim=True)
     if relative:
-        denom = base.norm(dim=1, keepdim=True)
         if bool((denom == 0).any()):
             warnings.warn(f"{int((denom == 0).sum())} sample(s) have an all-zero map; their "
                           "relative sensitivity is NaN.", RuntimeWarning, stacklevel=3)
@@ -245,7 +291,8 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
     explain_fn : callable
         ``explain_fn(inputs (M, *F), target (M,)) -> Tensor (M, *F)``, e.g.
         :func:`xprune.explainer`. All neighbours of all samples are sent in
-        calls of at most ``max_rows`` rows.
+        calls of at most ``max_rows`` rows, chunk by chunk, as for
+        :func:`max_sensitivity`.
     inputs : Tensor of shape (N, *F)
     target : int or Tensor of shape (N,)
         The class explained, for ``x`` and all its neighbours.
@@ -283,12 +330,13 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
     n, s = x.shape[0], n_samples
     t = _explain_targets(target, n)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    perturbed = x[:, None] + _noise(x, s, noise_std, generator, gaussian=True)   # (N, S, *F)
-    base = _explain(explain_fn, x, t, max_rows)                                   # (N, D)
-    maps = _explain(explain_fn, perturbed.reshape(n * s, *x.shape[1:]), t.repeat_interleave(s),
-                    max_rows).reshape(n, s, -1)
-    change = (maps - base[:, None]).norm(dim=2)                                   # (N, S)
-    step = (perturbed.double() - x.double()[:, None]).reshape(n, s, -1).norm(dim=2).cpu()
+    change = torch.empty(n, s, dtype=torch.float64)
+    step = torch.empty(n, s, dtype=torch.float64)
+    for sl, perturbed, base, maps in _explained_chunks(explain_fn, x, t, s, noise_std, generator,
+                                                       gaussian=True, max_rows=max_rows):
+        change[sl] = (maps - base[:, None]).norm(dim=2)                           # (c, S)
+        step[sl] = (perturbed.double() - x[sl].double()[:, None]).reshape(
+            perturbed.shape[0], s, -1).norm(dim=2).cpu()
     return _max_over_valid(change / step, step > 0, "neighbour that differs from the input",
                            stacklevel=3)
 

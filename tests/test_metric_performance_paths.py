@@ -1,0 +1,456 @@
+"""The fast paths of issue 8 against the slower code they replace.
+
+Each fast path (batched ROAD imputation, chunked faithfulness correlation and
+model effective complexity, one-root gradients in the explainer, merged and
+chunked stability calls) is compared on real values with a literal copy of
+the implementation it replaced, or with the path it falls back to. No timings.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import xprune
+from xprune.attribution import _methods
+from xprune.metrics import complexity, faithfulness, stability
+from xprune.metrics._base import (
+    as_baseline,
+    expand_feature_mask,
+    feature_map,
+    pearson,
+    target_scores,
+)
+from xprune.metrics.faithfulness import (
+    _impute,
+    _impute_prefixes,
+    _impute_rows,
+    _neighbour_matrix,
+    _perturbed_scores,
+    _solve_spd,
+)
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def batch(digits_cnn, digits_batch):
+    """24 digits, their signed saliency maps and the predicted classes."""
+    x = digits_batch[0][:24].clone()
+    a = xprune.attribute(digits_cnn, x, "predicted", "saliency", params={"abs": False})
+    return x, a.values.clone(), a.targets.clone()
+
+
+@pytest.fixture(scope="module")
+def cnn64(digits_cnn):
+    return copy.deepcopy(digits_cnn).double().eval()
+
+
+def random_masks(m, d, generator):
+    """(m, d) bool masks with 0 .. d-1 removed pixels (at least one kept per row)."""
+    keys = torch.rand(m, d, generator=generator)
+    counts = torch.randint(0, d, (m,), generator=generator)
+    ranks = keys.argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+# --- ROAD: batched imputation against the scipy path ----------------------------------------
+
+def scipy_rows(images, removed, height, width):
+    """The imputation as it was: one sparse scipy solve per image."""
+    weights = _neighbour_matrix(height, width)
+    return torch.stack([torch.from_numpy(_impute(images[i].numpy(), removed[i].numpy(), weights))
+                        for i in range(images.shape[0])])
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (5, 7), (1, 9), (3, 1), (16, 16)])
+def test_batched_imputation_equals_the_scipy_path(shape):
+    h, w = shape
+    d = h * w
+    gen = seeded(sum(shape))
+    images = torch.rand(40, 3, d, generator=gen, dtype=torch.float64)
+    removed = random_masks(40, d, gen)
+    ours = _impute_rows(images, removed, h, w)
+    expected = scipy_rows(images, removed, h, w)
+    torch.testing.assert_close(ours, expected, atol=1e-10, rtol=0)
+    kept = ~removed[:, None, :].expand_as(images)
+    assert torch.equal(ours[kept], images[kept])       # kept pixels copied bit for bit
+
+
+def test_dense_and_sparse_imputation_paths_agree(monkeypatch):
+    """16 x 16 images with up to 255 unknowns, all dense, then all sparse, then mixed."""
+    gen = seeded(3)
+    images = torch.rand(12, 2, 256, generator=gen, dtype=torch.float64)
+    removed = random_masks(12, 256, gen)
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 10 ** 6)
+    dense = _impute_rows(images, removed, 16, 16)
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 0)
+    sparse = _impute_rows(images, removed, 16, 16)
+    torch.testing.assert_close(dense, sparse, atol=1e-10, rtol=0)
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 100)
+    torch.testing.assert_close(_impute_rows(images, removed, 16, 16), sparse, atol=1e-10,
+                               rtol=0)
+
+
+def test_chunked_dense_solves_equal_one_call(monkeypatch):
+    gen = seeded(4)
+    images = torch.rand(30, 3, 64, generator=gen, dtype=torch.float64)
+    removed = torch.rand(30, 64, generator=gen).argsort(dim=1) < 40     # 40 unknowns each
+    whole = _impute_rows(images, removed, 8, 8)
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_ELEMENTS", 40 * 40 * 7)   # 7 images a call
+    torch.testing.assert_close(_impute_rows(images, removed, 8, 8), whole, atol=1e-14, rtol=0)
+    order = torch.rand(30, 64, generator=gen).argsort(dim=1)
+    counts = [6, 25, 57]
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_ELEMENTS", 57 * 57 * 4)
+    chunked = _impute_prefixes(images, order, counts, 8, 8)
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_ELEMENTS", 2 ** 22)
+    torch.testing.assert_close(chunked, _impute_prefixes(images, order, counts, 8, 8),
+                               atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("counts", [[6, 12, 19, 25, 32, 38, 44, 51, 57], [40, 0, 3, 40, 63]])
+def test_prefix_imputation_equals_the_scipy_path(counts, monkeypatch):
+    """One Cholesky factor per image for all nested removed sets, in any order of counts."""
+    gen = seeded(5)
+    images = torch.rand(10, 3, 64, generator=gen, dtype=torch.float64)
+    order = torch.rand(10, 64, generator=gen).argsort(dim=1)
+    masks = torch.zeros(10, len(counts), 64, dtype=torch.bool)
+    for j, k in enumerate(counts):
+        masks[:, j].scatter_(1, order[:, :k], True)
+    expected = scipy_rows(images.repeat_interleave(len(counts), dim=0), masks.reshape(-1, 64),
+                          8, 8).reshape(10, len(counts), 3, 64)
+    torch.testing.assert_close(_impute_prefixes(images, order, counts, 8, 8), expected,
+                               atol=1e-10, rtol=0)
+    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 20)     # the fallback, per row
+    torch.testing.assert_close(_impute_prefixes(images, order, counts, 8, 8), expected,
+                               atol=1e-10, rtol=0)
+
+
+def test_cholesky_failure_falls_back_to_lu():
+    system = torch.tensor([[[2.0, 1.0], [1.0, 2.0]], [[-2.0, 1.0], [1.0, 3.0]]],
+                          dtype=torch.float64)             # the second is indefinite
+    rhs = torch.tensor([[[1.0], [2.0]], [[3.0], [4.0]]], dtype=torch.float64)
+    factor, solution = _solve_spd(system, rhs)
+    torch.testing.assert_close(solution, torch.linalg.solve(system, rhs))
+    assert bool(factor[1].isnan().all()) and not bool(factor[0].isnan().any())
+
+
+def road_as_it_was(model, x, a, t, percentages, order, noise_std, seed, output, max_rows):
+    """road_curve before issue 8: one scipy solve per image and percentage, noise per row."""
+    gen = seeded(seed)
+    scores = feature_map(a).double()
+    n, d = scores.shape
+    c, h, w = x.shape[1:]
+    counts = [min(d - 1, int(np.floor(p * d + 1e-9))) for p in percentages]
+    rank = torch.empty(n, d, dtype=torch.long).scatter_(
+        1, scores.argsort(dim=1, descending=True, stable=True), torch.arange(d).expand(n, d))
+    weights = _neighbour_matrix(h, w)
+    rows = []
+    for i in range(n):
+        for k in counts:
+            removed = rank[i] < k if order == "morf" else rank[i] >= d - k
+            flat = x[i].reshape(c, -1).double().numpy()
+            filled = torch.from_numpy(_impute(flat, removed.numpy(), weights))
+            if int(removed.sum()):
+                filled[:, removed] += torch.randn(c, int(removed.sum()), generator=gen,
+                                                  dtype=torch.float64) * noise_std
+            rows.append(filled.reshape(c, h, w).to(x.dtype))
+    batch = torch.stack(rows)
+    values = target_scores(model, batch, t.repeat_interleave(len(counts)), output=output,
+                           max_rows=max_rows)
+    return values.reshape(n, len(counts))
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_road_equals_the_scipy_implementation(cnn64, batch, order):
+    x, a, t = (v[:10] for v in batch)
+    x, a = x.double(), a.double()
+    pct = (0.1, 0.5, 0.05, 0.9)
+    for max_rows in (4096, 9):          # one chunk, and two samples' rows per chunk
+        ours = faithfulness.road_curve(cnn64, x, a, t, percentages=pct, order=order,
+                                       output="logit", generator=seeded(2), max_rows=max_rows)
+        expected = road_as_it_was(cnn64, x, a, t, pct, order, 0.01, 2, "logit", 4096)
+        torch.testing.assert_close(ours, expected, atol=1e-10, rtol=0)
+
+
+def test_noisy_imputation_equals_the_scipy_path_with_the_same_noise():
+    gen = seeded(6)
+    x = torch.rand(7, 2, 6, 5, generator=gen, dtype=torch.float64)
+    removed = random_masks(7, 30, gen).reshape(7, 6, 5)
+    ours = faithfulness.noisy_linear_imputation(x, removed, noise_std=0.3, generator=seeded(1))
+    noise = seeded(1)
+    weights = _neighbour_matrix(6, 5)
+    for i in range(7):
+        r = removed[i].reshape(-1)
+        filled = torch.from_numpy(_impute(x[i].reshape(2, -1).numpy(), r.numpy(), weights))
+        if int(r.sum()):
+            filled[:, r] += torch.randn(2, int(r.sum()), generator=noise,
+                                        dtype=torch.float64) * 0.3
+        torch.testing.assert_close(ours[i], filled.reshape(2, 6, 5), atol=1e-10, rtol=0)
+
+
+# --- faithfulness correlation and model effective complexity: per-chunk reductions ---------
+
+def faithfulness_correlation_as_it_was(model, x, a, t, *, subset_size, n_runs, seed, max_rows):
+    """Every subset mask of the batch kept, the attribution masses computed at the end."""
+    gen = seeded(seed)
+    scores = feature_map(a).double()
+    n, d = scores.shape
+    subsets = []
+
+    def masks_for(sl):
+        mask = torch.zeros(sl.stop - sl.start, n_runs, d, dtype=torch.bool)
+        for i in range(sl.stop - sl.start):
+            keys = torch.rand(n_runs, d, generator=gen)
+            mask[i].scatter_(1, keys.topk(subset_size, dim=1).indices, True)
+        subsets.append(mask)
+        return mask
+
+    perturbed = _perturbed_scores(model, x, t, masks_for, n_runs, as_baseline(0.0, x), "logit",
+                                  max_rows)
+    original = target_scores(model, x, t, output="logit", max_rows=max_rows)
+    mass = (torch.cat(subsets).double() * scores[:, None, :]).sum(dim=2)
+    return pearson(mass, original[:, None] - perturbed)
+
+
+@pytest.mark.parametrize("max_rows", [4096, 50, 7])
+def test_faithfulness_correlation_equals_the_whole_batch_version(digits_cnn, batch, max_rows):
+    x, a, t = batch
+    ours = faithfulness.faithfulness_correlation(digits_cnn, x, a, t, subset_size=16,
+                                                 n_runs=20, generator=seeded(3),
+                                                 max_rows=max_rows)
+    expected = faithfulness_correlation_as_it_was(digits_cnn, x, a, t, subset_size=16,
+                                                  n_runs=20, seed=3, max_rows=max_rows)
+    assert torch.equal(ours, expected)
+
+
+def test_faithfulness_correlation_chunks_agree(cnn64, batch):
+    x, a, t = batch
+    x, a = x.double(), a.double()
+    run = lambda rows: faithfulness.faithfulness_correlation(  # noqa: E731
+        cnn64, x, a, t, n_runs=10, generator=seeded(4), max_rows=rows)
+    torch.testing.assert_close(run(35), run(4096), atol=1e-12, rtol=0)
+
+
+def complexity_as_it_was(model, x, a, t, *, eps, n_samples, noise, output, seed, max_rows):
+    """model_effective_complexity before issue 8: its own chunked perturb-and-score loop."""
+    gen = seeded(seed)
+    low, high = noise
+    scores = feature_map(a).double()
+    n, d = scores.shape
+    order = scores.abs().argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(d).expand(n, d))
+    keep = rank[:, None, :] < torch.arange(d + 1)[None, :, None]
+    original = target_scores(model, x, t, output=output, max_rows=max_rows)
+    rows = (d + 1) * n_samples
+    chunk = max(1, max_rows // rows)
+    losses = []
+    for start in range(0, n, chunk):
+        idx = range(start, min(n, start + chunk))
+        z = torch.stack([low + (high - low) * torch.rand(n_samples, *x.shape[1:], generator=gen,
+                                                         dtype=torch.float64)
+                         for _ in idx]).to(dtype=x.dtype)
+        mask = expand_feature_mask(keep[idx.start:idx.stop], x.shape)
+        perturbed = torch.where(mask[:, :, None], x[idx.start:idx.stop, None, None], z[:, None])
+        f = target_scores(model, perturbed.reshape(-1, *x.shape[1:]),
+                          t[idx.start:idx.stop].repeat_interleave(rows), output=output,
+                          max_rows=max_rows).reshape(len(idx), d + 1, n_samples)
+        losses.append(((f - original[idx.start:idx.stop, None, None]) ** 2).mean(dim=2))
+    return (torch.cat(losses) < eps).double().argmax(dim=1).double()
+
+
+@pytest.mark.parametrize(("noise", "output", "eps", "max_rows"),
+                         [((0.0, 1.0), "probability", 0.01, 4096),
+                          ((0.0, 1.0), "probability", 0.01, 700),
+                          ((0.5, 0.5), "logit", 0.3, 4096)])
+def test_model_effective_complexity_equals_its_former_loop(digits_cnn, batch, noise, output,
+                                                          eps, max_rows):
+    x, a, t = (v[:8] for v in batch)
+    ours = complexity.model_effective_complexity(digits_cnn, x, a, t, eps=eps, n_samples=6,
+                                                 noise=noise, output=output,
+                                                 generator=seeded(7), max_rows=max_rows)
+    expected = complexity_as_it_was(digits_cnn, x, a, t, eps=eps, n_samples=6, noise=noise,
+                                    output=output, seed=7, max_rows=max_rows)
+    assert torch.equal(ours, expected)
+    assert 0 < float(ours.min()) and float(ours.max()) <= 64   # not a trivial answer
+
+
+def test_perturbed_scores_reduce_is_the_reduction_of_the_scores(digits_cnn, batch):
+    x, _, t = batch
+    masks = torch.rand(24, 5, 64, generator=seeded(8)) < 0.3
+
+    def masks_for(sl):
+        return masks[sl]
+
+    def reduce(sl, scores):
+        return scores.amax(dim=1, keepdim=True) - sl.start
+
+    b = as_baseline(0.0, x)
+    full = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15)
+    reduced = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15, reduce=reduce)
+    starts = torch.arange(24).div(3, rounding_mode="floor") * 3        # 3 samples a chunk
+    assert torch.equal(reduced[:, 0], full.amax(dim=1) - starts)
+
+
+# --- the explainer: one backward root, the number of outputs found once -----------------
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("saliency", {"abs": False}), ("saliency", {"abs": True}), ("input_x_gradient", None),
+    ("integrated_gradients", {"n_steps": 8}), ("guided_backprop", None),
+    ("smoothgrad", {"nt_samples": 4}), ("vargrad", {"nt_samples": 4})])
+def test_one_root_gradients_are_bit_identical_to_captums(digits_cnn, batch, method, params,
+                                                          monkeypatch):
+    x, _, t = batch
+    ours = xprune.attribute(digits_cnn, x, t, method, params=params, max_rows=50)
+    monkeypatch.setattr(_methods, "_one_root", lambda m: m)    # Captum's compute_gradients
+    captums = xprune.attribute(digits_cnn, x, t, method, params=params, max_rows=50)
+    assert torch.equal(ours.values, captums.values)
+    if ours.delta is not None:
+        assert torch.equal(ours.delta, captums.delta)
+
+
+def test_one_root_gradients_need_a_target(digits_cnn, batch):
+    x = batch[0][:2].clone().requires_grad_()
+    with pytest.raises(ValueError, match="Expected a target for a model with several outputs"):
+        _methods._summed_gradients(digits_cnn, (x,), None)
+
+
+class Counting(nn.Module):
+    """Counts the forward passes of a wrapped model, by their number of rows."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, []
+
+    def forward(self, x):
+        self.rows.append(x.shape[0])
+        return self.model(x)
+
+
+def test_explainer_finds_the_number_of_outputs_once(digits_cnn, batch):
+    x, _, t = batch
+    model = Counting(digits_cnn)
+    explain = xprune.explainer(model, "saliency", params={"abs": False})
+    first, second = explain(x, t), explain(x[:5], t[:5])
+    assert model.rows == [1, 24, 5]                 # one 1-row probe, then the two batches
+    expected = xprune.attribute(digits_cnn, x, t, "saliency", params={"abs": False}).values
+    assert torch.equal(first, expected) and torch.equal(second, expected[:5])
+    with pytest.raises(ValueError, match=r"Expected `target` in \[0, 10\)"):
+        explain(x[:2], torch.tensor([0, 10]))       # the cached count still checks targets
+
+
+@pytest.mark.parametrize(("method", "params", "independent"), [
+    ("saliency", None, True), ("integrated_gradients", None, True),
+    ("integrated_gradients", {"baseline": "blur"}, True),
+    ("integrated_gradients", {"baseline": "uniform"}, False), ("occlusion", None, True),
+    ("smoothgrad", None, False), ("vargrad", None, False), ("gradient_shap", None, False),
+    ("deeplift", {"baseline": "uniform"}, False)])
+def test_explainer_says_whether_rows_are_independent(digits_cnn, method, params, independent):
+    assert xprune.explainer(digits_cnn, method, params=params).independent_rows is independent
+
+
+# --- stability: merged calls and chunks -------------------------------------------------------
+
+def sensitivity_as_it_was(explain_fn, x, t, *, radius, n_samples, seed, max_rows):
+    """_sensitivity before issue 8: all noise, one base call, one perturbed call (N, S)."""
+    gen = seeded(seed)
+    n = x.shape[0]
+    noise = torch.stack([(torch.rand(n_samples, *x.shape[1:], generator=gen) * 2 - 1) * radius
+                         for _ in range(n)]).to(x.dtype)
+
+    def explain(rows, targets):
+        return torch.cat([explain_fn(rows[i:i + max_rows], targets[i:i + max_rows])
+                          .double().reshape(min(max_rows, rows.shape[0] - i), -1)
+                          for i in range(0, rows.shape[0], max_rows)])
+
+    base = explain(x, t)
+    maps = explain((x[:, None] + noise).reshape(n * n_samples, *x.shape[1:]),
+                   t.repeat_interleave(n_samples))
+    diff = (maps.reshape(n, n_samples, -1) - base[:, None]).norm(dim=2)
+    return diff / base.norm(dim=1, keepdim=True)
+
+
+@pytest.mark.parametrize("max_rows", [4096, 13])
+def test_sensitivity_with_merged_calls_equals_the_two_call_version(cnn64, batch, max_rows):
+    x, _, t = batch
+    x = x.double()
+    explain = xprune.explainer(cnn64, "saliency", params={"abs": False})
+    assert explain.independent_rows
+    ours = stability.sensitivity_draws(explain, x, t, n_samples=4, generator=seeded(9),
+                                       max_rows=max_rows)
+    expected = sensitivity_as_it_was(explain, x, t, radius=0.1, n_samples=4, seed=9,
+                                     max_rows=4096)
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(stability.max_sensitivity(explain, x, t, n_samples=4,
+                                                         generator=seeded(9)),
+                               expected.amax(dim=1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(stability.avg_sensitivity(explain, x, t, n_samples=4,
+                                                         generator=seeded(9)),
+                               expected.mean(dim=1), atol=1e-12, rtol=0)
+
+
+def test_float32_integrated_gradients_stability_moves_by_rounding_only(digits_cnn, batch):
+    """In float32 the merged call rounds the unperturbed maps as a bigger batch would."""
+    x, _, t = (v[:12] for v in batch)
+    explain = xprune.explainer(digits_cnn, "integrated_gradients", params={"n_steps": 8})
+    ours = stability.sensitivity_draws(explain, x, t, n_samples=3, generator=seeded(1))
+    expected = sensitivity_as_it_was(explain, x, t, radius=0.1, n_samples=3, seed=1,
+                                     max_rows=4096)
+    torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-9)
+
+
+def call_seeded_explainer(x, target):
+    """A map whose noise is seeded per call by the call's size: the call structure matters."""
+    gen = seeded(x.shape[0])
+    return x * (1 + 0.1 * torch.randn(x.shape, generator=gen, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("max_rows", [4096, 10, 7])
+def test_sensitivity_keeps_the_calls_of_other_explainers(batch, max_rows):
+    """A callable without ``independent_rows`` sees the calls it always saw, also in chunks
+    of max_rows samples, so its scores do not change."""
+    x, _, t = batch
+    ours = stability.sensitivity_draws(call_seeded_explainer, x, t, n_samples=3,
+                                       generator=seeded(2), max_rows=max_rows)
+    expected = sensitivity_as_it_was(call_seeded_explainer, x, t, radius=0.1, n_samples=3,
+                                     seed=2, max_rows=max_rows)
+    assert torch.equal(ours, expected)
+    smooth = xprune.explainer(xprune.models.DigitsCNN().eval(), "smoothgrad",
+                              params={"nt_samples": 3})
+    ours = stability.sensitivity_draws(smooth, x[:6], t[:6], n_samples=2, generator=seeded(2),
+                                       max_rows=max_rows)
+    expected = sensitivity_as_it_was(smooth, x[:6], t[:6], radius=0.1, n_samples=2, seed=2,
+                                     max_rows=max_rows)
+    assert torch.equal(ours, expected)
+
+
+def lipschitz_as_it_was(explain_fn, x, t, *, noise_std, n_samples, seed):
+    gen = seeded(seed)
+    n = x.shape[0]
+    noise = torch.stack([torch.randn(n_samples, *x.shape[1:], generator=gen) * noise_std
+                         for _ in range(n)]).to(x.dtype)
+    perturbed = x[:, None] + noise
+    base = explain_fn(x, t).double().reshape(n, -1)
+    maps = explain_fn(perturbed.reshape(n * n_samples, *x.shape[1:]),
+                      t.repeat_interleave(n_samples)).double().reshape(n, n_samples, -1)
+    step = (perturbed.double() - x.double()[:, None]).reshape(n, n_samples, -1).norm(dim=2)
+    return ((maps - base[:, None]).norm(dim=2) / step).amax(dim=1)
+
+
+def test_lipschitz_with_merged_calls_equals_the_two_call_version(cnn64, batch):
+    x, _, t = batch
+    x = x.double()
+    explain = xprune.explainer(cnn64, "input_x_gradient")
+    expected = lipschitz_as_it_was(explain, x, t, noise_std=0.1, n_samples=3, seed=5)
+    for max_rows in (4096, 9):
+        ours = stability.local_lipschitz_estimate(explain, x, t, n_samples=3,
+                                                  generator=seeded(5), max_rows=max_rows)
+        torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+    assert torch.equal(stability.local_lipschitz_estimate(call_seeded_explainer, x, t,
+                                                          n_samples=3, generator=seeded(5)),
+                       lipschitz_as_it_was(call_seeded_explainer, x, t, noise_std=0.1,
+                                           n_samples=3, seed=5))
