@@ -38,6 +38,7 @@ from scipy import stats
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
+from ..report.tables import plural
 from ..stats import holm, mean_ci
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -571,10 +572,6 @@ def _models(params: Params, data, seed: int, context: Context) -> list[tuple[str
     return models
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def _tag(s: float) -> str:
     return "dense" if s == 0 else f"l1@{s:.2f}"
 
@@ -792,10 +789,10 @@ def _pruning_finding(effect: pd.DataFrame, models: list[str], methods: list[str]
             + ("the same" if same else "not the same") + " for the dense and the pruned models. "
             f"The pruned model's similarity averaged over the cascade minus the dense model's "
             f"(table 'Pruned minus dense') differs from 0 in {len(sig)} of the {n} comparisons "
-            f"({_plural(effect['_model'].nunique(), 'pruned model')} × "
-            f"{_plural(effect['_method'].nunique(), 'method')} × {effect['_sim'].nunique()} "
+            f"({plural(effect['_model'].nunique(), 'pruned model')} × "
+            f"{plural(effect['_method'].nunique(), 'method')} × {effect['_sim'].nunique()} "
             f"similarit{'y' if effect['_sim'].nunique() == 1 else 'ies'} × "
-            f"{_plural(effect['_region'].nunique(), 'region')}"
+            f"{plural(effect['_region'].nunique(), 'region')}"
             + (f"; {len(effect) - n} without a test, too few values" if n < len(effect) else "")
             + f") with Holm's correction over all {n} ({test_unit}, family-wise error "
             f"{ALPHA:.0%})"
@@ -847,7 +844,7 @@ def _pruning_finding(effect: pd.DataFrame, models: list[str], methods: list[str]
         worst = eff.loc[shares.idxmax()] if shares.notna().any() else None
         text += (" No evidence after the correction that pruning changes how much the maps "
                  "move under randomisation"
-                 + (f" (with {_plural(n_seeds, 'training seed')} these tests have little power)"
+                 + (f" (with {plural(n_seeds, 'training seed')} these tests have little power)"
                     if n_seeds < 3 else "") + "."
                  + ("" if worst is None else
                     f" The largest |pruned − dense| relative to {drop} is "
@@ -955,7 +952,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
     elif len(seeds) < 3:
         findings.append(
             f"Only {len(seeds)} training seeds: intervals across so few seeds are unreliable "
-            f"(a t-interval with {_plural(len(seeds) - 1, 'degree')} of freedom): "
+            f"(a t-interval with {plural(len(seeds) - 1, 'degree')} of freedom): "
             f"{clipped_share:.0%} of the similarity intervals run past the range a similarity "
             "can take and are clipped to it ([-1, 1]; [-2, 2] for a difference of two), and a "
             "reading whose interval is too wide to decide is reported as undecided. Run at "
@@ -1131,11 +1128,11 @@ def run(params: Params, context: Context) -> ReproductionReport:
               _curve_figure(summary, models, methods, "independent", "all"))]))
     setup = [
         f"Digits (scikit-learn 8x8, split seed {context.seed}); the xprune digits CNN "
-        f"(conv1, conv2, fc1, fc2) trained {_plural(params.epochs, 'epoch')} per training seed; "
+        f"(conv1, conv2, fc1, fc2) trained {plural(params.epochs, 'epoch')} per training seed; "
         + (f"seeds {seeds[0]}–{seeds[-1]}." if len(seeds) > 1 else f"seed {seeds[0]}."),
         "Pruned models: global L1 magnitude pruning of conv and linear weights at "
         + ", ".join(f"{s:g}" for s in params.sparsities)
-        + f" with {_plural(params.finetune_epochs, 'epoch')} of masked fine-tuning (as in the "
+        + f" with {plural(params.finetune_epochs, 'epoch')} of masked fine-tuning (as in the "
         "default xprune analysis); pruning made permanent before the test.",
         "Intervals: Student-t 95% intervals across the training seeds' means (one seed: across "
         "its test images), clipped to the range the quantity can take: [-1, 1] for Spearman "
@@ -1181,8 +1178,8 @@ def run(params: Params, context: Context) -> ReproductionReport:
         "Pruned models are re-initialised densely (each layer's reset_parameters()): after a "
         "layer is randomised it is no longer sparse, so every model ends at the same random "
         "network of its seed. Pruning is compared through the maps of the trained models.",
-        f"{_plural(len(seeds), 'training seed')}, no HOG similarity, and "
-        f"{_plural(len(methods), 'method')} of the paper's ("
+        f"{plural(len(seeds), 'training seed')}, no HOG similarity, and "
+        f"{plural(len(methods), 'method')} of the paper's ("
         + ", ".join(METHOD_LABELS[m] for m in methods) + "; the paper also has SmoothGrad, "
         "Gradient ⊙ Input, GradCAM and Guided GradCAM).",
         "Foreground scores are ours: the paper compares all pixels.",

@@ -29,13 +29,14 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
+from .._validation import check_positive_int
 from ..attribution import attribute
 from ..data import DatasetSplit, load_digits_split
 from ..metrics import foreground, gini_index, on_features, spearman, top_k_intersection
 from ..models import DigitsCNN, predict, train
 from ..pruning import fine_tune, prunable_weights, prune
 from ..report.figures import plot_attribution_grid
-from ..report.tables import fmt_ci
+from ..report.tables import fmt_ci, plural
 from ..stats import bootstrap_ci, holm, proportion_ci
 from . import Context, ReproductionReport, Section, register
 
@@ -98,9 +99,7 @@ def _fraction_tuple(values, name: str, *, allow_empty: bool = False) -> tuple[fl
 
 
 def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"Expected `params.{name}` to be an integer >= {minimum}, got {value!r}.")
-    return value
+    return check_positive_int(value, f"params.{name}", minimum=minimum)
 
 
 def _positive_float(value, name: str) -> float:
@@ -760,10 +759,6 @@ def _pct(mean, low, high) -> str:
     return fmt_ci(100 * mean, 100 * low, 100 * high, digits=1) + ("" if math.isnan(mean) else "%")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
 def _all_of(n: int) -> str:
     return {1: "the one sparsity", 2: "both sparsities"}.get(n, f"all {n} sparsities")
 
@@ -912,11 +907,11 @@ def _report(params, context, data, samples, models, pies, acc, pooled, compariso
         f"Data: scikit-learn digits (8x8), stratified split seeded with {context.seed}; the whole "
         f"test set ({n} images) is used.",
         f"Populations: {seeds} dense DigitsCNNs from independent seeds "
-        f"({_plural(params.epochs, 'epoch')}, "
+        f"({plural(params.epochs, 'epoch')}, "
         f"Adam lr {params.lr:g}); each is pruned to every sparsity "
         f"({', '.join(f'{t:g}' for t in params.sparsities)}) by global L1 magnitude pruning "
         f"of all conv/linear weights (torch.nn.utils.prune via xprune.prune) and fine-tuned "
-        f"with its mask for {_plural(params.finetune_epochs, 'epoch')} (lr "
+        f"with its mask for {plural(params.finetune_epochs, 'epoch')} (lr "
         f"{params.finetune_lr:g}), as "
         f"xprune's default analysis does. This one-shot prune + short fine-tune stands in for "
         f"the authors' iterative pruning during training.",
