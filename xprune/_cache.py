@@ -1,8 +1,9 @@
 """A run's store of finished work, so that a killed run resumes without recomputing it.
 
 Everything lives under ``<run>/.cache/<fingerprint>/``, where the fingerprint
-hashes the parts of the config that determine the numbers; a changed config
-starts a fresh store. Models are safetensors files (loading them cannot
+hashes the parts of the config that determine the numbers and a digest of
+xprune's source code; a changed config or a changed implementation starts a
+fresh store, so results of old code are never reused. Models are safetensors files (loading them cannot
 execute code), tables are CSV files with exact float round-trip, and every
 file is written atomically, so a file that exists is complete.
 """
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_write_bytes, atomic_write_text, read_table
 
-__all__ = ["RunCache", "fingerprint"]
+__all__ = ["RunCache", "code_digest", "fingerprint"]
 
 
 def fingerprint(data: dict[str, Any]) -> str:
@@ -31,15 +32,29 @@ def fingerprint(data: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) of every ``.py`` file of the installed xprune package."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _safe(key: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
 
 
 class RunCache:
-    """Keyed results of a run; ``None`` directory disables caching."""
+    """Keyed results of a run; ``None`` directory disables caching.
+
+    The store's folder is named by ``key_data`` and :func:`code_digest`.
+    """
 
     def __init__(self, root: Path | None, key_data: dict[str, Any]) -> None:
-        self.dir = None if root is None else Path(root) / ".cache" / fingerprint(key_data)
+        self.dir = None if root is None else Path(root) / ".cache" / fingerprint(
+            {"config": key_data, "code": code_digest()})
 
     def _path(self, key: str, suffix: str) -> Path | None:
         return None if self.dir is None else self.dir / f"{_safe(key)}{suffix}"

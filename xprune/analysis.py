@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from ._cache import RunCache
+from ._cache import RunCache, code_digest
 from ._io import atomic_write_text
 from ._validation import check_positive_int, closest_name
 from .attribution import Attributions, attribute, explainer
@@ -120,7 +120,8 @@ def _versions() -> dict[str, str]:
     return {"xprune": __version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "torch": torch.__version__,
             "captum": captum.__version__, "numpy": np.__version__, "pandas": pd.__version__,
-            "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__}
+            "scikit-learn": sklearn.__version__, "matplotlib": matplotlib.__version__,
+            "code": code_digest()}
 
 
 _metric_seed = metric_seed  # one seed per metric, shared by all models of a run

@@ -152,11 +152,8 @@ class ReproductionConfig:
 
     def store_key(self) -> dict[str, Any]:
         """The key of the run's store of finished work: everything that determines the
-        numbers (not the name), including a digest of xprune's source code, so that a
-        changed implementation never reuses results computed by the old one."""
-        key = {k: v for k, v in self.to_dict().items() if k != "name"}
-        key["code"] = _code_digest()
-        return key
+        numbers, not the name (the store adds a digest of xprune's source code)."""
+        return {k: v for k, v in self.to_dict().items() if k != "name"}
 
     def replace(self, **changes: Any) -> ReproductionConfig:
         return dataclasses.replace(self, **changes)
@@ -171,18 +168,6 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _code_digest() -> str:
-    """SHA-256 (16 hex digits) of every ``.py`` file of the installed xprune package."""
-    import hashlib
-
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -257,6 +242,6 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
     from ..analysis import _versions
 
     path = report.write(out, config=config.to_dict(),
-                        versions={**_versions(), "code": config.store_key()["code"]})
+                        versions=_versions())
     context.say(f"report written to {path}")
     return path
