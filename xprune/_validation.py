@@ -156,3 +156,16 @@ def closest_name(name: str, valid: Sequence[str]) -> str:
 
     match = difflib.get_close_matches(name, list(valid), n=1)
     return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def check_sparsity_list(values: object, name: str) -> list[float]:
+    """Return ``values`` if it is a non-empty, increasing list of numbers in (0, 1), else raise
+    ``ValueError`` naming ``name``."""
+    if not isinstance(values, list) or not values:
+        raise ValueError(f"Expected `{name}` to be a non-empty list, got {values!r}.")
+    for s in values:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
+            raise ValueError(f"Expected every `{name}` entry in (0, 1), got {s!r}.")
+    if sorted(set(values)) != list(values):
+        raise ValueError(f"Expected `{name}` increasing without repeats, got {values!r}.")
+    return values

@@ -37,7 +37,7 @@ import torch
 from scipy import stats
 from torch import Tensor, nn
 
-from .._validation import check_positive_int
+from .._validation import check_positive_int, check_sparsity_list
 from ..report.tables import plural
 from ..stats import holm, mean_ci
 from . import Context, register
@@ -121,16 +121,7 @@ class Params:
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_seeds, "params.n_seeds")
-        if not isinstance(self.sparsities, list) or not self.sparsities:
-            raise ValueError(f"Expected `params.sparsities` to be a non-empty list, got "
-                             f"{self.sparsities!r}.")
-        for s in self.sparsities:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
-                raise ValueError(f"Expected every `params.sparsities` entry in (0, 1), got "
-                                 f"{s!r}.")
-        if sorted(set(self.sparsities)) != list(self.sparsities):
-            raise ValueError(f"Expected `params.sparsities` increasing without repeats, got "
-                             f"{self.sparsities!r}.")
+        check_sparsity_list(self.sparsities, "params.sparsities")
         if (not isinstance(self.methods, list) or not self.methods
                 or any(m not in METHODS for m in self.methods)
                 or len(set(self.methods)) != len(self.methods)):

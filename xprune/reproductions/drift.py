@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .._validation import check_fraction, check_positive_int
+from .._validation import check_fraction, check_positive_int, check_sparsity_list
 from ..stats import holm, mean_ci, paired_test
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -73,16 +73,7 @@ class Params:
         if self.n_seeds < 2:
             raise ValueError(f"Expected `params.n_seeds` >= 2 (intervals across seeds), got "
                              f"{self.n_seeds}.")
-        if not isinstance(self.sparsities, list) or not self.sparsities:
-            raise ValueError(f"Expected `params.sparsities` to be a non-empty list, got "
-                             f"{self.sparsities!r}.")
-        for s in self.sparsities:
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
-                raise ValueError(f"Expected every `params.sparsities` entry in (0, 1), got "
-                                 f"{s!r}.")
-        if sorted(set(self.sparsities)) != list(self.sparsities):
-            raise ValueError(f"Expected `params.sparsities` increasing without repeats, got "
-                             f"{self.sparsities!r}.")
+        check_sparsity_list(self.sparsities, "params.sparsities")
         if not isinstance(self.methods, list) or not self.methods or any(
                 m not in ATTRIBUTION_METHODS for m in self.methods):
             raise ValueError(f"Expected `params.methods` to name attribution methods from "

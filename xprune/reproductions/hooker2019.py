@@ -364,18 +364,7 @@ def stratified_difference(values, is_pie, strata, *, n_resamples: int = 2000, se
         ``n_rest`` (non-PIEs in them), ``n_strata`` (usable strata), ``z`` and
         ``p`` (two-sided van Elteren test; NaN with fewer than 2 PIEs).
     """
-    v = np.asarray(values, dtype=np.float64)
-    pie = np.asarray(is_pie, dtype=bool)
-    s = np.asarray(strata)
-    if not (v.shape == pie.shape == s.shape) or v.ndim != 1:
-        raise ValueError(f"Expected `values`, `is_pie` and `strata` of the same shape (N,), got "
-                         f"{v.shape}, {pie.shape} and {s.shape}.")
-    ok = np.isfinite(v)
-    cells = []
-    for stratum in np.unique(s[ok]):
-        a, b = v[ok & pie & (s == stratum)], v[ok & ~pie & (s == stratum)]
-        if a.size and b.size:
-            cells.append((a, b))
+    cells = _strata_cells(values, is_pie, strata)
     out = {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
            "n_pie": int(sum(a.size for a, _ in cells)),
            "n_rest": int(sum(b.size for _, b in cells)), "n_strata": len(cells),
@@ -400,6 +389,23 @@ def stratified_difference(values, is_pie, strata, *, n_resamples: int = 2000, se
     return out
 
 
+def _strata_cells(values, is_pie, strata) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per stratum with both groups: (finite PIE values, finite non-PIE values)."""
+    v = np.asarray(values, dtype=np.float64)
+    pie = np.asarray(is_pie, dtype=bool)
+    s = np.asarray(strata)
+    if not (v.shape == pie.shape == s.shape) or v.ndim != 1:
+        raise ValueError(f"Expected `values`, `is_pie` and `strata` of the same shape (N,), got "
+                         f"{v.shape}, {pie.shape} and {s.shape}.")
+    ok = np.isfinite(v)
+    cells = []
+    for stratum in np.unique(s[ok]):
+        a, b = v[ok & pie & (s == stratum)], v[ok & ~pie & (s == stratum)]
+        if a.size and b.size:
+            cells.append((a, b))
+    return cells
+
+
 def van_elteren(values, is_pie, strata) -> tuple[float, float]:
     """Van Elteren's stratified Wilcoxon rank-sum test of PIEs vs the rest: ``(z, p)``.
 
@@ -418,18 +424,7 @@ def van_elteren(values, is_pie, strata) -> tuple[float, float]:
     -------
     (z, p) : floats; NaN when no stratum is usable, ``(0, 1)`` when all values tie.
     """
-    v = np.asarray(values, dtype=np.float64)
-    pie = np.asarray(is_pie, dtype=bool)
-    s = np.asarray(strata)
-    if not (v.shape == pie.shape == s.shape) or v.ndim != 1:
-        raise ValueError(f"Expected `values`, `is_pie` and `strata` of the same shape (N,), got "
-                         f"{v.shape}, {pie.shape} and {s.shape}.")
-    ok = np.isfinite(v)
-    cells = []
-    for stratum in np.unique(s[ok]):
-        a, b = v[ok & pie & (s == stratum)], v[ok & ~pie & (s == stratum)]
-        if a.size and b.size:
-            cells.append((a, b))
+    cells = _strata_cells(values, is_pie, strata)
     return _van_elteren_cells(cells)
 
 
