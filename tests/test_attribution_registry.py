@@ -12,7 +12,8 @@ from xprune.data import make_token_dataset
 from xprune.models import DigitsCNN, TokenClassifier, train
 
 FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 4},
-        "vargrad": {"nt_samples": 4}, "gradient_shap": {"n_samples": 4}}
+        "vargrad": {"nt_samples": 4}, "gradient_shap": {"n_samples": 4},
+        "lime": {"n_samples": 8}, "kernel_shap": {"n_samples": 8}}
 TABULAR = {**FAST, "occlusion": {"window": 1}}
 IMAGE_METHODS = sorted(m for m, info in ATTRIBUTION_METHODS.items() if not info.integer_inputs)
 

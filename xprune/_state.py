@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -56,10 +56,18 @@ def to_model(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 
 def as_logits(output: object, model: nn.Module) -> torch.Tensor:
-    """The model's output as a tensor, or a clear error for tuples, dicts and other outputs."""
+    """The model's logits: its output if a tensor, else the ``logits`` of a Hugging Face
+    ``ModelOutput`` or mapping, else the first element of a tuple; a clear error otherwise."""
     if isinstance(output, torch.Tensor):
         return output
+    logits = None
+    if isinstance(output, Mapping) or hasattr(output, "logits"):
+        logits = output.get("logits") if isinstance(output, Mapping) else output.logits
+    elif isinstance(output, tuple) and output:
+        logits = output[0]
+    if isinstance(logits, torch.Tensor):
+        return logits
     raise ValueError(
-        f"Expected {type(model).__name__}.forward to return a tensor of logits (N, C), got "
-        f"{type(output).__name__}. Wrap the model so that forward returns the logits, e.g. "
-        f"lambda x: model(x)[0] inside an nn.Module.")
+        f"Expected {type(model).__name__}.forward to return a tensor of logits (N, C), a "
+        f"ModelOutput or mapping with `logits`, or a tuple whose first element is the logits, got "
+        f"{type(output).__name__}. Wrap the model so that forward returns the logits.")

@@ -202,9 +202,13 @@ def load_pair(directory: str | Path, template: nn.Module | Callable[[], nn.Modul
 def save_attributions(attributions, path: str | Path) -> Path:
     """Write an :class:`~xprune.Attributions` record to a safetensors file, atomically.
 
-    The maps, inputs, targets (and delta and predictions where present) are
-    stored as tensors; method, parameters and model tag as JSON metadata.
-    Read it back with :func:`load_attributions` (no code is unpickled).
+    The maps, inputs, targets (and delta, predictions and the token feature
+    mask where present) are stored as tensors; method, parameters and model
+    tag as JSON metadata. Inputs given as a tuple or mapping of tensors are
+    stored one tensor each (``inputs.<position or key>``) with their
+    structure and ``attribute_to`` in the metadata, and come back as a tuple
+    or a dict. Read it back with :func:`load_attributions` (no code is
+    unpickled).
 
     Raises
     ------
@@ -217,14 +221,26 @@ def save_attributions(attributions, path: str | Path) -> Path:
     if not isinstance(attributions, Attributions):
         raise ValueError(f"Expected an xprune.Attributions record, got "
                          f"{type(attributions).__name__}.")
-    tensors = {"values": attributions.values, "inputs": attributions.inputs,
-               "targets": attributions.targets}
-    for key in ("delta", "predictions"):
+    tensors = {"values": attributions.values, "targets": attributions.targets}
+    inputs = attributions.inputs
+    structure = None
+    if isinstance(inputs, Tensor):
+        tensors["inputs"] = inputs
+    else:  # a tuple of positional or a mapping of keyword input tensors
+        keys = list(range(len(inputs))) if isinstance(inputs, tuple) else list(inputs)
+        structure = {"kind": "tuple" if isinstance(inputs, tuple) else "mapping", "keys": keys,
+                     "attribute_to": attributions.attribute_to}
+        for key in keys:
+            tensors[f"inputs.{key}"] = inputs[key]
+    for key in ("delta", "predictions", "feature_mask"):
         if getattr(attributions, key) is not None:
             tensors[key] = getattr(attributions, key)
     try:
-        meta = json.dumps({"method": attributions.method, "params": dict(attributions.params),
-                           "model_tag": attributions.model_tag})
+        info = {"method": attributions.method, "params": dict(attributions.params),
+                "model_tag": attributions.model_tag}
+        if structure is not None:
+            info["inputs"] = structure
+        meta = json.dumps(info)
     except TypeError as exc:
         raise ValueError(f"Expected JSON-serialisable attribution parameters: {exc}") from None
     payload = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -253,11 +269,19 @@ def load_attributions(path: str | Path):
             meta = (fh.metadata() or {}).get("xprune_attributions")
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(f"Could not read {path} as safetensors: {exc}") from None
+    info = json.loads(meta) if meta is not None else {}
+    structure = info.get("inputs")
+    if structure is not None:
+        names = [f"inputs.{key}" for key in structure["keys"]]
+        if all(name in tensors for name in names):
+            parts = [tensors[name] for name in names]
+            tensors["inputs"] = (tuple(parts) if structure["kind"] == "tuple"
+                                 else dict(zip(structure["keys"], parts, strict=True)))
     if meta is None or not {"values", "inputs", "targets"} <= tensors.keys():
         raise ValueError(f"Expected {path} to be an attribution file written by "
                          f"xprune.save_attributions (maps, inputs and targets), got tensors "
                          f"{sorted(tensors)}.")
-    info = json.loads(meta)
     return Attributions(tensors["values"], tensors["inputs"], tensors["targets"], info["method"],
                         info.get("params", {}), info.get("model_tag"), tensors.get("delta"),
-                        tensors.get("predictions"))
+                        tensors.get("predictions"), tensors.get("feature_mask"),
+                        None if structure is None else structure.get("attribute_to"))

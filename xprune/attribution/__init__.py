@@ -21,9 +21,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import eval_mode, model_device, to_model
+from .._state import as_logits, eval_mode, model_device, model_dtype
 from .._validation import check_positive_int, check_targets, check_tensor
 from ._baselines import BASELINE_KINDS, make_baseline
+from ._inputs import (
+    DEFAULT_MAX_BYTES,
+    EmbeddingForward,
+    ModelForward,
+    ModelInputs,
+    TokenOptions,
+    activation_bytes_per_row,
+    check_token_options,
+    find_embedding,
+    pad_token_id,
+    structure_inputs,
+    token_feature_mask,
+)
 from ._methods import (
     ATTRIBUTION_METHODS,
     AttributionMethod,
@@ -35,6 +48,8 @@ from ._methods import (
     GuidedBackpropParams,
     InputXGradientParams,
     IntegratedGradientsParams,
+    KernelShapParams,
+    LimeParams,
     LRPParams,
     NoiseTunnelParams,
     OcclusionParams,
@@ -47,6 +62,7 @@ from ._methods import (
 __all__ = [
     "ATTRIBUTION_METHODS",
     "BASELINE_KINDS",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ROWS",
     "AttributionMethod",
     "Attributions",
@@ -57,10 +73,13 @@ __all__ = [
     "GuidedBackpropParams",
     "InputXGradientParams",
     "IntegratedGradientsParams",
+    "KernelShapParams",
     "LRPParams",
+    "LimeParams",
     "NoiseTunnelParams",
     "OcclusionParams",
     "SaliencyParams",
+    "TokenOptions",
     "attribute",
     "attribute_pair",
     "explainer",
@@ -82,36 +101,50 @@ class Attributions:
     Attributes
     ----------
     values : Tensor of shape (N, *F)
-        One map per input, the inputs' shape (for token inputs (N, T), one
-        value per token). Units: those of the explained output (``params``'s
-        ``output``: logit by default) per unit of input for gradients, output
-        units for IG, DeepLIFT, occlusion and LRP.
-    inputs : Tensor of shape (N, *F)
-        The explained inputs.
+        One map per input, the attributed input's shape (for token inputs
+        (N, T), one value per token, 0 where ``feature_mask`` is False).
+        Units: those of the explained output (``params``'s ``output``: logit
+        by default) per unit of input for gradients, output units for IG,
+        DeepLIFT, occlusion and LRP.
+    inputs : Tensor of shape (N, *F), tuple of Tensors or dict of Tensors
+        The explained inputs, in the structure they were given in (a
+        tokenizer's ``BatchEncoding`` is kept as a dict). ``attributed`` is
+        the one the maps explain.
     targets : Tensor of shape (N,), int64
         The explained output index per sample.
     method : str
         Name in :data:`ATTRIBUTION_METHODS`.
     params : dict
-        The method's resolved parameters plus ``output``.
+        The method's resolved parameters plus ``output`` (for token inputs,
+        the ``baseline_token`` used).
     model_tag : str or None
         Which model made the maps (``"dense"``, ``"sparse"``, ...).
     delta : Tensor of shape (N,) or None
         Convergence (completeness) delta per sample, for methods that have one
-        (IG, DeepLIFT, GradientSHAP, LRP): sum(values) - (f(x) - f(baseline)).
+        (IG, DeepLIFT, GradientSHAP, LRP): sum(values) - (f(x) - f(baseline)),
+        the sum taken before masking.
     predictions : Tensor of shape (N,) or None
         The model's own predicted class for each input, so that samples where
         two models disagree can be flagged.
+    feature_mask : bool Tensor of shape (N, T) or None
+        For token inputs: True where a token counts, False at padding (from
+        the attention mask or the pad id) and at special tokens. Metrics
+        compute over the True positions only. None for other inputs.
+    attribute_to : int or str or None
+        Which of ``inputs`` is attributed (a position or a key); None for a
+        single tensor.
     """
 
     values: Tensor
-    inputs: Tensor
+    inputs: Tensor | tuple[Tensor, ...] | Mapping[str, Tensor]
     targets: Tensor
     method: str
     params: Mapping[str, Any] = field(default_factory=dict)
     model_tag: str | None = None
     delta: Tensor | None = None
     predictions: Tensor | None = None
+    feature_mask: Tensor | None = None
+    attribute_to: int | str | None = None
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -120,16 +153,13 @@ class Attributions:
     def shape(self) -> torch.Size:
         return self.values.shape
 
-
-def _check_inputs(inputs: object, method: AttributionMethod) -> Tensor:
-    if method.integer_inputs:
-        if not isinstance(inputs, Tensor) or inputs.is_floating_point() or inputs.dim() != 2:
-            raise ValueError(f"Expected `inputs` for {method.name!r} to be token ids, an integer "
-                             f"tensor of shape (N, T), got {_describe_input(inputs)}.")
-        if inputs.shape[0] == 0:
-            raise ValueError("Expected `inputs` to hold at least one sample, got an empty batch.")
-        return inputs
-    return check_tensor(inputs, "inputs", min_dim=2)
+    @property
+    def attributed(self) -> Tensor:
+        """The input the maps explain, shape (N, *F)."""
+        if isinstance(self.inputs, Tensor):
+            return self.inputs
+        return self.inputs[self.attribute_to if self.attribute_to is not None else
+                           (0 if isinstance(self.inputs, tuple) else next(iter(self.inputs)))]
 
 
 def _describe_input(x: object) -> str:
@@ -138,13 +168,43 @@ def _describe_input(x: object) -> str:
     return type(x).__name__
 
 
-def resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *,
-                    labels: Tensor | None = None, max_rows: int = DEFAULT_MAX_ROWS
-                    ) -> Tensor | None:
+def _token_methods() -> list[str]:
+    return sorted(n for n, m in ATTRIBUTION_METHODS.items() if m.tokens is not None)
+
+
+def _is_tokens(main: Tensor, model: nn.Module, info: AttributionMethod) -> bool:
+    """Token ids: integer inputs of a model with an embedding layer (or of a token-only method)."""
+    if main.is_floating_point():
+        return False
+    return info.integer_inputs or any(isinstance(m, nn.Embedding) for m in model.modules())
+
+
+def _check_main(main: Tensor, info: AttributionMethod, tokens: bool) -> Tensor:
+    """The attributed input, checked; float-converted (as before) unless it is token ids."""
+    if info.integer_inputs or tokens:
+        if main.is_floating_point() or main.dim() != 2:
+            want = "an integer tensor of shape (N, T)"
+            raise ValueError(f"Expected `inputs` for {info.name!r} to be token ids, {want}, got "
+                             f"{_describe_input(main)}.")
+        if main.shape[0] == 0:
+            raise ValueError("Expected `inputs` to hold at least one sample, got an empty batch.")
+        if info.tokens is None:
+            raise ValueError(f"Method {info.name!r} cannot explain token ids (an integer tensor "
+                             f"of shape {tuple(main.shape)}): it needs floating-point inputs. "
+                             f"Methods that explain tokens: {', '.join(_token_methods())}.")
+        return main
+    return check_tensor(main, "inputs", min_dim=2)
+
+
+def resolve_targets(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any, *,
+                    labels: Tensor | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+                    attribute_to: int | str | None = None) -> Tensor | None:
     """Turn a target policy into class indices of shape (N,).
 
     Parameters
     ----------
+    inputs : Tensor of shape (N, *F), tuple or mapping of Tensors
+        As for :func:`attribute`.
     target : "predicted", "label", int, sequence of int, Tensor of shape (N,) or None
         ``"predicted"``: the model's argmax on ``inputs``; ``"label"``: the
         true ``labels``; an index or indices; ``None`` only for a one-output model.
@@ -157,54 +217,91 @@ def resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *,
         On an unknown policy, a missing target for a multi-output model, or
         indices of the wrong length or out of range.
     """
-    return _resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows,
-                            outputs=n_outputs(model, inputs))
+    structure = structure_inputs(inputs, attribute_to)
+    return _resolve_targets(model, structure, target, labels=labels, max_rows=max_rows,
+                            outputs=_n_outputs(model, structure))
 
 
-def _resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *, labels: Tensor | None,
-                     max_rows: int, outputs: int) -> Tensor | None:
-    """:func:`resolve_targets` for a model with a known number of ``outputs``."""
+def _logits(model: nn.Module, structure: ModelInputs, batch_size: int) -> Tensor:
+    """Logits (N, C) on CPU of ``model`` on inputs of any structure, in batches, in eval mode."""
     from ..models import predict
 
+    if structure.kind == "tensor":
+        return predict(model, structure.main, batch_size=batch_size)
+    outs = []
+    with torch.no_grad(), eval_mode(model):
+        for i in range(0, len(structure), batch_size):
+            part = structure.rows(i, i + batch_size).to_model(model)
+            out = as_logits(part.call(model, part.main, part.others), model)
+            outs.append(out.float().cpu())
+    return torch.cat(outs)
+
+
+def _resolve_targets(model: nn.Module, structure: ModelInputs, target: Any, *,
+                     labels: Tensor | None, max_rows: int, outputs: int) -> Tensor | None:
+    """:func:`resolve_targets` for a model with a known number of ``outputs``."""
+    n = len(structure)
     if isinstance(target, str):
         if target == "predicted":
-            return predict(model, inputs, batch_size=max_rows).argmax(dim=1)
+            return _logits(model, structure, max_rows).argmax(dim=1)
         if target == "label":
             if labels is None:
                 raise ValueError("target='label' needs the true labels: pass `labels`.")
-            return check_targets(labels, inputs.shape[0], outputs, name="labels")
+            return check_targets(labels, n, outputs, name="labels")
         raise ValueError(f"Expected `target` to be 'predicted', 'label', an int or a tensor of "
                          f"class indices, got {target!r}.")
-    return check_targets(target, inputs.shape[0], outputs)
+    return check_targets(target, n, outputs)
 
 
-def n_outputs(model: nn.Module, inputs: Tensor) -> int:
+def n_outputs(model: nn.Module, inputs: Tensor | tuple | Mapping) -> int:
     """Number of model outputs (classes), from one forward pass of one input."""
-    from ..models import predict
+    return _n_outputs(model, structure_inputs(inputs))
 
-    out = predict(model, inputs[:1])
+
+def _n_outputs(model: nn.Module, structure: ModelInputs) -> int:
+    out = _logits(model, structure.rows(0, 1), 1)
     return out.shape[1] if out.dim() > 1 else 1
 
 
-def attribute(model: nn.Module, inputs: Tensor, target: Any, method: str = "integrated_gradients",
-              *, params: Mapping[str, Any] | Any | None = None, output: str = "logit",
+def _returns_tensor(model: nn.Module, structure: ModelInputs) -> bool:
+    """Whether the model's forward returns a tensor (else a ModelOutput, tuple or mapping)."""
+    part = structure.rows(0, 1).to_model(model)
+    with torch.no_grad(), eval_mode(model):
+        return isinstance(part.call(model, part.main, part.others), Tensor)
+
+
+def attribute(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any,
+              method: str = "integrated_gradients", *,
+              params: Mapping[str, Any] | Any | None = None, output: str = "logit",
               model_tag: str | None = None, max_rows: int = DEFAULT_MAX_ROWS,
               device: str | torch.device | None = None, labels: Tensor | None = None,
-              ) -> Attributions:
+              attribute_to: int | str | None = None,
+              tokens: TokenOptions | Mapping[str, Any] | None = None,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> Attributions:
     """Attribute the target output of ``model`` to each input feature with a Captum method.
 
     Parameters
     ----------
     model : nn.Module
-        Maps (N, *F) to (N, C) logits. Put in eval mode during the call; every
-        submodule's mode is restored afterwards, also after an error. No hook
-        survives the call.
-    inputs : Tensor of shape (N, *F)
-        Images (N, C, H, W), tabular rows (N, F), or token ids (N, T) for
-        ``"embedding_integrated_gradients"``. Left untouched (no
-        ``requires_grad``, no ``.grad``). Integer or float64 inputs are cast to
-        the model's dtype (maps come back in the inputs' floating dtype) and
-        moved to the model's device.
+        Maps the inputs to (N, C) logits, or to a Hugging Face ``ModelOutput``
+        (its ``logits`` are explained) or a tuple (its first element). Put in
+        eval mode during the call; every submodule's mode is restored
+        afterwards, also after an error. No hook survives the call.
+    inputs : Tensor of shape (N, *F), tuple of Tensors or mapping of Tensors
+        Images (N, C, H, W), tabular rows (N, F) or token ids (N, T); or the
+        positional (tuple) or keyword (mapping, e.g. a tokenizer's
+        ``BatchEncoding``) arguments of the model's forward, each with N rows.
+        One of them is attributed (``attribute_to``); the others pass through
+        unchanged. Left untouched (no ``requires_grad``, no ``.grad``).
+        Float inputs are cast to the model's dtype (maps come back in the
+        inputs' floating dtype) and moved to the model's device.
+        Token ids (integer inputs of a model with an ``nn.Embedding``) are
+        attributed on the embedding layer's output (see :class:`TokenOptions`),
+        one value per token: gradient methods on the (N, T, H) embeddings,
+        summed over H (Saliency: the gradient's L2 norm, or gradient x
+        embedding with ``token_score``), occlusion, LIME and KernelSHAP by
+        replacing tokens with ``baseline_token``; baselines are sequences of
+        ``baseline_token`` (default: the pad token).
     target : "predicted", "label", int, sequence of int or Tensor of shape (N,)
         The output index to explain per sample (see :func:`resolve_targets`).
         Required for a multi-output model.
@@ -225,20 +322,38 @@ def attribute(model: nn.Module, inputs: Tensor, target: Any, method: str = "inte
         is moved there (the caller's model stays where it is).
     labels : Tensor of shape (N,), optional
         True labels, for ``target="label"``.
+    attribute_to : int or str, optional
+        Which input is attributed: a position of a tuple or a key of a
+        mapping (e.g. ``"input_ids"``). Default: the first.
+    tokens : TokenOptions or mapping, optional
+        For token ids: the embedding layer, the pad id and the special ids
+        that :attr:`Attributions.feature_mask` masks.
+    max_bytes : int
+        Memory budget of one forward pass, in bytes of activations kept for
+        the backward pass (default :data:`DEFAULT_MAX_BYTES` = 1 GiB). One
+        probe pass measures the bytes a row costs
+        (:func:`~xprune.attribution._inputs.activation_bytes_per_row`), and
+        the rows per pass (``n_steps`` of IG included) are bounded by
+        ``max_bytes`` / that, as well as by ``max_rows``. The results do not
+        depend on it beyond floating-point rounding.
 
     Returns
     -------
     Attributions
-        ``values`` of the inputs' shape on the inputs' device, ``targets``,
-        ``predictions``, and for IG, DeepLIFT, GradientSHAP and LRP the
-        convergence delta per sample.
+        ``values`` of the attributed input's shape on its device, ``targets``,
+        ``predictions``, for token inputs a ``feature_mask``, and for IG,
+        DeepLIFT, GradientSHAP and LRP the convergence delta per sample.
 
     Raises
     ------
+    TypeError
+        If ``inputs`` is not a tensor, a tuple or a mapping of tensors.
     ValueError
         On NaN/Inf or empty inputs, a missing or out-of-range target, an
-        unknown method, parameter or output, a layer the method cannot handle,
-        or a method whose per-sample rows exceed ``max_rows``.
+        unknown method, parameter or output, a method that cannot explain
+        token ids (the message names those that can), a layer the method
+        cannot handle, or a method whose per-sample rows exceed ``max_rows``
+        or the rows ``max_bytes`` allows.
 
     Warns
     -----
@@ -248,17 +363,36 @@ def attribute(model: nn.Module, inputs: Tensor, target: Any, method: str = "inte
     """
     return _attribute(model, inputs, target, method, params=params, output=output,
                       model_tag=model_tag, max_rows=max_rows, device=device, labels=labels,
-                      with_predictions=True)
+                      with_predictions=True, attribute_to=attribute_to, tokens=tokens,
+                      max_bytes=max_bytes)
+
+
+def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module, *,
+                   max_rows: int, max_bytes: int, memo: dict | None) -> int:
+    """The rows one forward pass may hold: ``max_rows``, lowered to fit ``max_bytes``."""
+    key = ("bytes_per_row", type(forward).__name__, tuple(x.shape[1:]))
+    if memo is not None and key in memo:
+        per_row = memo[key]
+    else:
+        per_row = activation_bytes_per_row(forward, x, args, model)
+        if memo is not None:
+            memo[key] = per_row
+    return max(1, min(max_rows, max_bytes // per_row))
 
 
 def _attribute(model, inputs, target, method, *, params, output, model_tag, max_rows, device,
-               labels, with_predictions, memo: dict[str, int] | None = None) -> Attributions:
-    """:func:`attribute`; ``memo``, when given, keeps the model's number of outputs
-    (``memo["outputs"]``) from one call to the next, which saves a forward pass per call."""
+               labels, with_predictions, attribute_to=None, tokens=None,
+               max_bytes=DEFAULT_MAX_BYTES, memo: dict | None = None) -> Attributions:
+    """:func:`attribute`; ``memo``, when given, keeps the model's number of outputs and the
+    bytes a row costs from one call to the next, which saves forward passes per call."""
     spec = resolve_spec(method, params)
     info = ATTRIBUTION_METHODS[method]
-    inputs = _check_inputs(inputs, info)
+    structure = structure_inputs(inputs, attribute_to)
+    token_options = check_token_options(tokens)
+    is_tokens = _is_tokens(structure.main, model, info)
+    main = _check_main(structure.main, info, is_tokens)
     check_positive_int(max_rows, "max_rows")
+    check_positive_int(max_bytes, "max_bytes")
     if output not in OUTPUTS:
         raise ValueError(f"Expected `output` in {OUTPUTS}, got {output!r}.")
     if device is not None:
@@ -268,115 +402,191 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     run_device = torch.device(device) if device is not None else model_device(model)
     if run_device != model_device(model):
         model = copy.deepcopy(model).to(run_device)
+    structure = ModelInputs(structure.kind, structure.keys,
+                            tuple(main if i == structure.index else t
+                                  for i, t in enumerate(structure.tensors)), structure.index)
     if memo is not None and "outputs" in memo:
-        outputs = memo["outputs"]
+        outputs, plain = memo["outputs"], memo["plain"]
     else:
-        outputs = n_outputs(model, inputs)
+        outputs = _n_outputs(model, structure)
+        plain = structure.kind == "tensor" and _returns_tensor(model, structure)
         if memo is not None:
-            memo["outputs"] = outputs
-    targets = _resolve_targets(model, inputs, target, labels=labels, max_rows=max_rows,
+            memo["outputs"], memo["plain"] = outputs, plain
+    targets = _resolve_targets(model, structure, target, labels=labels, max_rows=max_rows,
                                outputs=outputs)
     if output == "probability" and outputs == 1:
         raise ValueError("Expected a model with several outputs for output='probability': the "
                          "softmax of a single output is constant, so every map would be zero. "
                          "Use output='logit'.")
+    probability = output == "probability"
+    if plain and not is_tokens:  # a tensor in, logits out: the model itself
+        explained = ProbabilityOutput(model) if probability else model
+    else:
+        explained = ModelForward(model, structure, probability=probability)
+    layer = None
+    baseline_token = None
+    if is_tokens:
+        if info.tokens in ("embedding", "ids"):
+            _, layer = find_embedding(model, token_options.embedding)
+        if hasattr(spec, "baseline_token"):
+            baseline_token = spec.baseline_token
+            if baseline_token is None:
+                pad = pad_token_id(model, token_options)
+                baseline_token = 0 if pad is None else pad
+    described = describe(spec, tokens=is_tokens)
+    if baseline_token is not None:
+        described["baseline_token"] = baseline_token
+    embedded = EmbeddingForward(explained, layer) if layer is not None else None
+
+    def prepared(part: ModelInputs) -> tuple[nn.Module, Tensor, tuple, Any]:
+        """(forward, attributed input, pass-through args, baseline override) of a chunk."""
+        part = part.to_model(model)
+        x = part.main.detach().clone()
+        if info.tokens == "embedding" and embedded is not None:
+            with torch.no_grad():
+                emb = layer(x).detach()
+                base = layer(torch.full_like(x[:1], baseline_token))[0].detach() \
+                    if baseline_token is not None else None
+            return embedded, emb.requires_grad_(), (x, *part.others), base
+        if x.is_floating_point():
+            x.requires_grad_()
+        return explained, x, part.others, baseline_token
+
     rows = info.rows_per_sample(spec)
+    with eval_mode(model):
+        probe_forward, probe_x, probe_args, _ = prepared(structure.rows(0, 1))
+        if is_tokens and embedded is not None and info.tokens != "embedding":
+            with torch.no_grad():
+                emb = layer(probe_x)
+            probe_forward, probe_x, probe_args = embedded, emb, (probe_x, *probe_args)
+        budget_rows = _rows_per_pass(probe_forward, probe_x, probe_args, model,
+                                     max_rows=max_rows, max_bytes=max_bytes, memo=memo)
     if rows > max_rows:
         raise ValueError(f"Method {method!r} sends {rows} rows per input through one forward "
                          f"pass, more than `max_rows` = {max_rows}; raise max_rows.")
-    chunk = max(1, min(inputs.shape[0], max_rows // rows))
-    explained = ProbabilityOutput(model) if output == "probability" else model
+    if rows > budget_rows:
+        raise ValueError(f"Method {method!r} sends {rows} rows per input through one forward "
+                         f"pass, more than the {budget_rows} rows that `max_bytes` = {max_bytes} "
+                         f"allows for this model; raise max_bytes.")
+    n = len(structure)
+    chunk = max(1, min(n, budget_rows // rows))
     values, deltas = [], []
     with eval_mode(model):
-        for index, start in enumerate(range(0, inputs.shape[0], chunk)):
-            x = to_model(inputs[start:start + chunk].detach().clone(), model)
-            if x.is_floating_point():
-                x.requires_grad_()
+        for index, start in enumerate(range(0, n, chunk)):
+            forward, x, args, base = prepared(structure.rows(start, start + chunk))
             t = None if targets is None else targets[start:start + chunk].to(run_device)
-            v, d = info.run(explained, x, t, spec, Budget(max_rows, index))
-            dtype = torch.promote_types(inputs.dtype, v.dtype) if x.is_floating_point() else None
-            values.append(v.detach().to(device=inputs.device, dtype=dtype))
+            v, d = info.run(forward, x, t, spec, Budget(budget_rows, index, tuple(args), base))
+            if is_tokens and v.dim() == 3:
+                v = v.norm(dim=-1) if info.token_reduction(spec) == "norm" else v.sum(dim=-1)
+            dtype = (torch.promote_types(main.dtype, v.dtype) if main.is_floating_point()
+                     else torch.promote_types(model_dtype(model) or v.dtype, v.dtype))
+            values.append(v.detach().to(device=main.device, dtype=dtype))
             if d is not None:
-                deltas.append(d.detach().reshape(-1).to(inputs.device))
+                deltas.append(d.detach().reshape(-1).to(main.device))
         predictions = None
         if with_predictions:
-            from ..models import predict
-
-            predictions = predict(model, inputs, batch_size=max_rows).argmax(dim=1)
-    result = Attributions(
-        values=values[0] if len(values) == 1 else torch.cat(values), inputs=inputs.detach(),
-        targets=(targets if targets is not None
-                 else torch.zeros(inputs.shape[0], dtype=torch.long)).cpu(),
-        method=method, params={**describe(spec), "output": output}, model_tag=model_tag,
-        delta=torch.cat(deltas) if deltas else None, predictions=predictions,
-    )
+            predictions = _logits(model, structure, max_rows).argmax(dim=1)
+    value = values[0] if len(values) == 1 else torch.cat(values)
+    delta = torch.cat(deltas) if deltas else None
     if method == "integrated_gradients":
-        _warn_on_coarse_integral(result, spec)
-    return result
+        _warn_on_coarse_integral(value, delta, spec)
+    feature_mask = None
+    if is_tokens:
+        feature_mask = token_feature_mask(structure, model, token_options)
+        value = value * feature_mask.to(value.device)
+    original = structure.original()
+    return Attributions(
+        values=value, inputs=original,
+        targets=(targets if targets is not None
+                 else torch.zeros(n, dtype=torch.long)).cpu(),
+        method=method, params={**described, "output": output}, model_tag=model_tag,
+        delta=delta, predictions=predictions, feature_mask=feature_mask,
+        attribute_to=None if structure.kind == "tensor" else structure.attribute_to,
+    )
 
 
-def _warn_on_coarse_integral(result: Attributions, spec: IntegratedGradientsParams) -> None:
+def _warn_on_coarse_integral(values: Tensor, delta: Tensor,
+                             spec: IntegratedGradientsParams) -> None:
     """Completeness (Sundararajan et al. 2017, prop. 1): sum(a) = f(x) - f(x')."""
-    delta = result.delta.double()
-    total = result.values.reshape(len(result), -1).double().sum(dim=1)
+    delta = delta.double()
+    total = values.reshape(values.shape[0], -1).double().sum(dim=1)
     gap = (total - delta).abs()  # |f(x) - f(x')|
     relative = delta.abs() / gap.clamp_min(1e-12)
     median = float(relative[gap > 1e-9].median()) if bool((gap > 1e-9).any()) else 0.0
     if median > spec.delta_tolerance:
         warnings.warn(f"Integrated Gradients' median relative completeness error is "
                       f"{median:.3f} > {spec.delta_tolerance}: the path integral is coarse; "
-                      f"raise n_steps (now {spec.n_steps}).", UserWarning, stacklevel=3)
+                      f"raise n_steps (now {spec.n_steps}).", UserWarning, stacklevel=4)
 
 
-def attribute_pair(dense: nn.Module, sparse: nn.Module, inputs: Tensor, *,
+def attribute_pair(dense: nn.Module, sparse: nn.Module, inputs: Tensor | tuple | Mapping, *,
                    method: str = "integrated_gradients", target: Any = "predicted",
                    params: Mapping[str, Any] | Any | None = None, output: str = "logit",
                    labels: Tensor | None = None, max_rows: int = DEFAULT_MAX_ROWS,
                    device: str | torch.device | None = None,
-                   tags: tuple[str, str] = ("dense", "sparse")) -> tuple[Attributions, Attributions]:
+                   tags: tuple[str, str] = ("dense", "sparse"),
+                   attribute_to: int | str | None = None,
+                   tokens: TokenOptions | Mapping[str, Any] | None = None,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Attributions, Attributions]:
     """Attribute the same inputs on both models, with the same targets and baseline.
 
     ``target="predicted"`` resolves to the *dense* model's prediction, used for
     both models, so both maps answer the same question. Each result carries its
     own model's ``predictions``; ``dense.predictions != sparse.predictions``
-    flags the samples where the two models disagree. Returns
+    flags the samples where the two models disagree. Inputs and the other
+    options are as for :func:`attribute`. Returns
     ``(dense_attributions, sparse_attributions)``.
     """
     info = ATTRIBUTION_METHODS.get(method)
-    checked = _check_inputs(inputs, info) if info else check_tensor(inputs, "inputs", min_dim=2)
-    targets = resolve_targets(dense, checked, target, labels=labels, max_rows=max_rows)
-    kw = dict(method=method, params=params, output=output, max_rows=max_rows, device=device)
+    structure = structure_inputs(inputs, attribute_to)
+    if info is not None:
+        checked = _check_main(structure.main, info, _is_tokens(structure.main, dense, info))
+    else:
+        checked = check_tensor(structure.main, "inputs", min_dim=2)
+    structure = ModelInputs(structure.kind, structure.keys,
+                            tuple(checked if i == structure.index else t
+                                  for i, t in enumerate(structure.tensors)), structure.index)
+    targets = _resolve_targets(dense, structure, target, labels=labels, max_rows=max_rows,
+                               outputs=_n_outputs(dense, structure))
+    kw = dict(method=method, params=params, output=output, max_rows=max_rows, device=device,
+              attribute_to=attribute_to, tokens=tokens, max_bytes=max_bytes)
     return (attribute(dense, inputs, targets, model_tag=tags[0], **kw),
             attribute(sparse, inputs, targets, model_tag=tags[1], **kw))
 
 
 def explainer(model: nn.Module, method: str = "integrated_gradients", *,
               params: Mapping[str, Any] | Any | None = None, output: str = "logit",
-              max_rows: int = DEFAULT_MAX_ROWS, device: str | torch.device | None = None
-              ) -> Callable[[Tensor, Tensor], Tensor]:
+              max_rows: int = DEFAULT_MAX_ROWS, device: str | torch.device | None = None,
+              attribute_to: int | str | None = None,
+              tokens: TokenOptions | Mapping[str, Any] | None = None,
+              max_bytes: int = DEFAULT_MAX_BYTES) -> Callable[[Any, Tensor], Tensor]:
     """An ``explain_fn(inputs, target) -> Tensor`` for stability metrics.
 
-    The callable maps inputs of shape (M, *F) and targets of shape (M,) to
-    attribution values of shape (M, *F), with the guarantees of :func:`attribute`.
-    The model's number of outputs (to check the targets) is found by one
-    forward pass at the first call and reused by later calls; make a new
-    explainer for a model whose output layer has changed.
+    The callable maps inputs of shape (M, *F) (or a tuple or mapping of
+    tensors with M rows, as for :func:`attribute`) and targets of shape (M,)
+    to attribution values of shape (M, *F), with the guarantees of
+    :func:`attribute`. The model's number of outputs (to check the targets)
+    and the bytes a row costs are found at the first call and reused by later
+    calls; make a new explainer for a model whose output layer has changed.
 
     The callable's attribute ``independent_rows`` is True when a row's map
     does not depend on the other rows of the call (up to floating-point
     rounding): every method except those that draw random numbers per call
-    (SmoothGrad, VarGrad, GradientSHAP, a ``"uniform"`` baseline). Stability
-    metrics then explain unperturbed and perturbed inputs in one call.
+    (SmoothGrad, VarGrad, GradientSHAP, LIME, KernelSHAP, a ``"uniform"``
+    baseline). Stability metrics then explain unperturbed and perturbed
+    inputs in one call.
     """
     spec = resolve_spec(method, params)
-    memo: dict[str, int] = {}
+    token_options = check_token_options(tokens)
+    memo: dict[Any, Any] = {}
 
-    def explain_fn(inputs: Tensor, target: Tensor) -> Tensor:
+    def explain_fn(inputs: Tensor | tuple | Mapping, target: Tensor) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # IG's coarse-integral warning per call
             return _attribute(model, inputs, target, method, params=spec, output=output,
                               model_tag=None, max_rows=max_rows, device=device, labels=None,
-                              with_predictions=False, memo=memo).values
+                              with_predictions=False, attribute_to=attribute_to,
+                              tokens=token_options, max_bytes=max_bytes, memo=memo).values
 
     explain_fn.independent_rows = not ATTRIBUTION_METHODS[method].random_per_call(spec)
     return explain_fn

@@ -20,11 +20,13 @@ import captum.attr as ca
 import numpy as np
 import torch
 from captum._utils.common import _run_forward
+from captum._utils.models.linear_model import SkLearnRidge
 from captum.attr._core import lrp as captum_lrp
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
 from ._baselines import check_baseline, make_baseline
+from ._inputs import EmbeddingForward, ModelForward
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -36,7 +38,9 @@ __all__ = [
     "GuidedBackpropParams",
     "InputXGradientParams",
     "IntegratedGradientsParams",
+    "KernelShapParams",
     "LRPParams",
+    "LimeParams",
     "NoiseTunnelParams",
     "OcclusionParams",
     "SaliencyParams",
@@ -44,10 +48,17 @@ __all__ = [
 
 Baseline = float | str | Tensor
 
+TOKEN_SCORES = ("gradient_norm", "gradient_x_embedding")
+
 
 def _check_nonneg(value: float, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"Expected `{name}` >= 0, got {value!r}.")
+
+
+def _check_token(value: object, name: str = "baseline_token") -> None:
+    if value is not None:
+        check_positive_int(value, name, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,19 @@ class SaliencyParams:
 
     abs : bool
         |gradient| (Captum's default) or the signed gradient.
+    token_score : {"gradient_norm", "gradient_x_embedding"}
+        For token ids: the L2 norm of the gradient over the embedding
+        dimension, or the gradient times the embedding summed over it
+        (as ``input_x_gradient``).
     """
 
     abs: bool = True
+    token_score: str = "gradient_norm"
+
+    def __post_init__(self) -> None:
+        if self.token_score not in TOKEN_SCORES:
+            raise ValueError(f"Expected `token_score` in {TOKEN_SCORES}, got "
+                             f"{self.token_score!r}.")
 
 
 @dataclass(frozen=True)
@@ -88,6 +109,11 @@ class IntegratedGradientsParams:
     delta_tolerance : float
         Warn when the median relative completeness error
         |delta| / |f(x) - f(x')| exceeds this.
+    baseline_token : int, optional
+        For token ids, whose baseline is a sequence of this token's
+        embedding (``baseline`` is then not used). Default: the pad token
+        (see :class:`~xprune.attribution.TokenOptions`), else id 0; the id
+        used is recorded in the result's ``params``.
     """
 
     n_steps: int = 50
@@ -96,10 +122,12 @@ class IntegratedGradientsParams:
     blur_sigma: float = 1.0
     seed: int = 0
     delta_tolerance: float = 0.05
+    baseline_token: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_steps, "n_steps")
         check_baseline(self.baseline)
+        _check_token(self.baseline_token)
         if self.integration not in ("gausslegendre", "riemann_left", "riemann_right",
                                     "riemann_middle", "riemann_trapezoid"):
             raise ValueError(f"Expected `integration` to be a Captum rule such as "
@@ -144,17 +172,21 @@ class GradientShapParams:
         A tensor with a batch axis is the distribution baselines are drawn from
         (e.g. training samples).
     seed : int
+    baseline_token : int, optional
+        For token ids, as for Integrated Gradients.
     """
 
     n_samples: int = 20
     stdevs: float = 0.0
     baseline: Baseline = 0.0
     seed: int = 0
+    baseline_token: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_samples, "n_samples")
         _check_nonneg(self.stdevs, "stdevs")
         check_baseline(self.baseline)
+        _check_token(self.baseline_token)
         if self.baseline in ("blur", "uniform"):
             raise ValueError("Expected a number or a tensor of baselines for GradientSHAP, "
                              f"got {self.baseline!r}.")
@@ -164,15 +196,17 @@ class GradientShapParams:
 class DeepLiftParams:
     """DeepLIFT, Rescale rule (Shrikumar, Greenside & Kundaje 2017).
 
-    baseline : as for Integrated Gradients.
+    baseline, baseline_token : as for Integrated Gradients.
     """
 
     baseline: Baseline = 0.0
     blur_sigma: float = 1.0
     seed: int = 0
+    baseline_token: int | None = None
 
     def __post_init__(self) -> None:
         check_baseline(self.baseline)
+        _check_token(self.baseline_token)
 
 
 @dataclass(frozen=True)
@@ -180,9 +214,13 @@ class OcclusionParams:
     """Occlusion (Zeiler & Fergus 2014): output drop when a sliding patch is set to the baseline.
 
     window : int
-        Patch side in pixels (all channels together), or features for tabular data.
+        Patch side in pixels (all channels together), or features for tabular
+        data, or tokens.
     stride : int
     baseline : as for Integrated Gradients.
+    baseline_token : int, optional
+        For token ids: the id written over the occluded tokens (default: the
+        pad token, else 0).
     """
 
     window: int = 2
@@ -190,11 +228,56 @@ class OcclusionParams:
     baseline: Baseline = 0.0
     blur_sigma: float = 1.0
     seed: int = 0
+    baseline_token: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.window, "window")
         check_positive_int(self.stride, "stride")
         check_baseline(self.baseline)
+        _check_token(self.baseline_token)
+
+
+@dataclass(frozen=True)
+class LimeParams:
+    """LIME (Ribeiro, Singh & Guestrin 2016): Captum's Lime, exponential cosine kernel.
+
+    The surrogate is a ridge regression with alpha = 1, as in the ``lime``
+    package of the paper's authors (Captum's default Lasso sets every weight
+    to 0 when the output moves by less than its penalty, as it does for a
+    text model's logits under token removal).
+
+    n_samples : int
+        Perturbed copies per input; each keeps a random subset of the
+        features (a pixel with all its channels, a column, a token) and sets
+        the others to the baseline.
+    baseline : float or "zero"
+        The value of a removed feature.
+    baseline_token : int, optional
+        For token ids: the id of a removed token (default: the pad token, else 0).
+    seed : int
+        Seeds the draws (Captum draws from torch's global RNG; xprune forks it).
+    """
+
+    n_samples: int = 200
+    baseline: Baseline = 0.0
+    seed: int = 0
+    baseline_token: int | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.n_samples, "n_samples")
+        check_baseline(self.baseline)
+        if isinstance(self.baseline, str) and self.baseline != "zero":
+            raise ValueError(f"Expected a number or 'zero' as the baseline of LIME and "
+                             f"KernelSHAP, got {self.baseline!r}.")
+        _check_token(self.baseline_token)
+
+
+@dataclass(frozen=True)
+class KernelShapParams(LimeParams):
+    """KernelSHAP (Lundberg & Lee 2017, Theorem 2): LIME with the Shapley kernel.
+
+    Parameters as :class:`LimeParams`.
+    """
 
 
 @dataclass(frozen=True)
@@ -241,10 +324,22 @@ class EmbeddingIntegratedGradientsParams:
 
 @dataclass(frozen=True)
 class Budget:
-    """Row budget of one chunk: at most ``max_rows`` rows per forward pass."""
+    """One chunk's run: at most ``max_rows`` rows per forward pass.
+
+    ``args`` are the inputs that pass through unchanged (Captum's
+    ``additional_forward_args``): for token ids attributed in embedding space,
+    the ids first. ``baseline``, when set, replaces the spec's: the baseline
+    token's embeddings (T, H) or the baseline token id.
+    """
 
     max_rows: int
     chunk_index: int
+    args: tuple = ()
+    baseline: Any = None
+
+    @property
+    def forward_args(self) -> tuple | None:
+        return self.args or None
 
 
 def _random_baseline(spec) -> bool:
@@ -264,6 +359,12 @@ class AttributionMethod:
     map then depends on the other rows of the call. Otherwise it depends on
     the row alone, up to floating-point rounding, which can vary with the
     number of rows.
+
+    tokens says how the method explains token ids (N, T): ``"embedding"``
+    (on the embedding layer's output, the (N, T, H) map reduced over H by
+    ``token_reduction(spec)``: ``"sum"`` or the L2 ``"norm"``), ``"ids"``
+    (perturbing the ids themselves with a baseline token), ``"layer"`` (a
+    Captum layer method that takes the ids) or None (not applicable to tokens).
     """
 
     name: str
@@ -273,9 +374,15 @@ class AttributionMethod:
     rows_per_sample: Callable[[Any], int] = lambda spec: 1
     integer_inputs: bool = False
     random_per_call: Callable[[Any], bool] = _random_baseline
+    tokens: str | None = "embedding"
+    token_reduction: Callable[[Any], str] = lambda spec: "sum"
 
 
 def _baseline(spec, x: Tensor, budget: Budget):
+    if isinstance(budget.baseline, Tensor):  # token embeddings (T, H)
+        return make_baseline(budget.baseline, x)
+    if budget.baseline is not None:  # a token id
+        return budget.baseline
     gen = torch.Generator().manual_seed(getattr(spec, "seed", 0) * 1_000_003
                                         + budget.chunk_index)
     return make_baseline(spec.baseline, x, blur_sigma=getattr(spec, "blur_sigma", 1.0),
@@ -339,23 +446,28 @@ def _one_root(method):
 
 
 def _saliency(model, x, target, spec: SaliencyParams, budget):
-    return _one_root(ca.Saliency(model)).attribute(x, target=target, abs=spec.abs), None
+    if isinstance(model, EmbeddingForward) and spec.token_score == "gradient_x_embedding":
+        return _input_x_gradient(model, x, target, spec, budget)
+    return _one_root(ca.Saliency(model)).attribute(
+        x, target=target, abs=spec.abs, additional_forward_args=budget.forward_args), None
 
 
 def _input_x_gradient(model, x, target, spec, budget):
-    return _one_root(ca.InputXGradient(model)).attribute(x, target=target), None
+    return _one_root(ca.InputXGradient(model)).attribute(
+        x, target=target, additional_forward_args=budget.forward_args), None
 
 
 def _guided_backprop(model, x, target, spec, budget):
     with _quiet():
-        return _one_root(ca.GuidedBackprop(model)).attribute(x, target=target), None
+        return _one_root(ca.GuidedBackprop(model)).attribute(
+            x, target=target, additional_forward_args=budget.forward_args), None
 
 
 def _integrated_gradients(model, x, target, spec: IntegratedGradientsParams, budget):
     return _one_root(ca.IntegratedGradients(model)).attribute(
         x, baselines=_baseline(spec, x, budget), target=target, n_steps=spec.n_steps,
         method=spec.integration, internal_batch_size=budget.max_rows,
-        return_convergence_delta=True)
+        return_convergence_delta=True, additional_forward_args=budget.forward_args)
 
 
 def _noise_tunnel(kind: str):
@@ -364,14 +476,17 @@ def _noise_tunnel(kind: str):
         with _seeded(spec.seed, budget):
             values = ca.NoiseTunnel(_one_root(ca.Saliency(model))).attribute(
                 x, nt_type=kind, nt_samples=spec.nt_samples, nt_samples_batch_size=batch,
-                stdevs=float(spec.stdevs), target=target, abs=spec.abs)
+                stdevs=float(spec.stdevs), target=target, abs=spec.abs,
+                additional_forward_args=budget.forward_args)
         return values, None
     return run
 
 
 def _gradient_shap(model, x, target, spec: GradientShapParams, budget):
     base = spec.baseline
-    if isinstance(base, Tensor):
+    if isinstance(budget.baseline, Tensor):  # token embeddings (T, H)
+        dist = budget.baseline.to(x)[None]
+    elif isinstance(base, Tensor):
         dist = base.to(x) if base.dim() == x.dim() else base.to(x)[None]
         if tuple(dist.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(f"Expected GradientSHAP baselines of shape {tuple(x.shape[1:])} or "
@@ -381,7 +496,8 @@ def _gradient_shap(model, x, target, spec: GradientShapParams, budget):
     with _seeded(spec.seed, budget), _quiet():
         values, delta = ca.GradientShap(model).attribute(
             x, baselines=dist, n_samples=spec.n_samples, stdevs=float(spec.stdevs),
-            target=target, return_convergence_delta=True)
+            target=target, return_convergence_delta=True,
+            additional_forward_args=budget.forward_args)
     # Captum returns one delta per (input, draw); report the mean per input
     return values, delta.reshape(x.shape[0], -1).mean(dim=1)
 
@@ -392,7 +508,8 @@ def _deeplift(model, x, target, spec: DeepLiftParams, budget):
         base = torch.full_like(x, base)
     with _quiet():
         return ca.DeepLift(model).attribute(x, baselines=base, target=target,
-                                            return_convergence_delta=True)
+                                            return_convergence_delta=True,
+                                            additional_forward_args=budget.forward_args)
 
 
 def _occlusion(model, x, target, spec: OcclusionParams, budget):
@@ -404,8 +521,30 @@ def _occlusion(model, x, target, spec: OcclusionParams, budget):
     values = ca.Occlusion(model).attribute(
         x, sliding_window_shapes=lead + (spec.window,) * len(spatial),
         strides=lead + (spec.stride,) * len(spatial), baselines=_baseline(spec, x, budget),
-        target=target, perturbations_per_eval=max(1, budget.max_rows // x.shape[0]))
+        target=target, perturbations_per_eval=max(1, budget.max_rows // x.shape[0]),
+        additional_forward_args=budget.forward_args)
     return values, None
+
+
+def _surrogate(cls):
+    """LIME or KernelSHAP; a pixel (all channels), a column or a token is one feature."""
+    def run(model, x, target, spec: LimeParams, budget):
+        base = _baseline(spec, x, budget)
+        mask = None
+        if x.dim() >= 3:  # one feature per position, all channels together
+            positions = int(np.prod(x.shape[2:]))
+            mask = torch.arange(positions, device=x.device).reshape(1, 1, *x.shape[2:])
+            mask = mask.expand(1, *x.shape[1:])
+        with _seeded(spec.seed, budget), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are providing multiple inputs")
+            method = cls(model) if cls is ca.KernelShap else cls(
+                model, interpretable_model=SkLearnRidge(alpha=1.0))
+            values = method.attribute(
+                x, baselines=base, target=target, feature_mask=mask, n_samples=spec.n_samples,
+                perturbations_per_eval=max(1, min(spec.n_samples, budget.max_rows)),
+                additional_forward_args=budget.forward_args)
+        return values.to(torch.promote_types(values.dtype, torch.float32)), None
+    return run
 
 
 def _last_conv(model: nn.Module) -> str:
@@ -436,7 +575,10 @@ def _grad_cam(model, x, target, spec: GradCamParams, budget):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.model if isinstance(model, ProbabilityOutput) else model
+    """The caller's model inside xprune's wrappers."""
+    if isinstance(model, EmbeddingForward):
+        model = model.inner
+    return model.model if isinstance(model, (ProbabilityOutput, ModelForward)) else model
 
 
 def _cam_layer(model: nn.Module, spec: GradCamParams) -> nn.Module:
@@ -445,7 +587,7 @@ def _cam_layer(model: nn.Module, spec: GradCamParams) -> nn.Module:
 
 
 def _lrp(model, x, target, spec, budget):
-    if isinstance(model, ProbabilityOutput):
+    if isinstance(model, ProbabilityOutput) or getattr(model, "probability", False):
         raise ValueError("LRP explains logits only: its rules have no softmax; "
                          "use output='logit'.")
     supported = tuple(captum_lrp.SUPPORTED_LAYERS_WITH_RULES) + tuple(
@@ -472,7 +614,8 @@ def _embedding_ig(model, x, target, spec: EmbeddingIntegratedGradientsParams, bu
     baseline = torch.full_like(x, spec.baseline_token)
     values, delta = ca.LayerIntegratedGradients(model, layer).attribute(
         x, baselines=baseline, target=target, n_steps=spec.n_steps,
-        internal_batch_size=budget.max_rows, return_convergence_delta=True)
+        internal_batch_size=budget.max_rows, return_convergence_delta=True,
+        additional_forward_args=budget.forward_args)
     return values.sum(dim=-1), delta
 
 
@@ -489,14 +632,16 @@ class ProbabilityOutput(nn.Module):
 
 ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
     AttributionMethod("saliency", SaliencyParams, _saliency,
-                      "Input gradient of the target (Captum Saliency)."),
+                      "Input gradient of the target (Captum Saliency).",
+                      token_reduction=lambda spec: ("norm" if spec.token_score == "gradient_norm"
+                                                    else "sum")),
     AttributionMethod("input_x_gradient", InputXGradientParams, _input_x_gradient,
                       "Input times its gradient (Captum InputXGradient)."),
     AttributionMethod("integrated_gradients", IntegratedGradientsParams, _integrated_gradients,
                       "Path integral of gradients from a baseline (Captum IntegratedGradients)."),
     AttributionMethod("smoothgrad", NoiseTunnelParams, _noise_tunnel("smoothgrad"),
                       "Saliency averaged over noisy copies (Captum NoiseTunnel, smoothgrad).",
-                      random_per_call=lambda spec: True),
+                      random_per_call=lambda spec: True, token_reduction=lambda spec: "norm"),
     AttributionMethod("vargrad", NoiseTunnelParams, _noise_tunnel("vargrad"),
                       "Variance of Saliency over noisy copies (Captum NoiseTunnel, vargrad).",
                       random_per_call=lambda spec: True),
@@ -510,16 +655,24 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
     AttributionMethod("guided_backprop", GuidedBackpropParams, _guided_backprop,
                       "Guided backpropagation (Captum GuidedBackprop)."),
     AttributionMethod("occlusion", OcclusionParams, _occlusion,
-                      "Output drop under a sliding baseline patch (Captum Occlusion)."),
+                      "Output drop under a sliding baseline patch (Captum Occlusion).",
+                      tokens="ids"),
+    AttributionMethod("lime", LimeParams, _surrogate(ca.Lime),
+                      "Local linear surrogate on random feature subsets (Captum Lime).",
+                      random_per_call=lambda spec: True, tokens="ids"),
+    AttributionMethod("kernel_shap", KernelShapParams, _surrogate(ca.KernelShap),
+                      "Shapley values by weighted linear regression (Captum KernelShap).",
+                      random_per_call=lambda spec: True, tokens="ids"),
     AttributionMethod("grad_cam", GradCamParams, _grad_cam,
                       "Grad-CAM of the last conv layer, upsampled to the input (Captum "
-                      "LayerGradCam)."),
+                      "LayerGradCam).", tokens=None),
     AttributionMethod("lrp", LRPParams, _lrp,
-                      "Layer-wise relevance propagation, epsilon rules (Captum LRP)."),
+                      "Layer-wise relevance propagation, epsilon rules (Captum LRP).",
+                      tokens=None),
     AttributionMethod("embedding_integrated_gradients", EmbeddingIntegratedGradientsParams,
                       _embedding_ig,
                       "Integrated Gradients on an embedding layer, per token (Captum "
-                      "LayerIntegratedGradients).", integer_inputs=True),
+                      "LayerIntegratedGradients).", integer_inputs=True, tokens="layer"),
 ]}
 
 
@@ -546,10 +699,19 @@ def resolve_spec(method: str, params: Any):
     return spec_cls(**dict(params))
 
 
-def describe(spec) -> dict[str, Any]:
-    """The spec as plain data: tensors are replaced by a short description."""
+TOKEN_FIELDS = ("baseline_token", "token_score")
+"""Spec fields that apply to token ids only: left out of the description of other inputs."""
+
+
+def describe(spec, *, tokens: bool = False) -> dict[str, Any]:
+    """The spec as plain data: tensors are replaced by a short description.
+
+    The token-only fields (:data:`TOKEN_FIELDS`) are described for token inputs only.
+    """
     out = {}
     for f in dataclasses.fields(spec):
+        if f.name in TOKEN_FIELDS and not tokens:
+            continue
         value = getattr(spec, f.name)
         out[f.name] = (f"tensor{tuple(value.shape)}" if isinstance(value, Tensor) else value)
     return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,12 +119,93 @@ def expand_feature_mask(mask: Tensor, input_shape: torch.Size) -> Tensor:
     return mask.reshape(*mask.shape[:-1], *feat_shape)
 
 
+def _feature_mask(maps: Sequence[object]) -> Tensor | None:
+    """The features that count, bool (N, d): the AND of the maps' ``feature_mask``s.
+
+    None when no map carries a mask or every feature counts.
+    """
+    mask = None
+    for a in maps:
+        m = getattr(a, "feature_mask", None) if isinstance(a, Attributions) else None
+        if m is not None:
+            m = m.reshape(m.shape[0], -1).bool().cpu()
+            mask = m if mask is None else mask & m
+    return None if mask is None or bool(mask.all()) else mask
+
+
+def per_sample_masked(fn: Callable[..., Tensor], maps: Sequence[Tensor], mask: Tensor,
+                      **params) -> Tensor:
+    """``fn`` of each sample's maps restricted to the features where ``mask`` is True.
+
+    Samples with the same number m of counted features are scored together in
+    one batched call on (M, m) maps (each row keeps its feature order), so a
+    sample's score is that of its own counted features and never depends on
+    the other samples.
+
+    Parameters
+    ----------
+    fn : callable
+        A map or pair metric taking maps of shape (M, m) and keyword ``params``.
+    maps : sequence of Tensor of shape (N, *F)
+        One or two maps; features as in :func:`feature_map`.
+    mask : bool Tensor of shape (N, d)
+    **params
+        Passed to ``fn``; an integer ``k`` larger than a sample's counted
+        features is lowered to their number.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        NaN for a sample with no counted feature.
+    """
+    flat = [feature_map(m) for m in maps]
+    if tuple(mask.shape) != tuple(flat[0].shape):
+        raise ValueError(f"Expected a feature mask of shape {tuple(flat[0].shape)}, got "
+                         f"{tuple(mask.shape)}.")
+    mask = mask.to(flat[0].device)
+    counts = mask.sum(dim=1)
+    out = torch.full((flat[0].shape[0],), float("nan"), dtype=torch.float64)
+    for m in counts.unique().tolist():
+        if m == 0:
+            continue
+        rows = (counts == m).nonzero()[:, 0]
+        sel = mask[rows]
+        compact = [f[rows][sel].reshape(len(rows), m) for f in flat]
+        kw = dict(params)
+        if isinstance(kw.get("k"), int) and not isinstance(kw["k"], bool):
+            kw["k"] = min(kw["k"], m)
+        out[rows.cpu()] = fn(*compact, **kw).double().cpu()
+    return out
+
+
+def masked_features(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Make a map or pair metric skip the features an :class:`Attributions`' mask excludes.
+
+    When a map given to the metric carries a ``feature_mask`` (token inputs:
+    padding and special tokens are False), the metric is computed per sample
+    over the counted features only (:func:`per_sample_masked`); otherwise the
+    call is unchanged.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*maps, **params):
+        mask = _feature_mask(maps)
+        if mask is None:
+            return fn(*maps, **params)
+        values = [values_of(m, "attributions") for m in maps]
+        if len(values) == 2:
+            check_same_shape(values[0], values[1], "a", "b")
+        return per_sample_masked(fn, values, mask, **params)
+
+    return wrapper
+
+
 def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
     """Checked (inputs, attribution values) with equal shapes."""
     x = check_tensor(inputs, "inputs", min_dim=2)
     if isinstance(attributions, Attributions) and (
-            attributions.inputs.shape != x.shape
-            or not torch.equal(attributions.inputs.to(x.device, x.dtype), x)):
+            attributions.attributed.shape != x.shape
+            or not torch.equal(attributions.attributed.to(x.device, x.dtype), x)):
         raise ValueError("Expected `attributions` to explain these `inputs`: the Attributions "
                          "record was computed on other inputs.")
     a = values_of(attributions)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .._validation import check_count, check_same_shape
 from ..attribution import Attributions
-from ._base import feature_map, pearson, register, values_of
+from ._base import feature_map, masked_features, pearson, register, values_of
 
 __all__ = ["cosine_similarity", "foreground", "kendall_tau", "on_features", "sign_agreement",
            "spearman", "ssim", "top_k_intersection"]
@@ -41,6 +41,7 @@ def average_ranks(x: Tensor) -> Tensor:
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
           reference="Spearman 1904; used for saliency-map similarity by Adebayo et al. 2018, "
                     "'Sanity checks for saliency maps', NeurIPS")
+@masked_features
 def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = False) -> Tensor:  # noqa: A002
     """Spearman rank correlation between two maps of the same input, per sample.
 
@@ -83,6 +84,7 @@ def _top_k_mask(x: Tensor, k: int) -> Tensor:
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
           reference="Top-k feature overlap, e.g. Ghorbani, Abid & Zou 2019, 'Interpretation "
                     "of neural networks is fragile', AAAI")
+@masked_features
 def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
                        k: int | None = None, abs: bool = True) -> Tensor:  # noqa: A002
     """Fraction of the k most important features that two maps share, per sample.
@@ -129,6 +131,7 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
           reference="Kendall 1938, tau-b (Kendall 1945) for ties; scipy.stats.kendalltau")
+@masked_features
 def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
                 abs: bool = False) -> Tensor:  # noqa: A002
     """Kendall rank correlation tau-b between two maps of the same input, per sample.
@@ -160,6 +163,7 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
           reference="Cosine similarity of attribution vectors, e.g. Ghorbani, Abid & Zou 2019")
+@masked_features
 def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
                       abs: bool = False) -> Tensor:  # noqa: A002
     """Cosine similarity ``<a, b> / (||a|| ||b||)`` of two maps' feature vectors, per sample.
@@ -181,6 +185,7 @@ def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
           reference="Sign agreement of feature attributions, as in Krishna et al. 2022, 'The "
                     "disagreement problem in explainable machine learning' (signed agreement)")
+@masked_features
 def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
                    k: int | None = None) -> Tensor:
     """Fraction of features whose attributions have the same sign (-1, 0, +1), per sample.

@@ -14,6 +14,7 @@ from ._base import (
     check_map_and_inputs,
     check_output,
     feature_map,
+    masked_features,
     model_targets,
     register,
     target_scores,
@@ -28,6 +29,7 @@ __all__ = ["effective_complexity", "entropy_complexity", "gini_index",
 @register(category="complexity", kind="map", higher_is_better=True, range=(0.0, 1.0),
           reference="Chalasani et al. 2020, 'Concise explanations of neural networks using "
                     "adversarial training', ICML (after Hurley & Rickard 2009)")
+@masked_features
 def gini_index(attributions: Tensor | Attributions) -> Tensor:
     """Gini index of the attribution magnitudes of each sample.
 
@@ -65,6 +67,7 @@ def gini_index(attributions: Tensor | Attributions) -> Tensor:
           range=(0.0, float("inf")),
           reference="Bhatt, Weller & Moura 2020, 'Evaluating and aggregating feature-based model "
                     "explanations', IJCAI (complexity as the entropy of fractional contributions)")
+@masked_features
 def entropy_complexity(attributions: Tensor | Attributions) -> Tensor:
     """Entropy of the fractional contributions ``p_i = |a_i| / sum_j |a_j|``, per sample.
 
@@ -93,6 +96,7 @@ def entropy_complexity(attributions: Tensor | Attributions) -> Tensor:
 @register(category="complexity", kind="map", higher_is_better=True, range=(0.0, 1.0),
           reference="Top-k attribution mass, e.g. as a concentration score in Kokhlikyan et al. "
                     "2020 (Captum); the share of |a| on the k most important features")
+@masked_features
 def top_k_mass(attributions: Tensor | Attributions, *, k: int | None = None) -> Tensor:
     """Share of the attribution magnitude held by the ``k`` largest features, per sample.
 
@@ -138,6 +142,7 @@ def _check_eps(eps: float, *, positive: bool = False) -> float:
           reference="Nguyen & Martinez 2020, 'On quantitative aspects of model interpretability', "
                     "arXiv 2007.07584 (effective complexity; the thresholded count of Quantus "
                     "EffectiveComplexity)")
+@masked_features
 def effective_complexity(attributions: Tensor | Attributions, *, eps: float = 1e-5,
                          relative: bool = False) -> Tensor:
     """Number of features whose attribution magnitude exceeds a threshold, per sample.
