@@ -318,3 +318,61 @@ def test_case_013_memory_budget_bounds_rows_and_keeps_the_numbers(bert, encoding
     torch.testing.assert_close(small.delta, full.delta, rtol=1e-8, atol=1e-10)
     with pytest.raises(ValueError, match="more than the 4 rows that `max_bytes`"):
         attribute(bert, encoding, 1, "gradient_shap", params={"n_samples": 5}, max_bytes=budget)
+
+
+def test_float_ids_into_an_embedding_get_a_clear_error(bag, tokens):
+    ids, mask = tokens
+    with pytest.raises(ValueError, match=r"Expected `inputs` to be token ids \(an integer tensor\)"
+                                         r" .* got dtype torch.float32"):
+        attribute(bag, (ids.float(), mask), TARGET, "saliency")
+
+
+def test_case_011_stability_metrics_refuse_token_ids_up_front(bag, tokens):
+    """../shared/cases/011-token-stability.md: no noise on ids, a message naming the kind."""
+    from xprune.metrics import local_lipschitz_estimate, max_sensitivity
+
+    ids = tokens[0]
+
+    class Ids(nn.Module):  # a one-input token model
+        def __init__(self):
+            super().__init__()
+            self.inner = bag
+
+        def forward(self, input_ids):
+            return self.inner(input_ids, (input_ids != 0).long())
+
+    explain = explainer(Ids(), "integrated_gradients", params={"n_steps": 4})
+    assert explain.embeds_integer_inputs
+    for metric in (max_sensitivity, local_lipschitz_estimate):
+        with pytest.raises(ValueError, match=rf"{metric.__name__} perturbs its inputs with "
+                                             r"continuous noise, which token ids \(an integer "
+                                             r"tensor of shape \(3, 6\)\) cannot take"):
+            metric(explain, ids, TARGET)
+
+
+def test_readme_text_example_runs_on_a_model_saved_in_a_local_folder(tmp_path):
+    """The README's "Text models" example, on a tiny BERT and tokenizer saved with save_pretrained."""
+    import re
+    from pathlib import Path
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "fine", "film", "dull"]
+    tokenizer = transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, num_labels=2)
+    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if "AutoTokenizer" in b)
+    namespace = {}
+    exec(compile(block.replace('"my-model"', repr(str(tmp_path))), "README.md", "exec"),
+         namespace)
+    maps, batch = namespace["maps"], namespace["batch"]
+    assert maps.values.shape == (2, 5) and maps.attribute_to == "input_ids"
+    # [CLS] a fine film [SEP] / [CLS] dull [SEP] [PAD] [PAD]: the words count, nothing else
+    assert maps.feature_mask.tolist() == [[False, True, True, True, False],
+                                          [False, True, False, False, False]]
+    assert bool((maps.values[~maps.feature_mask] == 0).all())
+    assert bool((maps.values[maps.feature_mask] != 0).all())
+    assert torch.equal(maps.inputs["attention_mask"], batch["attention_mask"])

@@ -128,7 +128,8 @@ def test_bad_targets_for_the_explainer(setup):
 
 
 @pytest.mark.parametrize("name", TAKES_MODEL)
-def test_model_returning_a_tuple(setup, name):
+def test_model_returning_a_tuple_is_explained_by_its_first_element(setup, name):
+    """A tuple output (as many Hugging Face models return) is read as (logits, ...)."""
     _, x, t, a = setup
 
     class TupleModel(nn.Module):
@@ -139,9 +140,25 @@ def test_model_returning_a_tuple(setup, name):
         def forward(self, inputs):
             return self.net(inputs), None
 
-    with pytest.raises(ValueError, match="TupleModel.forward to return a tensor of logits "
-                                         r"\(N, C\), got tuple"):
-        FUNCTIONS[name](TupleModel(), x, a, t)
+    model = TupleModel().eval()
+    torch.testing.assert_close(FUNCTIONS[name](model, x, a, t), FUNCTIONS[name](model.net, x, a, t))
+
+
+@pytest.mark.parametrize("name", TAKES_MODEL)
+def test_model_returning_something_else_names_what_it_returned(setup, name):
+    _, x, t, a = setup
+
+    class ListModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = DigitsCNN()
+
+        def forward(self, inputs):
+            return [self.net(inputs)]
+
+    with pytest.raises(ValueError, match="ListModel.forward to return a tensor of logits "
+                                         r"\(N, C\), a ModelOutput .* got list"):
+        FUNCTIONS[name](ListModel(), x, a, t)
 
 
 @pytest.mark.parametrize("name", TAKES_MODEL)

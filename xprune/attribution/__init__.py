@@ -12,6 +12,7 @@ value below the number of inputs is raised to that number).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Mapping
@@ -367,6 +368,19 @@ def attribute(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any,
                       max_bytes=max_bytes)
 
 
+@contextlib.contextmanager
+def _float_ids_refused(main: Tensor):
+    """Turn the embedding layer's raw error on float inputs into a clear one."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "indices" in str(exc) and main.is_floating_point():
+            raise ValueError(f"Expected `inputs` to be token ids (an integer tensor) for a model "
+                             f"whose embedding layer reads them, got {_describe_input(main)}; "
+                             f"pass the ids as integers.") from None
+        raise
+
+
 def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module, *,
                    max_rows: int, max_bytes: int, memo: dict | None) -> int:
     """The rows one forward pass may hold: ``max_rows``, lowered to fit ``max_bytes``."""
@@ -408,7 +422,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     if memo is not None and "outputs" in memo:
         outputs, plain = memo["outputs"], memo["plain"]
     else:
-        outputs = _n_outputs(model, structure)
+        with _float_ids_refused(main):
+            outputs = _n_outputs(model, structure)
         plain = structure.kind == "tensor" and _returns_tensor(model, structure)
         if memo is not None:
             memo["outputs"], memo["plain"] = outputs, plain
@@ -589,4 +604,7 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
                               tokens=token_options, max_bytes=max_bytes, memo=memo).values
 
     explain_fn.independent_rows = not ATTRIBUTION_METHODS[method].random_per_call(spec)
+    # integer inputs are token ids for this model: stability metrics cannot add noise to them
+    explain_fn.embeds_integer_inputs = (ATTRIBUTION_METHODS[method].integer_inputs or any(
+        isinstance(m, nn.Embedding) for m in model.modules()))
     return explain_fn

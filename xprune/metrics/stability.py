@@ -196,8 +196,20 @@ def sensitivity_draws(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Te
                         relative=relative, generator=generator, max_rows=max_rows, reduce=None)
 
 
+def _refuse_token_ids(explain_fn: Callable, inputs: object, metric: str) -> None:
+    """Stability metrics add continuous noise to the inputs: token ids cannot take it."""
+    if (isinstance(inputs, Tensor) and not inputs.is_floating_point()
+            and getattr(explain_fn, "embeds_integer_inputs", False)):
+        raise ValueError(f"{metric} perturbs its inputs with continuous noise, which token ids "
+                         f"(an integer tensor of shape {tuple(inputs.shape)}) cannot take; "
+                         f"stability of token attributions (noise on the embeddings or token "
+                         f"substitution) is not available yet.")
+
+
 def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, generator,
                  max_rows, reduce: str | None) -> Tensor:
+    _refuse_token_ids(explain_fn, inputs, {"max": "max_sensitivity", "mean": "avg_sensitivity",
+                                           None: "sensitivity_draws"}[reduce])
     x = check_tensor(inputs, "inputs", min_dim=2)
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
         raise ValueError(f"Expected `radius` > 0, got {radius!r}.")
@@ -323,6 +335,7 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
         ``max_rows`` < 1, a bad target, or an ``explain_fn`` returning the
         wrong shape.
     """
+    _refuse_token_ids(explain_fn, inputs, "local_lipschitz_estimate")
     x = check_tensor(inputs, "inputs", min_dim=2)
     noise_std = _check_scale(noise_std, "noise_std")
     check_positive_int(n_samples, "n_samples")
@@ -343,6 +356,8 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
 
 def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples, eps_min,
                         generator, max_rows, denominator: str) -> Tensor:
+    _refuse_token_ids(explain_fn, inputs, "relative_input_stability" if denominator == "input"
+                      else "relative_output_stability")
     x = check_tensor(inputs, "inputs", min_dim=2)
     radius = _check_scale(radius, "radius")
     eps_min = _check_scale(eps_min, "eps_min")
