@@ -376,3 +376,19 @@ def test_readme_text_example_runs_on_a_model_saved_in_a_local_folder(tmp_path):
     assert bool((maps.values[~maps.feature_mask] == 0).all())
     assert bool((maps.values[maps.feature_mask] != 0).all())
     assert torch.equal(maps.inputs["attention_mask"], batch["attention_mask"])
+
+
+def test_saved_text_maps_of_two_models_compare_over_the_real_tokens(bag, tokens):
+    """compare_attributions on records of keyword inputs: scores equal the masked metrics."""
+    from xprune.compare import compare_attributions
+
+    ids, mask = tokens
+    other = BagOfEmbeddings().eval()
+    with torch.no_grad():
+        other.fc.weight.mul_(-0.5).add_(0.3)
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    a = attribute(bag, inputs, TARGET, "integrated_gradients", params={"n_steps": 4})
+    b = attribute(other, inputs, TARGET, "integrated_gradients", params={"n_steps": 4})
+    table = compare_attributions(a, b, metrics=["spearman"])
+    rows = table[table["metric"] == "spearman"].sort_values("sample")
+    torch.testing.assert_close(torch.tensor(rows["value"].to_numpy()), spearman(a, b))

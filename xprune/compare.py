@@ -72,11 +72,12 @@ def compare_attributions(a: Attributions, b: Attributions, *,
         If the records explain different inputs or maps of different shapes,
         or a metric is unknown or not an agreement metric.
     """
-    if a.inputs.shape != b.inputs.shape:
+    xa, xb = a.attributed, b.attributed  # the explained inputs (one of several, for text)
+    if xa.shape != xb.shape:
         raise ValueError("Expected two attribution records of the same inputs, got inputs of "
-                         f"shapes {tuple(a.inputs.shape)} and {tuple(b.inputs.shape)}.")
-    if not torch.equal(a.inputs, b.inputs):
-        n = int((a.inputs != b.inputs).reshape(len(a), -1).any(dim=1).sum())
+                         f"shapes {tuple(xa.shape)} and {tuple(xb.shape)}.")
+    if not torch.equal(xa, xb):
+        n = int((xa != xb).reshape(len(a), -1).any(dim=1).sum())
         raise ValueError(f"Expected two attribution records of the same inputs, got inputs "
                          f"that differ in {n} of {len(a)} samples.")
     if not torch.equal(a.targets, b.targets):
@@ -87,7 +88,7 @@ def compare_attributions(a: Attributions, b: Attributions, *,
     if not names_given(metrics):
         raise ValueError("Expected at least one metric name.")
     names = _names(metrics, ("pair",), a.values.dim())
-    fg = M.foreground(a.inputs) if foreground else None
+    fg = M.foreground(xa) if foreground else None
     scores = {}
     for name in names:
         info = M.METRICS[name]
