@@ -427,8 +427,6 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
         plain = structure.kind == "tensor" and _returns_tensor(model, structure)
         if memo is not None:
             memo["outputs"], memo["plain"] = outputs, plain
-    targets = _resolve_targets(model, structure, target, labels=labels, max_rows=max_rows,
-                               outputs=outputs)
     if output == "probability" and outputs == 1:
         raise ValueError("Expected a model with several outputs for output='probability': the "
                          "softmax of a single output is constant, so every map would be zero. "
@@ -476,6 +474,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
             probe_forward, probe_x, probe_args = embedded, emb, (probe_x, *probe_args)
         budget_rows = _rows_per_pass(probe_forward, probe_x, probe_args, model,
                                      max_rows=max_rows, max_bytes=max_bytes, memo=memo)
+    targets = _resolve_targets(model, structure, target, labels=labels, max_rows=budget_rows,
+                               outputs=outputs)
     if rows > max_rows:
         raise ValueError(f"Method {method!r} sends {rows} rows per input through one forward "
                          f"pass, more than `max_rows` = {max_rows}; raise max_rows.")
@@ -500,7 +500,7 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
                 deltas.append(d.detach().reshape(-1).to(main.device))
         predictions = None
         if with_predictions:
-            predictions = _logits(model, structure, max_rows).argmax(dim=1)
+            predictions = _logits(model, structure, budget_rows).argmax(dim=1)
     value = values[0] if len(values) == 1 else torch.cat(values)
     delta = torch.cat(deltas) if deltas else None
     if method == "integrated_gradients":

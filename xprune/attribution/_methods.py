@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .._validation import check_positive_int
 from ._baselines import check_baseline, make_baseline
-from ._inputs import EmbeddingForward, ModelForward
+from ._inputs import EmbeddingForward, ModelForward, find_embedding
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -311,6 +311,9 @@ class EmbeddingIntegratedGradientsParams:
 
     Captum's LayerIntegratedGradients; the per-token map is the sum over the
     embedding dimension. The baseline is a sequence of ``baseline_token`` ids.
+    ``layer`` defaults to the model's ``get_input_embeddings()`` (Hugging Face
+    models), else its first ``nn.Embedding``. ``"integrated_gradients"`` on
+    token ids computes the same maps (with the pad token as default baseline).
     """
 
     n_steps: int = 50
@@ -603,12 +606,8 @@ def _lrp(model, x, target, spec, budget):
 
 def _embedding_ig(model, x, target, spec: EmbeddingIntegratedGradientsParams, budget):
     inner = _unwrap(model)
-    if spec.layer is None:
-        embeddings = [n for n, m in inner.named_modules() if isinstance(m, nn.Embedding)]
-        if not embeddings:
-            raise ValueError("Embedding Integrated Gradients needs an nn.Embedding layer; "
-                             f"{type(inner).__name__} has none.")
-        layer = _get_layer(inner, embeddings[0])
+    if spec.layer is None:  # get_input_embeddings() of a Hugging Face model, else the first
+        _, layer = find_embedding(inner, None)
     else:
         layer = _get_layer(inner, spec.layer)
     baseline = torch.full_like(x, spec.baseline_token)
