@@ -338,7 +338,10 @@ def test_explainer_finds_the_number_of_outputs_once(digits_cnn, batch):
     first, second = explain(x, t), explain(x[:5], t[:5])
     assert model.rows == [1, 24, 5]                 # one 1-row probe, then the two batches
     expected = xprune.attribute(digits_cnn, x, t, "saliency", params={"abs": False}).values
-    assert torch.equal(first, expected) and torch.equal(second, expected[:5])
+    assert torch.equal(first, expected)             # the same 24-row computation repeated
+    # A 5-row batch splits the kernels' work differently across threads: equal up to rounding
+    # (shared/cases/001-batch-composition.md), not bit for bit.
+    torch.testing.assert_close(second, expected[:5])
     with pytest.raises(ValueError, match=r"Expected `target` in \[0, 10\)"):
         explain(x[:2], torch.tensor([0, 10]))       # the cached count still checks targets
 
