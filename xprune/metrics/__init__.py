@@ -43,6 +43,7 @@ from .faithfulness import (
     sensitivity_n,
     sensitivity_n_curve,
 )
+from .plausibility import rationale_auprc, rationale_top_k, token_f1, token_iou
 from .sanity import (
     RandomisationCurve,
     model_parameter_randomisation,
@@ -90,6 +91,8 @@ __all__ = [
     "parameter_randomisation",
     "random_logit",
     "random_map_like",
+    "rationale_auprc",
+    "rationale_top_k",
     "region_perturbation_curve",
     "relative_input_stability",
     "relative_output_stability",
@@ -102,6 +105,8 @@ __all__ = [
     "spearman",
     "ssim",
     "top_k_intersection",
+    "token_f1",
+    "token_iou",
     "top_k_mass",
     "versus_random",
 ]
