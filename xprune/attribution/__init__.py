@@ -43,6 +43,7 @@ from ._methods import (
     describe,
     resolve_spec,
 )
+from ._model_check import check_model_for_method
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -280,6 +281,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
         raise ValueError("Expected a model with several outputs for output='probability': the "
                          "softmax of a single output is constant, so every map would be zero. "
                          "Use output='logit'.")
+    with eval_mode(model):
+        check_model_for_method(model, method, to_model(inputs[:1], model))
     rows = info.rows_per_sample(spec)
     if rows > max_rows:
         raise ValueError(f"Method {method!r} sends {rows} rows per input through one forward "
