@@ -6,7 +6,9 @@ batch-mates), and takes a ``torch.Generator`` for every random draw.
 Metadata (category, direction, range, reference) is in :data:`METRICS`.
 """
 
+from . import agreement, faithfulness  # noqa: F401  (first: METRICS keeps its order)
 from ._base import METRICS, MetricInfo, feature_map, get_metric
+from ._imputation import noisy_linear_imputation
 from .agreement import (
     average_ranks,
     cosine_similarity,
@@ -36,7 +38,6 @@ from .faithfulness import (
     insertion_auc,
     insertion_curve,
     monotonicity_correlation,
-    noisy_linear_imputation,
     region_perturbation_curve,
     road,
     road_curve,
