@@ -6,7 +6,9 @@ batch-mates), and takes a ``torch.Generator`` for every random draw.
 Metadata (category, direction, range, reference) is in :data:`METRICS`.
 """
 
-from . import agreement, faithfulness  # noqa: F401  (first: METRICS keeps its order)
+# Imported first so that METRICS, whose order is the CLI's listing and the report's row order,
+# registers agreement, then faithfulness, then complexity metrics, as before the removal module.
+from . import agreement, faithfulness  # noqa: F401
 from ._base import METRICS, MetricInfo, feature_map, get_metric
 from ._imputation import noisy_linear_imputation
 from .agreement import (
