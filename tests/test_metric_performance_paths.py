@@ -24,7 +24,7 @@ from xprune.metrics._imputation import (
     _neighbour_matrix,
     _solve_spd,
 )
-from xprune.metrics._removal import as_baseline, expand_feature_mask
+from xprune.metrics._removal import ReplacePixels, as_baseline, expand_feature_mask
 from xprune.metrics._removal import perturbed_scores as _perturbed_scores
 
 
@@ -206,7 +206,7 @@ def faithfulness_correlation_as_it_was(model, x, a, t, *, subset_size, n_runs, s
         return mask
 
     perturbed = _perturbed_scores(model, x, t, masks_for, n_runs, as_baseline(0.0, x), "logit",
-                                  max_rows)
+                                  max_rows, removal=ReplacePixels())
     original = target_scores(model, x, t, output="logit", max_rows=max_rows)
     mass = (torch.cat(subsets).double() * scores[:, None, :]).sum(dim=2)
     return pearson(mass, original[:, None] - perturbed)
@@ -285,8 +285,10 @@ def test_perturbed_scores_reduce_is_the_reduction_of_the_scores(digits_cnn, batc
         return scores.amax(dim=1, keepdim=True) - sl.start
 
     b = as_baseline(0.0, x)
-    full = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15)
-    reduced = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15, reduce=reduce)
+    full = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15,
+                             removal=ReplacePixels())
+    reduced = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15, reduce=reduce,
+                                removal=ReplacePixels())
     starts = torch.arange(24).div(3, rounding_mode="floor") * 3        # 3 samples a chunk
     assert torch.equal(reduced[:, 0], full.amax(dim=1) - starts)
 

@@ -151,7 +151,7 @@ class _Replacement(Removal):
                ) -> Tensor:
         x = self.check_inputs(inputs, "removal")
         feat = x.shape[1:]
-        removed = check_removed(removed, x, self.n_features(feat))
+        removed = check_removed(removed, x, self.n_features(feat)).to(x.device)
         rows = removed.shape[1:-1]
         if baseline is None:
             raise ValueError(f"Expected a `baseline` for {type(self).__name__}, which replaces "
@@ -291,11 +291,11 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
                      masks_for: Callable[[slice], Tensor], n_per_sample: int,
                      baseline: Tensor | Callable[[slice], Tensor], output: str, max_rows: int,
                      reduce: Callable[[slice, Tensor], Tensor] | None = None, *,
-                     removal: Removal | None = None) -> Tensor:
+                     removal: Removal) -> Tensor:
     """Scores of ``x`` with the features of ``masks_for(sample_slice) -> (c, *R, d)`` removed.
 
-    ``removal`` (default: :func:`removal_for` ``x``) takes out the features
-    True in a mask; a replacing operator puts ``baseline`` there: a tensor
+    ``removal`` (the metric's choice, from :func:`removal_for`) takes out the
+    features True in a mask; a replacing operator puts ``baseline`` there: a tensor
     from :func:`as_baseline` (scalar, (*F) or per sample (N, *F)), or a
     callable ``replacement_for(sample_slice) -> Tensor`` of the operator's
     per-row form (c, *R', *F), values per row such as fresh random draws.
@@ -311,7 +311,6 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
     n_per_sample)) -> Tensor (c, ...)`` the reduced chunks concatenated, so
     that only each chunk's reduction is kept.
     """
-    removal = removal_for(x) if removal is None else removal
     n, feat = x.shape[0], x.shape[1:]
     chunk = max(1, max_rows // n_per_sample)
     out = []

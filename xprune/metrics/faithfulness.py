@@ -1,7 +1,10 @@
 """Faithfulness: does the model's output move the way the map says it should?
 
 A *feature* is a column of tabular data or a pixel of an image (all its
-channels are replaced together). "Removing" a feature sets it to the baseline.
+channels are replaced together). Each metric here decides which features go
+(a boolean mask over features) and hands the mask to the removal operator of
+the data's kind (:mod:`xprune.metrics._removal`): a replaced feature takes the
+baseline's value; ROAD imputes removed pixels (:mod:`xprune.metrics._imputation`).
 """
 
 from __future__ import annotations
@@ -112,7 +115,9 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
             return rank[sl, None, :] >= changed[None, :, None]
         return rank[sl, None, :] < changed[None, :, None]
 
-    values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows)
+    removal = removal_for(x, metric="insertion" if insert else "deletion")
+    values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
+                              removal=removal)
     return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
 
 
@@ -284,8 +289,9 @@ def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: T
 
     b = as_baseline(baseline, x)
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
+    removal = removal_for(x, metric="faithfulness correlation / sensitivity-n")
     return perturbed_scores(model, x, targets, masks_for, k * n_runs, b, output, max_rows,
-                             reduce=correlations)
+                            reduce=correlations, removal=removal)
 
 
 @register(category="faithfulness", kind="model", higher_is_better=False,
@@ -604,7 +610,9 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     def masks_for(sl: slice) -> Tensor:  # True = the pixel's region has been perturbed
         return feature_rank[sl, None, :] < ks[None, :, None]
 
-    values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows)
+    removal = removal_for(x, metric="region perturbation")
+    values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
+                              removal=removal)
     return DeletionCurve(fractions=torch.arange(steps + 1, dtype=torch.float64) / n_patches,
                          values=values)
 
