@@ -197,6 +197,12 @@ def test_removal_for_chooses_by_kind_and_checks_a_given_operator():
     with pytest.raises(ValueError, match=r"images of shape \(N, C, H, W\) for ROAD, got shape "
                                          r"\(2, 5\).*no neighbourhood"):
         removal_for(torch.zeros(2, 5), impute, metric="ROAD")
+    assert removal_for(torch.zeros(2, 3, 4, 4), kind="image") == ReplacePixels()
+    with pytest.raises(ValueError, match=r"tabular rows of shape \(N, F\) for AOPC"):
+        removal_for(torch.zeros(2, 3, 4, 4), kind="tabular", metric="AOPC")
+    with pytest.raises(ValueError, match=r"Expected `kind` in \['image', 'tabular'\], got "
+                                         r"'images'. Did you mean 'image'\?"):
+        removal_for(torch.zeros(2, 5), kind="images")
 
 
 def test_operators_are_frozen_configuration():

@@ -39,7 +39,9 @@ Override :meth:`Removal.remove_prefixes` only where nested removals share work
   [UNK], [PAD]) is ``torch.where`` as in :class:`ReplaceColumns`, with the id
   a field and no baseline; dropping tokens through the attention mask changes
   another model input, so that operator's ``remove`` takes and returns the
-  model's inputs as a structure (ids and attention mask) rather than one tensor.
+  model's inputs as a structure (ids and attention mask) rather than one
+  tensor, and :func:`perturbed_scores` must then flatten and chunk each of
+  its tensors. Integer ids must not go through ``check_tensor`` (it casts to float).
 - Audio: a spectrogram (N, C, F, T) is an image to this module (a feature is
   a time-frequency bin, a patch a cell of region perturbation's grid) and a
   waveform (N, C, T) a one-dimensional one (a feature is a time step); the
@@ -58,7 +60,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_tensor
+from .._validation import check_tensor, closest_name
 from ..attribution import make_baseline
 from ._base import target_scores
 
@@ -240,20 +242,27 @@ def kind_of(inputs: Tensor) -> str:
     return "tabular" if inputs.dim() == 2 else "image"
 
 
-def removal_for(inputs: Tensor, removal: Removal | None = None, *, metric: str = "this metric"
-                ) -> Removal:
+def removal_for(inputs: Tensor, removal: Removal | None = None, *, kind: str | None = None,
+                metric: str = "this metric") -> Removal:
     """The removal operator for ``inputs``: ``removal`` if given, else the default of their kind.
 
-    The one place a metric's removal is chosen. ``removal`` is checked to fit
-    the inputs, with ``metric`` named in the error.
+    The one place a metric's removal is chosen. The kind is ``kind`` if
+    given (one of ``_DEFAULTS``), else told from the tensor by
+    :func:`kind_of`. ``removal`` (or the default) is checked to fit the
+    inputs, with ``metric`` named in the error.
 
     Raises
     ------
     ValueError
-        If ``removal`` cannot remove features of these inputs (ROAD's
-        imputation on tabular rows, say).
+        On an unknown ``kind`` (the message lists the known ones), or if the
+        operator cannot remove features of these inputs (ROAD's imputation on
+        tabular rows, say).
     """
-    removal = _DEFAULTS[kind_of(inputs)]() if removal is None else removal
+    if kind is not None and kind not in _DEFAULTS:
+        raise ValueError(f"Expected `kind` in {sorted(_DEFAULTS)}, got {kind!r}."
+                         + closest_name(kind, _DEFAULTS))
+    if removal is None:
+        removal = _DEFAULTS[kind_of(inputs) if kind is None else kind]()
     removal.check_inputs(inputs, metric)
     return removal
 
