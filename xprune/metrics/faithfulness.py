@@ -28,7 +28,7 @@ from ._base import (
     register,
     target_scores,
 )
-from ._imputation import NoisyLinearImputation, _check_images
+from ._imputation import NoisyLinearImputation
 from ._removal import as_baseline, perturbed_scores, removal_for, resolve_baseline
 from .agreement import average_ranks
 
@@ -876,14 +876,13 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     with ``noise_std=0`` and ``output="accuracy"`` the batch mean of this curve
     equals it.
     """
-    x = _check_images(inputs, "ROAD")
-    x, a = check_map_and_inputs(x, attributions)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    removal = removal_for(inputs, NoisyLinearImputation(noise_std, generator), metric="ROAD")
+    x, a = check_map_and_inputs(inputs, attributions)
     if output not in ROAD_OUTPUTS:
         raise ValueError(f"Expected `output` in {ROAD_OUTPUTS}, got {output!r}.")
     if order not in ("morf", "lerf"):
         raise ValueError(f"Expected `order` in ('morf', 'lerf'), got {order!r}.")
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    removal = NoisyLinearImputation(noise_std, generator)
     check_positive_int(max_rows, "max_rows")
     percentages = list(percentages)
     if not percentages:
