@@ -17,12 +17,12 @@ from scipy import stats
 from torch import nn
 
 import xprune
+from xprune.metrics import noisy_linear_imputation
 from xprune.metrics._base import METRICS
 from xprune.metrics.faithfulness import (
     aopc,
     faithfulness_correlation,
     monotonicity_correlation,
-    noisy_linear_imputation,
     region_perturbation_curve,
     road,
     road_curve,

@@ -6,7 +6,11 @@ batch-mates), and takes a ``torch.Generator`` for every random draw.
 Metadata (category, direction, range, reference) is in :data:`METRICS`.
 """
 
+# Imported first so that METRICS, whose order is the CLI's listing and the report's row order,
+# registers agreement, then faithfulness, then complexity metrics, as before the removal module.
+from . import agreement, faithfulness  # noqa: F401
 from ._base import METRICS, MetricInfo, feature_map, get_metric
+from ._imputation import noisy_linear_imputation
 from .agreement import (
     average_ranks,
     cosine_similarity,
@@ -36,7 +40,6 @@ from .faithfulness import (
     insertion_auc,
     insertion_curve,
     monotonicity_correlation,
-    noisy_linear_imputation,
     region_perturbation_curve,
     road,
     road_curve,
