@@ -140,3 +140,35 @@ def test_bad_masks_and_k_are_named():
         warnings.simplefilter("error")
         torch.testing.assert_close(token_f1(a, torch.ones(2, 6, dtype=torch.long), k=2),
                                    token_f1(a, torch.ones(2, 6, dtype=torch.bool), k=2))
+
+
+def test_equal_to_ferret_on_the_same_sentences_and_scores():
+    """ferret 0.4.2's AUPRC, token F1 and token IOU on 48 generated sentences (its own venv,
+    benchmarks/ferret/reference.py --write-fixture): [CLS] and [SEP] left out as ferret's
+    remove_first_last does, padding masked. ferret's only_pos=False top-k crashes in 0.4.2
+    (it compares a numpy array with []), which the fixture records."""
+    import json
+    from pathlib import Path
+
+    fixture = json.loads((Path(__file__).parent / "fixtures" / "ferret_plausibility.json")
+                         .read_text())
+    inputs = fixture["inputs"]
+    n, width = len(inputs["texts"]), max(len(t) for t in inputs["tokens"])
+    scores = torch.zeros(n, width, dtype=torch.float64)
+    truth = torch.zeros(n, width, dtype=torch.bool)
+    kept = torch.zeros(n, width, dtype=torch.bool)
+    for i, (s, r) in enumerate(zip(inputs["scores"], inputs["rationale"], strict=True)):
+        scores[i, :len(s)] = torch.tensor(s, dtype=torch.float64)
+        truth[i, :len(r)] = torch.tensor(r, dtype=torch.bool)
+        kept[i, 1:len(s) - 1] = True
+    assert len(fixture["ferret"]) == 6 and len(fixture["ferret_errors"]) == 4
+    for key, theirs in fixture["ferret"].items():
+        name, only_pos, k = key.split("|")
+        only_pos, k = only_pos.endswith("True"), int(k.split("=")[1])
+        if name == "auprc":
+            ours = rationale_auprc(scores, truth, only_positive=only_pos, feature_mask=kept)
+        else:
+            fn = token_f1 if name == "token_f1" else token_iou
+            ours = fn(scores, truth, k=k, only_positive=only_pos, feature_mask=kept)
+        torch.testing.assert_close(ours, torch.tensor(theirs, dtype=torch.float64), rtol=0,
+                                   atol=1e-9, msg=key)

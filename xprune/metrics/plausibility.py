@@ -189,7 +189,7 @@ def token_iou(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
 @register(category="plausibility", kind="rationale", higher_is_better=True, range=(0.0, 1.0),
           reference=_REFERENCE)
 def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
-                    feature_mask: Tensor | None = None) -> Tensor:
+                    only_positive: bool = False, feature_mask: Tensor | None = None) -> Tensor:
     """Area under the precision-recall curve of the map's scores against the rationale.
 
     The soft-rationale score of DeYoung et al. 2020 (ERASER's and ferret's
@@ -204,6 +204,10 @@ def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
     ----------
     a : Tensor of shape (N, *F) or Attributions
     rationale : bool Tensor of the feature shape
+    only_positive : bool
+        False (ERASER): the signed scores. True: negative scores count as 0,
+        ferret 0.4.2's default (after HateXplain), which ties every feature
+        with evidence against the class.
     feature_mask : bool Tensor of the feature shape, optional
         Features outside it (padding) are left out of the curve.
 
@@ -215,6 +219,8 @@ def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
         sample whose rationale is empty.
     """
     scores, truth, kept = _features(a, rationale, feature_mask)
+    if only_positive:
+        scores = scores.clamp_min(0.0)
     truth = truth & kept
     n, d = scores.shape
     # descending by score; kept features first, padding last and never counted
