@@ -32,10 +32,15 @@ from ._imputation import NoisyLinearImputation
 from ._removal import as_baseline, perturbed_scores, removal_for, resolve_baseline
 from .agreement import average_ranks
 
-__all__ = ["DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
+__all__ = ["DEFAULT_MAX_STEPS", "DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
            "infidelity", "insertion_auc", "insertion_curve", "monotonicity_correlation",
            "region_perturbation_curve", "road", "road_curve", "sensitivity_n",
            "sensitivity_n_curve"]
+
+#: Default cap on the points of a deletion / insertion curve and on AOPC's regions: the cost
+#: of a curve is one forward pass per point, so the default stays bounded for large inputs
+#: (shared/cases/025-deletion-default-steps.md); pass ``steps`` for more.
+DEFAULT_MAX_STEPS = 64
 
 
 class DeletionCurve(NamedTuple):
@@ -73,7 +78,12 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     baseline : float or Tensor of shape (*F) or (N, *F)
         Value a removed feature takes (per sample with a leading batch axis).
     steps : int, optional
-        Points after the first, 1 <= steps <= d; default d (one feature per step).
+        Points after the first, 1 <= steps <= d. Default ``min(d, 64)``
+        (:data:`DEFAULT_MAX_STEPS`): one feature per step up to 64 features
+        (the 8 x 8 digits), equal bins of about d / 64 features beyond, so the
+        cost stays bounded for large inputs (a 3 x 32 x 32 image: 64 passes
+        instead of 1,024). ``steps=d`` gives the exact one-feature-per-step
+        curve; ``fractions`` records the bins used.
     output : {"probability", "logit"}
         Track the target's softmax probability (Petsiuk et al., the default) or its logit.
     max_rows : int
@@ -102,7 +112,7 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
     targets = model_targets(model, x, target)
     scores = feature_map(a.to(x.device))
     n, d = scores.shape
-    steps = d if steps is None else steps
+    steps = min(d, DEFAULT_MAX_STEPS) if steps is None else steps
     check_count(steps, "steps", d)
     changed = torch.round(torch.arange(steps + 1, dtype=torch.float64) * d / steps).long()
     changed = changed.to(x.device)
@@ -562,7 +572,9 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
         only 64); must be 1 for tabular inputs.
     steps : int, optional
         L, the number of regions perturbed, in [1, number of regions]; default
-        all of them.
+        ``min(P, 64)`` for P regions (:data:`DEFAULT_MAX_STEPS`: all of the
+        64 pixels of a digit; the 64 most relevant regions of larger inputs,
+        as Samek et al. evaluate the first L = 100 of theirs).
     baseline : float, Tensor of shape (*F) or (N, *F), or {"uniform", "blur", "zero"}
         The values a perturbed region takes. ``"uniform"`` draws, per sample,
         uniform noise over that input's own value range (Samek et al. replace
@@ -594,7 +606,7 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     check_positive_int(max_rows, "max_rows")
     targets = model_targets(model, x, target)
     ids, n_patches = _patch_ids(x.shape[1:], patch_size)
-    steps = n_patches if steps is None else steps
+    steps = min(n_patches, DEFAULT_MAX_STEPS) if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n_patches:
         raise ValueError(f"Expected `steps` to be an integer in [1, {n_patches}] (the number "
                          f"of regions of side {patch_size}), got {steps!r}.")
