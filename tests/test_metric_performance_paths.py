@@ -15,22 +15,17 @@ from torch import nn
 
 import xprune
 from xprune.attribution import _methods
-from xprune.metrics import complexity, faithfulness, stability
-from xprune.metrics._base import (
-    as_baseline,
-    expand_feature_mask,
-    feature_map,
-    pearson,
-    target_scores,
-)
-from xprune.metrics.faithfulness import (
+from xprune.metrics import _imputation, complexity, faithfulness, stability
+from xprune.metrics._base import feature_map, pearson, target_scores
+from xprune.metrics._imputation import (
     _impute,
     _impute_prefixes,
     _impute_rows,
     _neighbour_matrix,
-    _perturbed_scores,
     _solve_spd,
 )
+from xprune.metrics._removal import ReplacePixels, as_baseline, expand_feature_mask
+from xprune.metrics._removal import perturbed_scores as _perturbed_scores
 
 
 def seeded(seed=0):
@@ -86,12 +81,12 @@ def test_dense_and_sparse_imputation_paths_agree(monkeypatch):
     gen = seeded(3)
     images = torch.rand(12, 2, 256, generator=gen, dtype=torch.float64)
     removed = random_masks(12, 256, gen)
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 10 ** 6)
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 10 ** 6)
     dense = _impute_rows(images, removed, 16, 16)
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 0)
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 0)
     sparse = _impute_rows(images, removed, 16, 16)
     torch.testing.assert_close(dense, sparse, atol=1e-10, rtol=0)
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 100)
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 100)
     torch.testing.assert_close(_impute_rows(images, removed, 16, 16), sparse, atol=1e-10,
                                rtol=0)
 
@@ -101,13 +96,13 @@ def test_chunked_dense_solves_equal_one_call(monkeypatch):
     images = torch.rand(30, 3, 64, generator=gen, dtype=torch.float64)
     removed = torch.rand(30, 64, generator=gen).argsort(dim=1) < 40     # 40 unknowns each
     whole = _impute_rows(images, removed, 8, 8)
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_ELEMENTS", 40 * 40 * 7)   # 7 images a call
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_ELEMENTS", 40 * 40 * 7)   # 7 images a call
     torch.testing.assert_close(_impute_rows(images, removed, 8, 8), whole, atol=1e-14, rtol=0)
     order = torch.rand(30, 64, generator=gen).argsort(dim=1)
     counts = [6, 25, 57]
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_ELEMENTS", 57 * 57 * 4)
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_ELEMENTS", 57 * 57 * 4)
     chunked = _impute_prefixes(images, order, counts, 8, 8)
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_ELEMENTS", 2 ** 22)
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_ELEMENTS", 2 ** 22)
     torch.testing.assert_close(chunked, _impute_prefixes(images, order, counts, 8, 8),
                                atol=1e-14, rtol=0)
 
@@ -125,7 +120,7 @@ def test_prefix_imputation_equals_the_scipy_path(counts, monkeypatch):
                           8, 8).reshape(10, len(counts), 3, 64)
     torch.testing.assert_close(_impute_prefixes(images, order, counts, 8, 8), expected,
                                atol=1e-10, rtol=0)
-    monkeypatch.setattr(faithfulness, "_DENSE_MAX_UNKNOWNS", 20)     # the fallback, per row
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 20)     # the fallback, per row
     torch.testing.assert_close(_impute_prefixes(images, order, counts, 8, 8), expected,
                                atol=1e-10, rtol=0)
 
@@ -181,7 +176,7 @@ def test_noisy_imputation_equals_the_scipy_path_with_the_same_noise():
     gen = seeded(6)
     x = torch.rand(7, 2, 6, 5, generator=gen, dtype=torch.float64)
     removed = random_masks(7, 30, gen).reshape(7, 6, 5)
-    ours = faithfulness.noisy_linear_imputation(x, removed, noise_std=0.3, generator=seeded(1))
+    ours = _imputation.noisy_linear_imputation(x, removed, noise_std=0.3, generator=seeded(1))
     noise = seeded(1)
     weights = _neighbour_matrix(6, 5)
     for i in range(7):
@@ -211,7 +206,7 @@ def faithfulness_correlation_as_it_was(model, x, a, t, *, subset_size, n_runs, s
         return mask
 
     perturbed = _perturbed_scores(model, x, t, masks_for, n_runs, as_baseline(0.0, x), "logit",
-                                  max_rows)
+                                  max_rows, removal=ReplacePixels())
     original = target_scores(model, x, t, output="logit", max_rows=max_rows)
     mass = (torch.cat(subsets).double() * scores[:, None, :]).sum(dim=2)
     return pearson(mass, original[:, None] - perturbed)
@@ -254,7 +249,7 @@ def complexity_as_it_was(model, x, a, t, *, eps, n_samples, noise, output, seed,
         z = torch.stack([low + (high - low) * torch.rand(n_samples, *x.shape[1:], generator=gen,
                                                          dtype=torch.float64)
                          for _ in idx]).to(dtype=x.dtype)
-        mask = expand_feature_mask(keep[idx.start:idx.stop], x.shape)
+        mask = expand_feature_mask(keep[idx.start:idx.stop], x.shape[1:])
         perturbed = torch.where(mask[:, :, None], x[idx.start:idx.stop, None, None], z[:, None])
         f = target_scores(model, perturbed.reshape(-1, *x.shape[1:]),
                           t[idx.start:idx.stop].repeat_interleave(rows), output=output,
@@ -290,8 +285,10 @@ def test_perturbed_scores_reduce_is_the_reduction_of_the_scores(digits_cnn, batc
         return scores.amax(dim=1, keepdim=True) - sl.start
 
     b = as_baseline(0.0, x)
-    full = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15)
-    reduced = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15, reduce=reduce)
+    full = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15,
+                             removal=ReplacePixels())
+    reduced = _perturbed_scores(digits_cnn, x, t, masks_for, 5, b, "logit", 15, reduce=reduce,
+                                removal=ReplacePixels())
     starts = torch.arange(24).div(3, rounding_mode="floor") * 3        # 3 samples a chunk
     assert torch.equal(reduced[:, 0], full.amax(dim=1) - starts)
 
@@ -338,7 +335,10 @@ def test_explainer_finds_the_number_of_outputs_once(digits_cnn, batch):
     first, second = explain(x, t), explain(x[:5], t[:5])
     assert model.rows == [1, 24, 5]                 # one 1-row probe, then the two batches
     expected = xprune.attribute(digits_cnn, x, t, "saliency", params={"abs": False}).values
-    assert torch.equal(first, expected) and torch.equal(second, expected[:5])
+    assert torch.equal(first, expected)             # the same 24-row computation repeated
+    # A 5-row batch splits the kernels' work differently across threads: equal up to rounding
+    # (shared/cases/001-batch-composition.md), not bit for bit.
+    torch.testing.assert_close(second, expected[:5])
     with pytest.raises(ValueError, match=r"Expected `target` in \[0, 10\)"):
         explain(x[:2], torch.tensor([0, 10]))       # the cached count still checks targets
 

@@ -17,12 +17,12 @@ from scipy import stats
 from torch import nn
 
 import xprune
+from xprune.metrics import noisy_linear_imputation
 from xprune.metrics._base import METRICS
 from xprune.metrics.faithfulness import (
     aopc,
     faithfulness_correlation,
     monotonicity_correlation,
-    noisy_linear_imputation,
     region_perturbation_curve,
     road,
     road_curve,
@@ -652,3 +652,33 @@ def test_registered_with_metadata():
         assert (info.category, info.kind, info.higher_is_better) == ("faithfulness", "model",
                                                                      better)
         assert info.range[0] == low and info.reference
+
+
+def test_case_025_default_steps_are_bounded_and_equal_the_exact_curve_at_their_points():
+    """../shared/cases/025-deletion-default-steps.md: on 3x32x32 images (1,024 pixels) the
+    default curve has 64 steps of 16 pixels, whose points are the exact one-pixel-per-step
+    curve's every 16th point; AOPC's default perturbs the 64 most relevant regions."""
+    from xprune.metrics.faithfulness import DEFAULT_MAX_STEPS, deletion_curve, insertion_curve
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(16, 5)).eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=gen)
+    a = torch.randn(2, 3, 32, 32, generator=gen)
+    assert DEFAULT_MAX_STEPS == 64
+    for fn in (deletion_curve, insertion_curve):
+        default = fn(model, x, a, 0)
+        exact = fn(model, x, a, 0, steps=1024)
+        assert default.values.shape == (2, 65)
+        torch.testing.assert_close(default.fractions, torch.arange(65, dtype=torch.float64) / 64)
+        torch.testing.assert_close(default.values, exact.values[:, ::16])
+    full = region_perturbation_curve(model, x, a, 0, steps=1024)
+    default = region_perturbation_curve(model, x, a, 0)
+    assert default.values.shape == (2, 65)
+    torch.testing.assert_close(default.values, full.values[:, :65])
+    # 64 features or fewer (digits): one feature per step, as before
+    small = torch.rand(2, 1, 8, 8, generator=gen)
+    curve = deletion_curve(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval(), small,
+                           torch.randn(2, 1, 8, 8, generator=gen), 0)
+    assert curve.values.shape == (2, 65)

@@ -278,7 +278,8 @@ def test_model_effective_complexity_reproducible_and_batch_independent(digits_cn
         digits_cnn, xs, as_, ts, n_samples=2, generator=torch.Generator().manual_seed(1),
         max_rows=rows)
     first = run(x, a, t)
-    assert torch.equal(first, run(x, a, t, rows=100))  # chunking changes nothing
+    # chunks of 100 rows vs one pass: other batch compositions, equal up to rounding (case 001)
+    torch.testing.assert_close(first, run(x, a, t, rows=100))
     torch.testing.assert_close(run(x[:2], a[:2], t[:2]), first[:2])
     assert bool(((first >= 0) & (first <= 64)).all())
 

@@ -374,6 +374,11 @@ class MetricsConfig:
                              f"names, got {self.names!r}.")
         for name in self.names or []:
             _check_name(name, METRICS, "metrics.names")
+        needs_rationale = [n for n in self.names or [] if METRICS[n].kind == "rationale"]
+        if needs_rationale:
+            raise ValueError(f"Expected `metrics.names` to name metrics these data can score: "
+                             f"{needs_rationale} compare maps with a ground-truth rationale, "
+                             f"which the configured data set does not provide.")
         if self.names is not None and len(set(self.names)) != len(self.names):
             raise ValueError(f"Expected distinct `metrics.names`, got {self.names!r}.")
         if not isinstance(self.versus_random, list):

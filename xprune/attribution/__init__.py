@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import as_logits, eval_mode, model_device, model_dtype
+from .._state import as_logits, eval_mode, model_device, model_dtype, to_model
 from .._validation import check_positive_int, check_targets, check_tensor
 from ._baselines import BASELINE_KINDS, make_baseline
 from ._inputs import (
@@ -59,6 +59,7 @@ from ._methods import (
     describe,
     resolve_spec,
 )
+from ._model_check import check_model_for_method
 
 __all__ = [
     "ATTRIBUTION_METHODS",
@@ -465,6 +466,9 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
             x.requires_grad_()
         return explained, x, part.others, baseline_token
 
+    if plain and not is_tokens:  # DeepLIFT and LRP: layers they cannot explain, up front
+        with eval_mode(model):
+            check_model_for_method(model, method, to_model(main[:1], model))
     rows = info.rows_per_sample(spec)
     with eval_mode(model):
         probe_forward, probe_x, probe_args, _ = prepared(structure.rows(0, 1))

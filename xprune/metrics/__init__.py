@@ -6,7 +6,11 @@ batch-mates), and takes a ``torch.Generator`` for every random draw.
 Metadata (category, direction, range, reference) is in :data:`METRICS`.
 """
 
+# Imported first so that METRICS, whose order is the CLI's listing and the report's row order,
+# registers agreement, then faithfulness, then complexity metrics, as before the removal module.
+from . import agreement, faithfulness  # noqa: F401
 from ._base import METRICS, MetricInfo, feature_map, get_metric
+from ._imputation import noisy_linear_imputation
 from .agreement import (
     average_ranks,
     cosine_similarity,
@@ -36,13 +40,13 @@ from .faithfulness import (
     insertion_auc,
     insertion_curve,
     monotonicity_correlation,
-    noisy_linear_imputation,
     region_perturbation_curve,
     road,
     road_curve,
     sensitivity_n,
     sensitivity_n_curve,
 )
+from .plausibility import rationale_auprc, rationale_top_k, token_f1, token_iou
 from .sanity import (
     RandomisationCurve,
     model_parameter_randomisation,
@@ -90,6 +94,8 @@ __all__ = [
     "parameter_randomisation",
     "random_logit",
     "random_map_like",
+    "rationale_auprc",
+    "rationale_top_k",
     "region_perturbation_curve",
     "relative_input_stability",
     "relative_output_stability",
@@ -102,6 +108,8 @@ __all__ = [
     "spearman",
     "ssim",
     "top_k_intersection",
+    "token_f1",
+    "token_iou",
     "top_k_mass",
     "versus_random",
 ]

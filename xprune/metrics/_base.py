@@ -107,18 +107,6 @@ def feature_map(a: Tensor) -> Tensor:
     return a.reshape(a.shape[0], -1)
 
 
-def expand_feature_mask(mask: Tensor, input_shape: torch.Size) -> Tensor:
-    """Broadcastable input-space mask from a feature mask of shape (..., N', d).
-
-    For images the mask gains a channel axis of size 1 so that all channels of a
-    pixel are covered together. The result has shape (..., N', 1, *S) or (..., N', F).
-    """
-    feat_shape = input_shape[1:]
-    if len(feat_shape) >= 2:
-        return mask.reshape(*mask.shape[:-1], 1, *feat_shape[1:])
-    return mask.reshape(*mask.shape[:-1], *feat_shape)
-
-
 def _feature_mask(maps: Sequence[object]) -> Tensor | None:
     """The features that count, bool (N, d): the AND of the maps' ``feature_mask``s.
 
@@ -211,25 +199,6 @@ def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) ->
     a = values_of(attributions)
     check_same_shape(x, a, "inputs", "attributions")
     return x, a
-
-
-def as_baseline(baseline: float | Tensor, x: Tensor) -> Tensor:
-    """A baseline broadcastable against ``x[:, None]`` (shape (N, 1, *F)).
-
-    A scalar, a tensor of the features' shape (*F), or one per sample (N, *F).
-    """
-    if isinstance(baseline, Tensor):
-        b = check_tensor(baseline.reshape(1, *baseline.shape), "baseline", min_dim=1)[0]
-        if tuple(b.shape) == tuple(x.shape):
-            return b.to(dtype=x.dtype, device=x.device)[:, None]
-        if b.dim() and tuple(b.shape) != tuple(x.shape[1:]):
-            raise ValueError(f"Expected `baseline` to be a scalar or of shape "
-                             f"{tuple(x.shape[1:])} or {tuple(x.shape)}, got "
-                             f"{tuple(baseline.shape)}.")
-        return b.to(dtype=x.dtype, device=x.device)
-    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-        raise ValueError(f"Expected `baseline` to be a number or a tensor, got {baseline!r}.")
-    return torch.tensor(float(baseline), dtype=x.dtype, device=x.device)
 
 
 OUTPUTS = ("probability", "logit")

@@ -20,7 +20,7 @@ from ._base import (
     target_scores,
     values_of,
 )
-from .faithfulness import _perturbed_scores
+from ._removal import perturbed_scores, removal_for
 
 __all__ = ["effective_complexity", "entropy_complexity", "gini_index",
            "model_effective_complexity", "top_k_mass"]
@@ -304,7 +304,8 @@ def model_effective_complexity(model: nn.Module, inputs: Tensor,
         return ((f - original[sl, None, None]) ** 2).mean(dim=2)
 
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
-    losses = _perturbed_scores(model, x, targets, masks_for, (d + 1) * n_samples,
-                               replacement_for, output, max_rows, reduce=expected_loss)
+    losses = perturbed_scores(model, x, targets, masks_for, (d + 1) * n_samples,
+                              replacement_for, output, max_rows, reduce=expected_loss,
+                              removal=removal_for(x, metric="model effective complexity"))
     below = losses < eps
     return below.double().argmax(dim=1).double()  # first k below tolerance (L(d) = 0 < eps)

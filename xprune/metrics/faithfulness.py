@@ -1,7 +1,10 @@
 """Faithfulness: does the model's output move the way the map says it should?
 
 A *feature* is a column of tabular data or a pixel of an image (all its
-channels are replaced together). "Removing" a feature sets it to the baseline.
+channels are replaced together). Each metric here decides which features go
+(a boolean mask over features) and hands the mask to the removal operator of
+the data's kind (:mod:`xprune.metrics._removal`): a replaced feature takes the
+baseline's value; ROAD imputes removed pixels (:mod:`xprune.metrics._imputation`).
 """
 
 from __future__ import annotations
@@ -17,22 +20,27 @@ from .._state import as_logits, eval_mode, model_device, to_model
 from .._validation import check_count, check_fraction, check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
-    as_baseline,
     check_map_and_inputs,
     check_output,
-    expand_feature_mask,
     feature_map,
     model_targets,
     pearson,
     register,
     target_scores,
 )
+from ._imputation import NoisyLinearImputation
+from ._removal import as_baseline, perturbed_scores, removal_for, resolve_baseline
 from .agreement import average_ranks
 
-__all__ = ["DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
+__all__ = ["DEFAULT_MAX_STEPS", "DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
            "infidelity", "insertion_auc", "insertion_curve", "monotonicity_correlation",
-           "noisy_linear_imputation", "region_perturbation_curve", "road", "road_curve",
-           "sensitivity_n", "sensitivity_n_curve"]
+           "region_perturbation_curve", "road", "road_curve", "sensitivity_n",
+           "sensitivity_n_curve"]
+
+#: Default cap on the points of a deletion / insertion curve and on AOPC's regions: the cost
+#: of a curve is one forward pass per point, so the default stays bounded for large inputs
+#: (shared/cases/025-deletion-default-steps.md); pass ``steps`` for more.
+DEFAULT_MAX_STEPS = 64
 
 
 class DeletionCurve(NamedTuple):
@@ -46,49 +54,6 @@ class DeletionCurve(NamedTuple):
 
     fractions: Tensor
     values: Tensor
-
-
-def _perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor, masks_for, n_per_sample: int,
-                      baseline, output: str, max_rows: int, reduce=None) -> Tensor:
-    """Scores of ``x`` with feature masks ``masks_for(sample_slice) -> (c, *R, d)`` replaced.
-
-    True in a mask replaces the feature (all channels of a pixel) by
-    ``baseline``: a Tensor broadcastable against ``x[:, None]`` (see
-    :func:`as_baseline`), or a callable ``replacement_for(sample_slice) ->
-    Tensor`` broadcastable to (c, *R, *F), values per row such as fresh random
-    draws. ``R`` is one axis of ``n_per_sample`` rows, or several axes that,
-    broadcast with the replacement's, hold that many (row-major): masks
-    (c, K, 1, d) and draws (c, 1, S, *F) give K * S rows without copies.
-
-    Samples are processed in order, in chunks small enough that one forward
-    pass sees at most ``max_rows`` rows; ``masks_for`` and then
-    ``replacement_for`` are called once per chunk, in order, so both may draw
-    from a generator and keep per-chunk results. Returns shape
-    (N, n_per_sample), or with ``reduce(sample_slice, scores (c,
-    n_per_sample)) -> Tensor (c, ...)`` the reduced chunks concatenated, so
-    that only each chunk's reduction is kept.
-    """
-    n, feat = x.shape[0], x.shape[1:]
-    chunk = max(1, max_rows // n_per_sample)
-    out = []
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        features = masks_for(sl)                              # (c, *R, d)
-        mask = expand_feature_mask(features, x.shape)         # (c, *R, 1, *S) or (c, *R, F)
-        c, lead = features.shape[0], (1,) * (features.dim() - 2)
-        xs = x[sl].reshape(c, *lead, *feat)
-        if callable(baseline):
-            b = baseline(sl)
-        elif baseline.dim() == x.dim() + 1:                   # one baseline per sample
-            b = baseline[sl].reshape(c, *lead, *feat)
-        else:
-            b = baseline
-        perturbed = torch.where(mask, b, xs).reshape(-1, *feat)
-        t = targets[sl].repeat_interleave(n_per_sample)
-        scores = target_scores(model, perturbed, t, output=output, max_rows=max_rows)
-        scores = scores.reshape(-1, n_per_sample)
-        out.append(scores if reduce is None else reduce(sl, scores))
-    return torch.cat(out)
 
 
 def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
@@ -113,7 +78,12 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     baseline : float or Tensor of shape (*F) or (N, *F)
         Value a removed feature takes (per sample with a leading batch axis).
     steps : int, optional
-        Points after the first, 1 <= steps <= d; default d (one feature per step).
+        Points after the first, 1 <= steps <= d. Default ``min(d, 64)``
+        (:data:`DEFAULT_MAX_STEPS`): one feature per step up to 64 features
+        (the 8 x 8 digits), equal bins of about d / 64 features beyond, so the
+        cost stays bounded for large inputs (a 3 x 32 x 32 image: 64 passes
+        instead of 1,024). ``steps=d`` gives the exact one-feature-per-step
+        curve; ``fractions`` records the bins used.
     output : {"probability", "logit"}
         Track the target's softmax probability (Petsiuk et al., the default) or its logit.
     max_rows : int
@@ -142,7 +112,7 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
     targets = model_targets(model, x, target)
     scores = feature_map(a.to(x.device))
     n, d = scores.shape
-    steps = d if steps is None else steps
+    steps = min(d, DEFAULT_MAX_STEPS) if steps is None else steps
     check_count(steps, "steps", d)
     changed = torch.round(torch.arange(steps + 1, dtype=torch.float64) * d / steps).long()
     changed = changed.to(x.device)
@@ -155,7 +125,9 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
             return rank[sl, None, :] >= changed[None, :, None]
         return rank[sl, None, :] < changed[None, :, None]
 
-    values = _perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows)
+    removal = removal_for(x, metric="insertion" if insert else "deletion")
+    values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
+                              removal=removal)
     return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
 
 
@@ -327,8 +299,9 @@ def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: T
 
     b = as_baseline(baseline, x)
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
-    return _perturbed_scores(model, x, targets, masks_for, k * n_runs, b, output, max_rows,
-                             reduce=correlations)
+    removal = removal_for(x, metric="faithfulness correlation / sensitivity-n")
+    return perturbed_scores(model, x, targets, masks_for, k * n_runs, b, output, max_rows,
+                            reduce=correlations, removal=removal)
 
 
 @register(category="faithfulness", kind="model", higher_is_better=False,
@@ -565,17 +538,6 @@ def _patch_ids(feat_shape: torch.Size, patch_size: int) -> tuple[Tensor, int]:
     return ids.reshape(-1), math.prod(counts)
 
 
-def _resolve_baseline(baseline: float | Tensor | str, x: Tensor,
-                      generator: torch.Generator | None) -> Tensor:
-    """A checked baseline broadcastable against ``x[:, None]``; strings via make_baseline."""
-    if isinstance(baseline, str):
-        from ..attribution import make_baseline
-
-        gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        baseline = make_baseline(baseline, x, generator=gen)
-    return as_baseline(baseline, x)
-
-
 def region_perturbation_curve(model: nn.Module, inputs: Tensor,
                               attributions: Tensor | Attributions, target: Any, *,
                               patch_size: int = 1, steps: int | None = None,
@@ -610,7 +572,9 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
         only 64); must be 1 for tabular inputs.
     steps : int, optional
         L, the number of regions perturbed, in [1, number of regions]; default
-        all of them.
+        ``min(P, 64)`` for P regions (:data:`DEFAULT_MAX_STEPS`: all of the
+        64 pixels of a digit; the 64 most relevant regions of larger inputs,
+        as Samek et al. evaluate the first L = 100 of theirs).
     baseline : float, Tensor of shape (*F) or (N, *F), or {"uniform", "blur", "zero"}
         The values a perturbed region takes. ``"uniform"`` draws, per sample,
         uniform noise over that input's own value range (Samek et al. replace
@@ -642,7 +606,7 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     check_positive_int(max_rows, "max_rows")
     targets = model_targets(model, x, target)
     ids, n_patches = _patch_ids(x.shape[1:], patch_size)
-    steps = n_patches if steps is None else steps
+    steps = min(n_patches, DEFAULT_MAX_STEPS) if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n_patches:
         raise ValueError(f"Expected `steps` to be an integer in [1, {n_patches}] (the number "
                          f"of regions of side {patch_size}), got {steps!r}.")
@@ -653,12 +617,14 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     patch_rank = torch.empty_like(order).scatter_(1, order, torch.arange(n_patches).expand(n, -1))
     feature_rank = patch_rank[:, ids].to(x.device)                      # (N, d)
     ks = torch.arange(steps + 1, device=x.device)
-    b = _resolve_baseline(baseline, x, generator)
+    b = resolve_baseline(baseline, x, generator)
 
     def masks_for(sl: slice) -> Tensor:  # True = the pixel's region has been perturbed
         return feature_rank[sl, None, :] < ks[None, :, None]
 
-    values = _perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows)
+    removal = removal_for(x, metric="region perturbation")
+    values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
+                              removal=removal)
     return DeletionCurve(fractions=torch.arange(steps + 1, dtype=torch.float64) / n_patches,
                          values=values)
 
@@ -807,6 +773,7 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
         raise ValueError(f"Expected `perturbation` to be 'uniform', 'normal' or a tensor of "
                          f"shape (N, n_samples, *F), got {perturbation!r}.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    removal = removal_for(x, metric="monotonicity correlation")
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
     block = max(1, max_rows // n_samples)            # features per forward pass
     loss = torch.empty(n, d, dtype=torch.float64)
@@ -825,8 +792,8 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
             stop = min(d, start + block)
             one_hot = torch.zeros(stop - start, d, dtype=torch.bool, device=x.device)
             one_hot[torch.arange(stop - start), torch.arange(start, stop)] = True
-            mask = expand_feature_mask(one_hot, x.shape)[:, None]  # (b, 1, 1|F, ...)
-            rows = torch.where(mask, draws[None], xi[None, None]).reshape(-1, *feat)
+            rows = removal.remove(x[i:i + 1], one_hot[None, :, None], draws[None, None])
+            rows = rows.reshape(-1, *feat)                  # (b * S, *F), feature-major
             t = targets[i:i + 1].expand(rows.shape[0])
             out = target_scores(model, rows, t, output=output, max_rows=max_rows)
             change = (original[i] - out.reshape(stop - start, n_samples)) ** 2
@@ -838,326 +805,6 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
 
 
 # --- ROAD ---------------------------------------------------------------------------------
-
-# Weights of the 8 neighbours in ROAD's linear imputation (Rong, Leemann et al. 2022):
-# 1/6 for the 4 direct neighbours, 1/12 for the 4 diagonal ones (they sum to 1).
-_NEIGHBOURS = tuple(((dr, dc), 1 / 6 if dr == 0 or dc == 0 else 1 / 12)
-                    for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
-
-
-def _neighbour_matrix(height: int, width: int):
-    """Sparse (d, d) matrix of neighbour weights of an H x W grid (CSR), row-major pixels."""
-    import numpy as np
-    from scipy import sparse
-
-    rows, cols, vals = [], [], []
-    r, c = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    r, c = r.ravel(), c.ravel()
-    for (dr, dc), weight in _NEIGHBOURS:
-        rr, cc = r + dr, c + dc
-        ok = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-        rows.append((r * width + c)[ok])
-        cols.append((rr * width + cc)[ok])
-        vals.append(np.full(int(ok.sum()), weight))
-    d = height * width
-    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                             shape=(d, d))
-
-
-def _impute(image, removed, weights):
-    """Linear imputation of one image: (C, d) float64 array, removed (d,) bool -> imputed copy.
-
-    Each removed pixel equals the weighted mean of its in-image neighbours
-    (weights renormalised at the border), solved jointly for all removed
-    pixels: ``(D - W_RR) z = W_RK x_K`` per channel.
-    """
-    import numpy as np
-    from scipy import sparse
-    from scipy.sparse.linalg import spsolve
-
-    out = image.copy()
-    idx = np.flatnonzero(removed)
-    if idx.size == 0:
-        return out
-    keep = np.flatnonzero(~removed)
-    w_r = weights[idx]
-    degree = np.asarray(w_r.sum(axis=1)).ravel()
-    system = (sparse.diags(degree) - w_r[:, idx]).tocsc()
-    rhs = w_r[:, keep] @ image[:, keep].T                     # (k, C)
-    solution = spsolve(system, rhs)
-    out[:, idx] = np.asarray(solution).reshape(idx.size, image.shape[0]).T
-    return out
-
-
-def noisy_linear_imputation(inputs: Tensor, removed: Tensor, *, noise_std: float = 0.01,
-                            generator: torch.Generator | None = None) -> Tensor:
-    """Fill removed pixels by ROAD's noisy linear imputation (Rong, Leemann et al. 2022).
-
-    Every removed pixel becomes the weighted mean of its 8 neighbours (1/6 for
-    the direct, 1/12 for the diagonal ones; at the border, the in-image
-    neighbours renormalised), where removed neighbours are themselves unknowns:
-    one linear system over all removed pixels of an image, for all channels.
-    Images with the same number k <= 192 of removed pixels are solved together
-    as one batch of dense systems (Cholesky, in blocks of at most 2^22 matrix
-    elements); larger systems one image at a time with
-    ``scipy.sparse.linalg.spsolve``, which is faster there. Both give the same
-    solution (to rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
-    then added to each imputed value. Kept pixels are unchanged.
-
-    Parameters
-    ----------
-    inputs : Tensor of shape (N, C, H, W)
-    removed : bool Tensor of shape (N, H, W)
-        True where a pixel (all its channels) is removed. At least one pixel of
-        each image must be kept.
-    noise_std : float >= 0
-        In input units (the authors' code defaults to 0.01, on images in [0, 1]
-        before normalisation); 0 gives the deterministic imputation.
-    generator : torch.Generator, optional
-        Noise source, drawn image by image in batch order, ``(C, k)`` values for
-        the k removed pixels in row-major order.
-
-    Returns
-    -------
-    Tensor of shape (N, C, H, W)
-        A new tensor in the inputs' dtype and device; the inputs are not modified.
-
-    Raises
-    ------
-    ValueError
-        If the inputs are not (N, C, H, W) images, ``removed`` has another
-        shape, every pixel of an image is removed, or ``noise_std`` < 0.
-    """
-    x = _check_images(inputs, "noisy linear imputation")
-    if not isinstance(removed, Tensor) or removed.shape != (x.shape[0], *x.shape[2:]):
-        shape = tuple(removed.shape) if isinstance(removed, Tensor) else type(removed).__name__
-        raise ValueError(f"Expected `removed` to be a bool tensor of shape "
-                         f"{(x.shape[0], *x.shape[2:])}, got {shape}.")
-    removed = removed.bool().reshape(x.shape[0], -1).cpu()
-    if bool(removed.all(dim=1).any()):
-        raise ValueError("Expected at least one kept pixel per image: with every pixel "
-                         "removed there is nothing to impute from.")
-    _check_noise(noise_std)
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    return _noisy_impute(x, removed, noise_std, generator)
-
-
-def _check_images(inputs: Tensor, what: str) -> Tensor:
-    if isinstance(inputs, Tensor) and inputs.dim() != 4:
-        raise ValueError(f"Expected `inputs` to be images of shape (N, C, H, W) for {what}, "
-                         f"got shape {tuple(inputs.shape)}: it imputes a pixel from its "
-                         f"neighbours, and tabular features have no neighbourhood.")
-    return check_tensor(inputs, "inputs", min_dim=4)
-
-
-def _check_noise(noise_std: float) -> None:
-    if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) \
-            or not noise_std >= 0 or not math.isfinite(noise_std):
-        raise ValueError(f"Expected `noise_std` >= 0, got {noise_std!r}.")
-
-
-# Unknowns per image up to which the imputation is solved as a batch of dense systems
-# (Cholesky, torch.linalg, many images per call); above it, one sparse scipy solve per image.
-# Dense costs k^3 / 6 per image, the sparse solve far less for large k: on one CPU core
-# they cross near k = 220 (k = 64: dense 8x faster per image; k = 384: 2x slower).
-_DENSE_MAX_UNKNOWNS = 192
-# Elements of the dense systems (images x k x k) solved in one call: 2^22 float64, 32 MiB.
-_DENSE_MAX_ELEMENTS = 2 ** 22
-
-
-def _grid_neighbours(height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Neighbour table of an H x W grid, row-major pixels: for each pixel and each of the 8
-    offsets of ``_NEIGHBOURS``, the neighbour's index (d, 8) (0 where it is outside the
-    image), its weight (d, 8) float64 (0 outside), and the pixel's degree, the sum of its
-    in-image weights (d,)."""
-    r, c = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    r, c = r.reshape(-1, 1), c.reshape(-1, 1)
-    dr = torch.tensor([o[0] for o, _ in _NEIGHBOURS])
-    dc = torch.tensor([o[1] for o, _ in _NEIGHBOURS])
-    w = torch.tensor([wt for _, wt in _NEIGHBOURS], dtype=torch.float64)
-    rr, cc = r + dr, c + dc
-    inside = (rr >= 0) & (rr < height) & (cc >= 0) & (cc < width)
-    index = torch.where(inside, rr * width + cc, 0)
-    weight = torch.where(inside, w, 0.0)
-    return index, weight, weight.sum(dim=1)
-
-
-class _Unknowns(NamedTuple):
-    """The neighbourhood of B images' unknown pixels ``idx`` (B, k), in the order of ``idx``.
-
-    neighbour, weight : (B, k, 8) neighbour pixel and its weight (0 outside the image).
-    unknown : (B, k, 8) the neighbour's position in ``idx``, k if it is not there.
-    degree : (B, k) the sum of each unknown's in-image weights.
-    """
-
-    neighbour: Tensor
-    weight: Tensor
-    unknown: Tensor
-    degree: Tensor
-
-
-def _unknowns(idx: Tensor, grid: tuple[Tensor, Tensor, Tensor], d: int) -> _Unknowns:
-    b, k = idx.shape
-    table, table_weight, table_degree = grid
-    position = torch.full((b, d), k, dtype=torch.long)
-    position.scatter_(1, idx, torch.arange(k).expand(b, k))
-    neighbour = table[idx]
-    unknown = position.gather(1, neighbour.reshape(b, -1)).reshape(b, k, 8)
-    return _Unknowns(neighbour, table_weight[idx], unknown, table_degree[idx])
-
-
-def _system(u: _Unknowns) -> Tensor:
-    """``D - W_RR`` of :func:`_impute` over all the unknowns of ``u``: (B, k, k) float64."""
-    b, k = u.degree.shape
-    coupled = u.unknown < k
-    system = torch.zeros(b, k * k, dtype=torch.float64)
-    column = torch.arange(k)[None, :, None] * k + u.unknown.clamp_max(k - 1)
-    system.scatter_add_(1, column.reshape(b, -1),
-                        torch.where(coupled, -u.weight, 0.0).reshape(b, -1))
-    system = system.reshape(b, k, k)
-    system.diagonal(dim1=1, dim2=2).add_(u.degree)
-    return system
-
-
-def _rhs(values: Tensor, u: _Unknowns, k: int) -> Tensor:
-    """``W_RK x_K`` of :func:`_impute` when only the first k unknowns of ``u`` are removed:
-    (B, k, C). ``values`` (B, C, k', 8) are the neighbours' pixel values, k' >= k."""
-    known = torch.where(u.unknown[:, :k] < k, 0.0, u.weight[:, :k])      # (B, k, 8)
-    return (values[:, :, :k] * known[:, None]).sum(dim=3).transpose(1, 2)
-
-
-def _neighbour_values(images: Tensor, u: _Unknowns) -> Tensor:
-    """Pixel values (B, C, k, 8) of the neighbours of ``u``'s unknowns; ``images`` (B, C, d)."""
-    b, c = images.shape[:2]
-    flat = u.neighbour.reshape(b, 1, -1).expand(b, c, -1)
-    return images.gather(2, flat).reshape(b, c, *u.neighbour.shape[1:])
-
-
-def _solve_spd(system: Tensor, rhs: Tensor) -> tuple[Tensor, Tensor]:
-    """Cholesky factors (B, k, k) of the systems ``D - W_RR`` and the solutions (B, k, C).
-
-    ``W`` is symmetric and every group of connected removed pixels borders a kept one, so
-    each system is an irreducibly diagonally dominant symmetric M-matrix, hence positive
-    definite; Cholesky is then about twice as fast as LU. A system it fails on (not
-    expected) is solved by LU instead; its factor is then NaN.
-    """
-    factor, info = torch.linalg.cholesky_ex(system)
-    solution = torch.cholesky_solve(rhs, factor)
-    failed = info != 0
-    if bool(failed.any()):
-        solution[failed] = torch.linalg.solve(system[failed], rhs[failed])
-        factor[failed] = math.nan
-    return factor, solution
-
-
-def _impute_rows(images: Tensor, removed: Tensor, height: int, width: int) -> Tensor:
-    """Noise-free linear imputation of M images at once: the solution of :func:`_impute`.
-
-    ``images`` (M, C, d) float64 on the CPU, ``removed`` (M, d) bool, at least one pixel
-    of each image kept. Images with the same number k of removed pixels are solved
-    together, as dense (B, k, k) systems in calls of at most ``_DENSE_MAX_ELEMENTS``
-    elements, when k <= ``_DENSE_MAX_UNKNOWNS``; else one sparse solve per image.
-    Returns a new (M, C, d) tensor, kept pixels copied exactly.
-    """
-    out = images.clone()
-    counts = removed.sum(dim=1)
-    weights = grid = None
-    for k in counts.unique().tolist():
-        if k == 0:
-            continue
-        rows = (counts == k).nonzero()[:, 0]
-        if k > _DENSE_MAX_UNKNOWNS:
-            if weights is None:
-                weights = _neighbour_matrix(height, width)
-            for i in rows.tolist():
-                out[i] = torch.from_numpy(_impute(images[i].numpy(), removed[i].numpy(),
-                                                  weights))
-            continue
-        grid = _grid_neighbours(height, width) if grid is None else grid
-        step = max(1, _DENSE_MAX_ELEMENTS // (k * k))
-        for start in range(0, rows.numel(), step):
-            sub = rows[start:start + step]
-            idx = removed[sub].nonzero()[:, 1].reshape(-1, k)   # ascending within each row
-            u = _unknowns(idx, grid, height * width)
-            _, solution = _solve_spd(_system(u), _rhs(_neighbour_values(images[sub], u), u, k))
-            out[sub] = images[sub].scatter(
-                2, idx[:, None, :].expand(-1, images.shape[1], -1), solution.transpose(1, 2))
-    return out
-
-
-def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: int,
-                     width: int) -> Tensor:
-    """Imputation of each image with the first ``counts[j]`` pixels of its ``order`` removed.
-
-    ``images`` (B, C, d) float64 on the CPU, ``order`` (B, d) a permutation of the pixels
-    per image (ROAD's removal order), every count < d. Returns (B, len(counts), C, d),
-    the solutions of :func:`_impute`. The systems of nested removed sets are leading
-    blocks of the largest one, ordered by removal, and so are their Cholesky factors:
-    one factorisation per image serves every count. Falls back to :func:`_impute_rows`
-    beyond ``_DENSE_MAX_UNKNOWNS`` unknowns or if a factorisation fails.
-    """
-    b, c, d = images.shape
-    out = images[:, None].repeat(1, len(counts), 1, 1)
-    k_max = max(counts)
-    if k_max == 0:
-        return out
-    removed = [order[:, :k] for k in counts]
-    if k_max > _DENSE_MAX_UNKNOWNS:
-        return _impute_prefixes_by_rows(images, removed, height, width)
-    grid = _grid_neighbours(height, width)
-    step = max(1, _DENSE_MAX_ELEMENTS // (k_max * k_max))
-    for start in range(0, b, step):
-        sl = slice(start, min(b, start + step))
-        u = _unknowns(order[sl, :k_max], grid, d)
-        values = _neighbour_values(images[sl], u)
-        factor, info = torch.linalg.cholesky_ex(_system(u))
-        if bool((info != 0).any()):                          # not expected: solve one by one
-            return _impute_prefixes_by_rows(images, removed, height, width)
-        for j, k in enumerate(counts):
-            if k == 0:
-                continue
-            solution = torch.cholesky_solve(_rhs(values, u, k), factor[:, :k, :k])
-            idx = removed[j][sl]
-            out[sl, j].scatter_(2, idx[:, None, :].expand(-1, c, -1), solution.transpose(1, 2))
-    return out
-
-
-def _impute_prefixes_by_rows(images: Tensor, removed: list[Tensor], height: int,
-                             width: int) -> Tensor:
-    """:func:`_impute_prefixes` through :func:`_impute_rows`, given the removed pixels."""
-    b, c, d = images.shape
-    masks = torch.zeros(b, len(removed), d, dtype=torch.bool)
-    for j, idx in enumerate(removed):
-        masks[:, j].scatter_(1, idx, True)
-    rows = _impute_rows(images.repeat_interleave(len(removed), dim=0), masks.reshape(-1, d),
-                        height, width)
-    return rows.reshape(b, len(removed), c, d)
-
-
-def _add_noise(filled: Tensor, removed: Tensor, noise_std: float,
-               generator: torch.Generator) -> Tensor:
-    """Add noise to the ``removed`` (M, d) pixels of ``filled`` (M, C, d) float64, in place.
-
-    Drawn image by image, ``(C, k)`` values for an image's k removed pixels in
-    row-major order (nothing for k = 0), as one image at a time would.
-    """
-    c = filled.shape[1]
-    noise = [torch.randn(c, k, generator=generator, dtype=torch.float64).T
-             for k in removed.sum(dim=1).tolist() if k]
-    if noise:
-        imputed = filled.transpose(1, 2)                 # (M, d, C), a view of `filled`
-        imputed[removed] += torch.cat(noise) * noise_std
-    return filled
-
-
-def _noisy_impute(x: Tensor, removed: Tensor, noise_std: float,
-                  generator: torch.Generator) -> Tensor:
-    """Images (M, C, H, W) with ``removed`` (M, d) pixels imputed, plus noise from ``generator``
-    (see :func:`_add_noise`). Returns the inputs' dtype and device."""
-    m, c = x.shape[:2]
-    flat = x.detach().reshape(m, c, -1).double().cpu()
-    filled = _add_noise(_impute_rows(flat, removed, *x.shape[2:]), removed, noise_std, generator)
-    return filled.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
 
 def _top_hits(model: nn.Module, x: Tensor, target: Tensor, max_rows: int) -> Tensor:
@@ -1241,13 +888,13 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     with ``noise_std=0`` and ``output="accuracy"`` the batch mean of this curve
     equals it.
     """
-    x = _check_images(inputs, "ROAD")
-    x, a = check_map_and_inputs(x, attributions)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    removal = removal_for(inputs, NoisyLinearImputation(noise_std, generator), metric="ROAD")
+    x, a = check_map_and_inputs(inputs, attributions)
     if output not in ROAD_OUTPUTS:
         raise ValueError(f"Expected `output` in {ROAD_OUTPUTS}, got {output!r}.")
     if order not in ("morf", "lerf"):
         raise ValueError(f"Expected `order` in ('morf', 'lerf'), got {order!r}.")
-    _check_noise(noise_std)
     check_positive_int(max_rows, "max_rows")
     percentages = list(percentages)
     if not percentages:
@@ -1259,24 +906,14 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     n, d = scores.shape
     counts = [min(d - 1, int(math.floor(p * d + 1e-9))) for p in percentages]
     ranked = scores.argsort(dim=1, descending=True, stable=True)      # most relevant first
-    rank = torch.empty(n, d, dtype=torch.long).scatter_(1, ranked, torch.arange(d).expand(n, d))
-    removal = ranked if order == "morf" else ranked.flip(1)           # removal order
-    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    removal_order = ranked if order == "morf" else ranked.flip(1)
     n_p = len(percentages)
     chunk = max(1, max_rows // n_p)
-    removed_counts = torch.tensor(counts)[None, :, None]
     out = []
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
-        if order == "morf":                                  # (c, n_p, d), sample-major
-            removed = rank[sl, None, :] < removed_counts
-        else:
-            removed = rank[sl, None, :] >= d - removed_counts
-        images = x[sl].detach().reshape(*x[sl].shape[:2], d).double().cpu()
-        filled = _impute_prefixes(images, removal[sl], counts, *x.shape[2:])
-        filled = _add_noise(filled.reshape(-1, *images.shape[1:]), removed.reshape(-1, d),
-                            noise_std, generator)
-        batch = filled.reshape(-1, *x.shape[1:]).to(device=x.device, dtype=x.dtype)
+        batch = removal.remove_prefixes(x[sl], removal_order[sl], counts)   # (c, n_p, *F)
+        batch = batch.reshape(-1, *x.shape[1:])
         t = targets[sl].repeat_interleave(n_p)
         if output == "accuracy":
             values = _top_hits(model, batch, t, max_rows)

@@ -31,7 +31,8 @@ __all__ = ["render_report"]
 # the metrics drawn against sparsity: one or two per family, in report order
 SUMMARY_METRICS = ["gini_index", "deletion_auc", "faithfulness_correlation", "max_sensitivity",
                    "spearman", "spearman@foreground", "model_parameter_randomisation"]
-CATEGORY_ORDER = ["complexity", "faithfulness", "stability", "agreement", "randomisation"]
+CATEGORY_ORDER = ["complexity", "faithfulness", "stability", "agreement", "plausibility",
+                  "randomisation"]
 
 
 def _base(metric: str) -> str:

@@ -1,0 +1,340 @@
+"""Removal of features: one operator per kind of data, called by every removal metric.
+
+Deletion and insertion curves, pixel flipping, region perturbation (AOPC),
+faithfulness correlation, sensitivity-n, monotonicity correlation, model
+effective complexity and ROAD all ask what the model says once some features
+are gone. They differ in *which* features go, a boolean mask each metric
+builds, and in *what takes their place*, which depends on the kind of data
+only. The second part is a :class:`Removal`, chosen in one place,
+:func:`removal_for`; :func:`perturbed_scores` sends the removed inputs
+through the model in bounded chunks.
+
+A *feature* is the unit a map ranks (see :func:`~xprune.metrics.feature_map`):
+a column of tabular rows (N, F), a pixel of images (N, C, *S) with all its
+channels. A ``removed`` mask has shape (N, *R, d): for each sample, ``*R``
+rows (steps of a curve, random subsets, draws), each True where one of its d
+features is removed. ``remove`` returns the model inputs (N, *R, *F), a new
+tensor; the caller's inputs are never modified.
+
+Operators
+---------
+:class:`ReplaceColumns` (tabular)
+    Column i takes the baseline's value.
+:class:`ReplacePixels` (image)
+    Every channel of pixel i takes the baseline's value (one pixel, one feature).
+:class:`~xprune.metrics._imputation.NoisyLinearImputation` (image)
+    ROAD's noisy linear imputation (Rong, Leemann et al. 2022): a removed pixel
+    becomes the weighted mean of its neighbours plus noise; no baseline.
+
+Adding a kind of data
+---------------------
+One class: a frozen dataclass subclassing :class:`Removal`, its fields the
+configuration, with ``kind`` set, ``check_inputs`` (refuse inputs of another
+kind with a message naming the kind) and ``remove``; then the kind's default
+in ``_DEFAULTS`` and, if it can be told from the tensor, in :func:`kind_of`.
+Override :meth:`Removal.remove_prefixes` only where nested removals share work
+(the imputation does).
+
+- Tokens (N, T) of integer ids: replacing token i by a chosen id ([MASK],
+  [UNK], [PAD]) is ``torch.where`` as in :class:`ReplaceColumns`, with the id
+  a field and no baseline; dropping tokens through the attention mask changes
+  another model input, so that operator's ``remove`` takes and returns the
+  model's inputs as a structure (ids and attention mask) rather than one
+  tensor, and :func:`perturbed_scores` must then flatten and chunk each of
+  its tensors. Integer ids must not go through ``check_tensor`` (it casts to float).
+- Audio: a spectrogram (N, C, F, T) is an image to this module (a feature is
+  a time-frequency bin, a patch a cell of region perturbation's grid) and a
+  waveform (N, C, T) a one-dimensional one (a feature is a time step); the
+  audio kind subclasses :class:`ReplacePixels` with ``kind = "audio"`` and is
+  chosen by naming the kind, as audio cannot be told from images by shape.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_tensor, closest_name
+from ..attribution import make_baseline
+from ._base import target_scores
+
+__all__ = ["Removal", "ReplaceColumns", "ReplacePixels", "as_baseline", "kind_of",
+           "perturbed_scores", "removal_for"]
+
+
+class Removal(ABC):
+    """How one kind of data loses features: (inputs, removed mask) -> model inputs.
+
+    Subclasses are frozen dataclasses (their fields are the configuration)
+    with a class attribute ``kind``.
+    """
+
+    kind: ClassVar[str]
+
+    @abstractmethod
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        """``inputs`` checked to be of this operator's kind, for ``metric`` (named in errors)."""
+
+    @abstractmethod
+    def remove(self, inputs: Tensor, removed: Tensor, baseline: Tensor | float | None = None
+               ) -> Tensor:
+        """The inputs with the ``removed`` features taken out.
+
+        Parameters
+        ----------
+        inputs : Tensor of shape (N, *F)
+        removed : bool Tensor of shape (N, *R, d)
+            True where a feature of a sample is removed; ``*R`` (any number of
+            axes, possibly none) are rows per sample.
+        baseline : float or Tensor, optional
+            What removed features become, for operators that replace: a
+            scalar, shape (*F) for every sample, (N, *F) one per sample, or
+            (N, *R', *F) with as many row axes as the mask, broadcast with
+            them (values per row, such as fresh random draws: a mask (N, K, 1,
+            d) and draws (N, 1, S, *F) give K x S rows). Operators that
+            compute the replacement take none.
+
+        Returns
+        -------
+        Tensor of shape (N, *R, *F)
+            ``*R`` the mask's row axes (broadcast with the baseline's).
+            A new tensor in the inputs' dtype and device.
+
+        Raises
+        ------
+        ValueError
+            On inputs of another kind, a mask of the wrong shape or dtype (the
+            message names both shapes), or a baseline that does not fit.
+        """
+
+    def remove_prefixes(self, inputs: Tensor, order: Tensor, counts: Sequence[int],
+                        baseline: Tensor | float | None = None) -> Tensor:
+        """The inputs with the first ``counts[j]`` features of each sample's ``order`` removed.
+
+        ``order`` (N, d) is a permutation of the features per sample; returns
+        (N, len(counts), *F), the same as :meth:`remove` with the nested masks
+        of those prefixes. Operators whose nested removals share work override it.
+        """
+        removed = prefix_masks(order, counts)
+        return self.remove(inputs, removed.to(inputs.device), baseline)
+
+
+def prefix_masks(order: Tensor, counts: Sequence[int]) -> Tensor:
+    """(N, len(counts), d) bool: True for the first ``counts[j]`` features of each ``order`` row."""
+    n, d = order.shape
+    position = torch.empty_like(order).scatter_(
+        1, order, torch.arange(d, device=order.device).expand(n, d))
+    return position[:, None, :] < torch.as_tensor(list(counts), device=order.device)[None, :, None]
+
+
+def check_removed(removed: Tensor, inputs: Tensor, d: int) -> Tensor:
+    """``removed`` checked to be a bool mask (N, *R, d) over the d features of ``inputs``."""
+    if not isinstance(removed, Tensor) or removed.dtype != torch.bool or removed.dim() < 2 \
+            or removed.shape[0] != inputs.shape[0] or removed.shape[-1] != d:
+        got = (f"shape {tuple(removed.shape)} ({removed.dtype})" if isinstance(removed, Tensor)
+               else type(removed).__name__)
+        raise ValueError(f"Expected `removed` to be a bool mask of shape (N, ..., d) = "
+                         f"({inputs.shape[0]}, ..., {d}) over the features of inputs of shape "
+                         f"{tuple(inputs.shape)}, got {got}.")
+    return removed
+
+
+@dataclass(frozen=True)
+class _Replacement(Removal):
+    """Removed features take the baseline's values: ``torch.where(mask, baseline, inputs)``."""
+
+    def remove(self, inputs: Tensor, removed: Tensor, baseline: Tensor | float | None = None
+               ) -> Tensor:
+        x = self.check_inputs(inputs, "removal")
+        feat = x.shape[1:]
+        removed = check_removed(removed, x, self.n_features(feat)).to(x.device)
+        rows = removed.shape[1:-1]
+        if baseline is None:
+            raise ValueError(f"Expected a `baseline` for {type(self).__name__}, which replaces "
+                             f"removed features by it, got None.")
+        b = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
+        if b.dim() == x.dim() and rows:                   # one per sample: (N, 1.., *F)
+            b = b.reshape(b.shape[0], *(1,) * len(rows), *b.shape[1:])
+        shape = (x.shape[0], *rows, *feat)
+        try:
+            out = torch.broadcast_shapes(b.shape, shape)
+            if len(out) != len(shape) or out[0] != shape[0] or out[len(out) - len(feat):] != feat:
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(f"Expected `baseline` to broadcast with the removed inputs' shape "
+                             f"{shape} (a scalar, {tuple(feat)}, or one per sample "
+                             f"{tuple(x.shape)}), got shape {tuple(b.shape)}.") from None
+        mask = self.element_mask(removed, feat)
+        return torch.where(mask, b, x.reshape(x.shape[0], *(1,) * len(rows), *feat))
+
+    @staticmethod
+    @abstractmethod
+    def n_features(feat: torch.Size) -> int:
+        """The number d of features of one input of shape ``feat``."""
+
+    @staticmethod
+    @abstractmethod
+    def element_mask(removed: Tensor, feat: torch.Size) -> Tensor:
+        """The feature mask (..., d) as a mask broadcastable to the elements (..., *F)."""
+
+
+@dataclass(frozen=True)
+class ReplaceColumns(_Replacement):
+    """Tabular rows (N, F): a removed column takes the baseline's value."""
+
+    kind: ClassVar[str] = "tabular"
+
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        x = check_tensor(inputs, "inputs", min_dim=2)
+        if x.dim() != 2:
+            raise ValueError(f"Expected `inputs` to be tabular rows of shape (N, F) for "
+                             f"{metric}, got shape {tuple(x.shape)}.")
+        return x
+
+    @staticmethod
+    def n_features(feat: torch.Size) -> int:
+        return int(feat[0])
+
+    @staticmethod
+    def element_mask(removed: Tensor, feat: torch.Size) -> Tensor:
+        return removed
+
+
+@dataclass(frozen=True)
+class ReplacePixels(_Replacement):
+    """Images (N, C, *S): every channel of a removed pixel takes the baseline's value."""
+
+    kind: ClassVar[str] = "image"
+
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        x = check_tensor(inputs, "inputs", min_dim=2)
+        if x.dim() < 3:
+            raise ValueError(f"Expected `inputs` to be images of shape (N, C, *S) for "
+                             f"{metric}, got shape {tuple(x.shape)}.")
+        return x
+
+    @staticmethod
+    def n_features(feat: torch.Size) -> int:
+        return math.prod(feat[1:])
+
+    @staticmethod
+    def element_mask(removed: Tensor, feat: torch.Size) -> Tensor:
+        return expand_feature_mask(removed, feat)
+
+
+def expand_feature_mask(mask: Tensor, feat: torch.Size) -> Tensor:
+    """A feature mask (..., d) of images (C, *S) as (..., 1, *S): all channels of a pixel."""
+    return mask.reshape(*mask.shape[:-1], 1, *feat[1:])
+
+
+# The default operator of each kind of data.
+_DEFAULTS: dict[str, type[Removal]] = {"tabular": ReplaceColumns, "image": ReplacePixels}
+
+
+def kind_of(inputs: Tensor) -> str:
+    """The kind of data of ``inputs`` (N, *F): ``"tabular"`` for (N, F), else ``"image"``."""
+    return "tabular" if inputs.dim() == 2 else "image"
+
+
+def removal_for(inputs: Tensor, removal: Removal | None = None, *, kind: str | None = None,
+                metric: str = "this metric") -> Removal:
+    """The removal operator for ``inputs``: ``removal`` if given, else the default of their kind.
+
+    The one place a metric's removal is chosen. The kind is ``kind`` if
+    given (one of ``_DEFAULTS``), else told from the tensor by
+    :func:`kind_of`. ``removal`` (or the default) is checked to fit the
+    inputs, with ``metric`` named in the error.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``kind`` (the message lists the known ones), or if the
+        operator cannot remove features of these inputs (ROAD's imputation on
+        tabular rows, say).
+    """
+    if kind is not None and kind not in _DEFAULTS:
+        raise ValueError(f"Expected `kind` in {sorted(_DEFAULTS)}, got {kind!r}."
+                         + closest_name(kind, _DEFAULTS))
+    if removal is None:
+        removal = _DEFAULTS[kind_of(inputs) if kind is None else kind]()
+    removal.check_inputs(inputs, metric)
+    return removal
+
+
+def as_baseline(baseline: float | Tensor, x: Tensor) -> Tensor:
+    """A checked replacement baseline for inputs ``x`` (N, *F): a scalar tensor, (*F) or (N, *F).
+
+    A number, a tensor of the features' shape (*F), or one per sample (N, *F);
+    in the inputs' dtype and device.
+    """
+    if isinstance(baseline, Tensor):
+        b = check_tensor(baseline.reshape(1, *baseline.shape), "baseline", min_dim=1)[0]
+        if tuple(b.shape) == tuple(x.shape):
+            return b.to(dtype=x.dtype, device=x.device)
+        if b.dim() and tuple(b.shape) != tuple(x.shape[1:]):
+            raise ValueError(f"Expected `baseline` to be a scalar or of shape "
+                             f"{tuple(x.shape[1:])} or {tuple(x.shape)}, got "
+                             f"{tuple(baseline.shape)}.")
+        return b.to(dtype=x.dtype, device=x.device)
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
+        raise ValueError(f"Expected `baseline` to be a number or a tensor, got {baseline!r}.")
+    return torch.tensor(float(baseline), dtype=x.dtype, device=x.device)
+
+
+def resolve_baseline(baseline: float | Tensor | str, x: Tensor,
+                     generator: torch.Generator | None) -> Tensor:
+    """:func:`as_baseline`, with a name (``"uniform"``, ``"blur"``, ...) made by make_baseline."""
+    if isinstance(baseline, str):
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        baseline = make_baseline(baseline, x, generator=gen)
+    return as_baseline(baseline, x)
+
+
+def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
+                     masks_for: Callable[[slice], Tensor], n_per_sample: int,
+                     baseline: Tensor | Callable[[slice], Tensor], output: str, max_rows: int,
+                     reduce: Callable[[slice, Tensor], Tensor] | None = None, *,
+                     removal: Removal) -> Tensor:
+    """Scores of ``x`` with the features of ``masks_for(sample_slice) -> (c, *R, d)`` removed.
+
+    ``removal`` (the metric's choice, from :func:`removal_for`) takes out the
+    features True in a mask; a replacing operator puts ``baseline`` there: a tensor
+    from :func:`as_baseline` (scalar, (*F) or per sample (N, *F)), or a
+    callable ``replacement_for(sample_slice) -> Tensor`` of the operator's
+    per-row form (c, *R', *F), values per row such as fresh random draws.
+    ``R`` is one axis of ``n_per_sample`` rows, or several axes that, broadcast
+    with the replacement's, hold that many (row-major): masks (c, K, 1, d) and
+    draws (c, 1, S, *F) give K * S rows without copies.
+
+    Samples are processed in order, in chunks small enough that one forward
+    pass sees at most ``max_rows`` rows; ``masks_for`` and then
+    ``replacement_for`` are called once per chunk, in order, so both may draw
+    from a generator and keep per-chunk results. Returns shape
+    (N, n_per_sample), or with ``reduce(sample_slice, scores (c,
+    n_per_sample)) -> Tensor (c, ...)`` the reduced chunks concatenated, so
+    that only each chunk's reduction is kept.
+    """
+    n, feat = x.shape[0], x.shape[1:]
+    chunk = max(1, max_rows // n_per_sample)
+    out = []
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        removed = masks_for(sl)                                       # (c, *R, d)
+        if callable(baseline):
+            b = baseline(sl)
+        elif baseline.dim() == x.dim():                               # one baseline per sample
+            b = baseline[sl]
+        else:
+            b = baseline
+        perturbed = removal.remove(x[sl], removed, b).reshape(-1, *feat)
+        t = targets[sl].repeat_interleave(n_per_sample)
+        scores = target_scores(model, perturbed, t, output=output, max_rows=max_rows)
+        scores = scores.reshape(-1, n_per_sample)
+        out.append(scores if reduce is None else reduce(sl, scores))
+    return torch.cat(out)
