@@ -32,8 +32,9 @@ from typing import Any
 import torch
 
 from .._cache import RunCache
-from .._validation import check_positive_int
-from ..config import _build, check_device
+from .._validation import check_device, check_positive_int, closest_name
+from ..analysis import _versions, check_writable
+from ..config import _build
 from ._report import ReproductionReport, Section
 
 if sys.version_info >= (3, 11):
@@ -126,7 +127,6 @@ class ReproductionConfig:
             raise ValueError(f"Expected `reproduction` to be the name of a reproduction, got "
                              f"{self.reproduction!r}.")
         if self.reproduction not in REPRODUCTIONS:
-            from .._validation import closest_name
             raise ValueError(f"Unknown reproduction {self.reproduction!r}; expected one of "
                              f"{sorted(REPRODUCTIONS)}."
                              + closest_name(self.reproduction, REPRODUCTIONS))
@@ -225,8 +225,6 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
     finished parts are stored under ``<out_dir>/.cache/`` and reused by a rerun
     of the same config.
     """
-    from ..analysis import check_writable
-
     _load_all()
     if not isinstance(config, ReproductionConfig):
         config = load_reproduction(config)
@@ -239,8 +237,6 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
     context.say(f"{repro.title}: running into {out}")
     with torch_threads(config.threads):
         report = repro.run(config.params, context)
-    from ..analysis import _versions
-
     path = report.write(out, config=config.to_dict(),
                         versions=_versions())
     context.say(f"report written to {path}")

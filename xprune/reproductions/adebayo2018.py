@@ -38,6 +38,13 @@ from scipy import stats
 from torch import Tensor, nn
 
 from .._validation import check_positive_int, check_sparsity_list
+from ..attribution import attribute
+from ..data import load_digits_split
+from ..metrics.agreement import foreground, on_features, spearman, ssim
+from ..metrics.sanity import parameter_randomisation
+from ..models import DigitsCNN, evaluate, train
+from ..pruning import fine_tune, prune, sparsity
+from ..report.figures import plot_randomisation_curves
 from ..report.tables import plural
 from ..stats import holm, mean_ci
 from . import Context, register
@@ -257,8 +264,6 @@ def map_similarities(original: Tensor, randomised: Tensor, features: Tensor, *,
         Higher = more similar = the map depends less on the randomised
         weights; NaN where undefined (a constant map under Spearman).
     """
-    from ..metrics.agreement import on_features, spearman, ssim
-
     a_abs = normalise_maps(original, absolute=True)
     b_abs = normalise_maps(randomised, absolute=True)
     return {
@@ -285,8 +290,6 @@ class _RecordingAttribution:
         self.maps: list[Tensor] = []
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        from ..attribution import attribute
-
         with warnings.catch_warnings():  # IG's coarse-integral warning on random networks
             warnings.simplefilter("ignore", UserWarning)
             values = attribute(model, inputs, targets, self.method, params=self.params).values
@@ -295,8 +298,6 @@ class _RecordingAttribution:
 
 
 def _similarity_of_signed_spearman(a: Tensor, b: Tensor) -> Tensor:
-    from ..metrics.agreement import spearman
-
     with warnings.catch_warnings():  # NaN of constant random maps: counted in the summary
         warnings.simplefilter("ignore", RuntimeWarning)
         return spearman(a, b)
@@ -345,9 +346,6 @@ def randomisation_curves(model: nn.Module, inputs: Tensor, targets: Any, method:
     maps : Tensor of shape (L + 1, N, C, H, W)
         The original maps, then the maps after each step.
     """
-    from ..metrics.agreement import foreground
-    from ..metrics.sanity import parameter_randomisation
-
     record = _RecordingAttribution(method, method_params or {})
     with warnings.catch_warnings():  # NaN similarities are counted in the summary instead
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -525,8 +523,6 @@ def _curve_means(per_sample: pd.DataFrame, where: Mapping[str, Any], column: str
 # --------------------------------------------------------------------------------------------
 
 def _seeded_cnn(seed: int) -> nn.Module:
-    from ..models import DigitsCNN
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return DigitsCNN(n_classes=10)
@@ -534,9 +530,6 @@ def _seeded_cnn(seed: int) -> nn.Module:
 
 def _models(params: Params, data, seed: int, context: Context) -> list[tuple[str, float, nn.Module]]:
     """The dense model of ``seed`` and its pruned copies, from the cache when stored."""
-    from ..models import DigitsCNN, train
-    from ..pruning import fine_tune, prune, sparsity
-
     def template(info):
         return DigitsCNN(n_classes=10)
 
@@ -578,9 +571,6 @@ def _method_params(method: str, params: Params) -> dict[str, Any]:
 def _seed_results(params: Params, data, seed: int, context: Context
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """One seed: per-sample similarities, the example maps and the models' accuracy."""
-    from ..models import evaluate
-    from ..pruning import sparsity
-
     models = _models(params, data, seed, context)
     keys = (f"seed-{seed}-per-sample", f"seed-{seed}-examples", f"seed-{seed}-models")
     stored = [context.cache.load_frame(k) for k in keys]
@@ -669,8 +659,6 @@ def _side_by_side(summary: pd.DataFrame, models: list[str], methods: list[str], 
 
 def _curve_figure(summary: pd.DataFrame, models: list[str], methods: list[str], order: str,
                   region: str) -> plt.Figure:
-    from ..report.figures import plot_randomisation_curves
-
     fig, axes = plt.subplots(len(methods), len(SIMILARITIES),
                              figsize=(4.4 * len(SIMILARITIES), 3.1 * len(methods)),
                              squeeze=False)
@@ -849,8 +837,6 @@ def _pruning_finding(effect: pd.DataFrame, models: list[str], methods: list[str]
 @register("adebayo2018_sanity", title=TITLE, citation=CITATION, params=Params)
 def run(params: Params, context: Context) -> ReproductionReport:
     """Run the randomisation test on the dense and pruned digits CNNs and return the report."""
-    from ..data import load_digits_split
-
     data = load_digits_split(seed=context.seed)
     if params.n_samples > data.x_test.shape[0]:
         raise ValueError(f"Expected `params.n_samples` <= {data.x_test.shape[0]} (the digits "

@@ -28,6 +28,17 @@ import numpy as np
 import pandas as pd
 
 from .._validation import check_fraction, check_positive_int, check_sparsity_list
+from ..analysis import run_analysis
+from ..attribution import ATTRIBUTION_METHODS
+from ..config import (
+    AnalysisConfig,
+    AttributionConfig,
+    ControlsConfig,
+    MetricsConfig,
+    PruningConfig,
+    ReportConfig,
+    TrainConfig,
+)
 from ..stats import holm, mean_ci, paired_test
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -67,8 +78,6 @@ class Params:
     margin: float = 0.05
 
     def __post_init__(self) -> None:
-        from ..attribution import ATTRIBUTION_METHODS
-
         check_positive_int(self.n_seeds, "params.n_seeds")
         if self.n_seeds < 2:
             raise ValueError(f"Expected `params.n_seeds` >= 2 (intervals across seeds), got "
@@ -85,16 +94,6 @@ class Params:
 
 
 def _analysis_config(params: Params, seed: int, device: str):
-    from ..config import (
-        AnalysisConfig,
-        AttributionConfig,
-        ControlsConfig,
-        MetricsConfig,
-        PruningConfig,
-        ReportConfig,
-        TrainConfig,
-    )
-
     return AnalysisConfig(
         name=f"drift-seed-{seed}", seed=seed, device=device,
         train=TrainConfig(epochs=params.epochs),
@@ -222,8 +221,6 @@ def _fmt(mean: float, low: float, high: float, digits: int = 2, scale: float = 1
 @register("attribution_drift", title=TITLE, citation=CITATION, params=Params)
 def run(params: Params, context: Context) -> ReproductionReport:
     """Run the drift analysis (see the module docstring) and return its report."""
-    from ..analysis import run_analysis
-
     seeds = [context.seed + k for k in range(params.n_seeds)]
     frames, results = [], {}
     for seed in seeds:
