@@ -10,6 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+# Each command imports what it needs inside its function, for start-up speed
+# only: `xprune list` or `--help` need not load pandas, matplotlib or the
+# reproductions. The cli is the top layer, so these hide no import cycle
+# (tests/test_architecture.py walks function-level imports too).
+
 __all__ = ["main"]
 
 EXAMPLES = """examples:
