@@ -28,6 +28,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
@@ -45,7 +46,7 @@ from ..metrics.sanity import parameter_randomisation
 from ..models import DigitsCNN, evaluate, train
 from ..pruning import fine_tune, prune, sparsity
 from ..report.figures import plot_randomisation_curves
-from ..report.tables import plural
+from ..report.tables import fmt_ci, plural
 from ..stats import holm, mean_ci
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -620,12 +621,8 @@ def _seed_results(params: Params, data, seed: int, context: Context
 # The report
 # --------------------------------------------------------------------------------------------
 
-def _fmt(mean: float, low: float, high: float, digits: int = 2) -> str:
-    if not math.isfinite(mean):
-        return "—"
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+# this report's style: 2 decimals, "—" where undefined, Python's "-0.00" kept
+_fmt = partial(fmt_ci, digits=2, missing="—", negative_zero=True, finite=True)
 
 
 def _at(summary: pd.DataFrame, model: str, method: str, order: str, step: int,
@@ -904,7 +901,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
                         "pruned model": tag, "method": METHOD_LABELS[method],
                         "region": region_names[region],
                         "similarity": SIMILARITY_LABELS[similarity],
-                        effect_column: _fmt(est.mean, est.low, est.high, 3), "p (Holm)": "",
+                        effect_column: _fmt(est.mean, est.low, est.high, digits=3), "p (Holm)": "",
                         "dense drop": f"{drop:.3f}",
                         "difference / dense drop": "—" if math.isnan(share) else f"{share:+.0%}",
                         "_mean": est.mean, "_low": est.low, "_high": est.high, "_p": est.p,
@@ -1025,7 +1022,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
         acc, acc_low, acc_high, _ = mean_ci(g["accuracy"])
         acc_low, acc_high, _ = _clip(acc_low, acc_high, (0.0, 1.0))
         accuracy.append({"model": tag,
-                         "test accuracy %": _fmt(100 * acc, 100 * acc_low, 100 * acc_high, 1),
+                         "test accuracy %": _fmt(100 * acc, 100 * acc_low, 100 * acc_high, digits=1),
                          "measured sparsity": f"{g['measured_sparsity'].mean():.3f}",
                          "seeds": len(g)})
     sections = [
