@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import read_toml
 from ._validation import (
     check_device,
     check_factory,
@@ -27,11 +27,6 @@ from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
 from .data import DATASETS, is_data_source
 from .metrics import METRICS
 from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "AnalysisConfig",
@@ -556,12 +551,7 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     if path is None:
         return AnalysisConfig()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"Could not parse {path} as TOML: {exc}") from None
+    data = read_toml(path)
     for key in data:
         if key not in {f.name for f in dataclasses.fields(AnalysisConfig)} \
                 and closest_name(key, ["reproduction"]):
