@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from .._state import eval_mode, model_device, to_model
-from .._validation import check_positive_int, check_targets, check_tensor
+from .._validation import check_device, check_positive_int, check_targets, check_tensor
+from ..models import predict
 from ._baselines import BASELINE_KINDS, make_baseline
 from ._methods import (
     ATTRIBUTION_METHODS,
@@ -165,8 +166,6 @@ def resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *,
 def _resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *, labels: Tensor | None,
                      max_rows: int, outputs: int) -> Tensor | None:
     """:func:`resolve_targets` for a model with a known number of ``outputs``."""
-    from ..models import predict
-
     if isinstance(target, str):
         if target == "predicted":
             return predict(model, inputs, batch_size=max_rows).argmax(dim=1)
@@ -181,8 +180,6 @@ def _resolve_targets(model: nn.Module, inputs: Tensor, target: Any, *, labels: T
 
 def n_outputs(model: nn.Module, inputs: Tensor) -> int:
     """Number of model outputs (classes), from one forward pass of one input."""
-    from ..models import predict
-
     out = predict(model, inputs[:1])
     return out.shape[1] if out.dim() > 1 else 1
 
@@ -263,8 +260,6 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     if output not in OUTPUTS:
         raise ValueError(f"Expected `output` in {OUTPUTS}, got {output!r}.")
     if device is not None:
-        from ..config import check_device
-
         check_device(str(device))
     run_device = torch.device(device) if device is not None else model_device(model)
     if run_device != model_device(model):
@@ -303,8 +298,6 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
                 deltas.append(d.detach().reshape(-1).to(inputs.device))
         predictions = None
         if with_predictions:
-            from ..models import predict
-
             predictions = predict(model, inputs, batch_size=max_rows).argmax(dim=1)
     result = Attributions(
         values=values[0] if len(values) == 1 else torch.cat(values), inputs=inputs.detach(),
