@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xprune"
 # Keys are the first component below `xprune` ("" is the package's __init__).
 LAYERS = [
     ("foundation", {"_validation", "_io", "_state", "_version", "stats"}),
-    ("data and models", {"data", "models"}),
+    ("data and models", {"data", "models", "textdata", "speechdata"}),
     ("pruning and attribution", {"pruning", "_structured", "profiling", "attribution",
                                  "checkpoint"}),
     ("metrics", {"metrics"}),
