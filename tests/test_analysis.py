@@ -148,6 +148,11 @@ def test_config_errors(tmp_path):
         AnalysisConfig.from_dict({"pruning": {"sparsities": [0.5, 1.2]}})
     with pytest.raises(FileNotFoundError, match="Config file not found"):
         load_config(tmp_path / "missing.toml")
+    with pytest.raises(ValueError, match="Expected a TOML config file, got the directory"):
+        load_config(tmp_path)  # the one TOML reader of analyses and reproductions
+    (tmp_path / "bad.toml").write_text("[pruning\n")
+    with pytest.raises(ValueError, match="Could not parse .*bad.toml as TOML"):
+        load_config(tmp_path / "bad.toml")
     with pytest.raises(ValueError, match="Did you mean 'gini_index'"):
         AnalysisConfig.from_dict({"metrics": {"names": ["gini_indx"]}})
     with pytest.raises(ValueError, match=r"Unknown key `runs` in \[metrics.params."

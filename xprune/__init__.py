@@ -1,6 +1,7 @@
 """xprune: measure how pruning a neural network changes its interpretability."""
 
 from . import metrics
+from ._version import __version__  # noqa: F401  (xprune.__version__)
 from .attribution import (
     ATTRIBUTION_METHODS,
     Attributions,
@@ -10,8 +11,6 @@ from .attribution import (
 )
 from .checkpoint import load_attributions, save_attributions
 from .pruning import PRUNING_METHODS, ModelPair, fine_tune, prune, sparsity
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ATTRIBUTION_METHODS",

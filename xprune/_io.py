@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "read_table"]
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "read_table", "read_toml"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -53,3 +59,24 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     if int(pd.__version__.split(".")[0]) < 3:  # pandas 3 round-trips floats by default
         kwargs["float_precision"] = "round_trip"
     return pd.read_csv(path, keep_default_na=False, na_values=["NaN"], **kwargs)
+
+
+def read_toml(path: str | os.PathLike) -> dict:
+    """The tables of the TOML file at ``path``.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is a directory or not valid TOML (the parser's message).
+    FileNotFoundError
+        If ``path`` does not exist.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"Expected a TOML config file, got the directory {path}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"Could not parse {path} as TOML: {exc}") from None

@@ -7,20 +7,28 @@ sees which argument was wrong and what would have been right.
 
 from __future__ import annotations
 
+import importlib
 import math
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "FACTORY_PATTERN",
     "check_count",
+    "check_device",
+    "check_factory",
     "check_fraction",
     "check_positive_int",
     "check_same_shape",
     "check_targets",
     "check_tensor",
+    "check_sparsity_list",
     "closest_name",
+    "resolve_factory",
 ]
 
 
@@ -169,3 +177,58 @@ def check_sparsity_list(values: object, name: str) -> list[float]:
     if sorted(set(values)) != list(values):
         raise ValueError(f"Expected `{name}` increasing without repeats, got {values!r}.")
     return values
+
+
+def check_device(device: str) -> None:
+    """Raise ``ValueError`` unless ``device`` names a device this torch build can use."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"Expected `device` to be a torch device such as 'cpu' or 'cuda', "
+                         f"got {device!r}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Expected an available `device`, got {device!r}: this torch build "
+                         "sees no CUDA device (use 'cpu').")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Expected an available `device`, got {device!r}: MPS is not available.")
+
+
+FACTORY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+
+
+def check_factory(spec: object, name: str) -> str:
+    """Return ``spec`` if it reads ``"package.module:function"``, else raise ``ValueError``
+    naming ``name``. Nothing is imported or evaluated."""
+    if not isinstance(spec, str) or not re.fullmatch(FACTORY_PATTERN, spec):
+        raise ValueError(f"Expected `{name}` of the form 'package.module:function', "
+                         f"got {spec!r}.")
+    return spec
+
+
+def resolve_factory(spec: object, name: str) -> Callable:
+    """The function that ``spec`` (``"package.module:function"``) names.
+
+    The string is resolved only as a module path and an attribute name
+    (``importlib.import_module`` then ``getattr``); it is never evaluated as
+    code, and standard-library modules are refused.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``: a malformed string, a standard-library module, a
+        module that cannot be imported, or no callable of that name.
+    """
+    module_name, _, attr = check_factory(spec, name).partition(":")
+    if module_name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
+        raise ValueError(f"Expected `{name}` to name a function of "
+                         f"your own package, got the standard-library {spec!r}.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"Could not import module {module_name!r} named by "
+                         f"`{name}`: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"Expected `{name}` to name a callable, but "
+                         f"{module_name!r} has no callable {attr!r}.")
+    return fn

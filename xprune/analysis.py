@@ -1,7 +1,12 @@
 """Run an analysis: train, prune, attribute, score, and write the run folder.
 
 This module orchestrates; the numbers come from :mod:`xprune.pruning`,
-:mod:`xprune.attribution` and :mod:`xprune.metrics`. A run folder holds the
+:mod:`xprune.attribution` and :mod:`xprune.metrics`. :func:`run_analysis` is
+a sequence of stages, each a function that can be called alone: data
+(:func:`load_data`), train (:func:`train_dense`, :func:`train_controls`),
+prune (:func:`prune_models`), :func:`describe_models`, attribute
+(:func:`attribute_models`), score (:func:`score_models`) and write
+(:func:`write_run`). A run folder holds the
 tidy ``results.csv`` (one row per sample x model x attribution method x
 metric), the model and layer tables, curves, example maps, timings, the
 resolved config and package versions; :func:`xprune.report.render_report`
@@ -22,16 +27,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import metrics as M
 from ._cache import RunCache, code_digest
 from ._io import atomic_write_text
 from ._validation import check_positive_int, closest_name
+from ._version import __version__
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
@@ -41,10 +49,14 @@ from .metrics.controls import versus_random
 from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
 from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tune
+from .report import render_report
+from .report.seeds import render_seeds_report
 from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
-__all__ = ["ModelRecord", "RunResult", "run_analysis", "run_seeds"]
+__all__ = ["ModelRecord", "ModelTables", "RunResult", "attribute_models", "describe_models",
+           "load_data", "prune_models", "run_analysis", "run_seeds", "score_models",
+           "train_controls", "train_dense", "write_run"]
 
 RESULT_COLUMNS = ["model", "role", "pruning", "sparsity", "attribution", "metric", "sample",
                   "label", "target", "prediction", "value"]
@@ -111,11 +123,10 @@ def check_writable(out: Path) -> None:
 
 
 def _versions() -> dict[str, str]:
+    # imported here only for their version numbers: no run needs them loaded earlier
     import captum
     import matplotlib
     import sklearn
-
-    from . import __version__
 
     return {"xprune": __version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "torch": torch.__version__,
@@ -127,31 +138,73 @@ def _versions() -> dict[str, str]:
 _metric_seed = metric_seed  # one seed per metric, shared by all models of a run
 
 
-def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
-                  say: Callable[[str], None]) -> list[ModelRecord]:
+def _silent(msg: str) -> None:
+    """A ``say`` that prints nothing."""
+
+
+def _status(cache: RunCache, say: Callable[[str], None], key: str, what: str) -> None:
+    say(f"{what} (stored, reused)" if cache.has(key) else what)
+
+
+def _trainer(factory: Callable[[], nn.Module], config: AnalysisConfig, data: DatasetSplit,
+             seed: int) -> Callable[[], tuple[nn.Module, dict]]:
+    """A fresh model of ``factory`` trained with ``seed``: (model, info), for the store."""
+    tc = config.train
+
+    def compute():
+        model = _seeded(factory, seed).to(config.device)
+        res = train(model, data.x_train, data.y_train, epochs=tc.epochs, lr=tc.lr,
+                    batch_size=tc.batch_size, seed=seed)
+        return model, {"train_seconds": res.seconds, "seed": seed}
+    return compute
+
+
+def load_data(config: AnalysisConfig, *, say: Callable[[str], None] = _silent) -> DatasetSplit:
+    """Stage "data": the configured dataset, split by the run's seed.
+
+    Refuses, before any training, metrics that the inputs cannot take (an
+    image-only metric on tabular rows).
+
+    Raises
+    ------
+    ValueError
+        On an unknown dataset or a metric the inputs cannot take.
+    FileNotFoundError
+        If a data file does not exist.
+    """
+    data = load_dataset(config.data.dataset, seed=config.seed, val_size=config.data.val_size,
+                        test_size=config.data.test_size)
+    say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
+        f"{len(data.x_test)} test samples")
+    config.metrics.resolved_names(images=data.x_test.dim() == 4)  # refuse before training
+    return data
+
+
+def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
+                say: Callable[[str], None] = _silent) -> ModelRecord:
+    """Stage "train": the dense model, trained with ``config.seed`` (or loaded from
+    ``config.model.checkpoint``), on ``config.device``; reused from ``cache`` when stored."""
     factory = _model_factory(data, config)
-    tc, pc, dev = config.train, config.pruning, config.device
-
-    def train_new(seed: int):
-        def compute():
-            model = _seeded(factory, seed).to(dev)
-            res = train(model, data.x_train, data.y_train, epochs=tc.epochs, lr=tc.lr,
-                        batch_size=tc.batch_size, seed=seed)
-            return model, {"train_seconds": res.seconds, "seed": seed}
-        return compute
-
-    def status(key: str, what: str) -> None:
-        say(f"{what} (stored, reused)" if cache.has(key) else what)
-
-    template = lambda info: factory()  # noqa: E731
     if config.model.checkpoint:
         say(f"loading the dense model from {config.model.checkpoint}")
         dense, info = load_model(config.model.checkpoint, factory), {}
     else:
-        status("dense", f"training the dense model ({plural(tc.epochs, 'epoch')})")
-        dense, info = cache.model("dense", template, train_new(config.seed))
-    dense.to(dev)
-    records = [ModelRecord("dense", "dense", "", 0.0, dense, info)]
+        _status(cache, say, "dense",
+                f"training the dense model ({plural(config.train.epochs, 'epoch')})")
+        dense, info = cache.model("dense", lambda info: factory(),
+                                  _trainer(factory, config, data, config.seed))
+    dense.to(config.device)
+    return ModelRecord("dense", "dense", "", 0.0, dense, info)
+
+
+def prune_models(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *,
+                 cache: RunCache, say: Callable[[str], None] = _silent) -> list[ModelRecord]:
+    """Stage "prune": the sparse twins of ``dense`` (not modified), one per pruning variant
+    and sparsity, fine-tuned; or, with ``config.pruning.checkpoints``, the models pruned
+    elsewhere, loaded and nothing pruned. Reused from ``cache`` when stored."""
+    factory = _model_factory(data, config)
+    pc, dev = config.pruning, config.device
+    records = []
     reference = (data.x_train[:pc.reference_samples], data.y_train[:pc.reference_samples])
     for entry in pc.checkpoints:  # pruned elsewhere: compare only
         table = {"path": entry} if isinstance(entry, str) else entry
@@ -167,15 +220,29 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
     for variant in (pc.variants() if not pc.checkpoints else []):
         for s in pc.sparsities:
             tag = f"{variant.name}@{s:.2f}" if round(s, 2) == s else f"{variant.name}@{s:g}"
-            status(tag, f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
+            _status(cache, say, tag,
+                    f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
             model, info = cache.model(
                 tag, _sparse_template(dense, variant, reference, factory, config.seed),
                 _sparse_compute(dense, variant, float(s), data, reference, config))
             records.append(ModelRecord(tag, "sparse", variant.name, float(s), model.to(dev),
                                        info))
+    return records
+
+
+def train_controls(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *,
+                   cache: RunCache, say: Callable[[str], None] = _silent) -> list[ModelRecord]:
+    """Part of stage "train": the controls of ``config.controls``: a dense model trained
+    with seed ``config.seed + 1``, and ``dense`` (not modified) fine-tuned without pruning
+    for as long as the pruned models. Reused from ``cache`` when stored."""
+    factory = _model_factory(data, config)
+    tc, pc, dev = config.train, config.pruning, config.device
+    records = []
     if config.controls.other_seed:
-        status("control-seed", "training the control: a dense model with another seed")
-        model, info = cache.model("control-seed", template, train_new(config.seed + 1))
+        _status(cache, say, "control-seed",
+                "training the control: a dense model with another seed")
+        model, info = cache.model("control-seed", lambda info: factory(),
+                                  _trainer(factory, config, data, config.seed + 1))
         records.append(ModelRecord("control:other-seed", "control", "other-seed", 0.0,
                                    model.to(dev), info))
     if config.controls.finetune:
@@ -185,9 +252,9 @@ def _build_models(config: AnalysisConfig, data: DatasetSplit, cache: RunCache,
                         lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
             return model, {"finetune_seconds": res.seconds}
 
-        status("control-finetune",
-               "training the control: the dense model fine-tuned without pruning")
-        model, info = cache.model("control-finetune", template, compute_ft)
+        _status(cache, say, "control-finetune",
+                "training the control: the dense model fine-tuned without pruning")
+        model, info = cache.model("control-finetune", lambda info: factory(), compute_ft)
         records.append(ModelRecord("control:finetune", "control", "finetune", 0.0,
                                    model.to(dev), info))
     return records
@@ -230,9 +297,19 @@ def _sparse_template(dense, variant, reference, factory, seed):
     return template
 
 
-def _model_table(records: list[ModelRecord], data: DatasetSplit, config: AnalysisConfig
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per model: accuracy, calibration, weights, MACs and storage, counted against the dense model.
+class ModelTables(NamedTuple):
+    """The tables about the run's models (one row per model, layer or class)."""
+
+    models: pd.DataFrame   # accuracy, calibration, sparsity, MACs, storage
+    timings: pd.DataFrame  # training, fine-tuning and latency seconds
+    layers: pd.DataFrame   # per layer: weights, nonzeros, sparsity
+    classes: pd.DataFrame  # per class: support, recall, precision
+
+
+def describe_models(records: list[ModelRecord], data: DatasetSplit, config: AnalysisConfig
+                    ) -> ModelTables:
+    """Per model: accuracy, calibration, weights, MACs and storage, counted against the dense model
+    (``records[0]``), measured on the test split.
 
     Sparsity and compression compare each model's nonzero conv/linear weights
     with the dense model's total, so physically removed weights (structured
@@ -274,7 +351,7 @@ def _model_table(records: list[ModelRecord], data: DatasetSplit, config: Analysi
         ["model", "layer", "parameter", "numel", "nonzeros", "sparsity"]]
     classes = pd.concat(class_frames, ignore_index=True)[
         ["model", "class", "support", "recall", "precision"]]
-    return pd.DataFrame(rows), pd.DataFrame(timing_rows), layers, classes
+    return ModelTables(pd.DataFrame(rows), pd.DataFrame(timing_rows), layers, classes)
 
 
 def _call_metric(info: M.MetricInfo, args: tuple, params: dict, seed: int, max_rows: int
@@ -537,11 +614,123 @@ def _run_cells_ray(jobs: list[_CellJob], keys: list[str], address: str | None):
                                f"{rc.max_retries} retries: {exc}") from None
 
 
+def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: DatasetSplit,
+                     *, cache: RunCache, progress: bool = False
+                     ) -> dict[tuple[str, str], Attributions]:
+    """Stage "attribute": every model's maps of the first ``config.attribution.n_samples``
+    test inputs, by every configured method; reused from ``cache`` when stored.
+
+    All models explain the same class: the dense model's (``records[0]``)
+    prediction. Returns ``{(method, model tag): Attributions}`` with values of
+    the inputs' shape (N, *F) and each model's own predictions.
+    """
+    ac = config.attribution
+    n_eval = min(ac.n_samples, len(data.x_test))
+    x = data.x_test[:n_eval]
+    targets = predict(records[0].model, x).argmax(dim=1)  # the dense model's prediction, for all
+    predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
+    attrs_by: dict[tuple[str, str], Attributions] = {}
+    cells = [(m, rec) for m in ac.methods for rec in records]
+    bar = tqdm(cells, desc="attribute", unit="map", disable=not progress, file=sys.stderr)
+    for method, rec in bar:  # dense first: every other cell compares with its maps
+        bar.set_postfix_str(f"{method} / {rec.tag}")
+
+        def compute_attr(rec=rec, method=method):
+            a = attribute(rec.model, x, targets, method, params=ac.method_params(method),
+                          output=ac.output, model_tag=rec.tag, max_rows=ac.max_rows,
+                          device=config.device)
+            out_t = {"values": a.values}
+            if a.delta is not None:
+                out_t["delta"] = a.delta
+            return out_t
+
+        stored, _ = cache.tensors(f"attr-{method}-{rec.tag}", compute_attr)
+        attrs_by[method, rec.tag] = Attributions(
+            stored["values"], x, targets, method,
+            {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
+            predictions[rec.tag])
+    bar.close()
+    return attrs_by
+
+
+def score_models(config: AnalysisConfig, records: list[ModelRecord],
+                 attrs_by: dict[tuple[str, str], Attributions], labels: torch.Tensor, *,
+                 cache: RunCache, jobs: int = 1, executor: str = "local",
+                 address: str | None = None, progress: bool = False
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stage "score": every configured metric of every model's maps.
+
+    ``labels`` (N,) are the true classes of the explained inputs. Returns the
+    tidy results (one row per sample x model x method x metric, columns
+    ``RESULT_COLUMNS``) and the per-sample deletion and insertion curves.
+    Finished cells are reused from ``cache``; the rest run in ``jobs``
+    processes or on Ray (see :func:`run_analysis`), with the same numbers.
+    """
+    cells = [(m, rec) for m in config.attribution.methods for rec in records]
+    jobs_of = {f"{method}-{rec.tag}": _CellJob(rec, method, attrs_by[method, rec.tag],
+                                               attrs_by[method, "dense"], labels, config)
+               for method, rec in cells}
+    done = {key: (cache.load_frame(f"cell-{key}"), cache.load_frame(f"curve-{key}"))
+            for key in jobs_of}
+    pending = [key for key, frames in done.items() if frames[0] is None or frames[1] is None]
+    bar = tqdm(total=len(jobs_of), initial=len(jobs_of) - len(pending), desc="score",
+               unit="cell", disable=not progress, file=sys.stderr)
+    for key, frames in _run_cells([jobs_of[k] for k in pending], pending, jobs, executor,
+                                  address):
+        stored = done[key]
+        for part, old, new in (("curve", stored[1], frames[1]), ("cell", stored[0], frames[0])):
+            if old is None:  # the driver is the only writer; a stored file is never rewritten
+                cache.store_frame(f"{part}-{key}", new)
+        done[key] = (stored[0] if stored[0] is not None else frames[0],
+                     stored[1] if stored[1] is not None else frames[1])
+        bar.update()
+    bar.close()
+    return (pd.concat([done[key][0] for key in jobs_of], ignore_index=True),
+            pd.concat([done[key][1] for key in jobs_of], ignore_index=True))
+
+
+def write_run(out: Path, config: AnalysisConfig, data: DatasetSplit, records: list[ModelRecord],
+              attrs_by: dict[tuple[str, str], Attributions], results: pd.DataFrame,
+              curves: pd.DataFrame, tables: ModelTables) -> None:
+    """Stage "write": the run folder's tables (CSV), resolved config and versions.
+
+    ``curves`` are the per-sample curves of :func:`score_models`; the folder
+    gets their mean with a 95% CI, the example maps and, for tabular inputs,
+    the feature importance. Every file is written atomically.
+    """
+    methods = config.attribution.methods
+    x = next(iter(attrs_by.values())).inputs
+    files = {"results.csv": results, "models.csv": tables.models, "layers.csv": tables.layers,
+             "classes.csv": tables.classes, "curves.csv": _curve_summary(curves),
+             "examples.csv": _examples(records, attrs_by, methods, x, config.report.n_examples),
+             "importance.csv": _importance(records, attrs_by, methods, data.feature_names),
+             "timings.csv": tables.timings}
+    for name, frame in files.items():
+        atomic_write_text(out / name, frame.to_csv(index=False, na_rep="NaN"))
+    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "versions.json", json.dumps(_versions(), indent=2) + "\n")
+
+
+def store_key(config: AnalysisConfig) -> dict:
+    """What determines a run's numbers, for its store: the config without its name, report
+    layout, executor resources and seed list, plus the digests of the files it reads."""
+    key = {k: v for k, v in config.to_dict().items()
+           if k not in ("name", "report", "ray", "seeds")}
+    key["checkpoint_digests"] = _digests(config)  # a replaced checkpoint invalidates the store
+    return key
+
+
 def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | None = None,
                  progress: bool = True, use_cache: bool = True, render: bool = True,
                  jobs: int = 1, executor: str = "local", address: str | None = None
                  ) -> RunResult:
     """Run an analysis end to end and write its run folder (and report).
+
+    The stages, each a function of this module that can be called alone:
+    :func:`load_data`, :func:`train_dense`, :func:`prune_models`,
+    :func:`train_controls`, :func:`describe_models`, :func:`attribute_models`,
+    :func:`score_models`, :func:`write_run`, then
+    :func:`xprune.report.render_report`.
 
     Parameters
     ----------
@@ -573,8 +762,6 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     ValueError
         On invalid configuration values.
     """
-    from tqdm.auto import tqdm
-
     config = config or AnalysisConfig()
     check_positive_int(jobs, "jobs")
     if executor not in EXECUTORS:
@@ -584,118 +771,53 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
         import_ray()  # fail before any work
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     check_writable(out)
-    started = time.perf_counter()
-    stage_seconds: dict[str, float] = {}
-
-    def say(msg: str) -> None:
-        if progress:
-            tqdm.write(f"[xprune] {msg}", file=sys.stderr)
-
-    def mark(stage: str, t0: float) -> float:
-        now = time.perf_counter()
-        stage_seconds[stage] = stage_seconds.get(stage, 0.0) + now - t0
-        return now
-
-    # what determines the numbers: not the name, the report layout, the executor's resources
-    key = {k: v for k, v in config.to_dict().items()
-           if k not in ("name", "report", "ray", "seeds")}
-    key["checkpoint_digests"] = _digests(config)  # a replaced checkpoint invalidates the store
-    cache = RunCache(out if use_cache else None, key)
+    say = (lambda msg: tqdm.write(f"[xprune] {msg}", file=sys.stderr)) if progress else _silent
+    clock = _StageClock()
+    cache = RunCache(out if use_cache else None, store_key(config))
     torch.manual_seed(config.seed)
-    t0 = time.perf_counter()
-    data = load_dataset(config.data.dataset, seed=config.seed, val_size=config.data.val_size,
-                        test_size=config.data.test_size)
-    say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
-        f"{len(data.x_test)} test samples")
-    config.metrics.resolved_names(images=data.x_test.dim() == 4)  # refuse before training
-    records = _build_models(config, data, cache, say)
-    t0 = mark("train_and_prune", t0)
-    models, timings, layers, classes = _model_table(records, data, config)
-    t0 = mark("model_table", t0)
 
-    ac = config.attribution
-    n_eval = min(ac.n_samples, len(data.x_test))
-    x, labels = data.x_test[:n_eval], data.y_test[:n_eval]
-    dense = records[0].model
-    targets = predict(dense, x).argmax(dim=1)        # the dense model's prediction, for all
-    predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
-
-    attrs_by: dict[tuple[str, str], Attributions] = {}
-    cells = [(m, rec) for m in ac.methods for rec in records]
-    bar = tqdm(cells, desc="attribute", unit="map", disable=not progress, file=sys.stderr)
-    for method, rec in bar:  # dense first: every other cell compares with its maps
-        bar.set_postfix_str(f"{method} / {rec.tag}")
-        ta = time.perf_counter()
-
-        def compute_attr(rec=rec, method=method):
-            a = attribute(rec.model, x, targets, method, params=ac.method_params(method),
-                          output=ac.output, model_tag=rec.tag, max_rows=ac.max_rows,
-                          device=config.device)
-            out_t = {"values": a.values}
-            if a.delta is not None:
-                out_t["delta"] = a.delta
-            return out_t
-
-        stored, _ = cache.tensors(f"attr-{method}-{rec.tag}", compute_attr)
-        attrs_by[method, rec.tag] = Attributions(
-            stored["values"], x, targets, method,
-            {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
-            predictions[rec.tag])
-        mark("attribute", ta)
-    bar.close()
-
-    tm = time.perf_counter()
-    jobs_of = {f"{method}-{rec.tag}": _CellJob(rec, method, attrs_by[method, rec.tag],
-                                               attrs_by[method, "dense"], labels, config)
-               for method, rec in cells}
-    done = {key: (cache.load_frame(f"cell-{key}"), cache.load_frame(f"curve-{key}"))
-            for key in jobs_of}
-    pending = [key for key, frames in done.items() if frames[0] is None or frames[1] is None]
-    bar = tqdm(total=len(jobs_of), initial=len(jobs_of) - len(pending), desc="score",
-               unit="cell", disable=not progress, file=sys.stderr)
-    for key, frames in _run_cells([jobs_of[k] for k in pending], pending, jobs, executor,
-                                  address):
-        stored = done[key]
-        for part, old, new in (("curve", stored[1], frames[1]), ("cell", stored[0], frames[0])):
-            if old is None:  # the driver is the only writer; a stored file is never rewritten
-                cache.store_frame(f"{part}-{key}", new)
-        done[key] = (stored[0] if stored[0] is not None else frames[0],
-                     stored[1] if stored[1] is not None else frames[1])
-        bar.update()
-    bar.close()
-    mark("metrics", tm)
-    frames = [done[key][0] for key in jobs_of]
-    curve_rows = [done[key][1] for key in jobs_of]
-
-    results = pd.concat(frames, ignore_index=True)
-    curves = _curve_summary(pd.concat(curve_rows, ignore_index=True))
-    examples = _examples(records, attrs_by, ac.methods, x, config.report.n_examples)
-    importance = _importance(records, attrs_by, ac.methods, data.feature_names)
-
-    write_csv = lambda frame, name: atomic_write_text(out / name, frame.to_csv(  # noqa: E731
-        index=False, na_rep="NaN"))
-    write_csv(results, "results.csv")
-    write_csv(models, "models.csv")
-    write_csv(layers, "layers.csv")
-    write_csv(classes, "classes.csv")
-    write_csv(curves, "curves.csv")
-    write_csv(examples, "examples.csv")
-    write_csv(importance, "importance.csv")
-    write_csv(timings, "timings.csv")
-    atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    atomic_write_text(out / "versions.json", json.dumps(_versions(), indent=2) + "\n")
-    t0 = time.perf_counter()
+    data = load_data(config, say=say)
+    dense = train_dense(config, data, cache=cache, say=say)
+    records = [dense, *prune_models(config, data, dense.model, cache=cache, say=say),
+               *train_controls(config, data, dense.model, cache=cache, say=say)]
+    clock.mark("train_and_prune")
+    tables = describe_models(records, data, config)
+    clock.mark("model_table")
+    attrs_by = attribute_models(config, records, data, cache=cache, progress=progress)
+    clock.mark("attribute")
+    labels = data.y_test[:next(iter(attrs_by.values())).inputs.shape[0]]
+    results, curves = score_models(config, records, attrs_by, labels, cache=cache, jobs=jobs,
+                                   executor=executor, address=address, progress=progress)
+    clock.mark("metrics")
+    write_run(out, config, data, records, attrs_by, results, curves, tables)
+    clock.mark(None)
     report = None
     if render:
-        from .report import render_report
-
         say("rendering the report")
         report = render_report(out)
-    mark("report", t0)
-    stage_seconds["total"] = time.perf_counter() - started
-    atomic_write_text(out / "stages.json", json.dumps(
-        {k: round(v, 3) for k, v in stage_seconds.items()}, indent=2) + "\n")
-    return RunResult(out_dir=out, results=results, models=models, report=report)
+    clock.mark("report")
+    clock.write(out / "stages.json")
+    return RunResult(out_dir=out, results=results, models=tables.models, report=report)
+
+
+class _StageClock:
+    """Wall seconds per stage since the run started, for ``stages.json``."""
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, stage: str | None) -> None:
+        """Count the time since the last mark towards ``stage`` (None: towards none)."""
+        now = time.perf_counter()
+        if stage is not None:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
+        self.last = now
+
+    def write(self, path: Path) -> None:
+        seconds = {**self.seconds, "total": time.perf_counter() - self.started}
+        atomic_write_text(path, json.dumps({k: round(v, 3) for k, v in seconds.items()},
+                                           indent=2) + "\n")
 
 
 def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
@@ -713,8 +835,6 @@ def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
     ValueError
         If ``seeds`` is empty or repeats a seed.
     """
-    from .report.seeds import render_seeds_report
-
     config = config or AnalysisConfig()
     seeds = config.seeds if seeds is None else seeds
     if not seeds or len(set(seeds)) != len(seeds) or not all(

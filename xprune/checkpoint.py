@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ._io import atomic_write_bytes, atomic_write_text
+from ._version import __version__
+from .attribution import Attributions
 from .pruning import ModelPair, prunable_weights, sparsity, weight_name
 
 __all__ = ["load_attributions", "load_model", "load_pair", "load_state_dict",
@@ -147,8 +149,6 @@ def save_pair(pair: ModelPair, directory: str | Path, *,
     The manifest records the method, requested and measured sparsity, the
     method's parameters, the architecture's class name and package versions.
     """
-    from . import __version__
-
     directory = Path(directory)
     save_model(pair.dense, directory / "dense.safetensors")
     save_model(pair.sparse, directory / "sparse.safetensors")
@@ -216,8 +216,6 @@ def save_attributions(attributions, path: str | Path) -> Path:
         If ``attributions`` is not an Attributions record or its parameters
         are not JSON-serialisable.
     """
-    from .attribution import Attributions
-
     if not isinstance(attributions, Attributions):
         raise ValueError(f"Expected an xprune.Attributions record, got "
                          f"{type(attributions).__name__}.")
@@ -258,8 +256,6 @@ def load_attributions(path: str | Path):
     ValueError
         If the file is not a safetensors file written by :func:`save_attributions`.
     """
-    from .attribution import Attributions
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Attribution file not found: {path}")

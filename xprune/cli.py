@@ -10,6 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+# Each command imports what it needs inside its function, for start-up speed
+# only: `xprune list` or `--help` need not load pandas, matplotlib or the
+# reproductions. The cli is the top layer, so these hide no import cycle
+# (tests/test_architecture.py walks function-level imports too).
+
 __all__ = ["main"]
 
 EXAMPLES = """examples:
@@ -44,7 +49,7 @@ SCORE_EXAMPLES = """examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from .attribution import Attributions, explainer
+from .attribution import Attributions, attribute, explainer
 from .metrics._base import metric_seed
 from .stats import bootstrap_ci
 
@@ -140,8 +140,6 @@ def score_attributions(model: nn.Module, a: Attributions, *,
     explain = explainer(model, a.method, params=params, output=output)
 
     def attribute_fn(m, inputs, target):
-        from .attribution import attribute
-
         return attribute(m, inputs, target, a.method, params=params, output=output).values
 
     scores = {}

@@ -9,17 +9,24 @@ silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
-import sys
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._validation import check_fraction, check_positive_int, closest_name
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from ._io import read_toml
+from ._validation import (
+    check_device,
+    check_factory,
+    check_fraction,
+    check_positive_int,
+    closest_name,
+    resolve_factory,
+)
+from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
+from .data import DATASETS, is_data_source
+from .metrics import METRICS
+from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
 
 __all__ = [
     "AnalysisConfig",
@@ -48,16 +55,11 @@ class DataConfig:
     test_size: float = 0.2
 
     def __post_init__(self) -> None:
-        from .data import DATASETS, is_data_source
-
         if not isinstance(self.dataset, str):
             raise ValueError(f"Expected `data.dataset` to be a name or a source, got "
                              f"{self.dataset!r}.")
         if not is_data_source(self.dataset):
             _check_name(self.dataset, DATASETS, "data.dataset")
-
-
-FACTORY_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
 
 
 @dataclass(frozen=True)
@@ -77,38 +79,17 @@ class ModelConfig:
     checkpoint: str | None = None
 
     def __post_init__(self) -> None:
-        import re
-
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             raise ValueError(f"Expected `model.checkpoint` to be a file path, got "
                              f"{self.checkpoint!r}.")
-        if self.factory is not None and (not isinstance(self.factory, str)
-                                         or not re.fullmatch(FACTORY_PATTERN, self.factory)):
-            raise ValueError(f"Expected `model.factory` of the form 'package.module:function', "
-                             f"got {self.factory!r}.")
+        if self.factory is not None:
+            check_factory(self.factory, "model.factory")
         if not isinstance(self.kwargs, dict):
             raise ValueError(f"Expected `model.kwargs` to be a table, got {self.kwargs!r}.")
 
     def resolve(self):
         """The factory function (``None`` for the dataset's default architecture)."""
-        import importlib
-
-        if self.factory is None:
-            return None
-        module_name, _, attr = self.factory.partition(":")
-        if module_name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
-            raise ValueError(f"Expected `model.factory` to name a model-building function of "
-                             f"your own package, got the standard-library {self.factory!r}.")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(f"Could not import module {module_name!r} named by "
-                             f"`model.factory`: {exc}") from None
-        fn = getattr(module, attr, None)
-        if not callable(fn):
-            raise ValueError(f"Expected `model.factory` to name a callable, but "
-                             f"{module_name!r} has no callable {attr!r}.")
-        return fn
+        return None if self.factory is None else resolve_factory(self.factory, "model.factory")
 
 
 @dataclass(frozen=True)
@@ -146,8 +127,6 @@ class PruningVariant(_VariantFields):
     label: str | None = None
 
     def __post_init__(self) -> None:
-        from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
-
         _check_name(self.method, PRUNING_METHODS, "pruning.method")
         if self.scope not in ("global", "layer"):
             raise ValueError(f"Expected `pruning.scope` to be 'global' or 'layer', "
@@ -283,8 +262,6 @@ class AttributionConfig:
     max_rows: int = 4096
 
     def __post_init__(self) -> None:
-        from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
-
         if isinstance(self.methods, str):
             raise ValueError(f"Expected `attribution.methods` to be a list of names, got "
                              f"{self.methods!r}; write [{self.methods!r}].")
@@ -365,10 +342,6 @@ class MetricsConfig:
     sensitivity_samples: int = 10
 
     def __post_init__(self) -> None:
-        import inspect
-
-        from .metrics import METRICS
-
         if self.names is not None and (not isinstance(self.names, list) or not self.names):
             raise ValueError(f"Expected `metrics.names` to be a non-empty list of metric "
                              f"names, got {self.names!r}.")
@@ -431,8 +404,6 @@ class MetricsConfig:
         ValueError
             If ``names`` asks for an image-only metric and the inputs are not images.
         """
-        from .metrics import METRICS
-
         if self.names is None:
             return [n for n in DEFAULT_METRICS if images or not METRICS[n].images_only]
         if not images:
@@ -551,22 +522,6 @@ class AnalysisConfig:
         return dataclasses.replace(self, **changes)
 
 
-def check_device(device: str) -> None:
-    """Raise ``ValueError`` unless ``device`` names a device this torch build can use."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"Expected `device` to be a torch device such as 'cpu' or 'cuda', "
-                         f"got {device!r}.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"Expected an available `device`, got {device!r}: this torch build "
-                         "sees no CUDA device (use 'cpu').")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"Expected an available `device`, got {device!r}: MPS is not available.")
-
-
 def _build(cls, data: Any, where: str):
     if not isinstance(data, dict):
         raise ValueError(f"Expected `{where}` to be a table of keys, got {data!r}.")
@@ -601,12 +556,7 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     if path is None:
         return AnalysisConfig()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"Could not parse {path} as TOML: {exc}") from None
+    data = read_toml(path)
     for key in data:
         if key not in {f.name for f in dataclasses.fields(AnalysisConfig)} \
                 and closest_name(key, ["reproduction"]):

@@ -12,7 +12,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from ._validation import check_fraction, closest_name
+from ._validation import check_fraction, closest_name, resolve_factory
 
 __all__ = ["DATASETS", "DatasetSplit", "load_breast_cancer_split", "load_dataset",
            "load_digits_split", "load_wine_split", "make_token_dataset", "split_arrays"]
@@ -217,9 +217,7 @@ def load_data_source(source: str, *, seed: int = 0, val_size: float = 0.2,
             raise ValueError(f"Expected {source} to hold a dict with tensors 'x' and 'y'.")
         x, y, names = blob["x"], blob["y"], blob.get("feature_names")
     else:
-        from .config import ModelConfig
-
-        fn = ModelConfig(factory=source).resolve()
+        fn = resolve_factory(source, "source")
         out = fn()
         if not isinstance(out, tuple) or len(out) not in (2, 3):
             raise ValueError(f"Expected {source} to return (x, y) or (x, y, feature_names), "

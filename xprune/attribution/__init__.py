@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, model_device, model_dtype, to_model
-from .._validation import check_positive_int, check_targets, check_tensor
+from .._validation import check_device, check_positive_int, check_targets, check_tensor
+from ..models import predict
 from ._baselines import BASELINE_KINDS, make_baseline
 from ._inputs import (
     DEFAULT_MAX_BYTES,
@@ -226,8 +227,6 @@ def resolve_targets(model: nn.Module, inputs: Tensor | tuple | Mapping, target: 
 
 def _logits(model: nn.Module, structure: ModelInputs, batch_size: int) -> Tensor:
     """Logits (N, C) on CPU of ``model`` on inputs of any structure, in batches, in eval mode."""
-    from ..models import predict
-
     if structure.kind == "tensor":
         return predict(model, structure.main, batch_size=batch_size)
     outs = []
@@ -411,8 +410,6 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     if output not in OUTPUTS:
         raise ValueError(f"Expected `output` in {OUTPUTS}, got {output!r}.")
     if device is not None:
-        from ..config import check_device
-
         check_device(str(device))
     run_device = torch.device(device) if device is not None else model_device(model)
     if run_device != model_device(model):

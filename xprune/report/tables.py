@@ -128,18 +128,40 @@ def prediction_split(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool = False) -> str:
-    """``0.820 [0.801, 0.839]``; the interval is left out where undefined."""
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
+def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool = False, *,
+           missing: str = "n/a", negative_zero: bool = False, finite: bool = False) -> str:
+    """A mean and its interval as text, ``0.820 [0.801, 0.839]``, with ``digits`` decimals.
+
+    ``signed`` writes "+" before positive numbers. The interval is left out
+    where a bound is undefined (None or NaN).
+
+    Keyword-only options (the defaults are the run report's style):
+
+    missing : str
+        The text for an undefined mean (None or NaN).
+    negative_zero : bool
+        Keep Python's "-0.00" for a small negative number; by default a number
+        that rounds to zero prints as "0.00".
+    finite : bool
+        Count infinite values as undefined too (the mean gives ``missing``, a
+        bound leaves the interval out); by default they print as "inf".
+    """
+    def undefined(v: float | None) -> bool:
+        if v is None:
+            return True
+        return not math.isfinite(v) if finite else isinstance(v, float) and math.isnan(v)
+
+    if undefined(mean):
+        return missing
     sign = "+" if signed else ""
 
     def num(v: float) -> str:
-        v = 0.0 if round(v, digits) == 0 else v  # no "-0.000"
+        if not negative_zero and round(v, digits) == 0:
+            v = 0.0
         return f"{v:{sign}.{digits}f}"
 
     text = num(mean)
-    if low is not None and not (isinstance(low, float) and math.isnan(low)):
+    if not (undefined(low) or undefined(high)):
         text += f" [{num(low)}, {num(high)}]"
     return text
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,14 +31,11 @@ from typing import Any
 import torch
 
 from .._cache import RunCache
-from .._validation import check_positive_int
-from ..config import _build, check_device
+from .._io import read_toml
+from .._validation import check_device, check_positive_int, closest_name
+from ..analysis import _versions, check_writable
+from ..config import _build
 from ._report import ReproductionReport, Section
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "REPRODUCTIONS",
@@ -126,7 +122,6 @@ class ReproductionConfig:
             raise ValueError(f"Expected `reproduction` to be the name of a reproduction, got "
                              f"{self.reproduction!r}.")
         if self.reproduction not in REPRODUCTIONS:
-            from .._validation import closest_name
             raise ValueError(f"Unknown reproduction {self.reproduction!r}; expected one of "
                              f"{sorted(REPRODUCTIONS)}."
                              + closest_name(self.reproduction, REPRODUCTIONS))
@@ -170,22 +165,11 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        raise ValueError(f"Expected a TOML config file, got the directory {path}.")
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file not found: {path}")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"Could not parse {path} as TOML: {exc}") from None
-
-
 def is_reproduction(path: str | Path | None) -> bool:
     """Whether the TOML file at ``path`` is a reproduction config (has ``reproduction``)."""
     if path is None:
         return False
-    return "reproduction" in _read_toml(Path(path))
+    return "reproduction" in read_toml(Path(path))
 
 
 def load_reproduction(path: str | Path) -> ReproductionConfig:
@@ -199,7 +183,7 @@ def load_reproduction(path: str | Path) -> ReproductionConfig:
         On malformed TOML, an unknown reproduction, unknown keys or invalid values.
     """
     path = Path(path)
-    data = _read_toml(path)
+    data = read_toml(path)
     data.setdefault("name", path.stem)
     _load_all()
     return _build(ReproductionConfig, data, "the config's top level")
@@ -225,8 +209,6 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
     finished parts are stored under ``<out_dir>/.cache/`` and reused by a rerun
     of the same config.
     """
-    from ..analysis import check_writable
-
     _load_all()
     if not isinstance(config, ReproductionConfig):
         config = load_reproduction(config)
@@ -239,8 +221,6 @@ def run_reproduction(config: ReproductionConfig | str | Path, *,
     context.say(f"{repro.title}: running into {out}")
     with torch_threads(config.threads):
         report = repro.run(config.params, context)
-    from ..analysis import _versions
-
     path = report.write(out, config=config.to_dict(),
                         versions=_versions())
     context.say(f"report written to {path}")

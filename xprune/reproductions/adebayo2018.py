@@ -28,6 +28,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import matplotlib.pyplot as plt
@@ -38,7 +39,14 @@ from scipy import stats
 from torch import Tensor, nn
 
 from .._validation import check_positive_int, check_sparsity_list
-from ..report.tables import plural
+from ..attribution import attribute
+from ..data import load_digits_split
+from ..metrics.agreement import foreground, on_features, spearman, ssim
+from ..metrics.sanity import parameter_randomisation
+from ..models import DigitsCNN, evaluate, train
+from ..pruning import fine_tune, prune, sparsity
+from ..report.figures import plot_randomisation_curves
+from ..report.tables import fmt_ci, plural
 from ..stats import holm, mean_ci
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -257,8 +265,6 @@ def map_similarities(original: Tensor, randomised: Tensor, features: Tensor, *,
         Higher = more similar = the map depends less on the randomised
         weights; NaN where undefined (a constant map under Spearman).
     """
-    from ..metrics.agreement import on_features, spearman, ssim
-
     a_abs = normalise_maps(original, absolute=True)
     b_abs = normalise_maps(randomised, absolute=True)
     return {
@@ -285,8 +291,6 @@ class _RecordingAttribution:
         self.maps: list[Tensor] = []
 
     def __call__(self, model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
-        from ..attribution import attribute
-
         with warnings.catch_warnings():  # IG's coarse-integral warning on random networks
             warnings.simplefilter("ignore", UserWarning)
             values = attribute(model, inputs, targets, self.method, params=self.params).values
@@ -295,8 +299,6 @@ class _RecordingAttribution:
 
 
 def _similarity_of_signed_spearman(a: Tensor, b: Tensor) -> Tensor:
-    from ..metrics.agreement import spearman
-
     with warnings.catch_warnings():  # NaN of constant random maps: counted in the summary
         warnings.simplefilter("ignore", RuntimeWarning)
         return spearman(a, b)
@@ -345,9 +347,6 @@ def randomisation_curves(model: nn.Module, inputs: Tensor, targets: Any, method:
     maps : Tensor of shape (L + 1, N, C, H, W)
         The original maps, then the maps after each step.
     """
-    from ..metrics.agreement import foreground
-    from ..metrics.sanity import parameter_randomisation
-
     record = _RecordingAttribution(method, method_params or {})
     with warnings.catch_warnings():  # NaN similarities are counted in the summary instead
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -525,8 +524,6 @@ def _curve_means(per_sample: pd.DataFrame, where: Mapping[str, Any], column: str
 # --------------------------------------------------------------------------------------------
 
 def _seeded_cnn(seed: int) -> nn.Module:
-    from ..models import DigitsCNN
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return DigitsCNN(n_classes=10)
@@ -534,9 +531,6 @@ def _seeded_cnn(seed: int) -> nn.Module:
 
 def _models(params: Params, data, seed: int, context: Context) -> list[tuple[str, float, nn.Module]]:
     """The dense model of ``seed`` and its pruned copies, from the cache when stored."""
-    from ..models import DigitsCNN, train
-    from ..pruning import fine_tune, prune, sparsity
-
     def template(info):
         return DigitsCNN(n_classes=10)
 
@@ -578,9 +572,6 @@ def _method_params(method: str, params: Params) -> dict[str, Any]:
 def _seed_results(params: Params, data, seed: int, context: Context
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """One seed: per-sample similarities, the example maps and the models' accuracy."""
-    from ..models import evaluate
-    from ..pruning import sparsity
-
     models = _models(params, data, seed, context)
     keys = (f"seed-{seed}-per-sample", f"seed-{seed}-examples", f"seed-{seed}-models")
     stored = [context.cache.load_frame(k) for k in keys]
@@ -630,12 +621,8 @@ def _seed_results(params: Params, data, seed: int, context: Context
 # The report
 # --------------------------------------------------------------------------------------------
 
-def _fmt(mean: float, low: float, high: float, digits: int = 2) -> str:
-    if not math.isfinite(mean):
-        return "—"
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+# this report's style: 2 decimals, "—" where undefined, Python's "-0.00" kept
+_fmt = partial(fmt_ci, digits=2, missing="—", negative_zero=True, finite=True)
 
 
 def _at(summary: pd.DataFrame, model: str, method: str, order: str, step: int,
@@ -669,8 +656,6 @@ def _side_by_side(summary: pd.DataFrame, models: list[str], methods: list[str], 
 
 def _curve_figure(summary: pd.DataFrame, models: list[str], methods: list[str], order: str,
                   region: str) -> plt.Figure:
-    from ..report.figures import plot_randomisation_curves
-
     fig, axes = plt.subplots(len(methods), len(SIMILARITIES),
                              figsize=(4.4 * len(SIMILARITIES), 3.1 * len(methods)),
                              squeeze=False)
@@ -849,8 +834,6 @@ def _pruning_finding(effect: pd.DataFrame, models: list[str], methods: list[str]
 @register("adebayo2018_sanity", title=TITLE, citation=CITATION, params=Params)
 def run(params: Params, context: Context) -> ReproductionReport:
     """Run the randomisation test on the dense and pruned digits CNNs and return the report."""
-    from ..data import load_digits_split
-
     data = load_digits_split(seed=context.seed)
     if params.n_samples > data.x_test.shape[0]:
         raise ValueError(f"Expected `params.n_samples` <= {data.x_test.shape[0]} (the digits "
@@ -918,7 +901,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
                         "pruned model": tag, "method": METHOD_LABELS[method],
                         "region": region_names[region],
                         "similarity": SIMILARITY_LABELS[similarity],
-                        effect_column: _fmt(est.mean, est.low, est.high, 3), "p (Holm)": "",
+                        effect_column: _fmt(est.mean, est.low, est.high, digits=3), "p (Holm)": "",
                         "dense drop": f"{drop:.3f}",
                         "difference / dense drop": "—" if math.isnan(share) else f"{share:+.0%}",
                         "_mean": est.mean, "_low": est.low, "_high": est.high, "_p": est.p,
@@ -1039,7 +1022,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
         acc, acc_low, acc_high, _ = mean_ci(g["accuracy"])
         acc_low, acc_high, _ = _clip(acc_low, acc_high, (0.0, 1.0))
         accuracy.append({"model": tag,
-                         "test accuracy %": _fmt(100 * acc, 100 * acc_low, 100 * acc_high, 1),
+                         "test accuracy %": _fmt(100 * acc, 100 * acc_low, 100 * acc_high, digits=1),
                          "measured sparsity": f"{g['measured_sparsity'].mean():.3f}",
                          "seeds": len(g)})
     sections = [

@@ -22,12 +22,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from .._validation import check_fraction, check_positive_int, check_sparsity_list
+from ..analysis import run_analysis
+from ..attribution import ATTRIBUTION_METHODS
+from ..config import (
+    AnalysisConfig,
+    AttributionConfig,
+    ControlsConfig,
+    MetricsConfig,
+    PruningConfig,
+    ReportConfig,
+    TrainConfig,
+)
+from ..report.tables import fmt_ci
 from ..stats import holm, mean_ci, paired_test
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -67,8 +80,6 @@ class Params:
     margin: float = 0.05
 
     def __post_init__(self) -> None:
-        from ..attribution import ATTRIBUTION_METHODS
-
         check_positive_int(self.n_seeds, "params.n_seeds")
         if self.n_seeds < 2:
             raise ValueError(f"Expected `params.n_seeds` >= 2 (intervals across seeds), got "
@@ -85,16 +96,6 @@ class Params:
 
 
 def _analysis_config(params: Params, seed: int, device: str):
-    from ..config import (
-        AnalysisConfig,
-        AttributionConfig,
-        ControlsConfig,
-        MetricsConfig,
-        PruningConfig,
-        ReportConfig,
-        TrainConfig,
-    )
-
     return AnalysisConfig(
         name=f"drift-seed-{seed}", seed=seed, device=device,
         train=TrainConfig(epochs=params.epochs),
@@ -211,19 +212,13 @@ def _points(value: float) -> str:
     return f"{value:g} point" + ("" if value == 1 else "s")
 
 
-def _fmt(mean: float, low: float, high: float, digits: int = 2, scale: float = 1.0) -> str:
-    if not math.isfinite(mean):
-        return "—"
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+# this report's style: 2 decimals, "—" where undefined, Python's "-0.00" kept
+_fmt = partial(fmt_ci, digits=2, missing="—", negative_zero=True, finite=True)
 
 
 @register("attribution_drift", title=TITLE, citation=CITATION, params=Params)
 def run(params: Params, context: Context) -> ReproductionReport:
     """Run the drift analysis (see the module docstring) and return its report."""
-    from ..analysis import run_analysis
-
     seeds = [context.seed + k for k in range(params.n_seeds)]
     frames, results = [], {}
     for seed in seeds:
@@ -246,10 +241,10 @@ def run(params: Params, context: Context) -> ReproductionReport:
             "model": t["model"],
             "sparsity": [f"{s:.2f}" if r == "sparse" else "—" for s, r in
                          zip(t["sparsity"], t["role"], strict=True)],
-            "accuracy %": [_fmt(m, lo, hi, 1, 100) for m, lo, hi in
+            "accuracy %": [_fmt(m * 100, lo * 100, hi * 100, digits=1) for m, lo, hi in
                            zip(t["accuracy"], t["accuracy_low"], t["accuracy_high"],
                                strict=True)],
-            "Δ accuracy (points)": [_fmt(-m, -hi, -lo, 1, 100) if r != "dense" else "—"
+            "Δ accuracy (points)": [_fmt(-m * 100, -hi * 100, -lo * 100, digits=1) if r != "dense" else "—"
                                     for m, lo, hi, r in zip(
                                         t["accuracy_drop"], t["accuracy_drop_low"],
                                         t["accuracy_drop_high"], t["role"], strict=True)],
@@ -258,9 +253,9 @@ def run(params: Params, context: Context) -> ReproductionReport:
             "Spearman, foreground": [_fmt(m, lo, hi) for m, lo, hi in zip(
                 t["spearman_foreground"], t["spearman_foreground_low"],
                 t["spearman_foreground_high"], strict=True)],
-            "Gini": [_fmt(m, lo, hi, 3) for m, lo, hi in zip(
+            "Gini": [_fmt(m, lo, hi, digits=3) for m, lo, hi in zip(
                 t["gini_index"], t["gini_index_low"], t["gini_index_high"], strict=True)],
-            "Δ Gini": [_fmt(m, lo, hi, 3) if r != "dense" else "—" for m, lo, hi, r in zip(
+            "Δ Gini": [_fmt(m, lo, hi, digits=3) if r != "dense" else "—" for m, lo, hi, r in zip(
                 t["gini_change"], t["gini_change_low"], t["gini_change_high"], t["role"],
                 strict=True)]})
         if method == "integrated_gradients":
@@ -283,7 +278,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
         versus = {tag: _versus_controls(results, seeds, tag, method)
                   for tag in t.loc[t["role"] == "sparse", "model"]}
         shown.insert(5, "Δ Spearman vs fine-tuned control", [
-            _fmt(*versus[m]["control:finetune"][:3], 3) if m in versus else "—"
+            _fmt(*versus[m]["control:finetune"][:3], digits=3) if m in versus else "—"
             for m in t["model"]])
         onset = next((float(s) for m, s in zip(t["model"], t["sparsity"], strict=True)
                       if m in versus and versus[m]["control:finetune"][2] < -params.margin),
@@ -298,7 +293,7 @@ def run(params: Params, context: Context) -> ReproductionReport:
             at = versus[model_at["model"].iloc[0]]
             vs = pd.DataFrame([{
                 "control": f"{control} ({what})",
-                "Δ Spearman, pruned − control": _fmt(*at[control][:3], 3),
+                "Δ Spearman, pruned − control": _fmt(*at[control][:3], digits=3),
                 "seeds significantly below / above (Holm, p < 0.05)":
                     f"{at[control][3]} / {at[control][4]} of {len(seeds)}"}
                 for control, what in CONTROLS.items()])
@@ -321,11 +316,11 @@ def run(params: Params, context: Context) -> ReproductionReport:
                 f"{label.capitalize()}: the highest sparsity at which accuracy is non-inferior "
                 f"to dense (the 95% interval of the change lies above −{_points(tol_pts)}, "
                 f"here and at every lower sparsity) is {highest:.2f}: Δ accuracy "
-                f"{_fmt(-drop.iloc[0], -drop.iloc[2], -drop.iloc[1], 1, 100)} points. There "
+                f"{_fmt(-drop.iloc[0] * 100, -drop.iloc[2] * 100, -drop.iloc[1] * 100, digits=1)} points. There "
                 f"the maps agree with the dense maps at Spearman "
                 f"{_fmt(*model_at[['spearman', 'spearman_low', 'spearman_high']].iloc[0])}, "
-                f"Δ {_fmt(*ft[:3], 3)} against the fine-tuned control: {verdict}; "
-                f"{versus_seed} (Δ {_fmt(*other[:3], 3)}).")
+                f"Δ {_fmt(*ft[:3], digits=3)} against the fine-tuned control: {verdict}; "
+                f"{versus_seed} (Δ {_fmt(*other[:3], digits=3)}).")
             text.append(f"At the highest sparsity with non-inferior accuracy ({highest:.2f}), "
                         "the pruned model's agreement minus each control's, per seed averaged "
                         "over samples, then a 95% t-interval across seeds; per seed a Wilcoxon "
