@@ -333,7 +333,9 @@ def test_explainer_finds_the_number_of_outputs_once(digits_cnn, batch):
     model = Counting(digits_cnn)
     explain = xprune.explainer(model, "saliency", params={"abs": False})
     first, second = explain(x, t), explain(x[:5], t[:5])
-    assert model.rows == [1, 24, 5]                 # one 1-row probe, then the two batches
+    # one 1-row probe of the outputs, a 1-row and a 2-row probe of the bytes a row keeps for
+    # the backward pass (the memory budget), then the two batches
+    assert model.rows == [1, 1, 2, 24, 5]
     expected = xprune.attribute(digits_cnn, x, t, "saliency", params={"abs": False}).values
     assert torch.equal(first, expected)             # the same 24-row computation repeated
     # A 5-row batch splits the kernels' work differently across threads: equal up to rounding

@@ -264,11 +264,14 @@ def _n_outputs(model: nn.Module, structure: ModelInputs) -> int:
     return out.shape[1] if out.dim() > 1 else 1
 
 
-def _returns_tensor(model: nn.Module, structure: ModelInputs) -> bool:
-    """Whether the model's forward returns a tensor (else a ModelOutput, tuple or mapping)."""
+def _outputs_and_kind(model: nn.Module, structure: ModelInputs) -> tuple[int, bool]:
+    """From one forward pass of one row: the number of outputs, and whether the forward
+    returns a tensor (else a ModelOutput, tuple or mapping whose logits are read)."""
     part = structure.rows(0, 1).to_model(model)
     with torch.no_grad(), eval_mode(model):
-        return isinstance(part.call(model, part.main, part.others), Tensor)
+        raw = part.call(model, part.main, part.others)
+    out = as_logits(raw, model)
+    return (out.shape[1] if out.dim() > 1 else 1), isinstance(raw, Tensor)
 
 
 def attribute(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any,
@@ -421,8 +424,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
         outputs, plain = memo["outputs"], memo["plain"]
     else:
         with _float_ids_refused(main):
-            outputs = _n_outputs(model, structure)
-        plain = structure.kind == "tensor" and _returns_tensor(model, structure)
+            outputs, returns_tensor = _outputs_and_kind(model, structure)
+        plain = structure.kind == "tensor" and returns_tensor
         if memo is not None:
             memo["outputs"], memo["plain"] = outputs, plain
     if output == "probability" and outputs == 1:

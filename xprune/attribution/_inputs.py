@@ -374,21 +374,26 @@ def activation_bytes_per_row(forward: nn.Module, main: Tensor, others: Sequence[
         seen: set[int] = set()
         total = 0
 
-        def pack(t: Tensor) -> Tensor:
+        held: list[Tensor] = []  # alive until the count is done, so no address is reused
+
+        def pack(t: Tensor) -> None:
+            # counted and held here, not in the graph (never run backwards): a saved output
+            # kept by its own grad_fn would form a cycle Python's collector cannot see
             nonlocal total
             storage = t.untyped_storage()
             ptr = storage.data_ptr()
             if ptr not in seen and ptr not in params:
                 seen.add(ptr)
                 total += storage.nbytes()
-            return t
+            held.append(t)
 
         x = main[:1].detach().expand(rows, *main.shape[1:]).clone()
         if x.is_floating_point():
             x.requires_grad_()
         rest = tuple(t[:1].expand(rows, *t.shape[1:]).clone() for t in others)
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
             out = forward(x, *rest)
+        held.clear()  # the graph keeps the hook, the hook this list: break the cycle
         return total + out.numel() * out.element_size()
 
     with eval_mode(model):
