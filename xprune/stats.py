@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["bootstrap_ci", "compare_groups", "holm", "mean_ci", "paired_test", "proportion_ci",
-           "stratified_difference", "van_elteren"]
+           "stratified_difference", "t_test_p", "van_elteren"]
 
 
 def _finite(values) -> tuple[np.ndarray, tuple[float, float, float, int] | None]:
@@ -48,6 +48,22 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float, int]
         return mean, mean, mean, n
     low, high = stats.t.interval(confidence, n - 1, loc=mean, scale=sem)
     return mean, float(low), float(high), n
+
+
+def t_test_p(values) -> float:
+    """Two-sided one-sample t-test p-value of mean = 0 (scipy), on the finite values.
+
+    The test behind :func:`mean_ci`'s t-interval: p < 0.05 exactly when the 95% interval
+    excludes 0. Fewer than 2 values: NaN; no spread: 0 if the mean is not 0,
+    else 1 (the interval collapses to the mean).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size < 2:
+        return math.nan
+    if float(v.max()) == float(v.min()):
+        return 1.0 if float(v[0]) == 0.0 else 0.0
+    return float(stats.ttest_1samp(v, 0.0).pvalue)
 
 
 def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float, float]:

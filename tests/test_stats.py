@@ -1,5 +1,5 @@
-"""Tests of the group comparisons in xprune.stats (used by the Hooker et al. 2019 reproduction):
-against scipy and literal loops."""
+"""Tests of xprune.stats: the group comparisons (used by the Hooker et al. 2019 reproduction) and
+the t-test behind mean_ci's interval, against scipy and literal loops."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from xprune.stats import compare_groups, stratified_difference, van_elteren
+from xprune.stats import compare_groups, mean_ci, stratified_difference, t_test_p, van_elteren
 
 
 def test_compare_groups_against_scipy():
@@ -87,3 +87,17 @@ def test_van_elteren_against_a_literal_loop():
     assert p == pytest.approx(2 * stats.norm.sf(abs(total / math.sqrt(var))))
     res = stratified_difference(values, in_group, strata, n_resamples=200)
     assert (res["z"], res["p"]) == (z, p)
+
+
+def test_t_test_p_is_scipy_and_matches_the_mean_ci_interval():
+    gen = np.random.default_rng(0)
+    for shift in (0.0, 0.3, 1.0):
+        v = gen.normal(shift, 1.0, 8)
+        _, lo, hi, _ = mean_ci(v)
+        p = t_test_p(v)
+        assert p == pytest.approx(stats.ttest_1samp(v, 0.0).pvalue)
+        assert (p < 0.05) == (lo > 0 or hi < 0)  # the test behind the interval
+    assert math.isnan(t_test_p(np.array([0.4])))
+    assert t_test_p(np.array([0.2, 0.2])) == 0.0 and t_test_p(np.zeros(3)) == 1.0
+    assert t_test_p([0.1, math.nan, 0.3, 0.2]) == pytest.approx(
+        stats.ttest_1samp([0.1, 0.3, 0.2], 0.0).pvalue)  # NaN left out
