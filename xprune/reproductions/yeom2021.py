@@ -68,6 +68,7 @@ from torch import Tensor, nn
 from .._validation import check_positive_int
 from ..models import predict, train
 from ..pruning import ModelPair, prune
+from ..report.figures import plot_decision_regions, plot_group_distributions
 from ..stats import bootstrap_ci, holm, paired_test
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -516,21 +517,13 @@ def plot_accuracy_by_criterion(results: pd.DataFrame, split: str, *,
             ax = axes[i][j]
             cell = data[(data["dataset"] == dataset) & (data["n_per_class"] == n)]
             values = [cell.loc[cell["criterion"] == c, "accuracy"].to_numpy() for c in order]
-            ax.boxplot(values, positions=range(len(order)), widths=0.55, showfliers=False)
-            for k, v in enumerate(values):
-                ax.scatter(k + rng.uniform(-0.18, 0.18, v.size), v, s=7, alpha=0.45,
-                           color=f"C{k}")
             marks = []
             if paper_dense is not None and (dataset, n) in paper_dense:
                 marks.append((0, paper_dense[(dataset, n)]))
             if paper is not None and (dataset, n) in paper:
                 marks += [(k + 1, paper[(dataset, n)][c]) for k, c in enumerate(CRITERIA)]
-            if marks:
-                ax.scatter(*zip(*marks, strict=True), marker="D", s=36, color="red",
-                           zorder=5, label="paper (mean)")
-                ax.legend(loc="lower left", fontsize=7)
-            ax.set_xticks(range(len(order)), ["dense", *(LABELS[c] for c in CRITERIA)],
-                          fontsize=8)
+            plot_group_distributions(values, ["dense", *(LABELS[c] for c in CRITERIA)],
+                                     reference=marks, jitter=rng, ax=ax)
             ax.set_title(f"{dataset}, n = {n} per class", fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"accuracy on {SPLIT_LABELS[split]} (%)", fontsize=8)
@@ -555,16 +548,7 @@ def plot_boundaries(boundaries: pd.DataFrame, samples: pd.DataFrame) -> plt.Figu
             ax = axes[i][j]
             cell = boundaries[(boundaries["dataset"] == dataset)
                               & (boundaries["criterion"] == criterion)]
-            xs, ys = np.unique(cell["x"]), np.unique(cell["y"])
-            z = cell.sort_values(["y", "x"])["predicted"].to_numpy().reshape(ys.size, xs.size)
-            ax.contourf(xs, ys, z, levels=[-0.5, 0.5, 1.5], colors=["#c6dbef", "#fdd0a2"])
-            tr = pts[pts["kind"] == "train"]
-            ax.scatter(tr["x"], tr["y"], c=tr["label"], cmap="coolwarm", s=2, alpha=0.25)
-            ref = pts[pts["kind"] == "reference"]
-            ax.scatter(ref["x"], ref["y"], c=ref["label"], cmap="coolwarm", s=28,
-                       edgecolors="black", linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            plot_decision_regions(cell, pts, ax=ax)
             ax.set_title(f"{dataset}: {LABELS[criterion]}", fontsize=8)
     fig.tight_layout()
     return fig
