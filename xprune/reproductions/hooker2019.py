@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..attribution import attribute
+from ..attribution import attribute, completeness_error
 from ..data import DatasetSplit, load_digits_split
 from ..metrics import foreground, gini_index, on_features, spearman, top_k_intersection
 from ..models import DigitsCNN, predict, train
@@ -350,9 +350,7 @@ def _maps(dense: nn.Module, pruned: dict[float, nn.Module], x: Tensor,
                               model_tag=tag)
             out[f"map_{tag}_{method}"] = a.values
             if a.delta is not None:
-                total = a.values.reshape(len(a), -1).double().sum(dim=1)
-                gap = (total - a.delta.double()).abs()
-                out[f"relerr_{tag}_{method}"] = a.delta.double().abs() / gap.clamp_min(1e-12)
+                out[f"relerr_{tag}_{method}"] = completeness_error(a)[0]
     return out
 
 
