@@ -33,7 +33,7 @@ from ..attribution import attribute, completeness_error
 from ..data import DatasetSplit, load_digits_split
 from ..metrics import foreground, gini_index, on_features, spearman, top_k_intersection
 from ..models import DigitsCNN, predict, train
-from ..pruning import fine_tune, prunable_weights, prune
+from ..pruning import fine_tune, layer_table, prune
 from ..report.figures import plot_attribution_grid
 from ..report.tables import fmt_ci, plural
 from ..stats import bootstrap_ci, compare_groups, holm, proportion_ci, stratified_difference
@@ -379,12 +379,12 @@ def _sample_frame(maps: dict[str, Tensor], data: DatasetSplit, seed: int,
 def _model_frame(dense: nn.Module, pruned: dict[float, nn.Module], maps: dict[str, Tensor],
                  data: DatasetSplit, seed: int, params: Params) -> pd.DataFrame:
     """Per model of one seed: measured sparsity, test accuracy, IG completeness error."""
-    n_total = sum(m.weight.numel() for _, m in prunable_weights(dense))
+    n_total = int(layer_table(dense)["numel"].sum())
     rows = []
     for tag, model in [("dense", dense)] + [(_tag(t), m) for t, m in pruned.items()]:
-        layers = prunable_weights(model)
-        zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-        density = {name: float((m.weight != 0).double().mean()) for name, m in layers}
+        layers = layer_table(model)
+        zeros = int((layers["numel"] - layers["nonzeros"]).sum())
+        density = {r.layer: r.nonzeros / r.numel for r in layers.itertuples(index=False)}
         sparsest = min(density, key=density.get)
         acc = float((maps[f"logits_{tag}"].argmax(dim=1) == data.y_test).double().mean())
         row = {"seed": seed, "sparsity": 0.0 if tag == "dense" else float(tag),
