@@ -354,6 +354,20 @@ def _check_unit_options(options) -> None:
              "normalise": None, "lrp_rule": "epsilon", "aggregate": "mean_abs"},
     needs_data=True, amount_optional=True)
 def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> ModelPair:
+    """Remove the lowest-scoring output channels / hidden units; exactly one target is given.
+
+    Targets: ``amount`` (weight sparsity, matched by bisection over a
+    per-layer channel ratio), the option ``channel_ratio`` (that fraction of
+    each layer's channels), or the option ``n_units`` (that many units over
+    all layers ranked together, :func:`_global_selection`). Scores
+    (:func:`_channel_scores`): ``criterion`` in :data:`CRITERIA` with ``norm``
+    (magnitude), ``lrp_rule`` and ``aggregate`` (LRP, IG), then ``normalise``
+    per layer. Yeom et al. 2021's toy protocol is ``n_units`` with, e.g.,
+    ``criterion="lrp", lrp_rule="z+", aggregate="sum", normalise="sum"``.
+    The pair's ``params`` record ``zero_score_units``: units of the
+    removable layers whose score is exactly 0 (ties broken by position).
+    No fine-tuning: :func:`xprune.fine_tune` does that.
+    """
     if ctx.options["norm"] not in (1, 2):
         raise ValueError(f"Expected the option `norm` to be 1 or 2, got {ctx.options['norm']!r}.")
     ratio, n_units = ctx.options["channel_ratio"], ctx.options["n_units"]
