@@ -55,32 +55,104 @@ def _execution_order(model: nn.Module, example: Tensor) -> list[str]:
 
 
 def _channel_scores(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
-    """Importance of each output channel, in the dense model's channel order."""
+    """Importance of each output channel, in the dense model's channel order.
+
+    Each layer's scores are then rescaled by the option ``normalise``
+    (:func:`_normalise`) so that layers can be ranked together.
+    """
     criterion, norm = ctx.options["criterion"], ctx.options["norm"]
     layers = {n: m for n, m in model.named_modules() if isinstance(m, CHANNEL_LAYERS)}
     if criterion == "magnitude":
-        return {n: m.weight.detach().reshape(_out_channels(m), -1).norm(p=norm, dim=1)
-                for n, m in layers.items()}
-    if criterion == "taylor":  # Molchanov et al. 2019, eq. 4: (sum over the group of g * w)^2
+        scores = {n: m.weight.detach().reshape(_out_channels(m), -1).norm(p=norm, dim=1)
+                  for n, m in layers.items()}
+    elif criterion == "taylor":  # Molchanov et al. 2019, eq. 4: (sum over the group of g * w)^2
         grads = _weight_gradients(model, ctx.data)
-        return {n: (grads[weight_name(n)][0] * grads[weight_name(n)][1])
-                .reshape(_out_channels(m), -1).sum(dim=1) ** 2 for n, m in layers.items()}
-    if criterion in ("integrated_gradients", "lrp"):
-        return _relevance_scores(model, layers, ctx.data, criterion)
-    raise ValueError(f"Expected the option `criterion` to be 'magnitude', 'taylor', "
-                     f"'integrated_gradients' or 'lrp', got {criterion!r}.")
+        scores = {n: (grads[weight_name(n)][0] * grads[weight_name(n)][1])
+                  .reshape(_out_channels(m), -1).sum(dim=1) ** 2 for n, m in layers.items()}
+    elif criterion in ("activation_taylor", "activation_gradient"):
+        scores = _activation_scores(model, layers, ctx.data, criterion)
+    elif criterion in ("integrated_gradients", "lrp"):
+        scores = _relevance_scores(model, layers, ctx.data, criterion,
+                                   rule=ctx.options["lrp_rule"],
+                                   aggregate=ctx.options["aggregate"])
+    else:
+        raise ValueError(f"Expected the option `criterion` to be one of {list(CRITERIA)}, got "
+                         f"{criterion!r}.")
+    return {n: _normalise(v, ctx.options["normalise"]) for n, v in scores.items()}
+
+
+CRITERIA = ("magnitude", "taylor", "activation_taylor", "activation_gradient",
+            "integrated_gradients", "lrp")
+
+
+def _normalise(scores: Tensor, how: str | None) -> Tensor:
+    """One layer's scores (C,) rescaled so that layers can be ranked together (Yeom et al. 2021).
+
+    ``None``: unchanged. ``"sum"``: divided by the layer's (signed) sum, so a
+    layer whose scores sum to a negative number has its order flipped, as in
+    the authors' code. ``"l2"``: divided by the layer's L2 norm. A layer whose
+    sum or norm is zero is left unscaled. A new tensor; ``scores`` is untouched.
+    """
+    if how is None:
+        return scores
+    scale = scores.sum() if how == "sum" else torch.linalg.vector_norm(scores)
+    return scores / scale if bool(scale != 0) else scores.clone()
+
+
+def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
+                       data: tuple[Tensor, Tensor], criterion: str) -> dict[str, Tensor]:
+    """Unit importance from the layer outputs a and the loss gradient g = dL/da (eval mode).
+
+    L is the mean cross-entropy of the reference batch (N samples); a and g
+    are summed over a channel's spatial positions. ``"activation_taylor"``:
+    ``|mean_i a_ik g_ik|`` (Molchanov et al. 2017, "Pruning convolutional
+    neural networks for resource efficient inference", eq. 8);
+    ``"activation_gradient"``: ``|mean_i g_ik|`` (Sun et al. 2017, as Yeom et
+    al. 2021 use it). Non-negative, shape (C,) per layer.
+    """
+    from ._state import eval_mode, to_model
+
+    x, y = data
+    outputs: dict[str, Tensor] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, o))
+             for n, m in layers.items()]
+    try:
+        with eval_mode(model), torch.enable_grad():
+            x = to_model(x, model).detach()
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y.to(logits.device))
+            names = [n for n in layers if n in outputs]
+            grads = dict(zip(names, torch.autograd.grad(loss, [outputs[n] for n in names]),
+                             strict=True))
+    finally:
+        for h in hooks:
+            h.remove()
+    scores = {}
+    for n in names:
+        a, g = outputs[n].detach(), grads[n]
+        per_sample = a * g if criterion == "activation_taylor" else g
+        per_sample = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2)
+        scores[n] = per_sample.mean(dim=0).abs()
+    return scores
 
 
 def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
-                      data: tuple[Tensor, Tensor], criterion: str) -> dict[str, Tensor]:
+                      data: tuple[Tensor, Tensor], criterion: str, *, rule: str = "epsilon",
+                      aggregate: str = "mean_abs") -> dict[str, Tensor]:
     """Attribution-guided unit importance (Yeom et al. 2021, "Pruning by explaining").
 
-    Each unit's score is its mean absolute relevance for the true class over
-    the reference batch: Captum's LayerIntegratedGradients (16 steps, zero
-    baseline) or LayerLRP (epsilon rules, on a copy of the model), summed over
-    a channel's spatial positions.
+    Each unit's relevance for the true class over the reference batch,
+    summed over a channel's spatial positions: Captum's
+    LayerIntegratedGradients (16 steps, zero baseline) or LayerLRP (on a copy
+    of the model). ``rule``: Captum's default epsilon rules (``"epsilon"``)
+    or the z+ rule on every linear and conv layer (``"z+"``: positive
+    weights, no bias; Captum's ``Alpha1_Beta0_Rule(set_bias_to_zero=True)``,
+    Montavon et al. 2017, the rule of Yeom et al.'s code). ``aggregate``:
+    ``"mean_abs"``, the mean absolute relevance over the samples, or
+    ``"sum"``, the signed sum over the samples (Yeom et al.).
     """
     import captum.attr as ca
+    from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule  # Captum exports no rule publicly
 
     from ._state import eval_mode, to_model
 
@@ -95,16 +167,29 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
                     x, target=target, n_steps=16, internal_batch_size=4096)
             else:
                 twin = copy.deepcopy(model)
+                if rule == "z+":
+                    for m in twin.modules():
+                        if isinstance(m, CHANNEL_LAYERS):
+                            m.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
                 rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
                     x.clone().requires_grad_(), target=target)
-            rel = rel.detach().abs()
-            scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).mean(dim=0)
+            rel = rel.detach()
+            if aggregate == "sum":
+                scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).sum(dim=0)
+            else:
+                rel = rel.abs()
+                scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).mean(dim=0)
     return scores
 
 
 def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
-                     scores: dict[str, Tensor]) -> tuple[nn.Module, dict[str, list[int]]]:
-    """A pruned deep copy and, per module, the dense-model indices of its surviving channels."""
+                     scores: dict[str, Tensor], selected: dict[str, list[int]] | None = None
+                     ) -> tuple[nn.Module, dict[str, list[int]]]:
+    """A pruned deep copy and, per module, the dense-model indices of its surviving channels.
+
+    ``selected`` (dense-model channel indices per layer, from
+    :func:`_global_selection`) replaces the per-layer ``ratio``.
+    """
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model)
@@ -119,14 +204,24 @@ def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
         if name in keep_outputs:
             continue
         module = modules[name]
+        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
+            else tp.prune_conv_out_channels
+        if selected is not None:  # coupled layers may have lost some already
+            idxs = [alive[name].index(c) for c in selected.get(name, []) if c in alive[name]]
+            if not idxs:
+                continue
+            group = graph.get_pruning_group(module, fn, idxs)
+            if not graph.check_pruning_group(group):
+                raise ValueError(f"Cannot remove units {selected[name]} of layer {name!r}: "
+                                 "Torch-Pruning refuses the group (a grouped convolution?).")
+            _prune_group(group, alive, names)
+            continue
         original = len(scores[name])
         target_removed = round(ratio * original)
         already = original - len(alive[name])
         n_remove = min(target_removed - already, len(alive[name]) - 1)  # never zero channels
         if n_remove <= 0:
             continue
-        fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
-            else tp.prune_conv_out_channels
         idxs = _choose(scores[name][alive[name]], n_remove,
                        _groups_touched(graph.get_pruning_group(module, fn, [0])))
         if not idxs:
@@ -134,15 +229,59 @@ def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
         group = graph.get_pruning_group(module, fn, idxs)
         if not graph.check_pruning_group(group):
             continue
-        for item in group:
-            target = item.dep.target.module
-            if getattr(item.dep.handler, "__name__", "") == "prune_out_channels" \
-                    and names.get(target) in alive:
-                drop = set(item.idxs)
-                key = names[target]
-                alive[key] = [c for j, c in enumerate(alive[key]) if j not in drop]
-        group.prune()
+        _prune_group(group, alive, names)
     return pruned, alive
+
+
+def _prune_group(group, alive: dict[str, list[int]], names: dict[nn.Module, str]) -> None:
+    """Prune a Torch-Pruning group and drop its channels from ``alive``."""
+    for item in group:
+        target = item.dep.target.module
+        if getattr(item.dep.handler, "__name__", "") == "prune_out_channels" \
+                and names.get(target) in alive:
+            drop = set(item.idxs)
+            key = names[target]
+            alive[key] = [c for j, c in enumerate(alive[key]) if j not in drop]
+    group.prune()
+
+
+def _global_selection(scores: dict[str, Tensor], layers: list[str],
+                      n_units: int) -> dict[str, list[int]]:
+    """The ``n_units`` lowest scores over ``layers`` ranked together (Yeom et al. 2021).
+
+    ``scores`` should be normalised per layer (option ``normalise``). Ties
+    are broken by layer (in forward order), then unit index, as a stable sort
+    (the authors' ``heapq.nsmallest``). A layer's last unit is never taken:
+    the next lowest unit elsewhere goes instead.
+
+    Returns
+    -------
+    dict from layer name to the sorted dense-model indices of its units to remove.
+
+    Raises
+    ------
+    ValueError
+        On non-finite scores or ``n_units`` above the units that can go.
+    """
+    sizes = [scores[n].numel() for n in layers]
+    if n_units > sum(sizes) - len(sizes):
+        raise ValueError(f"Expected the option `n_units` <= {sum(sizes) - len(sizes)} (every "
+                         f"prunable layer keeps one unit), got {n_units}.")
+    flat = torch.cat([scores[n].detach().flatten().cpu() for n in layers])
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("Expected finite unit scores, got NaN or Inf entries (criterion "
+                         "and normalisation give undefined scores on this batch).")
+    owner = [(n, k) for n, size in zip(layers, sizes, strict=True) for k in range(size)]
+    left = dict(zip(layers, sizes, strict=True))
+    chosen: dict[str, list[int]] = {n: [] for n in layers}
+    for i in torch.argsort(flat, stable=True).tolist():
+        if sum(map(len, chosen.values())) == n_units:
+            break
+        name, k = owner[i]
+        if left[name] > 1:
+            chosen[name].append(k)
+            left[name] -= 1
+    return {n: sorted(v) for n, v in chosen.items()}
 
 
 def _groups_touched(group) -> int:
@@ -194,28 +333,63 @@ def _masked_twin(model: nn.Module, alive: dict[str, list[int]]) -> nn.Module:
     return twin
 
 
+def _check_unit_options(options) -> None:
+    """Validate the options of unit scoring and global selection (the bad value in the message)."""
+    allowed = {"normalise": (None, "sum", "l2"), "lrp_rule": ("epsilon", "z+"),
+               "aggregate": ("mean_abs", "sum")}
+    for key, values in allowed.items():
+        if options[key] not in values:
+            raise ValueError(f"Expected the option `{key}` to be one of {list(values)}, got "
+                             f"{options[key]!r}.")
+    n = options["n_units"]
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"Expected the option `n_units` to be a non-negative integer, got {n!r}.")
+
+
 @register_pruning_method(
     "structured", "Remove whole output channels / hidden units by L1 or L2 norm (or Taylor "
                   "importance) and rebuild a smaller model (Torch-Pruning's dependency graph); "
                   "keeps a masked twin of the dense architecture.",
-    options={"norm": 1, "criterion": "magnitude", "channel_ratio": None}, needs_data=True,
-    amount_optional=True)
+    options={"norm": 1, "criterion": "magnitude", "channel_ratio": None, "n_units": None,
+             "normalise": None, "lrp_rule": "epsilon", "aggregate": "mean_abs"},
+    needs_data=True, amount_optional=True)
 def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> ModelPair:
+    """Remove the lowest-scoring output channels / hidden units; exactly one target is given.
+
+    Targets: ``amount`` (weight sparsity, matched by bisection over a
+    per-layer channel ratio), the option ``channel_ratio`` (that fraction of
+    each layer's channels), or the option ``n_units`` (that many units over
+    all layers ranked together, :func:`_global_selection`). Scores
+    (:func:`_channel_scores`): ``criterion`` in :data:`CRITERIA` with ``norm``
+    (magnitude), ``lrp_rule`` and ``aggregate`` (LRP, IG), then ``normalise``
+    per layer. Yeom et al. 2021's toy protocol is ``n_units`` with, e.g.,
+    ``criterion="lrp", lrp_rule="z+", aggregate="sum", normalise="sum"``.
+    The pair's ``params`` record ``zero_score_units``: units of the
+    removable layers whose score is exactly 0 (ties broken by position).
+    No fine-tuning: :func:`xprune.fine_tune` does that.
+    """
     if ctx.options["norm"] not in (1, 2):
         raise ValueError(f"Expected the option `norm` to be 1 or 2, got {ctx.options['norm']!r}.")
-    ratio = ctx.options["channel_ratio"]
-    if (ratio is None) == (amount is None):
-        raise ValueError("Structured pruning takes either `amount` (weight sparsity) or the "
-                         "option `channel_ratio` (fraction of channels), not both.")
+    ratio, n_units = ctx.options["channel_ratio"], ctx.options["n_units"]
+    _check_unit_options(ctx.options)
+    if sum(v is not None for v in (amount, ratio, n_units)) != 1:
+        raise ValueError("Structured pruning takes exactly one of `amount` (weight sparsity), "
+                         "the option `channel_ratio` (fraction of channels) or the option "
+                         "`n_units` (units removed over all layers ranked together).")
     example = ctx.data[0][:1]
     scores = _channel_scores(model, ctx)
     total = _counts(model)[0]
+    from ._state import eval_mode
+
+    with eval_mode(model):  # no normalisation statistics updated by the probe
+        removable = _execution_order(model, example)[:-1]  # never the classifier's outputs
+    zeros = sum(int((scores[n] == 0).sum()) for n in removable)
 
     def removed_fraction(r: float):
         pruned, alive = _remove_channels(model, example, r, scores)
         return 1 - _counts(pruned)[0] / total, pruned, alive
 
-    if ratio is None:  # bisection over the channel ratio to match the weight sparsity
+    if amount is not None:  # bisection over the channel ratio to match the weight sparsity
         low, high = 0.0, 1.0
         best = (float("inf"), None)
         for _ in range(20):
@@ -232,11 +406,13 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
             warnings.warn(f"Structured pruning reached weight sparsity {measured:.4f}, more than "
                           f"1 point from the requested {amount}: channels come in whole units.",
                           UserWarning, stacklevel=4)
+    elif n_units is not None:
+        pruned, alive = _remove_channels(model, example, 0.0, scores,
+                                         _global_selection(scores, removable, n_units))
+        measured = 1 - _counts(pruned)[0] / total
     else:
         measured, pruned, alive = removed_fraction(float(ratio))
     twin = _masked_twin(model, alive)
-    from ._state import eval_mode
-
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
         probe = ctx.data[0][:32]
         gap = float((pruned(probe) - twin(probe)).abs().max())
@@ -248,5 +424,6 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
     masks = {weight_name(n): (m.weight.detach() != 0) for n, m in prunable_weights(twin)}
     return ModelPair(dense=model, sparse=pruned, method="structured",
                      amount=measured if amount is None else amount, masks={},
-                     params={"structured": True, "channel_ratio": ratio},
+                     params={"structured": True, "channel_ratio": ratio,
+                             "zero_score_units": zeros},
                      twin=twin, twin_masks=masks)

@@ -65,6 +65,7 @@ __all__ = [
     "SaliencyParams",
     "attribute",
     "attribute_pair",
+    "completeness_error",
     "explainer",
     "make_baseline",
     "n_outputs",
@@ -311,12 +312,31 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     return result
 
 
-def _warn_on_coarse_integral(result: Attributions, spec: IntegratedGradientsParams) -> None:
-    """Completeness (Sundararajan et al. 2017, prop. 1): sum(a) = f(x) - f(x')."""
+def completeness_error(result: Attributions) -> tuple[Tensor, Tensor]:
+    """Relative completeness error of each map, and its denominator |f(x) - f(x')|.
+
+    Completeness (Sundararajan et al. 2017, "Axiomatic attribution for deep
+    networks", prop. 1): sum(a) = f(x) - f(x'); Captum's convergence delta is
+    sum(a) - (f(x) - f(x')). Returns ``(|delta| / max(|f(x) - f(x')|, 1e-12),
+    |f(x) - f(x')|)``, both float64 of shape (N,); 0 is exact, lower is better.
+
+    Raises
+    ------
+    ValueError
+        If ``result`` carries no delta (a method without one).
+    """
+    if result.delta is None:
+        raise ValueError(f"Expected attributions with a completeness delta (Integrated "
+                         f"Gradients), got method {result.method!r} without one.")
     delta = result.delta.double()
     total = result.values.reshape(len(result), -1).double().sum(dim=1)
     gap = (total - delta).abs()  # |f(x) - f(x')|
-    relative = delta.abs() / gap.clamp_min(1e-12)
+    return delta.abs() / gap.clamp_min(1e-12), gap
+
+
+def _warn_on_coarse_integral(result: Attributions, spec: IntegratedGradientsParams) -> None:
+    """Completeness (Sundararajan et al. 2017, prop. 1): sum(a) = f(x) - f(x')."""
+    relative, gap = completeness_error(result)
     median = float(relative[gap > 1e-9].median()) if bool((gap > 1e-9).any()) else 0.0
     if median > spec.delta_tolerance:
         warnings.warn(f"Integrated Gradients' median relative completeness error is "

@@ -11,8 +11,8 @@ from .._validation import check_count, check_same_shape
 from ..attribution import Attributions
 from ._base import feature_map, pearson, register, values_of
 
-__all__ = ["cosine_similarity", "foreground", "kendall_tau", "on_features", "sign_agreement",
-           "spearman", "ssim", "top_k_intersection"]
+__all__ = ["cosine_similarity", "foreground", "kendall_tau", "normalise_maps", "on_features",
+           "sign_agreement", "spearman", "ssim", "ssim_on_features", "top_k_intersection"]
 
 
 def _pair(a: Tensor | Attributions, b: Tensor | Attributions) -> tuple[Tensor, Tensor]:
@@ -394,4 +394,86 @@ def on_features(metric, a: Tensor | Attributions, b: Tensor | Attributions, feat
         if isinstance(kw.get("k"), int):
             kw["k"] = min(kw["k"], m)
         out[rows.cpu()] = metric(xs, ys, **kw).double().cpu()
+    return out
+
+
+def normalise_maps(maps: Tensor, *, absolute: bool) -> Tensor:
+    """Each map divided by its largest magnitude, as Adebayo et al.'s released code does.
+
+    A pixel's channels are summed first. ``absolute=True`` gives
+    ``|m| / max |m|`` in [0, 1] (their ``abs_grayscale_norm``), else
+    ``m / max |m|`` in [-1, 1] (their ``diverging_norm``; Adebayo et al. 2018,
+    "Sanity checks for saliency maps"). Per sample, so a
+    map's normalisation does not depend on the other maps of the batch; an
+    all-zero map stays all zero.
+
+    Parameters
+    ----------
+    maps : Tensor of shape (N, C, H, W)
+
+    Returns
+    -------
+    Tensor of shape (N, 1, H, W), float64
+    """
+    if not isinstance(maps, Tensor) or maps.dim() != 4:
+        raise ValueError(f"Expected `maps` to be a tensor of shape (N, C, H, W), got "
+                         f"{tuple(getattr(maps, 'shape', ()))}.")
+    v = maps.double().sum(dim=1, keepdim=True)
+    if absolute:
+        v = v.abs()
+    peak = v.abs().amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(peak > 0, v / torch.where(peak > 0, peak, 1.0), torch.zeros_like(v))
+
+
+def ssim_on_features(a: Tensor, b: Tensor, features: Tensor, *, window: int = 3,
+                     data_range: float = 1.0) -> Tensor:
+    """Mean SSIM over the windows centred on the selected pixels, per sample.
+
+    scikit-image's local SSIM map (``structural_similarity(full=True)``,
+    Wang et al. 2004, K1 = 0.01, K2 = 0.03, uniform ``window`` x ``window``
+    patches, sample covariance) is averaged over the pixels where
+    ``features`` is True among those whose window lies inside the image. With
+    every pixel selected this is the mean SSIM of
+    :func:`xprune.metrics.agreement.ssim` with the same window and data range.
+
+    Parameters
+    ----------
+    a, b : Tensor of shape (N, C, H, W)
+        Channels are summed first.
+    features : bool Tensor of shape (N, H * W)
+        e.g. :func:`xprune.metrics.agreement.foreground`.
+    window : int
+        Odd side of the patch, >= 3.
+    data_range : float
+        ``R`` in the stabilising constants (1 for maps normalised to [0, 1]).
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [-1, 1], higher = more similar; NaN for a sample with no selected
+        pixel away from the border.
+    """
+    from skimage.metrics import structural_similarity
+
+    if a.dim() != 4 or a.shape != b.shape:
+        raise ValueError(f"Expected `a` and `b` of the same shape (N, C, H, W), got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}.")
+    n, _, h, w = a.shape
+    if (not isinstance(features, Tensor) or features.dtype != torch.bool
+            or tuple(features.shape) != (n, h * w)):
+        raise ValueError(f"Expected `features` to be a bool tensor of shape {(n, h * w)}, got "
+                         f"{getattr(features, 'dtype', type(features).__name__)} of shape "
+                         f"{tuple(getattr(features, 'shape', ()))}.")
+    x = a.double().sum(dim=1).cpu().numpy()
+    y = b.double().sum(dim=1).cpu().numpy()
+    keep = features.reshape(n, h, w).cpu().numpy()
+    pad = (window - 1) // 2
+    inner = (slice(pad, h - pad), slice(pad, w - pad))
+    out = torch.full((n,), math.nan, dtype=torch.float64)
+    for i in range(n):
+        selected = keep[i][inner]
+        if selected.any():
+            _, local = structural_similarity(x[i], y[i], win_size=window, data_range=data_range,
+                                             full=True)
+            out[i] = float(local[inner][selected].mean())
     return out
