@@ -347,11 +347,6 @@ class MetricsConfig:
                              f"names, got {self.names!r}.")
         for name in self.names or []:
             _check_name(name, METRICS, "metrics.names")
-        needs_rationale = [n for n in self.names or [] if METRICS[n].kind == "rationale"]
-        if needs_rationale:
-            raise ValueError(f"Expected `metrics.names` to name metrics these data can score: "
-                             f"{needs_rationale} compare maps with a ground-truth rationale, "
-                             f"which the configured data set does not provide.")
         if self.names is not None and len(set(self.names)) != len(self.names):
             raise ValueError(f"Expected distinct `metrics.names`, got {self.names!r}.")
         if not isinstance(self.versus_random, list):
@@ -418,6 +413,8 @@ class MetricsConfig:
         shorthand = {
             "top_k_intersection": {"k": max(1, round(self.top_k * n_features))},
             "top_k_mass": {"k": max(1, round(self.top_k * n_features))},
+            "token_f1": {"k": max(1, round(self.top_k * n_features))},
+            "token_iou": {"k": max(1, round(self.top_k * n_features))},
             "deletion_auc": {"steps": self.deletion_steps},
             "insertion_auc": {"steps": self.deletion_steps},
             "faithfulness_correlation": {"subset_size": self.faithfulness_subset_size,
