@@ -7,7 +7,6 @@ channels are replaced together). "Removing" a feature sets it to the baseline.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -27,6 +26,7 @@ from ._base import (
     register,
     target_scores,
 )
+from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
 from .agreement import average_ranks
 
 __all__ = ["DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
@@ -489,14 +489,6 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
                                   max_rows=max_rows)
     _warn_nan(values, "sensitivity-n", "the map or the output drop is constant over the runs")
     return values
-
-
-def _warn_nan(values: Tensor, name: str, why: str) -> None:
-    bad = torch.isnan(values)
-    if bool(bad.any()):
-        rows = int(bad.reshape(bad.shape[0], -1).any(dim=1).sum())
-        warnings.warn(f"{rows} sample(s) have an undefined {name} (NaN): {why}.",
-                      RuntimeWarning, stacklevel=3)
 
 
 @register(category="faithfulness", kind="model", higher_is_better=True, range=(-1.0, 1.0),
