@@ -150,6 +150,7 @@ ALIASES: dict[str, str] = {
     # Montavon et al. 2018: selectivity, the output as the most relevant features are removed
     "selectivity": "deletion_auc",
     "sensitivity_max": "max_sensitivity",          # Captum
+    "average_sensitivity": "avg_sensitivity",
     "sparseness": "gini_index",                    # Quantus Sparseness (Chalasani et al. 2020)
     "gini": "gini_index",
     "complexity": "entropy_complexity",            # Quantus Complexity (Bhatt et al. 2020)
@@ -162,14 +163,11 @@ ALIASES: dict[str, str] = {
     "lipschitz": "local_lipschitz_estimate",
     "ris": "relative_input_stability",
     "ros": "relative_output_stability",
-    "sensitivity_n_correlation": "sensitivity_n",
     "remove_and_debias": "road",
     "spearman_rank_correlation": "spearman",
     "spearman_correlation": "spearman",
     "kendall": "kendall_tau",
-    "kendall_tau_correlation": "kendall_tau",
     "cosine": "cosine_similarity",
-    "top_k_intersection_score": "top_k_intersection",
     "structural_similarity": "ssim",
 }
 
