@@ -212,3 +212,51 @@ def test_config_values_are_checked_before_any_work(section, values, message):
 
     with pytest.raises(ValueError, match=message):
         AnalysisConfig.from_dict({section: values})
+
+
+def test_case_026_ig_steps_whose_nodes_would_hang_are_refused_at_once(setup):
+    """../shared/cases/026-ig-steps-hang.md: n_steps = 20000 with Captum's default
+    Gauss-Legendre rule used to run for minutes; it is refused in well under a second with the
+    limit and the alternative, from the API and from a config."""
+    import time
+
+    from xprune.attribution._methods import MAX_GAUSS_LEGENDRE_STEPS
+    from xprune.config import AnalysisConfig
+
+    model, x, t, _ = setup
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"Expected `n_steps` <= 512 with integration = "
+                                         r"'gausslegendre', got 20000: .*leggauss.*Set "
+                                         r"`integration` = 'riemann_trapezoid'"):
+        xprune.attribute(model, x[:2], t[:2], "integrated_gradients",
+                         params={"n_steps": 20000})
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(ValueError, match=r"In \[attribution.params.integrated_gradients\]: "
+                                         r"Expected `n_steps` <= 512"):
+        AnalysisConfig.from_dict({"attribution": {"params": {
+            "integrated_gradients": {"n_steps": 20000}}}})
+    # the limit itself, and any count with a Riemann rule (its nodes cost nothing), are fine
+    AnalysisConfig.from_dict({"attribution": {"params": {"integrated_gradients": {
+        "n_steps": MAX_GAUSS_LEGENDRE_STEPS}}}})
+    riemann = xprune.attribute(model, x[:1], t[:1], "integrated_gradients", params={
+        "n_steps": 2000, "integration": "riemann_trapezoid", "delta_tolerance": float("inf")})
+    assert riemann.values.shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"Expected `n_steps` <= 512"):
+        xprune.attribute(model, x[:2], t[:2], "integrated_gradients",
+                         params={"n_steps": 513})
+
+
+@pytest.mark.parametrize("sigma", [0, 0.0, -1.0, float("nan"), True, "1"])
+def test_blur_sigma_must_be_positive(setup, sigma):
+    """A width of 0 "blurs" an input into itself: the baseline is the input and every IG map
+    was silently 0 (issue 21)."""
+    from xprune.attribution._baselines import make_baseline
+
+    model, x, t, _ = setup
+    for method in ("integrated_gradients", "deeplift", "occlusion"):
+        with pytest.raises(ValueError, match=r"Expected `blur_sigma` to be a finite number > 0 "
+                                             r"\(pixels\), got"):
+            xprune.attribute(model, x, t, method, params={"baseline": "blur",
+                                                          "blur_sigma": sigma})
+    with pytest.raises(ValueError, match="Expected `blur_sigma` to be a finite number > 0"):
+        make_baseline("blur", x, blur_sigma=sigma)
