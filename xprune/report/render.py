@@ -19,6 +19,7 @@ from .._io import atomic_write_bytes, atomic_write_text, read_table
 from ..metrics import METRICS
 from . import figures as F
 from .tables import (
+    all_zero_sentence,
     fmt_cell,
     metric_summary,
     model_order,
@@ -317,6 +318,8 @@ def render_report(run_dir: str | Path) -> Path:
     atomic_write_text(run / "summary.csv", summary.to_csv(index=False, na_rep="NaN"))
     changed, sentences = what_changed(models, summary)
     seed = config.get("seed", 0)
+    if (flag := all_zero_sentence(results)) is not None:
+        sentences.append(flag)
     sentences.append(
         f"All intervals and tests are over the {int(results['sample'].nunique())} evaluated "
         f"test samples of models trained with one seed ({seed}): they do not include the "

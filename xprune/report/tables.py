@@ -10,7 +10,7 @@ import pandas as pd
 from ..metrics import METRICS
 from ..stats import bootstrap_ci, holm, paired_test
 
-__all__ = ["fmt_cell", "fmt_ci", "metric_summary", "model_order", "plural", "prediction_split",
+__all__ = ["all_zero_maps", "all_zero_sentence", "fmt_cell", "fmt_ci", "metric_summary", "model_order", "plural", "prediction_split",
            "undefined_note", "what_changed"]
 
 GROUP = ["model", "role", "pruning", "sparsity", "attribution", "metric"]
@@ -150,6 +150,38 @@ def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool =
     if low is not None and not (isinstance(low, float) and math.isnan(low)):
         text += f" [{num(low)}, {num(high)}]"
     return text
+
+
+def all_zero_maps(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model and attribution method: how many samples' maps are all zero.
+
+    Read from the scores of the map metrics that are undefined exactly for an
+    all-zero map (Gini index, entropy complexity, top-k mass: NaN there and
+    nowhere else), so it needs one of them in the run. Columns: model,
+    attribution, n_zero, n; rows with n_zero > 0 only.
+    """
+    names = [n for n, i in METRICS.items() if i.kind == "map" and i.undefined == "all-zero map"]
+    maps = results[results["metric"].isin(names)]
+    if maps.empty:
+        return pd.DataFrame(columns=["model", "attribution", "n_zero", "n"])
+    per_sample = maps.assign(zero=maps["value"].isna()).groupby(
+        ["model", "attribution", "sample"], sort=False)["zero"].any()
+    out = per_sample.groupby(["model", "attribution"], sort=False).agg(["sum", "size"])
+    out = out.rename(columns={"sum": "n_zero", "size": "n"}).reset_index()
+    out["n_zero"] = out["n_zero"].astype(int)
+    return out[out["n_zero"] > 0].reset_index(drop=True)
+
+
+def all_zero_sentence(results: pd.DataFrame) -> str | None:
+    """The report's flag for all-zero maps (../shared/cases/029-saturated-all-zero-maps.md)."""
+    zero = all_zero_maps(results)
+    if zero.empty:
+        return None
+    parts = [f"{r['attribution']} of {r['model']}: {r['n_zero']} of {r['n']}"
+             for _, r in zero.iterrows()]
+    return ("All-zero maps (the output does not move with the input: a saturated output or "
+            "dead units after pruning; their rank and complexity scores are undefined and left "
+            "out of every mean): " + "; ".join(parts) + ".")
 
 
 def undefined_note(metric: str, n: int, n_total: int) -> str:
