@@ -277,6 +277,19 @@ class _FunctionalSoftmax(nn.Module):
         return torch.softmax(self.body(x), dim=1)
 
 
+class _SoftmaxInside(nn.Module):
+    """A softmax registered last but used inside (attention-like): the outputs are logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(6, 3)
+        self.attn = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.head(x * self.attn(x))
+
+
 def test_case_027_a_model_that_ends_in_softmax_is_refused_naming_it():
     """../shared/cases/027-softmax-output.md: probabilities are not explained as logits, nor
     squashed a second time by output='probability' or deletion; the error names the module."""
@@ -299,6 +312,7 @@ def test_case_027_a_model_that_ends_in_softmax_is_refused_naming_it():
             call(_FunctionalSoftmax())
         call(_mlp())  # logits
         call(_mlp(nn.LogSoftmax(dim=1)))  # log-probabilities are logits up to a constant
+        call(_SoftmaxInside())
     logits = _mlp()(x)
     with pytest.raises(ValueError, match="already probabilities"):
         xprune.attribution.check_logit_outputs(_mlp(), logits.softmax(dim=1))

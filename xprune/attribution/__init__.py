@@ -199,23 +199,22 @@ def n_outputs(model: nn.Module, inputs: Tensor) -> int:
 def check_logit_outputs(model: nn.Module, outputs: Tensor, *, atol: float = 1e-4) -> None:
     """Raise if a model's outputs (N, C), C >= 2, are probabilities rather than logits.
 
-    Probabilities: every row non-negative and summing to 1 within ``atol``, or a
-    model whose last module is ``nn.Softmax``. xprune explains and scores logits
-    and applies softmax itself (``output="probability"``, deletion/insertion),
+    Probabilities: every row non-negative and summing to 1 within ``atol`` (the
+    error names the model's last module when it is an ``nn.Softmax``; a Softmax
+    elsewhere, e.g. in attention, is no reason to refuse). xprune explains and
+    scores logits and applies softmax itself (``output="probability"``, deletion/insertion),
     so a model that ends in softmax would be explained as if it gave logits
     and squashed a second time (../shared/cases/027-softmax-output.md).
     ``nn.LogSoftmax`` outputs are fine: they are logits up to a constant per row.
     """
-    leaves = [(name, m) for name, m in model.named_modules() if not any(m.children())]
-    last = leaves[-1] if leaves else None
-    softmax_last = last is not None and isinstance(last[1], nn.Softmax)
     if outputs.dim() != 2 or outputs.shape[1] < 2:
         return
     rows = outputs.detach().double()
-    sums_to_one = bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() <= atol).all())
-    if sums_to_one or softmax_last:
-        where = (f"its last module {last[0] or type(model).__name__!r} is nn.Softmax"
-                 if softmax_last else "every row is non-negative and sums to 1")
+    if bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() <= atol).all()):
+        leaves = [(name, m) for name, m in model.named_modules() if not any(m.children())]
+        where = (f"its last module {leaves[-1][0]!r} is nn.Softmax"
+                 if leaves and leaves[-1][0] and isinstance(leaves[-1][1], nn.Softmax)
+                 else "every row is non-negative and sums to 1")
         raise ValueError(
             f"Expected `model` to return logits, but {type(model).__name__}'s outputs are "
             f"already probabilities ({where}). xprune explains and scores logits and applies "
