@@ -18,7 +18,8 @@ from .._validation import check_same_shape, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 
 __all__ = ["ALIASES", "METRICS", "MetricInfo", "UndefinedScoreWarning", "get_metric",
-           "register", "resolve_metric_name", "warn_undefined"]
+           "register", "resolve_metric_name", "undefined_reasons", "unknown_metric_hint",
+           "warn_undefined"]
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,6 @@ _NEAREST = {
     "monotonicity": "monotonicity_correlation",
     "irof": "aopc",
     "iterative_removal_of_features": "aopc",
-    "sufficiency": "deletion_auc",
-    "comprehensiveness": "deletion_auc",
     "effective_mprt": "model_parameter_randomisation",
     "smooth_mprt": "model_parameter_randomisation",
     "efficient_mprt": "model_parameter_randomisation",

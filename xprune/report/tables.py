@@ -10,8 +10,8 @@ import pandas as pd
 from ..metrics import METRICS
 from ..stats import bootstrap_ci, holm, paired_test
 
-__all__ = ["all_zero_maps", "all_zero_sentence", "fmt_cell", "fmt_ci", "metric_summary", "model_order", "plural", "prediction_split",
-           "undefined_note", "what_changed"]
+__all__ = ["all_zero_maps", "all_zero_sentence", "fmt_cell", "fmt_ci", "metric_summary",
+           "model_order", "plural", "prediction_split", "undefined_note", "what_changed"]
 
 GROUP = ["model", "role", "pruning", "sparsity", "attribution", "metric"]
 
