@@ -426,3 +426,47 @@ def test_unit_option_errors(options, message):
     with pytest.raises(ValueError, match=message):
         xprune.prune(toy(), method="structured", data=(X, Y), options=options
                      if "n_units" in options else {**options, "n_units": 1})
+
+
+class _GroupedThenDepthwise(nn.Module):
+    """../shared/cases/030-grouped-conv-structured.md: a groups=2 conv, then a depthwise one."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        return self.fc(torch.relu(self.dw(x)).flatten(1))
+
+
+def test_case_030_grouped_conv_that_cannot_shrink_further_gets_a_clear_error():
+    """../shared/cases/030-grouped-conv-structured.md: at 0.9 the groups=2 conv would keep one
+    channel (torch's "Given groups=2, expected weight to be at least 2" in xprune's own probe
+    forward); now an error names the layer and the largest sparsity reached without breaking
+    it, and asking for that sparsity works."""
+    import re
+    import warnings
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    with pytest.raises(ValueError, match=r"Structured pruning with amount = 0.9 would leave the "
+                                         r"grouped convolution 'c2' \(groups=2, weight of shape "
+                                         r"\(1, 1, 3, 3\)\): its channels must stay a nonzero "
+                                         r"multiple of its groups\. The largest weight sparsity "
+                                         r"reached here without that is (0\.\d+)") as info:
+        xprune.prune(_GroupedThenDepthwise().eval(), 0.9, method="structured", data=(x, y))
+    feasible = float(re.search(r"without that is (0\.\d+)", str(info.value)).group(1))
+    assert 0.5 < feasible < 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # channels come in whole units
+        pair = xprune.prune(_GroupedThenDepthwise().eval(), feasible, method="structured",
+                            data=(x, y))
+    assert pair.sparse.c2.weight.shape[0] % 2 == 0 and pair.sparse.c2.weight.shape[0] >= 2
+    assert pair.sparse(x).shape == (16, 10)
+    assert abs(pair.sparsity - feasible) < 0.01
+

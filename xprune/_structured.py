@@ -284,6 +284,18 @@ def _global_selection(scores: dict[str, Tensor], layers: list[str],
     return {n: sorted(v) for n, v in chosen.items()}
 
 
+def _broken_grouped_conv(model: nn.Module) -> str | None:
+    """The first grouped conv whose output channels are no longer a nonzero multiple of its
+    groups (Torch-Pruning can leave one so, and the model then fails in forward), named with
+    its groups and weight shape; ``None`` if there is none."""
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups > 1:
+            out = m.weight.shape[0]
+            if out < m.groups or out % m.groups or m.weight.shape[1] * m.groups != m.in_channels:
+                return f"{name!r} (groups={m.groups}, weight of shape {tuple(m.weight.shape)})"
+    return None
+
+
 def _groups_touched(group) -> int:
     """The largest ``groups`` of a grouped (not depthwise) conv whose channels the group touches."""
     groups = [1]
@@ -389,12 +401,15 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
         pruned, alive = _remove_channels(model, example, r, scores)
         return 1 - _counts(pruned)[0] / total, pruned, alive
 
+    feasible = [0.0]  # sparsities reached without breaking a grouped conv (for the error)
     if amount is not None:  # bisection over the channel ratio to match the weight sparsity
         low, high = 0.0, 1.0
         best = (float("inf"), None)
         for _ in range(20):
             mid = (low + high) / 2
             measured, pruned, alive = removed_fraction(mid)
+            if _broken_grouped_conv(pruned) is None:
+                feasible.append(measured)
             if abs(measured - amount) < best[0]:
                 best = (abs(measured - amount), (mid, measured, pruned, alive))
             if measured < amount:
@@ -412,6 +427,14 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
         measured = 1 - _counts(pruned)[0] / total
     else:
         measured, pruned, alive = removed_fraction(float(ratio))
+    if (broken := _broken_grouped_conv(pruned)) is not None:  # ../shared/cases/030-...
+        asked = (f"amount = {amount}" if amount is not None else f"n_units = {n_units}"
+                 if n_units is not None else f"channel_ratio = {ratio}")
+        raise ValueError(
+            f"Structured pruning with {asked} would leave the grouped convolution {broken}: its "
+            f"channels must stay a nonzero multiple of its groups. The largest weight sparsity "
+            f"reached here without that is {max(feasible):.3f}; ask for at most that, or "
+            f"leave the layer out.")
     twin = _masked_twin(model, alive)
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
         probe = ctx.data[0][:32]

@@ -26,6 +26,8 @@ from ._validation import (
 from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
 from .data import DATASETS, is_data_source
 from .metrics import METRICS
+from .metrics._base import resolve_metric_name as canon
+from .metrics._base import unknown_metric_hint
 from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
 
 __all__ = [
@@ -345,6 +347,18 @@ class MetricsConfig:
         if self.names is not None and (not isinstance(self.names, list) or not self.names):
             raise ValueError(f"Expected `metrics.names` to be a non-empty list of metric "
                              f"names, got {self.names!r}.")
+        # names from the peer tools (pixel_flipping, Sparseness, ...) become xprune's own
+        for key in ("names", "versus_random", "params"):
+            value = getattr(self, key)
+            if isinstance(value, (list, dict)):
+                canonical = [canon(n) for n in value]
+                for n, c in zip(value, canonical, strict=True):
+                    if c not in METRICS:
+                        raise ValueError(f"Expected `metrics.{key}` to name one of "
+                                         f"{sorted(METRICS)}, got {n!r}."
+                                         + unknown_metric_hint(n))
+                object.__setattr__(self, key, canonical if isinstance(value, list) else
+                                   dict(zip(canonical, value.values(), strict=True)))
         for name in self.names or []:
             _check_name(name, METRICS, "metrics.names")
         if self.names is not None and len(set(self.names)) != len(self.names):

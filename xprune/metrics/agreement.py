@@ -9,7 +9,14 @@ from torch import Tensor
 
 from .._validation import check_count, check_same_shape
 from ..attribution import Attributions
-from ._base import feature_map, pearson, register, values_of
+from ._base import (
+    feature_map,
+    pearson,
+    register,
+    undefined_reasons,
+    values_of,
+    warn_undefined,
+)
 
 __all__ = ["cosine_similarity", "foreground", "kendall_tau", "normalise_maps", "on_features",
            "sign_agreement", "spearman", "ssim", "ssim_on_features", "top_k_intersection"]
@@ -40,7 +47,7 @@ def average_ranks(x: Tensor) -> Tensor:
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
           reference="Spearman 1904; used for saliency-map similarity by Adebayo et al. 2018, "
-                    "'Sanity checks for saliency maps', NeurIPS")
+                    "'Sanity checks for saliency maps', NeurIPS", undefined="constant map")
 def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = False) -> Tensor:  # noqa: A002
     """Spearman rank correlation between two maps of the same input, per sample.
 
@@ -59,8 +66,9 @@ def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = 
     -------
     Tensor of shape (N,), float64
         In [-1, 1]; higher = more similar rankings; a map against itself
-        scores 1. Undefined (NaN, documented) when either map is constant
-        over its features, e.g. all zero.
+        scores 1. Undefined (NaN, with one :class:`UndefinedScoreWarning` per
+        call giving the count) when either map is constant over its
+        features, e.g. all zero.
 
     Raises
     ------
@@ -70,7 +78,8 @@ def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = 
     x, y = _pair(a, b)
     if abs:
         x, y = x.abs(), y.abs()
-    return pearson(average_ranks(x), average_ranks(y))
+    return warn_undefined(pearson(average_ranks(x), average_ranks(y)), "spearman",
+                          "a map is constant (e.g. all zero), so its ranks are all tied")
 
 
 def _top_k_mask(x: Tensor, k: int) -> Tensor:
@@ -82,7 +91,7 @@ def _top_k_mask(x: Tensor, k: int) -> Tensor:
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
           reference="Top-k feature overlap, e.g. Ghorbani, Abid & Zou 2019, 'Interpretation "
-                    "of neural networks is fragile', AAAI")
+                    "of neural networks is fragile', AAAI", undefined="all-zero map")
 def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
                        k: int | None = None, abs: bool = True) -> Tensor:  # noqa: A002
     """Fraction of the k most important features that two maps share, per sample.
@@ -106,8 +115,9 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
     Returns
     -------
     Tensor of shape (N,), float64
-        In [0, 1]; higher = more overlap; a map against itself scores 1 (NaN,
-        documented, if it is all zero, as for two all-zero maps).
+        In [0, 1]; higher = more overlap; a map against itself scores 1. NaN,
+        with one :class:`UndefinedScoreWarning` per call giving the count,
+        when both top-k sets are empty (both maps all zero).
 
     Raises
     ------
@@ -124,11 +134,14 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
     top_x, top_y = _top_k_mask(x, k), _top_k_mask(y, k)
     size = torch.maximum(top_x.sum(dim=1), top_y.sum(dim=1)).double()
     shared = (top_x & top_y).sum(dim=1).double()
-    return torch.where(size > 0, shared / size.clamp_min(1), torch.full_like(size, float("nan")))
+    out = torch.where(size > 0, shared / size.clamp_min(1), torch.full_like(size, float("nan")))
+    return warn_undefined(out, "top_k_intersection",
+                          "both maps are all zero, so both top-k sets are empty")
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
-          reference="Kendall 1938, tau-b (Kendall 1945) for ties; scipy.stats.kendalltau")
+          reference="Kendall 1938, tau-b (Kendall 1945) for ties; scipy.stats.kendalltau",
+          undefined="constant map")
 def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
                 abs: bool = False) -> Tensor:  # noqa: A002
     """Kendall rank correlation tau-b between two maps of the same input, per sample.
@@ -140,8 +153,8 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
     Returns
     -------
     Tensor of shape (N,), float64
-        In [-1, 1]; a map against itself scores 1; NaN (documented) when
-        either map is constant.
+        In [-1, 1]; a map against itself scores 1; NaN (with one
+        :class:`UndefinedScoreWarning` per call) when either map is constant.
     """
     x, y = _pair(a, b)
     if abs:
@@ -155,11 +168,13 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
         n1 = (dy != 0).sum().double()
         denom = torch.sqrt(n0 * n1)
         out.append(s / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64))
-    return torch.stack(out).double()
+    return warn_undefined(torch.stack(out).double(), "kendall_tau",
+                          "a map is constant (e.g. all zero), so every pair is tied")
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
-          reference="Cosine similarity of attribution vectors, e.g. Ghorbani, Abid & Zou 2019")
+          reference="Cosine similarity of attribution vectors, e.g. Ghorbani, Abid & Zou 2019",
+          undefined="all-zero map")
 def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
                       abs: bool = False) -> Tensor:  # noqa: A002
     """Cosine similarity ``<a, b> / (||a|| ||b||)`` of two maps' feature vectors, per sample.
@@ -168,19 +183,22 @@ def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
     -------
     Tensor of shape (N,), float64
         In [-1, 1]; 1 for maps that differ by a positive factor (scale
-        invariant); NaN (documented) when either map is all zero.
+        invariant); NaN (with one :class:`UndefinedScoreWarning` per call)
+        when either map is all zero.
     """
     x, y = _pair(a, b)
     if abs:
         x, y = x.abs(), y.abs()
     denom = x.norm(dim=1) * y.norm(dim=1)
-    return torch.where(denom > 0, ((x * y).sum(dim=1) / denom).clamp(-1, 1),
-                       torch.full_like(denom, float("nan")))
+    out = torch.where(denom > 0, ((x * y).sum(dim=1) / denom).clamp(-1, 1),
+                      torch.full_like(denom, float("nan")))
+    return warn_undefined(out, "cosine_similarity", "a map is all zero")
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
           reference="Sign agreement of feature attributions, as in Krishna et al. 2022, 'The "
-                    "disagreement problem in explainable machine learning' (signed agreement)")
+                    "disagreement problem in explainable machine learning' (signed agreement)",
+          undefined="all-zero maps")
 def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
                    k: int | None = None) -> Tensor:
     """Fraction of features whose attributions have the same sign (-1, 0, +1), per sample.
@@ -194,7 +212,8 @@ def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
     -------
     Tensor of shape (N,), float64
         In [0, 1]; higher = more agreement; a map against itself scores 1.
-        NaN (documented) when both maps are all zero. Not meaningful for maps
+        NaN (with one :class:`UndefinedScoreWarning` per call) when both maps
+        are all zero (or, with ``k``, the first one is). Not meaningful for maps
         that are |.| already (Captum's Saliency default).
     """
     x, y = _pair(a, b)
@@ -205,8 +224,9 @@ def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
         check_count(k, "k", x.shape[1])
         counted = _top_k_mask(x.abs(), k).double()
     n = counted.sum(dim=1)
-    return torch.where(n > 0, (same * counted).sum(dim=1) / n.clamp_min(1),
-                       torch.full_like(n, float("nan")))
+    out = torch.where(n > 0, (same * counted).sum(dim=1) / n.clamp_min(1),
+                      torch.full_like(n, float("nan")))
+    return warn_undefined(out, "sign_agreement", "no feature is nonzero in the maps compared")
 
 
 def _ssim_window(size: int, gaussian: bool, device: torch.device) -> Tensor:
@@ -367,7 +387,8 @@ def on_features(metric, a: Tensor | Attributions, b: Tensor | Attributions, feat
     Tensor of shape (N,), float64
         The metric's value over the selected features; NaN for a sample with
         none selected (and wherever the metric itself is undefined, e.g. a
-        rank correlation over a single feature).
+        rank correlation over a single feature), with one
+        :class:`UndefinedScoreWarning` per call for all of them.
 
     Raises
     ------
@@ -383,18 +404,23 @@ def on_features(metric, a: Tensor | Attributions, b: Tensor | Attributions, feat
     features = features.to(x.device)
     counts = features.sum(dim=1)
     out = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
-    for m in counts.unique().tolist():
-        if m == 0:
-            continue
-        rows = (counts == m).nonzero()[:, 0]
-        sel = features[rows]
-        xs = x[rows][sel].reshape(len(rows), m)   # row-major: each row keeps its order
-        ys = y[rows][sel].reshape(len(rows), m)
-        kw = dict(params)
-        if isinstance(kw.get("k"), int):
-            kw["k"] = min(kw["k"], m)
-        out[rows.cpu()] = metric(xs, ys, **kw).double().cpu()
-    return out
+    with undefined_reasons() as reasons:  # one warning for the call, not one per group
+        for m in counts.unique().tolist():
+            if m == 0:
+                continue
+            rows = (counts == m).nonzero()[:, 0]
+            sel = features[rows]
+            xs = x[rows][sel].reshape(len(rows), m)   # row-major: each row keeps its order
+            ys = y[rows][sel].reshape(len(rows), m)
+            kw = dict(params)
+            if isinstance(kw.get("k"), int):
+                kw["k"] = min(kw["k"], m)
+            out[rows.cpu()] = metric(xs, ys, **kw).double().cpu()
+    if bool((counts == 0).any()):
+        reasons.append("no feature selected")
+    name = getattr(metric, "__name__", "metric")
+    return warn_undefined(out, f"{name} over the selected features", "; ".join(reasons)
+                          or "undefined on the selected features")
 
 
 def normalise_maps(maps: Tensor, *, absolute: bool) -> Tensor:
