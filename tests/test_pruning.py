@@ -291,3 +291,28 @@ def test_schedules_share_one_budget_and_keep_earlier_zeros(cnn, digits, schedule
         assert bool((pair.sparse.get_parameter(name)[~mask] == 0).all())
     with pytest.raises(ValueError, match="earlier zeros must stay pruned"):
         prune_and_fine_tune(cnn, 0.9, x, y, method="random_unstructured")
+
+
+def test_pruning_package_imports_point_one_way():
+    """No late import between pruning modules, and the core never imports a method or the API.
+
+    Methods register through the explicit ``xprune.pruning.methods`` package that
+    ``_api`` imports (issue 17 item 1), not by a module importing its own plugin.
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(xprune.pruning.__file__).parent
+    late, core_imports = [], []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or "xprune" in (node.module or "")):
+                if id(node) not in top:
+                    late.append(f"{path.relative_to(root)}:{node.lineno}")
+                if path.name == "_core.py":
+                    core_imports.append(node.module)
+    assert late == []
+    assert not [m for m in core_imports if m and ("methods" in m or "_api" in m)]
+    assert [m for m in core_imports if m] == ["_state", "_validation"]

@@ -170,7 +170,7 @@ def test_attribution_guided_unit_pruning(digits, criterion):
     """Yeom et al. 2021: units ranked by their relevance on a reference batch."""
     import captum.attr as ca
 
-    from xprune._structured import _relevance_scores
+    from xprune.pruning.methods.structured import _relevance_scores
 
     torch.manual_seed(0)
     model = DigitsCNN().eval()

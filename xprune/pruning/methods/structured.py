@@ -21,7 +21,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .pruning import (
+from ..._state import eval_mode, to_model
+from .._core import (
     PRUNABLE_LAYERS,
     ModelPair,
     PruningContext,
@@ -81,8 +82,6 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
     a channel's spatial positions.
     """
     import captum.attr as ca
-
-    from ._state import eval_mode, to_model
 
     x, y = data
     scores = {}
@@ -235,8 +234,6 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
     else:
         measured, pruned, alive = removed_fraction(float(ratio))
     twin = _masked_twin(model, alive)
-    from ._state import eval_mode
-
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
         probe = ctx.data[0][:32]
         gap = float((pruned(probe) - twin(probe)).abs().max())
