@@ -133,6 +133,8 @@ class _VariantFields:
     steps: int = 5
     max_layer_sparsity: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    layers: str | tuple[str, ...] | None = None  # glob patterns / type names (prune's `layers`)
+    exclude: str | tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,17 @@ class PruningVariant(_VariantFields):
             raise ValueError(f"Expected a method in {MONOTONE_METHODS} for schedule "
                              f"{self.schedule!r}, got {self.method!r}.")
         check_positive_int(self.steps, "pruning.steps")
+        for key in ("layers", "exclude"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, key, value)
+            items = (value,) if isinstance(value, str) else value
+            if value is not None and (not isinstance(items, tuple) or not items or not all(
+                    isinstance(p, str) and p for p in items)):
+                raise ValueError(f"Expected `pruning.{key}` to be a glob pattern over module "
+                                 f"names or a module type name (e.g. \"encoder.*\", "
+                                 f"\"Linear\"), or a list of them, got {value!r}.")
         if self.max_layer_sparsity is not None:
             check_fraction(self.max_layer_sparsity, "pruning.max_layer_sparsity",
                            high_inclusive=True)

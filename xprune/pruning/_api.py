@@ -14,20 +14,22 @@ from .._validation import check_fraction, closest_name
 from ..models import train
 from . import methods  # noqa: F401  the built-in methods register themselves here
 from ._core import (
-    PRUNABLE_LAYERS,
     PRUNING_METHODS,
     ModelPair,
+    Patterns,
     PruningContext,
     _make_permanent,
-    prunable_weights,
-    weight_name,
+    _resolve,
+    check_n_m,
+    select_weights,
 )
 
 
 def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_unstructured",
           scope: str = "global", seed: int = 0, max_layer_sparsity: float | None = None,
           data: tuple[Tensor, Tensor] | None = None,
-          options: Mapping[str, Any] | None = None) -> ModelPair:
+          options: Mapping[str, Any] | None = None, layers: Patterns = None,
+          exclude: Patterns = None, n_m: tuple[int, int] | None = None) -> ModelPair:
     """Prune a copy of ``model`` and return the dense/sparse pair.
 
     Parameters
@@ -35,7 +37,7 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     model : nn.Module
         The trained dense model. It is deep-copied first and never mutated.
     amount : float in [0, 1), optional
-        Requested sparsity: the fraction of conv/linear weights to remove
+        Requested sparsity: the fraction of the selected weights to remove
         (``round(amount * n)`` weights, as ``torch.nn.utils.prune`` counts).
         Required except for methods given their own target (``threshold`` with
         ``theta``, ``custom_mask``).
@@ -54,20 +56,41 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
         attribution-guided).
     options : mapping, optional
         The method's own options (see :attr:`PruningMethod.options`).
+    layers, exclude : glob pattern, module type, or a list of them, optional
+        Which weight matrices are pruned (:func:`select_weights`): patterns
+        over module names (``"encoder.*"``), state-dict keys
+        (``"*.in_proj_weight"``) or module types (``nn.Linear``,
+        ``"Linear"``). Default: every Linear, Conv, attention and recurrent
+        weight matrix except the output layer (the last Linear/Conv in module
+        order), which stays dense unless a pattern selects it.
+    n_m : (N, M), optional
+        Semi-structured sparsity with any weight-ranking method (magnitude,
+        random, Taylor, Wanda, SparseGPT, your own criterion): of every M
+        consecutive weights along the input dimension exactly the N
+        highest-scoring survive (:func:`~xprune.pruning.n_m_mask`); ``amount``
+        is then ``1 - N/M`` (give it or leave it out). On CPU this is a mask:
+        the zeros save no time; only 2:4 on an Ampere or newer GPU maps to
+        sparse kernels (``torch.sparse.to_sparse_semi_structured``).
 
     Returns
     -------
     ModelPair
         ``pair.dense is model``; ``pair.sparse`` is a pruned copy with permanent
         zeros (or a physically smaller model for structured methods);
-        ``pair.masks`` maps ``"layer.weight"`` to bool masks.
+        ``pair.masks`` maps ``"layer.weight"`` to bool masks; ``pair.layers``
+        lists the selected weights, ``pair.sparsity`` is measured over them
+        and ``pair.sparsity_all`` over all weight matrices.
 
     Raises
     ------
     ValueError
         If ``amount`` is outside [0, 1) or missing, ``method``, ``scope`` or an
-        option is unknown, data is missing for a data-driven method, or the
-        model has no Linear/Conv layer to prune.
+        option is unknown, data is missing for a data-driven method, or a
+        pattern in ``layers``/``exclude`` selects nothing (the message lists
+        the model's modules).
+    TypeError
+        If ``model`` is not a module or a pattern is neither a string nor a
+        module type.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
@@ -75,6 +98,19 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
         raise ValueError(f"Expected `method` to be one of {sorted(PRUNING_METHODS)}, "
                          f"got {method!r}." + closest_name(method, PRUNING_METHODS))
     info = PRUNING_METHODS[method]
+    if n_m is not None:
+        n_m = check_n_m(n_m)
+        if not info.supports_n_m:
+            raise ValueError(f"Pruning method {method!r} does not rank weights: `n_m` applies "
+                             "only to " + ", ".join(sorted(
+                                 k for k, v in PRUNING_METHODS.items() if v.supports_n_m)) + ".")
+        if amount is not None and abs(float(amount) - (1 - n_m[0] / n_m[1])) > 1e-9:
+            raise ValueError(f"Expected `amount` None or {1 - n_m[0] / n_m[1]} with `n_m` = "
+                             f"{n_m}, got {amount}.")
+        if max_layer_sparsity is not None:
+            raise ValueError("`max_layer_sparsity` does not apply with `n_m`: every layer loses "
+                             "M - N of every M weights.")
+        amount = 1 - n_m[0] / n_m[1]
     if amount is None and not info.amount_optional:
         raise ValueError(f"Expected `amount` in [0.0, 1.0) for method {method!r}, got None.")
     if amount is not None:
@@ -96,25 +132,23 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     if info.needs_data and data is None:
         raise ValueError(f"Pruning method {method!r} needs a reference batch: pass "
                          "`data=(inputs, labels)`.")
-    if not prunable_weights(model):
-        raise ValueError(f"Expected a model with at least one prunable layer "
-                         f"({', '.join(t.__name__ for t in PRUNABLE_LAYERS)}), "
-                         f"found none in {type(model).__name__}.")
+    keys = tuple(select_weights(model, layers, exclude))
     sparse = copy.deepcopy(model)  # before any hook: a hooked module cannot be deep-copied
     ctx = PruningContext(scope=scope, generator=torch.Generator().manual_seed(seed),
                          max_layer_sparsity=max_layer_sparsity, data=data,
-                         options={**info.options, **(options or {})})
+                         options={**info.options, **(options or {})}, targets=keys, n_m=n_m)
     try:
         replaced = info.fn(sparse, amount, ctx)
     finally:  # never hand out a model with pruning hooks, even after an error
         masks = _make_permanent(sparse)
     params = {"scope": scope, "seed": seed, "max_layer_sparsity": max_layer_sparsity,
-              **{k: v for k, v in ctx.options.items() if k != "masks"}}
+              **{k: v for k, v in ctx.options.items() if k != "masks"},
+              **({"n_m": list(n_m)} if n_m is not None else {})}
     if isinstance(replaced, ModelPair):
         return dataclasses.replace(replaced, dense=model, method=method,
-                                   params={**params, **replaced.params})
+                                   params={**params, **replaced.params}, layers=keys)
     pair = ModelPair(dense=model, sparse=sparse, method=method, amount=0.0, masks=masks,
-                     params=params)
+                     params=params, layers=keys)
     return dataclasses.replace(pair, amount=pair.sparsity if amount is None else amount)
 
 
@@ -146,7 +180,8 @@ def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *
                         method: str = "l1_unstructured", lr: float = 1e-3, seed: int = 0,
                         scope: str = "global", max_layer_sparsity: float | None = None,
                         data: tuple[Tensor, Tensor] | None = None,
-                        options: Mapping[str, Any] | None = None) -> ModelPair:
+                        options: Mapping[str, Any] | None = None, layers: Patterns = None,
+                        exclude: Patterns = None) -> ModelPair:
     """Prune and fine-tune on a schedule, within one total fine-tuning budget.
 
     The ``epochs`` of masked fine-tuning are split evenly over the pruning
@@ -168,7 +203,7 @@ def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *
     epochs, lr : total fine-tuning budget and learning rate.
     method : str
         One of ``MONOTONE_METHODS``.
-    seed, scope, max_layer_sparsity, data, options
+    seed, scope, max_layer_sparsity, data, options, layers, exclude
         As for :func:`prune`, at every step.
 
     Returns
@@ -187,16 +222,17 @@ def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *
     current, seconds = model, 0.0
     for k, (target, n_epochs) in enumerate(zip(targets, per_step, strict=True)):
         step = prune(current, target, method=method, seed=seed + k, scope=scope,
-                     max_layer_sparsity=max_layer_sparsity, data=data, options=options)
+                     max_layer_sparsity=max_layer_sparsity, data=data, options=options,
+                     layers=layers, exclude=exclude)
         step = fine_tune(step, x, y, epochs=n_epochs, lr=lr, seed=seed + k)
         seconds += step.params["finetune_seconds"]
         current = step.sparse
-    masks = {weight_name(n): m.weight.detach() != 0 for n, m in prunable_weights(current)}
+    masks = {key: getattr(m, p).detach() != 0 for key, m, p in _resolve(current, step.layers)}
     params = {**step.params, "schedule": schedule, "steps": len(targets),
               "step_sparsities": [round(t, 6) for t in targets], "finetune_epochs": epochs,
               "finetune_seconds": seconds}
     return ModelPair(dense=model, sparse=current, method=method, amount=amount, masks=masks,
-                     params=params)
+                     params=params, layers=step.layers)
 
 def fine_tune(pair: ModelPair, x: Tensor, y: Tensor, *, epochs: int, lr: float = 1e-3,
               batch_size: int = 64, seed: int = 0,

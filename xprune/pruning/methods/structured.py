@@ -102,8 +102,12 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
 
 
 def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
-                     scores: dict[str, Tensor]) -> tuple[nn.Module, dict[str, list[int]]]:
-    """A pruned deep copy and, per module, the dense-model indices of its surviving channels."""
+                     scores: dict[str, Tensor], selected: set[str] | None = None
+                     ) -> tuple[nn.Module, dict[str, list[int]]]:
+    """A pruned deep copy and, per module, the dense-model indices of its surviving channels.
+
+    Only the output channels of modules in ``selected`` (all if None) are removed.
+    """
     import torch_pruning as tp
 
     pruned = copy.deepcopy(model)
@@ -115,7 +119,7 @@ def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
     graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
     names = {m: n for n, m in pruned.named_modules()}
     for name in order:
-        if name in keep_outputs:
+        if name in keep_outputs or (selected is not None and name not in selected):
             continue
         module = modules[name]
         original = len(scores[name])
@@ -208,11 +212,14 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
                          "option `channel_ratio` (fraction of channels), not both.")
     example = ctx.data[0][:1]
     scores = _channel_scores(model, ctx)
-    total = _counts(model)[0]
+    keys = list(ctx.targets) or None
+    selected = {n for n, m in prunable_weights(model)
+                if keys is None or weight_name(n) in keys}
+    total = _counts(model, keys)[0]
 
     def removed_fraction(r: float):
-        pruned, alive = _remove_channels(model, example, r, scores)
-        return 1 - _counts(pruned)[0] / total, pruned, alive
+        pruned, alive = _remove_channels(model, example, r, scores, selected)
+        return 1 - _counts(pruned, keys)[0] / total, pruned, alive
 
     if ratio is None:  # bisection over the channel ratio to match the weight sparsity
         low, high = 0.0, 1.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -12,45 +12,50 @@ from ...models import train
 from .._core import (
     PruningContext,
     _apply_masks,
+    _resolve,
     _weight_gradients,
-    prunable_weights,
     register_importance,
     register_pruning_method,
-    weight_name,
+    targets,
 )
 
 
 @register_importance("l1_unstructured", "Magnitude pruning: remove the weights of smallest |w| "
                                         "(globally across layers, or the same fraction per layer).")
 def _magnitude(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
-    return {weight_name(n): m.weight.detach().abs() for n, m in prunable_weights(model)}
+    return {key: getattr(m, p).detach().abs() for key, m, p in targets(model, ctx)}
 
 
 @register_importance("random_unstructured", "Random control: remove weights chosen uniformly at "
                                             "random (seeded), at the same sparsity.")
 def _random(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
-    return {weight_name(n): torch.rand(m.weight.shape, generator=ctx.generator)
-            for n, m in prunable_weights(model)}
+    return {key: torch.rand(getattr(m, p).shape, generator=ctx.generator)
+            for key, m, p in targets(model, ctx)}
 
 
 @register_importance("taylor_unstructured",
                      "First-order Taylor importance (g * w)^2 of each weight on a reference batch "
                      "(Molchanov et al. 2019, eq. 3).", needs_data=True)
 def _taylor(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
-    return {k: (g * w) ** 2 for k, (g, w) in _weight_gradients(model, ctx.data).items()}
+    return {k: (g * w) ** 2 for k, (g, w) in _weight_gradients(model, ctx.data,
+                                                                     list(ctx.targets) or None
+                                                                     ).items()}
 
 
-def find_threshold(model: nn.Module, amount: float, *, iterations: int = 100) -> float:
+def find_threshold(model: nn.Module, amount: float, *, iterations: int = 100,
+                   layers: Sequence[str] | None = None) -> float:
     """The magnitude threshold theta at which |w| < theta covers ``amount`` of the weights.
 
-    Bisection over theta on the conv/linear weights (one global threshold), so
+    Bisection over theta on the weights ``layers`` (state-dict keys from
+    :func:`~xprune.pruning.select_weights`; default: all weight matrices), one
+    global threshold, so
     that threshold pruning can be compared with other methods at matched
     measured sparsity. The search runs in the weights' own dtype, so the
     returned theta reproduces the count exactly; only weights tied at theta
     can make the match inexact, by their number.
     """
-    weights = torch.cat([m.weight.detach().abs().reshape(-1).cpu()
-                         for _, m in prunable_weights(model)])
+    weights = torch.cat([getattr(m, p).detach().abs().reshape(-1).cpu()
+                         for _, m, p in _resolve(model, layers)])
     target = round(amount * weights.numel())
     low = torch.tensor(0.0, dtype=weights.dtype)
     high = torch.nextafter(weights.max(), torch.tensor(float("inf"), dtype=weights.dtype))
@@ -65,9 +70,10 @@ def find_threshold(model: nn.Module, amount: float, *, iterations: int = 100) ->
     return float(high)
 
 
-def _threshold_masks(model: nn.Module, theta: float) -> dict[str, Tensor]:
-    return {weight_name(n): m.weight.detach().abs() >= torch.tensor(theta, dtype=m.weight.dtype)
-            for n, m in prunable_weights(model)}
+def _threshold_masks(model: nn.Module, theta: float, keys) -> dict[str, Tensor]:
+    return {key: getattr(m, p).detach().abs() >= torch.tensor(theta, dtype=getattr(m, p).dtype)
+            for key, m, p in _resolve(model, keys)}
+
 
 @register_pruning_method(
     "threshold", "Remove every weight with |w| < theta (option `theta`), or find theta by "
@@ -80,8 +86,9 @@ def _threshold(model: nn.Module, amount: float | None, ctx: PruningContext) -> N
     if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float))
                               or not theta >= 0):
         raise ValueError(f"Expected `theta` >= 0, got {theta!r}.")
+    keys = list(ctx.targets) or None
     _apply_masks(model, _threshold_masks(model, theta if theta is not None
-                                         else find_threshold(model, amount)))
+                                         else find_threshold(model, amount, layers=keys), keys))
 
 
 @register_pruning_method(
@@ -105,4 +112,9 @@ def _custom_mask(model: nn.Module, amount: float | None, ctx: PruningContext) ->
     masks = ctx.options["masks"]
     if not isinstance(masks, Mapping) or not masks:
         raise ValueError("Expected the option `masks` to map 'layer.weight' names to 0/1 tensors.")
+    known = {key for key, _, _ in _resolve(model, list(masks))}  # unknown names: _apply_masks
+    outside = sorted(known - set(ctx.targets)) if ctx.targets else []
+    if outside:
+        raise ValueError(f"The option `masks` names weight(s) {outside} outside the selected "
+                         f"layers {list(ctx.targets)}: select them with `layers=`.")
     _apply_masks(model, {k: torch.as_tensor(v).bool() for k, v in masks.items()})
