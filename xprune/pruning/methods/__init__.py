@@ -13,4 +13,7 @@ from . import unstructured
 # registration order is the order `xprune list` shows: unstructured first
 from . import structured
 
-__all__ = ["structured", "unstructured"]
+# isort: split
+from . import calibrated
+
+__all__ = ["calibrated", "structured", "unstructured"]
