@@ -143,3 +143,24 @@ def test_config_keys_layers_and_exclude():
                                                       {"method": "random_unstructured",
                                                        "layers": "fc1"}))
     assert [v.layers for v in config.variants()] == [("conv*",), "fc1"]
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_recurrent_gate_matrices_all_ones_mask_and_magnitude(cell):
+    """Issue 19 item 6: weight_ih_l* / weight_hh_l* are pruned per gate matrix through the
+    generic parameter selection; an all-ones mask leaves the outputs identical."""
+    torch.manual_seed(0)
+    rnn = cell(4, 6, num_layers=2, batch_first=True)
+    x = torch.rand(3, 5, 4)
+    keys = [f"weight_{kind}_l{layer}" for layer in range(2) for kind in ("ih", "hh")]
+    assert select_weights(rnn) == keys
+    ones = {k: torch.ones_like(rnn.get_parameter(k), dtype=torch.bool) for k in keys}
+    pair = prune(rnn, method="custom_mask", options={"masks": ones})
+    torch.testing.assert_close(pair.sparse(x)[0], rnn(x)[0], rtol=0, atol=0)
+    pair = prune(rnn, 0.5, scope="layer")
+    for key in keys:
+        w, dense = pair.sparse.get_parameter(key), rnn.get_parameter(key).detach()
+        assert int((w == 0).sum()) == w.numel() // 2
+        kept = pair.masks[key]
+        assert float(dense.abs()[~kept].max()) <= float(dense.abs()[kept].min())
+    assert not torch.allclose(pair.sparse(x)[0], rnn(x)[0])
