@@ -7,9 +7,11 @@ model is handed out (a module with pruning hooks cannot be deep-copied, pytorch
 #37322, and its state dict has ``weight_orig``/``weight_mask`` keys); the masks
 are kept on the pair as data so masked fine-tuning can re-apply them.
 
-Sparsity everywhere means the fraction of exactly-zero entries among the
-weights of convolution and linear layers (biases and normalisation layers are
-not counted), measured on the model, never assumed from the request.
+Sparsity everywhere means the fraction of exactly-zero entries among weight
+matrices (Linear, Conv, attention and recurrent matrices; biases and
+normalisation layers are not counted), measured on the model, never assumed
+from the request: over the selected weights (:func:`select_weights`; by
+default all but the output layer) and over all of them.
 
 This module imports no pruning method: the methods live in
 :mod:`xprune.pruning.methods`, which :mod:`xprune.pruning._api` imports to fill
