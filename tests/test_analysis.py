@@ -300,7 +300,7 @@ def test_pair_pruned_elsewhere_from_two_checkpoints(tmp_path, capsys, monkeypatc
     dense = DigitsCNN()
     train(dense, data.x_train, data.y_train, epochs=3, seed=0)
     save_model(dense, tmp_path / "dense.safetensors")
-    save_model(xprune.prune(dense, 0.7).sparse, tmp_path / "magnitude70.safetensors")
+    save_model(xprune.prune(dense, 0.7, layers="*").sparse, tmp_path / "magnitude70.safetensors")
     small = xprune.prune(dense, 0.6, method="structured",
                          data=(data.x_train[:64], data.y_train[:64])).sparse
     save_model(small, tmp_path / "channels.safetensors")
