@@ -77,3 +77,31 @@ def test_n_m_errors():
 def test_ties_keep_the_lower_index():
     mask = n_m_mask(torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 2.0, 2.0, 2.0]]), 2, 4)
     assert mask.tolist() == [[True, True, False, False, False, True, True, False]]
+
+
+def test_config_key_n_m_reaches_prune(digits):
+    from xprune import analysis
+    from xprune.config import AnalysisConfig, PruningConfig, PruningVariant
+    from xprune.models import DigitsCNN
+
+    config = AnalysisConfig.from_dict({"pruning": {
+        "sparsities": [0.5], "finetune_epochs": 1,
+        "methods": [{"method": "l1_unstructured", "n_m": [2, 4], "exclude": "conv1"},
+                    {"method": "wanda"}]}})
+    variant = config.pruning.variants()[0]
+    assert variant.n_m == (2, 4) and variant.name == "l1_unstructured-2:4"
+    torch.manual_seed(0)
+    dense = DigitsCNN()
+    reference = (digits.x_train[:64], digits.y_train[:64])
+    for v in config.pruning.variants():
+        model, _ = analysis._sparse_compute(dense, v, 0.5, digits, reference, config)()
+        assert model.fc2.weight.count_nonzero() == model.fc2.weight.numel()
+        if v.n_m:
+            w = model.conv2.weight.detach().movedim(1, -1).reshape(-1, 4)
+            assert ((w != 0).sum(dim=1) == 2).all()  # masked fine-tuning kept the pattern
+    with pytest.raises(ValueError, match=r"Expected `pruning.sparsities` = \[0.5\] with `n_m`"):
+        PruningConfig(n_m=[2, 4])
+    with pytest.raises(ValueError, match=r"Expected `pruning.n_m` to be a pair of integers"):
+        PruningVariant(n_m=[4, 4])
+    with pytest.raises(ValueError, match="one-shot weight-ranking method with `pruning.n_m`"):
+        PruningVariant(method="threshold", n_m=[2, 4])

@@ -208,7 +208,7 @@ def _sparse_compute(dense, variant, amount, data, reference, config):
         kwargs = dict(method=variant.method, scope=variant.scope, seed=config.seed,
                       max_layer_sparsity=variant.max_layer_sparsity, data=reference,
                       options=variant.options or None, layers=variant.layers,
-                      exclude=variant.exclude)
+                      exclude=variant.exclude, **({"n_m": variant.n_m} if variant.n_m else {}))
         if variant.schedule == "one_shot":
             pair = prune(dense, amount, **kwargs)
             pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
