@@ -26,7 +26,8 @@ def test_pruned_model_round_trip_is_exact(cnn, tmp_path):
     loaded = load_model(path, DigitsCNN)
     x = torch.rand(16, 1, 8, 8)
     assert torch.equal(loaded(x), pair.sparse(x))
-    assert xprune.sparsity(loaded) == pair.sparsity
+    assert xprune.sparsity(loaded) == pair.sparsity_all  # all weights; pair.sparsity: selected
+    assert xprune.sparsity(loaded, layers=list(pair.layers)) == pair.sparsity
 
 
 def test_pair_round_trip(cnn, tmp_path):

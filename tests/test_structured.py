@@ -147,7 +147,8 @@ def test_multihead_attention_projection_prunes_and_fine_tunes():
     assert bool((w[~mask] == 0).all()) and not torch.equal(w, pair.sparse.attn.out_proj.weight)
 
 
-def test_lstm_layers_are_left_dense_and_the_head_prunes():
+def test_lstm_gate_matrices_prune_and_the_output_layer_stays_dense():
+    """Issue 19 items 6-7: recurrent weights are selected and counted; the head is the output."""
     class Seq(nn.Module):
         def __init__(self):
             super().__init__()
@@ -158,13 +159,18 @@ def test_lstm_layers_are_left_dense_and_the_head_prunes():
             return self.head(self.lstm(x)[0][:, -1])
 
     torch.manual_seed(0)
-    pair = xprune.prune(Seq(), 0.5)
-    assert list(pair.masks) == ["head.weight"]
+    model = Seq()
+    pair = xprune.prune(model, 0.5)
+    assert list(pair.masks) == ["lstm.weight_ih_l0", "lstm.weight_hh_l0"]
+    assert pair.total_weights == 24 * 4 + 24 * 6 and abs(pair.sparsity - 0.5) * 240 <= 1
+    assert torch.equal(pair.sparse.head.weight, model.head.weight)
     tuned = xprune.fine_tune(pair, torch.rand(16, 3, 4), torch.randint(0, 2, (16,)), epochs=2,
                              batch_size=4)
-    assert bool((tuned.sparse.head.weight[~pair.masks["head.weight"]] == 0).all())
-    with pytest.raises(ValueError, match="at least one prunable layer .* found none in LSTM"):
-        xprune.prune(nn.LSTM(4, 6), 0.5)
+    w = tuned.sparse.lstm.weight_hh_l0
+    assert bool((w[~pair.masks["lstm.weight_hh_l0"]] == 0).all())
+    head = xprune.prune(model, 0.5, layers="head")
+    assert list(head.masks) == ["head.weight"]
+    assert list(xprune.prune(nn.LSTM(4, 6), 0.5).masks) == ["weight_ih_l0", "weight_hh_l0"]
 
 
 @pytest.mark.parametrize("criterion", ["integrated_gradients", "lrp"])
@@ -172,7 +178,7 @@ def test_attribution_guided_unit_pruning(digits, criterion):
     """Yeom et al. 2021: units ranked by their relevance on a reference batch."""
     import captum.attr as ca
 
-    from xprune._structured import _relevance_scores
+    from xprune.pruning.methods.structured import _relevance_scores
 
     torch.manual_seed(0)
     model = DigitsCNN().eval()
@@ -201,8 +207,12 @@ from collections import OrderedDict  # noqa: E402
 
 from torch.testing import assert_close  # noqa: E402
 
-from xprune._structured import _channel_scores, _global_selection, _normalise  # noqa: E402
 from xprune.pruning import PruningContext  # noqa: E402
+from xprune.pruning.methods.structured import (  # noqa: E402
+    _channel_scores,
+    _global_selection,
+    _normalise,
+)
 
 W1 = [[1.0, -2.0], [0.5, 0.5], [-3.0, 0.25]]
 W2 = [[0.5, -1.0, 2.0], [1.0, 1.0, -0.5], [-0.25, 0.75, 1.5]]

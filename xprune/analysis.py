@@ -48,7 +48,14 @@ from .metrics._base import metric_seed
 from .metrics.controls import versus_random
 from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
-from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tune
+from .pruning import (
+    ModelPair,
+    fine_tune,
+    layer_table,
+    prune,
+    prune_and_fine_tune,
+    select_weights,
+)
 from .report import render_report
 from .report.seeds import render_seeds_report
 from .report.tables import plural
@@ -273,7 +280,8 @@ def _sparse_compute(dense, variant, amount, data, reference, config):
     def compute():
         kwargs = dict(method=variant.method, scope=variant.scope, seed=config.seed,
                       max_layer_sparsity=variant.max_layer_sparsity, data=reference,
-                      options=variant.options or None)
+                      options=variant.options or None, layers=variant.layers,
+                      exclude=variant.exclude, **({"n_m": variant.n_m} if variant.n_m else {}))
         if variant.schedule == "one_shot":
             pair = prune(dense, amount, **kwargs)
             pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
@@ -298,7 +306,7 @@ def _sparse_template(dense, variant, reference, factory, seed):
             return factory()
         options = {**variant.options, "channel_ratio": info["channel_ratio"]}
         return prune(dense, method="structured", data=reference, seed=seed,
-                     options=options).sparse
+                     options=options, layers=variant.layers, exclude=variant.exclude).sparse
 
     return template
 
@@ -326,6 +334,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
     rows, timing_rows, layer_frames, class_frames = [], [], [], []
     example = data.x_test[:1]
     dense_total = int(layer_table(records[0].model)["numel"].sum())
+    selections = {v.name: select_weights(records[0].model, v.layers, v.exclude)
+                  for v in config.pruning.variants()} if not config.pruning.checkpoints else {}
     dense_macs = count_macs(records[0].model, example)["dense"]
     for rec in records:
         ev = evaluate(rec.model, data.x_test, data.y_test)
@@ -337,6 +347,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
         rows.append({
             "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
             "requested_sparsity": rec.sparsity, "measured_sparsity": 1 - nnz / dense_total,
+            "selected_sparsity": _selected_sparsity(records[0].model, rec.model,
+                                                    selections.get(rec.pruning)),
             "structured": int(table["numel"].sum()) < dense_total,
             "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
             "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
@@ -358,6 +370,12 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
     classes = pd.concat(class_frames, ignore_index=True)[
         ["model", "class", "support", "recall", "precision"]]
     return ModelTables(pd.DataFrame(rows), pd.DataFrame(timing_rows), layers, classes)
+
+
+def _selected_sparsity(dense, model, keys) -> float:
+    """Sparsity over the weights a variant selected for pruning (all weights if none given)."""
+    table = layer_table(model, keys)
+    return 1 - int(table["nonzeros"].sum()) / int(layer_table(dense, keys)["numel"].sum())
 
 
 def _call_metric(info: M.MetricInfo, args: tuple, params: dict, seed: int, max_rows: int

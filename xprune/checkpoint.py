@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ._io import atomic_write_bytes, atomic_write_text
 from ._version import __version__
 from .attribution import Attributions
-from .pruning import ModelPair, prunable_weights, sparsity, weight_name
+from .pruning import ModelPair
 
 __all__ = ["load_attributions", "load_model", "load_pair", "load_state_dict",
            "save_attributions", "save_model", "save_pair"]
@@ -235,6 +235,7 @@ def save_pair(pair: ModelPair, directory: str | Path, *,
     manifest = {
         "format": "xprune-pair/1", "method": pair.method, "amount": pair.amount,
         "measured_sparsity": pair.sparsity, "params": dict(pair.params),
+        **({"layers": list(pair.layers)} if pair.layers else {}),
         "architecture": f"{type(pair.dense).__module__}.{type(pair.dense).__qualname__}",
         "versions": {"xprune": __version__, "torch": torch.__version__},
         **({"extra": dict(extra)} if extra else {}),
@@ -263,17 +264,18 @@ def load_pair(directory: str | Path, template: nn.Module | Callable[[], nn.Modul
     dense = load_model(directory / "dense.safetensors", template)
     sparse = load_model(directory / "sparse.safetensors", template)
     masks = {k: v.bool() for k, v in load_state_dict(directory / "masks.safetensors").items()}
-    for name, module in prunable_weights(sparse):
-        key = weight_name(name)
-        if key in masks and bool((module.weight.detach()[~masks[key]] != 0).any()):
+    weights = dict(sparse.named_parameters())
+    for key in masks:
+        if key in weights and bool((weights[key].detach()[~masks[key]] != 0).any()):
             raise ValueError(f"Saved pair in {directory} is inconsistent: {key} has nonzero "
                              "weights where its mask is 0.")
     pair = ModelPair(dense=dense, sparse=sparse, method=manifest["method"],
                      amount=float(manifest["amount"]), masks=masks,
-                     params=dict(manifest.get("params", {})))
-    if abs(sparsity(sparse) - float(manifest["measured_sparsity"])) > 1e-9:
+                     params=dict(manifest.get("params", {})),
+                     layers=tuple(manifest.get("layers", ())))
+    if abs(pair.sparsity - float(manifest["measured_sparsity"])) > 1e-9:
         raise ValueError(f"Saved pair in {directory} is inconsistent: the manifest says sparsity "
-                         f"{manifest['measured_sparsity']}, the weights have {sparsity(sparse)}.")
+                         f"{manifest['measured_sparsity']}, the weights have {pair.sparsity}.")
     return pair
 
 

@@ -184,7 +184,8 @@ def _list(_args) -> int:
 
     print("pruning methods:")
     for name, m in PRUNING_METHODS.items():
-        print(f"  {name:24s} {m.description}")
+        needs = " [needs data]" if m.needs_data else ""
+        print(f"  {name:24s} {m.description}{needs}")
     print("attribution methods:")
     for name, m in ATTRIBUTION_METHODS.items():
         print(f"  {name:24s} {m.description}")

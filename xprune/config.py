@@ -116,6 +116,9 @@ class _VariantFields:
     steps: int = 5
     max_layer_sparsity: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    layers: str | tuple[str, ...] | None = None  # glob patterns / type names (prune's `layers`)
+    exclude: str | tuple[str, ...] | None = None
+    n_m: tuple[int, int] | None = None  # semi-structured N:M, e.g. [2, 4] (prune's `n_m`)
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,30 @@ class PruningVariant(_VariantFields):
             raise ValueError(f"Expected a method in {MONOTONE_METHODS} for schedule "
                              f"{self.schedule!r}, got {self.method!r}.")
         check_positive_int(self.steps, "pruning.steps")
+        for key in ("layers", "exclude"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, key, value)
+            items = (value,) if isinstance(value, str) else value
+            if value is not None and (not isinstance(items, tuple) or not items or not all(
+                    isinstance(p, str) and p for p in items)):
+                raise ValueError(f"Expected `pruning.{key}` to be a glob pattern over module "
+                                 f"names or a module type name (e.g. \"encoder.*\", "
+                                 f"\"Linear\"), or a list of them, got {value!r}.")
         if self.max_layer_sparsity is not None:
             check_fraction(self.max_layer_sparsity, "pruning.max_layer_sparsity",
                            high_inclusive=True)
+        if self.n_m is not None:
+            from .pruning import check_n_m
+
+            try:
+                object.__setattr__(self, "n_m", check_n_m(self.n_m))
+            except ValueError as err:
+                raise ValueError(str(err).replace("`n_m`", "`pruning.n_m`")) from None
+            if not PRUNING_METHODS[self.method].supports_n_m or self.schedule != "one_shot":
+                raise ValueError(f"Expected a one-shot weight-ranking method with `pruning.n_m`, "
+                                 f"got method {self.method!r}, schedule {self.schedule!r}.")
         allowed = PRUNING_METHODS[self.method].options
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
@@ -156,6 +180,7 @@ class PruningVariant(_VariantFields):
         if self.label:
             return self.label
         name = self.method + ("-layer" if self.scope == "layer" else "")
+        name += f"-{self.n_m[0]}:{self.n_m[1]}" if self.n_m else ""
         return name + ("" if self.schedule == "one_shot" else f"-{self.schedule}")
 
 
@@ -207,6 +232,11 @@ class PruningConfig(_VariantFields):
         check_positive_int(self.finetune_epochs, "pruning.finetune_epochs", minimum=0)
         check_positive_int(self.reference_samples, "pruning.reference_samples")
         _check_positive_number(self.finetune_lr, "pruning.finetune_lr")
+        for v in self.variants():
+            if v.n_m and any(abs(s - (1 - v.n_m[0] / v.n_m[1])) > 1e-9 for s in self.sparsities):
+                raise ValueError(f"Expected `pruning.sparsities` = [{1 - v.n_m[0] / v.n_m[1]}] "
+                                 f"with `n_m` = {list(v.n_m)} (N:M fixes the sparsity), got "
+                                 f"{list(self.sparsities)}.")
         names = [v.name for v in self.variants()]
         if len(set(names)) != len(names):
             raise ValueError(f"Expected distinct pruning variants, got labels {names}: give "

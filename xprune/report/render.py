@@ -105,7 +105,9 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -
     t = models.merge(timings, on="model", how="left").set_index("model").loc[order].reset_index()
     out = pd.DataFrame({
         "model": t["model"],
-        "sparsity (measured)": t["measured_sparsity"].map("{:.4f}".format),
+        "sparsity (selected layers)": t.get("selected_sparsity", t["measured_sparsity"])
+        .map("{:.4f}".format),
+        "sparsity (all weights)": t["measured_sparsity"].map("{:.4f}".format),
         "test accuracy [95% CI]": [
             f"{100 * a:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
             for a, lo, hi in zip(t["accuracy"], t["accuracy_ci_low"], t["accuracy_ci_high"],

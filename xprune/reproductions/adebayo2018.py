@@ -454,7 +454,8 @@ def _models(params: Params, data, seed: int, context: Context) -> list[tuple[str
     models = [("dense", 0.0, dense)]
     for s in params.sparsities:
         def pruned(s=s):
-            pair = prune(dense, float(s), method="l1_unstructured", scope="global", seed=seed)
+            pair = prune(dense, float(s), method="l1_unstructured", scope="global", seed=seed,
+                         layers="*")  # every layer, as this reproduction always did
             pair = fine_tune(pair, data.x_train, data.y_train, epochs=params.finetune_epochs,
                              seed=seed, device=context.device)
             # prune() and fine_tune() hand back plain weights (torch.nn.utils.prune.remove

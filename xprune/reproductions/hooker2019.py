@@ -317,7 +317,8 @@ def prune_and_fine_tune(dense: nn.Module, sparsity: float, data: DatasetSplit, p
     as xprune's default analysis prunes (:mod:`xprune.analysis`). ``dense``
     is never mutated.
     """
-    pair = prune(dense, sparsity, method="l1_unstructured", scope="global", seed=seed)
+    pair = prune(dense, sparsity, method="l1_unstructured", scope="global", seed=seed,
+                 layers="*")  # every layer, as this reproduction always did
     pair = fine_tune(pair, data.x_train, data.y_train, epochs=params.finetune_epochs,
                      lr=params.finetune_lr, batch_size=params.batch_size, seed=seed,
                      device=device)

@@ -105,7 +105,7 @@ LABELS = {"lrp": "LRP", "weight": "weight", "taylor": "Taylor", "gradient": "gra
 SPLIT_LABELS = {"reference": "reference samples", "train": "training set",
                 "test": "held-out test", "noisy_test": "noisy held-out test"}
 STEPS = (("lrp", "weight"), ("weight", "taylor"), ("taylor", "gradient"))
-# Each criterion as options of xprune's structured pruning (xprune/_structured.py): the score,
+# Each criterion as options of xprune's structured pruning (xprune/pruning/methods/structured.py): the score,
 # the authors' per-layer normalisation, and (with n_units) their global ranking over all layers.
 CORE_OPTIONS: dict[str, dict] = {
     "lrp": {"criterion": "lrp", "lrp_rule": "z+", "aggregate": "sum", "normalise": "sum"},

@@ -21,7 +21,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from .pruning import (
+from ..._state import eval_mode, to_model
+from .._core import (
     PRUNABLE_LAYERS,
     ModelPair,
     PruningContext,
@@ -110,8 +111,6 @@ def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
     ``"activation_gradient"``: ``|mean_i g_ik|`` (Sun et al. 2017, as Yeom et
     al. 2021 use it). Non-negative, shape (C,) per layer.
     """
-    from ._state import eval_mode, to_model
-
     x, y = data
     outputs: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, o))
@@ -154,8 +153,6 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
     import captum.attr as ca
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule  # Captum exports no rule publicly
 
-    from ._state import eval_mode, to_model
-
     x, y = data
     scores = {}
     with eval_mode(model):
@@ -183,12 +180,15 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
 
 
 def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
-                     scores: dict[str, Tensor], selected: dict[str, list[int]] | None = None
+                     scores: dict[str, Tensor], selected: dict[str, list[int]] | None = None,
+                     *, layers: set[str] | None = None
                      ) -> tuple[nn.Module, dict[str, list[int]]]:
     """A pruned deep copy and, per module, the dense-model indices of its surviving channels.
 
     ``selected`` (dense-model channel indices per layer, from
-    :func:`_global_selection`) replaces the per-layer ``ratio``.
+    :func:`_global_selection`) replaces the per-layer ``ratio``. Only the output
+    channels of modules in ``layers`` (all if None: the layer selection of
+    ``prune(layers=, exclude=)``) are removed.
     """
     import torch_pruning as tp
 
@@ -201,7 +201,7 @@ def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
     graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
     names = {m: n for n, m in pruned.named_modules()}
     for name in order:
-        if name in keep_outputs:
+        if name in keep_outputs or (layers is not None and name not in layers):
             continue
         module = modules[name]
         fn = tp.prune_linear_out_channels if isinstance(module, nn.Linear) \
@@ -390,16 +390,17 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
                          "`n_units` (units removed over all layers ranked together).")
     example = ctx.data[0][:1]
     scores = _channel_scores(model, ctx)
-    total = _counts(model)[0]
-    from ._state import eval_mode
-
+    keys = list(ctx.targets) or None  # the weights prune(layers=, exclude=) selected
+    layers = {n for n, m in prunable_weights(model) if keys is None or weight_name(n) in keys}
+    total = _counts(model, keys)[0]
     with eval_mode(model):  # no normalisation statistics updated by the probe
-        removable = _execution_order(model, example)[:-1]  # never the classifier's outputs
+        removable = [n for n in _execution_order(model, example)[:-1]  # never the outputs
+                     if n in layers]
     zeros = sum(int((scores[n] == 0).sum()) for n in removable)
 
     def removed_fraction(r: float):
-        pruned, alive = _remove_channels(model, example, r, scores)
-        return 1 - _counts(pruned)[0] / total, pruned, alive
+        pruned, alive = _remove_channels(model, example, r, scores, layers=layers)
+        return 1 - _counts(pruned, keys)[0] / total, pruned, alive
 
     feasible = [0.0]  # sparsities reached without breaking a grouped conv (for the error)
     if amount is not None:  # bisection over the channel ratio to match the weight sparsity
@@ -423,8 +424,9 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
                           UserWarning, stacklevel=4)
     elif n_units is not None:
         pruned, alive = _remove_channels(model, example, 0.0, scores,
-                                         _global_selection(scores, removable, n_units))
-        measured = 1 - _counts(pruned)[0] / total
+                                         _global_selection(scores, removable, n_units),
+                                         layers=layers)
+        measured = 1 - _counts(pruned, keys)[0] / total
     else:
         measured, pruned, alive = removed_fraction(float(ratio))
     if (broken := _broken_grouped_conv(pruned)) is not None:  # ../shared/cases/030-...
