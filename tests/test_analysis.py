@@ -81,8 +81,10 @@ def test_model_table_facts(small_run):
     models = pd.read_csv(out / "models.csv").set_index("model")
     total = 144 + 4608 + 32768 + 640
     assert (models["total_weights"] == total).all()
+    selected = total - 640  # the output layer fc2 stays dense by default
     for tag, s in (("l1_unstructured@0.50", 0.5), ("l1_unstructured@0.90", 0.9)):
-        assert abs(models.loc[tag, "measured_sparsity"] - s) * total <= 1
+        assert abs(models.loc[tag, "selected_sparsity"] - s) * selected <= 1
+        assert abs(models.loc[tag, "measured_sparsity"] * total - s * selected) <= 1
         assert models.loc[tag, "compression_ratio"] == pytest.approx(
             total / models.loc[tag, "nonzero_weights"])
         assert models.loc[tag, "storage_sparse_bytes"] < models.loc[tag, "storage_dense_bytes"]
@@ -267,7 +269,7 @@ def test_pruning_methods_compared_at_matched_sparsity(tmp_path):
     first = run_analysis(small, out_dir=tmp_path, progress=False)
     models = first.models.set_index("model")
     for tag in ("l1_unstructured@0.80", "structured@0.80", "l1_unstructured-gradual@0.80"):
-        assert abs(models.loc[tag, "measured_sparsity"] - 0.8) <= 0.01
+        assert abs(models.loc[tag, "selected_sparsity"] - 0.8) <= 0.01
     assert bool(models.loc["structured@0.80", "structured"])
     assert models.loc["structured@0.80", "macs_nonzero"] < models.loc["dense", "macs_dense"] / 3
     before = (tmp_path / "results.csv").read_bytes()
@@ -303,7 +305,7 @@ def test_pair_pruned_elsewhere_from_two_checkpoints(tmp_path, capsys, monkeypatc
     dense = DigitsCNN()
     train(dense, data.x_train, data.y_train, epochs=3, seed=0)
     save_model(dense, tmp_path / "dense.safetensors")
-    save_model(xprune.prune(dense, 0.7).sparse, tmp_path / "magnitude70.safetensors")
+    save_model(xprune.prune(dense, 0.7, layers="*").sparse, tmp_path / "magnitude70.safetensors")
     small = xprune.prune(dense, 0.6, method="structured",
                          data=(data.x_train[:64], data.y_train[:64])).sparse
     save_model(small, tmp_path / "channels.safetensors")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "xprune"
 
 # The layers, lowest first (the same table as docs/architecture.md). A module
@@ -20,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xprune"
 LAYERS = [
     ("foundation", {"_validation", "_io", "_state", "_version", "stats"}),
     ("data and models", {"data", "models", "textdata", "speechdata"}),
-    ("pruning and attribution", {"pruning", "_structured", "profiling", "attribution",
+    ("pruning and attribution", {"pruning", "profiling", "attribution",
                                  "checkpoint"}),
     ("metrics", {"metrics"}),
     ("report", {"report"}),
@@ -29,9 +27,6 @@ LAYERS = [
     ("cli", {"cli"}),
 ]
 
-KNOWN_EXCEPTIONS = {
-    ("xprune.pruning", "xprune._structured"),  # removed by the prune branch
-}
 
 
 def _module_name(path: Path) -> str:
@@ -98,7 +93,7 @@ def test_foundation_imports_nothing_of_xprune():
 def test_no_import_from_a_higher_layer():
     upward = sorted(f"{a} ({LAYERS[_layer(a)][0]}) imports {b} ({LAYERS[_layer(b)][0]})"
                     for a, targets in GRAPH.items() for b in targets
-                    if _layer(b) > _layer(a) and (a, b) not in KNOWN_EXCEPTIONS)
+                    if _layer(b) > _layer(a))
     assert upward == []
 
 
@@ -134,9 +129,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycle():
-    graph = {a: {b for b in targets if (a, b) not in KNOWN_EXCEPTIONS}
-             for a, targets in GRAPH.items()}
-    assert _cycles(graph) == []
+    assert _cycles(GRAPH) == []
 
 
 def test_the_checks_see_late_imports_and_cycles():
@@ -149,8 +142,3 @@ def test_the_checks_see_late_imports_and_cycles():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.parametrize("edge", sorted(KNOWN_EXCEPTIONS))
-def test_known_exceptions_still_exist(edge):
-    """An exception that no longer occurs must be deleted from KNOWN_EXCEPTIONS."""
-    a, b = edge
-    assert b in GRAPH[a]

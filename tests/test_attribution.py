@@ -118,7 +118,7 @@ def test_ig_completeness_on_the_digits_cnn(digits_cnn, digits_batch):
     # ReLU kinks make the integrand piecewise smooth: Gauss-Legendre needs many steps
     x = digits_batch[0][:16]
     coarse = attribute(digits_cnn, x, "predicted", params={"n_steps": 256})
-    fine = attribute(digits_cnn, x, "predicted", params={"n_steps": 4096})
+    fine = attribute(digits_cnn, x, "predicted", params={"n_steps": 1024})  # the rule's limit
     assert float(fine.delta.abs().max()) < 1e-3 < float(coarse.delta.abs().max())
 
 
@@ -137,3 +137,21 @@ def test_explainer_matches_attribute(digits_cnn):
     t = torch.tensor([1, 2, 3, 4, 5])
     fn = xprune.explainer(digits_cnn, "saliency")
     torch.testing.assert_close(fn(x, t), attribute(digits_cnn, x, t, "saliency").values)
+
+
+def test_completeness_error_hand_computed_and_refused_without_delta():
+    from xprune.attribution import Attributions, completeness_error
+
+    values = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    inputs = torch.zeros(2, 2)
+    a = Attributions(values=values, inputs=inputs, targets=torch.zeros(2, dtype=torch.long),
+                     method="integrated_gradients", delta=torch.tensor([0.3, -0.02]))
+    relative, gap = completeness_error(a)
+    # sum(a) = 3 and 2; f(x) - f(x') = sum(a) - delta = 2.7 and 2.02
+    torch.testing.assert_close(gap, torch.tensor([2.7, 2.02], dtype=torch.float64))
+    torch.testing.assert_close(relative, torch.tensor([0.3 / 2.7, 0.02 / 2.02],
+                                                      dtype=torch.float64))
+    with pytest.raises(ValueError, match="Expected attributions with a completeness delta"):
+        completeness_error(Attributions(values=values, inputs=inputs,
+                                        targets=torch.zeros(2, dtype=torch.long),
+                                        method="saliency"))

@@ -229,3 +229,157 @@ def test_config_values_are_checked_before_any_work(section, values, message):
 
     with pytest.raises(ValueError, match=message):
         AnalysisConfig.from_dict({section: values})
+
+
+def test_case_026_ig_steps_whose_nodes_would_hang_are_refused_at_once(setup):
+    """../shared/cases/026-ig-steps-hang.md: n_steps = 20000 with Captum's default
+    Gauss-Legendre rule used to run for minutes; it is refused in well under a second with the
+    limit and the alternative, from the API and from a config."""
+    import time
+
+    from xprune.attribution._methods import MAX_GAUSS_LEGENDRE_STEPS
+    from xprune.config import AnalysisConfig
+
+    model, x, t, _ = setup
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"Expected `n_steps` <= 1024 with integration = "
+                                         r"'gausslegendre', got 20000: .*leggauss.*Set "
+                                         r"`integration` = 'riemann_trapezoid'"):
+        xprune.attribute(model, x[:2], t[:2], "integrated_gradients",
+                         params={"n_steps": 20000})
+    assert time.perf_counter() - start < 1.0
+    with pytest.raises(ValueError, match=r"In \[attribution.params.integrated_gradients\]: "
+                                         r"Expected `n_steps` <= 1024"):
+        AnalysisConfig.from_dict({"attribution": {"params": {
+            "integrated_gradients": {"n_steps": 20000}}}})
+    # the limit itself, and any count with a Riemann rule (its nodes cost nothing), are fine
+    AnalysisConfig.from_dict({"attribution": {"params": {"integrated_gradients": {
+        "n_steps": MAX_GAUSS_LEGENDRE_STEPS}}}})
+    riemann = xprune.attribute(model, x[:1], t[:1], "integrated_gradients", params={
+        "n_steps": 2000, "integration": "riemann_trapezoid", "delta_tolerance": float("inf")})
+    assert riemann.values.shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"Expected `n_steps` <= 1024"):
+        xprune.attribute(model, x[:2], t[:2], "integrated_gradients",
+                         params={"n_steps": 1025})
+
+
+@pytest.mark.parametrize("sigma", [0, 0.0, -1.0, float("nan"), True, "1"])
+def test_blur_sigma_must_be_positive(setup, sigma):
+    """A width of 0 "blurs" an input into itself: the baseline is the input and every IG map
+    was silently 0 (issue 21)."""
+    from xprune.attribution._baselines import make_baseline
+
+    model, x, t, _ = setup
+    for method in ("integrated_gradients", "deeplift", "occlusion"):
+        with pytest.raises(ValueError, match=r"Expected `blur_sigma` to be a finite number > 0 "
+                                             r"\(pixels\), got"):
+            xprune.attribute(model, x, t, method, params={"baseline": "blur",
+                                                          "blur_sigma": sigma})
+    with pytest.raises(ValueError, match="Expected `blur_sigma` to be a finite number > 0"):
+        make_baseline("blur", x, blur_sigma=sigma)
+
+
+def _mlp(last=None):
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)]
+    return nn.Sequential(*layers, *([last] if last is not None else [])).eval()
+
+
+class _FunctionalSoftmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = _mlp()
+
+    def forward(self, x):
+        return torch.softmax(self.body(x), dim=1)
+
+
+class _SoftmaxInside(nn.Module):
+    """A softmax registered last but used inside (attention-like): the outputs are logits."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(6, 3)
+        self.attn = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        return self.head(x * self.attn(x))
+
+
+def test_case_027_a_model_that_ends_in_softmax_is_refused_naming_it():
+    """../shared/cases/027-softmax-output.md: probabilities are not explained as logits, nor
+    squashed a second time by output='probability' or deletion; the error names the module."""
+    x = torch.rand(5, 6, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1, 2, 0, 1])
+    softmax = _mlp(nn.Softmax(dim=1))
+    module = r"its last module '3' is nn.Softmax"
+    calls = {
+        "saliency": lambda m: xprune.attribute(m, x, t, "saliency"),
+        "probability": lambda m: xprune.attribute(m, x, t, "saliency", output="probability"),
+        "deletion_auc": lambda m: M.deletion_auc(m, x, torch.rand(5, 6), t),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match=r"Expected `model` to return logits, but "
+                                             r"Sequential's outputs are already probabilities "
+                                             rf"\({module}\).*a second time"):
+            call(softmax)
+        with pytest.raises(ValueError, match=r"already probabilities \(every row is "
+                                             r"non-negative and sums to 1\)"):
+            call(_FunctionalSoftmax())
+        call(_mlp())  # logits
+        call(_mlp(nn.LogSoftmax(dim=1)))  # log-probabilities are logits up to a constant
+        call(_SoftmaxInside())
+    logits = _mlp()(x)
+    with pytest.raises(ValueError, match="already probabilities"):
+        xprune.attribution.check_logit_outputs(_mlp(), logits.softmax(dim=1))
+    xprune.attribution.check_logit_outputs(_mlp(), logits)
+
+
+def test_case_029_saturated_outputs_give_all_zero_maps_with_a_warning():
+    """../shared/cases/029-saturated-all-zero-maps.md: a saturated sigmoid makes every map of
+    IG, DeepLIFT, Saliency and InputXGradient exactly zero; each call warns with the count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Sigmoid(), nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(0.01)
+        model[0].bias.fill_(60.0)  # sigmoid(60 + tiny) == 1.0 in float32: saturated
+    x = torch.rand(8, 4, generator=torch.Generator().manual_seed(2))
+    for method in ("integrated_gradients", "deeplift", "saliency", "input_x_gradient"):
+        with pytest.warns(xprune.attribution.ConstantMapWarning,
+                          match=rf"8 of 8 {method} maps of model 'dense' are constant \(8 all "
+                                r"zero\).*saturated output"):
+            a = xprune.attribute(model, x, 0, method, model_tag="dense")
+        assert bool((a.values == 0).all())
+    healthy = _mlp()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xprune.attribution.ConstantMapWarning)
+        xprune.attribute(healthy, torch.rand(4, 6), 0, "saliency")
+
+
+def test_case_029_the_report_counts_all_zero_maps_per_model_and_method():
+    """../shared/cases/029-saturated-all-zero-maps.md: the report flags them."""
+    import math
+
+    import pandas as pd
+
+    from xprune.report.tables import all_zero_maps, all_zero_sentence
+
+    rows = []
+    for model, zero in (("dense", set()), ("l1@0.9", {0, 2, 3})):
+        for method in ("saliency", "integrated_gradients"):
+            for i in range(4):
+                dead = i in zero and method == "saliency"
+                for metric in ("gini_index", "entropy_complexity", "spearman"):
+                    rows.append({"model": model, "attribution": method, "metric": metric,
+                                 "sample": i, "value": math.nan if dead else 0.5})
+    results = pd.DataFrame(rows)
+    zero = all_zero_maps(results)
+    assert zero.to_dict("records") == [{"model": "l1@0.9", "attribution": "saliency",
+                                        "n_zero": 3, "n": 4}]
+    assert all_zero_sentence(results).endswith(": saliency of l1@0.9: 3 of 4.")
+    # a NaN of a rank correlation alone (a constant but nonzero map) is not an all-zero map
+    only_rank = results[results["metric"] == "spearman"]
+    assert all_zero_maps(only_rank).empty and all_zero_sentence(only_rank) is None

@@ -26,7 +26,8 @@ def test_pruned_model_round_trip_is_exact(cnn, tmp_path):
     loaded = load_model(path, DigitsCNN)
     x = torch.rand(16, 1, 8, 8)
     assert torch.equal(loaded(x), pair.sparse(x))
-    assert xprune.sparsity(loaded) == pair.sparsity
+    assert xprune.sparsity(loaded) == pair.sparsity_all  # all weights; pair.sparsity: selected
+    assert xprune.sparsity(loaded, layers=list(pair.layers)) == pair.sparsity
 
 
 def test_pair_round_trip(cnn, tmp_path):
@@ -148,3 +149,46 @@ def test_kill_during_a_large_write_leaves_the_old_file(tmp_path):
     assert target.read_bytes() == b"old complete file"
     for leftover in tmp_path.glob(".big.bin.*.tmp"):
         leftover.unlink()
+
+
+def test_case_022_corrupt_file_is_not_called_unsafe(tmp_path):
+    """../shared/cases/022-corrupt-not-unsafe.md: 1,000 random bytes as model.pt (and other
+    files that are no torch checkpoint) are reported as corrupt, naming the file; pickled
+    objects are still refused as unsafe, naming what they import, without running them."""
+    import io
+
+    path = tmp_path / "model.pt"
+    sd = io.BytesIO()
+    torch.save(nn.Linear(2, 2).state_dict(), sd)
+    random_bytes = torch.randint(0, 256, (1000,), generator=torch.Generator().manual_seed(0),
+                                 dtype=torch.uint8).numpy().tobytes()
+    for content in (random_bytes, bytes(range(256)) * 4, b"", b"hello, not a checkpoint",
+                    sd.getvalue()[:300]):  # random, empty, text, a truncated real checkpoint
+        path.write_bytes(content)
+        with pytest.raises(ValueError) as info:
+            load_state_dict(path)
+        message = str(info.value)
+        assert message.startswith(f"Could not read {path}: not a torch checkpoint (corrupt, "
+                                  "truncated or another format)"), message
+        assert "could run code" not in message
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for save in (lambda p: torch.save({"w": torch.zeros(2), "x": Evil()}, p),
+                 lambda p: p.write_bytes(pickle.dumps({"x": Evil()}))):
+        save(path)
+        with pytest.raises(ValueError, match=r"Refused to load .*model\.pt: it holds Python "
+                                             r"objects other than tensors \(it imports "
+                                             r"(posix|nt)\.system\), which could run code"), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            load_state_dict(path)
+    torch.save(nn.Linear(2, 2), path)
+    with pytest.raises(ValueError, match=r"imports torch\.nn\.modules\.linear\.Linear"):
+        load_state_dict(path)
+    assert not marker.exists()
+    path.write_bytes(sd.getvalue())  # the real file still loads
+    assert set(load_state_dict(path)) == {"weight", "bias"}

@@ -1,9 +1,12 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
 from xprune.metrics import average_ranks, spearman, top_k_intersection
+from xprune.metrics.agreement import foreground, normalise_maps, ssim, ssim_on_features
 
 
 def test_average_ranks_match_scipy_with_ties():
@@ -76,3 +79,74 @@ def test_errors():
         top_k_intersection(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), k=65)
     with pytest.raises(ValueError, match=r"`a` and `b` to have the same shape, got \(2, 64\) and"):
         spearman(torch.rand(2, 64), torch.rand(2, 63))
+
+
+# --- Adebayo et al. 2018's map normalisation and foreground SSIM ---------------------------
+
+def test_normalise_maps_by_hand():
+    maps = torch.tensor([[[[-2.0, 1.0], [0.0, 4.0]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    torch.testing.assert_close(normalise_maps(maps, absolute=True)[0, 0],
+                               torch.tensor([[0.5, 0.25], [0.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(normalise_maps(maps, absolute=False)[0, 0],
+                               torch.tensor([[-0.5, 0.25], [0.0, 1.0]], dtype=torch.float64))
+    assert (normalise_maps(maps, absolute=True)[1] == 0).all()  # all zero stays zero
+    # channels summed first; a sample's result does not depend on its batch-mates
+    two = torch.cat([maps[:1], maps[:1]], dim=1)
+    torch.testing.assert_close(normalise_maps(two, absolute=True)[0],
+                               normalise_maps(maps[:1], absolute=True)[0])
+    torch.testing.assert_close(normalise_maps(maps[:1], absolute=True),
+                               normalise_maps(maps, absolute=True)[:1])
+    with pytest.raises(ValueError, match=r"Expected `maps` to be a tensor of shape"):
+        normalise_maps(maps[0], absolute=True)
+
+
+def _digit_like_images(n: int = 6, seed: int = 1) -> torch.Tensor:
+    """Digit-like images: a random 'stroke' in [0, 1] on an exactly-zero background."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=gen, dtype=torch.float64)
+    x[:, :, :, :2] = 0.0
+    x[:, :, :2, :] = 0.0
+    return x
+
+
+def _ssim_windows_literal(a: np.ndarray, b: np.ndarray, keep: np.ndarray, w: int,
+                          r: float) -> float:
+    """SSIM of each w x w window centred on a kept pixel, by the formula (Wang et al. 2004)."""
+    h = a.shape[0]
+    pad = (w - 1) // 2
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    values = []
+    for i in range(pad, h - pad):
+        for j in range(pad, a.shape[1] - pad):
+            if not keep[i, j]:
+                continue
+            pa = a[i - pad:i + pad + 1, j - pad:j + pad + 1].ravel()
+            pb = b[i - pad:i + pad + 1, j - pad:j + pad + 1].ravel()
+            ma, mb = pa.mean(), pb.mean()
+            va, vb = pa.var(ddof=1), pb.var(ddof=1)
+            cov = ((pa - ma) * (pb - mb)).sum() / (pa.size - 1)
+            values.append((2 * ma * mb + c1) * (2 * cov + c2)
+                          / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    return float(np.mean(values)) if values else math.nan
+
+
+def test_foreground_ssim_against_a_literal_loop_and_the_all_pixel_ssim():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(5, 1, 8, 8, generator=gen, dtype=torch.float64)
+    b = torch.rand(5, 1, 8, 8, generator=gen, dtype=torch.float64)
+    x = _digit_like_images(5)
+    fg = foreground(x)
+    fg[4] = False
+    fg[4, 0] = True  # a single selected pixel, on the border: no window centred inside
+    got = ssim_on_features(a, b, fg, window=3)
+    for i in range(4):
+        want = _ssim_windows_literal(a[i, 0].numpy(), b[i, 0].numpy(),
+                                     fg[i].reshape(8, 8).numpy(), 3, 1.0)
+        assert got[i].item() == pytest.approx(want, abs=1e-12)
+    assert math.isnan(got[4].item())
+    everything = torch.ones(5, 64, dtype=torch.bool)
+    for window in (3, 5):
+        torch.testing.assert_close(ssim_on_features(a, b, everything, window=window),
+                                   ssim(a, b, data_range=1.0, window=window))
+    with pytest.raises(ValueError, match=r"Expected `features` to be a bool tensor of shape"):
+        ssim_on_features(a, b, fg.float(), window=3)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -19,9 +21,15 @@ def test_one_hot_scores_d_minus_one_over_d(d):
     torch.testing.assert_close(gini_index(a), torch.full((3,), (d - 1) / d, dtype=torch.float64))
 
 
-def test_constant_and_all_zero_maps_score_zero():
+def test_constant_maps_score_zero_and_all_zero_maps_are_undefined():
+    """../shared/cases/021-constant-map-nan.md: an all-zero map has no Gini index: NaN, with a
+    warning naming the metric, the count and the reason."""
     a = torch.stack([torch.full((1, 8, 8), 0.3), torch.full((1, 8, 8), -2.0), torch.zeros(1, 8, 8)])
-    torch.testing.assert_close(gini_index(a), torch.zeros(3, dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match=r"1 sample\(s\) have an undefined gini_index "
+                                            r"\(NaN; 1 of 3 in this call\): the map is all zero"):
+        g = gini_index(a)
+    torch.testing.assert_close(g, torch.tensor([0.0, 0.0, math.nan], dtype=torch.float64),
+                               equal_nan=True)
 
 
 def test_matches_the_literal_formula():

@@ -9,7 +9,13 @@ import pytest
 import torch
 from sklearn.metrics import auc, precision_recall_curve
 
-from xprune.metrics import rationale_auprc, rationale_top_k, token_f1, token_iou
+from xprune.metrics import (
+    UndefinedScoreWarning,
+    rationale_auprc,
+    rationale_top_k,
+    token_f1,
+    token_iou,
+)
 
 
 def literal_scores(scores, truth, k, only_positive):
@@ -116,7 +122,7 @@ def test_empty_rationale_is_undefined_with_a_warning():
     a = torch.tensor([[0.3, 0.2], [0.1, 0.4]])
     truth = torch.tensor([[True, False], [False, False]])
     for fn in (token_f1, token_iou, rationale_auprc):
-        with pytest.warns(RuntimeWarning, match="1 of 2 samples have an empty rationale"):
+        with pytest.warns(UndefinedScoreWarning, match="empty rationale"):
             out = fn(a, truth) if fn is rationale_auprc else fn(a, truth, k=1)
         assert out[0].item() == 1.0 and torch.isnan(out[1])
 

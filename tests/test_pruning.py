@@ -23,7 +23,7 @@ def _kwargs(method, model):
     if method == "custom_mask":
         masks = {f"{n}.weight": torch.rand(m.weight.shape) > 0.5
                  for n, m in xprune.pruning.prunable_weights(model)}
-        return {"amount": None, "options": {"masks": masks}, "data": data}
+        return {"amount": None, "options": {"masks": masks}, "data": data, "layers": "*"}
     return {"amount": 0.9, "data": data}
 
 
@@ -44,20 +44,29 @@ def test_dense_model_is_never_mutated(cnn, method, scope):
 @pytest.mark.filterwarnings("ignore:Pruning removed every weight")  # untrained fc1 at 0.95
 @pytest.mark.parametrize("amount", [0.0, 0.5, 0.8, 0.9, 0.95, 0.333])
 def test_global_measured_sparsity_equals_request_within_one_weight(cnn, amount):
+    """By default the output layer (fc2) stays dense; sparsity is over the selected layers."""
     pair = prune(cnn, amount)
     total = pair.total_weights
-    assert total == 144 + 4608 + 32768 + 640
+    assert total == 144 + 4608 + 32768
     assert abs(pair.sparsity * total - amount * total) <= 1
     assert pair.compression_ratio == pytest.approx(total / pair.nonzero_weights)
+    assert torch.equal(pair.sparse.fc2.weight, cnn.fc2.weight) and "fc2.weight" not in pair.masks
+    zeros = pair.sparsity * total
+    assert pair.sparsity_all == pytest.approx(zeros / (total + 640))
+    everything = prune(cnn, amount, layers="*")  # the old default: every layer
+    assert everything.total_weights == total + 640
+    assert abs(everything.sparsity - amount) * (total + 640) <= 1
 
 
 def test_layer_scope_prunes_each_layer_to_the_request(cnn):
     table = layer_table(prune(cnn, 0.5, scope="layer").sparse)
+    assert (table["numel"] - table["nonzeros"]).tolist() == [72, 2304, 16384, 0]
+    table = layer_table(prune(cnn, 0.5, scope="layer", layers="*").sparse)
     assert (table["numel"] - table["nonzeros"]).tolist() == [72, 2304, 16384, 320]
 
 
 def test_l1_removes_the_smallest_magnitudes(cnn):
-    pair = prune(cnn, 0.9)
+    pair = prune(cnn, 0.9, layers="*")
     dense_w = torch.cat([m.weight.detach().abs().reshape(-1) for _, m in
                          xprune.pruning.prunable_weights(cnn)])
     kept = torch.cat([mask.reshape(-1) for mask in pair.masks.values()])
@@ -122,23 +131,26 @@ def test_unknown_method_and_scope(cnn):
 
 
 def test_model_with_nothing_to_prune():
-    with pytest.raises(ValueError, match="at least one prunable layer.*found none in Sequential"):
+    with pytest.raises(ValueError, match=r"at least one weight matrix to prune, got none.*"
+                                         r"modules with weight matrices are \[\]"):
         prune(nn.Sequential(nn.ReLU()), 0.5)
+    with pytest.raises(ValueError, match=r"default leaves the output layer dense.*\['0'\]"):
+        prune(nn.Sequential(nn.Linear(3, 2)), 0.5)
 
 
 # --- threshold, caps, data-driven criteria, custom masks -----------------------------------
 
 def test_threshold_by_theta_and_by_bisection(cnn):
     theta = 0.05
-    pair = prune(cnn, method="threshold", options={"theta": theta})
+    pair = prune(cnn, method="threshold", options={"theta": theta}, layers="*")
     weights = torch.cat([m.weight.detach().abs().reshape(-1)
                          for _, m in xprune.pruning.prunable_weights(cnn)])
     assert pair.sparsity == pytest.approx(float((weights < theta).double().mean()))
     assert pair.amount == pair.sparsity
     for amount in (0.5, 0.9):
-        matched = prune(cnn, amount, method="threshold")
+        matched = prune(cnn, amount, method="threshold", layers="*")
         assert round(abs(matched.sparsity - amount) * matched.total_weights) <= 1
-        l1 = prune(cnn, amount)  # global magnitude: the same weights, up to ties at theta
+        l1 = prune(cnn, amount, layers="*")  # global magnitude: the same weights, up to ties at theta
         kept_t = torch.cat([matched.masks[k].reshape(-1) for k in l1.masks])
         kept_l1 = torch.cat([l1.masks[k].reshape(-1) for k in l1.masks])
         differ = weights[kept_t != kept_l1]
@@ -166,18 +178,18 @@ def test_global_pruning_that_empties_a_layer_warns_and_the_cap_prevents_it():
     with torch.no_grad():
         model[2].weight.mul_(1e-3)  # the small layer goes first under global magnitude
     with pytest.warns(UserWarning, match=r"removed every weight of layer\(s\) \['2'\]"):
-        prune(model, 0.6)
-    capped = prune(model, 0.6, max_layer_sparsity=0.9)
+        prune(model, 0.6, layers="*")
+    capped = prune(model, 0.6, max_layer_sparsity=0.9, layers="*")
     table = capped.layer_table().set_index("layer")
     assert table.loc["2", "sparsity"] == pytest.approx(0.9, abs=1 / 60)
     assert abs(capped.sparsity - 0.6) * capped.total_weights <= 1
     with pytest.raises(ValueError, match="Cannot reach sparsity 0.95 with `max_layer_sparsity`"):
-        prune(model, 0.95, max_layer_sparsity=0.5)
+        prune(model, 0.95, max_layer_sparsity=0.5, layers="*")
 
 
 def test_taylor_scores_are_g_times_w_squared(cnn, digits):
     data = (digits.x_train[:64], digits.y_train[:64])
-    pair = prune(cnn, 0.5, method="taylor_unstructured", data=data, scope="layer")
+    pair = prune(cnn, 0.5, method="taylor_unstructured", data=data, scope="layer", layers="*")
     x, y = data
     loss = nn.functional.cross_entropy(cnn(x), y)
     grad = torch.autograd.grad(loss, cnn.fc2.weight)[0]
@@ -202,13 +214,17 @@ def test_l1_regularised_then_threshold(cnn, digits):
 def test_custom_mask_and_user_criterion(cnn):
     mask = torch.zeros_like(cnn.fc2.weight, dtype=torch.bool)
     mask[:, :5] = True
-    pair = prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask}})
+    pair = prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask}}, layers="*")
     assert torch.equal(pair.masks["fc2.weight"], mask) and list(pair.masks) == ["fc2.weight"]
     assert pair.sparsity == pytest.approx((640 - 50) / 38160)
     with pytest.raises(ValueError, match="mask for 'fc2.weight' of shape \\(10, 64\\)"):
-        prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask[:, :3]}})
+        prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask[:, :3]}},
+              layers="*")
     with pytest.raises(ValueError, match="Expected mask names among"):
-        prune(cnn, method="custom_mask", options={"masks": {"fc9.weight": mask}})
+        prune(cnn, method="custom_mask", options={"masks": {"fc9.weight": mask}}, layers="*")
+    with pytest.raises(ValueError, match=r"names weight\(s\) \['fc2.weight'\] outside the "
+                                         r"selected layers"):
+        prune(cnn, method="custom_mask", options={"masks": {"fc2.weight": mask}})
 
     @xprune.pruning.register_importance("largest_first_test", "prunes the largest weights")
     def largest(model, ctx):
@@ -255,7 +271,7 @@ def test_all_ones_mask_changes_neither_forward_nor_backward(cnn, digits):
     x = digits.x_train[:8]
     masks = {f"{n}.weight": torch.ones_like(m.weight, dtype=torch.bool)
              for n, m in xprune.pruning.prunable_weights(cnn)}
-    pair = prune(cnn, method="custom_mask", options={"masks": masks})
+    pair = prune(cnn, method="custom_mask", options={"masks": masks}, layers="*")
     torch.testing.assert_close(pair.sparse(x), cnn(x), rtol=0, atol=0)
     a = torch.autograd.grad(pair.sparse(x).sum(), pair.sparse.fc1.weight)[0]
     b = torch.autograd.grad(cnn(x).sum(), cnn.fc1.weight)[0]
@@ -291,3 +307,28 @@ def test_schedules_share_one_budget_and_keep_earlier_zeros(cnn, digits, schedule
         assert bool((pair.sparse.get_parameter(name)[~mask] == 0).all())
     with pytest.raises(ValueError, match="earlier zeros must stay pruned"):
         prune_and_fine_tune(cnn, 0.9, x, y, method="random_unstructured")
+
+
+def test_pruning_package_imports_point_one_way():
+    """No late import between pruning modules, and the core never imports a method or the API.
+
+    Methods register through the explicit ``xprune.pruning.methods`` package that
+    ``_api`` imports (issue 17 item 1), not by a module importing its own plugin.
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(xprune.pruning.__file__).parent
+    late, core_imports = [], []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or "xprune" in (node.module or "")):
+                if id(node) not in top:
+                    late.append(f"{path.relative_to(root)}:{node.lineno}")
+                if path.name == "_core.py":
+                    core_imports.append(node.module)
+    assert late == []
+    assert not [m for m in core_imports if m and ("methods" in m or "_api" in m)]
+    assert [m for m in core_imports if m] == ["_state", "_validation"]

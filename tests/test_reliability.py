@@ -113,20 +113,37 @@ def test_model_factory_is_resolved_never_evaluated(tmp_path):
         run_analysis(bad, out_dir=tmp_path / "bad", progress=False)
 
 
-def test_every_user_string_is_escaped_in_the_html(tmp_path):
+def test_case_023_every_user_string_is_escaped_in_html_and_markdown(tmp_path):
+    """../shared/cases/023-markdown-cells.md: HTML stays autoescaped in report.html; in
+    report.md a `|`, a tag or a line break in a model or feature name stays inert in its cell."""
     config = AnalysisConfig.from_dict({**TINY, "controls": {"other_seed": False,
                                                             "finetune": False}})
     run = tmp_path / "run"
     run_analysis(config, out_dir=run, progress=False, render=False)
-    evil = "<script>alert(1)</script>"
+    evil = "<script>alert(1)</script>|x"
     for name in ("results.csv", "models.csv", "timings.csv", "curves.csv", "examples.csv",
-                 "classes.csv"):
+                 "classes.csv", "importance.csv"):
+        if not (run / name).exists():
+            continue
         frame = pd.read_csv(run / name, keep_default_na=False)
         if "model" in frame:
             frame["model"] = frame["model"].replace("dense", f"dense{evil}")
+        if "feature" in frame:  # ../shared/cases/023-markdown-cells.md: a name with | and HTML
+            frame["feature"] = frame["feature"].astype(str) + "|<b>\nx"
         frame.to_csv(run / name, index=False)
     html = render_report(run).read_text()
-    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in html
+    md = (run / "report.md").read_text()
+    assert "<script>" not in md and "<b>" not in md
+    assert "dense&lt;script>alert(1)&lt;/script>\\|x" in md
+    table: list[int] = []  # unescaped pipes per row: the same in every row of a table
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            table.append(sum(c == "|" and (i == 0 or line[i - 1] != "\\")
+                             for i, c in enumerate(line)))
+        elif table:
+            assert len(set(table)) == 1, table
+            table = []
 
 
 def test_areas_integrate_without_numpy_trapz():

@@ -165,3 +165,59 @@ def test_summaries_without_removal_metrics_and_small_subsets():
     assert split["n agree / disagree"] == "9 / 3"
     assert split["Spearman (disagree)"] == "0.050 (n=3)"  # samples 0, 1, 2
     assert split["Δ deletion AUC (both correct)"] == "n/a"
+
+
+def test_case_021_undefined_scores_are_counted_per_cell_never_averaged_silently():
+    """../shared/cases/021-constant-map-nan.md: a cell with undefined (NaN) scores says how many
+    of its samples the mean uses and why the others are missing."""
+    from xprune.report.render import _metric_tables
+    from xprune.report.tables import fmt_cell
+
+    results = _results()
+    nan_rows = (results["model"] == "sparse") & (results["metric"] == "spearman") \
+        & results["sample"].isin([1, 3])
+    results.loc[nan_rows, "value"] = math.nan
+    results.loc[(results["model"] == "dense") & (results["sample"] == 0), "value"] = math.nan
+    summary = metric_summary(results).set_index(["model", "metric"])
+    row = summary.loc[("sparse", "spearman")]
+    # the mean of the two defined scores, 0.20 and 0.22
+    assert (row["n"], row["n_total"], row["n_undefined"]) == (2, 4, 2)
+    assert row["mean"] == pytest.approx(0.21)
+    flat = metric_summary(results)
+    cell = fmt_cell(flat[(flat["model"] == "sparse") & (flat["metric"] == "spearman")].iloc[0])
+    low, high = _bca([0.20, 0.22])
+    assert cell == f"0.210 [{low:.3f}, {high:.3f}] (n = 2 of 4; 2 undefined: constant map)"
+    # the dense score of sample 0 is undefined: the paired Δ uses the 3 other pairs
+    faith = summary.loc[("sparse", "faithfulness_correlation")]
+    assert (faith["n"], faith["n_total"], faith["diff_n"]) == (4, 4, 3)
+    assert faith["diff_mean"] == pytest.approx(np.mean([0.1 - 0.2, 0.6 - 0.3, 0.2 - 0.4]))
+    dense = summary.loc[("dense", "faithfulness_correlation")]
+    assert (dense["n"], dense["n_undefined"]) == (3, 1)
+    table = _metric_tables(metric_summary(results), ["dense", "sparse", "ctrl"])["saliency"]
+    table = table.set_index("metric")
+    assert table.loc["spearman", "sparse"].endswith("(n = 2 of 4; 2 undefined: constant map)")
+    low, high = _bca([0.90, 0.91, 0.92, 0.93])
+    assert table.loc["spearman", "ctrl"] == f"0.915 [{low:.3f}, {high:.3f}]"  # all defined
+    assert table.loc["faithfulness_correlation", "dense"].endswith("(n = 3 of 4; 1 undefined)")
+
+
+def test_case_023_markdown_cells_are_escaped():
+    """../shared/cases/023-markdown-cells.md: `|`, HTML and line breaks in a name stay inside
+    their cell of report.md, inert."""
+    from xprune.report.render import _md_table, md_cell, md_text
+
+    assert md_cell("a|b") == "a\\|b"
+    assert md_cell("<script>alert(1)</script>") == "&lt;script>alert(1)&lt;/script>"
+    assert md_cell("one\ntwo\r\nthree") == "one<br>two<br>three"
+    assert md_cell("a\\|b") == "a\\\\\\|b"  # the user's backslash cannot un-escape the pipe
+    assert md_cell("&amp; &#60; x & y") == "&amp;amp; &amp;#60; x & y"
+    assert md_text("p < 0.001, <b>bold</b>\nnext") == "p < 0.001, &lt;b>bold&lt;/b> next"
+    frame = pd.DataFrame({"feature": ["a|b", "<script>alert(1)</script>", "x\ny"],
+                          "de|nse": ["1", "2", "3"]})
+    lines = _md_table(frame).splitlines()
+    assert len(lines) == 2 + 3  # header, rule, one line per row: no line break got through
+    for line in lines:  # every row has exactly 3 unescaped pipes: 2 columns
+        assert len([i for i, c in enumerate(line) if c == "|"
+                    and (i == 0 or line[i - 1] != "\\")]) == 3, line
+    assert "<script" not in "\n".join(lines) and "a\\|b" in lines[2]
+    assert "de\\|nse" in lines[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -113,71 +112,49 @@ def literal_zplus(model, x, y):
 
 
 # --------------------------------------------------------------------------------------------
-# The criteria
+# The criteria, through xprune's structured pruning (its options are tested in test_structured.py)
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("third_relu", [False, True])
-def test_taylor_and_gradient_match_a_literal_finite_difference_loop(third_relu):
-    model = tiny(third_relu=third_relu)
-    scores = yeom.unit_scores(model, X, Y)
-    taylor, gradient = literal_taylor_gradient(model, X, Y)
-    for ours, ref in zip(scores["taylor"], taylor, strict=True):
-        assert_close(ours, ref, atol=1e-7, rtol=1e-6)
-    for ours, ref in zip(scores["gradient"], gradient, strict=True):
-        assert_close(ours, ref, atol=1e-7, rtol=1e-6)
-
-
-def test_weight_criterion_is_the_l1_norm_of_incoming_weights():
-    scores = yeom.unit_scores(tiny(), X, Y)["weight"]
-    assert_close(scores[0], torch.tensor([3.0, 1.0, 3.25], dtype=torch.float64))
-    assert_close(scores[1], torch.tensor([3.5, 2.5, 2.5], dtype=torch.float64))
-    assert_close(scores[2], torch.tensor([2.5, 2.75, 2.0], dtype=torch.float64))
+def authors_ranking(model, criterion):
+    """The authors' scores per hidden layer, normalised their way, from the literal loops."""
+    if criterion == "weight":
+        raw = [m.weight.detach().abs().sum(dim=1) for m in yeom.hidden_layers(model)]
+    elif criterion == "lrp":
+        raw = [r.sum(dim=0) for r in literal_zplus(model, X, Y)]
+    else:
+        taylor, gradient = literal_taylor_gradient(model, X, Y)
+        raw = taylor if criterion == "taylor" else gradient
+    if criterion in ("lrp", "weight"):
+        return [s / s.sum() for s in raw]
+    return [s.abs() / torch.linalg.vector_norm(s.abs()) for s in raw]
 
 
 @pytest.mark.parametrize("third_relu", [False, True])
-def test_captum_lrp_equals_a_literal_zplus_loop(third_relu):
+@pytest.mark.parametrize("criterion", yeom.CRITERIA)
+def test_prune_toy_removes_the_units_the_authors_ranking_removes(criterion, third_relu):
     model = tiny(third_relu=third_relu)
-    ours = yeom.lrp_relevance(model, X, Y)
-    ref = literal_zplus(model, X, Y)
-    for a, b in zip(ours, ref, strict=True):
-        assert_close(a, b, atol=1e-8, rtol=1e-6)
-    summed = yeom.unit_scores(model, X, Y)["lrp"]
-    for a, b in zip(summed, ref, strict=True):
-        assert_close(a, b.sum(dim=0), atol=1e-8, rtol=1e-6)
-
-
-def test_lrp_conserves_the_explained_logit_with_zero_biases():
-    model = tiny(third_relu=True, biases=False)
-    with torch.no_grad():
-        logits = model(X)
-    target = logits.argmax(dim=1)
-    explained = logits.gather(1, target[:, None])[:, 0]
-    assert bool((explained > 0).all())  # conservation needs a positive start
-    for relevance in yeom.lrp_relevance(model, X, target):
-        assert_close(relevance.sum(dim=1), explained, atol=1e-7, rtol=1e-7)
-    for layer_total in yeom.unit_scores(model, X, target)["lrp"]:
-        assert_close(layer_total.sum(), explained.sum(), atol=1e-7, rtol=1e-7)
-
-
-def test_unit_scores_leave_model_and_inputs_untouched():
-    model = tiny()
-    model.train()  # dropout on: the criteria must still use eval mode
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = X.clone()
-    first = yeom.unit_scores(model, x, Y)
-    second = yeom.unit_scores(model, x, Y)
-    for name in yeom.CRITERIA:
-        for a, b in zip(first[name], second[name], strict=True):
-            assert torch.equal(a, b)
-    assert model.training and all(m.training for m in model.modules())
+    scores = authors_ranking(model, criterion)
+    flat = torch.cat(scores)
+    tested = 0
+    for n_prune in range(1, 7):
+        gone = torch.argsort(flat, stable=True)[:n_prune]
+        expected = [int(((gone >= 3 * k) & (gone < 3 * k + 3)).sum()) for k in range(3)]
+        if (float(flat[gone].max()) > float(flat[torch.argsort(flat)[n_prune]]) - 1e-6
+                or max(expected) == 3):
+            continue  # a tie the finite differences cannot order, or the core's last-unit rule
+        tested += 1
+        pair = yeom.prune_toy(model, (X, Y), criterion, n_prune)
+        assert yeom.removed_per_layer(pair) == expected
+        twin_rows = torch.cat([(m.weight == 0).all(dim=1) for m in yeom.hidden_layers(pair.twin)])
+        assert sorted(torch.nonzero(twin_rows)[:, 0].tolist()) == sorted(gone.tolist())
+        with torch.no_grad():
+            assert_close(pair.sparse(X), pair.twin(X))
+    assert tested >= 2
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
-    for module in model.modules():
-        assert not hasattr(module, "rule") and not hasattr(module, "activations")
-        assert not module._forward_hooks and not module._backward_hooks
-        assert not module._forward_pre_hooks
-    assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(x, X) and x.grad is None and not x.requires_grad
+    with pytest.raises(ValueError, match="Expected `criterion` in"):
+        yeom.prune_toy(model, (X, Y), "random", 1)
 
 
 def test_toy_mlp_follows_the_authors_missing_third_relu():
@@ -198,102 +175,6 @@ def test_make_toy_gives_n_per_class_and_rejects_unknown_sets():
         assert torch.equal(x, x2)
     with pytest.raises(ValueError, match="Expected `dataset` in"):
         yeom.make_toy("spirals", 10, noise=0.1, random_state=0)
-
-
-# --------------------------------------------------------------------------------------------
-# Normalisation, global ranking, pruning
-# --------------------------------------------------------------------------------------------
-
-def test_normalise_per_layer_hand_computed():
-    t = [torch.tensor([3.0, -4.0]), torch.tensor([0.0, 0.0])]
-    for name in ("taylor", "gradient"):
-        out = yeom.normalise_per_layer(t, name)
-        assert_close(out[0], torch.tensor([0.6, 0.8]))
-        assert_close(out[1], torch.tensor([0.0, 0.0]))  # zero norm: left as is
-    w = [torch.tensor([1.0, 3.0])]
-    assert_close(yeom.normalise_per_layer(w, "weight")[0], torch.tensor([0.25, 0.75]))
-    r = [torch.tensor([2.0, -1.0, 3.0]), torch.tensor([1.0, -1.0])]
-    out = yeom.normalise_per_layer(r, "lrp")
-    assert_close(out[0], torch.tensor([0.5, -0.25, 0.75]))
-    assert_close(out[1], torch.tensor([1.0, -1.0]))  # zero sum: left as is
-    assert torch.equal(r[0], torch.tensor([2.0, -1.0, 3.0]))  # inputs untouched
-    with pytest.raises(ValueError, match="Expected `criterion` in"):
-        yeom.normalise_per_layer(r, "random")
-
-
-def test_global_ranking_removes_exactly_the_lowest_units():
-    scores = [torch.tensor([0.5, 0.1, 0.9]), torch.tensor([0.2, 0.05]), torch.tensor([0.3])]
-    keep = yeom.global_keep_masks(scores, 3)
-    assert [k.tolist() for k in keep] == [[True, False, True], [False, False], [True]]
-    ties = yeom.global_keep_masks([torch.ones(2), torch.ones(1)], 2)  # stable: layer, then index
-    assert [k.tolist() for k in ties] == [[False, False], [True]]
-    gen = torch.Generator().manual_seed(0)
-    layers = [torch.rand(50, generator=gen) for _ in range(3)]
-    for k in (0, 1, 37, 150):
-        keep = yeom.global_keep_masks(layers, k)
-        flat_keep, flat = torch.cat(keep), torch.cat(layers)
-        assert int((~flat_keep).sum()) == k
-        if 0 < k < 150:
-            assert flat[~flat_keep].max() <= flat[flat_keep].min()
-    with pytest.raises(ValueError, match=r"Expected `n_prune` to be an integer in \[0, 6\]"):
-        yeom.global_keep_masks(scores, 7)
-    with pytest.raises(ValueError, match="Expected finite `scores`"):
-        yeom.global_keep_masks([torch.tensor([0.1, math.nan])], 1)
-
-
-def test_pruning_masks_units_like_deleting_them_and_keeps_the_dense_model():
-    model = tiny()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    keep = [torch.tensor([True, False, True]), torch.tensor([False, True, True]),
-            torch.tensor([True, True, False])]
-    pruned = yeom.prune_units(model, keep)
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
-    assert set(pruned.state_dict()) == set(model.state_dict())  # masks made permanent
-    for layer, k in zip(yeom.hidden_layers(pruned), keep, strict=True):
-        assert bool((layer.weight[~k] == 0).all()) and bool((layer.bias[~k] == 0).all())
-    # the same network with the units deleted (rows of their layer, columns of the next)
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    small, prev = [], torch.ones(2, dtype=torch.bool)
-    for layer, k in zip(linears, [*keep, torch.ones(2, dtype=torch.bool)], strict=True):
-        s = nn.Linear(int(prev.sum()), int(k.sum())).double()
-        with torch.no_grad():
-            s.weight.copy_(layer.weight[k][:, prev])
-            s.bias.copy_(layer.bias[k])
-        small.append(s)
-        prev = k
-    with torch.no_grad():
-        h = torch.relu(small[0](X))
-        h = small[2](torch.relu(small[1](h)))
-        expected = small[3](h)  # no ReLU after the third hidden layer
-        assert_close(pruned(X), expected)
-        outs, _ = layer_outputs(pruned, X)
-    for out, k in zip(outs, keep, strict=True):
-        assert bool((out[:, ~k] == 0).all())
-
-
-@pytest.mark.parametrize("third_relu", [False, True])
-def test_removing_units_computes_what_masking_them_computes(third_relu):
-    gen = torch.Generator().manual_seed(1)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = yeom.toy_mlp(hidden=12, third_relu=third_relu).double().eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(30, 2, generator=gen, dtype=torch.float64)
-    for n_prune in (0, 7, 12, 30):  # 12: possibly a whole layer; 30: most units
-        scores = [torch.rand(12, generator=gen) for _ in range(3)]
-        keep = yeom.global_keep_masks(scores, n_prune)
-        small = yeom.remove_units(model, keep)
-        masked = yeom.prune_units(model, keep)
-        assert [m.out_features for m in yeom.hidden_layers(small)] == [int(k.sum()) for k in keep]
-        with torch.no_grad():
-            assert_close(small(x), masked(x))
-    whole = [torch.zeros(12, dtype=torch.bool), torch.ones(12, dtype=torch.bool),
-             torch.ones(12, dtype=torch.bool)]
-    with torch.no_grad():  # a whole layer removed: the network outputs what the biases give
-        assert_close(yeom.remove_units(model, whole)(x), yeom.prune_units(model, whole)(x))
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k])
 
 
 # --------------------------------------------------------------------------------------------

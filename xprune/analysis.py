@@ -48,7 +48,14 @@ from .metrics._base import metric_seed
 from .metrics.controls import versus_random
 from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
 from .profiling import count_macs, measure_latency, storage_bytes
-from .pruning import ModelPair, fine_tune, layer_table, prune, prune_and_fine_tune
+from .pruning import (
+    ModelPair,
+    fine_tune,
+    layer_table,
+    prune,
+    prune_and_fine_tune,
+    select_weights,
+)
 from .report import render_report
 from .report.seeds import render_seeds_report
 from .report.tables import plural
@@ -163,7 +170,8 @@ def load_data(config: AnalysisConfig, *, say: Callable[[str], None] = _silent) -
     """Stage "data": the configured dataset, split by the run's seed.
 
     Refuses, before any training, metrics that the inputs cannot take (an
-    image-only metric on tabular rows).
+    image-only metric on tabular rows, a plausibility metric on data without
+    a ground-truth rationale).
 
     Raises
     ------
@@ -176,7 +184,12 @@ def load_data(config: AnalysisConfig, *, say: Callable[[str], None] = _silent) -
                         test_size=config.data.test_size)
     say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
         f"{len(data.x_test)} test samples")
-    config.metrics.resolved_names(images=data.x_test.dim() == 4)  # refuse before training
+    names = config.metrics.resolved_names(images=data.x_test.dim() == 4)  # before training
+    need = [n for n in names if M.METRICS[n].kind == "rationale"]
+    if need and data.rationale_test is None:
+        raise ValueError(f"Expected `metrics.names` to name metrics the data {data.name!r} can "
+                         f"score: {need} compare maps with a ground-truth rationale, which "
+                         f"these data do not have (the generated 'vowels' data do).")
     return data
 
 
@@ -267,7 +280,8 @@ def _sparse_compute(dense, variant, amount, data, reference, config):
     def compute():
         kwargs = dict(method=variant.method, scope=variant.scope, seed=config.seed,
                       max_layer_sparsity=variant.max_layer_sparsity, data=reference,
-                      options=variant.options or None)
+                      options=variant.options or None, layers=variant.layers,
+                      exclude=variant.exclude, **({"n_m": variant.n_m} if variant.n_m else {}))
         if variant.schedule == "one_shot":
             pair = prune(dense, amount, **kwargs)
             pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
@@ -292,7 +306,7 @@ def _sparse_template(dense, variant, reference, factory, seed):
             return factory()
         options = {**variant.options, "channel_ratio": info["channel_ratio"]}
         return prune(dense, method="structured", data=reference, seed=seed,
-                     options=options).sparse
+                     options=options, layers=variant.layers, exclude=variant.exclude).sparse
 
     return template
 
@@ -320,6 +334,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
     rows, timing_rows, layer_frames, class_frames = [], [], [], []
     example = data.x_test[:1]
     dense_total = int(layer_table(records[0].model)["numel"].sum())
+    selections = {v.name: select_weights(records[0].model, v.layers, v.exclude)
+                  for v in config.pruning.variants()} if not config.pruning.checkpoints else {}
     dense_macs = count_macs(records[0].model, example)["dense"]
     for rec in records:
         ev = evaluate(rec.model, data.x_test, data.y_test)
@@ -331,6 +347,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
         rows.append({
             "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
             "requested_sparsity": rec.sparsity, "measured_sparsity": 1 - nnz / dense_total,
+            "selected_sparsity": _selected_sparsity(records[0].model, rec.model,
+                                                    selections.get(rec.pruning)),
             "structured": int(table["numel"].sum()) < dense_total,
             "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
             "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
@@ -354,6 +372,12 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
     return ModelTables(pd.DataFrame(rows), pd.DataFrame(timing_rows), layers, classes)
 
 
+def _selected_sparsity(dense, model, keys) -> float:
+    """Sparsity over the weights a variant selected for pruning (all weights if none given)."""
+    table = layer_table(model, keys)
+    return 1 - int(table["nonzeros"].sum()) / int(layer_table(dense, keys)["numel"].sum())
+
+
 def _call_metric(info: M.MetricInfo, args: tuple, params: dict, seed: int, max_rows: int
                  ) -> torch.Tensor:
     """Call a registered metric with its params, a per-metric generator and the row bound."""
@@ -367,7 +391,8 @@ def _call_metric(info: M.MetricInfo, args: tuple, params: dict, seed: int, max_r
 
 
 def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs: Attributions,
-                x: torch.Tensor, targets: torch.Tensor, config: AnalysisConfig
+                x: torch.Tensor, targets: torch.Tensor, config: AnalysisConfig,
+                rationale: torch.Tensor | None = None
                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every configured metric of one model's maps: {name: (N,) scores}, and its deletion and
     insertion curves ({"deletion": DeletionCurve, "insertion": DeletionCurve}).
@@ -406,6 +431,8 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
                                                              **params)
         elif info.kind == "map":
             scores[name] = _call_metric(info, (attrs,), params, seed, max_rows)
+        elif info.kind == "rationale":  # load_data checked that the data have one
+            scores[name] = _call_metric(info, (attrs, rationale), params, seed, max_rows)
         elif name in ("deletion_auc", "insertion_auc") and set(params) == {"steps"} \
                 and params["steps"] == mc.deletion_steps:  # the area under the stored curve
             curve = curves[name.split("_")[0]]
@@ -502,12 +529,13 @@ class _CellJob:
     dense_attrs: Attributions
     labels: torch.Tensor
     config: AnalysisConfig
+    rationale: torch.Tensor | None = None  # (N, *S) ground truth for plausibility metrics
 
     def __call__(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(per-sample scores in RESULT_COLUMNS, per-sample deletion and insertion curves)."""
         rec, attrs, x = self.rec, self.attrs, self.attrs.inputs
         scores, curves = _score_cell(rec, self.method, attrs, self.dense_attrs, x,
-                                    attrs.targets, self.config)
+                                    attrs.targets, self.config, self.rationale)
         n = x.shape[0]
         table = pd.concat([pd.DataFrame({
             "model": rec.tag, "role": rec.role, "pruning": rec.pruning,
@@ -656,11 +684,14 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
 def score_models(config: AnalysisConfig, records: list[ModelRecord],
                  attrs_by: dict[tuple[str, str], Attributions], labels: torch.Tensor, *,
                  cache: RunCache, jobs: int = 1, executor: str = "local",
-                 address: str | None = None, progress: bool = False
+                 address: str | None = None, progress: bool = False,
+                 rationale: torch.Tensor | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stage "score": every configured metric of every model's maps.
 
-    ``labels`` (N,) are the true classes of the explained inputs. Returns the
+    ``labels`` (N,) are the true classes of the explained inputs and
+    ``rationale`` (N, *S), where the data have one, their ground-truth evidence
+    for the plausibility metrics. Returns the
     tidy results (one row per sample x model x method x metric, columns
     ``RESULT_COLUMNS``) and the per-sample deletion and insertion curves.
     Finished cells are reused from ``cache``; the rest run in ``jobs``
@@ -668,7 +699,8 @@ def score_models(config: AnalysisConfig, records: list[ModelRecord],
     """
     cells = [(m, rec) for m in config.attribution.methods for rec in records]
     jobs_of = {f"{method}-{rec.tag}": _CellJob(rec, method, attrs_by[method, rec.tag],
-                                               attrs_by[method, "dense"], labels, config)
+                                               attrs_by[method, "dense"], labels, config,
+                                               rationale)
                for method, rec in cells}
     done = {key: (cache.load_frame(f"cell-{key}"), cache.load_frame(f"curve-{key}"))
             for key in jobs_of}
@@ -786,8 +818,11 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     attrs_by = attribute_models(config, records, data, cache=cache, progress=progress)
     clock.mark("attribute")
     labels = data.y_test[:next(iter(attrs_by.values())).inputs.shape[0]]
+    rationale = (None if data.rationale_test is None
+                 else data.rationale_test[:labels.shape[0]])
     results, curves = score_models(config, records, attrs_by, labels, cache=cache, jobs=jobs,
-                                   executor=executor, address=address, progress=progress)
+                                   executor=executor, address=address, progress=progress,
+                                   rationale=rationale)
     clock.mark("metrics")
     write_run(out, config, data, records, attrs_by, results, curves, tables)
     clock.mark(None)

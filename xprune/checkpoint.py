@@ -11,8 +11,10 @@ previous complete file or none.
 
 from __future__ import annotations
 
+import io
 import json
-import pickle
+import pickletools
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 from ._io import atomic_write_bytes, atomic_write_text
 from ._version import __version__
 from .attribution import Attributions
-from .pruning import ModelPair, prunable_weights, sparsity, weight_name
+from .pruning import ModelPair
 
 __all__ = ["load_attributions", "load_model", "load_pair", "load_state_dict",
            "save_attributions", "save_model", "save_pair"]
@@ -58,9 +60,11 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        If the file is not a state dict of tensors: in particular a pickle that
-        holds other Python objects (which could execute code) is refused, and
-        nothing in it is run.
+        If the file is not a state dict of tensors: a pickle that holds other
+        Python objects (which could execute code) is refused as unsafe, naming
+        what it imports, and nothing in it is run; a file that is no torch
+        checkpoint at all (random bytes, truncated, another format) is
+        reported as corrupt, naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,14 +78,8 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
         return _fold_pruning(state)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(
-            f"Refused to load {path}: it holds Python objects other than tensors, which "
-            f"could run code when unpickled. xprune loads weights only (safetensors, or a "
-            f"state dict saved with torch.save(model.state_dict())). Detail: {first}") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"Could not read {path} as a PyTorch checkpoint: {exc}") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError ...
+        raise _load_error(path, exc) from None
     if isinstance(state, nn.Module) or not isinstance(state, Mapping):
         raise ValueError(f"Expected {path} to hold a state dict (a mapping of names to tensors), "
                          f"got {type(state).__name__}.")
@@ -90,6 +88,86 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"Expected {path} to map names to tensors; entries {bad[:5]} are not "
                          "tensors.")
     return _fold_pruning(dict(state))
+
+
+def _safe_global(name: str) -> bool:
+    """Whether torch's weights-only unpickler accepts the global ``module.name``.
+
+    Asks torch's own allowlist (private, so with a conservative fallback: the
+    tensor-rebuild functions, storages and dtypes).
+    """
+    try:
+        from torch import _weights_only_unpickler as unpickler
+
+        allowed = set(unpickler._get_allowed_globals())
+    except Exception:  # noqa: BLE001 - a torch without that helper
+        allowed = set()
+    if name in allowed or name in ("__builtin__.set", "builtins.set", "collections.OrderedDict"):
+        return True
+    return not allowed and name.startswith("torch.") and ".nn.modules." not in name
+
+
+_NOT_TORCH = ("not a torch checkpoint (corrupt, truncated or another format). xprune reads "
+              "safetensors files and state dicts saved with torch.save(model.state_dict())")
+
+
+def _pickle_globals(data: bytes, max_pickles: int = 1) -> list[str] | None:
+    """The ``module.name`` globals that the pickle stream(s) at the start of ``data`` import.
+
+    Reads up to ``max_pickles`` consecutive pickles (a legacy ``torch.save``
+    file holds four, then raw storage bytes) with :mod:`pickletools`, which
+    only parses opcodes and never imports or runs anything. ``None`` when the
+    first one is not a well-formed pickle.
+    """
+    stream, found = io.BytesIO(data), []
+    for i in range(max_pickles):
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # noqa: BLE001 - pickletools raises ValueError and others on garbage
+            if i == 0:
+                return None
+            break
+    return found
+
+
+def _load_error(path: Path, exc: BaseException) -> ValueError:
+    """Why ``torch.load(path, weights_only=True)`` failed, in the user's terms.
+
+    A file that pickles Python objects other than tensors (which could run code
+    when unpickled) is refused as unsafe, naming what it imports; a file that
+    is not a readable torch checkpoint at all (random bytes, a truncated or
+    foreign file) is reported as corrupt. Nothing in the file is run.
+    """
+    if isinstance(exc, OSError):
+        return ValueError(f"Could not read {path}: {exc}")
+    data = path.read_bytes()
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                names = None if member is None else _pickle_globals(archive.read(member))
+        except Exception:  # noqa: BLE001 - a damaged archive
+            names = None
+    else:
+        names = _pickle_globals(data, max_pickles=4)
+    unsafe = sorted({g for g in names or [] if not _safe_global(g)})
+    if unsafe:
+        return ValueError(
+            f"Refused to load {path}: it holds Python objects other than tensors (it imports "
+            f"{', '.join(unsafe[:5])}), which could run code when unpickled. xprune loads "
+            f"weights only (safetensors, or a state dict saved with "
+            f"torch.save(model.state_dict())); nothing in the file was run.")
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if names is None:
+        return ValueError(f"Could not read {path}: {_NOT_TORCH}. Detail: {detail}")
+    return ValueError(f"Could not read {path} as a weights-only PyTorch checkpoint: {detail}")
 
 
 def save_model(model: nn.Module, path: str | Path, *,
@@ -157,6 +235,7 @@ def save_pair(pair: ModelPair, directory: str | Path, *,
     manifest = {
         "format": "xprune-pair/1", "method": pair.method, "amount": pair.amount,
         "measured_sparsity": pair.sparsity, "params": dict(pair.params),
+        **({"layers": list(pair.layers)} if pair.layers else {}),
         "architecture": f"{type(pair.dense).__module__}.{type(pair.dense).__qualname__}",
         "versions": {"xprune": __version__, "torch": torch.__version__},
         **({"extra": dict(extra)} if extra else {}),
@@ -185,17 +264,18 @@ def load_pair(directory: str | Path, template: nn.Module | Callable[[], nn.Modul
     dense = load_model(directory / "dense.safetensors", template)
     sparse = load_model(directory / "sparse.safetensors", template)
     masks = {k: v.bool() for k, v in load_state_dict(directory / "masks.safetensors").items()}
-    for name, module in prunable_weights(sparse):
-        key = weight_name(name)
-        if key in masks and bool((module.weight.detach()[~masks[key]] != 0).any()):
+    weights = dict(sparse.named_parameters())
+    for key in masks:
+        if key in weights and bool((weights[key].detach()[~masks[key]] != 0).any()):
             raise ValueError(f"Saved pair in {directory} is inconsistent: {key} has nonzero "
                              "weights where its mask is 0.")
     pair = ModelPair(dense=dense, sparse=sparse, method=manifest["method"],
                      amount=float(manifest["amount"]), masks=masks,
-                     params=dict(manifest.get("params", {})))
-    if abs(sparsity(sparse) - float(manifest["measured_sparsity"])) > 1e-9:
+                     params=dict(manifest.get("params", {})),
+                     layers=tuple(manifest.get("layers", ())))
+    if abs(pair.sparsity - float(manifest["measured_sparsity"])) > 1e-9:
         raise ValueError(f"Saved pair in {directory} is inconsistent: the manifest says sparsity "
-                         f"{manifest['measured_sparsity']}, the weights have {sparsity(sparse)}.")
+                         f"{manifest['measured_sparsity']}, the weights have {pair.sparsity}.")
     return pair
 
 

@@ -180,11 +180,12 @@ def _run_reproduction(args) -> int:
 
 def _list(_args) -> int:
     from . import ATTRIBUTION_METHODS, PRUNING_METHODS
-    from .metrics import METRICS
+    from .metrics import ALIASES, METRICS
 
     print("pruning methods:")
     for name, m in PRUNING_METHODS.items():
-        print(f"  {name:24s} {m.description}")
+        needs = " [needs data]" if m.needs_data else ""
+        print(f"  {name:24s} {m.description}{needs}")
     print("attribution methods:")
     for name, m in ATTRIBUTION_METHODS.items():
         print(f"  {name:24s} {m.description}")
@@ -192,6 +193,10 @@ def _list(_args) -> int:
     for name, m in METRICS.items():
         better = "higher" if m.higher_is_better else "lower"
         print(f"  {name:24s} {m.category}, {better} is better; {m.reference}")
+    print("metric aliases (names from Quantus, Captum and the papers; accepted wherever a "
+          "metric is named):")
+    for alias, name in sorted(ALIASES.items()):
+        print(f"  {alias:32s} -> {name}")
     from .reproductions import REPRODUCTIONS, _load_all
 
     _load_all()

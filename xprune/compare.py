@@ -30,7 +30,7 @@ def _names(metrics: Sequence[str] | None, kinds: tuple[str, ...], x_dim: int) ->
         if info.kind not in kinds:
             raise ValueError(f"Expected metrics of kind {kinds}, got {name!r} of kind "
                              f"{info.kind!r}.")
-        out.append(name)
+        out.append(info.name)  # an alias (pixel_flipping) becomes xprune's name
     return out
 
 

@@ -26,6 +26,8 @@ from ._validation import (
 from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
 from .data import DATASETS, is_data_source
 from .metrics import METRICS
+from .metrics._base import resolve_metric_name as canon
+from .metrics._base import unknown_metric_hint
 from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
 
 __all__ = [
@@ -114,6 +116,9 @@ class _VariantFields:
     steps: int = 5
     max_layer_sparsity: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    layers: str | tuple[str, ...] | None = None  # glob patterns / type names (prune's `layers`)
+    exclude: str | tuple[str, ...] | None = None
+    n_m: tuple[int, int] | None = None  # semi-structured N:M, e.g. [2, 4] (prune's `n_m`)
 
 
 @dataclass(frozen=True)
@@ -137,9 +142,30 @@ class PruningVariant(_VariantFields):
             raise ValueError(f"Expected a method in {MONOTONE_METHODS} for schedule "
                              f"{self.schedule!r}, got {self.method!r}.")
         check_positive_int(self.steps, "pruning.steps")
+        for key in ("layers", "exclude"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                value = tuple(value)
+                object.__setattr__(self, key, value)
+            items = (value,) if isinstance(value, str) else value
+            if value is not None and (not isinstance(items, tuple) or not items or not all(
+                    isinstance(p, str) and p for p in items)):
+                raise ValueError(f"Expected `pruning.{key}` to be a glob pattern over module "
+                                 f"names or a module type name (e.g. \"encoder.*\", "
+                                 f"\"Linear\"), or a list of them, got {value!r}.")
         if self.max_layer_sparsity is not None:
             check_fraction(self.max_layer_sparsity, "pruning.max_layer_sparsity",
                            high_inclusive=True)
+        if self.n_m is not None:
+            from .pruning import check_n_m
+
+            try:
+                object.__setattr__(self, "n_m", check_n_m(self.n_m))
+            except ValueError as err:
+                raise ValueError(str(err).replace("`n_m`", "`pruning.n_m`")) from None
+            if not PRUNING_METHODS[self.method].supports_n_m or self.schedule != "one_shot":
+                raise ValueError(f"Expected a one-shot weight-ranking method with `pruning.n_m`, "
+                                 f"got method {self.method!r}, schedule {self.schedule!r}.")
         allowed = PRUNING_METHODS[self.method].options
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
@@ -154,6 +180,7 @@ class PruningVariant(_VariantFields):
         if self.label:
             return self.label
         name = self.method + ("-layer" if self.scope == "layer" else "")
+        name += f"-{self.n_m[0]}:{self.n_m[1]}" if self.n_m else ""
         return name + ("" if self.schedule == "one_shot" else f"-{self.schedule}")
 
 
@@ -205,6 +232,11 @@ class PruningConfig(_VariantFields):
         check_positive_int(self.finetune_epochs, "pruning.finetune_epochs", minimum=0)
         check_positive_int(self.reference_samples, "pruning.reference_samples")
         _check_positive_number(self.finetune_lr, "pruning.finetune_lr")
+        for v in self.variants():
+            if v.n_m and any(abs(s - (1 - v.n_m[0] / v.n_m[1])) > 1e-9 for s in self.sparsities):
+                raise ValueError(f"Expected `pruning.sparsities` = [{1 - v.n_m[0] / v.n_m[1]}] "
+                                 f"with `n_m` = {list(v.n_m)} (N:M fixes the sparsity), got "
+                                 f"{list(self.sparsities)}.")
         names = [v.name for v in self.variants()]
         if len(set(names)) != len(names):
             raise ValueError(f"Expected distinct pruning variants, got labels {names}: give "
@@ -345,13 +377,20 @@ class MetricsConfig:
         if self.names is not None and (not isinstance(self.names, list) or not self.names):
             raise ValueError(f"Expected `metrics.names` to be a non-empty list of metric "
                              f"names, got {self.names!r}.")
+        # names from the peer tools (pixel_flipping, Sparseness, ...) become xprune's own
+        for key in ("names", "versus_random", "params"):
+            value = getattr(self, key)
+            if isinstance(value, (list, dict)):
+                canonical = [canon(n) for n in value]
+                for n, c in zip(value, canonical, strict=True):
+                    if c not in METRICS:
+                        raise ValueError(f"Expected `metrics.{key}` to name one of "
+                                         f"{sorted(METRICS)}, got {n!r}."
+                                         + unknown_metric_hint(n))
+                object.__setattr__(self, key, canonical if isinstance(value, list) else
+                                   dict(zip(canonical, value.values(), strict=True)))
         for name in self.names or []:
             _check_name(name, METRICS, "metrics.names")
-        needs_rationale = [n for n in self.names or [] if METRICS[n].kind == "rationale"]
-        if needs_rationale:
-            raise ValueError(f"Expected `metrics.names` to name metrics these data can score: "
-                             f"{needs_rationale} compare maps with a ground-truth rationale, "
-                             f"which the configured data set does not provide.")
         if self.names is not None and len(set(self.names)) != len(self.names):
             raise ValueError(f"Expected distinct `metrics.names`, got {self.names!r}.")
         if not isinstance(self.versus_random, list):
@@ -418,6 +457,8 @@ class MetricsConfig:
         shorthand = {
             "top_k_intersection": {"k": max(1, round(self.top_k * n_features))},
             "top_k_mass": {"k": max(1, round(self.top_k * n_features))},
+            "token_f1": {"k": max(1, round(self.top_k * n_features))},
+            "token_iou": {"k": max(1, round(self.top_k * n_features))},
             "deletion_auc": {"steps": self.deletion_steps},
             "insertion_auc": {"steps": self.deletion_steps},
             "faithfulness_correlation": {"subset_size": self.faithfulness_subset_size,

@@ -15,7 +15,7 @@ from torch import Tensor
 from ._validation import check_fraction, closest_name, resolve_factory
 
 __all__ = ["DATASETS", "DatasetSplit", "load_breast_cancer_split", "load_dataset",
-           "load_digits_split", "load_wine_split", "make_token_dataset", "split_arrays"]
+           "load_digits_split", "load_vowels_split", "load_wine_split", "make_token_dataset", "split_arrays"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class DatasetSplit:
     class_names : tuple of str
     feature_names : tuple of str or None
         Column names for tabular data; ``None`` for images.
+    rationale_test : bool Tensor of shape (n_test, *feature_shape without channels) or None
+        The ground-truth evidence of each test sample where the data know it
+        (the formant bands of the generated vowels), for the plausibility metrics.
     """
 
     name: str
@@ -44,6 +47,7 @@ class DatasetSplit:
     n_classes: int
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...] | None = None
+    rationale_test: Tensor | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -122,6 +126,33 @@ def load_wine_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 
 
     return _standardised_table("wine", load_wine(), seed=seed, val_size=val_size,
                                test_size=test_size)
+
+
+def load_vowels_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2,
+                      n: int = 2000) -> DatasetSplit:
+    """Synthesised vowels (:mod:`xprune.speechdata`): log-mel spectrograms (1, 40, 63) of 10 vowels.
+
+    The ``n`` recordings are always generated from seed 0 (the same data set
+    for every run); ``seed`` fixes the stratified split, as for digits. The
+    spectrograms are standardised with the training split's mean and standard
+    deviation; ``rationale_test`` holds the test recordings' formant masks
+    (40, 63).
+    """
+    from .speechdata import make_vowel_dataset
+
+    speech = make_vowel_dataset(n, seed=0)
+    index = np.arange(n)
+    rest, test = train_test_split(index, test_size=test_size, stratify=speech.labels.numpy(),
+                                  random_state=seed)
+    train, val = train_test_split(rest, test_size=val_size / (1 - test_size),
+                                  stratify=speech.labels.numpy()[rest], random_state=seed)
+    x = speech.spectrograms
+    mean, std = x[train].mean(), x[train].std()
+    pick = lambda ix: ((x[ix] - mean) / std, speech.labels[ix])  # noqa: E731
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = pick(train), pick(val), pick(test)
+    return DatasetSplit("vowels", x_train, y_train, x_val, y_val, x_test, y_test,
+                        len(speech.class_names), speech.class_names,
+                        rationale_test=speech.mask[test])
 
 
 def load_digits_flat_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
@@ -244,7 +275,8 @@ def make_token_dataset(n: int = 600, *, seq_len: int = 12, vocab_size: int = 30,
 
 
 DATASETS = {"digits": load_digits_split, "digits_flat": load_digits_flat_split,
-            "breast_cancer": load_breast_cancer_split, "wine": load_wine_split}
+            "breast_cancer": load_breast_cancer_split, "wine": load_wine_split,
+            "vowels": load_vowels_split}
 
 
 def is_data_source(name: str) -> bool:

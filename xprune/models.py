@@ -19,8 +19,8 @@ from torch.nn.utils import prune as torch_prune
 from ._state import as_logits, eval_mode, model_device, to_model
 from ._validation import check_positive_int, check_tensor
 
-__all__ = ["DigitsCNN", "TabularMLP", "TokenClassifier", "TrainResult", "evaluate", "predict",
-           "train"]
+__all__ = ["DigitsCNN", "FrameGRU", "SpectrogramCNN", "TabularMLP", "TokenClassifier",
+           "TrainResult", "evaluate", "predict", "train"]
 
 
 class DigitsCNN(nn.Module):
@@ -87,6 +87,58 @@ class TokenClassifier(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.fc2(self.relu(self.fc1(self.embedding(tokens).mean(dim=1))))
+
+
+class SpectrogramCNN(nn.Module):
+    """A small CNN for log-mel spectrograms (N, 1, n_mels, frames) -> logits (N, n_classes).
+
+    Two blocks of conv(3x3, pad 1) - ReLU - max-pool 2, then a mean over the
+    remaining time frames (any recording length), linear - ReLU - linear. A
+    distinct ReLU per use and no in-place operations, so every Captum method,
+    LRP included, runs on it.
+    """
+
+    def __init__(self, n_classes: int = 10, *, n_mels: int = 40, channels: tuple[int, int] = (16, 32),
+                 hidden: int = 64) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(1, c1, kernel_size=3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(c2 * (n_mels // 4), hidden)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.pool2(self.relu2(self.conv2(self.pool1(self.relu1(self.conv1(x))))))
+        x = x.mean(dim=3).reshape(x.shape[0], -1)  # (N, c2 * n_mels / 4)
+        return self.fc2(self.relu3(self.fc1(x)))
+
+
+class FrameGRU(nn.Module):
+    """A GRU over spectrogram frames: (N, 1, n_mels, frames) -> logits (N, n_classes).
+
+    Each time frame's mel vector is one step of a one-layer GRU; the hidden
+    states are averaged over time, then linear - ReLU - linear. Its
+    ``gru.weight_ih_l0`` and ``gru.weight_hh_l0`` hold the three gates' input
+    and recurrent matrices.
+    """
+
+    def __init__(self, n_classes: int = 10, *, n_mels: int = 40, hidden_size: int = 64,
+                 hidden: int = 64) -> None:
+        super().__init__()
+        self.gru = nn.GRU(n_mels, hidden_size, batch_first=True)
+        self.fc1 = nn.Linear(hidden_size, hidden)
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Linear(hidden, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        frames = x[:, 0].transpose(1, 2)  # (N, frames, n_mels)
+        states, _ = self.gru(frames)
+        return self.fc2(self.relu(self.fc1(states.mean(dim=1))))
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ __all__ = [
     "DEFAULT_MAX_ROWS",
     "AttributionMethod",
     "Attributions",
+    "ConstantMapWarning",
     "DeepLiftParams",
     "EmbeddingIntegratedGradientsParams",
     "GradCamParams",
@@ -85,10 +86,13 @@ __all__ = [
     "TokenOptions",
     "attribute",
     "attribute_pair",
+    "check_logit_outputs",
+    "completeness_error",
     "explainer",
     "make_baseline",
     "n_outputs",
     "resolve_targets",
+    "warn_constant_maps",
 ]
 
 DEFAULT_MAX_ROWS = 4096
@@ -255,12 +259,19 @@ def _resolve_targets(model: nn.Module, structure: ModelInputs, target: Any, *,
 
 
 def n_outputs(model: nn.Module, inputs: Tensor | tuple | Mapping) -> int:
-    """Number of model outputs (classes), from one forward pass of one input."""
+    """Number of model outputs (classes), from one forward pass of one input.
+
+    Raises
+    ------
+    ValueError
+        If the outputs are already probabilities (see :func:`check_logit_outputs`).
+    """
     return _n_outputs(model, structure_inputs(inputs))
 
 
 def _n_outputs(model: nn.Module, structure: ModelInputs) -> int:
     out = _logits(model, structure.rows(0, 1), 1)
+    check_logit_outputs(model, out)
     return out.shape[1] if out.dim() > 1 else 1
 
 
@@ -271,7 +282,36 @@ def _outputs_and_kind(model: nn.Module, structure: ModelInputs) -> tuple[int, bo
     with torch.no_grad(), eval_mode(model):
         raw = part.call(model, part.main, part.others)
     out = as_logits(raw, model)
+    check_logit_outputs(model, out)
     return (out.shape[1] if out.dim() > 1 else 1), isinstance(raw, Tensor)
+
+
+def check_logit_outputs(model: nn.Module, outputs: Tensor, *, atol: float = 1e-4) -> None:
+    """Raise if a model's outputs (N, C), C >= 2, are probabilities rather than logits.
+
+    Probabilities: every row non-negative and summing to 1 within ``atol`` (the
+    error names the model's last module when it is an ``nn.Softmax``; a Softmax
+    elsewhere, e.g. in attention, is no reason to refuse). xprune explains and
+    scores logits and applies softmax itself (``output="probability"``, deletion/insertion),
+    so a model that ends in softmax would be explained as if it gave logits
+    and squashed a second time (../shared/cases/027-softmax-output.md).
+    ``nn.LogSoftmax`` outputs are fine: they are logits up to a constant per row.
+    """
+    if outputs.dim() != 2 or outputs.shape[1] < 2:
+        return
+    rows = outputs.detach().double()
+    if bool((rows >= 0).all()) and bool(((rows.sum(dim=1) - 1).abs() <= atol).all()):
+        leaves = [(name, m) for name, m in model.named_modules() if not any(m.children())]
+        where = (f"its last module {leaves[-1][0]!r} is nn.Softmax"
+                 if leaves and leaves[-1][0] and isinstance(leaves[-1][1], nn.Softmax)
+                 else "every row is non-negative and sums to 1")
+        raise ValueError(
+            f"Expected `model` to return logits, but {type(model).__name__}'s outputs are "
+            f"already probabilities ({where}). xprune explains and scores logits and applies "
+            f"softmax itself for output='probability' and the removal metrics, which would "
+            f"apply it a second time. Pass the model without its final softmax, or wrap it so "
+            f"that forward returns torch.log of the probabilities (logits up to a constant "
+            f"per row).")
 
 
 def attribute(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any,
@@ -507,30 +547,77 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
             predictions = _logits(model, structure, budget_rows).argmax(dim=1)
     value = values[0] if len(values) == 1 else torch.cat(values)
     delta = torch.cat(deltas) if deltas else None
-    if method == "integrated_gradients":
-        _warn_on_coarse_integral(value, delta, spec)
+    fields = dict(
+        inputs=structure.original(),
+        targets=(targets if targets is not None
+                 else torch.zeros(n, dtype=torch.long)).cpu(),
+        method=method, params={**described, "output": output}, model_tag=model_tag,
+        delta=delta, predictions=predictions,
+        attribute_to=None if structure.kind == "tensor" else structure.attribute_to)
+    if method == "integrated_gradients":  # completeness holds for the unmasked sums
+        _warn_on_coarse_integral(Attributions(values=value, **fields), spec)
     feature_mask = None
     if is_tokens:
         feature_mask = token_feature_mask(structure, model, token_options)
         value = value * feature_mask.to(value.device)
-    original = structure.original()
-    return Attributions(
-        values=value, inputs=original,
-        targets=(targets if targets is not None
-                 else torch.zeros(n, dtype=torch.long)).cpu(),
-        method=method, params={**described, "output": output}, model_tag=model_tag,
-        delta=delta, predictions=predictions, feature_mask=feature_mask,
-        attribute_to=None if structure.kind == "tensor" else structure.attribute_to,
-    )
+    result = Attributions(values=value, feature_mask=feature_mask, **fields)
+    warn_constant_maps(result)
+    return result
 
 
-def _warn_on_coarse_integral(values: Tensor, delta: Tensor,
-                             spec: IntegratedGradientsParams) -> None:
-    """Completeness (Sundararajan et al. 2017, prop. 1): sum(a) = f(x) - f(x')."""
-    delta = delta.double()
-    total = values.reshape(values.shape[0], -1).double().sum(dim=1)
+def completeness_error(result: Attributions) -> tuple[Tensor, Tensor]:
+    """Relative completeness error of each map, and its denominator |f(x) - f(x')|.
+
+    Completeness (Sundararajan et al. 2017, "Axiomatic attribution for deep
+    networks", prop. 1): sum(a) = f(x) - f(x'); Captum's convergence delta is
+    sum(a) - (f(x) - f(x')). Returns ``(|delta| / max(|f(x) - f(x')|, 1e-12),
+    |f(x) - f(x')|)``, both float64 of shape (N,); 0 is exact, lower is better.
+
+    Raises
+    ------
+    ValueError
+        If ``result`` carries no delta (a method without one).
+    """
+    if result.delta is None:
+        raise ValueError(f"Expected attributions with a completeness delta (Integrated "
+                         f"Gradients), got method {result.method!r} without one.")
+    delta = result.delta.double()
+    total = result.values.reshape(len(result), -1).double().sum(dim=1)
     gap = (total - delta).abs()  # |f(x) - f(x')|
-    relative = delta.abs() / gap.clamp_min(1e-12)
+    return delta.abs() / gap.clamp_min(1e-12), gap
+
+
+class ConstantMapWarning(UserWarning):
+    """Some maps are constant over their features (all zero, typically): they rank nothing."""
+
+
+def warn_constant_maps(result: Attributions) -> int:
+    """Warn once, with the count and the likely causes, if some maps are constant; return it.
+
+    A map that is the same for every feature (all zero in practice: a
+    saturated output gives zero gradients, and IG's completeness check then
+    passes since f(x) - f(x') = 0 too; dead units after pruning do the same)
+    ranks nothing: rank agreements and complexity scores of it are undefined
+    (../shared/cases/029-saturated-all-zero-maps.md).
+    """
+    flat = result.values.detach().reshape(len(result), -1)
+    constant = (flat == flat[:, :1]).all(dim=1) & (flat.shape[1] > 1)
+    count = int(constant.sum())
+    if count:
+        zero = int((constant & (flat[:, 0] == 0)).sum())
+        tag = f" of model {result.model_tag!r}" if result.model_tag else ""
+        warnings.warn(ConstantMapWarning(
+            f"{count} of {len(result)} {result.method} maps{tag} are constant ({zero} all "
+            f"zero): the model's output does not change with these inputs at the explained "
+            f"target, likely a saturated output (e.g. a sigmoid or softmax at 0 or 1) or dead "
+            f"units after pruning. Their rank-based and complexity scores are undefined (NaN)."),
+            stacklevel=4)
+    return count
+
+
+def _warn_on_coarse_integral(result: Attributions, spec: IntegratedGradientsParams) -> None:
+    """Completeness (Sundararajan et al. 2017, prop. 1): sum(a) = f(x) - f(x')."""
+    relative, gap = completeness_error(result)
     median = float(relative[gap > 1e-9].median()) if bool((gap > 1e-9).any()) else 0.0
     if median > spec.delta_tolerance:
         warnings.warn(f"Integrated Gradients' median relative completeness error is "

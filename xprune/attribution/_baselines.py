@@ -19,8 +19,16 @@ __all__ = ["BASELINE_KINDS", "check_baseline", "make_baseline"]
 BASELINE_KINDS = ("zero", "blur", "uniform")
 
 
-def check_baseline(baseline: object, name: str = "baseline") -> None:
-    """Raise ``ValueError`` unless ``baseline`` is a number, a finite tensor or a known kind."""
+def check_baseline(baseline: object, name: str = "baseline", *,
+                   blur_sigma: object = None) -> None:
+    """Raise ``ValueError`` unless ``baseline`` is a number, a finite tensor or a known kind,
+    and ``blur_sigma`` (when given) a finite number > 0 (a width of 0 "blurs" an input into
+    itself: the baseline equals the input and every path method's map is 0)."""
+    if blur_sigma is not None and (isinstance(blur_sigma, bool)
+                                   or not isinstance(blur_sigma, (int, float))
+                                   or not np.isfinite(blur_sigma) or blur_sigma <= 0):
+        raise ValueError(f"Expected `blur_sigma` to be a finite number > 0 (pixels), got "
+                         f"{blur_sigma!r}.")
     if isinstance(baseline, bool):
         raise ValueError(f"Expected `{name}` to be a number, a tensor or one of "
                          f"{BASELINE_KINDS}, got {baseline!r}.")
@@ -62,6 +70,7 @@ def make_baseline(baseline: float | str | Tensor, x: Tensor, *, blur_sigma: floa
     if baseline == "zero":
         return 0.0
     if baseline == "blur":
+        check_baseline(baseline, blur_sigma=blur_sigma)
         if x.dim() < 3:
             raise ValueError("Expected image inputs (N, C, H, W) for a 'blur' baseline, "
                              f"got shape {tuple(x.shape)}.")

@@ -97,12 +97,13 @@ class IntegratedGradientsParams:
     """Integrated Gradients (Sundararajan, Taly & Yan 2017, eq. 1).
 
     n_steps : int >= 1
-        Points of the path integral.
+        Points of the path integral; at most :data:`MAX_GAUSS_LEGENDRE_STEPS`
+        with "gausslegendre" (see :func:`check_ig_steps`).
     baseline : float, "zero", "blur", "uniform" or Tensor of shape (*F)
         Reference input x' (0 = black image). See :mod:`._baselines`.
     integration : str
         Captum's quadrature rule: "gausslegendre" (default), "riemann_trapezoid", ...
-    blur_sigma : float
+    blur_sigma : float > 0
         Gaussian width in pixels for ``baseline="blur"``.
     seed : int
         Seeds ``baseline="uniform"``.
@@ -125,14 +126,42 @@ class IntegratedGradientsParams:
     baseline_token: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive_int(self.n_steps, "n_steps")
-        check_baseline(self.baseline)
+        check_baseline(self.baseline, blur_sigma=self.blur_sigma)
         _check_token(self.baseline_token)
         if self.integration not in ("gausslegendre", "riemann_left", "riemann_right",
                                     "riemann_middle", "riemann_trapezoid"):
             raise ValueError(f"Expected `integration` to be a Captum rule such as "
                              f"'gausslegendre' or 'riemann_trapezoid', got {self.integration!r}.")
+        check_ig_steps(self.n_steps, self.integration)
         _check_nonneg(self.delta_tolerance, "delta_tolerance")
+
+
+# Captum's Gauss-Legendre nodes come from numpy.polynomial.legendre.leggauss(n), whose cost
+# grows with n^3 and is paid twice per chunk of inputs: on an idle machine about 0.2 s at
+# 1,000 steps, 1.6 s at 2,000, 15 s at 4,000 (issue 21; ../shared/cases/026-ig-steps-hang.md).
+MAX_GAUSS_LEGENDRE_STEPS = 1024
+
+
+def check_ig_steps(n_steps: object, integration: str = "gausslegendre") -> int:
+    """Return ``n_steps`` if it is an integer >= 1 that ``integration`` computes in bounded time.
+
+    Raises
+    ------
+    ValueError
+        If ``n_steps`` is not an integer >= 1, or exceeds
+        :data:`MAX_GAUSS_LEGENDRE_STEPS` with the Gauss-Legendre rule: the
+        message names the limit and the Riemann rules, whose nodes are free.
+    """
+    check_positive_int(n_steps, "n_steps")
+    if integration == "gausslegendre" and n_steps > MAX_GAUSS_LEGENDRE_STEPS:
+        raise ValueError(
+            f"Expected `n_steps` <= {MAX_GAUSS_LEGENDRE_STEPS} with integration = "
+            f"'gausslegendre', got {n_steps}: Captum computes the Gauss-Legendre nodes with "
+            f"numpy.polynomial.legendre.leggauss(n_steps), whose cost grows with the cube of "
+            f"n_steps (1.6 s at 2,000 steps, 15 s at 4,000, twice per chunk of inputs). Set "
+            f"`integration` = 'riemann_trapezoid' (nodes for free) for more steps, or lower "
+            f"`n_steps`.")
+    return n_steps
 
 
 @dataclass(frozen=True)
@@ -205,7 +234,7 @@ class DeepLiftParams:
     baseline_token: int | None = None
 
     def __post_init__(self) -> None:
-        check_baseline(self.baseline)
+        check_baseline(self.baseline, blur_sigma=self.blur_sigma)
         _check_token(self.baseline_token)
 
 
@@ -233,7 +262,7 @@ class OcclusionParams:
     def __post_init__(self) -> None:
         check_positive_int(self.window, "window")
         check_positive_int(self.stride, "stride")
-        check_baseline(self.baseline)
+        check_baseline(self.baseline, blur_sigma=self.blur_sigma)
         _check_token(self.baseline_token)
 
 
@@ -321,7 +350,7 @@ class EmbeddingIntegratedGradientsParams:
     baseline_token: int = 0
 
     def __post_init__(self) -> None:
-        check_positive_int(self.n_steps, "n_steps")
+        check_ig_steps(self.n_steps)  # Captum's LayerIntegratedGradients: Gauss-Legendre
         check_positive_int(self.baseline_token, "baseline_token", minimum=0)
 
 

@@ -3,13 +3,26 @@
 Every function accepts plain tensors or :class:`xprune.Attributions`, never
 normalises across the batch (a sample's score does not depend on its
 batch-mates), and takes a ``torch.Generator`` for every random draw.
-Metadata (category, direction, range, reference) is in :data:`METRICS`.
+Metadata (category, direction, range, reference, when a score is undefined)
+is in :data:`METRICS`; names from the peer tools resolve through :data:`ALIASES`.
+A sample whose score is undefined (e.g. a rank correlation of a constant
+map) scores NaN, and the call warns once with an :class:`UndefinedScoreWarning`
+giving the metric, the count and the reason.
 """
 
 # Imported first so that METRICS, whose order is the CLI's listing and the report's row order,
 # registers agreement, then faithfulness, then complexity metrics, as before the removal module.
 from . import agreement, faithfulness  # noqa: F401
-from ._base import METRICS, MetricInfo, feature_map, get_metric
+from ._base import (
+    ALIASES,
+    METRICS,
+    MetricInfo,
+    UndefinedScoreWarning,
+    feature_map,
+    get_metric,
+    resolve_metric_name,
+    warn_undefined,
+)
 from ._imputation import noisy_linear_imputation
 from .agreement import (
     average_ranks,
@@ -63,10 +76,12 @@ from .stability import (
 )
 
 __all__ = [
+    "ALIASES",
     "METRICS",
     "DeletionCurve",
     "MetricInfo",
     "RandomisationCurve",
+    "UndefinedScoreWarning",
     "aopc",
     "average_ranks",
     "avg_sensitivity",
@@ -99,6 +114,7 @@ __all__ = [
     "region_perturbation_curve",
     "relative_input_stability",
     "relative_output_stability",
+    "resolve_metric_name",
     "road",
     "road_curve",
     "sensitivity_draws",
@@ -112,4 +128,5 @@ __all__ = [
     "token_iou",
     "top_k_mass",
     "versus_random",
+    "warn_undefined",
 ]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
-from collections.abc import Callable, Sequence
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,10 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, model_device, to_model
-from .._validation import check_same_shape, check_targets, check_tensor, closest_name
+from .._validation import check_same_shape, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 
-__all__ = ["METRICS", "MetricInfo", "get_metric", "register"]
+__all__ = ["ALIASES", "METRICS", "MetricInfo", "UndefinedScoreWarning", "get_metric",
+           "register", "resolve_metric_name", "undefined_reasons", "unknown_metric_hint",
+           "warn_undefined"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,9 @@ class MetricInfo:
     images_only : bool
         Defined for image inputs (N, C, H, W) only (a pixel neighbourhood or
         a 2-D window); analyses skip it for tabular data.
+    undefined : str
+        When a sample's score is undefined (NaN), in a few words ("constant
+        map"); empty where the metric is defined for every valid input.
     """
 
     name: str
@@ -52,6 +61,7 @@ class MetricInfo:
     range: tuple[float, float]
     reference: str
     images_only: bool = False
+    undefined: str = ""
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -59,15 +69,64 @@ METRICS: dict[str, MetricInfo] = {}
 
 def register(*, category: str, kind: str, higher_is_better: bool,
              range: tuple[float, float], reference: str,  # noqa: A002
-             images_only: bool = False):
+             images_only: bool = False, undefined: str = ""):
     """Register a metric function in :data:`METRICS` under its own name."""
 
     def decorator(fn):
         METRICS[fn.__name__] = MetricInfo(fn.__name__, fn, category, kind, higher_is_better,
-                                          range, reference, images_only)
+                                          range, reference, images_only, undefined)
         return fn
 
     return decorator
+
+
+class UndefinedScoreWarning(RuntimeWarning):
+    """Some samples' scores are undefined (NaN), e.g. a rank correlation of a constant map.
+
+    Attributes ``metric``, ``count`` (samples), ``total`` (samples in the
+    call) and ``reason`` hold what the message says.
+    """
+
+    def __init__(self, metric: str, count: int, total: int, reason: str) -> None:
+        super().__init__(f"{count} sample(s) have an undefined {metric} (NaN; {count} of "
+                         f"{total} in this call): {reason}.")
+        self.metric, self.count, self.total, self.reason = metric, count, total, reason
+
+
+def warn_undefined(values: Tensor, metric: str, reason: str, *, stacklevel: int = 3) -> Tensor:
+    """Warn once about the samples whose score is NaN; return ``values`` unchanged.
+
+    The one place every metric reports undefined scores: a single
+    :class:`UndefinedScoreWarning` per call naming the metric, how many
+    samples (rows of ``values``, shape (N, ...), with any NaN) and why.
+    Nothing is emitted when every score is defined.
+    """
+    bad = torch.isnan(values.detach())
+    if bad.numel() and bool(bad.any()):
+        rows = int(bad.reshape(bad.shape[0], -1).any(dim=1).sum()) if bad.dim() else 1
+        total = int(bad.shape[0]) if bad.dim() else 1
+        warnings.warn(UndefinedScoreWarning(metric, rows, total, reason), stacklevel=stacklevel)
+    return values
+
+
+@contextmanager
+def undefined_reasons() -> Iterator[list[str]]:
+    """Hold back the :class:`UndefinedScoreWarning` raised inside; yield their reasons.
+
+    For a metric built from calls of other metrics (per layer, per group of
+    samples), so that it warns once, with its own count, instead of once per
+    inner call. Other warnings pass through unchanged.
+    """
+    reasons: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield reasons
+    for w in caught:
+        if isinstance(w.message, UndefinedScoreWarning):
+            if w.message.reason not in reasons:
+                reasons.append(w.message.reason)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def metric_seed(seed: int, name: str) -> int:
@@ -79,12 +138,103 @@ def metric_seed(seed: int, name: str) -> int:
     return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
 
 
+# Names users bring from the peer tools and the papers -> xprune's metric. Quantus 0.6 class
+# names and Captum 0.9 function names in snake case, and the papers' own names. Where the
+# definitions differ in details (normalisation, baselines, integration), the docstring of
+# xprune's metric says how.
+ALIASES: dict[str, str] = {
+    # Bach et al. 2015: the pixel-flipping curve is the deletion curve (Quantus PixelFlipping)
+    "pixel_flipping": "deletion_auc",
+    "deletion": "deletion_auc",
+    "insertion": "insertion_auc",
+    # Samek et al. 2017: region perturbation, summarised by the AOPC (Quantus RegionPerturbation)
+    "region_perturbation": "aopc",
+    # Montavon et al. 2018: selectivity, the output as the most relevant features are removed
+    "selectivity": "deletion_auc",
+    "sensitivity_max": "max_sensitivity",          # Captum
+    "average_sensitivity": "avg_sensitivity",
+    "sparseness": "gini_index",                    # Quantus Sparseness (Chalasani et al. 2020)
+    "gini": "gini_index",
+    "complexity": "entropy_complexity",            # Quantus Complexity (Bhatt et al. 2020)
+    "entropy": "entropy_complexity",
+    "mprt": "model_parameter_randomisation",       # Quantus MPRT
+    "model_parameter_randomization": "model_parameter_randomisation",
+    "cascading_randomisation": "model_parameter_randomisation",
+    "random_logit_test": "random_logit",
+    "local_lipschitz": "local_lipschitz_estimate",
+    "lipschitz": "local_lipschitz_estimate",
+    "ris": "relative_input_stability",
+    "ros": "relative_output_stability",
+    "remove_and_debias": "road",
+    "spearman_rank_correlation": "spearman",
+    "spearman_correlation": "spearman",
+    "kendall": "kendall_tau",
+    "cosine": "cosine_similarity",
+    "structural_similarity": "ssim",
+}
+
+# Peer metrics xprune does not compute, with the nearest one it does (named in the error).
+_NEAREST = {
+    "faithfulness_estimate": "faithfulness_correlation",
+    "monotonicity": "monotonicity_correlation",
+    "irof": "aopc",
+    "iterative_removal_of_features": "aopc",
+    "effective_mprt": "model_parameter_randomisation",
+    "smooth_mprt": "model_parameter_randomisation",
+    "efficient_mprt": "model_parameter_randomisation",
+    "continuity": "max_sensitivity",
+    "consistency": "max_sensitivity",
+    "relative_representation_stability": "relative_output_stability",
+}
+
+
+def _snake(name: str) -> str:
+    """``PixelFlipping``, ``pixel-flipping``, ``Pixel Flipping`` -> ``pixel_flipping``."""
+    key = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
+    return re.sub(r"[\s\-]+", "_", key).lower()
+
+
+def resolve_metric_name(name: str) -> str:
+    """The registered name for ``name``: itself, or the metric an alias in :data:`ALIASES` names.
+
+    Matching ignores case and treats CamelCase, ``-`` and spaces as ``_``
+    (``PixelFlipping`` and ``pixel-flipping`` both find ``deletion_auc``).
+    Unknown names come back unchanged, for the caller's error.
+    """
+    if not isinstance(name, str) or name in METRICS:
+        return name
+    key = _snake(name)
+    return key if key in METRICS else ALIASES.get(key, name)
+
+
+def unknown_metric_hint(name: object) -> str:
+    """`` Did you mean ...?`` for an unknown metric name, naming what an alias stands for."""
+    key = _snake(str(name))
+    if key in _NEAREST:
+        return (f" xprune has no {key!r} (a metric of the peer tools); the nearest it "
+                f"computes is {_NEAREST[key]!r}.")
+    match = difflib.get_close_matches(key, [*METRICS, *ALIASES], n=1)
+    if not match:
+        return ""
+    if match[0] in ALIASES:
+        return f" Did you mean {match[0]!r} (xprune's {ALIASES[match[0]]!r})?"
+    return f" Did you mean {match[0]!r}?"
+
+
 def get_metric(name: str) -> MetricInfo:
-    """The :class:`MetricInfo` registered as ``name``; unknown names raise with the closest match."""
-    if name not in METRICS:
-        raise ValueError(f"Expected a metric name in {sorted(METRICS)}, got {name!r}."
-                         + closest_name(name, METRICS))
-    return METRICS[name]
+    """The :class:`MetricInfo` registered as ``name`` or as one of its :data:`ALIASES`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, listing the valid names and the closest match
+        (a metric name or an alias, with the metric it stands for).
+    """
+    resolved = resolve_metric_name(name)
+    if resolved not in METRICS:
+        raise ValueError(f"Expected a metric name in {sorted(METRICS)} or an alias in "
+                         f"{sorted(ALIASES)}, got {name!r}." + unknown_metric_hint(name))
+    return METRICS[resolved]
 
 
 def values_of(a: Tensor | Attributions, name: str = "attributions") -> Tensor:

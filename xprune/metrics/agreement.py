@@ -9,10 +9,18 @@ from torch import Tensor
 
 from .._validation import check_count, check_same_shape
 from ..attribution import Attributions
-from ._base import feature_map, masked_features, pearson, register, values_of
+from ._base import (
+    feature_map,
+    masked_features,
+    pearson,
+    register,
+    undefined_reasons,
+    values_of,
+    warn_undefined,
+)
 
-__all__ = ["cosine_similarity", "foreground", "kendall_tau", "on_features", "sign_agreement",
-           "spearman", "ssim", "top_k_intersection"]
+__all__ = ["cosine_similarity", "foreground", "kendall_tau", "normalise_maps", "on_features",
+           "sign_agreement", "spearman", "ssim", "ssim_on_features", "top_k_intersection"]
 
 
 def _pair(a: Tensor | Attributions, b: Tensor | Attributions) -> tuple[Tensor, Tensor]:
@@ -40,7 +48,7 @@ def average_ranks(x: Tensor) -> Tensor:
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
           reference="Spearman 1904; used for saliency-map similarity by Adebayo et al. 2018, "
-                    "'Sanity checks for saliency maps', NeurIPS")
+                    "'Sanity checks for saliency maps', NeurIPS", undefined="constant map")
 @masked_features
 def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = False) -> Tensor:  # noqa: A002
     """Spearman rank correlation between two maps of the same input, per sample.
@@ -60,8 +68,9 @@ def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = 
     -------
     Tensor of shape (N,), float64
         In [-1, 1]; higher = more similar rankings; a map against itself
-        scores 1. Undefined (NaN, documented) when either map is constant
-        over its features, e.g. all zero.
+        scores 1. Undefined (NaN, with one :class:`UndefinedScoreWarning` per
+        call giving the count) when either map is constant over its
+        features, e.g. all zero.
 
     Raises
     ------
@@ -71,7 +80,8 @@ def spearman(a: Tensor | Attributions, b: Tensor | Attributions, *, abs: bool = 
     x, y = _pair(a, b)
     if abs:
         x, y = x.abs(), y.abs()
-    return pearson(average_ranks(x), average_ranks(y))
+    return warn_undefined(pearson(average_ranks(x), average_ranks(y)), "spearman",
+                          "a map is constant (e.g. all zero), so its ranks are all tied")
 
 
 def _top_k_mask(x: Tensor, k: int) -> Tensor:
@@ -83,7 +93,7 @@ def _top_k_mask(x: Tensor, k: int) -> Tensor:
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
           reference="Top-k feature overlap, e.g. Ghorbani, Abid & Zou 2019, 'Interpretation "
-                    "of neural networks is fragile', AAAI")
+                    "of neural networks is fragile', AAAI", undefined="all-zero map")
 @masked_features
 def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
                        k: int | None = None, abs: bool = True) -> Tensor:  # noqa: A002
@@ -108,8 +118,9 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
     Returns
     -------
     Tensor of shape (N,), float64
-        In [0, 1]; higher = more overlap; a map against itself scores 1 (NaN,
-        documented, if it is all zero, as for two all-zero maps).
+        In [0, 1]; higher = more overlap; a map against itself scores 1. NaN,
+        with one :class:`UndefinedScoreWarning` per call giving the count,
+        when both top-k sets are empty (both maps all zero).
 
     Raises
     ------
@@ -126,11 +137,14 @@ def top_k_intersection(a: Tensor | Attributions, b: Tensor | Attributions, *,
     top_x, top_y = _top_k_mask(x, k), _top_k_mask(y, k)
     size = torch.maximum(top_x.sum(dim=1), top_y.sum(dim=1)).double()
     shared = (top_x & top_y).sum(dim=1).double()
-    return torch.where(size > 0, shared / size.clamp_min(1), torch.full_like(size, float("nan")))
+    out = torch.where(size > 0, shared / size.clamp_min(1), torch.full_like(size, float("nan")))
+    return warn_undefined(out, "top_k_intersection",
+                          "both maps are all zero, so both top-k sets are empty")
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
-          reference="Kendall 1938, tau-b (Kendall 1945) for ties; scipy.stats.kendalltau")
+          reference="Kendall 1938, tau-b (Kendall 1945) for ties; scipy.stats.kendalltau",
+          undefined="constant map")
 @masked_features
 def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
                 abs: bool = False) -> Tensor:  # noqa: A002
@@ -143,8 +157,8 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
     Returns
     -------
     Tensor of shape (N,), float64
-        In [-1, 1]; a map against itself scores 1; NaN (documented) when
-        either map is constant.
+        In [-1, 1]; a map against itself scores 1; NaN (with one
+        :class:`UndefinedScoreWarning` per call) when either map is constant.
     """
     x, y = _pair(a, b)
     if abs:
@@ -158,11 +172,13 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
         n1 = (dy != 0).sum().double()
         denom = torch.sqrt(n0 * n1)
         out.append(s / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64))
-    return torch.stack(out).double()
+    return warn_undefined(torch.stack(out).double(), "kendall_tau",
+                          "a map is constant (e.g. all zero), so every pair is tied")
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
-          reference="Cosine similarity of attribution vectors, e.g. Ghorbani, Abid & Zou 2019")
+          reference="Cosine similarity of attribution vectors, e.g. Ghorbani, Abid & Zou 2019",
+          undefined="all-zero map")
 @masked_features
 def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
                       abs: bool = False) -> Tensor:  # noqa: A002
@@ -172,19 +188,22 @@ def cosine_similarity(a: Tensor | Attributions, b: Tensor | Attributions, *,
     -------
     Tensor of shape (N,), float64
         In [-1, 1]; 1 for maps that differ by a positive factor (scale
-        invariant); NaN (documented) when either map is all zero.
+        invariant); NaN (with one :class:`UndefinedScoreWarning` per call)
+        when either map is all zero.
     """
     x, y = _pair(a, b)
     if abs:
         x, y = x.abs(), y.abs()
     denom = x.norm(dim=1) * y.norm(dim=1)
-    return torch.where(denom > 0, ((x * y).sum(dim=1) / denom).clamp(-1, 1),
-                       torch.full_like(denom, float("nan")))
+    out = torch.where(denom > 0, ((x * y).sum(dim=1) / denom).clamp(-1, 1),
+                      torch.full_like(denom, float("nan")))
+    return warn_undefined(out, "cosine_similarity", "a map is all zero")
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(0.0, 1.0),
           reference="Sign agreement of feature attributions, as in Krishna et al. 2022, 'The "
-                    "disagreement problem in explainable machine learning' (signed agreement)")
+                    "disagreement problem in explainable machine learning' (signed agreement)",
+          undefined="all-zero maps")
 @masked_features
 def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
                    k: int | None = None) -> Tensor:
@@ -199,7 +218,8 @@ def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
     -------
     Tensor of shape (N,), float64
         In [0, 1]; higher = more agreement; a map against itself scores 1.
-        NaN (documented) when both maps are all zero. Not meaningful for maps
+        NaN (with one :class:`UndefinedScoreWarning` per call) when both maps
+        are all zero (or, with ``k``, the first one is). Not meaningful for maps
         that are |.| already (Captum's Saliency default).
     """
     x, y = _pair(a, b)
@@ -210,8 +230,9 @@ def sign_agreement(a: Tensor | Attributions, b: Tensor | Attributions, *,
         check_count(k, "k", x.shape[1])
         counted = _top_k_mask(x.abs(), k).double()
     n = counted.sum(dim=1)
-    return torch.where(n > 0, (same * counted).sum(dim=1) / n.clamp_min(1),
-                       torch.full_like(n, float("nan")))
+    out = torch.where(n > 0, (same * counted).sum(dim=1) / n.clamp_min(1),
+                      torch.full_like(n, float("nan")))
+    return warn_undefined(out, "sign_agreement", "no feature is nonzero in the maps compared")
 
 
 def _ssim_window(size: int, gaussian: bool, device: torch.device) -> Tensor:
@@ -372,7 +393,8 @@ def on_features(metric, a: Tensor | Attributions, b: Tensor | Attributions, feat
     Tensor of shape (N,), float64
         The metric's value over the selected features; NaN for a sample with
         none selected (and wherever the metric itself is undefined, e.g. a
-        rank correlation over a single feature).
+        rank correlation over a single feature), with one
+        :class:`UndefinedScoreWarning` per call for all of them.
 
     Raises
     ------
@@ -388,15 +410,102 @@ def on_features(metric, a: Tensor | Attributions, b: Tensor | Attributions, feat
     features = features.to(x.device)
     counts = features.sum(dim=1)
     out = torch.full((x.shape[0],), float("nan"), dtype=torch.float64)
-    for m in counts.unique().tolist():
-        if m == 0:
-            continue
-        rows = (counts == m).nonzero()[:, 0]
-        sel = features[rows]
-        xs = x[rows][sel].reshape(len(rows), m)   # row-major: each row keeps its order
-        ys = y[rows][sel].reshape(len(rows), m)
-        kw = dict(params)
-        if isinstance(kw.get("k"), int):
-            kw["k"] = min(kw["k"], m)
-        out[rows.cpu()] = metric(xs, ys, **kw).double().cpu()
+    with undefined_reasons() as reasons:  # one warning for the call, not one per group
+        for m in counts.unique().tolist():
+            if m == 0:
+                continue
+            rows = (counts == m).nonzero()[:, 0]
+            sel = features[rows]
+            xs = x[rows][sel].reshape(len(rows), m)   # row-major: each row keeps its order
+            ys = y[rows][sel].reshape(len(rows), m)
+            kw = dict(params)
+            if isinstance(kw.get("k"), int):
+                kw["k"] = min(kw["k"], m)
+            out[rows.cpu()] = metric(xs, ys, **kw).double().cpu()
+    if bool((counts == 0).any()):
+        reasons.append("no feature selected")
+    name = getattr(metric, "__name__", "metric")
+    return warn_undefined(out, f"{name} over the selected features", "; ".join(reasons)
+                          or "undefined on the selected features")
+
+
+def normalise_maps(maps: Tensor, *, absolute: bool) -> Tensor:
+    """Each map divided by its largest magnitude, as Adebayo et al.'s released code does.
+
+    A pixel's channels are summed first. ``absolute=True`` gives
+    ``|m| / max |m|`` in [0, 1] (their ``abs_grayscale_norm``), else
+    ``m / max |m|`` in [-1, 1] (their ``diverging_norm``; Adebayo et al. 2018,
+    "Sanity checks for saliency maps"). Per sample, so a
+    map's normalisation does not depend on the other maps of the batch; an
+    all-zero map stays all zero.
+
+    Parameters
+    ----------
+    maps : Tensor of shape (N, C, H, W)
+
+    Returns
+    -------
+    Tensor of shape (N, 1, H, W), float64
+    """
+    if not isinstance(maps, Tensor) or maps.dim() != 4:
+        raise ValueError(f"Expected `maps` to be a tensor of shape (N, C, H, W), got "
+                         f"{tuple(getattr(maps, 'shape', ()))}.")
+    v = maps.double().sum(dim=1, keepdim=True)
+    if absolute:
+        v = v.abs()
+    peak = v.abs().amax(dim=(1, 2, 3), keepdim=True)
+    return torch.where(peak > 0, v / torch.where(peak > 0, peak, 1.0), torch.zeros_like(v))
+
+
+def ssim_on_features(a: Tensor, b: Tensor, features: Tensor, *, window: int = 3,
+                     data_range: float = 1.0) -> Tensor:
+    """Mean SSIM over the windows centred on the selected pixels, per sample.
+
+    scikit-image's local SSIM map (``structural_similarity(full=True)``,
+    Wang et al. 2004, K1 = 0.01, K2 = 0.03, uniform ``window`` x ``window``
+    patches, sample covariance) is averaged over the pixels where
+    ``features`` is True among those whose window lies inside the image. With
+    every pixel selected this is the mean SSIM of
+    :func:`xprune.metrics.agreement.ssim` with the same window and data range.
+
+    Parameters
+    ----------
+    a, b : Tensor of shape (N, C, H, W)
+        Channels are summed first.
+    features : bool Tensor of shape (N, H * W)
+        e.g. :func:`xprune.metrics.agreement.foreground`.
+    window : int
+        Odd side of the patch, >= 3.
+    data_range : float
+        ``R`` in the stabilising constants (1 for maps normalised to [0, 1]).
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [-1, 1], higher = more similar; NaN for a sample with no selected
+        pixel away from the border.
+    """
+    from skimage.metrics import structural_similarity
+
+    if a.dim() != 4 or a.shape != b.shape:
+        raise ValueError(f"Expected `a` and `b` of the same shape (N, C, H, W), got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}.")
+    n, _, h, w = a.shape
+    if (not isinstance(features, Tensor) or features.dtype != torch.bool
+            or tuple(features.shape) != (n, h * w)):
+        raise ValueError(f"Expected `features` to be a bool tensor of shape {(n, h * w)}, got "
+                         f"{getattr(features, 'dtype', type(features).__name__)} of shape "
+                         f"{tuple(getattr(features, 'shape', ()))}.")
+    x = a.double().sum(dim=1).cpu().numpy()
+    y = b.double().sum(dim=1).cpu().numpy()
+    keep = features.reshape(n, h, w).cpu().numpy()
+    pad = (window - 1) // 2
+    inner = (slice(pad, h - pad), slice(pad, w - pad))
+    out = torch.full((n,), math.nan, dtype=torch.float64)
+    for i in range(n):
+        selected = keep[i][inner]
+        if selected.any():
+            _, local = structural_similarity(x[i], y[i], win_size=window, data_range=data_range,
+                                             full=True)
+            out[i] = float(local[inner][selected].mean())
     return out

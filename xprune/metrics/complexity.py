@@ -19,16 +19,20 @@ from ._base import (
     register,
     target_scores,
     values_of,
+    warn_undefined,
 )
 from ._removal import perturbed_scores, removal_for
 
 __all__ = ["effective_complexity", "entropy_complexity", "gini_index",
            "model_effective_complexity", "top_k_mass"]
 
+ALL_ZERO = "the map is all zero (e.g. a dead or saturated model), so |a| has no distribution"
+
 
 @register(category="complexity", kind="map", higher_is_better=True, range=(0.0, 1.0),
           reference="Chalasani et al. 2020, 'Concise explanations of neural networks using "
-                    "adversarial training', ICML (after Hurley & Rickard 2009)")
+                    "adversarial training', ICML (after Hurley & Rickard 2009)",
+          undefined="all-zero map")
 @masked_features
 def gini_index(attributions: Tensor | Attributions) -> Tensor:
     """Gini index of the attribution magnitudes of each sample.
@@ -48,7 +52,8 @@ def gini_index(attributions: Tensor | Attributions) -> Tensor:
         In [0, (d-1)/d]; higher = sparser (concentrated on fewer features).
         A one-hot map scores (d-1)/d, a constant map 0. Invariant to positive
         scaling and to permuting features. An all-zero map has no defined
-        Gini index; it scores 0 (the limit of a constant map).
+        Gini index (its magnitudes have no distribution): NaN, with one
+        :class:`UndefinedScoreWarning` per call giving the count.
 
     Raises
     ------
@@ -60,13 +65,15 @@ def gini_index(attributions: Tensor | Attributions) -> Tensor:
     k = torch.arange(1, d + 1, dtype=v.dtype, device=v.device)
     total = v.sum(dim=1)
     g = ((2 * k - d - 1) * v).sum(dim=1) / (d * total)
-    return torch.where(total > 0, g, torch.zeros_like(g))
+    return warn_undefined(torch.where(total > 0, g, torch.full_like(g, math.nan)), "gini_index",
+                          ALL_ZERO)
 
 
 @register(category="complexity", kind="map", higher_is_better=False,
           range=(0.0, float("inf")),
           reference="Bhatt, Weller & Moura 2020, 'Evaluating and aggregating feature-based model "
-                    "explanations', IJCAI (complexity as the entropy of fractional contributions)")
+                    "explanations', IJCAI (complexity as the entropy of fractional contributions)",
+          undefined="all-zero map")
 @masked_features
 def entropy_complexity(attributions: Tensor | Attributions) -> Tensor:
     """Entropy of the fractional contributions ``p_i = |a_i| / sum_j |a_j|``, per sample.
@@ -83,19 +90,22 @@ def entropy_complexity(attributions: Tensor | Attributions) -> Tensor:
     Tensor of shape (N,), float64
         In [0, log d]; lower = simpler (mass on fewer features). A one-hot map
         scores 0, a constant map log d. Invariant to positive scaling and to
-        permuting features. An all-zero map has no distribution; it scores
-        log d (the limit of a constant map), documented.
+        permuting features. An all-zero map has no distribution p: NaN, with
+        one :class:`UndefinedScoreWarning` per call giving the count (as every
+        other metric of such a map).
     """
     v = feature_map(values_of(attributions)).double().abs()
     total = v.sum(dim=1, keepdim=True)
     p = v / total.clamp_min(torch.finfo(torch.float64).tiny)
     c = -(p * torch.log(torch.where(p > 0, p, torch.ones_like(p)))).sum(dim=1)
-    return torch.where(total[:, 0] > 0, c, torch.full_like(c, math.log(v.shape[1])))
+    return warn_undefined(torch.where(total[:, 0] > 0, c, torch.full_like(c, math.nan)),
+                          "entropy_complexity", ALL_ZERO)
 
 
 @register(category="complexity", kind="map", higher_is_better=True, range=(0.0, 1.0),
           reference="Top-k attribution mass, e.g. as a concentration score in Kokhlikyan et al. "
-                    "2020 (Captum); the share of |a| on the k most important features")
+                    "2020 (Captum); the share of |a| on the k most important features",
+          undefined="all-zero map")
 @masked_features
 def top_k_mass(attributions: Tensor | Attributions, *, k: int | None = None) -> Tensor:
     """Share of the attribution magnitude held by the ``k`` largest features, per sample.
@@ -112,7 +122,8 @@ def top_k_mass(attributions: Tensor | Attributions, *, k: int | None = None) -> 
     -------
     Tensor of shape (N,), float64
         In [k/d, 1]; higher = more concentrated. Invariant to positive scaling.
-        An all-zero map scores k/d (the limit of a constant map).
+        An all-zero map has no share to give: NaN, with one
+        :class:`UndefinedScoreWarning` per call giving the count.
 
     Raises
     ------
@@ -125,8 +136,9 @@ def top_k_mass(attributions: Tensor | Attributions, *, k: int | None = None) -> 
     check_count(k, "k", d)
     total = v.sum(dim=1)
     top = v.topk(k, dim=1).values.sum(dim=1)
-    return torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float64).tiny),
-                       torch.full_like(total, k / d))
+    out = torch.where(total > 0, top / total.clamp_min(torch.finfo(torch.float64).tiny),
+                      torch.full_like(total, math.nan))
+    return warn_undefined(out, "top_k_mass", ALL_ZERO)
 
 
 def _check_eps(eps: float, *, positive: bool = False) -> float:

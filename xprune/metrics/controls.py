@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attribution import Attributions
-from ._base import check_map_and_inputs, get_metric
+from ._base import check_map_and_inputs, get_metric, undefined_reasons, warn_undefined
 
 __all__ = ["random_map_like", "versus_random"]
 
@@ -101,12 +101,16 @@ def versus_random(metric: str | Callable[..., Tensor], model: nn.Module, inputs:
     random_map = random_map_like(a, generator=gen)
     import inspect
 
-    if "generator" in inspect.signature(fn).parameters:
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        score = fn(model, x, a, target, generator=torch.Generator().manual_seed(seed), **params)
-        chance = fn(model, x, random_map, target,
-                    generator=torch.Generator().manual_seed(seed), **params)
-    else:
-        score = fn(model, x, a, target, **params)
-        chance = fn(model, x, random_map, target, **params)
-    return score - chance
+    with undefined_reasons() as reasons:  # one warning for the pair of calls
+        if "generator" in inspect.signature(fn).parameters:
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            score = fn(model, x, a, target, generator=torch.Generator().manual_seed(seed),
+                       **params)
+            chance = fn(model, x, random_map, target,
+                        generator=torch.Generator().manual_seed(seed), **params)
+        else:
+            score = fn(model, x, a, target, **params)
+            chance = fn(model, x, random_map, target, **params)
+    name = getattr(fn, "__name__", "metric")
+    return warn_undefined(score - chance, f"{name}@vs_random",
+                          "; ".join(reasons) or "undefined for these maps")

@@ -10,7 +10,6 @@ baseline's value; ROAD imputes removed pixels (:mod:`xprune.metrics._imputation`
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, NamedTuple
 
 import torch
@@ -28,6 +27,7 @@ from ._base import (
     register,
     target_scores,
 )
+from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
 from ._imputation import NoisyLinearImputation
 from ._removal import as_baseline, perturbed_scores, removal_for, resolve_baseline
 from .agreement import average_ranks
@@ -462,14 +462,6 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
                                   max_rows=max_rows)
     _warn_nan(values, "sensitivity-n", "the map or the output drop is constant over the runs")
     return values
-
-
-def _warn_nan(values: Tensor, name: str, why: str) -> None:
-    bad = torch.isnan(values)
-    if bool(bad.any()):
-        rows = int(bad.reshape(bad.shape[0], -1).any(dim=1).sum())
-        warnings.warn(f"{rows} sample(s) have an undefined {name} (NaN): {why}.",
-                      RuntimeWarning, stacklevel=3)
 
 
 @register(category="faithfulness", kind="model", higher_is_better=True, range=(-1.0, 1.0),

@@ -20,17 +20,16 @@ over channels with ``any``.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
 from .._validation import check_count
 from ..attribution import Attributions
-from ._base import feature_map, register, values_of
+from ._base import feature_map, register, values_of, warn_undefined
 
 __all__ = ["rationale_auprc", "rationale_top_k", "token_f1", "token_iou"]
 
+_EMPTY = "empty rationale (no evidence feature to find)"
 _REFERENCE = ("DeYoung et al. 2020, ERASER: A Benchmark to Evaluate Rationalized NLP Models "
               "(ACL), sec. 4.1; ferret 0.4.2")
 
@@ -123,7 +122,7 @@ def _hard_counts(a, rationale, k, only_positive, feature_mask):
 
 
 @register(category="plausibility", kind="rationale", higher_is_better=True, range=(0.0, 1.0),
-          reference=_REFERENCE)
+          reference=_REFERENCE, undefined=_EMPTY)
 def token_f1(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
              only_positive: bool = True, feature_mask: Tensor | None = None) -> Tensor:
     """Token-level F1 of the map's top-k features against the ground-truth rationale.
@@ -149,7 +148,7 @@ def token_f1(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
     -------
     Tensor of shape (N,), float64
         In [0, 1]; higher = more plausible. 0 when nothing is selected or
-        nothing overlaps (ferret's convention); NaN, with a RuntimeWarning,
+        nothing overlaps (ferret's convention); NaN, with an UndefinedScoreWarning,
         for a sample whose rationale is empty (recall undefined).
 
     Raises
@@ -166,7 +165,7 @@ def token_f1(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
 
 
 @register(category="plausibility", kind="rationale", higher_is_better=True, range=(0.0, 1.0),
-          reference=_REFERENCE)
+          reference=_REFERENCE, undefined=_EMPTY)
 def token_iou(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
               only_positive: bool = True, feature_mask: Tensor | None = None) -> Tensor:
     """Token-level intersection over union of the map's top-k features and the rationale.
@@ -177,7 +176,7 @@ def token_iou(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
     Returns
     -------
     Tensor of shape (N,), float64
-        In [0, 1]; higher = more plausible; NaN, with a RuntimeWarning, for a
+        In [0, 1]; higher = more plausible; NaN, with an UndefinedScoreWarning, for a
         sample whose rationale is empty.
     """
     tp, positives, selected = _hard_counts(a, rationale, k, only_positive, feature_mask)
@@ -187,7 +186,7 @@ def token_iou(a: Tensor | Attributions, rationale: Tensor, *, k: int = 5,
 
 
 @register(category="plausibility", kind="rationale", higher_is_better=True, range=(0.0, 1.0),
-          reference=_REFERENCE)
+          reference=_REFERENCE, undefined=_EMPTY)
 def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
                     only_positive: bool = False, feature_mask: Tensor | None = None) -> Tensor:
     """Area under the precision-recall curve of the map's scores against the rationale.
@@ -215,7 +214,7 @@ def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
     -------
     Tensor of shape (N,), float64
         In [0, 1]; higher = more plausible; a map that ranks every rationale
-        feature above every other scores 1. NaN, with a RuntimeWarning, for a
+        feature above every other scores 1. NaN, with an UndefinedScoreWarning, for a
         sample whose rationale is empty.
     """
     scores, truth, kept = _features(a, rationale, feature_mask)
@@ -252,9 +251,6 @@ def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
 
 
 def _undefined_without_rationale(score: Tensor, positives: Tensor, name: str) -> Tensor:
-    empty = positives == 0
-    if bool(empty.any()):
-        warnings.warn(f"{name}: {int(empty.sum())} of {score.numel()} samples have an empty "
-                      f"rationale (no evidence features), where the score is undefined; "
-                      f"they score NaN.", RuntimeWarning, stacklevel=3)
-    return torch.where(empty, torch.full_like(score, float("nan")), score)
+    """NaN, with one :class:`UndefinedScoreWarning`, where a sample has no evidence feature."""
+    score = torch.where(positives == 0, torch.full_like(score, float("nan")), score)
+    return warn_undefined(score, name, _EMPTY, stacklevel=4)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -25,7 +24,7 @@ from torch.nn.utils import prune as torch_prune
 from .._state import model_device
 from .._validation import check_tensor, closest_name
 from ..attribution import Attributions, n_outputs, resolve_targets
-from ._base import register, values_of
+from ._base import register, undefined_reasons, values_of, warn_undefined
 from .agreement import spearman
 
 __all__ = ["RandomisationCurve", "model_parameter_randomisation", "parameter_randomisation",
@@ -235,19 +234,20 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
              if order == "independent" else None)
     original = _maps(attribute_fn, work, x, t)
     values = []
-    for i, (name, seed) in enumerate(zip(names, seeds, strict=True)):
-        if saved is not None and i:
-            work.load_state_dict(saved)
-        module = modules[name]
-        with _seeded_rng(seed, model_device(module)), torch.no_grad():
-            module.reset_parameters()
-        values.append(_similarity(similarity, original, _maps(attribute_fn, work, x, t)))
+    with undefined_reasons() as reasons:  # one warning for the whole curve
+        for i, (name, seed) in enumerate(zip(names, seeds, strict=True)):
+            if saved is not None and i:
+                work.load_state_dict(saved)
+            module = modules[name]
+            with _seeded_rng(seed, model_device(module)), torch.no_grad():
+                module.reset_parameters()
+            values.append(_similarity(similarity, original, _maps(attribute_fn, work, x, t)))
     curve = torch.stack(values, dim=1)
     n_nan = int(torch.isnan(curve).sum())
-    if n_nan:
-        warnings.warn(f"{n_nan} of {curve.numel()} similarities are NaN (undefined for these "
-                      f"maps, e.g. a constant map under a rank correlation).", RuntimeWarning,
-                      stacklevel=2)
+    why = "; ".join(reasons) or "undefined for these maps"
+    warn_undefined(curve, "parameter randomisation similarity",
+                   f"{n_nan} of {curve.numel()} similarities are NaN (samples x layers): {why}",
+                   stacklevel=3)
     return RandomisationCurve(names, curve)
 
 
@@ -340,7 +340,8 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
     -------
     Tensor of shape (N,), float64
         In the similarity's range; lower is better (more class-sensitive).
-        NaN where the similarity is undefined (e.g. Spearman of a constant map).
+        NaN where the similarity is undefined (e.g. Spearman of a constant map),
+        with one :class:`UndefinedScoreWarning` per call giving the count.
 
     Raises
     ------
@@ -369,5 +370,8 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
                          f"{int(t.max())}.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     other = _other_classes(t, n_classes, generator)
-    return _similarity(similarity, _maps(attribute_fn, model, x, t),
-                       _maps(attribute_fn, model, x, other))
+    with undefined_reasons() as reasons:
+        values = _similarity(similarity, _maps(attribute_fn, model, x, t),
+                             _maps(attribute_fn, model, x, other))
+    return warn_undefined(values, "random_logit",
+                          "; ".join(reasons) or "the similarity is undefined for these maps")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, to_model
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS
-from ._base import model_targets, register
+from ._base import model_targets, register, warn_undefined
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
            "relative_input_stability", "relative_output_stability", "sensitivity_draws"]
@@ -225,10 +224,9 @@ def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, gen
         diff[sl] = (maps - base[:, None]).norm(dim=2)        # (c, S)
         denom[sl] = base.norm(dim=1, keepdim=True)
     if relative:
-        if bool((denom == 0).any()):
-            warnings.warn(f"{int((denom == 0).sum())} sample(s) have an all-zero map; their "
-                          "relative sensitivity is NaN.", RuntimeWarning, stacklevel=3)
         diff = torch.where(denom > 0, diff / denom, torch.full_like(diff, float("nan")))
+        warn_undefined(diff, "relative sensitivity", "an all-zero map at the unperturbed input "
+                       "(the relative form divides by its norm)", stacklevel=4)
     if reduce is None:
         return diff
     return diff.amax(dim=1) if reduce == "max" else diff.mean(dim=1)
@@ -243,14 +241,13 @@ def _check_scale(value: object, name: str) -> float:
     return float(value)
 
 
-def _max_over_valid(ratio: Tensor, valid: Tensor, what: str, stacklevel: int) -> Tensor:
+def _max_over_valid(ratio: Tensor, valid: Tensor, metric: str, what: str,
+                    stacklevel: int) -> Tensor:
     """Row maximum of (N, S) ``ratio`` over its ``valid`` entries; NaN, with a warning, for none."""
     none = ~valid.any(dim=1)
-    if bool(none.any()):
-        warnings.warn(f"{int(none.sum())} sample(s) have no {what}; their score is NaN.",
-                      RuntimeWarning, stacklevel=stacklevel)
     best = torch.where(valid, ratio, torch.full_like(ratio, -math.inf)).amax(dim=1)
-    return best.masked_fill(none, math.nan)
+    return warn_undefined(best.masked_fill(none, math.nan), metric, f"no {what}",
+                          stacklevel=stacklevel + 1)
 
 
 @torch.no_grad()
@@ -350,8 +347,8 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
         change[sl] = (maps - base[:, None]).norm(dim=2)                           # (c, S)
         step[sl] = (perturbed.double() - x[sl].double()[:, None]).reshape(
             perturbed.shape[0], s, -1).norm(dim=2).cpu()
-    return _max_over_valid(change / step, step > 0, "neighbour that differs from the input",
-                           stacklevel=3)
+    return _max_over_valid(change / step, step > 0, "local_lipschitz_estimate",
+                           "neighbour that differs from the input", stacklevel=3)
 
 
 def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples, eps_min,
@@ -386,8 +383,9 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
     else:
         ref = h[:, None] - h_pert
     ratio = change / ref.norm(dim=2).clamp_min(eps_min)
-    return _max_over_valid(ratio, valid, "perturbation that keeps the predicted class",
-                           stacklevel=4)
+    return _max_over_valid(ratio, valid, ("relative_input_stability" if denominator == "input"
+                            else "relative_output_stability"),
+                           "perturbation that keeps the predicted class", stacklevel=4)
 
 
 @register(category="stability", kind="model_explainer", higher_is_better=False,

@@ -19,8 +19,10 @@ __all__ = [
     "plot_accuracy_vs_compression",
     "plot_agreement_distribution",
     "plot_attribution_grid",
+    "plot_decision_regions",
     "plot_deletion_curves",
     "plot_feature_importance",
+    "plot_group_distributions",
     "plot_layer_sparsity",
     "plot_metric_vs_sparsity",
     "plot_randomisation_curves",
@@ -280,4 +282,50 @@ def plot_layer_sparsity(layers: pd.DataFrame, models: list[str], *, ax=None):
     ax.set_title("per-layer sparsity", fontsize=10)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def plot_group_distributions(values: list[np.ndarray], labels: list[str], *,
+                             reference: list[tuple[int, float]] | None = None,
+                             reference_label: str = "paper (mean)",
+                             jitter: np.random.Generator | None = None, ax=None):
+    """One box (no fliers) and the jittered points per group, with optional reference marks.
+
+    ``values[k]``: the group's values, drawn at x = k with label ``labels[k]``;
+    ``reference``: (x, value) pairs drawn as red diamonds (e.g. a paper's
+    means), with a legend. ``jitter`` spreads the points horizontally (a
+    seeded generator, shared across panels for a reproducible figure).
+    """
+    ax = ax or plt.subplots(figsize=(3.6, 3.0))[1]
+    jitter = jitter or np.random.default_rng(0)
+    ax.boxplot(values, positions=range(len(values)), widths=0.55, showfliers=False)
+    for k, v in enumerate(values):
+        ax.scatter(k + jitter.uniform(-0.18, 0.18, v.size), v, s=7, alpha=0.45, color=f"C{k}")
+    if reference:
+        ax.scatter(*zip(*reference, strict=True), marker="D", s=36, color="red", zorder=5,
+                   label=reference_label)
+        ax.legend(loc="lower left", fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    return ax
+
+
+def plot_decision_regions(grid: pd.DataFrame, samples: pd.DataFrame | None = None, *, ax=None):
+    """Predicted class of a two-class model over a regular 2-D grid, with the data on top.
+
+    ``grid``: columns x, y, predicted (0 or 1) on a regular lattice;
+    ``samples``: columns x, y, label, kind, where kind "train" is drawn small
+    and faint and "reference" large with black edges.
+    """
+    ax = ax or plt.subplots(figsize=(2.4, 2.4))[1]
+    xs, ys = np.unique(grid["x"]), np.unique(grid["y"])
+    z = grid.sort_values(["y", "x"])["predicted"].to_numpy().reshape(ys.size, xs.size)
+    ax.contourf(xs, ys, z, levels=[-0.5, 0.5, 1.5], colors=["#c6dbef", "#fdd0a2"])
+    if samples is not None:
+        tr = samples[samples["kind"] == "train"]
+        ax.scatter(tr["x"], tr["y"], c=tr["label"], cmap="coolwarm", s=2, alpha=0.25)
+        ref = samples[samples["kind"] == "reference"]
+        ax.scatter(ref["x"], ref["y"], c=ref["label"], cmap="coolwarm", s=28,
+                   edgecolors="black", linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
     return ax

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from pathlib import Path
 
 import jinja2
@@ -18,7 +19,8 @@ from .._io import atomic_write_bytes, atomic_write_text, read_table
 from ..metrics import METRICS
 from . import figures as F
 from .tables import (
-    fmt_ci,
+    all_zero_sentence,
+    fmt_cell,
     metric_summary,
     model_order,
     plural,
@@ -26,7 +28,7 @@ from .tables import (
     what_changed,
 )
 
-__all__ = ["render_report"]
+__all__ = ["md_cell", "md_text", "render_report"]
 
 # the metrics drawn against sparsity: one or two per family, in report order
 SUMMARY_METRICS = ["gini_index", "deletion_auc", "faithfulness_correlation", "max_sensitivity",
@@ -85,7 +87,10 @@ NOTES = {
                "layers are re-initialised from the output down; random_logit: similarity to "
                "the map of a random other class (lower = the map depends on the model / "
                "class, as it should). Means with 95% BCa bootstrap intervals over samples (2,000 resamples, "
-               "seeded), clipped to each metric's range.",
+               "seeded), clipped to each metric's range. A cell that ends in (n = 250 of 256; "
+               "6 undefined: constant map) is the mean of the 250 samples whose score is "
+               "defined: the 6 others (e.g. a rank correlation of an all-zero map) are left out "
+               "of the mean and its interval, not counted as any value.",
 }
 
 
@@ -100,7 +105,9 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -
     t = models.merge(timings, on="model", how="left").set_index("model").loc[order].reset_index()
     out = pd.DataFrame({
         "model": t["model"],
-        "sparsity (measured)": t["measured_sparsity"].map("{:.4f}".format),
+        "sparsity (selected layers)": t.get("selected_sparsity", t["measured_sparsity"])
+        .map("{:.4f}".format),
+        "sparsity (all weights)": t["measured_sparsity"].map("{:.4f}".format),
         "test accuracy [95% CI]": [
             f"{100 * a:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
             for a, lo, hi in zip(t["accuracy"], t["accuracy_ci_low"], t["accuracy_ci_high"],
@@ -144,9 +151,7 @@ def _metric_tables(summary: pd.DataFrame, order: list[str]) -> dict[str, pd.Data
     tables = {}
     per_layer = summary["metric"].str.contains(r"@\d+:", regex=True)
     for attribution, group in summary[~per_layer].groupby("attribution", sort=False):
-        cells = group.assign(text=[fmt_ci(m, lo, hi) for m, lo, hi in
-                                   zip(group["mean"], group["ci_low"], group["ci_high"],
-                                       strict=True)])
+        cells = group.assign(text=[fmt_cell(row) for _, row in group.iterrows()])
         table = cells.pivot(index="metric", columns="model", values="text")
         rows = sorted(table.index, key=_metric_rank)
         table = table.reindex(index=rows, columns=[m for m in order if m in table.columns])
@@ -165,7 +170,7 @@ def _importance_tables(importance: pd.DataFrame, order: list[str], top: int = 10
     for method, group in importance.groupby("attribution", sort=False):
         table = group.pivot(index="feature", columns="model", values="mean_abs")
         table = table.reindex(columns=[m for m in order if m in table.columns])
-        table = table.sort_values("dense", ascending=False).head(top)
+        table = table.sort_values(order[0], ascending=False).head(top)  # the dense model
         tables[method] = table.map("{:.3f}".format).reset_index()
     return tables
 
@@ -260,8 +265,40 @@ def _focus_models(results: pd.DataFrame, order: list[str]) -> list[str]:
     return [m for m in order if m == "dense" or m in chosen]
 
 
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")           # where raw HTML could begin
+_ENTITY = re.compile(r"&(?=#?[0-9A-Za-z]+;)")             # an entity Markdown would decode
+
+
+def md_text(value: object) -> str:
+    """``value`` as inert Markdown text on one line: no HTML tag, entity or line break.
+
+    ``<`` that could open a tag (``<script>``, ``</b>``, ``<!--``) becomes
+    ``&lt;`` and ``&`` that would start an entity becomes ``&amp;``; a ``<``
+    before a space or a digit (``p < 0.001``) stays readable. Line breaks
+    become spaces.
+    """
+    text = _ENTITY.sub("&amp;", str(value))
+    text = _HTML_START.sub("&lt;", text)
+    return re.sub(r"\s*[\r\n]+\s*", " ", text)
+
+
+def md_cell(value: object) -> str:
+    """``value`` escaped for a cell of a Markdown (GFM pipe) table.
+
+    As :func:`md_text`, and ``\\`` and ``|`` are backslash-escaped so that a
+    ``|`` in a feature, class or model name stays inside its cell (GFM
+    applies this escape inside code spans too). Line breaks become ``<br>``.
+    """
+    text = _HTML_START.sub("&lt;", _ENTITY.sub("&amp;", str(value)))
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
+    return re.sub(r"\r\n|\r|\n", "<br>", text)
+
+
 def _md_table(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, disable_numparse=True)
+    """A GFM pipe table of ``frame``, every cell and header escaped (:func:`md_cell`)."""
+    safe = frame.map(md_cell)
+    safe.columns = [md_cell(c) for c in frame.columns]
+    return safe.to_markdown(index=False, disable_numparse=True)
 
 
 def render_report(run_dir: str | Path) -> Path:
@@ -284,6 +321,8 @@ def render_report(run_dir: str | Path) -> Path:
     atomic_write_text(run / "summary.csv", summary.to_csv(index=False, na_rep="NaN"))
     changed, sentences = what_changed(models, summary)
     seed = config.get("seed", 0)
+    if (flag := all_zero_sentence(results)) is not None:
+        sentences.append(flag)
     sentences.append(
         f"All intervals and tests are over the {int(results['sample'].nunique())} evaluated "
         f"test samples of models trained with one seed ({seed}): they do not include the "
@@ -332,14 +371,15 @@ def _records(frame: pd.DataFrame) -> dict:
 
 def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, split) -> str:
     cfg = ctx["config"]
-    lines = [f"# xprune report: {ctx['name']}", "",
-             f"Dataset `{cfg['data']['dataset']}`, seed {cfg['seed']}, {ctx['pruning_text']}; "
+    lines = [f"# xprune report: {md_text(ctx['name'])}", "",
+             f"Dataset `{md_text(cfg['data']['dataset'])}`, seed {cfg['seed']}, "
+             f"{md_text(ctx['pruning_text'])}; "
              "attributions on "
              f"{ctx['n_samples']} held-out test inputs, target = the dense model's prediction "
              "for every model. Intervals are 95% confidence intervals over test samples of one "
              "trained model each (they do not include training variance across seeds).", "",
              "## What pruning changed", ""]
-    lines += [f"- {s}" for s in ctx["sentences"]]
+    lines += [f"- {md_text(s)}" for s in ctx["sentences"]]
     lines += ["", _md_table(changed), "",
               NOTES["changed"], "",
               "### Split by prediction", "", _md_table(split), "", NOTES["split"], "",
@@ -349,16 +389,16 @@ def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, spli
         lines += ["### Per-class recall", "", _md_table(class_rows), "", NOTES["classes"], ""]
     lines += ["## Metrics (mean [95% CI] over samples)", ""]
     for method, table in tables.items():
-        lines += [f"### {method}", "", _md_table(table), ""]
+        lines += [f"### {md_text(method)}", "", _md_table(table), ""]
     lines += [NOTES["metrics"], "", "### Metric definitions", "",
               _md_table(_metric_notes(ctx["metric_names"])), ""]
     if features:
         lines += ["## Feature importance (mean |attribution|, top features of the dense model)",
                   ""]
         for method, table in features.items():
-            lines += [f"### {method}", "", _md_table(table), ""]
+            lines += [f"### {md_text(method)}", "", _md_table(table), ""]
     lines += ["## Figures", ""]
-    lines += [f"![{f['caption']}]({f['file']})" for f in figs]
+    lines += [f"![{md_text(f['caption'])}]({f['file']})" for f in figs]
     lines += ["", "Per-layer sparsity: `layers.csv`; per-sample scores: `results.csv`; "
               "resolved config: `config.json`; package versions: `versions.json`.", ""]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from .._io import atomic_write_text, read_table
 from ..metrics import METRICS
+from .render import _md_table, md_text
 from .tables import model_order
 
 __all__ = ["render_seeds_report", "seed_summary"]
@@ -151,11 +152,10 @@ def render_seeds_report(out_dir: str | Path, run_dirs: dict[int, Path]) -> Path:
           "Each seed's full report (intervals over samples, figures): "
           + ", ".join(f"[seed {s}]({link})" for s, link in links) + ".", "",
           "## What pruning changed", ""]
-    md += [f"- {s}" for s in sentences]
-    md += ["", "## Models", "", model_rows.to_markdown(index=False, disable_numparse=True), ""]
+    md += [f"- {md_text(s)}" for s in sentences]
+    md += ["", "## Models", "", _md_table(model_rows), ""]
     for attribution, table in tables.items():
-        md += [f"## {attribution}", "", table.to_markdown(index=False, disable_numparse=True),
-               ""]
+        md += [f"## {md_text(attribution)}", "", _md_table(table), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),

@@ -10,8 +10,8 @@ import pandas as pd
 from ..metrics import METRICS
 from ..stats import bootstrap_ci, holm, paired_test
 
-__all__ = ["fmt_ci", "metric_summary", "model_order", "plural", "prediction_split",
-           "what_changed"]
+__all__ = ["all_zero_maps", "all_zero_sentence", "fmt_cell", "fmt_ci", "metric_summary",
+           "model_order", "plural", "prediction_split", "undefined_note", "what_changed"]
 
 GROUP = ["model", "role", "pruning", "sparsity", "attribution", "metric"]
 
@@ -37,9 +37,15 @@ def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
     signed-rank test of those paired differences and ``p_holm`` the same
     p-value Holm-corrected across the metrics tested for that model and
     attribution method. Intervals are clipped to the metric's range.
+
+    ``n`` counts the samples whose score is defined (finite), ``n_total``
+    every sample of the cell and ``n_undefined`` the difference: undefined
+    scores (NaN, e.g. a rank correlation of a constant map) are left out of
+    every mean and test, never counted silently. ``diff_n`` counts the pairs
+    with both scores defined.
     """
-    columns = [*GROUP, "n", "mean", "ci_low", "ci_high", "diff_mean", "diff_ci_low",
-               "diff_ci_high", "p_value", "p_holm"]
+    columns = [*GROUP, "n", "n_total", "n_undefined", "mean", "ci_low", "ci_high", "diff_n",
+               "diff_mean", "diff_ci_low", "diff_ci_high", "p_value", "p_holm"]
     if results.empty:
         return pd.DataFrame(columns=columns)
     dense = results[results["role"] == "dense"].set_index(["attribution", "metric", "sample"])
@@ -49,19 +55,21 @@ def metric_summary(results: pd.DataFrame) -> pd.DataFrame:
         if key[5] in METRICS:  # keep intervals inside the metric's attainable range
             low_bound, high_bound = METRICS[key[5]].range
             lo, hi = max(lo, low_bound), min(hi, high_bound)
-        row = dict(zip(GROUP, key, strict=True)) | {"n": n, "mean": mean, "ci_low": lo,
-                                                    "ci_high": hi}
+        row = dict(zip(GROUP, key, strict=True)) | {
+            "n": n, "n_total": len(group), "n_undefined": len(group) - n, "mean": mean,
+            "ci_low": lo, "ci_high": hi}
         idx = pd.MultiIndex.from_arrays([group["attribution"], group["metric"], group["sample"]])
         if key[1] != "dense" and idx.isin(dense.index).all():
             diff = group["value"].to_numpy() - dense.loc[idx, "value"].to_numpy()
-            d_mean, d_lo, d_hi, _ = bootstrap_ci(diff)
-            row |= {"diff_mean": d_mean, "diff_ci_low": d_lo, "diff_ci_high": d_hi,
-                    "p_value": paired_test(diff)}
+            d_mean, d_lo, d_hi, d_n = bootstrap_ci(diff)
+            row |= {"diff_n": d_n, "diff_mean": d_mean, "diff_ci_low": d_lo,
+                    "diff_ci_high": d_hi, "p_value": paired_test(diff)}
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("diff_mean", "diff_ci_low", "diff_ci_high", "p_value"):
+    for col in ("diff_n", "diff_mean", "diff_ci_low", "diff_ci_high", "p_value"):
         if col not in out:
             out[col] = np.nan
+    out = out[[c for c in columns if c != "p_holm"]]
     out["p_holm"] = np.nan
     for _, family in out.groupby(["model", "attribution"], sort=False):
         out.loc[family.index, "p_holm"] = holm(family["p_value"].to_numpy())
@@ -166,6 +174,67 @@ def fmt_ci(mean: float, low: float, high: float, digits: int = 3, signed: bool =
     return text
 
 
+def all_zero_maps(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model and attribution method: how many samples' maps are all zero.
+
+    Read from the scores of the map metrics that are undefined exactly for an
+    all-zero map (Gini index, entropy complexity, top-k mass: NaN there and
+    nowhere else), so it needs one of them in the run. Columns: model,
+    attribution, n_zero, n; rows with n_zero > 0 only.
+    """
+    names = [n for n, i in METRICS.items() if i.kind == "map" and i.undefined == "all-zero map"]
+    maps = results[results["metric"].isin(names)]
+    if maps.empty:
+        return pd.DataFrame(columns=["model", "attribution", "n_zero", "n"])
+    per_sample = maps.assign(zero=maps["value"].isna()).groupby(
+        ["model", "attribution", "sample"], sort=False)["zero"].any()
+    out = per_sample.groupby(["model", "attribution"], sort=False).agg(["sum", "size"])
+    out = out.rename(columns={"sum": "n_zero", "size": "n"}).reset_index()
+    out["n_zero"] = out["n_zero"].astype(int)
+    return out[out["n_zero"] > 0].reset_index(drop=True)
+
+
+def all_zero_sentence(results: pd.DataFrame) -> str | None:
+    """The report's flag for all-zero maps (../shared/cases/029-saturated-all-zero-maps.md)."""
+    zero = all_zero_maps(results)
+    if zero.empty:
+        return None
+    parts = [f"{r['attribution']} of {r['model']}: {r['n_zero']} of {r['n']}"
+             for _, r in zero.iterrows()]
+    return ("All-zero maps (the output does not move with the input: a saturated output or "
+            "dead units after pruning; their rank and complexity scores are undefined and left "
+            "out of every mean): " + "; ".join(parts) + ".")
+
+
+def undefined_note(metric: str, n: int, n_total: int) -> str:
+    """``""`` when every score is defined, else ``" (n = 250 of 256; 6 undefined: constant map)"``.
+
+    The reason is the metric's :attr:`~xprune.metrics.MetricInfo.undefined`
+    (``metric`` may carry an ``@`` suffix such as ``spearman@foreground``).
+    """
+    if n_total is None or n is None or (isinstance(n, float) and math.isnan(n)) \
+            or int(n) >= int(n_total):
+        return ""
+    info = METRICS.get(str(metric).split("@")[0])
+    reason = f": {info.undefined}" if info is not None and info.undefined else ""
+    return f" (n = {int(n)} of {int(n_total)}; {int(n_total) - int(n)} undefined{reason})"
+
+
+def fmt_cell(row: pd.Series, *, diff: bool = False, digits: int = 3) -> str:
+    """A summary row as a table cell: mean [CI] (or the paired Δ), with its undefined count.
+
+    ``0.820 [0.801, 0.839]``, or ``0.820 [0.801, 0.839] (n = 250 of 256; 6
+    undefined: constant map)`` where some samples' scores are undefined.
+    """
+    if diff:
+        text = fmt_ci(row["diff_mean"], row["diff_ci_low"], row["diff_ci_high"], digits, True)
+        n = row.get("diff_n", row.get("n"))
+    else:
+        text = fmt_ci(row["mean"], row["ci_low"], row["ci_high"], digits)
+        n = row.get("n")
+    return text + undefined_note(row["metric"], n, row.get("n_total"))
+
+
 def _get(summary: pd.DataFrame, model: str, attribution: str, metric: str) -> pd.Series | None:
     hit = summary[(summary["model"] == model) & (summary["attribution"] == attribution)
                   & (summary["metric"] == metric)]
@@ -195,13 +264,12 @@ def what_changed(models: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFr
             for metric, label in (("spearman", "Spearman vs dense"),
                                   ("top_k_intersection", "top-k vs dense")):
                 s = _get(summary, m["model"], attribution, metric)
-                row[label] = fmt_ci(*_triple(s)) if s is not None else "n/a"
+                row[label] = fmt_cell(s) if s is not None else "n/a"
             for metric, label in (("faithfulness_correlation", "Δ faithfulness corr."),
                                   ("deletion_auc", "Δ deletion AUC"),
                                   ("max_sensitivity", "Δ max-sensitivity")):
                 s = _get(summary, m["model"], attribution, metric)
-                row[label] = fmt_ci(s["diff_mean"], s["diff_ci_low"], s["diff_ci_high"],
-                                    signed=True) if s is not None else "n/a"
+                row[label] = fmt_cell(s, diff=True) if s is not None else "n/a"
             rows.append(row)
     for _, m in sparse.iterrows():
         sentences.append(_sentence(m, dense, list(summary["attribution"].unique()), summary,
@@ -225,10 +293,6 @@ def _fmt_p(p: float) -> str:
     return "p_Holm < 0.001" if p < 0.001 else f"p_Holm = {p:.2g}"
 
 
-def _triple(s: pd.Series) -> tuple[float, float, float]:
-    return s["mean"], s["ci_low"], s["ci_high"]
-
-
 def _sentence(m, dense, attributions, summary, controls) -> str:
     """One bullet per pruned model: accuracy and size, then each method's maps."""
     text = (f"At {100 * m['requested_sparsity']:g}% sparsity ({m['pruning']}, "
@@ -239,7 +303,7 @@ def _sentence(m, dense, attributions, summary, controls) -> str:
         name = attribution.replace("_", " ").capitalize()
         agree = _get(summary, m["model"], attribution, "spearman")
         if agree is not None:
-            text += f" {name} maps keep a mean Spearman agreement of {fmt_ci(*_triple(agree), 2)}"
+            text += f" {name} maps keep a mean Spearman agreement of {fmt_cell(agree, digits=2)}"
             ctrl = [(c, s) for c in controls
                     if (s := _get(summary, c, attribution, "spearman")) is not None]
             if ctrl:
@@ -260,8 +324,6 @@ def _sentence(m, dense, attributions, summary, controls) -> str:
             verdict = ("no test (one sample)" if math.isnan(s["p_holm"])
                        else f"{'worse' if worse else 'better'}, {_fmt_p(s['p_holm'])}"
                        if significant else f"no clear change, {_fmt_p(s['p_holm'])}")
-            changes.append(f"Δ {metric.replace('_', ' ')} "
-                           f"{fmt_ci(s['diff_mean'], s['diff_ci_low'], s['diff_ci_high'], 3, True)}"
-                           f" ({verdict})")
+            changes.append(f"Δ {metric.replace('_', ' ')} {fmt_cell(s, diff=True)} ({verdict})")
         text += ("; " + ", ".join(changes) + "." if changes else ".")
     return text

@@ -131,9 +131,11 @@ def _provenance(config: dict[str, Any] | None, versions: dict[str, str] | None) 
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    """A Markdown table whose cells may contain ``|`` (escaped, so columns stay aligned)."""
-    escaped = frame.rename(columns=lambda c: str(c).replace("|", "\\|")).map(
-        lambda v: _cell(v).replace("|", "\\|"))
+    """A Markdown table whose cells may contain ``|``, HTML or line breaks (escaped by
+    :func:`xprune.report.render.md_cell`, so columns stay aligned and tags inert)."""
+    from ..report.render import md_cell
+
+    escaped = frame.rename(columns=md_cell).map(lambda v: md_cell(_cell(v)))
     return escaped.to_markdown(index=False, disable_numparse=True)
 
 

@@ -35,24 +35,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from .._validation import check_positive_int, check_sparsity_list
 from ..attribution import attribute
 from ..data import load_digits_split
-from ..metrics.agreement import foreground, on_features, spearman, ssim
+from ..metrics.agreement import (
+    foreground,
+    normalise_maps,
+    on_features,
+    spearman,
+    ssim,
+    ssim_on_features,
+)
 from ..metrics.sanity import parameter_randomisation
 from ..models import DigitsCNN, evaluate, train
 from ..pruning import fine_tune, prune, sparsity
 from ..report.figures import plot_randomisation_curves
 from ..report.tables import fmt_ci, plural
-from ..stats import holm, mean_ci
+from ..stats import holm, mean_ci, t_test_p
 from . import Context, register
 from ._report import ReproductionReport, Section
 
-__all__ = ["Params", "map_similarities", "normalise_maps", "randomisation_curves", "run",
-           "ssim_on_features", "summarise", "verdict"]
+__all__ = ["Params", "map_similarities", "randomisation_curves", "run", "summarise", "verdict"]
 
 TITLE = "Sanity checks for saliency maps: parameter randomisation, dense and pruned"
 CITATION = ("Adebayo, Gilmer, Muelly, Goodfellow, Hardt & Kim, 'Sanity checks for saliency "
@@ -160,97 +165,16 @@ class Params:
 # The computations
 # --------------------------------------------------------------------------------------------
 
-def normalise_maps(maps: Tensor, *, absolute: bool) -> Tensor:
-    """Each map divided by its largest magnitude, as the authors' released code does.
-
-    A pixel's channels are summed first. ``absolute=True`` gives
-    ``|m| / max |m|`` in [0, 1] (their ``abs_grayscale_norm``), else
-    ``m / max |m|`` in [-1, 1] (their ``diverging_norm``). Per sample, so a
-    map's normalisation does not depend on the other maps of the batch; an
-    all-zero map stays all zero.
-
-    Parameters
-    ----------
-    maps : Tensor of shape (N, C, H, W)
-
-    Returns
-    -------
-    Tensor of shape (N, 1, H, W), float64
-    """
-    if not isinstance(maps, Tensor) or maps.dim() != 4:
-        raise ValueError(f"Expected `maps` to be a tensor of shape (N, C, H, W), got "
-                         f"{tuple(getattr(maps, 'shape', ()))}.")
-    v = maps.double().sum(dim=1, keepdim=True)
-    if absolute:
-        v = v.abs()
-    peak = v.abs().amax(dim=(1, 2, 3), keepdim=True)
-    return torch.where(peak > 0, v / torch.where(peak > 0, peak, 1.0), torch.zeros_like(v))
-
-
-def ssim_on_features(a: Tensor, b: Tensor, features: Tensor, *, window: int = 3,
-                     data_range: float = 1.0) -> Tensor:
-    """Mean SSIM over the windows centred on the selected pixels, per sample.
-
-    scikit-image's local SSIM map (``structural_similarity(full=True)``,
-    Wang et al. 2004, K1 = 0.01, K2 = 0.03, uniform ``window`` x ``window``
-    patches, sample covariance) is averaged over the pixels where
-    ``features`` is True among those whose window lies inside the image. With
-    every pixel selected this is the mean SSIM of
-    :func:`xprune.metrics.agreement.ssim` with the same window and data range.
-
-    Parameters
-    ----------
-    a, b : Tensor of shape (N, C, H, W)
-        Channels are summed first.
-    features : bool Tensor of shape (N, H * W)
-        e.g. :func:`xprune.metrics.agreement.foreground`.
-    window : int
-        Odd side of the patch, >= 3.
-    data_range : float
-        ``R`` in the stabilising constants (1 for maps normalised to [0, 1]).
-
-    Returns
-    -------
-    Tensor of shape (N,), float64
-        In [-1, 1], higher = more similar; NaN for a sample with no selected
-        pixel away from the border.
-    """
-    from skimage.metrics import structural_similarity
-
-    if a.dim() != 4 or a.shape != b.shape:
-        raise ValueError(f"Expected `a` and `b` of the same shape (N, C, H, W), got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}.")
-    n, _, h, w = a.shape
-    if (not isinstance(features, Tensor) or features.dtype != torch.bool
-            or tuple(features.shape) != (n, h * w)):
-        raise ValueError(f"Expected `features` to be a bool tensor of shape {(n, h * w)}, got "
-                         f"{getattr(features, 'dtype', type(features).__name__)} of shape "
-                         f"{tuple(getattr(features, 'shape', ()))}.")
-    x = a.double().sum(dim=1).cpu().numpy()
-    y = b.double().sum(dim=1).cpu().numpy()
-    keep = features.reshape(n, h, w).cpu().numpy()
-    pad = (window - 1) // 2
-    inner = (slice(pad, h - pad), slice(pad, w - pad))
-    out = torch.full((n,), math.nan, dtype=torch.float64)
-    for i in range(n):
-        selected = keep[i][inner]
-        if selected.any():
-            _, local = structural_similarity(x[i], y[i], win_size=window, data_range=data_range,
-                                             full=True)
-            out[i] = float(local[inner][selected].mean())
-    return out
-
-
 def map_similarities(original: Tensor, randomised: Tensor, features: Tensor, *,
                      window: int = 3) -> dict[tuple[str, str], Tensor]:
     """Every similarity of the test between each sample's original and randomised map.
 
     Spearman rank correlation of the signed maps and of |maps| (invariant to
     the per-map normalisation), and SSIM of the maps normalised by
-    :func:`normalise_maps` with ``absolute=True`` (values in [0, 1], data
+    :func:`~xprune.metrics.agreement.normalise_maps` with ``absolute=True`` (values in [0, 1], data
     range 1); each over all pixels and over the pixels where ``features`` is
     True (Spearman ranks only those pixels; SSIM averages the windows centred
-    on them, :func:`ssim_on_features`).
+    on them, :func:`~xprune.metrics.agreement.ssim_on_features`).
 
     Parameters
     ----------
@@ -427,21 +351,6 @@ def _clip(low: float, high: float, bounds: tuple[float, float]) -> tuple[float, 
     return low, high, clipped
 
 
-def _t_p(values: np.ndarray) -> float:
-    """Two-sided one-sample t-test p-value of mean = 0 (scipy), on the finite values.
-
-    The test behind the t-interval: p < 0.05 exactly when the 95% interval
-    excludes 0. Fewer than 2 values: NaN; no spread: 0 if the mean is not 0,
-    else 1 (the interval collapses to the mean).
-    """
-    v = values[np.isfinite(values)]
-    if v.size < 2:
-        return math.nan
-    if float(v.max()) == float(v.min()):
-        return 1.0 if float(v[0]) == 0.0 else 0.0
-    return float(stats.ttest_1samp(v, 0.0).pvalue)
-
-
 def _interval(frame: pd.DataFrame, column: str,
               bounds: tuple[float, float] = SIMILARITY_RANGE) -> Estimate:
     """Mean and 95% t-interval: across the seeds' sample means if there are several seeds,
@@ -454,7 +363,7 @@ def _interval(frame: pd.DataFrame, column: str,
         values, over = frame[column].to_numpy(dtype=np.float64), "samples"
     mean, low, high, n = mean_ci(values)
     low, high, clipped = _clip(low, high, bounds)
-    return Estimate(mean, low, high, n, over, _t_p(values), clipped)
+    return Estimate(mean, low, high, n, over, t_test_p(values), clipped)
 
 
 def summarise(per_sample: pd.DataFrame) -> pd.DataFrame:
@@ -545,7 +454,8 @@ def _models(params: Params, data, seed: int, context: Context) -> list[tuple[str
     models = [("dense", 0.0, dense)]
     for s in params.sparsities:
         def pruned(s=s):
-            pair = prune(dense, float(s), method="l1_unstructured", scope="global", seed=seed)
+            pair = prune(dense, float(s), method="l1_unstructured", scope="global", seed=seed,
+                         layers="*")  # every layer, as this reproduction always did
             pair = fine_tune(pair, data.x_train, data.y_train, epochs=params.finetune_epochs,
                              seed=seed, device=context.device)
             # prune() and fine_tune() hand back plain weights (torch.nn.utils.prune.remove

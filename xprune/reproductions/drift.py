@@ -100,6 +100,7 @@ def _analysis_config(params: Params, seed: int, device: str):
         name=f"drift-seed-{seed}", seed=seed, device=device,
         train=TrainConfig(epochs=params.epochs),
         pruning=PruningConfig(method="l1_unstructured", scope="global",
+                              layers="*",  # every layer, as this reproduction always did
                               sparsities=list(params.sparsities),
                               finetune_epochs=params.finetune_epochs),
         controls=ControlsConfig(other_seed=True, finetune=True),

@@ -26,23 +26,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import Tensor, nn
 
 from .._validation import check_positive_int
-from ..attribution import attribute
+from ..attribution import attribute, completeness_error
 from ..data import DatasetSplit, load_digits_split
 from ..metrics import foreground, gini_index, on_features, spearman, top_k_intersection
 from ..models import DigitsCNN, predict, train
-from ..pruning import fine_tune, prunable_weights, prune
+from ..pruning import fine_tune, layer_table, prune
 from ..report.figures import plot_attribution_grid
 from ..report.tables import fmt_ci, plural
-from ..stats import bootstrap_ci, holm, proportion_ci
+from ..stats import bootstrap_ci, compare_groups, holm, proportion_ci, stratified_difference
 from . import Context, ReproductionReport, Section, register
 
-__all__ = ["Params", "attribution_changes", "compare_groups", "modal_labels", "pie_mask",
-           "prune_and_fine_tune", "seed_pooled", "stratified_difference",
-           "train_dense", "van_elteren"]
+__all__ = ["Params", "attribution_changes", "modal_labels", "pie_mask", "prune_and_fine_tune",
+           "seed_pooled", "train_dense"]
 
 METHODS = ("integrated_gradients", "saliency")
 METRICS = ("spearman", "spearman_fg", "top_k", "delta_gini")
@@ -292,162 +290,6 @@ def seed_pooled(frame: pd.DataFrame, column: str, *, where: str | None = None) -
     return rows.groupby("sample")[column].mean().dropna()
 
 
-def compare_groups(values, is_pie, *, n_resamples: int = 2000, seed: int = 0,
-                   confidence: float = 0.95) -> dict[str, float]:
-    """Difference in means PIE - rest with a bootstrap CI, and a Mann-Whitney U test.
-
-    Parameters
-    ----------
-    values : array of shape (N,)
-        One value per sample (NaNs are left out).
-    is_pie : bool array of shape (N,)
-
-    Returns
-    -------
-    dict
-        ``n_pie``, ``n_rest``, ``mean_pie``, ``mean_rest``, ``diff`` (PIE - rest),
-        ``ci_low``, ``ci_high`` (two-sample BCa bootstrap, ``scipy.stats.bootstrap``
-        resampling each group separately, generator seeded with ``seed``),
-        ``u`` and ``p`` (two-sided ``scipy.stats.mannwhitneyu``). NaN where a
-        group has fewer than 2 values (no interval, no test).
-    """
-    v = np.asarray(values, dtype=np.float64)
-    pie = np.asarray(is_pie, dtype=bool)
-    if v.shape != pie.shape or v.ndim != 1:
-        raise ValueError(f"Expected `values` and `is_pie` of the same shape (N,), got {v.shape} "
-                         f"and {pie.shape}.")
-    ok = np.isfinite(v)
-    a, b = v[ok & pie], v[ok & ~pie]
-    out = {"n_pie": int(a.size), "n_rest": int(b.size),
-           "mean_pie": float(a.mean()) if a.size else math.nan,
-           "mean_rest": float(b.mean()) if b.size else math.nan,
-           "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "u": math.nan,
-           "p": math.nan}
-    if a.size and b.size:
-        out["diff"] = out["mean_pie"] - out["mean_rest"]
-    if a.size < 2 or b.size < 2:
-        return out
-    if np.ptp(np.concatenate([a, b])) == 0:
-        out.update(ci_low=out["diff"], ci_high=out["diff"], u=a.size * b.size / 2, p=1.0)
-        return out
-    with warnings.catch_warnings():  # nearly degenerate groups: BCa may warn, then NaN
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis),
-                              vectorized=True, method="BCa", n_resamples=n_resamples,
-                              confidence_level=confidence, rng=np.random.default_rng(seed))
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if not (math.isfinite(low) and math.isfinite(high)):  # BCa undefined: percentile instead
-        low, high = (float(q) for q in np.quantile(
-            res.bootstrap_distribution, [(1 - confidence) / 2, (1 + confidence) / 2]))
-    test = stats.mannwhitneyu(a, b, alternative="two-sided")
-    out.update(ci_low=low, ci_high=high, u=float(test.statistic), p=float(test.pvalue))
-    return out
-
-
-def stratified_difference(values, is_pie, strata, *, n_resamples: int = 2000, seed: int = 0,
-                          confidence: float = 0.95) -> dict[str, float]:
-    """PIE - rest difference within strata, averaged with the PIEs' weights.
-
-    ``sum_s w_s (mean_pie_s - mean_rest_s)`` over the strata s that hold at
-    least one PIE and one other sample, with ``w_s`` the stratum's share of
-    those PIEs: the difference a PIE shows compared with non-PIEs of the same
-    stratum (here: of similar dense margin). The percentile interval comes
-    from resampling each (stratum, group) cell with replacement. The test is
-    van Elteren's stratified rank-sum test (:func:`van_elteren`), the
-    stratified counterpart of the Mann-Whitney test of :func:`compare_groups`,
-    so that every comparison of the run has a p-value for one Holm family.
-
-    Returns
-    -------
-    dict
-        ``diff``, ``ci_low``, ``ci_high``, ``n_pie`` (PIEs in usable strata),
-        ``n_rest`` (non-PIEs in them), ``n_strata`` (usable strata), ``z`` and
-        ``p`` (two-sided van Elteren test; NaN with fewer than 2 PIEs).
-    """
-    cells = _strata_cells(values, is_pie, strata)
-    out = {"diff": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "n_pie": int(sum(a.size for a, _ in cells)),
-           "n_rest": int(sum(b.size for _, b in cells)), "n_strata": len(cells),
-           "z": math.nan, "p": math.nan}
-    if not cells:
-        return out
-    weights = np.array([a.size for a, _ in cells], dtype=np.float64)
-    weights /= weights.sum()
-    out["diff"] = float(sum(w * (a.mean() - b.mean()) for w, (a, b) in zip(weights, cells,
-                                                                              strict=True)))
-    if out["n_pie"] < 2:
-        return out
-    rng = np.random.default_rng(seed)
-    draws = np.zeros(n_resamples)
-    for w, (a, b) in zip(weights, cells, strict=True):
-        ma = a[rng.integers(0, a.size, (n_resamples, a.size))].mean(axis=1)
-        mb = b[rng.integers(0, b.size, (n_resamples, b.size))].mean(axis=1)
-        draws += w * (ma - mb)
-    low, high = np.quantile(draws, [(1 - confidence) / 2, (1 + confidence) / 2])
-    z, p = _van_elteren_cells(cells)
-    out.update(ci_low=float(low), ci_high=float(high), z=z, p=p)
-    return out
-
-
-def _strata_cells(values, is_pie, strata) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per stratum with both groups: (finite PIE values, finite non-PIE values)."""
-    v = np.asarray(values, dtype=np.float64)
-    pie = np.asarray(is_pie, dtype=bool)
-    s = np.asarray(strata)
-    if not (v.shape == pie.shape == s.shape) or v.ndim != 1:
-        raise ValueError(f"Expected `values`, `is_pie` and `strata` of the same shape (N,), got "
-                         f"{v.shape}, {pie.shape} and {s.shape}.")
-    ok = np.isfinite(v)
-    cells = []
-    for stratum in np.unique(s[ok]):
-        a, b = v[ok & pie & (s == stratum)], v[ok & ~pie & (s == stratum)]
-        if a.size and b.size:
-            cells.append((a, b))
-    return cells
-
-
-def van_elteren(values, is_pie, strata) -> tuple[float, float]:
-    """Van Elteren's stratified Wilcoxon rank-sum test of PIEs vs the rest: ``(z, p)``.
-
-    Within each stratum holding at least one PIE and one other finite value,
-    ``W_s`` is the PIEs' rank sum (average ranks for ties), with mean
-    ``n1 (N + 1) / 2`` and tie-corrected variance
-    ``n1 n2 / 12 * ((N + 1) - sum(t^3 - t) / (N (N - 1)))``; the strata are
-    combined with weights ``1 / (N_s + 1)`` and ``z`` is referred to the
-    standard normal (two-sided ``p``; ``z > 0``: PIEs rank higher). With one
-    stratum this is the Mann-Whitney U test with the normal approximation,
-    tie correction and no continuity correction. Van Elteren 1960, 'On the
-    combination of independent two-sample tests of Wilcoxon', Bull. Int.
-    Statist. Inst. 37.
-
-    Returns
-    -------
-    (z, p) : floats; NaN when no stratum is usable, ``(0, 1)`` when all values tie.
-    """
-    cells = _strata_cells(values, is_pie, strata)
-    return _van_elteren_cells(cells)
-
-
-def _van_elteren_cells(cells) -> tuple[float, float]:
-    if not cells:
-        return math.nan, math.nan
-    total, variance = 0.0, 0.0
-    for a, b in cells:
-        n1, n2 = a.size, b.size
-        n = n1 + n2
-        ranks = stats.rankdata(np.concatenate([a, b]))
-        _, ties = np.unique(np.concatenate([a, b]), return_counts=True)
-        tie_term = float((ties.astype(np.float64) ** 3 - ties).sum()) / (n * (n - 1)) \
-            if n > 1 else 0.0
-        weight = 1.0 / (n + 1)
-        total += weight * (ranks[:n1].sum() - n1 * (n + 1) / 2)
-        variance += weight ** 2 * n1 * n2 / 12 * ((n + 1) - tie_term)
-    if variance <= 0:
-        return 0.0, 1.0
-    z = total / math.sqrt(variance)
-    return float(z), float(2 * stats.norm.sf(abs(z)))
-
-
 # ----------------------------------------------------------------------------- the models
 
 
@@ -475,7 +317,8 @@ def prune_and_fine_tune(dense: nn.Module, sparsity: float, data: DatasetSplit, p
     as xprune's default analysis prunes (:mod:`xprune.analysis`). ``dense``
     is never mutated.
     """
-    pair = prune(dense, sparsity, method="l1_unstructured", scope="global", seed=seed)
+    pair = prune(dense, sparsity, method="l1_unstructured", scope="global", seed=seed,
+                 layers="*")  # every layer, as this reproduction always did
     pair = fine_tune(pair, data.x_train, data.y_train, epochs=params.finetune_epochs,
                      lr=params.finetune_lr, batch_size=params.batch_size, seed=seed,
                      device=device)
@@ -508,9 +351,7 @@ def _maps(dense: nn.Module, pruned: dict[float, nn.Module], x: Tensor,
                               model_tag=tag)
             out[f"map_{tag}_{method}"] = a.values
             if a.delta is not None:
-                total = a.values.reshape(len(a), -1).double().sum(dim=1)
-                gap = (total - a.delta.double()).abs()
-                out[f"relerr_{tag}_{method}"] = a.delta.double().abs() / gap.clamp_min(1e-12)
+                out[f"relerr_{tag}_{method}"] = completeness_error(a)[0]
     return out
 
 
@@ -539,12 +380,12 @@ def _sample_frame(maps: dict[str, Tensor], data: DatasetSplit, seed: int,
 def _model_frame(dense: nn.Module, pruned: dict[float, nn.Module], maps: dict[str, Tensor],
                  data: DatasetSplit, seed: int, params: Params) -> pd.DataFrame:
     """Per model of one seed: measured sparsity, test accuracy, IG completeness error."""
-    n_total = sum(m.weight.numel() for _, m in prunable_weights(dense))
+    n_total = int(layer_table(dense)["numel"].sum())
     rows = []
     for tag, model in [("dense", dense)] + [(_tag(t), m) for t, m in pruned.items()]:
-        layers = prunable_weights(model)
-        zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-        density = {name: float((m.weight != 0).double().mean()) for name, m in layers}
+        layers = layer_table(model)
+        zeros = int((layers["numel"] - layers["nonzeros"]).sum())
+        density = {r.layer: r.nonzeros / r.numel for r in layers.itertuples(index=False)}
         sparsest = min(density, key=density.get)
         acc = float((maps[f"logits_{tag}"].argmax(dim=1) == data.y_test).double().mean())
         row = {"seed": seed, "sparsity": 0.0 if tag == "dense" else float(tag),
@@ -634,6 +475,11 @@ def _exclusion(sparsity: float, n_pie: int, collapsed) -> str:
     return ""
 
 
+def _as_pie(result: dict) -> dict:
+    """A :mod:`xprune.stats` group comparison with the group named PIE (``n_pie``, ``mean_pie``)."""
+    return {k.replace("_group", "_pie"): v for k, v in result.items()}
+
+
 def _comparisons(pooled: pd.DataFrame, params: Params, context: Context,
                  collapsed=()) -> pd.DataFrame:
     """Every PIE-vs-rest comparison; Holm over the valid ones (``excluded`` == '')."""
@@ -644,7 +490,7 @@ def _comparisons(pooled: pd.DataFrame, params: Params, context: Context,
                              n_resamples=params.n_bootstrap,
                              seed=_seed_of(context, t, method, metric, subset))
         rows.append({"sparsity": t, "method": method, "metric": metric, "subset": subset,
-                     **res})
+                     **_as_pie(res)})
         if subset == "all":
             margin = g["dense_margin"].rank(method="first").to_numpy()
             strata = np.minimum((margin - 1) * params.margin_strata // len(g),
@@ -653,7 +499,8 @@ def _comparisons(pooled: pd.DataFrame, params: Params, context: Context,
                                         n_resamples=params.n_bootstrap,
                                         seed=_seed_of(context, t, method, metric, "strata"))
             rows.append({"sparsity": t, "method": method, "metric": metric, "subset": "strata",
-                         "mean_pie": math.nan, "mean_rest": math.nan, "u": math.nan, **res})
+                         "mean_pie": math.nan, "mean_rest": math.nan, "u": math.nan,
+                         **_as_pie(res)})
     out = pd.DataFrame(rows)
     out["excluded"] = [_exclusion(t, int(n), collapsed)
                        for t, n in zip(out["sparsity"], out["n_pie"], strict=True)]

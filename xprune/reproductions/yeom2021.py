@@ -34,42 +34,41 @@ The facts of the setup come from the authors' released code
   layer's sum, Taylor and gradient scores by the layer's L2 norm; then the
   1,000 lowest scores over all three layers are removed (a global ranking);
 - removing a unit drops its row of weights and bias and the next layer's
-  column, as :func:`remove_units` does; :func:`prune_units` instead masks
-  the row and bias to zero with ``torch.nn.utils.prune.custom_from_mask``,
-  which gives the same outputs (tested). The experiment evaluates the
-  smaller network (fewer multiply-adds); the dense network is never changed.
+  column; the experiment evaluates that smaller network (fewer
+  multiply-adds), and the dense network is never changed.
 
-LRP relevances come from Captum (``LayerLRP`` with ``Alpha1_Beta0_Rule(
-set_bias_to_zero=True)`` on every linear layer): Captum's rule clamps the
-weights to their positive part and drops the bias, which is the authors' z+
-rule, also where a layer's inputs are negative (the input layer and, without
-the third ReLU, the output layer); only the stabiliser differs (Captum adds
-``1e-9 * sign(z)``, the authors ``1e-9``).
+Every step is xprune's structured pruning (:func:`xprune.prune` with
+``method="structured"``, :func:`prune_toy`): each criterion is a set of
+options of that method (``CORE_OPTIONS``: the score, the per-layer
+normalisation, and ``n_units`` for the global ranking), and Torch-Pruning
+removes the units. LRP relevances come from Captum (``LayerLRP`` with
+``Alpha1_Beta0_Rule(set_bias_to_zero=True)`` on every linear layer, the
+option ``lrp_rule="z+"``): Captum's rule clamps the weights to their
+positive part and drops the bias, which is the authors' z+ rule, also where
+a layer's inputs are negative (the input layer and, without the third ReLU,
+the output layer); only the stabiliser differs (Captum adds ``1e-9 *
+sign(z)``, the authors ``1e-9``). xprune never removes a layer's last unit
+(the authors' code could): the two differ only when a criterion ranks every
+unit of a layer among the lowest ``n_prune``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from captum.attr import LayerLRP
-from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule  # Captum exports no rule publicly
 from sklearn.datasets import make_circles, make_moons
 from torch import Tensor, nn
-from torch.nn.utils import prune as torch_prune
 
-from .._state import eval_mode, model_device
 from .._validation import check_positive_int
 from ..models import predict, train
+from ..pruning import ModelPair, prune
+from ..report.figures import plot_decision_regions, plot_group_distributions
 from ..stats import bootstrap_ci, holm, paired_test
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -80,20 +79,17 @@ __all__ = [
     "PAPER_DENSE",
     "PAPER_REFERENCE_ACC",
     "PAPER_TRAIN_ACC",
+    "CORE_OPTIONS",
     "Params",
     "accuracy",
-    "global_keep_masks",
     "hidden_layers",
-    "lrp_relevance",
     "make_toy",
-    "normalise_per_layer",
     "ordering_tests",
-    "prune_units",
-    "remove_units",
+    "prune_toy",
+    "removed_per_layer",
     "run",
     "summarise",
     "toy_mlp",
-    "unit_scores",
 ]
 
 TITLE = "Pruning by explaining: the toy experiment (moons and circles)"
@@ -109,6 +105,14 @@ LABELS = {"lrp": "LRP", "weight": "weight", "taylor": "Taylor", "gradient": "gra
 SPLIT_LABELS = {"reference": "reference samples", "train": "training set",
                 "test": "held-out test", "noisy_test": "noisy held-out test"}
 STEPS = (("lrp", "weight"), ("weight", "taylor"), ("taylor", "gradient"))
+# Each criterion as options of xprune's structured pruning (xprune/pruning/methods/structured.py): the score,
+# the authors' per-layer normalisation, and (with n_units) their global ranking over all layers.
+CORE_OPTIONS: dict[str, dict] = {
+    "lrp": {"criterion": "lrp", "lrp_rule": "z+", "aggregate": "sum", "normalise": "sum"},
+    "weight": {"criterion": "magnitude", "norm": 1, "normalise": "sum"},
+    "taylor": {"criterion": "activation_taylor", "normalise": "l2"},
+    "gradient": {"criterion": "activation_gradient", "normalise": "l2"},
+}
 # every paired comparison tested (one Holm family): the ordering's steps, then LRP against the rest
 COMPARISONS = (*STEPS, ("lrp", "taylor"), ("lrp", "gradient"))
 ALPHA = 0.05
@@ -283,233 +287,27 @@ def hidden_layers(model: nn.Module) -> list[nn.Linear]:
     return linears[:-1]
 
 
-def _check_batch(model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    if not isinstance(model, nn.Sequential):
-        raise TypeError(f"Expected `model` to be an nn.Sequential, got {type(model).__name__}.")
-    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] == 0 or not x.is_floating_point():
-        raise ValueError(f"Expected `x` to be a float tensor of shape (N, F) with N >= 1, got "
-                         f"{tuple(getattr(x, 'shape', ()))}.")
-    if not isinstance(y, Tensor) or y.shape != (x.shape[0],):
-        raise ValueError(f"Expected `y` of shape ({x.shape[0]},), got "
-                         f"{tuple(getattr(y, 'shape', ()))}.")
-    device = model_device(model)
-    return x.to(device), y.to(device=device, dtype=torch.int64)
+def prune_toy(model: nn.Module, reference: tuple[Tensor, Tensor], criterion: str,
+              n_prune: int) -> ModelPair:
+    """Remove ``n_prune`` hidden units of ``model`` ranked by ``criterion``, the authors' way.
 
-
-def lrp_relevance(model: nn.Sequential, x: Tensor, y: Tensor) -> list[Tensor]:
-    """LRP relevance of every hidden unit for every sample, z+ rule, via Captum.
-
-    The true class's logit f_y(x) is propagated down with the z+ rule on
-    every linear layer, ``R_j = a_j sum_k w+_jk R_k / (sum_j' a_j' w+_j'k)``
-    (positive weights, no bias; Captum's ``Alpha1_Beta0_Rule(
-    set_bias_to_zero=True)``), and read off at each hidden linear layer's
-    output (``LayerLRP``); ReLU and dropout pass relevance unchanged. Bach et
-    al. 2015 (PLOS ONE), Montavon et al. 2017 (Pattern Recognition, z+). The
-    rules are attached to a private copy, so ``model`` is untouched.
-
-    Parameters
-    ----------
-    model : nn.Sequential of Linear, ReLU and Dropout layers
-    x : Tensor of shape (N, F)
-    y : Tensor of shape (N,), the class explained for each sample
-
-    Returns
-    -------
-    list of Tensor of shape (N, units), one per hidden layer, signed. When
-    every z is positive (e.g. zero biases and ReLUs after every hidden
-    layer, with a positive logit), each layer's relevances sum to f_y(x).
-    """
-    x, y = _check_batch(model, x, y)
-    twin = copy.deepcopy(model).eval()
-    linears = [m for m in twin.modules() if isinstance(m, nn.Linear)]
-    for module in linears:
-        module.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
-    inputs = x.detach().clone().requires_grad_(True)  # a private copy: Captum needs gradients
-    relevances = LayerLRP(twin, linears[:-1]).attribute(inputs, target=y)
-    return [r.detach() for r in relevances]
-
-
-def unit_scores(model: nn.Sequential, x: Tensor, y: Tensor) -> dict[str, list[Tensor]]:
-    """The four criteria per hidden unit on the reference samples, before normalisation.
-
-    With a_k the output of hidden linear layer l for unit k (before any
-    ReLU) and g_k the gradient of the mean cross-entropy over the N samples
-    with respect to it, the model in eval mode:
-
-    - ``"lrp"``: ``sum_i R_ik`` (:func:`lrp_relevance`), signed;
-    - ``"weight"``: ``sum_j |W_kj|``, the L1 norm of the incoming weights;
-    - ``"taylor"``: ``mean_i a_ik g_ik``, signed (Molchanov et al. 2017 take
-      its absolute value, in :func:`normalise_per_layer`);
-    - ``"gradient"``: ``mean_i g_ik``, signed (Sun et al. 2017).
-
-    Parameters
-    ----------
-    model : nn.Sequential
-        Never mutated: its training mode is restored, no gradient is stored.
-    x : Tensor of shape (N, F); y : Tensor of shape (N,) with class indices.
-
-    Returns
-    -------
-    dict from criterion name to a list of Tensors of shape (units,), one per
-    hidden layer, on the model's device. Higher means more important once
-    normalised.
-    """
-    x, y = _check_batch(model, x, y)
-    layers = hidden_layers(model)
-    wanted = {id(m) for m in layers}
-    with eval_mode(model), torch.enable_grad():
-        outputs, h = [], x.detach()
-        for module in model:
-            h = module(h)
-            if id(module) in wanted:
-                outputs.append(h)
-        loss = F.cross_entropy(h, y)
-        grads = torch.autograd.grad(loss, outputs)
-    return {
-        "lrp": [r.sum(dim=0) for r in lrp_relevance(model, x, y)],
-        "weight": [m.weight.detach().abs().sum(dim=1) for m in layers],
-        "taylor": [(a.detach() * g).mean(dim=0) for a, g in zip(outputs, grads, strict=True)],
-        "gradient": [g.mean(dim=0) for g in grads],
-    }
-
-
-def normalise_per_layer(scores: Sequence[Tensor], criterion: str) -> list[Tensor]:
-    """Each layer's scores rescaled as in the authors' code, so that layers can be ranked together.
-
-    ``"lrp"`` and ``"weight"``: divided by the layer's sum (their LRP scores
-    keep their sign, so a layer whose relevance sums to a negative number
-    flips its order, as in their code). ``"taylor"`` and ``"gradient"``: the
-    absolute values divided by their L2 norm. A layer whose sum or norm is
-    zero is left unscaled.
-
-    Parameters
-    ----------
-    scores : sequence of Tensors of shape (units,), one per layer
-    criterion : one of ``CRITERIA``
-
-    Returns
-    -------
-    list of Tensors of the same shapes (new tensors; the inputs are untouched).
+    :func:`xprune.prune` with ``method="structured"`` and the options of
+    ``CORE_OPTIONS[criterion]`` (see the module docstring), scored on the
+    ``reference`` batch ((N, 2) inputs, (N,) true classes), without
+    fine-tuning. ``pair.sparse`` is the smaller network, ``pair.twin`` the
+    dense architecture with the removed rows and biases zeroed; ``model`` is
+    never mutated.
     """
     if criterion not in CRITERIA:
         raise ValueError(f"Expected `criterion` in {list(CRITERIA)}, got {criterion!r}.")
-    out = []
-    for s in scores:
-        if criterion in ("taylor", "gradient"):
-            v = s.abs()
-            scale = torch.linalg.vector_norm(v)
-        else:
-            v = s.clone()
-            scale = v.sum()
-        out.append(v / scale if bool(scale != 0) else v)
-    return out
+    return prune(model, method="structured", data=reference,
+                 options={**CORE_OPTIONS[criterion], "n_units": n_prune})
 
 
-def global_keep_masks(scores: Sequence[Tensor], n_prune: int) -> list[Tensor]:
-    """Remove the ``n_prune`` lowest scores over all layers together; True marks a kept unit.
-
-    Ties are broken by layer, then unit index (a stable sort, as the
-    authors' ``heapq.nsmallest``).
-
-    Parameters
-    ----------
-    scores : sequence of Tensors of shape (units_l,), normalised per layer
-    n_prune : int in [0, total units]
-
-    Returns
-    -------
-    list of bool Tensors of shape (units_l,); exactly ``n_prune`` False in all.
-
-    Raises
-    ------
-    ValueError
-        On an empty list, non-finite scores or ``n_prune`` out of range.
-    """
-    if not scores:
-        raise ValueError("Expected `scores` to hold at least one layer, got none.")
-    flat = torch.cat([s.detach().flatten().cpu() for s in scores])
-    if not bool(torch.isfinite(flat).all()):
-        raise ValueError("Expected finite `scores`, got NaN or Inf entries.")
-    if isinstance(n_prune, bool) or not isinstance(n_prune, int) or not 0 <= n_prune <= flat.numel():
-        raise ValueError(f"Expected `n_prune` to be an integer in [0, {flat.numel()}], got "
-                         f"{n_prune!r}.")
-    order = torch.argsort(flat, stable=True)
-    keep = torch.ones(flat.numel(), dtype=torch.bool)
-    keep[order[:n_prune]] = False
-    return list(torch.split(keep, [s.numel() for s in scores]))
-
-
-def prune_units(model: nn.Module, keep: Sequence[Tensor]) -> nn.Module:
-    """A copy of ``model`` with the removed hidden units' weight rows and biases zeroed.
-
-    Masks from ``torch.nn.utils.prune.custom_from_mask`` on each hidden
-    layer's ``weight`` (whole rows) and ``bias``, made permanent. A removed
-    unit's output is exactly 0, so the copy computes what the network with the
-    unit (and the next layer's column) deleted computes. ``model`` is not
-    mutated.
-
-    Parameters
-    ----------
-    model : nn.Module with hidden linear layers (:func:`hidden_layers`)
-    keep : sequence of bool Tensors of shape (units_l,), one per hidden layer
-    """
-    pruned = copy.deepcopy(model)
-    layers = hidden_layers(pruned)
-    if len(keep) != len(layers):
-        raise ValueError(f"Expected one mask per hidden layer ({len(layers)}), got {len(keep)}.")
-    for layer, k in zip(layers, keep, strict=True):
-        if k.shape != (layer.out_features,):
-            raise ValueError(f"Expected a mask of shape ({layer.out_features},), got "
-                             f"{tuple(k.shape)}.")
-        k = k.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        torch_prune.custom_from_mask(layer, "weight", k[:, None].expand_as(layer.weight).clone())
-        torch_prune.remove(layer, "weight")
-        if layer.bias is not None:
-            torch_prune.custom_from_mask(layer, "bias", k.clone())
-            torch_prune.remove(layer, "bias")
-    return pruned
-
-
-def remove_units(model: nn.Sequential, keep: Sequence[Tensor]) -> nn.Sequential:
-    """The smaller network without the removed units, as the authors' code builds it.
-
-    Each hidden layer keeps the rows (and biases) of its kept units, and the
-    next linear layer keeps the matching columns. It computes the same
-    outputs as :func:`prune_units` (a removed unit outputs 0) with fewer
-    multiply-adds, so the experiment evaluates it. ``model`` is not mutated.
-
-    Parameters
-    ----------
-    model : nn.Sequential of Linear, ReLU and Dropout layers
-    keep : sequence of bool Tensors of shape (units_l,), one per hidden layer
-    """
-    layers = hidden_layers(model)
-    if len(keep) != len(layers):
-        raise ValueError(f"Expected one mask per hidden layer ({len(layers)}), got {len(keep)}.")
-    rows = {id(layer): k.to(layer.weight.device) for layer, k in zip(layers, keep, strict=True)}
-    children, cols = [], None
-    for name, module in model.named_children():
-        if isinstance(module, nn.Linear):
-            k = rows.get(id(module))
-            w, b = module.weight.detach(), module.bias
-            if cols is not None:
-                w = w[:, cols]
-            if k is not None:
-                w = w[k]
-            with warnings.catch_warnings():  # a layer with every unit removed has no weights
-                warnings.simplefilter("ignore")
-                small = nn.Linear(w.shape[1], w.shape[0], bias=b is not None,
-                                  device=w.device, dtype=w.dtype)
-            with torch.no_grad():
-                small.weight.copy_(w)
-                if b is not None:
-                    small.bias.copy_(b.detach() if k is None else b.detach()[k])
-            children.append((name, small))
-            cols = k
-        else:
-            children.append((name, copy.deepcopy(module)))
-    out = nn.Sequential(OrderedDict(children))
-    return out.train(model.training)
+def removed_per_layer(pair: ModelPair) -> list[int]:
+    """Units removed from each hidden layer: dense minus smaller width."""
+    return [d.out_features - s.out_features for d, s in
+            zip(hidden_layers(pair.dense), hidden_layers(pair.sparse), strict=True)]
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -577,29 +375,23 @@ def _seed_frame(dataset: str, s: int, model: nn.Module, train_xy: tuple[Tensor, 
             "test": _data(dataset, params.n_test, params, _state(context.seed, code, _TEST, s)),
             "noisy_test": _noisy_test(dataset, params, context.seed, s)}
     if "weight" not in fixed:  # the weight criterion ignores the reference samples
-        w = [m.weight.detach().abs().sum(dim=1) for m in hidden_layers(model)]
-        keep = global_keep_masks(normalise_per_layer(w, "weight"), params.n_prune)
-        fixed["weight"] = (remove_units(model, keep), keep)
+        fixed["weight"] = prune_toy(model, train_xy, "weight", params.n_prune)
         fixed["train"] = {"dense": accuracy(model, *train_xy),
-                          "weight": accuracy(fixed["weight"][0], *train_xy)}
+                          "weight": accuracy(fixed["weight"].sparse, *train_xy)}
     held_out = {"dense": {k: accuracy(model, *sets[k]) for k in ("test", "noisy_test")},
-                "weight": {k: accuracy(fixed["weight"][0], *sets[k])
+                "weight": {k: accuracy(fixed["weight"].sparse, *sets[k])
                            for k in ("test", "noisy_test")}}
     rows = []
     for n in params.n_per_class:
         ref = _data(dataset, 2 * n, params, _state(context.seed, code, _REFERENCE, s, n))
-        scores = unit_scores(model, *ref)
         for criterion in ("dense", *CRITERIA):
-            zeros = 0 if criterion == "dense" else sum(
-                int((v == 0).sum()) for v in scores[criterion])
             if criterion == "dense":
-                pruned, keep = model, None
+                pair = None
             elif criterion == "weight":
-                pruned, keep = fixed["weight"]
+                pair = fixed["weight"]
             else:
-                keep = global_keep_masks(normalise_per_layer(scores[criterion], criterion),
-                                         params.n_prune)
-                pruned = remove_units(model, keep)  # same outputs as prune_units, faster
+                pair = prune_toy(model, ref, criterion, params.n_prune)
+            pruned = model if pair is None else pair.sparse  # the smaller network
             acc = {"reference": accuracy(pruned, *ref)}
             for split in ("train", "test", "noisy_test"):
                 if criterion in ("dense", "weight"):
@@ -607,7 +399,8 @@ def _seed_frame(dataset: str, s: int, model: nn.Module, train_xy: tuple[Tensor, 
                                   else held_out[criterion][split])
                 else:
                     acc[split] = accuracy(pruned, *sets[split])
-            removed = ([0] * 3 if keep is None else [int((~k).sum()) for k in keep])
+            removed = [0] * 3 if pair is None else removed_per_layer(pair)
+            zeros = 0 if pair is None else pair.params["zero_score_units"]
             for split in SPLITS:
                 rows.append({"dataset": dataset, "seed": s, "model": s % params.n_models,
                              "n_per_class": n, "criterion": criterion, "split": split,
@@ -684,7 +477,7 @@ def ordering_tests(results: pd.DataFrame, *, seed: int = 0, alpha: float = ALPHA
     return out
 
 
-def _boundary_frame(model: nn.Module, keep_by_criterion: dict[str, list[Tensor] | None],
+def _boundary_frame(model: nn.Module, pairs: dict[str, ModelPair | None],
                     x: Tensor, grid: int) -> pd.DataFrame:
     """Predicted class on a ``grid`` x ``grid`` lattice around ``x`` for the dense and pruned models."""
     lo, hi = x.min(dim=0).values - 0.3, x.max(dim=0).values + 0.3
@@ -692,8 +485,8 @@ def _boundary_frame(model: nn.Module, keep_by_criterion: dict[str, list[Tensor] 
                             torch.linspace(float(lo[1]), float(hi[1]), grid), indexing="xy")
     points = torch.stack([gx.flatten(), gy.flatten()], dim=1)
     frames = []
-    for name, keep in keep_by_criterion.items():
-        net = model if keep is None else prune_units(model, keep)
+    for name, pair in pairs.items():
+        net = model if pair is None else pair.twin  # removed rows and biases zeroed
         frames.append(pd.DataFrame({"criterion": name, "x": points[:, 0].numpy(),
                                     "y": points[:, 1].numpy(),
                                     "predicted": predict(net, points).argmax(dim=1).numpy()}))
@@ -724,21 +517,13 @@ def plot_accuracy_by_criterion(results: pd.DataFrame, split: str, *,
             ax = axes[i][j]
             cell = data[(data["dataset"] == dataset) & (data["n_per_class"] == n)]
             values = [cell.loc[cell["criterion"] == c, "accuracy"].to_numpy() for c in order]
-            ax.boxplot(values, positions=range(len(order)), widths=0.55, showfliers=False)
-            for k, v in enumerate(values):
-                ax.scatter(k + rng.uniform(-0.18, 0.18, v.size), v, s=7, alpha=0.45,
-                           color=f"C{k}")
             marks = []
             if paper_dense is not None and (dataset, n) in paper_dense:
                 marks.append((0, paper_dense[(dataset, n)]))
             if paper is not None and (dataset, n) in paper:
                 marks += [(k + 1, paper[(dataset, n)][c]) for k, c in enumerate(CRITERIA)]
-            if marks:
-                ax.scatter(*zip(*marks, strict=True), marker="D", s=36, color="red",
-                           zorder=5, label="paper (mean)")
-                ax.legend(loc="lower left", fontsize=7)
-            ax.set_xticks(range(len(order)), ["dense", *(LABELS[c] for c in CRITERIA)],
-                          fontsize=8)
+            plot_group_distributions(values, ["dense", *(LABELS[c] for c in CRITERIA)],
+                                     reference=marks, jitter=rng, ax=ax)
             ax.set_title(f"{dataset}, n = {n} per class", fontsize=9)
             if j == 0:
                 ax.set_ylabel(f"accuracy on {SPLIT_LABELS[split]} (%)", fontsize=8)
@@ -763,16 +548,7 @@ def plot_boundaries(boundaries: pd.DataFrame, samples: pd.DataFrame) -> plt.Figu
             ax = axes[i][j]
             cell = boundaries[(boundaries["dataset"] == dataset)
                               & (boundaries["criterion"] == criterion)]
-            xs, ys = np.unique(cell["x"]), np.unique(cell["y"])
-            z = cell.sort_values(["y", "x"])["predicted"].to_numpy().reshape(ys.size, xs.size)
-            ax.contourf(xs, ys, z, levels=[-0.5, 0.5, 1.5], colors=["#c6dbef", "#fdd0a2"])
-            tr = pts[pts["kind"] == "train"]
-            ax.scatter(tr["x"], tr["y"], c=tr["label"], cmap="coolwarm", s=2, alpha=0.25)
-            ref = pts[pts["kind"] == "reference"]
-            ax.scatter(ref["x"], ref["y"], c=ref["label"], cmap="coolwarm", s=28,
-                       edgecolors="black", linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            plot_decision_regions(cell, pts, ax=ax)
             ax.set_title(f"{dataset}: {LABELS[criterion]}", fontsize=8)
     fig.tight_layout()
     return fig
@@ -1076,12 +852,10 @@ def run(params: Params, context: Context) -> ReproductionReport:
             n = params.n_per_class[0]
             ref = _data(dataset, 2 * n, params,
                         _state(context.seed, _DATASET_CODE[dataset], _REFERENCE, 0, n))
-            scores = unit_scores(model, *ref)
-            keeps: dict[str, list[Tensor] | None] = {"dense": None}
+            pairs: dict[str, ModelPair | None] = {"dense": None}
             for criterion in CRITERIA:
-                keeps[criterion] = global_keep_masks(
-                    normalise_per_layer(scores[criterion], criterion), params.n_prune)
-            b = _boundary_frame(model, keeps, train_xy[0], params.boundary_grid)
+                pairs[criterion] = prune_toy(model, ref, criterion, params.n_prune)
+            b = _boundary_frame(model, pairs, train_xy[0], params.boundary_grid)
             boundary_frames.append(b.assign(dataset=dataset))
             for kind, (x, y) in (("train", train_xy), ("reference", ref)):
                 sample_frames.append(pd.DataFrame({"dataset": dataset, "kind": kind,
@@ -1149,9 +923,10 @@ def _report(params: Params, results: pd.DataFrame, summary: pd.DataFrame, tests:
         "layer), which is the authors' z+ rule up to the stabiliser (1e-9 * sign(z) against "
         "their 1e-9); tested against a literal implementation.",
         "Removal as in the authors' code: a new, smaller network without the removed units' "
-        "weight rows and biases and the next layer's matching columns. It computes the same "
-        "outputs as masking those rows and biases with torch.nn.utils.prune.custom_from_mask "
-        "(tested; the masked copies draw the decision regions); the dense network is never "
+        "weight rows and biases and the next layer's matching columns (xprune.prune with "
+        "method 'structured', which removes them with Torch-Pruning). It computes the same "
+        "outputs as the dense architecture with those rows and biases set to zero (the pair's "
+        "masked twin, tested; the twins draw the decision regions); the dense network is never "
         "changed.",
         f"Accuracy is reported on the reference samples (the paper's 'test acc' rows of "
         f"output/tablestats.txt are computed on them), on the training set (their 'train acc' "
