@@ -137,8 +137,10 @@ def test_progress_goes_to_stderr(data, capsys):
     assert "xprune.study" in err and "8/8" in err and "[xprune] training the dense model" in err
 
 
-def test_options_override_the_config(data):
-    study = xprune.study(_mlp, data, sparsities=0.7, attributions="saliency",
+def test_options_override_the_config(data, capsys):
+    """Options over the config; data as a dict of splits, used as given."""
+    splits = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
+    study = xprune.study(_mlp, splits, sparsities=0.7, attributions="saliency",
                          metrics="gini_index", progress=False,
                          config={"train": {"epochs": 1}, "pruning": {"finetune_epochs": 0},
                                  "controls": {"other_seed": False, "finetune": False},
@@ -147,6 +149,8 @@ def test_options_override_the_config(data):
     assert set(study.results["model"]) == {"dense", "l1_unstructured@0.70"}
     assert set(study.results["metric"]) == {"gini_index", "deletion_auc@vs_random"}
     assert len(study.results) == 2 * 2 * 3
+    assert study.results["label"].tolist() == data.y_test[:3].tolist() * 4
+    assert capsys.readouterr().err == ""  # progress=False: silent
     sparse = study.models.set_index("model").loc["l1_unstructured@0.70"]
     assert sparse["measured_sparsity"] == pytest.approx(0.7, abs=1e-3)
 

@@ -228,7 +228,11 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
     try:
         stage("data")
         split = load_data(config, data, say=say)
-        template = user_model if user_model is not None else factory()
+        if user_model is not None:
+            template = user_model
+        else:
+            with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
+                template = factory()
         if train or config.controls.other_seed:
             _check_resettable(template)
         _check_model(template, split)
