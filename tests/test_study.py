@@ -123,6 +123,7 @@ def test_report_renders_the_run_report(result, tmp_path):
     page = result.report()
     assert page == result.out / "report.html" and (result.out / "report.md").is_file()
     assert result.headline[0] in (result.out / "report.md").read_text()
+    assert result.report(result.out) == page  # its own folder: nothing to copy
     copy = result.report(tmp_path / "mine.html")
     assert copy.read_bytes() == page.read_bytes()
     folder = result.report(tmp_path / "folder")

@@ -96,6 +96,8 @@ class Study:
         if path is None:
             return page
         path = Path(path)
+        if path.resolve() in (self.out.resolve(), page.resolve()):
+            return page
         if path.suffix.lower() in (".html", ".htm"):
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(page, path)
