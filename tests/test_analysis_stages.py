@@ -98,7 +98,9 @@ def test_prune_stage_prunes_a_copy_to_the_requested_sparsity(data, records):
     (record,) = prune_models(CONFIG, data, dense, cache=NO_STORE)
     assert (record.tag, record.role, record.pruning, record.sparsity) == (
         "l1_unstructured@0.50", "sparse", "l1_unstructured", 0.5)
-    assert xprune.sparsity(record.model) == pytest.approx(0.5, abs=1e-3)
+    # the output layer (layers.4) stays dense by default: 50% of the other weights are zero
+    assert xprune.sparsity(record.model, exclude="layers.4") == pytest.approx(0.5, abs=1e-3)
+    assert xprune.sparsity(record.model) < 0.5
     assert xprune.sparsity(dense) == 0.0
     _assert_same_state(dense, before)
 

@@ -22,7 +22,7 @@ LAYERS = [
                                  "checkpoint"}),
     ("metrics", {"metrics"}),
     ("report", {"report"}),
-    ("analysis", {"config", "_cache", "analysis", "compare", ""}),
+    ("analysis", {"config", "_cache", "analysis", "compare", "_study", ""}),
     ("reproductions", {"reproductions"}),
     ("cli", {"cli"}),
 ]

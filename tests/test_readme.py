@@ -31,3 +31,35 @@ def test_readme_config_example_is_a_valid_config():
     block = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)[0]
     config = AnalysisConfig.from_dict(tomllib.loads(block))  # every key and name is known
     assert config.seeds == [0, 1, 2] and "road" in config.metrics.names
+
+
+def test_readme_study_example_runs_with_small_settings(tmp_path, monkeypatch):
+    """The "Your own model from Python" block, executed as written but with a small budget
+    (the block's own sparsities and options are kept; progress off)."""
+    import xprune
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+                 if "xprune.study(" in b)
+    assert len([line for line in block.splitlines() if line.strip()]) < 10
+    real = xprune.study
+    small = {"train": {"epochs": 2}, "pruning": {"finetune_epochs": 1},
+             "attribution": {"n_samples": 8, "methods": ["saliency"]},
+             "metrics": {"names": ["gini_index", "spearman"]},
+             "report": {"n_examples": 2, "latency_batch": 8}}
+    calls = []
+
+    def study(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs, config=small, progress=False)
+
+    monkeypatch.setattr(xprune, "study", study, raising=False)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert calls == [{"train": True, "sparsities": [0.5, 0.9]}]
+    assert isinstance(result, xprune.Study) and namespace["model"][0].weight.grad is None
+    assert len(result.models) == 5 and len(result.headline) == 2  # 2 sparsities, 2 controls
+    page = (tmp_path / "digits-study.html").read_text()
+    assert "<html" in page and result.headline[0].split(" (")[0] in page
+    assert "xprune study" in result._repr_html_()

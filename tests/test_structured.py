@@ -392,7 +392,10 @@ def test_n_units_removes_the_hand_computed_units_like_deleting_them():
         assert_close(pair.sparse(X), pair.twin(X))  # removing computes what masking computes
     assert bool((pair.twin.linear1.weight[1] == 0).all()) and float(pair.twin.linear1.bias[1].detach()) == 0
     assert pair.params["zero_score_units"] == 0
-    assert abs(pair.sparsity - (1 - 4 * 4 / 30)) < 1e-12  # four 2 x 2 weights of 30 left
+    # the output layer is not selected by default: 12 of the hidden layers' 24 weights are
+    # left, and four 2 x 2 matrices of all 30 weights
+    assert abs(pair.sparsity - 0.5) < 1e-12
+    assert abs(pair.sparsity_all - (1 - 4 * 4 / 30)) < 1e-12
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
 

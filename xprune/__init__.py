@@ -17,6 +17,7 @@ __all__ = [
     "PRUNING_METHODS",
     "Attributions",
     "ModelPair",
+    "Study",
     "attribute",
     "attribute_pair",
     "explainer",
@@ -26,4 +27,18 @@ __all__ = [
     "prune",
     "save_attributions",
     "sparsity",
+    "study",
 ]
+
+
+def __getattr__(name: str):
+    # the study API loads the whole pipeline (pandas, reports, figures): only when asked for
+    if name in ("study", "Study"):
+        from . import _study
+
+        return getattr(_study, name)
+    raise AttributeError(f"module 'xprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

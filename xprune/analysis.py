@@ -43,7 +43,7 @@ from ._version import __version__
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model
 from .config import AnalysisConfig, ModelConfig
-from .data import DatasetSplit, load_dataset
+from .data import DatasetSplit, as_split, load_dataset
 from .metrics._base import metric_seed
 from .metrics.controls import versus_random
 from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
@@ -166,22 +166,29 @@ def _trainer(factory: Callable[[], nn.Module], config: AnalysisConfig, data: Dat
     return compute
 
 
-def load_data(config: AnalysisConfig, *, say: Callable[[str], None] = _silent) -> DatasetSplit:
+def load_data(config: AnalysisConfig, data: object = None, *,
+              say: Callable[[str], None] = _silent) -> DatasetSplit:
     """Stage "data": the configured dataset, split by the run's seed.
 
-    Refuses, before any training, metrics that the inputs cannot take (an
-    image-only metric on tabular rows, a plausibility metric on data without
-    a ground-truth rationale).
+    ``data`` (optional) replaces ``config.data.dataset`` with data held in
+    memory: a ``DatasetSplit``, tensors ``(x, y)`` (split by ``config.seed``
+    and ``config.data``'s fractions) or a dict of splits (see
+    :func:`xprune.data.as_split`). Refuses, before any training, metrics that
+    the inputs cannot take (an image-only metric on tabular rows, a
+    plausibility metric on data without a ground-truth rationale).
 
     Raises
     ------
     ValueError
         On an unknown dataset or a metric the inputs cannot take.
+    TypeError
+        For ``data`` of a kind not supported (yet), such as a DataLoader.
     FileNotFoundError
         If a data file does not exist.
     """
-    data = load_dataset(config.data.dataset, seed=config.seed, val_size=config.data.val_size,
-                        test_size=config.data.test_size)
+    split = dict(seed=config.seed, val_size=config.data.val_size,
+                 test_size=config.data.test_size)
+    data = load_dataset(config.data.dataset, **split) if data is None else as_split(data, **split)
     say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
         f"{len(data.x_test)} test samples")
     names = config.metrics.resolved_names(images=data.x_test.dim() == 4)  # before training
@@ -194,10 +201,13 @@ def load_data(config: AnalysisConfig, *, say: Callable[[str], None] = _silent) -
 
 
 def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
-                say: Callable[[str], None] = _silent) -> ModelRecord:
+                say: Callable[[str], None] = _silent,
+                factory: Callable[[], nn.Module] | None = None) -> ModelRecord:
     """Stage "train": the dense model, trained with ``config.seed`` (or loaded from
-    ``config.model.checkpoint``), on ``config.device``; reused from ``cache`` when stored."""
-    factory = _model_factory(data, config)
+    ``config.model.checkpoint``), on ``config.device``; reused from ``cache`` when stored.
+
+    ``factory`` (optional) builds the architecture instead of ``config.model``."""
+    factory = factory or _model_factory(data, config)
     if config.model.checkpoint:
         say(f"loading the dense model from {config.model.checkpoint}")
         dense, info = load_model(config.model.checkpoint, factory), {}
@@ -211,11 +221,14 @@ def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
 
 
 def prune_models(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *,
-                 cache: RunCache, say: Callable[[str], None] = _silent) -> list[ModelRecord]:
+                 cache: RunCache, say: Callable[[str], None] = _silent,
+                 factory: Callable[[], nn.Module] | None = None) -> list[ModelRecord]:
     """Stage "prune": the sparse twins of ``dense`` (not modified), one per pruning variant
     and sparsity, fine-tuned; or, with ``config.pruning.checkpoints``, the models pruned
-    elsewhere, loaded and nothing pruned. Reused from ``cache`` when stored."""
-    factory = _model_factory(data, config)
+    elsewhere, loaded and nothing pruned. Reused from ``cache`` when stored.
+
+    ``factory`` (optional) builds the architecture instead of ``config.model``."""
+    factory = factory or _model_factory(data, config)
     pc, dev = config.pruning, config.device
     records = []
     reference = (data.x_train[:pc.reference_samples], data.y_train[:pc.reference_samples])
@@ -244,11 +257,14 @@ def prune_models(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *
 
 
 def train_controls(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *,
-                   cache: RunCache, say: Callable[[str], None] = _silent) -> list[ModelRecord]:
+                   cache: RunCache, say: Callable[[str], None] = _silent,
+                   factory: Callable[[], nn.Module] | None = None) -> list[ModelRecord]:
     """Part of stage "train": the controls of ``config.controls``: a dense model trained
     with seed ``config.seed + 1``, and ``dense`` (not modified) fine-tuned without pruning
-    for as long as the pruned models. Reused from ``cache`` when stored."""
-    factory = _model_factory(data, config)
+    for as long as the pruned models. Reused from ``cache`` when stored.
+
+    ``factory`` (optional) builds the architecture instead of ``config.model``."""
+    factory = factory or _model_factory(data, config)
     tc, pc, dev = config.train, config.pruning, config.device
     records = []
     if config.controls.other_seed:

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from ._validation import check_fraction, closest_name, resolve_factory
 
-__all__ = ["DATASETS", "DatasetSplit", "load_breast_cancer_split", "load_dataset",
-           "load_digits_split", "load_vowels_split", "load_wine_split", "make_token_dataset", "split_arrays"]
+__all__ = ["DATASETS", "DatasetSplit", "as_split", "load_breast_cancer_split", "load_dataset",
+           "load_digits_split", "load_vowels_split", "load_wine_split", "make_token_dataset",
+           "split_arrays"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,114 @@ def split_arrays(x, y, *, name: str = "data", seed: int = 0, val_size: float = 0
     return DatasetSplit(name, *parts, n_classes=n_classes,
                         class_names=tuple(str(c) for c in range(n_classes)),
                         feature_names=names)
+
+
+_SPLITS = ("train", "val", "test")
+
+
+def as_split(data: object, *, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
+             ) -> DatasetSplit:
+    """Data held in memory as a :class:`DatasetSplit`, keeping the inputs' dtype.
+
+    Parameters
+    ----------
+    data : DatasetSplit, (x, y), or dict of splits
+        A ``DatasetSplit`` is returned as it is. ``(x, y)``: inputs (n, *F) of
+        any dtype (images, table rows, token ids) and integer labels (n,),
+        split seeded and stratified by ``seed`` as :func:`split_arrays` splits
+        (the same partition, but nothing is converted to float). A dict
+        ``{"train": (x, y), "test": (x, y)}`` (``"val"`` optional) is used as
+        given.
+
+    Raises
+    ------
+    TypeError
+        For a DataLoader or a Hugging Face tokenizer output (not supported yet:
+        pass the tensors) or anything else.
+    ValueError
+        On mismatched lengths, labels that are not integers 0..C-1, NaN/Inf
+        floating inputs, inputs of different shapes across splits, or a class
+        too small to stratify.
+    """
+    if isinstance(data, DatasetSplit):
+        return data
+    kind = type(data).__name__
+    if kind == "DataLoader" or hasattr(data, "dataset") and hasattr(data, "batch_size"):
+        raise TypeError("Expected `data` to be tensors (x, y), a DatasetSplit or a dict of "
+                        "splits, got a DataLoader, which is not supported yet: collect its "
+                        "batches, e.g. x = torch.cat([b[0] for b in loader]), and pass (x, y).")
+    if isinstance(data, dict) and "input_ids" in data:
+        raise TypeError("Expected `data` to be tensors (x, y), a DatasetSplit or a dict of "
+                        "splits, got a tokenizer output (input_ids, ...), which is not "
+                        "supported yet: pass (input_ids, labels).")
+    if isinstance(data, dict):
+        unknown = sorted(set(data) - set(_SPLITS))
+        if unknown or not {"train", "test"} <= set(data):
+            raise ValueError(f"Expected `data` as a dict to have the keys 'train' and 'test' "
+                             f"(and optionally 'val'), got {sorted(data, key=str)}.")
+        parts = {k: _pair(v, f"data[{k!r}]") for k, v in data.items()}
+        if "val" not in parts:  # no validation split: an empty one
+            parts["val"] = (parts["train"][0][:0], parts["train"][1][:0])
+        shapes = {k: tuple(x.shape[1:]) for k, (x, _) in parts.items() if len(x)}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"Expected the same input shape in every split, got {shapes}.")
+        n_classes = max(int(y.max()) for _, y in parts.values() if len(y)) + 1
+        return DatasetSplit("data", parts["train"][0], parts["train"][1], parts["val"][0],
+                            parts["val"][1], parts["test"][0], parts["test"][1], n_classes,
+                            tuple(str(c) for c in range(n_classes)))
+    if isinstance(data, (tuple, list)):
+        x, y = _pair(data, "data")
+        try:
+            train_idx, val_idx, test_idx = _split_indices(y.numpy(), seed=seed,
+                                                          val_size=val_size, test_size=test_size)
+        except ValueError as exc:
+            raise ValueError(f"Could not split `data` into train / validation / test: {exc}"
+                             ) from None
+        n_classes = int(y.max()) + 1
+        return DatasetSplit("data", x[train_idx], y[train_idx], x[val_idx], y[val_idx],
+                            x[test_idx], y[test_idx], n_classes,
+                            tuple(str(c) for c in range(n_classes)))
+    raise TypeError(f"Expected `data` to be tensors (x, y), a DatasetSplit or a dict of splits, "
+                    f"got {kind}.")
+
+
+def _pair(value: object, name: str) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` as tensors (arrays converted, dtypes kept), checked."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"Expected `{name}` to be a pair (x, y), got {type(value).__name__}"
+                         + (f" of length {len(value)}" if isinstance(value, (tuple, list))
+                            else "") + ".")
+    x, y = (v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v)) for v in value)
+    x, y = x.detach().cpu(), y.detach().cpu()
+    if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
+        raise ValueError(f"Expected `{name}` to be inputs (n, ...) and labels (n,), got shapes "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}.")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"Expected the inputs of `{name}` to be finite, got "
+                         f"{int((~torch.isfinite(x)).sum())} NaN or Inf entries.")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or \
+            (len(y) and int(y.min()) < 0):
+        raise ValueError(f"Expected the labels of `{name}` to be integers 0..C-1, got dtype "
+                         f"{str(y.dtype).replace('torch.', '')}"
+                         + (f" with minimum {y.min().item()!r}" if len(y) else "") + ".")
+    return x, y.long()
+
+
+def _split_indices(y: np.ndarray, *, seed: int, val_size: float, test_size: float):
+    """Train / validation / test indices: the partition :func:`_split` makes of the same labels."""
+    check_fraction(val_size, "val_size", low=0.0)
+    check_fraction(test_size, "test_size", low=0.0)
+    if not (0 < val_size and 0 < test_size and val_size + test_size < 1):
+        raise ValueError(
+            "Expected `val_size` and `test_size` in (0, 1) with a sum below 1, "
+            f"got {val_size} and {test_size}."
+        )
+    idx = np.arange(len(y))
+    rest, test, y_rest, _ = train_test_split(idx, y, test_size=test_size, stratify=y,
+                                             random_state=seed)
+    train, val = train_test_split(rest, test_size=val_size / (1 - test_size), stratify=y_rest,
+                                  random_state=seed)
+    return torch.from_numpy(train), torch.from_numpy(val), torch.from_numpy(test)
 
 
 def load_data_source(source: str, *, seed: int = 0, val_size: float = 0.2,

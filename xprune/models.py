@@ -203,7 +203,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     gen = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     loss_fn = nn.CrossEntropyLoss()
-    x, y = x.to(device), y.to(device)
+    x, y = to_model(x, model), y.to(device)  # the model's dtype; token ids stay integers
     was_training = model.training
     model.train()
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from ._state import eval_mode, model_device
+from ._state import eval_mode, model_device, to_model
 from .pruning import PRUNABLE_LAYERS, prunable_weights, weight_name
 
 __all__ = ["count_macs", "measure_latency", "storage_bytes"]
@@ -30,7 +30,9 @@ def count_macs(model: nn.Module, example: Tensor) -> dict[str, int]:
     ----------
     model : nn.Module
     example : Tensor of shape (N, *F)
-        Any batch of the model's inputs; counts are divided by N.
+        Any batch of the model's real inputs (image batches, table rows, token
+        ids: moved to the model's device and dtype as :func:`xprune._state.to_model`
+        does, token ids kept as integers); counts are divided by N.
 
     Returns
     -------
@@ -52,7 +54,7 @@ def count_macs(model: nn.Module, example: Tensor) -> dict[str, int]:
                if isinstance(m, PRUNABLE_LAYERS)]
     try:
         with eval_mode(model):
-            model(example.to(model_device(model)))
+            model(to_model(example, model))
     finally:
         for h in handles:
             h.remove()
@@ -84,13 +86,15 @@ def measure_latency(model: nn.Module, batch: Tensor, *, min_run_time: float = 0.
                     ) -> dict[str, float | int | str]:
     """Median forward latency of ``model`` on ``batch`` (eval mode, no grad), in milliseconds.
 
-    Uses ``torch.utils.benchmark.Timer.blocked_autorange`` (which warms up
-    first) and records the batch size, intra-op threads, dtype and device.
+    ``batch`` is a slice of the model's real inputs (N, *F), of any dtype
+    (token ids stay integers for a model with an embedding). Uses
+    ``torch.utils.benchmark.Timer.blocked_autorange`` (which warms up first)
+    and records the batch size, intra-op threads, dtype and device.
     """
     from torch.utils import benchmark
 
     device = model_device(model)
-    x = batch.to(device)
+    x = to_model(batch, model)
     with eval_mode(model), torch.no_grad():
         model(x)  # warm-up outside the timer as well
         timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x},

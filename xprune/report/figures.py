@@ -16,6 +16,7 @@ import pandas as pd  # noqa: E402
 
 __all__ = [
     "figure_png",
+    "plot_accuracy_and_agreement",
     "plot_accuracy_vs_compression",
     "plot_agreement_distribution",
     "plot_attribution_grid",
@@ -329,3 +330,63 @@ def plot_decision_regions(grid: pd.DataFrame, samples: pd.DataFrame | None = Non
     ax.set_xticks([])
     ax.set_yticks([])
     return ax
+
+
+def plot_accuracy_and_agreement(models: pd.DataFrame, summary: pd.DataFrame, *,
+                                metric: str | None = None, axes=None):
+    """The key figure of a study: test accuracy and agreement with the dense maps vs sparsity.
+
+    Left: accuracy (%, 95% Wilson CI as error bars) of the dense model (at 0)
+    and each pruning variant; right: the mean ``metric`` (default: the first
+    agreement metric the run computed, Spearman first) between each model's
+    maps and the dense maps, per attribution method, with 95% CIs as error
+    bars. Controls are horizontal lines on both: how far retraining alone
+    moves the numbers. Returns the two ``Axes`` (one when no agreement metric
+    was computed).
+    """
+    if metric is None:
+        present = set(summary.loc[summary["role"] != "dense", "metric"])
+        metric = next((m for m in ("spearman", "kendall_tau", "cosine_similarity",
+                                   "top_k_intersection", "pearson", "ssim") if m in present),
+                      None)
+    n = 1 if metric is None else 2
+    if axes is None:
+        axes = list(plt.subplots(1, n, figsize=(4.2 * n, 3.0), squeeze=False)[1][0])
+    dense = models[models["role"] == "dense"]
+    ax = axes[0]
+    for i, (variant, group) in enumerate(models[models["role"] == "sparse"].groupby(
+            "pruning", sort=False)):
+        curve = pd.concat([dense, group]).sort_values("requested_sparsity")
+        ax.errorbar(curve["requested_sparsity"], 100 * curve["accuracy"],
+                    yerr=[100 * (curve["accuracy"] - curve["accuracy_ci_low"]),
+                          100 * (curve["accuracy_ci_high"] - curve["accuracy"])],
+                    marker="os^vDP*"[i % 7], ms=3, capsize=2, color=f"C{i}", label=variant)
+    for j, (_, ctrl) in enumerate(models[models["role"] == "control"].iterrows()):
+        ax.axhline(100 * ctrl["accuracy"], color="grey", linestyle=[":", "--"][j % 2],
+                   linewidth=1, label=ctrl["model"])
+    ax.set_xlabel("sparsity (fraction of weights removed)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy", fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    if metric is None:
+        return axes
+    ax = axes[1]
+    data = summary[summary["metric"] == metric]
+    for i, (method, group) in enumerate(data.groupby("attribution", sort=False)):
+        colour = _colour(method, i)
+        curve = group[group["role"] == "sparse"].sort_values("sparsity")
+        ax.errorbar(curve["sparsity"], curve["mean"],
+                    yerr=[curve["mean"] - curve["ci_low"], curve["ci_high"] - curve["mean"]],
+                    marker="os^vDP*"[i % 7], ms=3, capsize=2, color=colour,
+                    label=method.replace("_", " "))
+        for j, (_, ctrl) in enumerate(group[group["role"] == "control"].iterrows()):
+            ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "--"][j % 2], linewidth=1,
+                       label=f"{method.replace('_', ' ')}: {ctrl['model']}")
+    ax.set_xlabel("sparsity (fraction of weights removed)")
+    ax.set_xlim(axes[0].get_xlim())  # the same sparsity axis as the accuracy panel
+    ax.set_ylabel(f"{metric.replace('_', ' ')} with the dense maps")
+    ax.set_title("agreement with the dense model's maps", fontsize=10)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3)
+    return axes

@@ -1,0 +1,244 @@
+"""xprune.study: the run's pipeline on the caller's model and data, and its Study result.
+
+A tiny tabular analysis (breast cancer, an MLP, 2 epochs, one sparsity, saliency, two
+metrics): the same configuration through ``run_analysis`` and through ``study`` gives the
+same tables.
+"""
+
+import base64
+import io
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import xprune
+from xprune._cache import RunCache
+from xprune.analysis import ModelRecord, describe_models, run_analysis, train_dense
+from xprune.config import AnalysisConfig
+from xprune.data import as_split, load_dataset, make_token_dataset, split_arrays
+from xprune.models import TabularMLP, TokenClassifier
+from xprune.profiling import count_macs, measure_latency
+from xprune.report import metric_summary
+
+CONFIG = AnalysisConfig.from_dict({
+    "name": "tiny",
+    "data": {"dataset": "breast_cancer"},
+    "train": {"epochs": 2},
+    "pruning": {"sparsities": [0.5], "finetune_epochs": 1},
+    "attribution": {"n_samples": 6, "methods": ["saliency"]},
+    "metrics": {"names": ["gini_index", "spearman"]},
+    "report": {"n_examples": 2, "latency_batch": 4},
+})
+
+
+def _mlp() -> nn.Module:
+    return TabularMLP(30, n_classes=2)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("breast_cancer", seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return run_analysis(CONFIG, out_dir=tmp_path_factory.mktemp("run"), progress=False,
+                        use_cache=False, render=False)
+
+
+@pytest.fixture(scope="module")
+def dense(data):
+    """The run's dense model, trained as the run trains it: the user's trained model."""
+    return train_dense(CONFIG, data, cache=RunCache(None, {})).model
+
+
+@pytest.fixture(scope="module")
+def result(dense, data, tmp_path_factory):
+    return xprune.study(dense, data, config=CONFIG, out=tmp_path_factory.mktemp("study"),
+                        progress=False)
+
+
+def test_study_of_a_trained_model_equals_the_run(run, result):
+    """The run's dense model handed to study: every model and score of the run, the
+    other-seed control included (a re-initialised copy trained with seed + 1)."""
+    pd.testing.assert_frame_equal(result.results, run.results)
+    pd.testing.assert_frame_equal(result.models, run.models)
+    assert set(result.results["model"]) == {"dense", "l1_unstructured@0.50",
+                                           "control:other-seed", "control:finetune"}
+
+
+def test_study_of_a_factory_trains_it_as_the_run_does(run, data):
+    study = xprune.study(_mlp, data, config=CONFIG, progress=False)
+    pd.testing.assert_frame_equal(study.results, run.results)
+
+
+def test_study_holds_the_run_folder_and_its_tables(result):
+    assert result.config.attribution.methods == ("saliency",)
+    assert result.config.pruning.sparsities == (0.5,)
+    for name in ("results.csv", "models.csv", "layers.csv", "config.json", "versions.json",
+                 "stages.json"):
+        assert (result.out / name).is_file(), name
+    on_disk = pd.read_csv(result.out / "results.csv")
+    # 6 samples x (gini x 4 models + spearman x 3 + deletion AUC vs random x 4)
+    assert len(on_disk) == len(result.results) == 6 * (4 + 3 + 4)
+    pd.testing.assert_frame_equal(result.summary, metric_summary(result.results))
+    cfg = json.loads((result.out / "config.json").read_text())
+    assert cfg["data"]["dataset"].startswith("breast_cancer passed to xprune.study: 341/114/114")
+    assert cfg["model"]["factory"] == "TabularMLP passed to xprune.study (trained)"
+    assert repr(result).startswith("Study(4 models, 66 result rows")
+
+
+def test_study_never_mutates_the_model_or_the_data(data):
+    model = _mlp().double()
+    model.train()
+    x, y = data.x_train[:120].double(), data.y_train[:120]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x_before, y_before = x.clone(), y.clone()
+    xprune.study(model, (x, y), config=CONFIG, progress=False,
+                 metrics=["gini_index"])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+
+
+def test_repr_html_holds_the_headline_and_a_decodable_png(result):
+    page = result._repr_html_()
+    assert len(result.headline) == 1
+    assert result.headline[0].startswith("At 50% sparsity (l1_unstructured, compression 2.0x)")
+    assert result.headline[0].replace("'", "&#x27;") in page  # escaped as HTML text
+    png = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    image = Image.open(io.BytesIO(base64.b64decode(png.group(1))))
+    image.load()
+    assert image.format == "PNG" and image.width > 400 and image.height > 200
+
+
+def test_report_renders_the_run_report(result, tmp_path):
+    page = result.report()
+    assert page == result.out / "report.html" and (result.out / "report.md").is_file()
+    assert result.headline[0] in (result.out / "report.md").read_text()
+    assert result.report(result.out) == page  # its own folder: nothing to copy
+    copy = result.report(tmp_path / "mine.html")
+    assert copy.read_bytes() == page.read_bytes()
+    folder = result.report(tmp_path / "folder")
+    assert folder == tmp_path / "folder" / "report.html"
+    assert (tmp_path / "folder" / "results.csv").is_file()
+
+
+def test_progress_goes_to_stderr(data, capsys):
+    xprune.study(_mlp, data, config=CONFIG.replace(controls=CONFIG.controls.__class__(
+        other_seed=False, finetune=False)), metrics=["gini_index"], progress=True)
+    err = capsys.readouterr().err
+    assert "xprune.study" in err and "8/8" in err and "[xprune] training the dense model" in err
+
+
+def test_options_override_the_config(data, capsys):
+    """Options over the config; data as a dict of splits, used as given."""
+    splits = {"train": (data.x_train, data.y_train), "test": (data.x_test, data.y_test)}
+    study = xprune.study(_mlp, splits, sparsities=0.7, attributions="saliency",
+                         metrics="gini_index", progress=False,
+                         config={"train": {"epochs": 1}, "pruning": {"finetune_epochs": 0},
+                                 "controls": {"other_seed": False, "finetune": False},
+                                 "attribution": {"n_samples": 3}})
+    assert study.config.name == "study" and study.config.train.epochs == 1
+    assert set(study.results["model"]) == {"dense", "l1_unstructured@0.70"}
+    assert set(study.results["metric"]) == {"gini_index", "deletion_auc@vs_random"}
+    assert len(study.results) == 2 * 2 * 3
+    assert study.results["label"].tolist() == data.y_test[:3].tolist() * 4
+    assert capsys.readouterr().err == ""  # progress=False: silent
+    sparse = study.models.set_index("model").loc["l1_unstructured@0.70"]
+    assert sparse["measured_sparsity"] == pytest.approx(0.7, abs=1e-3)
+
+
+# ---------------------------------------------------------------- data in memory
+
+def test_as_split_partitions_tensors_as_split_arrays_does():
+    x, y = torch.randn(200, 5), torch.arange(200) % 3
+    mine, theirs = as_split((x, y), seed=3), split_arrays(x, y, seed=3)
+    for part in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        assert torch.equal(getattr(mine, part), getattr(theirs, part)), part
+    assert mine.n_classes == 3
+
+
+def test_as_split_keeps_token_ids_integers_and_uses_given_splits():
+    tokens, labels = make_token_dataset(100, seed=0)
+    split = as_split((tokens, labels))
+    assert split.x_train.dtype == torch.int64 and split.x_test.shape == (20, 12)
+    given = as_split({"train": (tokens[:80], labels[:80]), "test": (tokens[80:], labels[80:])})
+    assert torch.equal(given.x_test, tokens[80:]) and given.x_val.shape == (0, 12)
+    arrays = as_split((np.ones((30, 4)), np.arange(30) % 2))
+    assert arrays.x_train.dtype == torch.float64
+
+
+@pytest.mark.parametrize(("data", "error", "match"), [
+    (DataLoader(TensorDataset(torch.randn(8, 3), torch.zeros(8).long())), TypeError,
+     "got a DataLoader, which is not supported yet"),
+    ({"input_ids": torch.zeros(4, 3).long(), "attention_mask": torch.ones(4, 3)}, TypeError,
+     "tokenizer output .* not supported yet"),
+    ("digits", TypeError, "Expected `data` to be tensors .* got str"),
+    ({"train": (torch.randn(8, 3), torch.zeros(8).long())}, ValueError,
+     "keys 'train' and 'test'"),
+    ((torch.randn(8, 3), torch.zeros(7).long()), ValueError,
+     r"inputs \(n, ...\) and labels \(n,\), got shapes \(8, 3\) and \(7,\)"),
+    ((torch.randn(8, 3), torch.rand(8)), ValueError, "labels of `data` to be integers"),
+    ((torch.full((8, 3), float("nan")), torch.zeros(8).long()), ValueError,
+     "finite, got 24 NaN"),
+])
+def test_bad_data_is_named(data, error, match):
+    with pytest.raises(error, match=match):
+        as_split(data)
+
+
+def test_bad_arguments_are_named(data):
+    with pytest.raises(TypeError, match="Expected `model` to be an nn.Module .* got str"):
+        xprune.study("resnet", data, progress=False)
+    with pytest.raises(ValueError, match=r"C >= 2 .* got shape \(2, 1\)"):
+        xprune.study(nn.Linear(30, 1), data, config=CONFIG, progress=False)
+    with pytest.raises(ValueError, match=r"take the inputs of `data` \(inputs of shape \(30,\)"):
+        xprune.study(nn.Linear(7, 2), data, config=CONFIG, progress=False)
+    with pytest.raises(ValueError, match="one seed for a study"):
+        xprune.study(_mlp, data, config={"seeds": [0, 1]}, progress=False)
+    with pytest.raises(ValueError, match="pruning.sparsities"):
+        xprune.study(_mlp, data, sparsities=[1.5], progress=False)
+    with pytest.raises(ValueError, match="attribution.methods"):
+        xprune.study(_mlp, data, attributions=["saliancy"], progress=False)
+
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(30, 2)
+        self.scale = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return self.fc(x) * self.scale
+
+
+def test_a_model_that_cannot_be_reinitialised_is_refused_for_the_other_seed_control(data):
+    with pytest.raises(ValueError, match=r"reset_parameters.*\['_Scaled'\].*other_seed"):
+        xprune.study(_Scaled(), data, config=CONFIG, progress=False)
+
+
+# ---------------------------------------------------------------- real inputs, not floats
+
+def test_case_015_profiling_takes_token_ids():
+    """cases/015-own-text-model-run.md: the model table of a token classifier is measured on
+    its real inputs (ids (N, T), int64), not on a float example."""
+    tokens, labels = make_token_dataset(60, seed=0)
+    split = as_split((tokens, labels))
+    model = TokenClassifier(vocab_size=30, n_classes=2)
+    # per sample: fc1 16 x 32 + fc2 32 x 2 multiply-accumulates (the embedding is a lookup)
+    assert count_macs(model, tokens[:5]) == {"dense": 16 * 32 + 32 * 2,
+                                             "nonzero": 16 * 32 + 32 * 2}
+    lat = measure_latency(model, tokens[:4], min_run_time=0.01)
+    assert lat["dtype"] == "int64" and lat["batch_size"] == 4
+    records = [ModelRecord("dense", "dense", "", 0.0, model)]
+    tables = describe_models(records, split, CONFIG)
+    assert tables.models.loc[0, "macs_dense"] == 576
+    assert tables.timings.loc[0, "dtype"] == "int64"
