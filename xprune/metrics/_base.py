@@ -339,8 +339,12 @@ def masked_features(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 
 def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
-    """Checked (inputs, attribution values) with equal shapes."""
-    x = check_tensor(inputs, "inputs", min_dim=2)
+    """Checked (inputs, attribution values) with equal shapes; token ids stay integers."""
+    if isinstance(inputs, Tensor) and not inputs.is_floating_point() \
+            and inputs.dtype != torch.bool and inputs.dim() == 2 and inputs.shape[0] > 0:
+        x = inputs  # token ids (N, T): removal replaces ids, never floats
+    else:
+        x = check_tensor(inputs, "inputs", min_dim=2)
     if isinstance(attributions, Attributions) and (
             attributions.attributed.shape != x.shape
             or not torch.equal(attributions.attributed.to(x.device, x.dtype), x)):

@@ -22,6 +22,8 @@ Operators
     Column i takes the baseline's value.
 :class:`ReplacePixels` (image)
     Every channel of pixel i takes the baseline's value (one pixel, one feature).
+:class:`ReplaceTokens` (tokens)
+    Token i's id becomes the baseline id ([MASK], [UNK] or [PAD]).
 :class:`~xprune.metrics._imputation.NoisyLinearImputation` (image)
     ROAD's noisy linear imputation (Rong, Leemann et al. 2022): a removed pixel
     becomes the weighted mean of its neighbours plus noise; no baseline.
@@ -35,9 +37,9 @@ in ``_DEFAULTS`` and, if it can be told from the tensor, in :func:`kind_of`.
 Override :meth:`Removal.remove_prefixes` only where nested removals share work
 (the imputation does).
 
-- Tokens (N, T) of integer ids: replacing token i by a chosen id ([MASK],
-  [UNK], [PAD]) is ``torch.where`` as in :class:`ReplaceColumns`, with the id
-  a field and no baseline; dropping tokens through the attention mask changes
+- Tokens (N, T) of integer ids: :class:`ReplaceTokens` replaces token i by a
+  chosen id ([MASK], [UNK], [PAD]), the baseline; dropping tokens through the
+  attention mask (not written yet) changes
   another model input, so that operator's ``remove`` takes and returns the
   model's inputs as a structure (ids and attention mask) rather than one
   tensor, and :func:`perturbed_scores` must then flatten and chunk each of
@@ -64,7 +66,7 @@ from .._validation import check_tensor, closest_name
 from ..attribution import make_baseline
 from ._base import target_scores
 
-__all__ = ["Removal", "ReplaceColumns", "ReplacePixels", "as_baseline", "kind_of",
+__all__ = ["Removal", "ReplaceColumns", "ReplacePixels", "ReplaceTokens", "as_baseline", "kind_of",
            "perturbed_scores", "removal_for"]
 
 
@@ -233,12 +235,62 @@ def expand_feature_mask(mask: Tensor, feat: torch.Size) -> Tensor:
     return mask.reshape(*mask.shape[:-1], 1, *feat[1:])
 
 
+@dataclass(frozen=True)
+class ReplaceTokens(_Replacement):
+    """Token ids (N, T): a removed token's id is replaced by the baseline id.
+
+    The baseline is a token id, the same for every sample (an int, or a
+    scalar or (N,) / (T,) / (N, T) integer tensor): the tokenizer's
+    ``[MASK]`` id where it has one, ``[UNK]``, or ``[PAD]`` (id 0 in BERT-style
+    vocabularies, the metrics' default baseline 0). The attention mask is not
+    changed: a replaced token is still attended to, as in ERASER's
+    replacement variant (DeYoung et al. 2020). Padding positions are features
+    like any other here; their maps are 0 when the ``Attributions`` carry a
+    feature mask, and replacing ``[PAD]`` by ``[PAD]`` changes nothing.
+    """
+
+    kind: ClassVar[str] = "tokens"
+
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        if not isinstance(inputs, Tensor) or inputs.is_floating_point() \
+                or inputs.dtype == torch.bool or inputs.dim() != 2:
+            got = (f"{inputs.dtype} of shape {tuple(inputs.shape)}" if isinstance(inputs, Tensor)
+                   else type(inputs).__name__)
+            raise ValueError(f"Expected `inputs` to be token ids, an integer tensor of shape "
+                             f"(N, T), for {metric}, got {got}.")
+        if inputs.shape[0] == 0:
+            raise ValueError("Expected `inputs` to hold at least one sample, got an empty batch.")
+        return inputs
+
+    def remove(self, inputs: Tensor, removed: Tensor, baseline: Tensor | float | None = None
+               ) -> Tensor:
+        if baseline is None:
+            raise ValueError("Expected a `baseline` token id for ReplaceTokens, got None.")
+        b = torch.as_tensor(baseline)
+        if b.is_floating_point() and not bool((b == b.round()).all()):
+            raise ValueError(f"Expected `baseline` to be a token id (an integer) for token "
+                             f"inputs, got {baseline!r}.")
+        return super().remove(inputs, removed, b.round().long())
+
+    @staticmethod
+    def n_features(feat: torch.Size) -> int:
+        return int(feat[0])
+
+    @staticmethod
+    def element_mask(removed: Tensor, feat: torch.Size) -> Tensor:
+        return removed
+
+
 # The default operator of each kind of data.
-_DEFAULTS: dict[str, type[Removal]] = {"tabular": ReplaceColumns, "image": ReplacePixels}
+_DEFAULTS: dict[str, type[Removal]] = {"tabular": ReplaceColumns, "image": ReplacePixels,
+                                       "tokens": ReplaceTokens}
 
 
 def kind_of(inputs: Tensor) -> str:
-    """The kind of data of ``inputs`` (N, *F): ``"tabular"`` for (N, F), else ``"image"``."""
+    """The kind of data of ``inputs`` (N, *F): ``"tokens"`` for integer (N, T) ids,
+    ``"tabular"`` for other (N, F), else ``"image"``."""
+    if inputs.dim() == 2 and not inputs.is_floating_point() and inputs.dtype != torch.bool:
+        return "tokens"
     return "tabular" if inputs.dim() == 2 else "image"
 
 
