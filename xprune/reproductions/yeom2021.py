@@ -69,6 +69,7 @@ from .._validation import check_positive_int
 from ..models import predict, train
 from ..pruning import ModelPair, prune
 from ..report.figures import plot_decision_regions, plot_group_distributions
+from ..report.tables import fmt_ci
 from ..stats import bootstrap_ci, holm, paired_test
 from . import Context, register
 from ._report import ReproductionReport, Section
@@ -559,11 +560,8 @@ def plot_boundaries(boundaries: pd.DataFrame, samples: pd.DataFrame) -> plt.Figu
 # --------------------------------------------------------------------------------------------
 
 def _fmt(mean: float, low: float, high: float, digits: int = 1) -> str:
-    if not math.isfinite(mean):
-        return "—"
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+    """The report's mean [CI] cells: ``fmt_ci`` in the reproductions' style ("—" if undefined)."""
+    return fmt_ci(mean, low, high, digits, missing="—", negative_zero=True, finite=True)
 
 
 def _paper_value(split: str, dataset: str, n: int, criterion: str) -> float:
