@@ -56,23 +56,14 @@ class DatasetSplit:
 
 
 def _split(x: np.ndarray, y: np.ndarray, *, seed: int, val_size: float, test_size: float):
-    check_fraction(val_size, "val_size", low=0.0)
-    check_fraction(test_size, "test_size", low=0.0)
-    if not (0 < val_size and 0 < test_size and val_size + test_size < 1):
-        raise ValueError(
-            "Expected `val_size` and `test_size` in (0, 1) with a sum below 1, "
-            f"got {val_size} and {test_size}."
-        )
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=test_size, stratify=y, random_state=seed
-    )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest,
-        random_state=seed,
-    )
+    """Stratified train / validation / test arrays as float32 inputs and int64 labels."""
+    y = np.asarray(y)
+    train, val, test = (i.numpy() for i in _split_indices(y, seed=seed, val_size=val_size,
+                                                         test_size=test_size))
     as_x = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
     as_y = lambda a: torch.from_numpy(np.asarray(a, dtype=np.int64))  # noqa: E731
-    return as_x(x_train), as_y(y_train), as_x(x_val), as_y(y_val), as_x(x_test), as_y(y_test)
+    return (as_x(x[train]), as_y(y[train]), as_x(x[val]), as_y(y[val]), as_x(x[test]),
+            as_y(y[test]))
 
 
 def load_digits_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
@@ -142,11 +133,8 @@ def load_vowels_split(*, seed: int = 0, val_size: float = 0.2, test_size: float 
     from .speechdata import make_vowel_dataset
 
     speech = make_vowel_dataset(n, seed=0)
-    index = np.arange(n)
-    rest, test = train_test_split(index, test_size=test_size, stratify=speech.labels.numpy(),
-                                  random_state=seed)
-    train, val = train_test_split(rest, test_size=val_size / (1 - test_size),
-                                  stratify=speech.labels.numpy()[rest], random_state=seed)
+    train, val, test = _split_indices(speech.labels.numpy(), seed=seed, val_size=val_size,
+                                      test_size=test_size)
     x = speech.spectrograms
     mean, std = x[train].mean(), x[train].std()
     pick = lambda ix: ((x[ix] - mean) / std, speech.labels[ix])  # noqa: E731

@@ -236,7 +236,7 @@ def expand_feature_mask(mask: Tensor, feat: torch.Size) -> Tensor:
 
 
 @dataclass(frozen=True)
-class ReplaceTokens(_Replacement):
+class ReplaceTokens(ReplaceColumns):
     """Token ids (N, T): a removed token's id is replaced by the baseline id.
 
     The baseline is a token id, the same for every sample (an int, or a
@@ -271,14 +271,6 @@ class ReplaceTokens(_Replacement):
             raise ValueError(f"Expected `baseline` to be a token id (an integer) for token "
                              f"inputs, got {baseline!r}.")
         return super().remove(inputs, removed, b.round().long())
-
-    @staticmethod
-    def n_features(feat: torch.Size) -> int:
-        return int(feat[0])
-
-    @staticmethod
-    def element_mask(removed: Tensor, feat: torch.Size) -> Tensor:
-        return removed
 
 
 # The default operator of each kind of data.
