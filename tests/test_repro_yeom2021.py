@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from literal_units import literal_taylor_gradient, literal_zplus
 from torch import nn
 from torch.testing import assert_close
 
@@ -43,74 +44,6 @@ X = torch.tensor([[0.8, -0.3], [-0.4, 0.9], [1.2, 0.7], [0.37, 0.21]], dtype=tor
 Y = torch.tensor([0, 1, 1, 0])
 
 
-def layer_outputs(model: nn.Sequential, x: torch.Tensor, bump=None) -> tuple[list, torch.Tensor]:
-    """Outputs of the hidden linear layers and the logits; ``bump=(layer, unit, sample, eps)``
-    adds eps to one hidden unit's output of one sample."""
-    hidden = yeom.hidden_layers(model)
-    outs, h = [], x
-    for module in model:
-        h = module(h)
-        if any(module is m for m in hidden):
-            if bump is not None and bump[0] == len(outs):
-                h = h.clone()
-                h[bump[2], bump[1]] += bump[3]
-            outs.append(h)
-    return outs, h
-
-
-def literal_taylor_gradient(model, x, y, eps=1e-6):
-    """Taylor and gradient criteria by a loop over layers, units and samples, with the gradient of
-    the mean cross-entropy taken by central finite differences."""
-    n = x.shape[0]
-    loss = torch.nn.functional.cross_entropy
-    with torch.no_grad():
-        outs, _ = layer_outputs(model, x)
-        assert all(bool((o.abs() > 1e-3).all()) for o in outs)  # no ReLU kink within eps
-        taylor, gradient = [], []
-        for li, out in enumerate(outs):
-            t_row, g_row = [], []
-            for k in range(out.shape[1]):
-                t_sum = g_sum = 0.0
-                for i in range(n):
-                    up = loss(layer_outputs(model, x, (li, k, i, eps))[1], y)
-                    down = loss(layer_outputs(model, x, (li, k, i, -eps))[1], y)
-                    g = float(up - down) / (2 * eps)
-                    g_sum += g
-                    t_sum += float(out[i, k]) * g
-                t_row.append(t_sum / n)
-                g_row.append(g_sum / n)
-            taylor.append(torch.tensor(t_row, dtype=torch.float64))
-            gradient.append(torch.tensor(g_row, dtype=torch.float64))
-    return taylor, gradient
-
-
-def literal_zplus(model, x, y):
-    """z+ LRP by explicit loops: relevance at each hidden linear layer's output, per sample."""
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    inputs, h = [], x
-    with torch.no_grad():
-        for module in model:
-            if isinstance(module, nn.Linear):
-                inputs.append(h.clone())
-            h = module(h)
-    out = [torch.zeros(x.shape[0], m.out_features, dtype=torch.float64) for m in linears[:-1]]
-    for i in range(x.shape[0]):
-        relevance = [0.0] * linears[-1].out_features
-        relevance[int(y[i])] = float(h[i, int(y[i])])
-        for li in reversed(range(len(linears))):
-            layer, a = linears[li], inputs[li][i].tolist()
-            w = layer.weight.detach().clamp(min=0).tolist()
-            if li < len(linears) - 1:
-                out[li][i] = torch.tensor(relevance, dtype=torch.float64)
-            z = [sum(a[j] * w[k][j] for j in range(layer.in_features))
-                 for k in range(layer.out_features)]
-            z = [zk + (1e-9 if zk >= 0 else -1e-9) for zk in z]  # Captum's stabiliser
-            relevance = [sum(a[j] * w[k][j] * relevance[k] / z[k]
-                             for k in range(layer.out_features))
-                         for j in range(layer.in_features)]
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # The criteria, through xprune's structured pruning (its options are tested in test_structured.py)
 # --------------------------------------------------------------------------------------------
@@ -122,7 +55,7 @@ def authors_ranking(model, criterion):
     elif criterion == "lrp":
         raw = [r.sum(dim=0) for r in literal_zplus(model, X, Y)]
     else:
-        taylor, gradient = literal_taylor_gradient(model, X, Y)
+        taylor, gradient = literal_taylor_gradient(model, X, Y, yeom.hidden_layers(model))
         raw = taylor if criterion == "taylor" else gradient
     if criterion in ("lrp", "weight"):
         return [s / s.sum() for s in raw]

@@ -205,6 +205,7 @@ def test_attribution_guided_unit_pruning(digits, criterion):
 
 from collections import OrderedDict  # noqa: E402
 
+from literal_units import literal_taylor_gradient, literal_zplus  # noqa: E402
 from torch.testing import assert_close  # noqa: E402
 
 from xprune.pruning import PruningContext  # noqa: E402
@@ -246,74 +247,11 @@ def scores_of(model, x=X, y=Y, **options) -> dict:
     return _channel_scores(model, ctx)
 
 
-def layer_outputs(model, x, bump=None):
-    """Hidden linear outputs and logits; ``bump=(layer, unit, sample, eps)`` shifts one output."""
-    outs, h = [], x
-    for name, module in model.named_children():
-        h = module(h)
-        if name in HIDDEN:
-            if bump is not None and bump[0] == len(outs):
-                h = h.clone()
-                h[bump[2], bump[1]] += bump[3]
-            outs.append(h)
-    return outs, h
-
-
-def literal_taylor_gradient(model, x, y, eps=1e-6):
-    """mean_i a_ik g_ik and mean_i g_ik by loops, g by central finite differences of the mean CE."""
-    loss = torch.nn.functional.cross_entropy
-    taylor, gradient = [], []
-    with torch.no_grad():
-        outs, _ = layer_outputs(model, x)
-        assert all(bool((o.abs() > 1e-3).all()) for o in outs)  # no ReLU kink within eps
-        for li, out in enumerate(outs):
-            t_row, g_row = [], []
-            for k in range(out.shape[1]):
-                t_sum = g_sum = 0.0
-                for i in range(x.shape[0]):
-                    up = loss(layer_outputs(model, x, (li, k, i, eps))[1], y)
-                    down = loss(layer_outputs(model, x, (li, k, i, -eps))[1], y)
-                    g = float(up - down) / (2 * eps)
-                    g_sum += g
-                    t_sum += float(out[i, k]) * g
-                t_row.append(t_sum / x.shape[0])
-                g_row.append(g_sum / x.shape[0])
-            taylor.append(torch.tensor(t_row, dtype=torch.float64))
-            gradient.append(torch.tensor(g_row, dtype=torch.float64))
-    return taylor, gradient
-
-
-def literal_zplus(model, x, y):
-    """z+ LRP by explicit loops: relevance (N, units) at each hidden linear layer's output."""
-    linears = [m for m in model if isinstance(m, nn.Linear)]
-    inputs, h = [], x
-    with torch.no_grad():
-        for module in model:
-            if isinstance(module, nn.Linear):
-                inputs.append(h.clone())
-            h = module(h)
-    out = [torch.zeros(x.shape[0], m.out_features, dtype=torch.float64) for m in linears[:-1]]
-    for i in range(x.shape[0]):
-        relevance = [0.0] * linears[-1].out_features
-        relevance[int(y[i])] = float(h[i, int(y[i])])
-        for li in reversed(range(len(linears))):
-            layer, a = linears[li], inputs[li][i].tolist()
-            w = layer.weight.detach().clamp(min=0).tolist()
-            if li < len(linears) - 1:
-                out[li][i] = torch.tensor(relevance, dtype=torch.float64)
-            z = [sum(a[j] * w[k][j] for j in range(layer.in_features))
-                 for k in range(layer.out_features)]
-            z = [zk + (1e-9 if zk >= 0 else -1e-9) for zk in z]  # Captum's stabiliser
-            relevance = [sum(a[j] * w[k][j] * relevance[k] / z[k]
-                             for k in range(layer.out_features))
-                         for j in range(layer.in_features)]
-    return out
-
-
 @pytest.mark.parametrize("third_relu", [False, True])
 def test_activation_criteria_match_a_literal_finite_difference_loop(third_relu):
     model = toy(third_relu=third_relu)
-    taylor, gradient = literal_taylor_gradient(model, X, Y)
+    taylor, gradient = literal_taylor_gradient(
+        model, X, Y, [model.get_submodule(n) for n in HIDDEN])
     ours_t = scores_of(model, criterion="activation_taylor")
     ours_g = scores_of(model, criterion="activation_gradient")
     for name, t, g in zip(HIDDEN, taylor, gradient, strict=True):
