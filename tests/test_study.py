@@ -243,3 +243,25 @@ def test_case_015_profiling_takes_token_ids():
     tables = describe_models(records, split, CONFIG)
     assert tables.models.loc[0, "macs_dense"] == 576
     assert tables.timings.loc[0, "dtype"] == "int64"
+
+
+def test_data_with_a_rationale_are_scored_for_plausibility():
+    """Data that know their evidence (the vowels' formant masks) get the plausibility metrics in
+    a study as in `xprune run`: the dense model's AUPRC equals the metric on its own maps."""
+    from xprune.data import load_vowels_split
+    from xprune.models import SpectrogramCNN
+
+    split = load_vowels_split(seed=0, n=100)
+    torch.manual_seed(0)
+    model = SpectrogramCNN().eval()
+    study = xprune.study(model, split, sparsities=0.5, attributions="saliency",
+                         metrics="rationale_auprc", progress=False,
+                         config={"pruning": {"finetune_epochs": 0},
+                                 "controls": {"other_seed": False, "finetune": False},
+                                 "attribution": {"n_samples": 4},
+                                 "metrics": {"versus_random": []}})
+    dense = study.results.query("model == 'dense' and metric == 'rationale_auprc'")
+    x = split.x_test[:4]
+    attrs = xprune.attribute(model, x, model(x).argmax(dim=1), "saliency")
+    expected = xprune.metrics.rationale_auprc(attrs, split.rationale_test[:4])
+    torch.testing.assert_close(torch.tensor(dense["value"].to_numpy()), expected)

@@ -35,6 +35,7 @@ from .analysis import (
     attribute_models,
     check_writable,
     describe_models,
+    explained_truth,
     load_data,
     prune_models,
     score_models,
@@ -258,9 +259,9 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         attrs_by = attribute_models(config, records, split, cache=cache, progress=progress)
         clock.mark("attribute")
         stage("score")
-        labels = split.y_test[:next(iter(attrs_by.values())).inputs.shape[0]]
+        labels, rationale = explained_truth(split, attrs_by)
         results, curves = score_models(config, records, attrs_by, labels, cache=cache,
-                                       progress=progress)
+                                       progress=progress, rationale=rationale)
         clock.mark("metrics")
         stage("write")
         write_run(out, config, split, records, attrs_by, results, curves, tables)

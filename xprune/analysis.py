@@ -62,6 +62,7 @@ from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
 __all__ = ["ModelRecord", "ModelTables", "RunResult", "attribute_models", "describe_models",
+           "explained_truth",
            "load_data", "prune_models", "run_analysis", "run_seeds", "score_models",
            "train_controls", "train_dense", "write_run"]
 
@@ -697,6 +698,15 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
     return attrs_by
 
 
+def explained_truth(data: DatasetSplit, attrs_by: dict[tuple[str, str], Attributions]
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The true labels (N,) of the explained test inputs, and their ground-truth rationale
+    (N, *S) where the data have one (else None): the truth :func:`score_models` scores against."""
+    n = next(iter(attrs_by.values())).inputs.shape[0]
+    rationale = None if data.rationale_test is None else data.rationale_test[:n]
+    return data.y_test[:n], rationale
+
+
 def score_models(config: AnalysisConfig, records: list[ModelRecord],
                  attrs_by: dict[tuple[str, str], Attributions], labels: torch.Tensor, *,
                  cache: RunCache, jobs: int = 1, executor: str = "local",
@@ -833,9 +843,7 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     clock.mark("model_table")
     attrs_by = attribute_models(config, records, data, cache=cache, progress=progress)
     clock.mark("attribute")
-    labels = data.y_test[:next(iter(attrs_by.values())).inputs.shape[0]]
-    rationale = (None if data.rationale_test is None
-                 else data.rationale_test[:labels.shape[0]])
+    labels, rationale = explained_truth(data, attrs_by)
     results, curves = score_models(config, records, attrs_by, labels, cache=cache, jobs=jobs,
                                    executor=executor, address=address, progress=progress,
                                    rationale=rationale)
