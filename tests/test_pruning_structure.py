@@ -1,0 +1,252 @@
+"""Transformer heads and blocks, residual CNNs, recurrent networks (issue 19, items 5 and 6).
+
+Every reference here is built by hand from the dense model: a head removed is
+its output-projection columns set to zero; a block removed is a model built
+without it; a hidden unit removed is its outgoing columns set to zero.
+"""
+
+import copy
+import logging
+
+import pytest
+import torch
+from conftest import assert_state_equal, state_snapshot
+from torch import nn
+
+from xprune.pruning import prune
+from xprune.pruning.methods.recurrent import gate_magnitude_mask
+
+transformers = pytest.importorskip("transformers")
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+def _bert(layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=layers,
+                                  num_attention_heads=4, intermediate_size=48, num_labels=3,
+                                  max_position_embeddings=16, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
+    return transformers.BertForSequenceClassification(cfg).eval()
+
+
+def _gpt2(layers=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=layers, n_head=4,
+                                  n_positions=16, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _tokens(n=6, t=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 40, (n, t), generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _logits(model, x):
+    with torch.no_grad():
+        return model(x).logits
+
+
+# --- attention heads --------------------------------------------------------------------------
+
+def _zero_bert_head_outputs(model, removed):
+    """The hand-built reference: each removed head's columns of the output projection zeroed."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, heads in removed.items():
+            dense = ref.get_submodule(name).output.dense
+            for h in heads:
+                dense.weight[:, h * 8:(h + 1) * 8] = 0
+    return ref
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "taylor"])
+def test_bert_heads_are_removed_physically_and_equal_the_dense_model_without_them(criterion):
+    model, (x, y) = _bert(), _tokens()
+    snapshot = state_snapshot(model)
+    pair = prune(model, 0.5, method="attention_heads", data=(x, y),
+                 options={"criterion": criterion})
+    assert_state_equal(model, snapshot)
+    removed = pair.params["heads_removed"]
+    assert sum(map(len, removed.values())) == 4  # half of 2 x 4 heads
+    for name, heads in removed.items():
+        attn = pair.sparse.get_submodule(name)
+        kept = 4 - len(heads)
+        assert attn.self.query.weight.shape == (kept * 8, 32)
+        assert attn.self.num_attention_heads == kept
+        assert attn.output.dense.weight.shape == (32, kept * 8)
+    torch.testing.assert_close(_logits(pair.sparse, x),
+                               _logits(_zero_bert_head_outputs(model, removed), x))
+    torch.testing.assert_close(_logits(pair.twin, x), _logits(pair.sparse, x))
+    # measured: each removed head takes 4 x 32 x 8 weights of the 2 x 4 x 32 x 32 attention weights
+    attn_weights, selected = 2 * 4 * 32 * 32, pair.total_weights
+    assert pair.sparsity == pytest.approx(4 * 4 * 32 * 8 / selected)
+    assert selected == attn_weights + 2 * 2 * 32 * 48 + 32 * 32  # attention, FFN, pooler
+
+
+def test_head_magnitude_is_the_norm_of_the_heads_qkvo_weights_and_layer_scope_takes_the_lowest():
+    model = _bert()
+    pair = prune(model, 0.25, method="attention_heads", scope="layer")
+    for i in range(2):
+        attn = model.bert.encoder.layer[i].attention
+        literal = []
+        for h in range(4):
+            rows = slice(h * 8, (h + 1) * 8)
+            parts = [attn.self.query.weight[rows], attn.self.key.weight[rows],
+                     attn.self.value.weight[rows], attn.output.dense.weight[:, rows]]
+            literal.append(float(torch.sqrt(sum(p.detach().double().pow(2).sum() for p in parts))))
+        name = f"bert.encoder.layer.{i}.attention"
+        assert pair.params["head_scores"][name] == pytest.approx(literal, rel=1e-12)
+        assert pair.params["heads_removed"][name] == [min(range(4), key=literal.__getitem__)]
+
+
+def test_taylor_head_importance_is_michel_et_al_gate_derivative():
+    """Michel et al. 2019, eq. 2, literally: a gate xi_h = 1 multiplies head h's context
+    vectors; I_h = mean over samples of |dL/dxi_h|."""
+    model, (x, y) = _bert(), _tokens()
+    pair = prune(model, 0.25, method="attention_heads", data=(x, y),
+                 options={"criterion": "taylor"})
+    for i in range(2):
+        dense = model.bert.encoder.layer[i].attention.output.dense
+        literal = torch.zeros(4, dtype=torch.float64)
+        for n in range(x.shape[0]):
+            gate = torch.ones(4, requires_grad=True)
+            hook = dense.register_forward_pre_hook(
+                lambda m, args: (args[0] * gate.repeat_interleave(8),))
+            try:
+                loss = nn.functional.cross_entropy(model(x[n:n + 1]).logits, y[n:n + 1])
+                literal += torch.autograd.grad(loss, gate)[0].abs().double()
+            finally:
+                hook.remove()
+        scores = pair.params["head_scores"][f"bert.encoder.layer.{i}.attention"]
+        torch.testing.assert_close(torch.tensor(scores, dtype=torch.float64),
+                                   literal / x.shape[0], rtol=1e-4, atol=1e-9)
+
+
+def test_gpt2_heads_are_removed_from_the_fused_projection():
+    model, (x, _) = _gpt2(), _tokens()
+    pair = prune(model, 0.5, method="attention_heads", scope="layer")
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, heads in pair.params["heads_removed"].items():
+            assert len(heads) == 2
+            attn = pair.sparse.get_submodule(name)
+            assert attn.c_attn.weight.shape == (32, 3 * 16) and attn.c_proj.weight.shape == (16, 32)
+            for h in heads:  # GPT-2's Conv1D: the head's context rows of c_proj
+                ref.get_submodule(name).c_proj.weight[h * 8:(h + 1) * 8] = 0
+    torch.testing.assert_close(_logits(pair.sparse, x), _logits(ref, x))
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(self.enc(x).mean(1))
+
+
+def test_multihead_attention_heads_are_masked_exactly():
+    model = _Encoder().eval()
+    x = torch.randn(5, 7, 16, generator=torch.Generator().manual_seed(0))
+    pair = prune(model, 0.5, method="attention_heads", scope="layer")
+    assert not pair.params["structured"]
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, heads in pair.params["heads_removed"].items():
+            assert len(heads) == 2
+            for h in heads:
+                ref.get_submodule(name).out_proj.weight[:, h * 4:(h + 1) * 4] = 0
+        torch.testing.assert_close(pair.sparse(x), ref(x))
+    key = "enc.layers.0.self_attn.in_proj_weight"
+    assert pair.masks[key].float().mean() == 0.5  # the heads' query, key and value rows
+    assert pair.sparse.get_parameter(key).shape == (48, 16)
+    zero = prune(model, 0.0, method="attention_heads")
+    with torch.no_grad():
+        assert torch.equal(zero.sparse(x), model(x))
+
+
+def test_attention_heads_errors():
+    with pytest.raises(ValueError, match="found no attention module.*method='structured'"):
+        prune(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5,
+              method="attention_heads")
+    with pytest.raises(ValueError, match="'taylor' needs a reference batch"):
+        prune(_bert(), 0.5, method="attention_heads", options={"criterion": "taylor"})
+    with pytest.raises(ValueError, match="`criterion` to be one of"):
+        prune(_bert(), 0.5, method="attention_heads", options={"criterion": "norm"})
+
+
+def test_case_016_structured_transformer():
+    """../shared/cases/016-structured-transformer.md: structured pruning of a BERT encoder
+    fails inside Torch-Pruning naming no module. Now: an xprune error naming the attention
+    modules and the alternatives, and the alternatives work (heads, blocks, FFN neurons)."""
+    model, data = _bert(), _tokens(n=4)
+    with pytest.raises(ValueError, match=r"attention module\(s\) \['bert.encoder.layer.0."
+                                         r"attention'.*method='attention_heads'.*"
+                                         r"'layer_removal'.*intermediate.dense"):
+        prune(model, 0.3, method="structured", data=data)
+    ffn = prune(model, method="structured", data=data, layers="*intermediate.dense",
+                options={"channel_ratio": 0.5})
+    assert ffn.sparse.bert.encoder.layer[0].intermediate.dense.out_features == 24
+    assert ffn.sparse.bert.encoder.layer[0].output.dense.in_features == 24
+    assert ffn.sparsity == 0.5  # of the selected FFN matrices
+    torch.testing.assert_close(_logits(ffn.sparse, data[0]), _logits(ffn.twin, data[0]))
+    assert prune(model, 0.5, method="attention_heads").sparsity > 0
+    assert prune(model, 0.5, method="layer_removal", data=data).params["layers_removed"]
+
+
+# --- whole blocks -----------------------------------------------------------------------------
+
+def test_block_influence_is_one_minus_the_cosine_of_each_blocks_input_and_output():
+    model, (x, y) = _bert(layers=3), _tokens()
+    pair = prune(model, None, method="layer_removal", data=(x, y), options={"n_layers": 1})
+    with torch.no_grad():
+        hidden = model(x, output_hidden_states=True).hidden_states  # embeddings, then blocks
+    literal = {f"bert.encoder.layer.{i}": float(1 - nn.functional.cosine_similarity(
+        hidden[i].double(), hidden[i + 1].double(), dim=-1).mean()) for i in range(3)}
+    assert pair.params["block_influence"] == pytest.approx(literal, rel=1e-6)
+    assert pair.params["layers_removed"] == [min(literal, key=literal.get)]
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_removed_block_equals_a_model_built_without_it(arch):
+    model, (x, y) = (_bert(layers=3), _tokens()) if arch == "bert" else (_gpt2(layers=3),
+                                                                         _tokens())
+    snapshot = state_snapshot(model)
+    data = (x, y if arch == "bert" else x)
+    pair = prune(model, 1 / 3, method="layer_removal", data=data)
+    assert_state_equal(model, snapshot)
+    (removed,) = pair.params["layers_removed"]
+    prefix, _, idx = removed.rpartition(".")
+    cfg = copy.deepcopy(model.config)
+    cfg.num_hidden_layers = 2
+    reference = type(model)(cfg).eval()
+    state = {}
+    for k, v in model.state_dict().items():  # renumber the blocks after the removed one
+        if k.startswith(prefix + "."):
+            i, rest = k[len(prefix) + 1:].split(".", 1)
+            if int(i) == int(idx):
+                continue
+            k = f"{prefix}.{int(i) - (int(i) > int(idx))}.{rest}"
+        state[k] = v
+    reference.load_state_dict(state)
+    torch.testing.assert_close(_logits(pair.sparse, x), _logits(reference, x))
+    assert pair.sparse.config.num_hidden_layers == 2 and model.config.num_hidden_layers == 3
+    block = sum(p.numel() for n, p in model.named_parameters()
+                if n.startswith(removed + ".") and p.dim() == 2)
+    assert pair.sparsity == pytest.approx(block / pair.total_weights)
+    if arch == "gpt2":  # the key-value cache is indexed by the renumbered layer_idx
+        out = pair.sparse.generate(x[:1], max_new_tokens=3, do_sample=False)
+        assert out.shape == (1, 12)
+
+
+def test_layer_removal_errors():
+    with pytest.raises(ValueError, match="no list of identical blocks"):
+        prune(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5,
+              method="layer_removal", data=(torch.rand(2, 3), torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match="exactly one of `amount`"):
+        prune(_bert(), 0.5, method="layer_removal", data=_tokens(), options={"n_layers": 1})
+    with pytest.raises(ValueError, match="at most 1 blocks"):
+        prune(_bert(), None, method="layer_removal", data=_tokens(), options={"n_layers": 2})
