@@ -111,7 +111,7 @@ def test_taylor_head_importance_is_michel_et_al_gate_derivative():
         for n in range(x.shape[0]):
             gate = torch.ones(4, requires_grad=True)
             hook = dense.register_forward_pre_hook(
-                lambda m, args: (args[0] * gate.repeat_interleave(8),))
+                lambda m, args, gate=gate: (args[0] * gate.repeat_interleave(8),))
             try:
                 loss = nn.functional.cross_entropy(model(x[n:n + 1]).logits, y[n:n + 1])
                 literal += torch.autograd.grad(loss, gate)[0].abs().double()
@@ -250,3 +250,209 @@ def test_layer_removal_errors():
         prune(_bert(), 0.5, method="layer_removal", data=_tokens(), options={"n_layers": 1})
     with pytest.raises(ValueError, match="at most 1 blocks"):
         prune(_bert(), None, method="layer_removal", data=_tokens(), options={"n_layers": 2})
+
+
+# --- residual CNN with BatchNorm --------------------------------------------------------------
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        skip = x if self.down is None else self.down(x)
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + skip)
+
+
+class _ResNet(nn.Module):
+    """A small ResNet (He et al. 2016): stem, two stages of two basic blocks, classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(1, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8)
+        self.layer1 = nn.Sequential(_Block(8, 8, 1), _Block(8, 8, 1))
+        self.layer2 = nn.Sequential(_Block(8, 16, 2), _Block(16, 16, 1))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(torch.relu(self.bn(self.stem(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _resnet(bn_statistics=True):
+    torch.manual_seed(0)
+    model = _ResNet()
+    if not bn_statistics:
+        return model.eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _conv_channels(model):
+    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _matrix_weights(model):
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def test_residual_cnn_with_batchnorm_is_pruned_through_the_dependency_graph():
+    model = _resnet()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (8,), generator=torch.Generator().manual_seed(1))
+    pair = prune(model, 0.5, method="structured", data=(x, y))
+    assert pair.sparse.fc.out_features == 10  # the classifier's outputs are never removed
+    assert abs(pair.sparsity - 0.5) <= 0.01  # measured over the selected (all but fc) weights
+    assert pair.sparsity == 1 - (_matrix_weights(pair.sparse) - pair.sparse.fc.weight.numel()) / (
+        _matrix_weights(model) - model.fc.weight.numel())
+    blocks = [pair.sparse.layer1[0], pair.sparse.layer1[1]]  # residual: one channel set
+    assert len({pair.sparse.stem.out_channels, *(b.conv2.out_channels for b in blocks),
+                 *(b.bn2.num_features for b in blocks)}) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(pair.sparse(x), pair.twin(x))
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.3, 0.4, 0.5])
+def test_torch_pruning_global_mode_under_prunes_channels(ratio):
+    """What Torch-Pruning 1.6.1's own pruner does on this ResNet (classifier ignored, L1
+    magnitude, default initialisation). Observed: local mode rounds every layer's channels
+    up, so it removes at least the ratio (0.25, 0.333, 0.458, 0.5 of the conv channels at 0.2,
+    0.3, 0.4, 0.5); global mode (``global_pruning=True``) removes fewer than the ratio asks
+    (0.175, 0.283, 0.375, 0.467), within 0.05 of it. The shortfall depends on the weights:
+    with the BatchNorm statistics of :func:`_resnet` it vanishes at 0.3 and 0.5 (0.3, 0.5) and
+    at 0.6 global mode removes more (0.633 > 0.6). In both modes the ratio counts channels,
+    not weights: the weight sparsity reached is far above it (0.31 to 0.76 here), since a
+    removed channel takes weights on both sides. xprune's structured method therefore takes a
+    weight sparsity, matches it by bisection and reports the measured value (test above)."""
+    tp = pytest.importorskip("torch_pruning")
+    model = _resnet(bn_statistics=False)
+    channels, weights = {}, {}
+    for global_pruning in (False, True):
+        pruned = copy.deepcopy(model)
+        tp.pruner.MagnitudePruner(
+            pruned, torch.rand(1, 1, 8, 8), importance=tp.importance.MagnitudeImportance(p=1),
+            pruning_ratio=ratio, global_pruning=global_pruning,
+            ignored_layers=[pruned.fc]).step()
+        channels[global_pruning] = 1 - _conv_channels(pruned) / _conv_channels(model)
+        weights[global_pruning] = 1 - _matrix_weights(pruned) / _matrix_weights(model)
+        assert pruned.fc.out_features == 10
+    assert ratio - 0.05 < channels[True] < ratio <= channels[False]
+    assert min(weights.values()) > ratio + 0.1
+
+
+# --- recurrent networks -----------------------------------------------------------------------
+
+class _Recurrent(nn.Module):
+    def __init__(self, cls, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(20, 6)
+        self.rnn = cls(6, 8, num_layers=2, batch_first=True)
+        self.rnn2 = cls(8, 5, batch_first=True)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(self.emb(x))
+        out, _ = self.rnn2(out)
+        return self.fc(out[:, -1])
+
+
+def _sequences():
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 20, (6, 7), generator=g), torch.randint(0, 3, (6,), generator=g)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_rnn_units_equal_the_dense_model_without_the_units_contributions(cls):
+    model = _Recurrent(cls).eval()
+    snapshot = state_snapshot(model)
+    x, y = _sequences()
+    pair = prune(model, 0.5, method="rnn_units", data=(x, y))
+    assert_state_equal(model, snapshot)
+    removed = pair.params["units_removed"]
+    assert [len(u) for u in removed["rnn"]] == [4, 4] and len(removed["rnn2"][0]) == 2
+    g = 4 if cls is nn.LSTM else 3
+    assert pair.sparse.rnn.weight_ih_l0.shape == (g * 4, 6)
+    assert pair.sparse.rnn.weight_ih_l1.shape == (g * 4, 4)
+    assert pair.sparse.rnn2.weight_ih_l0.shape == (g * 3, 4)
+    assert pair.sparse.fc.weight.shape == (3, 3)
+    # hand-built reference: the removed units' outgoing columns zeroed in the dense model
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, units in enumerate(removed["rnn"]):
+            getattr(ref.rnn, f"weight_hh_l{layer}")[:, units] = 0
+            reader = ref.rnn.weight_ih_l1 if layer == 0 else ref.rnn2.weight_ih_l0
+            reader[:, units] = 0
+        ref.rnn2.weight_hh_l0[:, removed["rnn2"][0]] = 0
+        ref.fc.weight[:, removed["rnn2"][0]] = 0
+        torch.testing.assert_close(pair.sparse(x), ref(x))
+        torch.testing.assert_close(pair.twin(x), ref(x))
+    # the lowest-norm units of each layer went (rows of every gate and the recurrent column)
+    w_ih, w_hh = model.rnn.weight_ih_l0.detach(), model.rnn.weight_hh_l0.detach()
+    norms = [float(torch.sqrt(sum(w_ih[b * 8 + k].pow(2).sum() + w_hh[b * 8 + k].pow(2).sum()
+                                  for b in range(g)) + w_hh[:, k].pow(2).sum()))
+             for k in range(8)]
+    assert removed["rnn"][0] == sorted(sorted(range(8), key=norms.__getitem__)[:4])
+    zero = prune(model, 0.0, method="rnn_units", data=(x, y))
+    with torch.no_grad():
+        assert torch.equal(zero.sparse(x), model(x))
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_gate_magnitude_prunes_every_gate_block_separately(cls):
+    model = _Recurrent(cls)
+    pair = prune(model, 0.5, method="gate_magnitude")
+    g = 4 if cls is nn.LSTM else 3
+    for key in ("rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_hh_l1", "rnn2.weight_ih_l0"):
+        dense, mask = model.get_parameter(key).detach(), pair.masks[key]
+        for w, keep in zip(dense.chunk(g), mask.chunk(g), strict=True):
+            assert int((~keep).sum()) == round(0.5 * w.numel())
+            assert w.abs()[~keep].max() <= w.abs()[keep].min()
+        assert torch.equal(pair.sparse.get_parameter(key), dense * mask)
+    assert torch.equal(gate_magnitude_mask(torch.tensor([[3.0], [1.0], [2.0], [4.0]]), 2, 0.5),
+                       torch.tensor([[True], [False], [False], [True]]))
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_all_ones_mask_on_recurrent_weights_keeps_the_outputs(cls):
+    model = _Recurrent(cls).eval()
+    x, _ = _sequences()
+    masks = {k: torch.ones_like(p, dtype=torch.bool) for k, p in model.named_parameters()
+             if k.startswith("rnn") and p.dim() == 2}
+    pair = prune(model, method="custom_mask", options={"masks": masks})
+    gate = prune(model, 0.0, method="gate_magnitude")
+    with torch.no_grad():
+        assert torch.equal(pair.sparse(x), model(x))
+        assert torch.equal(gate.sparse(x), model(x))
+
+
+def test_rnn_units_errors():
+    x, y = _sequences()
+    bi = nn.Sequential(nn.Embedding(20, 4), nn.LSTM(4, 6, bidirectional=True, batch_first=True))
+    with pytest.raises(ValueError, match="'1' is bidirectional.*gate_magnitude"):
+        prune(bi, 0.5, method="rnn_units", data=(x, y), layers="*")
+
+    class Normed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.rnn = nn.Embedding(20, 4), nn.GRU(4, 6, batch_first=True)
+            self.norm, self.fc = nn.LayerNorm(6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.norm(self.rnn(self.emb(x))[0][:, -1]))
+
+    with pytest.raises(ValueError, match="'rnn' is read by 'norm' \\(LayerNorm\\)"):
+        prune(Normed(), 0.5, method="rnn_units", data=(x, y))
+    with pytest.raises(ValueError, match="found no nn.LSTM"):
+        prune(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), 0.5, method="rnn_units",
+              data=(torch.rand(2, 3), y[:2]))
