@@ -32,6 +32,7 @@ from .._core import (
     register_pruning_method,
     weight_name,
 )
+from ._attention import _head_sites
 
 CHANNEL_LAYERS = PRUNABLE_LAYERS  # layers whose output channels / units can be removed
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
@@ -362,8 +363,6 @@ def _refuse_attention(model: nn.Module, ctx: PruningContext) -> None:
     dependency graph does not follow (the rebuilt model then fails in forward), so
     transformers are pruned along their own units instead.
     """
-    from .transformer import _head_sites
-
     chosen = set(ctx.targets)
     hit = [s.name for s in _head_sites(model) if not chosen or chosen & set(s.keys)]
     if hit:
