@@ -242,12 +242,61 @@ def test_removed_block_equals_a_model_built_without_it(arch):
         assert out.shape == (1, 12)
 
 
+def _bert_by_hand(model, x, skip):
+    """BERT's forward written out block by block; block ``skip`` passes its attention input on
+    unchanged. Returns the logits and each attention sublayer's (input, output)."""
+    h, pairs = model.bert.embeddings(x), []
+    for i, layer in enumerate(model.bert.encoder.layer):
+        a = layer.attention(h)[0]
+        pairs.append((h, a))
+        a = h if i == skip else a
+        h = layer.output(layer.intermediate(a), a)
+    return model.classifier(model.bert.pooler(h)), pairs
+
+
+def _gpt2_by_hand(model, x, skip):
+    """GPT-2's forward written out; block ``skip`` adds nothing from its attention."""
+    t = model.transformer
+    h, pairs = t.wte(x) + t.wpe(torch.arange(x.shape[1])), []
+    for i, block in enumerate(t.h):
+        a = h + block.attn(block.ln_1(h))[0]
+        pairs.append((h, a))
+        a = h if i == skip else a
+        h = a + block.mlp(block.ln_2(a))
+    return model.lm_head(t.ln_f(h)), pairs
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_removed_attention_sublayer_equals_the_forward_written_without_it(arch):
+    model = _bert(layers=3) if arch == "bert" else _gpt2(layers=3)
+    x, y = _tokens()
+    by_hand = _bert_by_hand if arch == "bert" else _gpt2_by_hand
+    pair = prune(model, None, method="layer_removal", data=(x, y if arch == "bert" else x),
+                 options={"unit": "attention", "n_layers": 1})
+    with torch.no_grad():
+        _, pairs = by_hand(model, x, skip=None)
+        literal = [float(1 - nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+                         .mean()) for a, b in pairs]
+        influence = list(pair.params["attention_influence"].values())
+        assert influence == pytest.approx(literal, rel=1e-6)
+        (removed,) = pair.params["layers_removed"]
+        skip = min(range(3), key=literal.__getitem__)
+        assert f".{skip}." in removed
+        torch.testing.assert_close(_logits(pair.sparse, x), by_hand(model, x, skip)[0])
+    assert len(list(pair.sparse.get_submodule(removed).parameters())) == 0
+    attn = sum(p.numel() for n, p in model.named_parameters()
+               if n.startswith(removed + ".") and p.dim() == 2)
+    assert pair.sparsity == pytest.approx(attn / pair.total_weights)
+
+
 def test_layer_removal_errors():
     with pytest.raises(ValueError, match="no list of identical blocks"):
         prune(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5,
               method="layer_removal", data=(torch.rand(2, 3), torch.tensor([0, 1])))
     with pytest.raises(ValueError, match="exactly one of `amount`"):
         prune(_bert(), 0.5, method="layer_removal", data=_tokens(), options={"n_layers": 1})
+    with pytest.raises(ValueError, match="`unit` to be 'block' or 'attention'"):
+        prune(_bert(), 0.5, method="layer_removal", data=_tokens(), options={"unit": "head"})
     with pytest.raises(ValueError, match="at most 1 blocks"):
         prune(_bert(), None, method="layer_removal", data=_tokens(), options={"n_layers": 2})
 

@@ -286,14 +286,89 @@ def block_influence(model: nn.Module, blocks: list[tuple[str, nn.Module]], data)
     return {n: 1.0 - total / count for n, (total, count) in sums.items()}
 
 
+class SkippedAttention(nn.Module):
+    """Stands in for a removed attention sublayer: the residual stream passes unchanged.
+
+    ``residual_outside=False`` (BERT, whose attention module adds its input and
+    normalises): returns its input. ``True`` (GPT-2, whose block adds the
+    attention output to the residual): returns zeros. Either way the second
+    output (attention weights) is None, as Hugging Face's blocks unpack it.
+    """
+
+    def __init__(self, residual_outside: bool):
+        super().__init__()
+        self.residual_outside = residual_outside
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> tuple[Tensor, None]:
+        if self.residual_outside:
+            return torch.zeros_like(hidden_states), None
+        return hidden_states, None
+
+
+def _attention_units(lists, chosen: set[str]) -> list[tuple[str, nn.Module, bool]]:
+    """(name, module, residual_outside) of the BERT/GPT-2 attention sublayer of every block."""
+    units = []
+    for name, blocks in lists:
+        for i, block in enumerate(blocks):
+            prefix = _join(name, str(i))
+            for site in _head_sites(block):
+                if site.kind == "mha" or (chosen and not chosen & {_join(prefix, k)
+                                                                   for k in site.keys}):
+                    continue
+                units.append((_join(prefix, site.name), block.get_submodule(site.name),
+                              site.kind == "gpt2"))
+    return units
+
+
+def attention_influence(model: nn.Module, units, data) -> dict[str, float]:
+    """``1 - mean_t cos(x_t, y_t)`` of each attention sublayer (He et al. 2024, "What Matters in
+    Transformers? Not All Attention is Needed", eq. 2): ``x`` the residual stream before the
+    sublayer, ``y`` after it (``x + attention output`` where the block adds the residual,
+    the attention module's output where it adds it itself, as BERT does). In [0, 2]."""
+    sums: dict[str, list[float]] = {name: [0.0, 0] for name, _, _ in units}
+    owners = {name: name.rpartition(".")[0] for name, _, outside in units if outside}
+    stream: dict[str, Tensor] = {}
+
+    def pre(name):
+        def hook(module, args, kwargs):
+            stream[name] = _hidden(args) if args else kwargs.get("hidden_states")
+        return hook
+
+    def post(name, outside):
+        def hook(module, args, kwargs, output):
+            x = stream[name] if outside else (_hidden(args) if args else
+                                              kwargs.get("hidden_states"))
+            y = x + _hidden(output) if outside else _hidden(output)
+            cos = nn.functional.cosine_similarity(x.double().flatten(0, -2),
+                                                  y.double().flatten(0, -2), dim=-1)
+            sums[name][0] += float(cos.sum())
+            sums[name][1] += cos.numel()
+        return hook
+
+    hooks = [model.get_submodule(owners[n]).register_forward_pre_hook(pre(n), with_kwargs=True)
+             for n in owners]
+    hooks += [m.register_forward_hook(post(n, outside), with_kwargs=True)
+              for n, m, outside in units]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(to_model(data[0], model))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: 1.0 - total / count for n, (total, count) in sums.items()}
+
+
 @register_pruning_method(
     "layer_removal", "Drop whole transformer blocks (an nn.ModuleList of identical blocks) with "
                      "the lowest block influence 1 - cos(input, output) on calibration data "
                      "(Men et al. 2024, ShortGPT). `amount` = fraction of blocks.",
-    options={"n_layers": None}, needs_data=True, amount_optional=True)
+    options={"n_layers": None, "unit": "block"}, needs_data=True, amount_optional=True)
 def _layer_removal(model: nn.Module, amount: float | None, ctx: PruningContext) -> ModelPair:
     """Remove ``round(amount * blocks)`` blocks (or the option ``n_layers``) of the selected
     block lists, lowest block influence first (:func:`block_influence`, ties: later block first).
+    With the option ``unit="attention"`` the blocks stay and their attention sublayers
+    (BERT-, GPT-2-style) go instead, lowest :func:`attention_influence` first: each is
+    replaced by :class:`SkippedAttention`, so the residual stream passes it unchanged.
 
     A block is a candidate when ``prune(layers=, exclude=)`` selects one of its
     weight matrices; at least one block of every list stays. The model's
@@ -315,8 +390,13 @@ def _layer_removal(model: nn.Module, amount: float | None, ctx: PruningContext) 
                                  or n_layers < 0):
         raise ValueError(f"Expected the option `n_layers` to be a non-negative integer, got "
                          f"{n_layers!r}.")
+    unit = ctx.options["unit"]
+    if unit not in ("block", "attention"):
+        raise ValueError(f"Expected the option `unit` to be 'block' or 'attention', got {unit!r}.")
     chosen = set(ctx.targets)
     lists = _block_lists(model)
+    if unit == "attention":
+        return _drop_attention(model, amount, n_layers, lists, chosen, ctx.data)
     candidates = [(_join(name, str(i)), b) for name, blocks in lists for i, b in enumerate(blocks)
                   if not chosen or any(k.startswith(_join(name, str(i)) + ".") for k in chosen)]
     if not candidates:
@@ -359,3 +439,27 @@ def _layer_removal(model: nn.Module, amount: float | None, ctx: PruningContext) 
                      amount=amount if amount is not None else len(drop) / len(candidates),
                      params={"structured": True, "layers_removed": order_drop,
                              "block_influence": influence})
+
+
+def _drop_attention(model: nn.Module, amount, n_layers, lists, chosen, data) -> ModelPair:
+    """Replace the lowest-influence attention sublayers by :class:`SkippedAttention`."""
+    units = _attention_units(lists, chosen)
+    if not units:
+        raise ValueError(
+            f"Pruning method 'layer_removal' with unit='attention' found no BERT- or GPT-2-style "
+            f"attention sublayer in the selected blocks of {type(model).__name__}; "
+            "unit='block' drops whole blocks.")
+    influence = attention_influence(model, units, data)
+    n = n_layers if n_layers is not None else round(amount * len(units))
+    if n > len(units):
+        raise ValueError(f"Expected at most {len(units)} attention sublayers to remove, got {n}.")
+    order = sorted(range(len(units)), key=lambda i: (influence[units[i][0]], -i))
+    drop = sorted(order[:n])
+    for i in drop:
+        name, _, outside = units[i]
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, SkippedAttention(outside))
+    return ModelPair(dense=model, sparse=model, method="layer_removal",
+                     amount=amount if amount is not None else n / len(units),
+                     params={"structured": True, "layers_removed": [units[i][0] for i in drop],
+                             "attention_influence": influence})
