@@ -168,6 +168,19 @@ def test_multihead_attention_heads_are_masked_exactly():
         assert torch.equal(zero.sparse(x), model(x))
 
 
+def test_only_the_selected_attention_modules_lose_heads():
+    model = _bert()
+    pair = prune(model, 0.5, method="attention_heads", layers="bert.encoder.layer.1.*")
+    scores = pair.params["head_scores"]["bert.encoder.layer.1.attention"]
+    assert pair.params["heads_removed"] == {
+        "bert.encoder.layer.1.attention": sorted(sorted(range(4), key=scores.__getitem__)[:2])}
+    assert pair.sparse.bert.encoder.layer[0].attention.self.query.out_features == 32
+    assert pair.sparsity == pytest.approx(0.5 * 4 * 32 * 32 / pair.total_weights)
+    assert pair.params["head_scores"]["bert.encoder.layer.1.attention"] == pytest.approx(
+        prune(model, 0.5, method="attention_heads").params["head_scores"][
+            "bert.encoder.layer.1.attention"])
+
+
 def test_attention_heads_errors():
     with pytest.raises(ValueError, match="found no attention module.*method='structured'"):
         prune(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5,
@@ -452,6 +465,10 @@ def test_rnn_units_equal_the_dense_model_without_the_units_contributions(cls):
                                   for b in range(g)) + w_hh[:, k].pow(2).sum()))
              for k in range(8)]
     assert removed["rnn"][0] == sorted(sorted(range(8), key=norms.__getitem__)[:4])
+    frozen = copy.deepcopy(model).requires_grad_(False)  # the reader is still found
+    torch.testing.assert_close(prune(frozen, 0.5, method="rnn_units", data=(x, y)).sparse(x),
+                               pair.sparse(x))
+    assert not any(p.requires_grad for p in frozen.parameters())
     zero = prune(model, 0.0, method="rnn_units", data=(x, y))
     with torch.no_grad():
         assert torch.equal(zero.sparse(x), model(x))

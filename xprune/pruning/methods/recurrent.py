@@ -92,7 +92,10 @@ def _readers(model: nn.Module, rnns: list[str], example: Tensor) -> dict[str, st
     leaves = [m for m in model.modules()
               if next(m.parameters(recurse=False), None) is not None]
     hooks = [m.register_forward_hook(hook) for m in leaves]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
+        for p in frozen:  # the trace follows autograd: frozen weights must take part
+            p.requires_grad_(True)
         with eval_mode(model), torch.enable_grad():
             x = to_model(example, model)
             if x.is_floating_point():
@@ -101,6 +104,8 @@ def _readers(model: nn.Module, rnns: list[str], example: Tensor) -> dict[str, st
     finally:
         for h in hooks:
             h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
     readers: dict[str, str | None] = {}
     for name in rnns:
         at = next(i for i, (n, _, _) in enumerate(order) if n == name)
