@@ -522,3 +522,25 @@ def test_rnn_units_errors():
     with pytest.raises(ValueError, match="found no nn.LSTM"):
         prune(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), 0.5, method="rnn_units",
               data=(torch.rand(2, 3), y[:2]))
+
+
+def test_case_016_a_layer_the_dependency_graph_cannot_trace_is_named():
+    """../shared/cases/016: Torch-Pruning's "Module Linear(...) is not in the dependency graph"
+    named no module; xprune names the layer's path and the alternatives."""
+
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.fc1, self.fc2, self.fc3 = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):  # fc1's output leaves the autograd graph Torch-Pruning traces
+            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)).detach())))
+
+    data = (torch.rand(4, 4), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"cannot trace layer\(s\) \['fc1'\] of Detached.*"
+                                         r"`exclude=`.*'attention_heads'"):
+        prune(Detached(), 0.3, method="structured", data=data)
+    pair = prune(Detached(), None, method="structured", data=data, exclude="fc1",
+                 options={"channel_ratio": 0.5})
+    assert pair.sparse.fc2.out_features == 4 and pair.sparse.fc1.out_features == 8
