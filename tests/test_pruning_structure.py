@@ -544,3 +544,16 @@ def test_case_016_a_layer_the_dependency_graph_cannot_trace_is_named():
     pair = prune(Detached(), None, method="structured", data=data, exclude="fc1",
                  options={"channel_ratio": 0.5})
     assert pair.sparse.fc2.out_features == 4 and pair.sparse.fc1.out_features == 8
+
+
+def test_config_pruning_table_takes_the_new_methods_and_their_options():
+    from xprune.config import PruningVariant
+
+    assert PruningVariant(method="attention_heads",
+                          options={"criterion": "taylor"}).options == {"criterion": "taylor"}
+    assert PruningVariant(method="layer_removal", options={"unit": "attention"}).method
+    assert PruningVariant(method="rnn_units").method == "rnn_units"
+    with pytest.raises(ValueError, match="drop the options .*`n_layers`"):
+        PruningVariant(method="layer_removal", options={"n_layers": 1})
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['heads'\]"):
+        PruningVariant(method="attention_heads", options={"heads": 2})
