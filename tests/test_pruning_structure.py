@@ -122,6 +122,34 @@ def test_taylor_head_importance_is_michel_et_al_gate_derivative():
                                    literal / x.shape[0], rtol=1e-4, atol=1e-9)
 
 
+def test_head_integrated_gradients_are_complete_and_rank_the_heads():
+    """Completeness (Sundararajan et al. 2017): per sample, the heads' attributions sum to the
+    loss with every head on minus the loss with every head of the model off."""
+    from xprune.pruning.methods._attention import _head_sites
+    from xprune.pruning.methods.transformer import head_integrated_gradients
+
+    model, (x, y) = _bert(), _tokens(n=2)
+    snapshot = state_snapshot(model)
+    sites = _head_sites(model)
+    attr = head_integrated_gradients(model, sites, x, y, steps=16)
+    assert_state_equal(model, snapshot)
+    off = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in off.bert.encoder.layer:
+            layer.attention.output.dense.weight.zero_()
+        for i in range(2):
+            on_loss = nn.functional.cross_entropy(model(x[i:i + 1]).logits, y[i:i + 1])
+            off_loss = nn.functional.cross_entropy(off(x[i:i + 1]).logits, y[i:i + 1])
+            total = sum(float(a[i].sum()) for a in attr.values())
+            assert total == pytest.approx(float(on_loss - off_loss), rel=2e-2, abs=1e-5)
+    pair = prune(model, 0.25, method="attention_heads", data=(x, y), scope="layer",
+                 options={"criterion": "integrated_gradients"})
+    for name, scores in pair.params["head_scores"].items():
+        mean_abs = attr[name].abs().mean(0)
+        torch.testing.assert_close(torch.tensor(scores, dtype=torch.float64), mean_abs)
+        assert pair.params["heads_removed"][name] == [int(mean_abs.argmin())]
+
+
 def test_gpt2_heads_are_removed_from_the_fused_projection():
     model, (x, _) = _gpt2(), _tokens()
     pair = prune(model, 0.5, method="attention_heads", scope="layer")
@@ -185,8 +213,9 @@ def test_attention_heads_errors():
     with pytest.raises(ValueError, match="found no attention module.*method='structured'"):
         prune(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.5,
               method="attention_heads")
-    with pytest.raises(ValueError, match="'taylor' needs a reference batch"):
-        prune(_bert(), 0.5, method="attention_heads", options={"criterion": "taylor"})
+    for criterion in ("taylor", "integrated_gradients"):
+        with pytest.raises(ValueError, match=f"'{criterion}' needs a reference batch"):
+            prune(_bert(), 0.5, method="attention_heads", options={"criterion": criterion})
     with pytest.raises(ValueError, match="`criterion` to be one of"):
         prune(_bert(), 0.5, method="attention_heads", options={"criterion": "norm"})
 

@@ -5,9 +5,9 @@ reshapes into heads are not channel operations), so transformers are pruned
 here along their own units (../shared/cases/016):
 
 * ``attention_heads`` removes whole heads, ranked by the magnitude of their
-  query/key/value/output weights or by a first-order Taylor estimate of the
+  query/key/value/output weights, by a first-order Taylor estimate of the
   loss change (Michel, Levy and Neubig 2019, "Are Sixteen Heads Really Better
-  than One?", eq. 2). Heads of BERT-style (``query``/``key``/``value`` +
+  than One?", eq. 2), or by integrated gradients of the loss along head gates. Heads of BERT-style (``query``/``key``/``value`` +
   ``output.dense``) and GPT-2-style (fused ``c_attn`` + ``c_proj``) attention are
   physically removed (transformers 5 dropped ``PreTrainedModel.prune_heads``;
   the slicing uses its ``prune_linear_layer``); heads of
@@ -90,6 +90,49 @@ def _taylor_scores(model: nn.Module, sites: list[_HeadSite], data) -> dict[str, 
     return {name: t / x.shape[0] for name, t in totals.items()}
 
 
+def head_integrated_gradients(model: nn.Module, sites: list[_HeadSite], x: Tensor, y: Tensor,
+                              *, steps: int = 16) -> dict[str, Tensor]:
+    """Integrated gradients of each sample's loss with respect to head gates (signed).
+
+    Every head h of ``sites`` gets a gate xi_h on its context vectors (realised
+    by scaling its columns of the output projection); all gates move together
+    from 0 (every head off) to 1 (the model). Attribution of head h for sample
+    i: ``IG_ih = mean over the midpoints a of dL_i/dxi_h at xi = a`` (Sundararajan,
+    Taly and Yan 2017, "Axiomatic Attribution for Deep Networks", eq. 3, midpoint
+    rule with ``steps`` points), so that ``sum_h IG_ih`` approximates
+    ``L_i(all heads on) - L_i(all heads of the sites off)`` (completeness).
+
+    Returns
+    -------
+    dict from site name to Tensor of shape (N, H), float64. ``steps * N``
+    backward passes in eval mode; ``model`` is restored.
+    """
+    outs = {s.name: next(p for p in s.parts if p.output) for s in sites}
+    params = [_param(model, outs[s.name]) for s in sites]
+    dense = [w.detach().clone() for w in params]
+    attr = {s.name: torch.zeros(x.shape[0], s.n_heads, dtype=torch.float64) for s in sites}
+    try:
+        with eval_mode(model), torch.enable_grad():
+            for step in range(steps):
+                alpha = (step + 0.5) / steps
+                with torch.no_grad():
+                    for w, w0 in zip(params, dense, strict=True):
+                        w.copy_(alpha * w0)
+                for i in range(x.shape[0]):
+                    grads = torch.autograd.grad(_loss(model, x[i:i + 1], y[i:i + 1]), params)
+                    for s, w0, g in zip(sites, dense, grads, strict=True):
+                        gw, part = (g * w0).detach(), outs[s.name]
+                        for h in range(s.n_heads):
+                            idx = _head_index(s, part, [h]).to(gw.device)
+                            attr[s.name][i, h] += float(gw.index_select(part.dim, idx).sum()) \
+                                / steps
+    finally:
+        with torch.no_grad():
+            for w, w0 in zip(params, dense, strict=True):
+                w.copy_(w0)
+    return attr
+
+
 def _heads_to_remove(scores: dict[str, Tensor], sites: list[_HeadSite], amount: float,
                      ctx: PruningContext) -> dict[str, list[int]]:
     """Lowest-scoring heads: ``round(amount * H)`` per module (scope="layer") or
@@ -156,13 +199,14 @@ def _remove_heads(model: nn.Module, site: _HeadSite, heads: list[int]) -> None:
         attn.split_size = attn.embed_dim = len(keep_heads) * site.head_dim
 
 
-HEAD_CRITERIA = ("magnitude", "taylor")
+HEAD_CRITERIA = ("magnitude", "taylor", "integrated_gradients")
 
 
 @register_pruning_method(
-    "attention_heads", "Remove whole attention heads by magnitude or Taylor importance (Michel "
-                       "et al. 2019); Hugging Face BERT/GPT-2 heads physically, "
-                       "nn.MultiheadAttention heads by masks. `amount` = fraction of heads.",
+    "attention_heads", "Remove whole attention heads by magnitude, Taylor (Michel et al. 2019) or "
+                       "integrated-gradients importance (the last two need `data`); Hugging Face "
+                       "BERT/GPT-2 heads physically, nn.MultiheadAttention heads by masks. "
+                       "`amount` = fraction of heads.",
     options={"criterion": "magnitude", "normalise": "l2"}, ranks_weights=True,
     amount_optional=False)
 def _attention_heads(model: nn.Module, amount: float, ctx: PruningContext) -> ModelPair:
@@ -170,8 +214,10 @@ def _attention_heads(model: nn.Module, amount: float, ctx: PruningContext) -> Mo
 
     A module is selected when ``prune(layers=, exclude=)`` selects one of its
     weight matrices. Options: ``criterion`` in :data:`HEAD_CRITERIA`
-    (``"taylor"`` needs ``data=(inputs, labels)``: class labels (N,) or token
-    labels (N, T)); ``normalise`` (``"l2"`` or None) for the global ranking.
+    (``"taylor"``, Michel et al.'s gate derivative, and ``"integrated_gradients"``,
+    the mean |attribution| of :func:`head_integrated_gradients`, need
+    ``data=(inputs, labels)``: class labels (N,) or token labels (N, T));
+    ``normalise`` (``"l2"`` or None) for the global ranking.
     The pair's ``params["heads_removed"]`` maps each attention module to the
     removed heads' indices (dense-model numbering); its sparsity is measured
     (removed weights count as zeros). Physically pruned pairs carry a masked
@@ -189,8 +235,8 @@ def _attention_heads(model: nn.Module, amount: float, ctx: PruningContext) -> Mo
                          f"got {criterion!r}.")
     if norm not in (None, "l2"):
         raise ValueError(f"Expected the option `normalise` to be 'l2' or None, got {norm!r}.")
-    if criterion == "taylor" and ctx.data is None:
-        raise ValueError("Head importance criterion 'taylor' needs a reference batch: pass "
+    if criterion != "magnitude" and ctx.data is None:
+        raise ValueError(f"Head importance criterion {criterion!r} needs a reference batch: pass "
                          "`data=(inputs, labels)`.")
     chosen = set(ctx.targets)
     sites = [s for s in _head_sites(model) if not chosen or chosen & set(s.keys)]
@@ -201,8 +247,13 @@ def _attention_heads(model: nn.Module, amount: float, ctx: PruningContext) -> Mo
             "(query/key/value + output.dense) or GPT-2-style (c_attn + c_proj) attention and of "
             "nn.MultiheadAttention. For other layers use method='structured' (CNNs, MLPs) or "
             "an unstructured method.")
-    scores = ({s.name: _magnitude_scores(model, s) for s in sites} if criterion == "magnitude"
-              else _taylor_scores(model, sites, ctx.data))
+    if criterion == "magnitude":
+        scores = {s.name: _magnitude_scores(model, s) for s in sites}
+    elif criterion == "taylor":
+        scores = _taylor_scores(model, sites, ctx.data)
+    else:  # mean absolute attribution over the samples
+        scores = {name: a.abs().mean(dim=0) for name, a in
+                  head_integrated_gradients(model, sites, *ctx.data).items()}
     removed = _heads_to_remove(scores, sites, amount, ctx)
     twin = copy.deepcopy(model)
     for s in sites:
