@@ -27,18 +27,47 @@ def _kwargs(method, model):
     return {"amount": 0.9, "data": data}
 
 
+class _Sequence(nn.Module):
+    """Methods that prune an architecture's own units (heads, blocks, hidden units) get one."""
+
+    def __init__(self, kind):
+        super().__init__()
+        torch.manual_seed(0)
+        self.kind = kind
+        if kind == "attention":
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.body = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        else:
+            self.body = nn.LSTM(16, 8, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(16 if kind == "attention" else 8, 10)
+
+    def forward(self, x):
+        out = self.body(x)
+        return self.fc(out.mean(1) if self.kind == "attention" else out[0][:, -1])
+
+
+_ARCHITECTURE = {"attention_heads": "attention", "layer_removal": "attention",
+                 "rnn_units": "recurrent"}
+
+
 @pytest.mark.parametrize("method", sorted(PRUNING_METHODS))
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_dense_model_is_never_mutated(cnn, method, scope):
+    kwargs = _kwargs(method, cnn)
+    if method in _ARCHITECTURE:
+        cnn = _Sequence(_ARCHITECTURE[method])
+        kwargs["data"] = (torch.rand(8, 5, 16), torch.randint(0, 10, (8,)))
+        kwargs["amount"] = 0.5
     snapshot = state_snapshot(cnn)
     if scope == "layer" and not PRUNING_METHODS[method].ranks_weights:
         with pytest.raises(ValueError, match="does not rank weights per layer"):
-            prune(cnn, method=method, scope=scope, **_kwargs(method, cnn))
+            prune(cnn, method=method, scope=scope, **kwargs)
         return
-    pair = prune(cnn, method=method, scope=scope, **_kwargs(method, cnn))
+    pair = prune(cnn, method=method, scope=scope, **kwargs)
     assert pair.dense is cnn
     assert_state_equal(cnn, snapshot)
     assert not any(k.endswith(("_orig", "_mask")) for k in cnn.state_dict())
+    assert 0 < pair.sparsity < 1
 
 
 @pytest.mark.filterwarnings("ignore:Pruning removed every weight")  # untrained fc1 at 0.95

@@ -171,9 +171,10 @@ class PruningVariant(_VariantFields):
         if unknown:
             raise ValueError(f"Unknown option(s) {unknown} for pruning method {self.method!r}; "
                              f"expected some of {sorted(allowed)}.")
-        if self.options.get("theta") is not None or self.options.get("channel_ratio") is not None:
+        if any(self.options.get(k) is not None for k in ("theta", "channel_ratio", "n_layers")):
             raise ValueError("A sweep over `pruning.sparsities` sets each model's sparsity: drop "
-                             "the options `theta` / `channel_ratio` (xprune finds them).")
+                             "the options `theta` / `channel_ratio` / `n_layers` (xprune finds "
+                             "them).")
 
     @property
     def name(self) -> str:

@@ -16,4 +16,7 @@ from . import structured
 # isort: split
 from . import calibrated
 
-__all__ = ["calibrated", "structured", "unstructured"]
+# isort: split
+from . import recurrent, transformer
+
+__all__ = ["calibrated", "recurrent", "structured", "transformer", "unstructured"]

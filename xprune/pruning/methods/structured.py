@@ -21,7 +21,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..._state import eval_mode, to_model
+from ..._state import as_logits, eval_mode, to_model
 from .._core import (
     PRUNABLE_LAYERS,
     ModelPair,
@@ -32,6 +32,7 @@ from .._core import (
     register_pruning_method,
     weight_name,
 )
+from ._attention import _head_sites
 
 CHANNEL_LAYERS = PRUNABLE_LAYERS  # layers whose output channels / units can be removed
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
@@ -200,6 +201,16 @@ def _remove_channels(model: nn.Module, example: Tensor, ratio: float,
              for n, m in modules.items() if isinstance(m, CHANNEL_LAYERS + NORM_LAYERS[:3])}
     graph = tp.DependencyGraph().build_dependency(pruned, example_inputs=example, verbose=False)
     names = {m: n for n, m in pruned.named_modules()}
+    traced = {names[m] for m in graph.module2node if m in names}
+    untraced = [n for n in order[:-1] if n not in traced and (layers is None or n in layers)]
+    if untraced:  # ../shared/cases/016: Torch-Pruning's own error names no module path
+        raise ValueError(
+            f"Torch-Pruning's dependency graph cannot trace layer(s) {untraced[:5]}"
+            f"{f' (and {len(untraced) - 5} more)' if len(untraced) > 5 else ''} of "
+            f"{type(model).__name__}, so their channels cannot be removed structurally. Leave "
+            f"them out with `exclude=`, or prune them another way: method='attention_heads' or "
+            f"'layer_removal' for transformers, 'rnn_units' for recurrent layers, or an "
+            f"unstructured method.")
     for name in order:
         if name in keep_outputs or (layers is not None and name not in layers):
             continue
@@ -345,6 +356,26 @@ def _masked_twin(model: nn.Module, alive: dict[str, list[int]]) -> nn.Module:
     return twin
 
 
+def _refuse_attention(model: nn.Module, ctx: PruningContext) -> None:
+    """A clear error when the selection holds attention projections (../shared/cases/016).
+
+    Their output channels are split into heads by reshapes that Torch-Pruning's
+    dependency graph does not follow (the rebuilt model then fails in forward), so
+    transformers are pruned along their own units instead.
+    """
+    chosen = set(ctx.targets)
+    hit = [s.name for s in _head_sites(model) if not chosen or chosen & set(s.keys)]
+    if hit:
+        raise ValueError(
+            f"Structured channel pruning cannot remove channels of the attention module(s) "
+            f"{hit[:5]}{f' (and {len(hit) - 5} more)' if len(hit) > 5 else ''}: their "
+            f"projections are split into heads, which Torch-Pruning's dependency graph does not "
+            f"trace. Prune transformers along their own units: method='attention_heads' (whole "
+            f"heads), method='layer_removal' (whole blocks), or method='structured' on the "
+            f"feed-forward neurons only (e.g. layers='*intermediate.dense' for BERT, "
+            f"'*mlp.c_fc' for GPT-2, '*linear1' for nn.TransformerEncoderLayer).")
+
+
 def _check_unit_options(options) -> None:
     """Validate the options of unit scoring and global selection (the bad value in the message)."""
     allowed = {"normalise": (None, "sum", "l2"), "lrp_rule": ("epsilon", "z+"),
@@ -388,6 +419,7 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
         raise ValueError("Structured pruning takes exactly one of `amount` (weight sparsity), "
                          "the option `channel_ratio` (fraction of channels) or the option "
                          "`n_units` (units removed over all layers ranked together).")
+    _refuse_attention(model, ctx)
     example = ctx.data[0][:1]
     scores = _channel_scores(model, ctx)
     keys = list(ctx.targets) or None  # the weights prune(layers=, exclude=) selected
@@ -440,7 +472,8 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
     twin = _masked_twin(model, alive)
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
         probe = ctx.data[0][:32]
-        gap = float((pruned(probe) - twin(probe)).abs().max())
+        gap = float((as_logits(pruned(probe), pruned) - as_logits(twin(probe), twin))
+                    .abs().max())
     if gap > 1e-4:
         warnings.warn(f"The masked twin's outputs differ from the smaller model's by up to "
                       f"{gap:.3g}: a removed unit's zero output is changed downstream (an "
