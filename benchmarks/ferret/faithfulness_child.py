@@ -48,13 +48,17 @@ def main(in_dir: str, out_json: str) -> None:
             args = {"remove_first_last": True, "only_pos": True,
                     "removal_args": {"remove_tokens": delete, "based_on": "perc",
                                      "thresholds": data["thresholds"]}}
-            start = time.perf_counter()
-            values = []
-            for text, tokens, scores, t in zip(data["texts"], data["tokens"], data["scores"],
-                                               target, strict=True):
-                explanation = Explanation(text, tokens, np.array(scores), "given", t)
-                values.append(float(evaluator.compute_evaluation(explanation, t, **args).score))
-            out["seconds"][key] = time.perf_counter() - start
+            times = []
+            for _ in range(data["repeats"]):   # the fastest of a few runs: a shared machine
+                start = time.perf_counter()
+                values = []
+                for text, tokens, scores, t in zip(data["texts"], data["tokens"],
+                                                   data["scores"], target, strict=True):
+                    explanation = Explanation(text, tokens, np.array(scores), "given", t)
+                    values.append(float(evaluator.compute_evaluation(explanation, t,
+                                                                     **args).score))
+                times.append(time.perf_counter() - start)
+            out["seconds"][key] = min(times)
             out["scores"][key] = values
     out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with open(out_json, "w") as f:

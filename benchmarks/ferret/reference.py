@@ -148,7 +148,8 @@ def faithfulness_inputs(model, n: int = 24, seed: int = 3) -> dict:
     return {"texts": [data.texts[i] for i in rows],
             "tokens": [[vocab[int(t)] for t in data.input_ids[i, :int(lengths[i])]] for i in rows],
             "scores": [scores[j, :int(lengths[i])].tolist() for j, i in enumerate(rows)],
-            "target": pred.tolist(), "thresholds": THRESHOLDS, "config": bert_config()}
+            "target": pred.tolist(), "thresholds": THRESHOLDS, "config": bert_config(),
+            "repeats": 3}
 
 
 def token_batch(inputs: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -182,10 +183,13 @@ def xprune_faithfulness(model, inputs: dict) -> tuple[dict, dict]:
             if name == "tau_loo" and removal == "replace":
                 continue
             kw = {} if name == "tau_loo" else {"fractions": inputs["thresholds"]}
-            start = time.perf_counter()
-            values = fn(model, batch, scores, target, removal=removal, baseline=4,
-                        feature_mask=counted, **kw)
-            seconds[f"{name}|{removal}"] = time.perf_counter() - start
+            times = []
+            for _ in range(inputs["repeats"]):   # the fastest of a few runs, as for ferret
+                start = time.perf_counter()
+                values = fn(model, batch, scores, target, removal=removal, baseline=4,
+                            feature_mask=counted, **kw)
+                times.append(time.perf_counter() - start)
+            seconds[f"{name}|{removal}"] = min(times)
             out[f"{name}|{removal}"] = values.tolist()
     return out, seconds
 

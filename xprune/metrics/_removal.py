@@ -24,6 +24,11 @@ Operators
     Every channel of pixel i takes the baseline's value (one pixel, one feature).
 :class:`ReplaceTokens` (tokens)
     Token i's id becomes the baseline id ([MASK], [UNK] or [PAD]).
+:class:`DropTokens` (tokens with an attention mask)
+    Token i is dropped: attention mask 0 at its position (``mode="attention"``),
+    or deleted from the sequence (``mode="delete"``, as ferret 0.4.2, which
+    shifts the positions of the tokens after it). Works on the model's inputs
+    as a structure (:meth:`Removal.remove_inputs`), not on the ids alone.
 :class:`~xprune.metrics._imputation.NoisyLinearImputation` (image)
     ROAD's noisy linear imputation (Rong, Leemann et al. 2022): a removed pixel
     becomes the weighted mean of its neighbours plus noise; no baseline.

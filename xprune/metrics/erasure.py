@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -383,12 +383,14 @@ sufficiency.__doc__ = sufficiency.__doc__.replace("{args}", _ARGS_DOC)
 
 # --- normalised AOPC (Edin et al.) -------------------------------------------------------
 
-def _chain_bounds(value, counted: list[int], sizes: list[int], *, exact: bool,
-                  beam_size: int) -> tuple[float, float]:
+def _chain_bounds(counted: list[int], sizes: list[int], *, exact: bool,
+                  beam_size: int) -> Generator[list, list, tuple[float, float]]:
     """Min and max over nested chains S_1 c ... c S_K (|S_k| = sizes[k]) of mean_k v(S_k).
 
-    ``value(sets) -> list of float`` scores frozensets of counted feature
-    indices in one batch. Exact: dynamic programming over every subset of
+    A generator: it yields the frozensets of counted feature indices whose
+    values v it needs next and is sent their values (a list of float), so
+    that the searches of all samples advance together and share forward
+    passes; it returns (min, max). Exact: dynamic programming over every subset of
     each size (a chain's best prefix only matters through its last set).
     Otherwise a beam search that grows sets one feature at a time, keeping
     the ``beam_size`` best (and, separately, worst) partial chains, each
@@ -401,12 +403,12 @@ def _chain_bounds(value, counted: list[int], sizes: list[int], *, exact: bool,
         for size in sizes:
             if size == prev:                       # same set again: same value
                 level = list(best)
-                vals = value(level)
+                vals = yield level
                 best = {s: (lo + v, hi + v) for (s, (lo, hi)), v in zip(best.items(), vals,
                                                                          strict=True)}
                 continue
             level = [frozenset(c) for c in itertools.combinations(counted, size)]
-            vals = value(level)
+            vals = yield level
             new = {}
             for s, v in zip(level, vals, strict=True):
                 subs = [p for p in (frozenset(c) for c in itertools.combinations(sorted(s), prev))
@@ -418,7 +420,7 @@ def _chain_bounds(value, counted: list[int], sizes: list[int], *, exact: bool,
         return min(lo for lo, _ in best.values()) / k, max(hi for _, hi in best.values()) / k
     bounds = []
     zeros = sum(1 for z in sizes if z == 0)
-    v_empty = value([frozenset()])[0] if zeros else 0.0
+    v_empty = (yield [frozenset()])[0] if zeros else 0.0
     for sign in (-1.0, 1.0):                       # -1: the smallest AOPC, +1: the largest
         pick = max if sign > 0 else min
         beam = [(zeros * v_empty, frozenset())]    # (sum over the bins passed, set)
@@ -432,7 +434,8 @@ def _chain_bounds(value, counted: list[int], sizes: list[int], *, exact: bool,
             sets = list(cand)
             hits = sum(1 for z in sizes if z == step)
             ranked = []
-            for st, v in zip(sets, value(sets), strict=True):
+            vals = yield sets
+            for st, v in zip(sets, vals, strict=True):
                 acc = cand[st] + hits * v
                 ranked.append((sign * (acc if hits else acc + v), acc, st))
             ranked.sort(key=lambda e: e[0], reverse=True)
@@ -454,21 +457,33 @@ def _normalised(which: str, model, inputs, attributions, target, *, fractions, r
     s = _Setup(model, inputs, attributions, target, removal=removal, baseline=baseline,
                output=output, max_rows=max_rows, feature_mask=feature_mask)
     full = curves["full"]
-    out = torch.empty_like(score)
-    for i in range(score.shape[0]):
+    n, d = s.scores.shape
+    searches, requests, bounds = {}, {}, {}
+    for i in range(n):
         counted = s.kept[i].nonzero()[:, 0].tolist()
-        sizes = curves["sizes"][i].tolist()
-
-        def value(sets, i=i, counted=counted):
-            rows = []
+        searches[i] = _chain_bounds(counted, curves["sizes"][i].tolist(),
+                                    exact=len(counted) <= exact_up_to, beam_size=beam_size)
+        requests[i] = next(searches[i])
+    while requests:                     # one batch of forward rows for every sample's step
+        rows = []
+        for i, sets in requests.items():
             for st in sets:
-                top = torch.zeros(s.scores.shape[1], dtype=torch.bool)
+                top = torch.zeros(d, dtype=torch.bool)
                 top[list(st)] = True
                 rows.append((i, top if which == "comprehensiveness" else s.kept[i] & ~top))
-            return (full[i] - s.scores_of(rows)).tolist()
-
-        lo, hi = _chain_bounds(value, counted, sizes, exact=len(counted) <= exact_up_to,
-                               beam_size=beam_size)
+        values = s.scores_of(rows)
+        start = 0
+        for i, sets in list(requests.items()):
+            vals = (full[i] - values[start:start + len(sets)]).tolist()
+            start += len(sets)
+            try:
+                requests[i] = searches[i].send(vals)
+            except StopIteration as stop:
+                bounds[i] = stop.value
+                del requests[i]
+    out = torch.empty_like(score)
+    for i in range(n):
+        lo, hi = bounds[i]
         lo, hi = min(lo, float(score[i])), max(hi, float(score[i]))  # the map's own chain
         out[i] = (score[i] - lo) / (hi - lo) if hi > lo else math.nan
     return warn_undefined(out, f"normalised {which}",
