@@ -26,6 +26,9 @@ PARAMS = {
     "relative_input_stability": {"n_samples": 3},
     "relative_output_stability": {"n_samples": 3},
     "road": {"percentages": (0.2, 0.5)},
+    # beam search over 64 pixels: two small bins and a beam of one keep it to ~1,000 rows a sample
+    "normalised_comprehensiveness": {"fractions": (0.05, 0.1), "beam_size": 1},
+    "normalised_sufficiency": {"fractions": (0.05, 0.1), "beam_size": 1},
 }
 
 

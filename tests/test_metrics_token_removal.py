@@ -79,3 +79,40 @@ def test_attributions_of_token_ids_score_through_the_metrics(model):
     assert attrs.values.shape == (2, 4)
     curve = deletion_curve(net, ids, attrs, 0, baseline=4)
     assert curve.values.shape == (2, 5)
+
+
+def test_drop_tokens_through_the_attention_mask_or_by_deleting_them():
+    """DropTokens works on the model's inputs as a structure: 'attention' zeroes the mask at the
+    removed positions; 'delete' moves the kept tokens left (every (N, T) input follows) and
+    masks the freed positions, as ferret's deletion; a replacing operator changes the ids only."""
+    from xprune.attribution._inputs import structure_inputs
+    from xprune.metrics._removal import DropTokens
+
+    ids = torch.tensor([[2, 7, 8, 9, 3, 0], [2, 5, 6, 3, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]])
+    types = torch.tensor([[0, 0, 0, 1, 1, 0], [0, 0, 1, 1, 0, 0]])
+    structure = structure_inputs({"input_ids": ids, "attention_mask": mask,
+                                  "token_type_ids": types})
+    removed = torch.zeros(2, 2, 6, dtype=torch.bool)
+    removed[0, 0, 2] = True            # sample 0, row 0: drop "8"
+    removed[0, 1, [1, 3]] = True       # sample 0, row 1: drop "7" and "9"
+    removed[1, 1, 1] = True            # sample 1, row 1: drop "5"; row 0 drops nothing
+    out = DropTokens("attention").remove_inputs(structure, removed)
+    assert out.kind == "mapping" and out.tensors[0].tolist() == ids.repeat_interleave(2, 0).tolist()
+    assert out.tensors[1].tolist() == [[1, 1, 0, 1, 1, 0], [1, 0, 1, 0, 1, 0],
+                                       [1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 0, 0]]
+    out = DropTokens("delete").remove_inputs(structure, removed)
+    assert out.tensors[0].tolist() == [[2, 7, 9, 3, 0, 8], [2, 8, 3, 0, 7, 9],
+                                       [2, 5, 6, 3, 0, 0], [2, 6, 3, 0, 0, 5]]
+    assert out.tensors[1].tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0],
+                                       [1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]]
+    assert out.tensors[2].tolist() == [[0, 0, 1, 1, 0, 0], [0, 0, 1, 0, 0, 1],
+                                       [0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0]]
+    out = ReplaceTokens().remove_inputs(structure, removed, 4)
+    assert out.tensors[0][1].tolist() == [2, 4, 8, 4, 3, 0] and torch.equal(
+        out.tensors[1], mask.repeat_interleave(2, 0))
+    assert ids.tolist()[0] == [2, 7, 8, 9, 3, 0] and mask.tolist()[0] == [1, 1, 1, 1, 1, 0]
+    with pytest.raises(ValueError, match=r"Expected an `attention_mask` among the model's inputs"):
+        DropTokens().remove_inputs(structure_inputs(ids), removed)
+    with pytest.raises(ValueError, match=r"changes the attention mask, not the ids alone"):
+        DropTokens().remove(ids, removed)

@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/ferret/reference.py [--venv DIR] [--write-fixture]
+    python benchmarks/ferret/reference.py --faithfulness [--venv DIR] [--write-fixture]
 
 ferret pins numpy<2, pandas<3, captum<0.8 and transformers<5, so it cannot share xprune's
 environment. This script builds ferret's own virtual environment (once, in ``--venv``,
@@ -14,12 +15,23 @@ ground-truth rationales, the tokenizer saved with ``save_pretrained``), runs
 ``--write-fixture`` stores the inputs and ferret's values in
 ``tests/fixtures/ferret_plausibility.json``, which ``tests/test_metrics_plausibility.py``
 compares with (to 1e-9) on every test run, without ferret installed.
+
+``--faithfulness`` does the same for comprehensiveness, sufficiency and tau-LOO: it trains a
+tiny BERT (2 layers, 16 wide) on generated sentences for a few seconds, saves its weights with
+safetensors, runs ferret's evaluators on them in ferret's venv (``faithfulness_child.py``, one
+sentence at a time, as ferret works) and xprune's metrics on the same weights and sentences
+(all sentences and bins batched), prints the largest difference, both times (CPU seconds of
+one thread, the least of 3 runs: on a shared machine wall time measures the neighbours) and
+both peak memories (each process's maximum resident set), and with ``--write-fixture`` stores the weights
+and ferret's values in ``tests/fixtures/ferret_faithfulness*``, which
+``tests/test_metrics_erasure.py`` compares with.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,7 +46,11 @@ from xprune.textdata import make_text_classification, text_tokenizer
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parent.parent / "tests" / "fixtures" / "ferret_plausibility.json"
+FAITHFULNESS_FIXTURE = FIXTURE.with_name("ferret_faithfulness.json")
+FAITHFULNESS_MODEL = FIXTURE.with_name("ferret_faithfulness_model.safetensors")
 TOP_K = (5, 3)
+# ferret's default percentages (10% .. 100%), written out so both tools use the same floats
+THRESHOLDS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -89,13 +105,146 @@ def xprune_scores(inputs: dict) -> dict[str, list[float]]:
     return out
 
 
+def bert_config() -> dict:
+    from xprune.textdata import text_vocabulary
+
+    return {"vocab_size": len(text_vocabulary()), "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 40,
+            "num_labels": 2, "pad_token_id": 0}
+
+
+def tiny_bert(seed: int = 0, epochs: int = 60):
+    """A 2-layer, 16-wide BERT trained full-batch on 512 generated sentences (a few seconds)."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(BertConfig(**bert_config()))
+    data = make_text_classification(512, max_length=32, seed=seed + 1)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        opt.zero_grad()
+        out = model(input_ids=data.input_ids, attention_mask=data.attention_mask)
+        loss = torch.nn.functional.cross_entropy(out.logits, data.labels)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def faithfulness_inputs(model, n: int = 24, seed: int = 3) -> dict:
+    """Sentences of at least 10 words (so ferret's ten percentages give ten distinct, non-empty
+    rationales), distinct per-token scores over [CLS] words [SEP], and the predicted class."""
+    data = make_text_classification(8 * n, max_length=32, seed=seed)
+    lengths = data.attention_mask.sum(dim=1)
+    rows = [i for i in range(len(data)) if int(lengths[i]) - 2 >= 10][:n]
+    gen = torch.Generator().manual_seed(seed)
+    vocab = {i: w for w, i in data.vocabulary.items()}
+    with torch.no_grad():
+        pred = model.double()(input_ids=data.input_ids[rows],
+                              attention_mask=data.attention_mask[rows]).logits.argmax(1)
+    # positive: ferret 0.4.2 fails with only_pos=False (it compares a numpy array with []), and
+    # with only_pos=True (its default) it drops non-positive scores from the rationale, which
+    # the papers do not; on positive scores that filter is a no-op
+    scores = torch.rand(len(rows), 32, generator=gen, dtype=torch.float64) + 0.01
+    return {"texts": [data.texts[i] for i in rows],
+            "tokens": [[vocab[int(t)] for t in data.input_ids[i, :int(lengths[i])]] for i in rows],
+            "scores": [scores[j, :int(lengths[i])].tolist() for j, i in enumerate(rows)],
+            "target": pred.tolist(), "thresholds": THRESHOLDS, "config": bert_config(),
+            "repeats": 3}
+
+
+def token_batch(inputs: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """(model inputs, scores (N, T), counted words (N, T)): [CLS] and [SEP] are not counted,
+    as ferret's remove_first_last."""
+    from xprune.textdata import text_vocabulary
+
+    vocab = text_vocabulary()
+    n, width = len(inputs["tokens"]), max(len(t) for t in inputs["tokens"])
+    ids = torch.zeros(n, width, dtype=torch.long)
+    mask = torch.zeros(n, width, dtype=torch.long)
+    scores = torch.zeros(n, width, dtype=torch.float64)
+    counted = torch.zeros(n, width, dtype=torch.bool)
+    for i, (tokens, s) in enumerate(zip(inputs["tokens"], inputs["scores"], strict=True)):
+        ids[i, :len(tokens)] = torch.tensor([vocab[t] for t in tokens])
+        mask[i, :len(tokens)] = 1
+        scores[i, :len(s)] = torch.tensor(s, dtype=torch.float64)
+        counted[i, 1:len(tokens) - 1] = True
+    return {"input_ids": ids, "attention_mask": mask}, scores, counted
+
+
+def xprune_faithfulness(model, inputs: dict) -> tuple[dict, dict]:
+    from xprune.metrics import comprehensiveness, sufficiency, tau_loo
+
+    batch, scores, counted = token_batch(inputs)
+    target = torch.tensor(inputs["target"])
+    out, seconds = {}, {}
+    for name, fn in (("comprehensiveness", comprehensiveness), ("sufficiency", sufficiency),
+                     ("tau_loo", tau_loo)):
+        for removal in ("delete", "replace"):
+            if name == "tau_loo" and removal == "replace":
+                continue
+            kw = {} if name == "tau_loo" else {"fractions": inputs["thresholds"]}
+            times = []
+            for _ in range(inputs["repeats"]):   # CPU seconds, the least of a few runs
+                start = time.process_time()
+                values = fn(model, batch, scores, target, removal=removal, baseline=4,
+                            feature_mask=counted, **kw)
+                times.append(time.process_time() - start)
+            seconds[f"{name}|{removal}"] = min(times)
+            out[f"{name}|{removal}"] = values.tolist()
+    return out, seconds
+
+
+def faithfulness_main(python: Path, write: bool) -> None:
+    from safetensors.torch import save_file
+
+    model = tiny_bert()
+    inputs = faithfulness_inputs(model)
+    model = model.double().eval()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "faithfulness.json").write_text(json.dumps(inputs))
+        weights = {k: v.float().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(Path(tmp, "model.safetensors")))
+        text_tokenizer(max_length=32).save_pretrained(Path(tmp, "tokenizer"))
+        subprocess.run([str(python), str(HERE / "faithfulness_child.py"), tmp,
+                        f"{tmp}/ferret.json"], check=True, cwd=tmp)
+        ferret = json.loads(Path(tmp, "ferret.json").read_text())
+        if write:
+            FAITHFULNESS_MODEL.write_bytes(Path(tmp, "model.safetensors").read_bytes())
+    # xprune on the very weights ferret loaded (float32 on disk, float64 in both tools)
+    model.load_state_dict({k: v.double() for k, v in weights.items()})
+    ours, seconds = xprune_faithfulness(model, inputs)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{len(inputs['texts'])} sentences, thresholds {inputs['thresholds']}")
+    print(f"{'metric':28s} {'max |xprune - ferret|':>22s} {'ferret s':>9s} {'xprune s':>9s} "
+          f"{'ratio':>6s}  (CPU seconds, one thread, least of {inputs['repeats']} runs)")
+    for key, theirs in ferret["scores"].items():
+        diff = np.nanmax(np.abs(np.array(ours[key]) - np.array(theirs)))
+        ratio = ferret["seconds"][key] / seconds[key]
+        print(f"{key:28s} {diff:22.2e} {ferret['seconds'][key]:9.3f} {seconds[key]:9.3f} "
+              f"{ratio:6.1f}x")
+    print(f"peak memory (max RSS of each process): ferret {ferret['max_rss_mib']:.0f} MiB, "
+          f"xprune {rss:.0f} MiB (one thread each)")
+    if write:
+        FAITHFULNESS_FIXTURE.write_text(json.dumps({
+            "inputs": inputs, "ferret": ferret["scores"], "versions": ferret["versions"]},
+            indent=0) + "\n")
+        print(f"wrote {FAITHFULNESS_FIXTURE} and {FAITHFULNESS_MODEL}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path,
                         default=Path.home() / ".cache" / "xprune" / "ferret-venv")
     parser.add_argument("--write-fixture", action="store_true")
+    parser.add_argument("--faithfulness", action="store_true",
+                        help="comprehensiveness, sufficiency and tau-LOO instead of plausibility")
     args = parser.parse_args()
     python = ensure_venv(args.venv)
+    if args.faithfulness:
+        faithfulness_main(python, args.write_fixture)
+        return
     inputs = make_inputs()
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "inputs.json").write_text(json.dumps(inputs))

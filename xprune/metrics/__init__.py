@@ -43,6 +43,14 @@ from .complexity import (
     top_k_mass,
 )
 from .controls import random_map_like, versus_random
+from .erasure import (
+    comprehensiveness,
+    erasure_curves,
+    normalised_comprehensiveness,
+    normalised_sufficiency,
+    sufficiency,
+    tau_loo,
+)
 from .faithfulness import (
     DeletionCurve,
     aopc,
@@ -85,11 +93,13 @@ __all__ = [
     "aopc",
     "average_ranks",
     "avg_sensitivity",
+    "comprehensiveness",
     "cosine_similarity",
     "deletion_auc",
     "deletion_curve",
     "effective_complexity",
     "entropy_complexity",
+    "erasure_curves",
     "faithfulness_correlation",
     "feature_map",
     "foreground",
@@ -105,6 +115,8 @@ __all__ = [
     "model_parameter_randomisation",
     "monotonicity_correlation",
     "noisy_linear_imputation",
+    "normalised_comprehensiveness",
+    "normalised_sufficiency",
     "on_features",
     "parameter_randomisation",
     "random_logit",
@@ -123,6 +135,8 @@ __all__ = [
     "sign_agreement",
     "spearman",
     "ssim",
+    "sufficiency",
+    "tau_loo",
     "top_k_intersection",
     "token_f1",
     "token_iou",

@@ -24,6 +24,11 @@ Operators
     Every channel of pixel i takes the baseline's value (one pixel, one feature).
 :class:`ReplaceTokens` (tokens)
     Token i's id becomes the baseline id ([MASK], [UNK] or [PAD]).
+:class:`DropTokens` (tokens with an attention mask)
+    Token i is dropped: attention mask 0 at its position (``mode="attention"``),
+    or deleted from the sequence (``mode="delete"``, as ferret 0.4.2, which
+    shifts the positions of the tokens after it). Works on the model's inputs
+    as a structure (:meth:`Removal.remove_inputs`), not on the ids alone.
 :class:`~xprune.metrics._imputation.NoisyLinearImputation` (image)
     ROAD's noisy linear imputation (Rong, Leemann et al. 2022): a removed pixel
     becomes the weighted mean of its neighbours plus noise; no baseline.
@@ -38,12 +43,14 @@ Override :meth:`Removal.remove_prefixes` only where nested removals share work
 (the imputation does).
 
 - Tokens (N, T) of integer ids: :class:`ReplaceTokens` replaces token i by a
-  chosen id ([MASK], [UNK], [PAD]), the baseline; dropping tokens through the
-  attention mask (not written yet) changes
-  another model input, so that operator's ``remove`` takes and returns the
-  model's inputs as a structure (ids and attention mask) rather than one
-  tensor, and :func:`perturbed_scores` must then flatten and chunk each of
-  its tensors. Integer ids must not go through ``check_tensor`` (it casts to float).
+  chosen id ([MASK], [UNK], [PAD]), the baseline; :class:`DropTokens` drops
+  tokens through the attention mask (``mode="attention"``) or deletes them
+  from the sequence (``mode="delete"``, ferret's and ERASER's practice). Both
+  change another model input than the ids, so they work on the model's inputs
+  as a structure: :meth:`Removal.remove_inputs` takes and returns a
+  :class:`~xprune.attribution._inputs.ModelInputs` (every replacing operator
+  inherits a version that changes the attributed tensor only). Integer ids
+  must not go through ``check_tensor`` (it casts to float).
 - Audio: a spectrogram (N, C, F, T) is an image to this module (a feature is
   a time-frequency bin, a patch a cell of region perturbation's grid) and a
   waveform (N, C, T) a one-dimensional one (a feature is a time step); the
@@ -53,6 +60,7 @@ Override :meth:`Removal.remove_prefixes` only where nested removals share work
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -64,10 +72,11 @@ from torch import Tensor, nn
 
 from .._validation import check_tensor, closest_name
 from ..attribution import make_baseline
+from ..attribution._inputs import ModelInputs
 from ._base import target_scores
 
-__all__ = ["Removal", "ReplaceColumns", "ReplacePixels", "ReplaceTokens", "as_baseline", "kind_of",
-           "perturbed_scores", "removal_for"]
+__all__ = ["DropTokens", "Removal", "ReplaceColumns", "ReplacePixels", "ReplaceTokens",
+           "as_baseline", "kind_of", "perturbed_scores", "removal_for"]
 
 
 class Removal(ABC):
@@ -125,6 +134,35 @@ class Removal(ABC):
         """
         removed = prefix_masks(order, counts)
         return self.remove(inputs, removed.to(inputs.device), baseline)
+
+    def remove_inputs(self, structure: ModelInputs, removed: Tensor,
+                      baseline: Tensor | float | None = None, *, model: nn.Module | None = None
+                      ) -> ModelInputs:
+        """The model's inputs of any structure with the ``removed`` features taken out.
+
+        Parameters
+        ----------
+        structure : ModelInputs
+            N rows; the attributed tensor (``structure.main``, (N, *F)) loses features.
+        removed : bool Tensor of shape (N, R, d)
+            R rows per sample, True where a feature is removed.
+        baseline : as for :meth:`remove`.
+        model : nn.Module, optional
+            The model the inputs are for (operators that look up another input
+            by the forward's parameter names use it).
+
+        Returns
+        -------
+        ModelInputs
+            N * R rows, sample-major (sample i's rows are ``i * R .. i * R + R - 1``):
+            the attributed tensor from :meth:`remove`, every other input repeated.
+        """
+        r = removed.shape[1]
+        main = self.remove(structure.main, removed, baseline)
+        main = main.reshape(-1, *structure.main.shape[1:])
+        tensors = tuple(main if i == structure.index else t.repeat_interleave(r, dim=0)
+                        for i, t in enumerate(structure.tensors))
+        return ModelInputs(structure.kind, structure.keys, tensors, structure.index)
 
 
 def prefix_masks(order: Tensor, counts: Sequence[int]) -> Tensor:
@@ -271,6 +309,99 @@ class ReplaceTokens(ReplaceColumns):
             raise ValueError(f"Expected `baseline` to be a token id (an integer) for token "
                              f"inputs, got {baseline!r}.")
         return super().remove(inputs, removed, b.round().long())
+
+
+DROP_MODES = ("attention", "delete")
+
+
+@dataclass(frozen=True)
+class DropTokens(Removal):
+    """Token ids (N, T) with an attention mask: removed tokens are dropped, not replaced.
+
+    ``mode="attention"`` (default) sets the attention mask to 0 at removed
+    positions: no other token attends to them, and the ids and positions of
+    the others are unchanged. ``mode="delete"`` deletes them from the
+    sequence: the kept tokens move left, in order, and every (N, T) input
+    (ids, attention mask, token type ids) follows; the freed positions at the
+    end take attention mask 0. That is what ferret 0.4.2 does (it decodes the
+    kept ids to text and tokenizes that again) and what ERASER's
+    comprehensiveness means by ``x \\ r``; with absolute position embeddings
+    the two modes differ, since deletion shifts the positions of the tokens
+    after a removed one.
+
+    Needs an ``attention_mask`` among the model's inputs (a mapping key, or a
+    parameter of ``model.forward`` of that name for a tuple); the removed mask
+    is over the T positions of the ids. Padding positions (attention mask 0)
+    are never removed by the metrics, so dropping one would change nothing.
+    """
+
+    mode: str = "attention"
+    kind: ClassVar[str] = "tokens"
+
+    def __post_init__(self) -> None:
+        if self.mode not in DROP_MODES:
+            raise ValueError(f"Expected `mode` in {DROP_MODES}, got {self.mode!r}.")
+
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        return ReplaceTokens().check_inputs(inputs, metric)
+
+    def remove(self, inputs: Tensor, removed: Tensor, baseline: Tensor | float | None = None
+               ) -> Tensor:
+        raise ValueError("DropTokens changes the attention mask, not the ids alone: pass the "
+                         "model's inputs with an `attention_mask` (a mapping such as a "
+                         "tokenizer's output) to the metric, or replace tokens by an id "
+                         "(removal='replace').")
+
+    def remove_inputs(self, structure: ModelInputs, removed: Tensor,
+                      baseline: Tensor | float | None = None, *, model: nn.Module | None = None
+                      ) -> ModelInputs:
+        ids = self.check_inputs(structure.main, "token dropping")
+        n, t = ids.shape
+        removed = check_removed(removed, ids, t).to(ids.device)
+        where = attention_mask_index(structure, model)
+        if where is None:
+            raise ValueError(f"Expected an `attention_mask` among the model's inputs to drop "
+                             f"tokens through it (DropTokens, mode={self.mode!r}), got inputs "
+                             f"{list(structure.keys)}: pass a mapping with 'attention_mask', or "
+                             f"replace tokens by an id (removal='replace').")
+        r = removed.shape[1]
+        flat = removed.reshape(n * r, t)
+        mask = structure.tensors[where].repeat_interleave(r, dim=0)
+        kept_mask = mask * (~flat).to(mask.dtype)
+        if self.mode == "attention":
+            tensors = [t_.repeat_interleave(r, dim=0) for t_ in structure.tensors]
+            tensors[where] = kept_mask
+            return ModelInputs(structure.kind, structure.keys, tuple(tensors), structure.index)
+        order = torch.argsort(flat.to(torch.int8), dim=1, stable=True)  # kept first, in order
+        tensors = []
+        for i, t_ in enumerate(structure.tensors):
+            rows = kept_mask if i == where else t_.repeat_interleave(r, dim=0)
+            if rows.dim() == 2 and rows.shape[1] == t:
+                rows = rows.gather(1, order.to(rows.device))
+            tensors.append(rows)
+        return ModelInputs(structure.kind, structure.keys, tuple(tensors), structure.index)
+
+
+def attention_mask_index(structure: ModelInputs, model: nn.Module | None) -> int | None:
+    """Position in ``structure.tensors`` of the ``attention_mask`` (not the attributed input).
+
+    By key for a mapping; for a tuple, by the name of ``model.forward``'s
+    parameter at that position. None when there is none of the ids' shape.
+    """
+    if structure.kind == "mapping":
+        names = structure.keys
+    elif structure.kind == "tuple" and model is not None:
+        try:
+            names = tuple(inspect.signature(model.forward).parameters)[:len(structure.keys)]
+        except (TypeError, ValueError):
+            return None
+    else:
+        return None
+    for i, name in enumerate(names):
+        if name == "attention_mask" and i != structure.index \
+                and tuple(structure.tensors[i].shape) == tuple(structure.main.shape):
+            return i
+    return None
 
 
 # The default operator of each kind of data.
