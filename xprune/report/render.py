@@ -93,6 +93,12 @@ NOTES = {
                "6 undefined: constant map) is the mean of the 250 samples whose score is "
                "defined: the 6 others (e.g. a rank correlation of an all-zero map) are left out "
                "of the mean and its interval, not counted as any value.",
+    "by_sparsity": "Δ = the model's score minus the dense model's on the same samples (95% "
+                   "BCa interval): token F1 and AUPRC of the map against the ground-truth "
+                   "evidence words (higher = more plausible); comprehensiveness and "
+                   "sufficiency where the run computes them. 'vs dense': agreement of the "
+                   "model's token maps with the dense model's. The controls below the pruned "
+                   "models show how far retraining alone moves each number.",
     "bejjani": "Bejjani et al. 2025 ('Explain This, Pruner!', DistilBERT and RoBERTa on IMDb and "
                "Yelp) found that magnitude pruning leaves the faithfulness of Integrated "
                "Gradients explanations about unchanged while random pruning at the same "
@@ -347,6 +353,7 @@ def render_report(run_dir: str | Path) -> Path:
     layers = _read(run, "layers.csv")
     figs = _figures(run, results, summary, curves, examples, importance, order, models, layers)
     token_maps, bejjani = _text_parts(run, results, order, figs)
+    by_sparsity = T.sparsity_table(summary, models)
     n_samples = int(results["sample"].nunique())
     lat = timings.iloc[0]
     context = {
@@ -360,7 +367,8 @@ def render_report(run_dir: str | Path) -> Path:
     }
     features = _importance_tables(importance, order) if not importance.empty else {}
     md = _markdown(context, changed, model_rows, tables, figs, features, class_rows, split)
-    md = md.replace("\n## Figures\n", _text_markdown(*bejjani) + "\n## Figures\n", 1)
+    md = md.replace("\n## Figures\n", _text_markdown(*bejjani, by_sparsity) + "\n## Figures\n",
+                    1)
     atomic_write_text(run / "report.md", md)
     env = jinja2.Environment(loader=jinja2.PackageLoader("xprune.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -372,7 +380,8 @@ def render_report(run_dir: str | Path) -> Path:
         notes=_records(_metric_notes(metric_names)),
         class_rows=_records(class_rows) if class_rows is not None else None,
         split=_records(split), token_maps=token_maps, bejjani_sentences=bejjani[1],
-        bejjani=_records(bejjani[0]) if not bejjani[0].empty else None)
+        bejjani=_records(bejjani[0]) if not bejjani[0].empty else None,
+        by_sparsity=_records(by_sparsity) if not by_sparsity.empty else None)
     return atomic_write_text(run / "report.html", html)
 
 
@@ -396,13 +405,18 @@ def _text_parts(run: Path, results: pd.DataFrame, order: list[str], figs: list[d
     return token_maps, T.magnitude_vs_random_text(T.magnitude_vs_random(results))
 
 
-def _text_markdown(table: pd.DataFrame, sentences: list[str]) -> str:
-    if table.empty:
-        return ""
-    lines = ["", "## Magnitude vs random pruning: IG faithfulness (Bejjani et al. 2025)", "",
-             NOTES["bejjani"], ""]
-    lines += [f"- {md_text(s)}" for s in sentences]
-    return "\n".join([*lines, "", _md_table(table), ""])
+def _text_markdown(table: pd.DataFrame, sentences: list[str], by_sparsity: pd.DataFrame
+                   ) -> str:
+    lines = []
+    if not by_sparsity.empty:
+        lines += ["", "## Plausibility and agreement by sparsity (Integrated Gradients)", "",
+                  NOTES["by_sparsity"], "", _md_table(by_sparsity), ""]
+    if not table.empty:
+        lines += ["", "## Magnitude vs random pruning: IG faithfulness (Bejjani et al. 2025)",
+                  "", NOTES["bejjani"], ""]
+        lines += [f"- {md_text(s)}" for s in sentences]
+        lines += ["", _md_table(table), ""]
+    return "\n".join(lines)
 
 
 def _records(frame: pd.DataFrame) -> dict:

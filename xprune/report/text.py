@@ -16,10 +16,10 @@ import pandas as pd
 from ..metrics import METRICS
 from ..stats import bootstrap_ci
 from .figures import token_colour
-from .tables import fmt_ci
+from .tables import fmt_cell, fmt_ci
 
 __all__ = ["FAITHFULNESS_FOR_COMPARISON", "magnitude_vs_random", "magnitude_vs_random_text",
-           "token_heatmap_rows"]
+           "sparsity_table", "token_heatmap_rows"]
 
 # faithfulness scores the comparison reads, in this order, where the run has them;
 # deletion_auc@vs_random takes out confidence shifts (the score minus a random ranking's)
@@ -178,3 +178,40 @@ def magnitude_vs_random_text(comparison: pd.DataFrame) -> tuple[pd.DataFrame, li
             f"minus magnitude {fmt_ci(*top['random_minus_magnitude'], signed=True)} "
             f"({top['verdict_random_vs_magnitude']} for random; {top['better']} is better).")
     return table, sentences
+
+
+# the columns of :func:`sparsity_table`: (metric, paired change vs dense?) where the run has them
+SPARSITY_COLUMNS = (("comprehensiveness", True), ("sufficiency", True), ("token_f1", True),
+                    ("rationale_auprc", True), ("spearman", False),
+                    ("top_k_intersection", False))
+
+
+def sparsity_table(summary: pd.DataFrame, models: pd.DataFrame, *,
+                   attribution: str = "integrated_gradients") -> pd.DataFrame:
+    """How plausibility, removal faithfulness and agreement with the dense maps move with
+    sparsity, the controls below: one row per non-dense model, for one attribution method.
+
+    Columns: the model's pruning method and sparsity, then for each metric of
+    :data:`SPARSITY_COLUMNS` the run computed, the paired change against the
+    dense model (plausibility, comprehensiveness, sufficiency) or the mean
+    agreement with the dense maps, each with its 95% BCa interval over
+    samples (from the run's ``summary.csv``). Empty if the run has no
+    plausibility metric (no ground-truth rationale) or not that method.
+    """
+    data = summary[summary["attribution"] == attribution]
+    present = [(m, d) for m, d in SPARSITY_COLUMNS if m in set(data["metric"])]
+    if not any(m in ("token_f1", "rationale_auprc") for m, _ in present):
+        return pd.DataFrame()
+    rank = {"sparse": 0, "control": 1}
+    others = models[models["role"].isin(rank)].assign(_r=models["role"].map(rank))
+    others = others.sort_values(["_r", "pruning", "requested_sparsity"], kind="stable")
+    rows = []
+    for _, m in others.iterrows():
+        level = m.get("selected_sparsity", m["measured_sparsity"])
+        row = {"model": m["model"], "sparsity (pruned layers)": f"{level:.3f}"}
+        for metric, diff in present:
+            hit = data[(data["model"] == m["model"]) & (data["metric"] == metric)]
+            label = f"Δ {metric}" if diff else f"{metric} vs dense"
+            row[label] = fmt_cell(hit.iloc[0], diff=diff) if not hit.empty else "n/a"
+        rows.append(row)
+    return pd.DataFrame(rows)
