@@ -225,7 +225,9 @@ def test_token_heatmap_rows_and_figure():
 
 def test_smoke_text_run_reports_heat_maps_and_the_bejjani_comparison(tmp_path):
     out = tmp_path / "run"
-    run_analysis(load_config(SMOKE), out_dir=out, progress=False, use_cache=False)
+    first = run_analysis(load_config(SMOKE), out_dir=out, progress=False)
+    again = run_analysis(load_config(SMOKE), out_dir=out, progress=False, render=False)
+    pd.testing.assert_frame_equal(first.results, again.results)  # maps and masks from the store
     html, md = (out / "report.html").read_text(), (out / "report.md").read_text()
     assert "Magnitude vs random pruning: IG faithfulness (Bejjani et al. 2025)" in md
     assert "faithfulness_correlation of Integrated Gradients: xprune's numbers" in md
@@ -243,3 +245,20 @@ def test_smoke_text_run_reports_heat_maps_and_the_bejjani_comparison(tmp_path):
     assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x</b>" not in html
     config = json.loads((out / "config.json").read_text())
     assert config["pruning"]["layers"] == "hf.bert.encoder.*"
+
+
+def test_readme_text_example_builds_its_config(monkeypatch):
+    """The README's five-line example on a save_pretrained folder, with the run stubbed."""
+    import re
+
+    import xprune.analysis
+
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(),
+                                       re.S) if '"hf:./my-model"' in b)
+    assert len(block.strip().splitlines()) == 5
+    seen = []
+    monkeypatch.setattr(xprune.analysis, "run_analysis", lambda config: seen.append(config))
+    exec(compile(block, "README.md", "exec"), {})
+    assert seen[0].model.pretrained == "hf:./my-model"
+    assert seen[0].data.dataset == "reviews.csv"
+    assert seen[0].pruning.layers == "hf.bert.encoder.*"

@@ -83,6 +83,14 @@ class ModelConfig:
     an ``nn.Module`` mapping the dataset's inputs to logits. With
     ``checkpoint`` (a ``.safetensors`` or weights-only ``.pt`` file) the dense
     model is loaded into that architecture instead of trained.
+
+    ``pretrained = "hf:FOLDER"`` (or, at the config's top level, ``model =
+    "hf:FOLDER"``) is a sequence classifier and its tokenizer saved with
+    ``save_pretrained``: the dense model is loaded from the folder
+    (``AutoModelForSequenceClassification``, ``local_files_only=True``),
+    wrapped by :class:`xprune.models.HFTextClassifier`, and a text file's
+    sentences are tokenized by the folder's tokenizer. The other-seed control
+    is then that model trained further with seed + 1.
     """
 
     factory: str | None = None
