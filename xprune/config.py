@@ -47,10 +47,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataConfig:
-    """A bundled dataset by name (``digits``, ``digits_flat``, ``breast_cancer``, ``wine``)
-    or your own: an ``.npz`` file (arrays ``x``, ``y``, optional ``feature_names``), a
-    ``.pt`` dict of tensors (loaded weights-only) or ``"package.module:function"``
-    returning ``(x, y)``; split seeded and stratified into train / validation / test."""
+    """A bundled dataset by name (``digits``, ``digits_flat``, ``breast_cancer``, ``wine``,
+    ``vowels``, ``text``) or your own: an ``.npz`` file (arrays ``x``, ``y``, optional
+    ``feature_names``), a ``.pt`` dict of tensors (loaded weights-only),
+    ``"package.module:function"`` returning ``(x, y)``, or a text file (``.csv``,
+    ``.jsonl``, ``.parquet``) with the columns ``text_column`` and ``label_column``,
+    tokenized by the ``model.pretrained`` folder's tokenizer (else a word-level one over the
+    file's words) to at most ``max_length`` tokens (see :func:`xprune.data.load_text_file`);
+    split seeded and stratified into train / validation / test."""
 
     dataset: str = "digits"
     val_size: float = 0.2
