@@ -46,7 +46,16 @@ from .config import AnalysisConfig, ModelConfig
 from .data import DatasetSplit, as_split, load_dataset
 from .metrics._base import metric_seed
 from .metrics.controls import versus_random
-from .models import DigitsCNN, TabularMLP, evaluate, per_class, predict, train
+from .models import (
+    DigitsCNN,
+    TabularMLP,
+    TextTransformer,
+    evaluate,
+    load_hf_classifier,
+    per_class,
+    predict,
+    train,
+)
 from .profiling import count_macs, measure_latency, storage_bytes
 from .pruning import (
     ModelPair,
@@ -93,7 +102,10 @@ class RunResult:
 
 
 def _model_factory(data: DatasetSplit, config: AnalysisConfig) -> Callable[[], nn.Module]:
-    """The configured architecture, else the default: a small CNN for images, an MLP for tables."""
+    """The configured architecture (a factory, or a ``pretrained`` Hugging Face folder), else
+    the default: a small CNN for images, an MLP for tables, a small BERT for token ids."""
+    if config.model.pretrained is not None:
+        return lambda: load_hf_classifier(config.model.pretrained_path, n_classes=data.n_classes)
     factory = config.model.resolve()
     if factory is not None:
         def build() -> nn.Module:
@@ -104,6 +116,9 @@ def _model_factory(data: DatasetSplit, config: AnalysisConfig) -> Callable[[], n
             return model
         return build
     shape = data.feature_shape
+    if data.vocabulary is not None:  # token ids (N, T)
+        return lambda: TextTransformer(len(data.vocabulary), data.n_classes, max_length=shape[0],
+                                       pad_token_id=data.pad_token_id or 0)
     if len(shape) == 3:
         return lambda: DigitsCNN(n_classes=data.n_classes, in_channels=shape[0],
                                  image_shape=(shape[1], shape[2]))
@@ -189,7 +204,11 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     """
     split = dict(seed=config.seed, val_size=config.data.val_size,
                  test_size=config.data.test_size)
-    data = load_dataset(config.data.dataset, **split) if data is None else as_split(data, **split)
+    dc = config.data
+    text = {"tokenizer": config.model.pretrained_path, "text_column": dc.text_column,
+            "label_column": dc.label_column, "max_length": dc.max_length}
+    data = load_dataset(dc.dataset, text=text, **split) if data is None else \
+        as_split(data, **split)
     say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
         f"{len(data.x_test)} test samples")
     names = config.metrics.resolved_names(images=data.x_test.dim() == 4)  # before training
@@ -197,7 +216,7 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     if need and data.rationale_test is None:
         raise ValueError(f"Expected `metrics.names` to name metrics the data {data.name!r} can "
                          f"score: {need} compare maps with a ground-truth rationale, which "
-                         f"these data do not have (the generated 'vowels' data do).")
+                         f"these data do not have (the generated 'vowels' and 'text' data do).")
     return data
 
 
@@ -209,7 +228,10 @@ def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
 
     ``factory`` (optional) builds the architecture instead of ``config.model``."""
     factory = factory or _model_factory(data, config)
-    if config.model.checkpoint:
+    if config.model.pretrained:
+        say(f"loading the dense model from {config.model.pretrained}")
+        dense, info = factory(), {}
+    elif config.model.checkpoint:
         say(f"loading the dense model from {config.model.checkpoint}")
         dense, info = load_model(config.model.checkpoint, factory), {}
     else:
@@ -519,6 +541,29 @@ def _examples(records, attrs_by, methods, x, n_examples) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _token_examples(records, attrs_by, methods, x, vocabulary, n_examples) -> pd.DataFrame:
+    """Long table of the first ``n_examples`` token maps, for the heat maps: one row per
+    attribution method, model, sample and counted token (padding and special tokens left out),
+    with the token's text and its value."""
+    frames = []
+    n = min(n_examples, len(x))
+    for method in methods:
+        for rec in records:
+            a = attrs_by[method, rec.tag]
+            keep = (torch.ones_like(x[:n], dtype=torch.bool) if a.feature_mask is None
+                    else a.feature_mask[:n].bool())
+            sample, position = keep.nonzero(as_tuple=True)
+            ids = x[:n][sample, position]
+            frames.append(pd.DataFrame({
+                "attribution": method, "model": rec.tag, "sample": sample.numpy(),
+                "position": position.numpy(),
+                "token": [vocabulary[i] if 0 <= i < len(vocabulary) else f"[{i}]"
+                          for i in ids.tolist()],
+                "value": a.values[:n][sample, position].double().numpy()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["attribution", "model", "sample", "position", "token", "value"])
+
+
 def _importance(records, attrs_by, methods, feature_names) -> pd.DataFrame:
     """Mean |attribution| per feature with a 95% CI, per model and method, for tabular data."""
     rows = []
@@ -672,6 +717,8 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
     ac = config.attribution
     n_eval = min(ac.n_samples, len(data.x_test))
     x = data.x_test[:n_eval]
+    tokens = None if data.vocabulary is None else {  # padding and special tokens masked
+        "pad_token_id": data.pad_token_id, "special_token_ids": data.special_token_ids}
     targets = predict(records[0].model, x).argmax(dim=1)  # the dense model's prediction, for all
     predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
     attrs_by: dict[tuple[str, str], Attributions] = {}
@@ -683,17 +730,19 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
         def compute_attr(rec=rec, method=method):
             a = attribute(rec.model, x, targets, method, params=ac.method_params(method),
                           output=ac.output, model_tag=rec.tag, max_rows=ac.max_rows,
-                          device=config.device)
+                          device=config.device, tokens=tokens)
             out_t = {"values": a.values}
             if a.delta is not None:
                 out_t["delta"] = a.delta
+            if a.feature_mask is not None:
+                out_t["feature_mask"] = a.feature_mask
             return out_t
 
         stored, _ = cache.tensors(f"attr-{method}-{rec.tag}", compute_attr)
         attrs_by[method, rec.tag] = Attributions(
             stored["values"], x, targets, method,
             {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
-            predictions[rec.tag])
+            predictions[rec.tag], stored.get("feature_mask"))
     bar.close()
     return attrs_by
 
@@ -761,8 +810,12 @@ def write_run(out: Path, config: AnalysisConfig, data: DatasetSplit, records: li
     files = {"results.csv": results, "models.csv": tables.models, "layers.csv": tables.layers,
              "classes.csv": tables.classes, "curves.csv": _curve_summary(curves),
              "examples.csv": _examples(records, attrs_by, methods, x, config.report.n_examples),
-             "importance.csv": _importance(records, attrs_by, methods, data.feature_names),
+             "importance.csv": _importance(records, attrs_by, methods, data.feature_names)
+             if data.vocabulary is None else _importance([], {}, [], None),  # not per position
              "timings.csv": tables.timings}
+    if data.vocabulary is not None:  # token inputs: the example sentences' maps, per token
+        files["tokens.csv"] = _token_examples(records, attrs_by, methods, x, data.vocabulary,
+                                              config.report.n_examples)
     for name, frame in files.items():
         atomic_write_text(out / name, frame.to_csv(index=False, na_rep="NaN"))
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
@@ -915,7 +968,13 @@ def _digests(config: AnalysisConfig) -> dict[str, str]:
     import hashlib
 
     paths = [config.model.checkpoint] if config.model.checkpoint else []
-    if config.data.dataset.endswith((".npz", ".pt")):  # a changed data file starts afresh
+    if config.model.pretrained:  # a replaced pretrained folder starts afresh
+        folder = Path(config.model.pretrained_path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Hugging Face model folder not found: {folder}")
+        paths += sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    if config.data.dataset.endswith((".npz", ".pt", ".csv", ".jsonl", ".parquet")):
+        # a changed data file starts afresh
         paths.append(config.data.dataset)
     paths += [e if isinstance(e, str) else e["path"] for e in config.pruning.checkpoints]
     out = {}

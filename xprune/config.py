@@ -47,16 +47,29 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DataConfig:
-    """A bundled dataset by name (``digits``, ``digits_flat``, ``breast_cancer``, ``wine``)
-    or your own: an ``.npz`` file (arrays ``x``, ``y``, optional ``feature_names``), a
-    ``.pt`` dict of tensors (loaded weights-only) or ``"package.module:function"``
-    returning ``(x, y)``; split seeded and stratified into train / validation / test."""
+    """A bundled dataset by name (``digits``, ``digits_flat``, ``breast_cancer``, ``wine``,
+    ``vowels``, ``text``) or your own: an ``.npz`` file (arrays ``x``, ``y``, optional
+    ``feature_names``), a ``.pt`` dict of tensors (loaded weights-only),
+    ``"package.module:function"`` returning ``(x, y)``, or a text file (``.csv``,
+    ``.jsonl``, ``.parquet``) with the columns ``text_column`` and ``label_column``,
+    tokenized by the ``model.pretrained`` folder's tokenizer (else a word-level one over the
+    file's words) to at most ``max_length`` tokens (see :func:`xprune.data.load_text_file`);
+    split seeded and stratified into train / validation / test."""
 
     dataset: str = "digits"
     val_size: float = 0.2
     test_size: float = 0.2
+    text_column: str = "text"      # text files (.csv, .jsonl, .parquet): the text's column
+    label_column: str = "label"    # and the label's (integers 0..C-1 or names)
+    max_length: int | None = None  # tokens per text at most (text files: default 128)
 
     def __post_init__(self) -> None:
+        for key in ("text_column", "label_column"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValueError(f"Expected `data.{key}` to be a column name, got "
+                                 f"{getattr(self, key)!r}.")
+        if self.max_length is not None:
+            check_positive_int(self.max_length, "data.max_length", minimum=3)
         if not isinstance(self.dataset, str):
             raise ValueError(f"Expected `data.dataset` to be a name or a source, got "
                              f"{self.dataset!r}.")
@@ -74,13 +87,30 @@ class ModelConfig:
     an ``nn.Module`` mapping the dataset's inputs to logits. With
     ``checkpoint`` (a ``.safetensors`` or weights-only ``.pt`` file) the dense
     model is loaded into that architecture instead of trained.
+
+    ``pretrained = "hf:FOLDER"`` (or, at the config's top level, ``model =
+    "hf:FOLDER"``) is a sequence classifier and its tokenizer saved with
+    ``save_pretrained``: the dense model is loaded from the folder
+    (``AutoModelForSequenceClassification``, ``local_files_only=True``),
+    wrapped by :class:`xprune.models.HFTextClassifier`, and a text file's
+    sentences are tokenized by the folder's tokenizer. The other-seed control
+    is then that model trained further with seed + 1.
     """
 
     factory: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    pretrained: str | None = None  # "hf:FOLDER": a save_pretrained model and tokenizer
 
     def __post_init__(self) -> None:
+        if self.pretrained is not None:
+            if not isinstance(self.pretrained, str) or not self.pretrained.removeprefix("hf:"):
+                raise ValueError(f"Expected `model` / `model.pretrained` to be \"hf:FOLDER\" (a "
+                                 f"folder written by save_pretrained), got {self.pretrained!r}.")
+            if self.factory is not None or self.checkpoint is not None:
+                raise ValueError("Expected either `model.pretrained` or `model.factory` / "
+                                 "`model.checkpoint`, not both: a pretrained folder holds its "
+                                 "architecture and weights.")
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             raise ValueError(f"Expected `model.checkpoint` to be a file path, got "
                              f"{self.checkpoint!r}.")
@@ -88,6 +118,11 @@ class ModelConfig:
             check_factory(self.factory, "model.factory")
         if not isinstance(self.kwargs, dict):
             raise ValueError(f"Expected `model.kwargs` to be a table, got {self.kwargs!r}.")
+
+    @property
+    def pretrained_path(self) -> str | None:
+        """The folder of ``pretrained`` without its ``"hf:"`` prefix (None if not set)."""
+        return None if self.pretrained is None else self.pretrained.removeprefix("hf:")
 
     def resolve(self):
         """The factory function (``None`` for the dataset's default architecture)."""
@@ -557,7 +592,12 @@ class AnalysisConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnalysisConfig:
-        """Build from nested mappings; unknown sections or keys raise ``ValueError``."""
+        """Build from nested mappings; unknown sections or keys raise ``ValueError``.
+
+        ``model = "hf:FOLDER"`` (a string instead of the ``[model]`` table) is
+        short for ``[model] pretrained = "hf:FOLDER"``."""
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            data = {**data, "model": {"pretrained": data["model"]}}
         return _build(cls, data, "the config's top level")
 
     def replace(self, **changes: Any) -> AnalysisConfig:
@@ -617,9 +657,17 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     model = data.get("model")
     if isinstance(model, dict) and "checkpoint" in model:
         model["checkpoint"] = resolve(model["checkpoint"])
+    pretrained = model if isinstance(model, str) else \
+        model.get("pretrained") if isinstance(model, dict) else None
+    if isinstance(pretrained, str) and pretrained.removeprefix("hf:"):
+        folder = "hf:" + resolve(pretrained.removeprefix("hf:"))
+        if isinstance(model, str):
+            data["model"] = folder
+        else:
+            model["pretrained"] = folder
     source = data.get("data")
     if isinstance(source, dict) and isinstance(source.get("dataset"), str) \
-            and source["dataset"].endswith((".npz", ".pt")):
+            and source["dataset"].endswith((".npz", ".pt", ".csv", ".jsonl", ".parquet")):
         source["dataset"] = resolve(source["dataset"])
     pruning = data.get("pruning")
     if isinstance(pruning, dict) and isinstance(pruning.get("checkpoints"), list):

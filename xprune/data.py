@@ -6,17 +6,20 @@ Nothing here downloads: the datasets ship with scikit-learn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from ._validation import check_fraction, closest_name, resolve_factory
+from ._validation import check_fraction, check_positive_int, closest_name, resolve_factory
 
 __all__ = ["DATASETS", "DatasetSplit", "as_split", "load_breast_cancer_split", "load_dataset",
-           "load_digits_split", "load_vowels_split", "load_wine_split", "make_token_dataset",
-           "split_arrays"]
+           "load_digits_split", "load_text_file", "load_text_split", "load_vowels_split",
+           "load_wine_split", "make_token_dataset", "split_arrays"]
+
+TEXT_FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,16 @@ class DatasetSplit:
         Column names for tabular data; ``None`` for images.
     rationale_test : bool Tensor of shape (n_test, *feature_shape without channels) or None
         The ground-truth evidence of each test sample where the data know it
-        (the formant bands of the generated vowels), for the plausibility metrics.
+        (the formant bands of the generated vowels, the evidence words of the
+        generated sentences), for the plausibility metrics.
+    vocabulary : tuple of str or None
+        For token inputs: the token of each id (``vocabulary[i]`` is id i), for
+        the token heat maps of reports. None for other inputs.
+    pad_token_id : int or None
+        For token inputs: the padding id (masked in maps and scores).
+    special_token_ids : tuple of int
+        For token inputs: ids of special tokens ([CLS], [SEP], ...), masked in
+        maps and scores like padding.
     """
 
     name: str
@@ -49,6 +61,9 @@ class DatasetSplit:
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...] | None = None
     rationale_test: Tensor | None = None
+    vocabulary: tuple[str, ...] | None = None
+    pad_token_id: int | None = None
+    special_token_ids: tuple[int, ...] = ()
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -142,6 +157,146 @@ def load_vowels_split(*, seed: int = 0, val_size: float = 0.2, test_size: float 
     return DatasetSplit("vowels", x_train, y_train, x_val, y_val, x_test, y_test,
                         len(speech.class_names), speech.class_names,
                         rationale_test=speech.mask[test])
+
+
+def load_text_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2,
+                    n: int = 2000, max_length: int = 32) -> DatasetSplit:
+    """Generated sentences (:mod:`xprune.textdata`): token ids (n, max_length), 2 classes.
+
+    The ``n`` sentences are always generated from seed 0 (the same data set
+    for every run); ``seed`` fixes the stratified split, as for digits.
+    Inputs are the int64 ids ``[CLS] words [SEP] [PAD]...`` (pad id 0);
+    ``rationale_test`` holds the test sentences' evidence words (n_test,
+    max_length), the words of the label's polarity.
+    """
+    from .textdata import SPECIAL_TOKENS, make_text_classification
+
+    text = make_text_classification(n, max_length=max_length, seed=0)
+    train, val, test = _split_indices(text.labels.numpy(), seed=seed, val_size=val_size,
+                                      test_size=test_size)
+    ids, y = text.input_ids, text.labels
+    vocab = tuple(sorted(text.vocabulary, key=text.vocabulary.get))
+    return DatasetSplit("text", ids[train], y[train], ids[val], y[val], ids[test], y[test], 2,
+                        text.class_names, rationale_test=text.rationale[test],
+                        vocabulary=vocab, pad_token_id=text.vocabulary["[PAD]"],
+                        special_token_ids=tuple(text.vocabulary[t] for t in SPECIAL_TOKENS
+                                                if t != "[PAD]"))
+
+
+def _read_text_table(path: str, text_column: str, label_column: str):
+    """(texts, labels) read from a CSV, JSON-lines or Parquet file with pandas."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Data file not found: {path}")
+    try:
+        if path.endswith(".csv"):
+            frame = pd.read_csv(path)
+        elif path.endswith(".jsonl"):
+            frame = pd.read_json(path, lines=True)
+        else:
+            frame = pd.read_parquet(path)
+    except ImportError as exc:
+        raise ImportError(f"Reading {path} needs a Parquet engine: pip install pyarrow "
+                          f"({exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"Could not read {path} as a table: {str(exc).splitlines()[0]}"
+                         ) from None
+    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"Expected the columns {missing} (`data.text_column`, "
+                         f"`data.label_column`) in {path}, got {list(frame.columns)}.")
+    frame = frame[[text_column, label_column]]
+    if frame.isna().any().any():
+        rows = frame.index[frame.isna().any(axis=1)].tolist()[:5]
+        raise ValueError(f"Expected a text and a label in every row of {path}, got empty cells "
+                         f"in rows {rows}.")
+    return frame[text_column].astype(str).tolist(), frame[label_column]
+
+
+def load_text_file(path: str, *, tokenizer: object = None, text_column: str = "text",
+                   label_column: str = "label", max_length: int | None = None, seed: int = 0,
+                   val_size: float = 0.2, test_size: float = 0.2) -> DatasetSplit:
+    """Your own text classification data: a ``.csv``, ``.jsonl`` or ``.parquet`` file.
+
+    Each row holds a text (column ``text_column``) and a label
+    (``label_column``): integers 0..C-1, or names, numbered in sorted order.
+    The texts are tokenized into ids (n, T), padded to the longest text (at
+    most ``max_length`` tokens, default 128, longer texts truncated), then
+    split seeded and stratified as :func:`split_arrays` splits.
+
+    Parameters
+    ----------
+    tokenizer : str, tokenizer or None
+        A folder written by ``save_pretrained`` (loaded with
+        ``AutoTokenizer.from_pretrained(folder, local_files_only=True)``; a
+        ``"hf:"`` prefix is allowed), a Hugging Face tokenizer, or None: a
+        word-level tokenizer over the file's lower-cased words
+        (:func:`xprune.textdata.text_tokenizer`, BERT special tokens).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file or the tokenizer folder does not exist.
+    ValueError
+        On another suffix, missing columns or cells, labels that are neither
+        integers 0..C-1 nor names, or a class too small to stratify.
+    ImportError
+        For Parquet without ``pyarrow``, or without ``transformers``.
+    """
+    from .textdata import SPECIAL_TOKENS, text_tokenizer
+
+    if not path.endswith(TEXT_FILE_SUFFIXES):
+        raise ValueError(f"Expected a text data file ending in {TEXT_FILE_SUFFIXES}, got {path!r}.")
+    if max_length is not None:
+        check_positive_int(max_length, "data.max_length", minimum=3)
+    texts, raw = _read_text_table(path, text_column, label_column)
+    if _is_integer_column(raw):
+        y = np.asarray(raw, dtype=np.int64)
+        names = tuple(str(c) for c in range(int(y.max()) + 1)) if len(y) else ()
+        if len(y) and y.min() < 0:
+            raise ValueError(f"Expected integer labels 0..C-1 in column {label_column!r} of "
+                             f"{path}, got minimum {y.min()}.")
+    else:
+        names = tuple(sorted(raw.astype(str).unique()))
+        y = raw.astype(str).map({c: i for i, c in enumerate(names)}).to_numpy(np.int64)
+    if isinstance(tokenizer, str):
+        folder = tokenizer.removeprefix("hf:")
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"Tokenizer folder not found: {folder}")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    elif tokenizer is None:
+        words = sorted({w for t in texts for w in t.lower().split()} - set(SPECIAL_TOKENS))
+        tokenizer = text_tokenizer({w: i for i, w in enumerate((*SPECIAL_TOKENS, *words))},
+                                   max_length=max_length or 128)
+        texts = [t.lower() for t in texts]
+    limit = max_length or 128
+    enc = tokenizer(texts, padding="longest", truncation=True, max_length=limit,
+                    return_tensors="pt")
+    ids = enc["input_ids"].long()
+    try:
+        train, val, test = _split_indices(y, seed=seed, val_size=val_size, test_size=test_size)
+    except ValueError as exc:
+        raise ValueError(f"Could not split {path} into train / validation / test: {exc}"
+                         ) from None
+    y_t = torch.tensor(y, dtype=torch.long)
+    size = len(tokenizer)
+    vocab = tokenizer.convert_ids_to_tokens(list(range(size)))
+    pad = tokenizer.pad_token_id
+    special = tuple(i for i in tokenizer.all_special_ids if i != pad)
+    return DatasetSplit(Path(path).stem, ids[train], y_t[train], ids[val], y_t[val], ids[test],
+                        y_t[test], len(names), names,
+                        vocabulary=tuple(str(v) for v in vocab), pad_token_id=pad,
+                        special_token_ids=special)
+
+
+def _is_integer_column(column) -> bool:
+    """Whether a pandas column holds integers (not names)."""
+    import pandas as pd
+
+    return pd.api.types.is_integer_dtype(column)
 
 
 def load_digits_flat_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
@@ -323,8 +478,6 @@ def load_data_source(source: str, *, seed: int = 0, val_size: float = 0.2,
     ValueError
         If the file lacks ``x``/``y`` or the function returns something else.
     """
-    from pathlib import Path
-
     if source.endswith(".npz"):
         if not Path(source).is_file():
             raise FileNotFoundError(f"Data file not found: {source}")
@@ -373,17 +526,20 @@ def make_token_dataset(n: int = 600, *, seq_len: int = 12, vocab_size: int = 30,
 
 DATASETS = {"digits": load_digits_split, "digits_flat": load_digits_flat_split,
             "breast_cancer": load_breast_cancer_split, "wine": load_wine_split,
-            "vowels": load_vowels_split}
+            "vowels": load_vowels_split, "text": load_text_split}
 
 
 def is_data_source(name: str) -> bool:
     """Whether ``name`` is a file or function source rather than a registered dataset."""
-    return name.endswith((".npz", ".pt")) or ":" in name
+    return name.endswith((".npz", ".pt", *TEXT_FILE_SUFFIXES)) or ":" in name
 
 
-def load_dataset(name: str, **kwargs) -> DatasetSplit:
-    """Load a registered dataset by name (see ``DATASETS``), or a file / function source
-    (see :func:`load_data_source`)."""
+def load_dataset(name: str, *, text: dict | None = None, **kwargs) -> DatasetSplit:
+    """Load a registered dataset by name (see ``DATASETS``), a text file (``.csv``,
+    ``.jsonl``, ``.parquet``: see :func:`load_text_file`, with the keyword arguments in
+    ``text``) or another file / function source (see :func:`load_data_source`)."""
+    if name.endswith(TEXT_FILE_SUFFIXES):
+        return load_text_file(name, **(text or {}), **kwargs)
     if is_data_source(name):
         return load_data_source(name, **kwargs)
     if name not in DATASETS:

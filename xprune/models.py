@@ -19,8 +19,9 @@ from torch.nn.utils import prune as torch_prune
 from ._state import as_logits, eval_mode, model_device, to_model
 from ._validation import check_positive_int, check_tensor
 
-__all__ = ["DigitsCNN", "FrameGRU", "SpectrogramCNN", "TabularMLP", "TokenClassifier",
-           "TrainResult", "evaluate", "predict", "train"]
+__all__ = ["DigitsCNN", "FrameGRU", "HFTextClassifier", "SpectrogramCNN", "TabularMLP",
+           "TextTransformer", "TokenClassifier", "TrainResult", "evaluate", "load_hf_classifier",
+           "predict", "train"]
 
 
 class DigitsCNN(nn.Module):
@@ -87,6 +88,125 @@ class TokenClassifier(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.fc2(self.relu(self.fc1(self.embedding(tokens).mean(dim=1))))
+
+
+def _transformers():
+    """The ``transformers`` package, or an ImportError with the install hint."""
+    try:
+        import transformers
+    except ImportError as err:  # pragma: no cover - exercised only without the text extra
+        raise ImportError("Text models need `transformers`: pip install 'xprune[text]'.") from err
+    return transformers
+
+
+class HFTextClassifier(nn.Module):
+    """A Hugging Face sequence classifier as a model of token ids: (N, T) int64 -> logits (N, C).
+
+    ``forward(input_ids, attention_mask=None)`` returns the wrapped model's
+    ``logits`` as a tensor (so training, pruning and every metric see a plain
+    classifier). Without an ``attention_mask`` it is 1 wherever the id is not
+    ``pad_token_id``: a token replaced by the pad id is then dropped from
+    attention, which is how the removal metrics (id 0 = ``[PAD]`` by default)
+    take tokens out. The wrapped model is ``self.hf``, so its layers are named
+    ``hf.bert.encoder.layer.0.attention.self.query`` and so on.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A ``*ForSequenceClassification`` model (its forward takes
+        ``input_ids`` and ``attention_mask`` and returns ``.logits``).
+    pad_token_id : int, optional
+        Default: ``model.config.pad_token_id``; None attends to every position.
+    """
+
+    def __init__(self, model: nn.Module, *, pad_token_id: int | None = None) -> None:
+        super().__init__()
+        self.hf = model
+        pad = getattr(getattr(model, "config", None), "pad_token_id", None) \
+            if pad_token_id is None else pad_token_id
+        self.pad_token_id = pad if isinstance(pad, int) and not isinstance(pad, bool) else None
+
+    @property
+    def config(self):
+        """The wrapped model's configuration (``pad_token_id`` masks padding in maps)."""
+        return self.hf.config
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.hf.get_input_embeddings()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if attention_mask is None:
+            attention_mask = (torch.ones_like(input_ids) if self.pad_token_id is None
+                              else (input_ids != self.pad_token_id).long())
+        return as_logits(self.hf(input_ids=input_ids, attention_mask=attention_mask), self)
+
+
+class TextTransformer(HFTextClassifier):
+    """A small BERT-style encoder trained from scratch: token ids (N, T) -> logits (N, n_classes).
+
+    A ``transformers.BertForSequenceClassification`` built from a local
+    ``BertConfig`` (nothing is downloaded): ``layers`` encoder layers of width
+    ``hidden`` with ``heads`` attention heads and a feed-forward width of
+    ``intermediate``, a pooler and a linear classifier. Dropout is 0, so that
+    training depends on the seed only. Padding (id ``pad_token_id``) is
+    left out of attention (see :class:`HFTextClassifier`).
+
+    Raises
+    ------
+    ImportError
+        Without ``transformers`` (``pip install 'xprune[text]'``).
+    """
+
+    def __init__(self, vocab_size: int, n_classes: int = 2, *, hidden: int = 64,
+                 layers: int = 2, heads: int = 2, intermediate: int = 128,
+                 max_length: int = 64, pad_token_id: int = 0) -> None:
+        for value, name in ((vocab_size, "vocab_size"), (n_classes, "n_classes"),
+                            (hidden, "hidden"), (layers, "layers"), (heads, "heads"),
+                            (intermediate, "intermediate"), (max_length, "max_length")):
+            check_positive_int(value, name)
+        if hidden % heads:
+            raise ValueError(f"Expected `hidden` to be a multiple of `heads`, got {hidden} and "
+                             f"{heads}.")
+        tf = _transformers()
+        config = tf.BertConfig(vocab_size=vocab_size, hidden_size=hidden,
+                               num_hidden_layers=layers, num_attention_heads=heads,
+                               intermediate_size=intermediate,
+                               max_position_embeddings=max_length, num_labels=n_classes,
+                               pad_token_id=pad_token_id, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+        super().__init__(tf.BertForSequenceClassification(config), pad_token_id=pad_token_id)
+
+
+def load_hf_classifier(path: str, *, n_classes: int | None = None) -> HFTextClassifier:
+    """A sequence classifier saved with ``save_pretrained`` in the folder ``path``, wrapped.
+
+    Loaded with ``AutoModelForSequenceClassification.from_pretrained(path,
+    local_files_only=True)``: nothing is downloaded.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a folder.
+    ValueError
+        If the folder holds no loadable model, or its number of labels is not
+        ``n_classes`` (when given).
+    """
+    from pathlib import Path
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"Hugging Face model folder not found: {path}")
+    tf = _transformers()
+    try:
+        model = tf.AutoModelForSequenceClassification.from_pretrained(path,
+                                                                      local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Could not load a sequence classifier from {path} (expected a folder "
+                         f"written by save_pretrained): {str(exc).splitlines()[0]}") from None
+    labels = model.config.num_labels
+    if n_classes is not None and labels != n_classes:
+        raise ValueError(f"Expected the model in {path} to have {n_classes} labels (the data's "
+                         f"classes), got {labels}.")
+    return HFTextClassifier(model)
 
 
 class SpectrogramCNN(nn.Module):

@@ -28,6 +28,8 @@ __all__ = [
     "plot_metric_vs_sparsity",
     "plot_randomisation_curves",
     "plot_score_distributions",
+    "plot_token_heatmap",
+    "token_colour",
 ]
 
 METHOD_COLOURS = {"saliency": "tab:blue", "integrated_gradients": "tab:orange"}
@@ -390,3 +392,68 @@ def plot_accuracy_and_agreement(models: pd.DataFrame, summary: pd.DataFrame, *,
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3)
     return axes
+
+
+def token_colour(value: float, scale: float) -> tuple[float, float, float, float]:
+    """The RGBA colour of a token's attribution ``value`` on a signed scale of ``|value| <= scale``.
+
+    Red for positive (evidence for the explained class), blue for negative,
+    the opacity proportional to ``|value| / scale`` (0 is transparent). Used
+    by the PNG heat maps and the HTML report alike.
+    """
+    if not scale or not np.isfinite(value):
+        return (1.0, 1.0, 1.0, 0.0)
+    share = float(min(1.0, abs(value) / scale))
+    rgb = (0.84, 0.15, 0.16) if value > 0 else (0.12, 0.47, 0.71)
+    return (*rgb, round(share, 3))
+
+
+def plot_token_heatmap(tokens: pd.DataFrame, attribution: str, models: list[str], *,
+                       samples: list[int] | None = None, ax=None):
+    """Sentences with each token coloured by its attribution: the same sentences, one line per
+    model (dense above the pruned ones), one colour scale per sentence.
+
+    Parameters
+    ----------
+    tokens : DataFrame
+        A run's ``tokens.csv``: columns ``attribution``, ``model``, ``sample``,
+        ``position``, ``token``, ``value`` (padding and special tokens left out).
+    attribution : str
+        The attribution method drawn.
+    models : list of str
+        The models, in drawing order (dense first); absent ones are skipped.
+    samples : list of int, optional
+        The sentences drawn (default: all in ``tokens``).
+
+    Colours as :func:`token_colour`: red for positive, blue for negative
+    attribution, scaled by the largest |value| of the sentence over the drawn
+    models, so that a map that loses its mass after pruning shows it.
+    """
+    data = tokens[tokens["attribution"] == attribution]
+    models = [m for m in models if m in set(data["model"])]
+    samples = sorted(data["sample"].unique()) if samples is None else list(samples)
+    lines = len(samples) * (len(models) + 1)
+    ax = ax or plt.subplots(figsize=(9.0, 0.26 * lines + 0.5))[1]
+    ax.set_xlim(0, 1)
+    ax.set_ylim(lines, -0.5)
+    ax.axis("off")
+    row = 0
+    for sample in samples:
+        sentence = data[data["sample"] == sample]
+        scale = float(sentence["value"].abs().max()) if len(sentence) else 0.0
+        ax.text(0.0, row, f"sentence {sample}", fontsize=7, fontweight="bold", va="center")
+        row += 1
+        for model in models:
+            ax.text(0.0, row, model.replace("control:", "ctrl "), fontsize=6, va="center",
+                    color="#444")
+            x = 0.2
+            part = sentence[sentence["model"] == model].sort_values("position")
+            for token, value in zip(part["token"], part["value"], strict=True):
+                ax.text(x, row, str(token), fontsize=6.5, va="center", family="monospace",
+                        bbox={"facecolor": token_colour(value, scale), "edgecolor": "none",
+                              "pad": 1.0})
+                x += 0.0085 * (len(str(token)) + 1.5)
+            row += 1
+    ax.set_title(f"{attribution.replace('_', ' ')}: tokens coloured by attribution (red for, "
+                 "blue against the explained class; one scale per sentence)", fontsize=8)
+    return ax
