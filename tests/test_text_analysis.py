@@ -238,6 +238,14 @@ def test_smoke_text_run_reports_heat_maps_and_the_bejjani_comparison(tmp_path):
     assert html.count('class="tok"') == len(tokens)
     results = pd.read_csv(out / "results.csv")
     assert {"token_f1", "rationale_auprc", "spearman"} <= set(results["metric"])
+    erasure = results[results["metric"].isin(["comprehensiveness", "sufficiency", "tau_loo",
+                                              "normalised_comprehensiveness",
+                                              "normalised_sufficiency"])]
+    assert erasure.groupby("metric")["model"].nunique().to_dict() == dict.fromkeys(
+        ["comprehensiveness", "normalised_comprehensiveness", "normalised_sufficiency",
+         "sufficiency", "tau_loo"], 4)  # every model, through the [PAD] baseline of the config
+    normalised = erasure[erasure["metric"].str.startswith("normalised")]["value"].dropna()
+    assert len(normalised) and normalised.between(0, 1).all()
     # a token that reads as HTML is escaped in the report
     tokens.loc[0, "token"] = "<b>x</b>"
     tokens.to_csv(out / "tokens.csv", index=False)
