@@ -109,10 +109,9 @@ def test_first_screen_holds_the_headline_and_the_key_figure(small_run, browser, 
     the lead sentences) and the key figure: every headline item and the figure lie inside the
     first viewport, the sentences are those of xprune.report.headline, and the screenshot
     where the figure is drawn is a plot (many colours, lines on white), not blank."""
-    import html as html_lib
-
     import matplotlib.image
     import pandas as pd
+    from markupsafe import escape
 
     from xprune.report.headline import headline
 
@@ -122,7 +121,7 @@ def test_first_screen_holds_the_headline_and_the_key_figure(small_run, browser, 
     assert sum(s.startswith("At ") for s in sentences) == 2
     page = (out / "report.html").read_text(encoding="utf-8")
     for s in sentences:  # in the answer block, before any table
-        assert page.index(html_lib.escape(s)) < page.index("<table")
+        assert page.index(str(escape(s))) < page.index("<table")
 
     probed = tmp_path / "geometry.html"
     probed.write_text(page.replace("</body>", GEOMETRY + "</body>"), encoding="utf-8")

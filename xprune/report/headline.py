@@ -79,7 +79,7 @@ def _faithfulness_clause(rows: list[tuple[str, pd.Series]], metric: str) -> str:
             continue
         better = (row["diff_mean"] > 0) == METRICS[metric.split("@")[0]].higher_is_better
         p_text = "p_Holm < 0.001" if p < 0.001 else f"p_Holm = {p:.2g}"
-        delta = fmt_ci(row["diff_mean"], row["diff_ci_low"], row["diff_ci_high"], 2, True)
+        delta = fmt_ci(row["diff_mean"], row["diff_ci_low"], row["diff_ci_high"], 3, True)
         changed.append(f"{'better' if better else 'worse'} for {_name(method)} "
                        f"(Δ {delta}, {p_text})")
     if not rows:
@@ -100,7 +100,7 @@ def _against(where: int | None, ft: pd.Series | None, other: pd.Series | None) -
 
 _VERDICT = {
     0: "the maps can stand in for the dense model's",
-    1: "the maps moved more than retraining alone moves them (recheck what you read off them)",
+    1: "the maps moved more than retraining alone moves them",
     2: "the maps are as different as another model's (do not carry conclusions over)",
     3: "the maps are further from the dense maps than another model's (do not carry "
        "conclusions over)",
