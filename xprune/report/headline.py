@@ -166,17 +166,19 @@ def _lead(sparse: pd.DataFrame, summary: pd.DataFrame, method: str, agreement: s
         rest = levels[close:]
         far = next((lv for lv in rest if lv[2] >= 2), rest[0])
         text += "; at " + _pct(far[0]) + " they are "
+        them = "them"
     else:
         far = levels[0]
         text = f"Already at {_pct(far[0])} sparsity the {name} maps are "
+        them = "the dense maps"
     s, row, where = far
     o = f"{other['mean']:.2f}" if other is not None else ""
-    text += {1: f"further from them than the fine-tuned copy ({row['mean']:.2f}) but closer "
+    text += {1: f"further from {them} than the fine-tuned copy ({row['mean']:.2f}) but closer "
                 f"than a model trained from another seed ({o})" if o else
-                f"further from them than the fine-tuned copy ({row['mean']:.2f})",
-             2: f"as far from them as a model trained from another seed ({row['mean']:.2f} vs "
+                f"further from {them} than the fine-tuned copy ({row['mean']:.2f})",
+             2: f"as far from {them} as a model trained from another seed ({row['mean']:.2f} vs "
                 f"{o})",
-             3: f"further from them than a model trained from another seed ({row['mean']:.2f} "
+             3: f"further from {them} than a model trained from another seed ({row['mean']:.2f} "
                 f"vs {o})"}[where]
     return text + "."
 
