@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+from markupsafe import escape
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -38,8 +40,7 @@ def test_readme_study_example_runs_with_small_settings(tmp_path, monkeypatch):
     (the block's own sparsities and options are kept; progress off)."""
     import xprune
 
-    block = next(b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-                 if "xprune.study(" in b)
+    block = _study_blocks()[0]
     assert len([line for line in block.splitlines() if line.strip()]) < 10
     real = xprune.study
     small = {"train": {"epochs": 2}, "pruning": {"finetune_epochs": 1},
@@ -59,7 +60,49 @@ def test_readme_study_example_runs_with_small_settings(tmp_path, monkeypatch):
     result = namespace["result"]
     assert calls == [{"train": True, "sparsities": [0.5, 0.9]}]
     assert isinstance(result, xprune.Study) and namespace["model"][0].weight.grad is None
-    assert len(result.models) == 5 and len(result.headline) == 2  # 2 sparsities, 2 controls
+    assert len(result.models) == 5  # 2 sparsities, 2 controls
     page = (tmp_path / "digits-study.html").read_text()
-    assert "<html" in page and result.headline[0].split(" (")[0] in page
+    assert "<html" in page and 'id="key-figure"' in page
+    assert all(str(escape(s)) in page for s in result.headline)
+    assert len(result.headline) == 3  # a lead sentence (1 method), one per level (2)
     assert "xprune study" in result._repr_html_()
+
+
+def _study_blocks() -> list[str]:
+    return [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+            if "xprune.study(" in b]
+
+
+def test_readme_transformer_study_runs_with_small_settings(tmp_path, monkeypatch):
+    """The transformer block (a Hugging Face BERT built from a config, a tokenizer's output):
+    executed as written, with a small budget; it produces the full report."""
+    import xprune
+
+    block = _study_blocks()[1]
+    assert len([line for line in block.splitlines() if line.strip()]) < 10
+    assert "BertForSequenceClassification" in block and "BatchEncoding" in block
+    real = xprune.study
+    small = {"train": {"epochs": 2}, "pruning": {"finetune_epochs": 1},
+             "attribution": {"n_samples": 4, "params": {"integrated_gradients": {"n_steps": 4}}},
+             "metrics": {"names": ["gini_index", "spearman", "faithfulness_correlation"],
+                         "faithfulness_runs": 5, "versus_random": []},
+             "report": {"latency_batch": 4}}
+    calls = []
+
+    def study(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs, config=small, progress=False)
+
+    monkeypatch.setattr(xprune, "study", study, raising=False)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    text = namespace["text"]
+    assert calls == [{"sparsities": [0.5, 0.9], "attributions": "integrated_gradients"}]
+    assert len(text.models) == 5 and set(text.results["attribution"]) == {
+        "integrated_gradients"}
+    assert set(text.results["metric"]) >= {"gini_index", "spearman", "faithfulness_correlation"}
+    page = (tmp_path / "bert-study.html").read_text()
+    assert 'id="key-figure"' in page and all(str(escape(s)) in page for s in text.headline)
+    assert (text.out / "report.md").is_file() and (text.out / "figures" / "key_figure.png")\
+        .is_file()

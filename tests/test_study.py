@@ -110,8 +110,13 @@ def test_study_never_mutates_the_model_or_the_data(data):
 
 def test_repr_html_holds_the_headline_and_a_decodable_png(result):
     page = result._repr_html_()
-    assert len(result.headline) == 1
-    assert result.headline[0].startswith("At 50% sparsity (l1_unstructured, compression 2.0x)")
+    from xprune.report.headline import headline
+
+    assert result.headline == headline(result.models, result.summary)
+    assert len(result.headline) == 1  # one pruning level: no lead sentence
+    assert result.headline[0].startswith("At 50% sparsity ")
+    assert "accuracy " in result.headline[0] and "Spearman with the dense maps: " \
+        "saliency" in result.headline[0]
     assert result.headline[0].replace("'", "&#x27;") in page  # escaped as HTML text
     png = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     image = Image.open(io.BytesIO(base64.b64decode(png.group(1))))
@@ -178,10 +183,11 @@ def test_as_split_keeps_token_ids_integers_and_uses_given_splits():
 
 
 @pytest.mark.parametrize(("data", "error", "match"), [
-    (DataLoader(TensorDataset(torch.randn(8, 3), torch.zeros(8).long())), TypeError,
-     "got a DataLoader, which is not supported yet"),
+    (DataLoader(TensorDataset(torch.randn(8, 3))), ValueError,
+     r"batch 0 of `data` to be \(inputs, labels\) or a mapping with 'labels', got list of "
+     "length 1"),
     ({"input_ids": torch.zeros(4, 3).long(), "attention_mask": torch.ones(4, 3)}, TypeError,
-     "tokenizer output .* not supported yet"),
+     "tokenizer output .* pass it to xprune.study with its model"),
     ("digits", TypeError, "Expected `data` to be tensors .* got str"),
     ({"train": (torch.randn(8, 3), torch.zeros(8).long())}, ValueError,
      "keys 'train' and 'test'"),
@@ -265,3 +271,146 @@ def test_data_with_a_rationale_are_scored_for_plausibility():
     attrs = xprune.attribute(model, x, model(x).argmax(dim=1), "saliency")
     expected = xprune.metrics.rationale_auprc(attrs, split.rationale_test[:4])
     torch.testing.assert_close(torch.tensor(dense["value"].to_numpy()), expected)
+
+
+# ---------------------------------------------------------------- DataLoaders, tokenizer output
+
+LIGHT = {"train": {"epochs": 1}, "pruning": {"finetune_epochs": 0},
+         "controls": {"other_seed": False, "finetune": False},
+         "attribution": {"n_samples": 4, "methods": ["saliency"]},
+         "metrics": {"names": ["gini_index"], "versus_random": []},
+         "report": {"latency_batch": 4}}
+
+
+def test_a_dataloader_or_any_iterable_of_batches_is_the_data_it_yields(data):
+    """A DataLoader (and a generator of batches) gives the numbers of its tensors."""
+    x, y = data.x_train[:150], data.y_train[:150]
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    kw = dict(sparsities=0.5, progress=False, config=LIGHT)
+    expected = xprune.study(_mlp, (x, y), **kw).results
+    pd.testing.assert_frame_equal(xprune.study(_mlp, loader, **kw).results, expected)
+    batches = ((x[i:i + 50], y[i:i + 50]) for i in range(0, 150, 50))
+    pd.testing.assert_frame_equal(xprune.study(_mlp, batches, **kw).results, expected)
+
+
+def test_collect_batches_pads_token_batches_to_one_length():
+    from xprune.data import collect_batches
+
+    batches = [{"input_ids": torch.tensor([[5, 6, 0]]), "attention_mask": torch.tensor([[1, 1, 0]]),
+                "labels": torch.tensor([1])},
+               {"input_ids": torch.tensor([[7, 8, 9, 4, 3]]),
+                "attention_mask": torch.tensor([[1, 1, 1, 1, 1]]), "labels": torch.tensor([0])}]
+    x, y = collect_batches(batches, pad_token_id=0)
+    assert torch.equal(x["input_ids"], torch.tensor([[5, 6, 0, 0, 0], [7, 8, 9, 4, 3]]))
+    assert torch.equal(x["attention_mask"], torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]))
+    assert torch.equal(y, torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="pad id to pad the batches"):
+        collect_batches(batches)
+    with pytest.raises(ValueError, match="labels under 'labels'"):
+        collect_batches([{"input_ids": torch.zeros(1, 3).long()}])
+    with pytest.raises(ValueError, match="at least one batch"):
+        collect_batches(iter([]))
+
+
+def _tokens(n: int, seed: int):
+    """Token ids (n, 10), pad id 0 after each sentence's length, [CLS]=1 first; label: an id
+    below 10 occurs."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 30, (n, 10), generator=g)
+    mask = (torch.arange(10)[None] < torch.randint(4, 11, (n,), generator=g)[:, None]).long()
+    ids = ids * mask
+    ids[:, 0] = 1
+    return ids, mask, ((ids >= 5) & (ids < 10)).any(dim=1).long()
+
+
+@pytest.fixture(scope="module")
+def bert():
+    """A tiny Hugging Face BERT classifier built from a config (nothing downloaded), trained
+    briefly on the tokens of :func:`_tokens`."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from xprune._study import TokenIds
+    from xprune.models import train
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=2, pad_token_id=0))
+    ids, _, labels = _tokens(200, seed=1)
+    train(TokenIds(model, 0, ("input_ids", "attention_mask")), ids, labels, epochs=3)
+    return model.eval()
+
+
+def test_tokenizer_output_and_a_hugging_face_model(bert):
+    """A BatchEncoding (input_ids, attention_mask, token_type_ids) and a BERT classifier: the
+    study calls the model with the ids and the mask rebuilt from them; the dense model's Gini
+    index is that of its saliency maps computed on the tokenizer output as given (padding
+    masked), and MACs and latency take the token ids."""
+    from transformers import BatchEncoding
+
+    ids, mask, labels = _tokens(60, seed=2)
+    ids[40:50, 9], mask[40:50, 9] = 0, 0  # the first test batch is shorter than the second
+    ids[50, 1:], mask[50] = torch.arange(10, 19), 1
+    enc = BatchEncoding({"input_ids": ids, "attention_mask": mask,
+                         "token_type_ids": torch.zeros_like(ids)})
+    test = BatchEncoding({k: v[40:] for k, v in enc.items()})
+    splits = {"train": (BatchEncoding({k: v[:40] for k, v in enc.items()}), labels[:40]),
+              "test": (test, labels[40:])}
+    before = {k: v.clone() for k, v in bert.state_dict().items()}
+    study = xprune.study(bert, splits, sparsities=0.5, progress=False, config=LIGHT)
+    assert all(torch.equal(v, before[k]) for k, v in bert.state_dict().items())
+    inputs = {k: v[:4] for k, v in test.items()}
+    target = bert(**inputs).logits.argmax(dim=1)
+    attrs = xprune.attribute(bert, inputs, target, "saliency")
+    assert attrs.feature_mask is not None and not bool(attrs.feature_mask.all())
+    dense = study.results.query("model == 'dense' and metric == 'gini_index'")
+    torch.testing.assert_close(torch.tensor(dense["value"].to_numpy()),
+                               xprune.metrics.gini_index(attrs))
+    assert dense["target"].tolist() == target.tolist()
+    timings = pd.read_csv(study.out / "timings.csv")
+    assert set(timings["dtype"]) == {"int64"}
+    cfg = json.loads((study.out / "config.json").read_text())
+    assert cfg["model"]["factory"] == "BertForSequenceClassification passed to xprune.study " \
+                                      "(trained)"
+    # a collator's batches (mappings with "labels", each padded to its own length): the same
+    own = [int(mask[i:i + 10].sum(1).max()) for i in (40, 50)]
+    assert max(own) == 10 and min(own) < 10  # one batch is shorter: padded on collection
+    loader = [{"input_ids": ids[i:i + 10, :t], "attention_mask": mask[i:i + 10, :t],
+               "labels": labels[i:i + 10]} for i, t in zip((40, 50), own, strict=True)]
+    batches = {"train": [{"input_ids": ids[:40], "attention_mask": mask[:40],
+                          "labels": labels[:40]}], "test": loader}
+    again = xprune.study(bert, batches, sparsities=0.5, progress=False, config=LIGHT)
+    pd.testing.assert_frame_equal(again.results, study.results)
+
+
+def test_tokenizer_output_whose_mask_does_not_follow_from_the_ids_is_refused(bert):
+    ids, mask, labels = _tokens(40, seed=3)
+    mask[0, 0] = 0  # attends to padding elsewhere: the ids alone cannot say so
+    with pytest.raises(ValueError, match=r"attention_mask of `data` to be input_ids != pad id"):
+        xprune.study(bert, ({"input_ids": ids, "attention_mask": mask}, labels),
+                     progress=False, config=LIGHT)
+    with pytest.raises(ValueError, match="token_type_ids of `data` to be all 0"):
+        xprune.study(bert, ({"input_ids": ids, "token_type_ids": torch.ones_like(ids)}, labels),
+                     progress=False, config=LIGHT)
+
+
+def test_run_analysis_and_study_run_the_one_stage_sequence(monkeypatch, data, tmp_path):
+    """`xprune run` (run_analysis) and study both go through analysis.run_stages."""
+    import xprune._study as study_module
+    import xprune.analysis as analysis
+
+    calls = []
+    real = analysis.run_stages
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("data") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "run_stages", spy)
+    monkeypatch.setattr(study_module, "run_stages", spy)
+    config = CONFIG.replace(metrics=CONFIG.metrics.__class__(names=["gini_index"],
+                                                             versus_random=[]))
+    run_analysis(config, out_dir=tmp_path / "run", progress=False, use_cache=False,
+                 render=False)
+    xprune.study(_mlp, data, config=config, progress=False)
+    assert calls == [False, True]

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -28,30 +29,16 @@ from tqdm.auto import tqdm
 
 from ._cache import RunCache
 from ._io import atomic_write_text
-from .analysis import (
-    ModelRecord,
-    _silent,
-    _StageClock,
-    attribute_models,
-    check_writable,
-    describe_models,
-    explained_truth,
-    load_data,
-    prune_models,
-    score_models,
-    train_controls,
-    train_dense,
-    write_run,
-)
+from ._state import as_logits
+from .analysis import STAGES, _silent, check_writable, run_stages
 from .config import AnalysisConfig, load_config
-from .data import DatasetSplit
+from .data import LABEL_KEYS, DatasetSplit, collect_batches, is_batches
 from .models import predict
-from .report import metric_summary, render_report, what_changed
-from .report.figures import figure_png, plot_accuracy_and_agreement
+from .report import metric_summary, render_report
+from .report.figures import figure_png, plot_key_figure
+from .report.headline import headline
 
 __all__ = ["STAGES", "Study", "study"]
-
-STAGES = ("data", "train", "prune", "controls", "describe", "attribute", "score", "write")
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,8 +69,10 @@ class Study:
 
     @property
     def headline(self) -> list[str]:
-        """One sentence per pruned model: accuracy, size, and how its maps changed."""
-        return what_changed(self.models, self.summary)[1]
+        """The report's first lines (:func:`xprune.report.headline.headline`): a lead
+        sentence per attribution method, then one sentence per pruning level with its
+        verdict, accuracy, and where its maps stand against the controls."""
+        return headline(self.models, self.summary)
 
     def report(self, path: str | Path | None = None) -> Path:
         """Render ``report.html`` and ``report.md`` (as ``xprune run`` does) and return the
@@ -108,8 +97,9 @@ class Study:
         return path / page.name
 
     def figure(self):
-        """The key figure (accuracy and agreement vs sparsity) as a matplotlib Figure."""
-        axes = plot_accuracy_and_agreement(self.models, self.summary)
+        """The report's key figure (accuracy, agreement with the dense maps and faithfulness
+        vs sparsity, controls as bands) as a matplotlib Figure."""
+        axes = plot_key_figure(self.models, self.summary)
         return axes[0].figure
 
     def _repr_html_(self) -> str:
@@ -121,7 +111,8 @@ class Study:
                 f"{int(self.results['sample'].nunique())} test samples"
                 f"<ul>{items}</ul>"
                 f"<img src=\"data:image/png;base64,{png}\" "
-                f"alt=\"accuracy and agreement with the dense maps vs sparsity\">"
+                f"alt=\"accuracy, agreement with the dense maps and faithfulness vs "
+                f"sparsity\">"
                 f"<p>Full report: <code>.report()</code>; run folder "
                 f"<code>{html.escape(str(self.out))}</code></p></div>")
 
@@ -157,14 +148,21 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         (``config.train``). The other-seed control is a copy of ``model``
         with every layer re-initialised (``reset_parameters``) and trained
         with ``config.train``.
-    data : (x, y), dict of splits, or DatasetSplit
+    data : (x, y), DataLoader, iterable of batches, tokenizer output, dict of splits, DatasetSplit
         Tensors or arrays ``(x, y)``: inputs (n, *F) of any dtype (images,
         table rows, token ids) and integer labels (n,), split seeded and
-        stratified (``config.seed``, ``config.data`` fractions); a dict
-        ``{"train": (x, y), "test": (x, y)}`` (``"val"`` optional) used as
-        given; or a :class:`xprune.data.DatasetSplit`. Pruned models are
-        fine-tuned on the train split; everything is measured on test.
-        (DataLoaders and Hugging Face inputs are not supported yet.)
+        stratified (``config.seed``, ``config.data`` fractions). A DataLoader
+        or any iterable of batches (``(x, y)``, or mappings with ``"labels"``
+        as Hugging Face collators give them) is collected into memory and split
+        the same way. A tokenizer's output ``(encoding, labels)`` (or with
+        ``encoding["labels"]``): ``input_ids`` (n, T) with ``attention_mask``
+        and ``token_type_ids`` that follow from the ids (mask = ids != pad id,
+        types 0, checked on every sample): the model is called with the ids
+        alone (:class:`TokenIds`), so every stage varies one tensor of ids. A
+        dict ``{"train": ..., "test": ...}`` (``"val"`` optional) of any of
+        these is used as given; or a :class:`xprune.data.DatasetSplit`. Pruned
+        models are fine-tuned on the train split; everything is measured on
+        test.
     sparsities : float or list of float in [0, 1), optional
         Overrides ``config.pruning.sparsities``.
     attributions : str or list of str, optional
@@ -192,8 +190,8 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
     Raises
     ------
     TypeError
-        If ``model`` is neither a module nor a function, or ``data`` is of a
-        kind not supported (yet), such as a DataLoader.
+        If ``model`` is neither a module nor a function, or ``data`` is of
+        another kind.
     ValueError
         On invalid options, data the model cannot take, a model whose output
         is not (N, C) logits with a column per class, or (for ``train`` and the
@@ -216,62 +214,47 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         raise ValueError(f"Expected `train` to be True or False, got {train!r}.")
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="xprune-study-"))
     check_writable(out)
+    if user_model is not None:
+        template = user_model
+    else:
+        with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
+            template = factory()
+    data = _collected(data, _model_pad_id(template))
+    tokens = _token_pairs(data)
+    if tokens is not None:  # a tokenizer's output: the model takes the ids alone
+        data, pad, keys = _token_ids(tokens, template)
+        template = TokenIds(template, pad, keys)
+        if user_model is not None:
+            user_model = template
+        factory = _reinitialised(template) if user_model is not None else _wrapped(
+            factory, pad, keys)
     bar = tqdm(total=len(STAGES), desc="xprune.study", unit="stage", disable=not progress,
                file=sys.stderr)
     say = (lambda msg: tqdm.write(f"[xprune] {msg}", file=sys.stderr)) if progress else _silent
-    cache = RunCache(None, {})  # the models and data are not in the config: nothing is reused
-    clock = _StageClock()
-    torch.manual_seed(config.seed)
 
     def stage(name: str) -> None:
         if bar.n or name != STAGES[0]:
             bar.update()
         bar.set_postfix_str(name)
 
-    try:
-        stage("data")
-        split = load_data(config, data, say=say)
-        if user_model is not None:
-            template = user_model
-        else:
-            with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
-                template = factory()
+    def check(split: DatasetSplit) -> None:
         if train or config.controls.other_seed:
             _check_resettable(template)
         _check_model(template, split)
-        stage("train")
-        if train:
-            dense = train_dense(config, split, cache=cache, say=say, factory=factory)
-        else:
-            dense = ModelRecord("dense", "dense", "", 0.0,
-                                copy.deepcopy(user_model).to(config.device), {})
-        stage("prune")
-        records = [dense, *prune_models(config, split, dense.model, cache=cache, say=say,
-                                        factory=factory)]
-        stage("controls")
-        records += train_controls(config, split, dense.model, cache=cache, say=say,
-                                  factory=factory)
-        clock.mark("train_and_prune")
-        stage("describe")
-        tables = describe_models(records, split, config)
-        clock.mark("model_table")
-        stage("attribute")
-        attrs_by = attribute_models(config, records, split, cache=cache, progress=progress)
-        clock.mark("attribute")
-        stage("score")
-        labels, rationale = explained_truth(split, attrs_by)
-        results, curves = score_models(config, records, attrs_by, labels, cache=cache,
-                                       progress=progress, rationale=rationale)
-        clock.mark("metrics")
-        stage("write")
-        write_run(out, config, split, records, attrs_by, results, curves, tables)
-        _record_source(out, split, user_model if user_model is not None else template, train)
-        summary = metric_summary(results)
-        clock.mark("summary")
-        clock.write(out / "stages.json")
+
+    try:
+        run = run_stages(config, out, cache=RunCache(None, {}), data=data,
+                         dense=None if train else user_model, factory=factory, check=check,
+                         stage=stage, say=say, progress=progress)
+        _record_source(out, run.data, getattr(template, "model", template)
+                       if isinstance(template, TokenIds) else template, train)
+        summary = metric_summary(run.results)
+        run.clock.mark("summary")
+        run.clock.write(out / "stages.json")
         bar.update()
     finally:
         bar.close()
+    results, tables = run.results, run.tables
     return Study(results=results, summary=summary, models=tables.models, config=config,
                  out=out)
 
@@ -377,3 +360,146 @@ def _record_source(out: Path, data: DatasetSplit, model: nn.Module, trained: boo
     cfg["model"]["factory"] = (f"{type(model).__name__} passed to xprune.study"
                                + (" (trained by the study)" if trained else " (trained)"))
     atomic_write_text(path, json.dumps(cfg, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- token inputs (tokenizer output)
+
+def _collected(data: object, pad_token_id: int | None) -> object:
+    """DataLoaders and other iterables of batches (also as splits) collected into pairs."""
+    if is_batches(data):
+        return collect_batches(data, pad_token_id=pad_token_id)
+    if isinstance(data, dict) and data and set(data) <= {"train", "val", "test"}:
+        return {k: collect_batches(v, name=f"data[{k!r}]", pad_token_id=pad_token_id)
+                if is_batches(v) else v for k, v in data.items()}
+    return data
+
+
+def _wrapped(factory: Callable[[], nn.Module], pad: int | None, keys: Sequence[str]
+             ) -> Callable[[], nn.Module]:
+    return lambda: TokenIds(factory(), pad, keys)
+
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class TokenIds(nn.Module):
+    """A text model that takes a tokenizer's output, called with its token ids (N, T) only.
+
+    ``forward(input_ids)`` calls the wrapped ``model`` with ``input_ids`` and
+    the inputs a tokenizer derives from them for one sequence per sample:
+    ``attention_mask = input_ids != pad_token_id`` and ``token_type_ids = 0``
+    (each only if the data had it), and returns the logits (N, C) (the
+    ``logits`` of a Hugging Face ``ModelOutput``). :func:`study` checks on the
+    whole data set that the derived inputs equal the given ones before it uses
+    this, so the pipeline (which varies one tensor of ids: removal metrics put
+    the pad id in place of removed tokens, which the mask then hides) sees the
+    model as it is called on the data. ``get_input_embeddings`` and
+    ``config`` are the wrapped model's, so attribution finds the embedding
+    layer and the pad id.
+    """
+
+    def __init__(self, model: nn.Module, pad_token_id: int | None, keys: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.keys = tuple(keys)
+        config = getattr(model, "config", None)
+        if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
+            config = SimpleNamespace(pad_token_id=pad_token_id)
+        self.config = config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids}
+        if "attention_mask" in self.keys:
+            kwargs["attention_mask"] = (input_ids != self.pad_token_id).long() \
+                if self.pad_token_id is not None else torch.ones_like(input_ids)
+        if "token_type_ids" in self.keys:
+            kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+        return as_logits(self.model(**kwargs), self.model)
+
+    def get_input_embeddings(self) -> nn.Module:
+        getter = getattr(self.model, "get_input_embeddings", None)
+        layer = getter() if callable(getter) else None
+        if layer is None:
+            layer = next((m for m in self.model.modules() if isinstance(m, nn.Embedding)), None)
+        return layer
+
+
+def _model_pad_id(model: object) -> int | None:
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    return pad if isinstance(pad, int) and not isinstance(pad, bool) else None
+
+
+def _token_pairs(data: object) -> dict[str, tuple[dict, torch.Tensor]] | None:
+    """The splits of ``data`` whose inputs are a mapping (a tokenizer's output), as
+    ``{split: (mapping, labels)}`` (split "all" for data to be split), else None."""
+    def pair(value: object, name: str):
+        if hasattr(value, "keys") and not isinstance(value, torch.Tensor):
+            value = dict(value)
+            label = next((k for k in LABEL_KEYS if k in value), None)
+            if label is None:
+                raise ValueError(f"Expected `{name}` (a tokenizer output) to come with its "
+                                 f"labels: pass (encoding, labels) or add 'labels'.")
+            labels = value.pop(label)
+            return value, labels
+        if isinstance(value, (tuple, list)) and len(value) == 2 and hasattr(value[0], "keys") \
+                and not isinstance(value[0], torch.Tensor):
+            return dict(value[0]), value[1]
+        return None
+
+    if isinstance(data, dict) and set(data) <= {"train", "val", "test"} and data:
+        parts = {k: pair(v, f"data[{k!r}]") for k, v in data.items()}
+        if all(p is None for p in parts.values()):
+            return None
+        missing = [k for k, p in parts.items() if p is None]
+        if missing:
+            raise ValueError(f"Expected every split of `data` to be a tokenizer output when one "
+                             f"is, got other inputs in {missing}.")
+        return parts
+    found = pair(data, "data")
+    return None if found is None else {"all": found}
+
+
+def _token_ids(parts: dict[str, tuple[dict, torch.Tensor]], model: object
+               ) -> tuple[object, int | None, tuple[str, ...]]:
+    """The ids of every split in place of its tokenizer output, the pad id, and the keys the
+    model is called with; ValueError unless the other inputs follow from the ids."""
+    keys = None
+    pad = _model_pad_id(model)
+    for split, (enc, _) in parts.items():
+        unknown = sorted(set(enc) - set(TOKEN_KEYS))
+        if unknown or "input_ids" not in enc:
+            raise ValueError(f"Expected the tokenizer output of `data` to hold input_ids and "
+                             f"optionally attention_mask and token_type_ids, got the keys "
+                             f"{sorted(enc)} ({split}); drop {unknown or 'nothing'} "
+                             f"(e.g. return_offsets_mapping=False).")
+        if keys is not None and set(enc) != set(keys):
+            raise ValueError(f"Expected every split of `data` to hold the same inputs, got "
+                             f"{sorted(keys)} and {sorted(enc)}.")
+        keys = tuple(k for k in TOKEN_KEYS if k in enc)
+        if "attention_mask" in enc and pad is None:  # learn the pad id from the padding
+            ids, mask = (torch.as_tensor(enc[k]) for k in ("input_ids", "attention_mask"))
+            padded = ids[mask == 0].unique()
+            if len(padded) > 1:
+                raise ValueError(f"Expected one pad id where the attention_mask of `data` is 0, "
+                                 f"got {padded[:5].tolist()}.")
+            pad = int(padded[0]) if len(padded) else None
+    out = {}
+    for split, (enc, labels) in parts.items():
+        ids = torch.as_tensor(enc["input_ids"])
+        if "attention_mask" in enc:
+            mask = torch.as_tensor(enc["attention_mask"])
+            derived = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
+            if mask.shape != ids.shape or not torch.equal(mask.bool(), derived):
+                bad = int((mask.bool() != derived).sum()) if mask.shape == ids.shape else "all"
+                raise ValueError(
+                    f"Expected the attention_mask of `data` to be input_ids != pad id ({pad}): "
+                    f"the study gives the model the ids alone and rebuilds the mask from them, "
+                    f"but {bad} positions differ ({split}). Pad with the tokenizer's pad token "
+                    f"only where the mask is 0.")
+        if "token_type_ids" in enc and bool(torch.as_tensor(enc["token_type_ids"]).any()):
+            raise ValueError("Expected the token_type_ids of `data` to be all 0 (one sequence "
+                             "per sample): the study rebuilds them from the ids; sentence "
+                             "pairs are not supported.")
+        out[split] = (ids, labels)
+    return (out["all"] if "all" in out else out), pad, keys

@@ -72,7 +72,7 @@ from .stats import mean_ci, proportion_ci
 
 __all__ = ["ModelRecord", "ModelTables", "RunResult", "attribute_models", "describe_models",
            "explained_truth",
-           "load_data", "prune_models", "run_analysis", "run_seeds", "score_models",
+           "load_data", "prune_models", "run_analysis", "run_seeds", "run_stages", "score_models",
            "train_controls", "train_dense", "write_run"]
 
 RESULT_COLUMNS = ["model", "role", "pruning", "sparsity", "attribution", "metric", "sample",
@@ -211,13 +211,19 @@ def load_data(config: AnalysisConfig, data: object = None, *,
         as_split(data, **split)
     say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
         f"{len(data.x_test)} test samples")
-    names = config.metrics.resolved_names(images=data.x_test.dim() == 4)  # before training
+    names = config.metrics.resolved_names(images=data.x_test.dim() == 4,  # before training
+                                          tokens=_token_ids(data.x_test))
     need = [n for n in names if M.METRICS[n].kind == "rationale"]
     if need and data.rationale_test is None:
         raise ValueError(f"Expected `metrics.names` to name metrics the data {data.name!r} can "
                          f"score: {need} compare maps with a ground-truth rationale, which "
                          f"these data do not have (the generated 'vowels' and 'text' data do).")
     return data
+
+
+def _token_ids(x: torch.Tensor) -> bool:
+    """Integer inputs (N, T): token ids (noise metrics are left out of the default set)."""
+    return x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool
 
 
 def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
@@ -458,7 +464,7 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
     draws_memo: dict[str, torch.Tensor] = {}
     fg = M.foreground(x) if mc.foreground else None
     fg = None if fg is None or bool(fg.all()) else fg  # nothing at the baseline: no subset
-    for name in mc.resolved_names(images=x.dim() == 4):
+    for name in mc.resolved_names(images=x.dim() == 4, tokens=_token_ids(x)):
         info = M.METRICS[name]
         params = mc.metric_params(name, d)
         if info.kind == "pair":
@@ -734,7 +740,7 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
             out_t = {"values": a.values}
             if a.delta is not None:
                 out_t["delta"] = a.delta
-            if a.feature_mask is not None:
+            if a.feature_mask is not None:  # token inputs: padding and special tokens
                 out_t["feature_mask"] = a.feature_mask
             return out_t
 
@@ -742,7 +748,7 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
         attrs_by[method, rec.tag] = Attributions(
             stored["values"], x, targets, method,
             {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
-            predictions[rec.tag], stored.get("feature_mask"))
+            predictions[rec.tag], feature_mask=stored.get("feature_mask"))
     bar.close()
     return attrs_by
 
@@ -883,33 +889,101 @@ def run_analysis(config: AnalysisConfig | None = None, *, out_dir: str | Path | 
     out = Path(out_dir) if out_dir is not None else Path("reports") / config.name
     check_writable(out)
     say = (lambda msg: tqdm.write(f"[xprune] {msg}", file=sys.stderr)) if progress else _silent
-    clock = _StageClock()
     cache = RunCache(out if use_cache else None, store_key(config))
-    torch.manual_seed(config.seed)
-
-    data = load_data(config, say=say)
-    dense = train_dense(config, data, cache=cache, say=say)
-    records = [dense, *prune_models(config, data, dense.model, cache=cache, say=say),
-               *train_controls(config, data, dense.model, cache=cache, say=say)]
-    clock.mark("train_and_prune")
-    tables = describe_models(records, data, config)
-    clock.mark("model_table")
-    attrs_by = attribute_models(config, records, data, cache=cache, progress=progress)
-    clock.mark("attribute")
-    labels, rationale = explained_truth(data, attrs_by)
-    results, curves = score_models(config, records, attrs_by, labels, cache=cache, jobs=jobs,
-                                   executor=executor, address=address, progress=progress,
-                                   rationale=rationale)
-    clock.mark("metrics")
-    write_run(out, config, data, records, attrs_by, results, curves, tables)
-    clock.mark(None)
+    run = run_stages(config, out, cache=cache, say=say, progress=progress, jobs=jobs,
+                     executor=executor, address=address)
     report = None
     if render:
         say("rendering the report")
         report = render_report(out)
-    clock.mark("report")
-    clock.write(out / "stages.json")
-    return RunResult(out_dir=out, results=results, models=tables.models, report=report)
+    run.clock.mark("report")
+    run.clock.write(out / "stages.json")
+    return RunResult(out_dir=out, results=run.results, models=run.tables.models, report=report)
+
+
+STAGES = ("data", "train", "prune", "controls", "describe", "attribute", "score", "write")
+
+
+class Pipeline(NamedTuple):
+    """What :func:`run_stages` produced (the run folder holds it as files too)."""
+
+    data: DatasetSplit
+    records: list[ModelRecord]
+    tables: ModelTables
+    results: pd.DataFrame
+    clock: _StageClock
+
+
+def run_stages(config: AnalysisConfig, out: Path, *, cache: RunCache,
+               data: object = None, dense: nn.Module | None = None,
+               factory: Callable[[], nn.Module] | None = None,
+               check: Callable[[DatasetSplit], None] | None = None,
+               stage: Callable[[str], None] | None = None,
+               say: Callable[[str], None] = _silent, progress: bool = False, jobs: int = 1,
+               executor: str = "local", address: str | None = None) -> Pipeline:
+    """The stage sequence of a run, the one implementation that :func:`run_analysis` (and so
+    ``xprune run``) and :func:`xprune.study` call: :data:`STAGES` in order, then the
+    run folder written (:func:`write_run`), the report not rendered.
+
+    Seeds torch's global generator with ``config.seed`` first, so the same
+    config and inputs give the same files whoever calls.
+
+    Parameters
+    ----------
+    config, out, cache
+        The run's configuration, folder and store (``RunCache(None, {})`` keeps nothing).
+    data : optional
+        Data held in memory instead of ``config.data`` (see :func:`load_data`).
+    dense : nn.Module, optional
+        The trained dense model (a copy is used; it is never modified); default:
+        trained, or loaded from ``config.model.checkpoint``.
+    factory : callable, optional
+        Builds the architecture instead of ``config.model`` (pruned models load into it,
+        the other-seed control is trained from it).
+    check : callable, optional
+        ``check(data)`` after the data stage, before any training (to refuse a
+        model the data do not fit).
+    stage : callable, optional
+        ``stage(name)`` as each of :data:`STAGES` starts (a progress bar).
+    say, progress, jobs, executor, address
+        As for :func:`run_analysis`.
+    """
+    stage = stage or _silent
+    clock = _StageClock()
+    torch.manual_seed(config.seed)
+    stage("data")
+    split = load_data(config, data, say=say)
+    if check is not None:
+        check(split)
+    stage("train")
+    if dense is None:
+        dense_rec = train_dense(config, split, cache=cache, say=say, factory=factory)
+    else:
+        dense_rec = ModelRecord("dense", "dense", "", 0.0,
+                                copy.deepcopy(dense).to(config.device), {})
+    stage("prune")
+    records = [dense_rec, *prune_models(config, split, dense_rec.model, cache=cache, say=say,
+                                        factory=factory)]
+    stage("controls")
+    records += train_controls(config, split, dense_rec.model, cache=cache, say=say,
+                              factory=factory)
+    clock.mark("train_and_prune")
+    stage("describe")
+    tables = describe_models(records, split, config)
+    clock.mark("model_table")
+    stage("attribute")
+    attrs_by = attribute_models(config, records, split, cache=cache, progress=progress)
+    clock.mark("attribute")
+    stage("score")
+    labels, rationale = explained_truth(split, attrs_by)
+    results, curves = score_models(config, records, attrs_by, labels, cache=cache, jobs=jobs,
+                                   executor=executor, address=address, progress=progress,
+                                   rationale=rationale)
+    clock.mark("metrics")
+    stage("write")
+    write_run(out, config, split, records, attrs_by, results, curves, tables)
+    clock.mark(None)
+    return Pipeline(split, records, tables, results, clock)
 
 
 class _StageClock:

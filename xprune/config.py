@@ -468,11 +468,14 @@ class MetricsConfig:
             if getattr(self, key) is not None:
                 check_positive_int(getattr(self, key), f"metrics.{key}")
 
-    def resolved_names(self, images: bool) -> list[str]:
+    def resolved_names(self, images: bool, tokens: bool = False) -> list[str]:
         """The metrics to compute for image (``images=True``) or other inputs.
 
         Without ``names``: the default set, with the image-only metrics (SSIM)
-        for images only. Named image-only metrics for other inputs are an error.
+        for images only, and for token ids (``tokens=True``: integer inputs)
+        without the metrics that add continuous noise to the inputs
+        (:data:`CONTINUOUS_NOISE`). Named image-only metrics for other inputs
+        are an error.
 
         Raises
         ------
@@ -480,7 +483,8 @@ class MetricsConfig:
             If ``names`` asks for an image-only metric and the inputs are not images.
         """
         if self.names is None:
-            return [n for n in DEFAULT_METRICS if images or not METRICS[n].images_only]
+            return [n for n in DEFAULT_METRICS if (images or not METRICS[n].images_only)
+                    and not (tokens and n in CONTINUOUS_NOISE)]
         if not images:
             bad = [n for n in self.names if METRICS[n].images_only]
             if bad:
@@ -506,6 +510,12 @@ class MetricsConfig:
                                 "n_samples": self.sensitivity_samples},
         }.get(name, {})
         return {**shorthand, **self.params.get(name, {})}
+
+
+# metrics that perturb the inputs with continuous noise: token ids cannot take it
+CONTINUOUS_NOISE = frozenset({"infidelity", "max_sensitivity", "avg_sensitivity",
+                              "local_lipschitz_estimate", "relative_input_stability",
+                              "relative_output_stability"})
 
 
 @dataclass(frozen=True)

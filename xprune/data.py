@@ -15,9 +15,10 @@ from torch import Tensor
 
 from ._validation import check_fraction, check_positive_int, closest_name, resolve_factory
 
-__all__ = ["DATASETS", "DatasetSplit", "as_split", "load_breast_cancer_split", "load_dataset",
-           "load_digits_split", "load_text_file", "load_text_split", "load_vowels_split",
-           "load_wine_split", "make_token_dataset", "split_arrays"]
+__all__ = ["DATASETS", "DatasetSplit", "as_split", "collect_batches", "is_batches",
+           "load_breast_cancer_split", "load_dataset", "load_digits_split", "load_text_file",
+           "load_text_split", "load_vowels_split", "load_wine_split", "make_token_dataset",
+           "split_arrays"]
 
 TEXT_FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -363,19 +364,21 @@ def as_split(data: object, *, seed: int = 0, val_size: float = 0.2, test_size: f
 
     Parameters
     ----------
-    data : DatasetSplit, (x, y), or dict of splits
+    data : DatasetSplit, (x, y), DataLoader, iterable of batches, or dict of splits
         A ``DatasetSplit`` is returned as it is. ``(x, y)``: inputs (n, *F) of
         any dtype (images, table rows, token ids) and integer labels (n,),
         split seeded and stratified by ``seed`` as :func:`split_arrays` splits
-        (the same partition, but nothing is converted to float). A dict
-        ``{"train": (x, y), "test": (x, y)}`` (``"val"`` optional) is used as
-        given.
+        (the same partition, but nothing is converted to float). A DataLoader
+        or any iterable of ``(x, y)`` batches is collected first
+        (:func:`collect_batches`) and split the same way. A dict
+        ``{"train": ..., "test": ...}`` (``"val"`` optional) of pairs or
+        loaders is used as given.
 
     Raises
     ------
     TypeError
-        For a DataLoader or a Hugging Face tokenizer output (not supported yet:
-        pass the tensors) or anything else.
+        For a Hugging Face tokenizer output (a mapping of inputs: the study takes
+        it with its model, :func:`xprune.study`) or anything else.
     ValueError
         On mismatched lengths, labels that are not integers 0..C-1, NaN/Inf
         floating inputs, inputs of different shapes across splits, or a class
@@ -384,14 +387,16 @@ def as_split(data: object, *, seed: int = 0, val_size: float = 0.2, test_size: f
     if isinstance(data, DatasetSplit):
         return data
     kind = type(data).__name__
-    if kind == "DataLoader" or hasattr(data, "dataset") and hasattr(data, "batch_size"):
+    if is_batches(data):  # a DataLoader or another iterable of batches
+        data = collect_batches(data)
+    elif isinstance(data, dict) and "input_ids" not in data:
+        data = {k: collect_batches(v, name=f"data[{k!r}]") if is_batches(v) else v
+                for k, v in data.items()}
+    if _holds_mapping_inputs(data):
         raise TypeError("Expected `data` to be tensors (x, y), a DatasetSplit or a dict of "
-                        "splits, got a DataLoader, which is not supported yet: collect its "
-                        "batches, e.g. x = torch.cat([b[0] for b in loader]), and pass (x, y).")
-    if isinstance(data, dict) and "input_ids" in data:
-        raise TypeError("Expected `data` to be tensors (x, y), a DatasetSplit or a dict of "
-                        "splits, got a tokenizer output (input_ids, ...), which is not "
-                        "supported yet: pass (input_ids, labels).")
+                        "splits, got a tokenizer output (input_ids, ...): pass it to "
+                        "xprune.study with its model, which takes the ids as the model's "
+                        "input, or pass (input_ids, labels).")
     if isinstance(data, dict):
         unknown = sorted(set(data) - set(_SPLITS))
         if unknown or not {"train", "test"} <= set(data):
@@ -421,6 +426,21 @@ def as_split(data: object, *, seed: int = 0, val_size: float = 0.2, test_size: f
                             tuple(str(c) for c in range(n_classes)))
     raise TypeError(f"Expected `data` to be tensors (x, y), a DatasetSplit or a dict of splits, "
                     f"got {kind}.")
+
+
+def _is_mapping(value: object) -> bool:
+    return hasattr(value, "keys") and not isinstance(value, Tensor)
+
+
+def _holds_mapping_inputs(data: object) -> bool:
+    """A tokenizer output as the inputs: a mapping of tensors, ``(mapping, labels)``, or a dict
+    of splits of those."""
+    if isinstance(data, dict) and set(data) <= set(_SPLITS):
+        return any(_holds_mapping_inputs(v) for v in data.values())
+    if isinstance(data, (tuple, list)) and data:
+        return _is_mapping(data[0])
+    return _is_mapping(data) and not isinstance(data, dict) or (
+        isinstance(data, dict) and "input_ids" in data)
 
 
 def _pair(value: object, name: str) -> tuple[Tensor, Tensor]:
@@ -548,3 +568,116 @@ def load_dataset(name: str, *, text: dict | None = None, **kwargs) -> DatasetSpl
             + closest_name(name, DATASETS)
         )
     return DATASETS[name](**kwargs)
+
+
+LABEL_KEYS = ("labels", "label")
+
+
+def is_batches(data: object) -> bool:
+    """Whether ``data`` is a DataLoader or another iterable of batches (not one pair ``(x, y)``,
+    a dict of splits, a tensor or an array)."""
+    if isinstance(data, (Tensor, np.ndarray, str, bytes, dict, DatasetSplit)) or \
+            hasattr(data, "keys"):  # a mapping, e.g. a tokenizer's BatchEncoding
+        return False
+    if isinstance(data, (tuple, list)):  # a list of batches, not one (x, y) pair
+        return bool(data) and all(isinstance(b, (tuple, list, dict)) or hasattr(b, "keys")
+                                  for b in data) and not (
+            len(data) == 2 and all(isinstance(v, (Tensor, np.ndarray)) for v in data))
+    return hasattr(data, "__iter__")
+
+
+def _batch_parts(batch: object, name: str, index: int) -> tuple[Tensor | dict, Tensor]:
+    """One batch as (inputs: a tensor or a dict of tensors, labels (n,))."""
+    where = f"batch {index} of `{name}`"
+    if hasattr(batch, "keys") and not isinstance(batch, Tensor):  # a mapping (tokenizer output)
+        keys = [k for k in LABEL_KEYS if k in batch]
+        if not keys:
+            raise ValueError(f"Expected {where}, a mapping, to hold the labels under 'labels' or "
+                             f"'label', got the keys {sorted(batch.keys())}.")
+        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
+        return inputs, batch[keys[0]]
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise ValueError(f"Expected {where} to be (inputs, labels) or a mapping with 'labels', got "
+                     f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(
+                         batch, (tuple, list)) else "") + ".")
+
+
+def _as_tensor(value: object, what: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError):
+        raise TypeError(f"Expected {what} to be a tensor or an array, got "
+                        f"{type(value).__name__}.") from None
+
+
+def _pad_cat(parts: list[Tensor], key: str, pad: int) -> Tensor:
+    """Concatenate (n_i, T_i) token tensors, right-padding shorter ones with ``pad``."""
+    length = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, length - p.shape[1]), value=pad)
+                      for p in parts])
+
+
+def collect_batches(batches: object, *, name: str = "data", pad_token_id: int | None = None
+                    ) -> tuple[Tensor | dict[str, Tensor], Tensor]:
+    """Every batch of a DataLoader (or any iterable of batches) in one ``(inputs, labels)`` pair.
+
+    A batch is ``(x, y)`` with x a tensor (n, *F) of any dtype or a mapping of
+    tensors (a tokenizer's output), or a mapping holding the model's inputs and
+    the labels under ``"labels"`` (or ``"label"``), as Hugging Face collators
+    return it. Mappings of token tensors (n, T) padded to each batch's own
+    length are right-padded to the longest: ``input_ids`` with
+    ``pad_token_id``, every other key with 0. The whole data set is held in
+    memory (the pipeline measures every model on the same tensors).
+
+    Returns
+    -------
+    inputs : Tensor of shape (n, *F) or dict of Tensors of shape (n, T)
+    labels : Tensor of shape (n,)
+
+    Raises
+    ------
+    ValueError
+        If there is no batch, a batch is of another form, the batches mix
+        forms, keys or feature shapes, or padding is needed without a pad id.
+    TypeError
+        If a batch holds something other than tensors or arrays.
+    """
+    xs, ys = [], []
+    for i, batch in enumerate(batches):
+        x, y = _batch_parts(batch, name, i)
+        if hasattr(x, "keys") and not isinstance(x, Tensor):
+            x = {k: _as_tensor(v, f"`{name}`[{k!r}] in batch {i}") for k, v in x.items()}
+        else:
+            x = _as_tensor(x, f"the inputs of batch {i} of `{name}`")
+        xs.append(x)
+        ys.append(_as_tensor(y, f"the labels of batch {i} of `{name}`").reshape(-1))
+    if not xs:
+        raise ValueError(f"Expected `{name}` to yield at least one batch, got none.")
+    y = torch.cat(ys)
+    if all(isinstance(x, Tensor) for x in xs):
+        shapes = {tuple(x.shape[1:]) for x in xs}
+        if len(shapes) > 1:
+            raise ValueError(f"Expected every batch of `{name}` to have the same input shape per "
+                             f"sample, got {sorted(shapes)}.")
+        return torch.cat(xs), y
+    if not all(isinstance(x, dict) for x in xs) or len({tuple(x) for x in xs}) > 1:
+        raise ValueError(f"Expected every batch of `{name}` to hold the same inputs (all tensors, "
+                         f"or mappings with the same keys).")
+    out = {}
+    for key in xs[0]:
+        parts = [x[key] for x in xs]
+        if len({p.shape[1:] for p in parts}) > 1:
+            if any(p.dim() != 2 for p in parts):
+                raise ValueError(f"Expected `{name}`[{key!r}] to have the same shape per sample "
+                                 f"in every batch, got {sorted({tuple(p.shape[1:]) for p in parts})}.")
+            if key == "input_ids" and pad_token_id is None:
+                raise ValueError(f"Expected a pad id to pad the batches of `{name}` to one "
+                                 f"length (they differ); the model's config has no "
+                                 f"pad_token_id: pad in the collator (padding='max_length').")
+            out[key] = _pad_cat(parts, key, pad_token_id if key == "input_ids" else 0)
+        else:
+            out[key] = torch.cat(parts)
+    return out, y

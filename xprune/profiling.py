@@ -89,7 +89,9 @@ def measure_latency(model: nn.Module, batch: Tensor, *, min_run_time: float = 0.
     ``batch`` is a slice of the model's real inputs (N, *F), of any dtype
     (token ids stay integers for a model with an embedding). Uses
     ``torch.utils.benchmark.Timer.blocked_autorange`` (which warms up first)
-    and records the batch size, intra-op threads, dtype and device.
+    and records the batch size, intra-op threads, dtype and device, and the
+    interquartile range of the timed blocks (``latency_iqr_ms``: the timer's
+    noise; a difference between two models below it is no finding).
     """
     from torch.utils import benchmark
 
@@ -100,6 +102,7 @@ def measure_latency(model: nn.Module, batch: Tensor, *, min_run_time: float = 0.
         timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": x},
                                 num_threads=torch.get_num_threads())
         m = timer.blocked_autorange(min_run_time=min_run_time)
-    return {"latency_ms": m.median * 1e3, "batch_size": int(x.shape[0]),
+    return {"latency_ms": m.median * 1e3, "latency_iqr_ms": m.iqr * 1e3,
+            "batch_size": int(x.shape[0]),
             "threads": torch.get_num_threads(), "dtype": str(x.dtype).replace("torch.", ""),
             "device": str(device)}

@@ -82,6 +82,14 @@ def _check_callable(fn: object, name: str) -> None:
         raise ValueError(f"Expected `{name}` to be callable, got {type(fn).__name__}.")
 
 
+def _checked_inputs(inputs: object) -> Tensor:
+    """The checked inputs (N, *F); token ids (integer (N, T)) stay integers for the embedding."""
+    if isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.shape[0] > 0 \
+            and not inputs.is_floating_point() and inputs.dtype != torch.bool:
+        return inputs
+    return check_tensor(inputs, "inputs", min_dim=2)
+
+
 def _targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
     """Class indices (N,), resolved once on the unchanged model ("predicted" included)."""
     t = resolve_targets(model, x, target)
@@ -218,7 +226,7 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
         hooks, or an ``attribute_fn`` / ``similarity`` that returns the wrong
         shape.
     """
-    x = check_tensor(inputs, "inputs", min_dim=2)
+    x = _checked_inputs(inputs)
     if order not in ORDERS:
         raise ValueError(f"Expected `order` in {ORDERS}, got {order!r}."
                          + closest_name(str(order), ORDERS))
@@ -351,7 +359,7 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
         :func:`parameter_randomisation` for inputs, ``attribute_fn`` and
         ``similarity``.
     """
-    x = check_tensor(inputs, "inputs", min_dim=2)
+    x = _checked_inputs(inputs)
     _check_callable(attribute_fn, "attribute_fn")
     _check_callable(similarity, "similarity")
     outputs = n_outputs(model, x)

@@ -6,6 +6,7 @@ Plot functions take ``ax=None`` and return the ``Axes`` (or the ``Figure`` for g
 from __future__ import annotations
 
 import io
+import math
 
 import matplotlib
 
@@ -23,6 +24,7 @@ __all__ = [
     "plot_decision_regions",
     "plot_deletion_curves",
     "plot_feature_importance",
+    "plot_key_figure",
     "plot_group_distributions",
     "plot_layer_sparsity",
     "plot_metric_vs_sparsity",
@@ -457,3 +459,77 @@ def plot_token_heatmap(tokens: pd.DataFrame, attribution: str, models: list[str]
     ax.set_title(f"{attribution.replace('_', ' ')}: tokens coloured by attribution (red for, "
                  "blue against the explained class; one scale per sentence)", fontsize=8)
     return ax
+def _control_band(ax, mean: float, low: float, high: float, colour, label: str,
+                  style: str) -> None:
+    """A control as a horizontal band (its 95% CI) around a line (its mean)."""
+    if not (math.isnan(low) or math.isnan(high)):
+        ax.axhspan(low, high, color=colour, alpha=0.12, linewidth=0)
+    ax.axhline(mean, color=colour, linestyle=style, linewidth=1, label=label)
+
+
+_CONTROL_STYLE = {"control:finetune": "--", "control:other-seed": ":"}
+
+
+def plot_key_figure(models: pd.DataFrame, summary: pd.DataFrame, *,
+                    agreement: str | None = None, faithfulness: str | None = None, axes=None):
+    """The key figure of a report: accuracy, agreement with the dense maps and faithfulness
+    against sparsity.
+
+    Each panel draws the dense model (sparsity 0, where defined) and every
+    pruning variant as points with 95% CIs as error bars (accuracy: Wilson;
+    metrics: the summary's BCa bootstrap), and each control (the fine-tuned
+    copy of the dense model, a model from another seed) as a horizontal band,
+    its 95% CI around a line at its mean. ``agreement`` and ``faithfulness``
+    name the metrics drawn (default: the first of
+    :data:`xprune.report.headline.AGREEMENT_METRICS` and
+    :data:`~xprune.report.headline.FAITHFULNESS_METRICS` in ``summary``);
+    a panel is left out when its metric is absent. Returns the list of ``Axes``.
+    """
+    from .headline import agreement_metric, faithfulness_metric
+
+    agreement = agreement or agreement_metric(summary)
+    faithfulness = faithfulness or faithfulness_metric(summary)
+    panels = ["accuracy"] + [m for m in (agreement, faithfulness) if m]
+    if axes is None:
+        fig, grid = plt.subplots(1, len(panels), figsize=(3.9 * len(panels), 2.7),
+                                 squeeze=False, layout="constrained")
+        axes = list(grid[0])
+    dense = models[models["role"] == "dense"]
+    variants = list(dict.fromkeys(models.loc[models["role"] == "sparse", "pruning"]))
+    ax = axes[0]
+    for i, variant in enumerate(variants):
+        curve = pd.concat([dense, models[(models["role"] == "sparse")
+                                         & (models["pruning"] == variant)]])
+        curve = curve.sort_values("requested_sparsity")
+        ax.errorbar(curve["requested_sparsity"], 100 * curve["accuracy"],
+                    yerr=[100 * (curve["accuracy"] - curve["accuracy_ci_low"]),
+                          100 * (curve["accuracy_ci_high"] - curve["accuracy"])],
+                    marker="os^vDP*"[i % 7], ms=3, capsize=2, color=f"C{i}", label=variant)
+    for _, ctrl in models[models["role"] == "control"].iterrows():
+        _control_band(ax, 100 * ctrl["accuracy"], 100 * ctrl["accuracy_ci_low"],
+                      100 * ctrl["accuracy_ci_high"], "grey", ctrl["model"],
+                      _CONTROL_STYLE.get(ctrl["model"], "-."))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("accuracy", fontsize=10)
+    titles = {agreement: "agreement with the dense maps", faithfulness: "faithfulness"}
+    for ax, metric in zip(axes[1:], panels[1:], strict=True):
+        data = summary[summary["metric"] == metric]
+        for i, (method, group) in enumerate(data.groupby("attribution", sort=False)):
+            colour = _colour(method, i)
+            curve = group[group["role"].isin(["dense", "sparse"])].sort_values("sparsity")
+            ax.errorbar(curve["sparsity"], curve["mean"],
+                        yerr=[curve["mean"] - curve["ci_low"], curve["ci_high"] - curve["mean"]],
+                        marker="os^vDP*"[i % 7], ms=3, capsize=2, color=colour,
+                        label=method.replace("_", " "))
+            for _, ctrl in group[group["role"] == "control"].iterrows():
+                _control_band(ax, ctrl["mean"], ctrl["ci_low"], ctrl["ci_high"], colour,
+                              f"{method.replace('_', ' ')}: {ctrl['model']}",
+                              _CONTROL_STYLE.get(ctrl["model"], "-."))
+        ax.set_ylabel(metric.replace("_", " ").replace("@", " @ "), fontsize=8)
+        ax.set_title(titles[metric], fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("sparsity (fraction of weights removed)", fontsize=8)
+        ax.set_xlim(-0.05, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=5.5, loc="best")
+    return axes

@@ -19,6 +19,7 @@ from .._io import atomic_write_bytes, atomic_write_text, read_table
 from ..metrics import METRICS
 from . import figures as F
 from . import text as T
+from .headline import headline, latency_noise, scale_note
 from .tables import (
     all_zero_sentence,
     fmt_cell,
@@ -117,6 +118,7 @@ def _read(run: Path, name: str) -> pd.DataFrame:
 
 
 def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    noise = latency_noise(timings)  # differences within the timer's noise are no findings
     t = models.merge(timings, on="model", how="left").set_index("model").loc[order].reset_index()
     out = pd.DataFrame({
         "model": t["model"],
@@ -140,7 +142,9 @@ def _model_rows(models: pd.DataFrame, timings: pd.DataFrame, order: list[str]) -
         "storage bytes float32 / sparse encoding": [f"{d:,} / {s:,}" for d, s in
                                          zip(t["storage_dense_bytes"], t["storage_sparse_bytes"],
                                              strict=True)],
-        "latency ms (median)": t["latency_ms"].map("{:.3f}".format),
+        "latency ms (median)": [f"{v:.3f}" + (" (within timer noise of dense)"
+                                               if noise.get(m) else "")
+                                for m, v in zip(t["model"], t["latency_ms"], strict=True)],
         "fine-tune s": t["finetune_seconds"].map(lambda v: "-" if math.isnan(v) else f"{v:.2f}"),
     })
     return out
@@ -354,6 +358,9 @@ def render_report(run_dir: str | Path) -> Path:
     figs = _figures(run, results, summary, curves, examples, importance, order, models, layers)
     token_maps, bejjani = _text_parts(run, results, order, figs)
     by_sparsity = T.sparsity_table(summary, models)
+    answer, key_figure = _answer(run, models, summary)
+    scale = _scale_notes(config, metric_names)
+    tables = {k: _flag_scale(v, scale) for k, v in tables.items()}
     n_samples = int(results["sample"].nunique())
     lat = timings.iloc[0]
     context = {
@@ -361,6 +368,9 @@ def render_report(run_dir: str | Path) -> Path:
         "metric_names": metric_names,
         "n_samples": n_samples,
         "pruning_text": _pruning_text(config, results),
+        "answer": answer, "key_figure": key_figure,
+        "scale_notes": [f"{name} †: {note}" for name, note in scale.items() if note],
+        "scale_text": _scale_text(metric_names, scale),
         "latency_note": f"median of torch.utils.benchmark runs after warm-up, batch size "
                         f"{int(lat['batch_size'])}, {int(lat['threads'])} threads, "
                         f"{lat['dtype']}, {lat['device']}",
@@ -433,7 +443,10 @@ def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, spli
              f"{ctx['n_samples']} held-out test inputs, target = the dense model's prediction "
              "for every model. Intervals are 95% confidence intervals over test samples of one "
              "trained model each (they do not include training variance across seeds).", "",
-             "## What pruning changed", ""]
+             "## The answer", ""]
+    lines += [f"- {md_text(s)}" for s in ctx["answer"]]
+    lines += ["", f"![{md_text(ctx['key_figure']['caption'])}]({ctx['key_figure']['file']})",
+              "", md_text(ctx["key_figure"]["caption"]), "", "## What pruning changed", ""]
     lines += [f"- {md_text(s)}" for s in ctx["sentences"]]
     lines += ["", _md_table(changed), "",
               NOTES["changed"], "",
@@ -445,7 +458,10 @@ def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, spli
     lines += ["## Metrics (mean [95% CI] over samples)", ""]
     for method, table in tables.items():
         lines += [f"### {md_text(method)}", "", _md_table(table), ""]
-    lines += [NOTES["metrics"], "", "### Metric definitions", "",
+    lines += [NOTES["metrics"], ""]
+    lines += [md_text(ctx["scale_text"]), ""] if ctx["scale_text"] else []
+    lines += [f"- {md_text(n)}" for n in ctx["scale_notes"]]
+    lines += ["", "### Metric definitions", "",
               _md_table(_metric_notes(ctx["metric_names"])), ""]
     if features:
         lines += ["## Feature importance (mean |attribution|, top features of the dense model)",
@@ -457,3 +473,55 @@ def _markdown(ctx, changed, model_rows, tables, figs, features, class_rows, spli
     lines += ["", "Per-layer sparsity: `layers.csv`; per-sample scores: `results.csv`; "
               "resolved config: `config.json`; package versions: `versions.json`.", ""]
     return "\n".join(lines)
+
+
+KEY_FIGURE_CAPTION = (
+    "Accuracy, agreement with the dense model's maps and faithfulness against sparsity: points "
+    "with 95% CIs as error bars (Wilson for accuracy, BCa bootstrap over samples for the "
+    "metrics); each control is a band (its 95% CI) around a line (its mean): dashed the dense "
+    "model fine-tuned without pruning, dotted a dense model trained from another seed.")
+
+
+def _answer(run: Path, models: pd.DataFrame, summary: pd.DataFrame
+            ) -> tuple[list[str], dict[str, str]]:
+    """The first screen: the headline sentences and the key figure (``figures/key_figure.png``)."""
+    axes = F.plot_key_figure(models, summary)
+    png = F.figure_png(axes[0].figure)
+    atomic_write_bytes(run / "figures" / "key_figure.png", png)
+    return headline(models, summary), {"file": "figures/key_figure.png",
+                                       "caption": KEY_FIGURE_CAPTION,
+                                       "data": base64.b64encode(png).decode("ascii")}
+
+
+SCALE_CHECKED = ("infidelity", "max_sensitivity", "avg_sensitivity", "effective_complexity")
+
+
+def _scale_notes(config: dict, metric_names: set[str]) -> dict[str, str | None]:
+    """For each scale-sensitive metric of the run: why its value depends on the maps' size with
+    the run's parameters (:func:`xprune.report.headline.scale_note`), or None where the
+    variant computed is scale-invariant."""
+    params = config.get("metrics", {}).get("params", {}) or {}
+    return {name: scale_note(name, params.get(name, {})) for name in SCALE_CHECKED
+            if name in metric_names}
+
+
+def _scale_text(metric_names: set[str], scale: dict[str, str | None]) -> str:
+    """One line on the scale-invariant variants used, or ""."""
+    invariant = [name for name, note in scale.items() if note is None]
+    if not invariant:
+        return ""
+    return ("Scale: " + ", ".join(invariant) + " are computed in scale-invariant form "
+            "(infidelity with the optimal rescaling of the map, normalize=true; the "
+            "sensitivities relative to the map's norm; effective complexity against each "
+            "map's largest value), so a model whose maps are uniformly smaller does not score "
+            "better for that alone.")
+
+
+def _flag_scale(table: pd.DataFrame, scale: dict[str, str | None]) -> pd.DataFrame:
+    """Mark (†) the rows of a metric table whose metric depends on the maps' scale."""
+    flagged = {name for name, note in scale.items() if note}
+    if not flagged:
+        return table
+    out = table.copy()
+    out["metric"] = [f"{m} †" if _base(m) in flagged else m for m in out["metric"]]
+    return out
