@@ -106,3 +106,37 @@ def test_given_maps_are_checked(setup):
         stability.max_sensitivity(explain, x, (a.targets + 1) % 10, attributions=a)
     with pytest.raises(ValueError, match="inputs' shape"):
         stability.local_lipschitz_estimate(explain, x, a.targets, attributions=a.values[:3])
+
+
+class CountingAttribute:
+    """Wraps an ``attribute_fn(model, inputs, targets)`` and counts its rows."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, model, inputs, target):
+        self.rows += int(inputs.shape[0])
+        return xprune.attribute(model, inputs, target, "saliency", params={"abs": False}).values
+
+
+def test_sanity_checks_reuse_the_given_original_maps(setup):
+    from xprune.metrics import sanity
+
+    model, x, _ = setup
+    a = xprune.attribute(model, x, "predicted", "saliency", params={"abs": False})
+    n = x.shape[0]
+    counted = CountingAttribute()
+    curve = sanity.parameter_randomisation(model, x, a.targets, counted, generator=seeded(3),
+                                           attributions=a)
+    assert counted.rows == n * len(curve.layers)
+    counted.rows = 0
+    again = sanity.parameter_randomisation(model, x, a.targets, counted, generator=seeded(3))
+    assert counted.rows == n * (len(curve.layers) + 1)
+    torch.testing.assert_close(curve.values, again.values, equal_nan=True)
+    counted.rows = 0
+    ours = sanity.random_logit(model, x, a.targets, counted, generator=seeded(3), attributions=a)
+    assert counted.rows == n
+    torch.testing.assert_close(ours, sanity.random_logit(model, x, a.targets, counted,
+                                                         generator=seeded(3)))
+    with pytest.raises(ValueError, match="computed on other inputs"):
+        sanity.random_logit(model, x + 1, a.targets, counted, attributions=a)
