@@ -489,29 +489,32 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
             key = json.dumps(params, sort_keys=True)
             if key not in draws_memo:  # one set of draws for both
                 draws_memo[key] = M.sensitivity_draws(
-                    explain, x, targets, **params, max_rows=max_rows,
+                    explain, x, targets, **params, max_rows=max_rows, attributions=attrs,
                     generator=torch.Generator().manual_seed(_metric_seed(seed, "sensitivity")))
             draws = draws_memo[key]
             scores[name] = draws.amax(dim=1) if name == "max_sensitivity" else draws.mean(dim=1)
-        elif info.kind == "explainer":
-            scores[name] = _call_metric(info, (explain, x, targets), params, seed, max_rows)
-        elif info.kind == "model_explainer":
-            scores[name] = _call_metric(info, (model, explain, x, targets), params, seed,
-                                        max_rows)
+        elif info.kind in ("explainer", "model_explainer"):  # the maps of x are attrs
+            args = (explain, x, targets) if info.kind == "explainer" else (model, explain, x,
+                                                                           targets)
+            given = ({"attributions": attrs}
+                     if "attributions" in inspect.signature(info.fn).parameters else {})
+            scores[name] = _call_metric(info, args, {**params, **given}, seed, max_rows)
         elif info.kind == "randomisation":
             if rec.role == "control":  # a sanity check of the dense and pruned models only
                 continue
             if name == "model_parameter_randomisation" and set(params) <= {"order"}:
                 # keep the curve: one row per layer, "<name>@<k>:<layer>" (k re-initialised)
                 layers = M.parameter_randomisation(
-                    model, x, targets, attribute_fn, **params,
+                    model, x, targets, attribute_fn, **params, attributions=attrs,
                     generator=torch.Generator().manual_seed(_metric_seed(seed, name)))
                 scores[name] = layers.values.mean(dim=1)
                 for k, layer in enumerate(layers.layers):
                     scores[f"{name}@{k + 1}:{layer}"] = layers.values[:, k]
                 continue
-            scores[name] = _call_metric(info, (model, x, targets, attribute_fn), params, seed,
-                                        max_rows)
+            given = ({"attributions": attrs}
+                     if "attributions" in inspect.signature(info.fn).parameters else {})
+            scores[name] = _call_metric(info, (model, x, targets, attribute_fn),
+                                        {**params, **given}, seed, max_rows)
         else:  # pragma: no cover - a registry entry of an unknown kind
             raise ValueError(f"Metric {name!r} has an unknown kind {info.kind!r}.")
     for name in mc.versus_random:

@@ -108,6 +108,20 @@ def _maps(attribute_fn: AttributeFn, model: nn.Module, x: Tensor, t: Tensor) -> 
     return values_of(values.detach(), "maps")
 
 
+def _given(attributions: Tensor | Attributions, x: Tensor) -> Tensor:
+    """The caller's original maps of ``x``, checked: shape (N, *F)."""
+    if isinstance(attributions, Attributions) and (
+            tuple(attributions.attributed.shape) != tuple(x.shape)
+            or not torch.equal(attributions.attributed.to(x.device, x.dtype), x)):
+        raise ValueError("Expected `attributions` to explain these `inputs`: the Attributions "
+                         "record was computed on other inputs.")
+    values = values_of(attributions, "attributions").detach()
+    if values.shape != x.shape:
+        raise ValueError(f"Expected `attributions` of the inputs' shape {tuple(x.shape)}, got "
+                         f"{tuple(values.shape)}.")
+    return values
+
+
 def _similarity(similarity: SimilarityFn, a: Tensor, b: Tensor) -> Tensor:
     s = similarity(a, b)
     if not isinstance(s, Tensor) or s.shape != (a.shape[0],):
@@ -156,7 +170,9 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
                             attribute_fn: AttributeFn, *, order: str = "cascading",
                             similarity: SimilarityFn = spearman,
                             generator: torch.Generator | None = None,
-                            layers: Sequence[str] | None = None) -> RandomisationCurve:
+                            layers: Sequence[str] | None = None,
+                            attributions: Tensor | Attributions | None = None
+                            ) -> RandomisationCurve:
     """Model-parameter randomisation test: similarity curves as layers are re-initialised.
 
     The original maps are computed on a deep copy of ``model``; then, layer
@@ -207,6 +223,11 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
         the output layer down for a model that registers its layers in
         forward order (as Quantus assumes too). Layers without
         ``reset_parameters()`` cannot be re-initialised and are skipped.
+    attributions : Tensor of shape (N, *F) or Attributions, optional
+        ``attribute_fn``'s maps of ``inputs`` for the targets on the unchanged
+        model, when the caller holds them: they are the original maps, so
+        ``attribute_fn`` runs once per layer and no more (an ``Attributions``
+        record is checked to explain these inputs).
 
     Returns
     -------
@@ -240,7 +261,8 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
     modules = dict(work.named_modules())
     saved = ({k: v.detach().clone() for k, v in work.state_dict().items()}
              if order == "independent" else None)
-    original = _maps(attribute_fn, work, x, t)
+    original = (_given(attributions, x) if attributions is not None
+                else _maps(attribute_fn, work, x, t))
     values = []
     with undefined_reasons() as reasons:  # one warning for the whole curve
         for i, (name, seed) in enumerate(zip(names, seeds, strict=True)):
@@ -267,7 +289,8 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
 def model_parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
                                   attribute_fn: AttributeFn, *, order: str = "cascading",
                                   similarity: SimilarityFn = spearman,
-                                  generator: torch.Generator | None = None) -> Tensor:
+                                  generator: torch.Generator | None = None,
+                                  attributions: Tensor | Attributions | None = None) -> Tensor:
     """Mean similarity over the model-parameter randomisation curve, per sample.
 
     The mean of :func:`parameter_randomisation`'s ``values`` over its L
@@ -295,7 +318,8 @@ def model_parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
         layer.
     """
     return parameter_randomisation(model, inputs, target, attribute_fn, order=order,
-                                   similarity=similarity, generator=generator).values.mean(dim=1)
+                                   similarity=similarity, generator=generator,
+                                   attributions=attributions).values.mean(dim=1)
 
 
 def _other_classes(targets: Tensor, n_classes: int, generator: torch.Generator) -> Tensor:
@@ -313,7 +337,8 @@ def _other_classes(targets: Tensor, n_classes: int, generator: torch.Generator) 
                     "attributions fail', ICML (random logit test)")
 def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: AttributeFn, *,
                  n_classes: int | None = None, similarity: SimilarityFn = spearman,
-                 generator: torch.Generator | None = None) -> Tensor:
+                 generator: torch.Generator | None = None,
+                 attributions: Tensor | Attributions | None = None) -> Tensor:
     """Similarity between the map of the target class and that of a random other class.
 
     For each sample a class ``c != target`` is drawn uniformly from the other
@@ -343,6 +368,9 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
     generator : torch.Generator, optional
         The other classes are drawn one per sample in batch order; default
         ``torch.Generator().manual_seed(0)``. Same seed, same classes.
+    attributions : Tensor of shape (N, *F) or Attributions, optional
+        The maps of the target classes, when the caller holds them; then
+        ``attribute_fn`` runs once, for the other classes.
 
     Returns
     -------
@@ -379,7 +407,8 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     other = _other_classes(t, n_classes, generator)
     with undefined_reasons() as reasons:
-        values = _similarity(similarity, _maps(attribute_fn, model, x, t),
-                             _maps(attribute_fn, model, x, other))
+        original = (_given(attributions, x) if attributions is not None
+                    else _maps(attribute_fn, model, x, t))
+        values = _similarity(similarity, original, _maps(attribute_fn, model, x, other))
     return warn_undefined(values, "random_logit",
                           "; ".join(reasons) or "the similarity is undefined for these maps")

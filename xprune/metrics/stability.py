@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, to_model
 from .._validation import check_positive_int, check_tensor
-from ..attribution import DEFAULT_MAX_ROWS
-from ._base import model_targets, register, warn_undefined
+from ..attribution import DEFAULT_MAX_ROWS, Attributions
+from ._base import model_targets, register, values_of, warn_undefined
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
            "relative_input_stability", "relative_output_stability", "sensitivity_draws"]
@@ -61,9 +61,35 @@ def _noise(x: Tensor, n_samples: int, scale: float, generator: torch.Generator, 
     return torch.stack(draws).to(dtype=x.dtype, device=x.device)
 
 
+def _given_maps(attributions: Tensor | Attributions | None, x: Tensor, t: Tensor
+                ) -> Tensor | None:
+    """The caller's unperturbed maps as (N, D) float64 on the CPU, checked; None if not given.
+
+    ``attributions`` must be the explainer's maps of ``x`` for the targets ``t``
+    (an :class:`~xprune.attribution.Attributions` record is also checked to
+    have been computed on ``x`` with those targets); they then stand in for
+    the maps of the unperturbed inputs, which are not explained again.
+    """
+    if attributions is None:
+        return None
+    if isinstance(attributions, Attributions):
+        if (tuple(attributions.attributed.shape) != tuple(x.shape)
+                or not torch.equal(attributions.attributed.to(x.device, x.dtype), x)):
+            raise ValueError("Expected `attributions` to explain these `inputs`: the "
+                             "Attributions record was computed on other inputs.")
+        if not torch.equal(attributions.targets.cpu().long(), t.cpu()):
+            raise ValueError("Expected `attributions` to explain the given `target`: the "
+                             "Attributions record holds maps of other targets.")
+    a = values_of(attributions, "attributions")
+    if tuple(a.shape) != tuple(x.shape):
+        raise ValueError(f"Expected `attributions` of the inputs' shape {tuple(x.shape)}, got "
+                         f"{tuple(a.shape)}.")
+    return a.detach().double().reshape(a.shape[0], -1).cpu()
+
+
 def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor,
                       n_samples: int, scale: float, generator: torch.Generator, *,
-                      gaussian: bool, max_rows: int):
+                      gaussian: bool, max_rows: int, given: Tensor | None = None):
     """Noisy copies of ``x`` and their maps, a chunk of samples at a time.
 
     Yields ``(sl, perturbed, base, maps)`` for consecutive sample slices ``sl``:
@@ -72,29 +98,41 @@ def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
     ``base`` (c, D) the maps of ``x[sl]`` and ``maps`` (c, S, D) those of
     ``perturbed``, float64 on the CPU. Memory is bounded by the chunk, not by N.
 
+    ``given`` (N, D), the caller's maps of ``x`` (:func:`_given_maps`), are
+    the ``base`` maps when passed: ``explain_fn`` then sees exactly the
+    N x S perturbed rows the definition needs, nothing else. Without them it
+    also explains the N unperturbed rows.
+
     How rows are sent to ``explain_fn`` (calls of at most ``max_rows`` rows):
 
     - An explainer whose map of a row does not depend on the other rows of the
       call (``explain_fn.independent_rows`` is True, as :func:`xprune.explainer`
-      sets for deterministic methods) gets each chunk's unperturbed and perturbed
-      rows together, ``max_rows // (S + 1)`` samples per call.
+      sets for deterministic methods) gets the perturbed rows of
+      ``max_rows // S`` samples per call (with their unperturbed rows,
+      ``max_rows // (S + 1)`` samples, when ``given`` is None).
     - Any other callable (e.g. SmoothGrad, whose noise is drawn per call) sees
-      the calls it always saw: the unperturbed rows, ``max_rows`` per call, and
-      the perturbed rows, sample-major, in calls of ``max_rows``. Chunks of
-      ``max_rows`` samples keep those call boundaries, so its maps, and the
-      scores, are those of one call over the whole batch; for N <= ``max_rows``
-      even the order of the calls is unchanged.
+      the calls it always saw: the unperturbed rows, ``max_rows`` per call
+      (unless ``given``), and the perturbed rows, sample-major, in calls of
+      ``max_rows``. Chunks of ``max_rows`` samples keep those call boundaries,
+      so its maps, and the scores, are those of one call over the whole batch;
+      for N <= ``max_rows`` even the order of the calls is unchanged.
     """
     n, s = x.shape[0], n_samples
     merged = getattr(explain_fn, "independent_rows", False) is True
-    chunk = max(1, max_rows // (s + 1)) if merged else max_rows
+    if merged:
+        chunk = max(1, max_rows // (s if given is not None else s + 1))
+    else:
+        chunk = max_rows
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
         xs, ts = x[sl], t[sl]
         c = xs.shape[0]
         perturbed = xs[:, None] + _noise(xs, s, scale, generator, gaussian=gaussian)
         flat, flat_t = perturbed.reshape(c * s, *x.shape[1:]), ts.repeat_interleave(s)
-        if merged:
+        if given is not None:
+            base = given[sl]
+            maps = _explain(explain_fn, flat, flat_t, max_rows)
+        elif merged:
             maps = _explain(explain_fn, torch.cat([xs, flat]), torch.cat([ts, flat_t]),
                             max_rows)
             base, maps = maps[:c], maps[c:]
@@ -111,7 +149,8 @@ def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
 def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, target: Any,
                     *, radius: float = 0.1, n_samples: int = 10, relative: bool = True,
                     generator: torch.Generator | None = None,
-                    max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                    max_rows: int = DEFAULT_MAX_ROWS,
+                    attributions: Tensor | Attributions | None = None) -> Tensor:
     """Max-sensitivity: the largest change of the map under small input noise, per sample.
 
     ``max_j ||Phi(x + e_j) - Phi(x)||`` over ``n_samples`` draws of noise
@@ -142,6 +181,16 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
         Noise source; drawn sample by sample in batch order, so the same seed
         gives bit-identical scores and a sample's noise does not depend on
         the samples after it.
+    max_rows : int >= 1
+        Rows per explainer call.
+    attributions : Tensor of shape (N, *F) or Attributions, optional
+        ``explain_fn``'s maps of ``inputs`` for ``target``, if the caller holds
+        them (an ``Attributions`` record is checked to explain these inputs and
+        targets). They are used as the unperturbed maps ``Phi(x)``, so
+        ``explain_fn`` sees only the N x ``n_samples`` perturbed rows, the
+        explanations the definition needs; without them it also explains the
+        N unperturbed inputs. Scores agree to floating-point rounding (a map
+        can differ in its last bits with the rows it was computed with).
 
     Returns
     -------
@@ -158,7 +207,7 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
     """
     return _sensitivity(explain_fn, inputs, target, radius=radius, n_samples=n_samples,
                         relative=relative, generator=generator, max_rows=max_rows,
-                        reduce="max")
+                        attributions=attributions, reduce="max")
 
 
 @register(category="stability", kind="explainer", higher_is_better=False,
@@ -168,7 +217,8 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
 def avg_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, target: Any,
                     *, radius: float = 0.1, n_samples: int = 10, relative: bool = True,
                     generator: torch.Generator | None = None,
-                    max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                    max_rows: int = DEFAULT_MAX_ROWS,
+                    attributions: Tensor | Attributions | None = None) -> Tensor:
     """Avg-sensitivity: the mean change of the map under small input noise, per sample.
 
     As :func:`max_sensitivity` (same noise, norms, ``relative`` default and
@@ -178,13 +228,14 @@ def avg_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
     """
     return _sensitivity(explain_fn, inputs, target, radius=radius, n_samples=n_samples,
                         relative=relative, generator=generator, max_rows=max_rows,
-                        reduce="mean")
+                        attributions=attributions, reduce="mean")
 
 
 def sensitivity_draws(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
                       target: Any, *, radius: float = 0.1, n_samples: int = 10,
                       relative: bool = True, generator: torch.Generator | None = None,
-                      max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                      max_rows: int = DEFAULT_MAX_ROWS,
+                      attributions: Tensor | Attributions | None = None) -> Tensor:
     """The change of the map under each noise draw: Tensor of shape (N, n_samples), float64.
 
     Its row maximum is :func:`max_sensitivity` and its row mean
@@ -192,7 +243,8 @@ def sensitivity_draws(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Te
     can be had from one set of explainer calls. Arguments as for those.
     """
     return _sensitivity(explain_fn, inputs, target, radius=radius, n_samples=n_samples,
-                        relative=relative, generator=generator, max_rows=max_rows, reduce=None)
+                        relative=relative, generator=generator, max_rows=max_rows,
+                        attributions=attributions, reduce=None)
 
 
 def _refuse_token_ids(explain_fn: Callable, inputs: object, metric: str) -> None:
@@ -206,7 +258,7 @@ def _refuse_token_ids(explain_fn: Callable, inputs: object, metric: str) -> None
 
 
 def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, generator,
-                 max_rows, reduce: str | None) -> Tensor:
+                 max_rows, attributions, reduce: str | None) -> Tensor:
     _refuse_token_ids(explain_fn, inputs, {"max": "max_sensitivity", "mean": "avg_sensitivity",
                                            None: "sensitivity_draws"}[reduce])
     x = check_tensor(inputs, "inputs", min_dim=2)
@@ -216,11 +268,12 @@ def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, gen
     check_positive_int(max_rows, "max_rows")
     n = x.shape[0]
     t = _explain_targets(target, n)
+    given = _given_maps(attributions, x, t)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     diff = torch.empty(n, n_samples, dtype=torch.float64)
     denom = torch.empty(n, 1, dtype=torch.float64)
     for sl, _, base, maps in _explained_chunks(explain_fn, x, t, n_samples, radius, generator,
-                                               gaussian=False, max_rows=max_rows):
+                                               gaussian=False, max_rows=max_rows, given=given):
         diff[sl] = (maps - base[:, None]).norm(dim=2)        # (c, S)
         denom[sl] = base.norm(dim=1, keepdim=True)
     if relative:
@@ -282,7 +335,8 @@ def _relative_change(ref: Tensor, other: Tensor, eps_min: float) -> Tensor:
 def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
                              target: Any, *, noise_std: float = 0.1, n_samples: int = 10,
                              generator: torch.Generator | None = None,
-                             max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                             max_rows: int = DEFAULT_MAX_ROWS,
+                             attributions: Tensor | Attributions | None = None) -> Tensor:
     """Local Lipschitz estimate: the largest change of the map per unit change of the input.
 
     ``max_j ||Phi(x) - Phi(x_j)||_2 / ||x - x_j||_2`` over ``n_samples``
@@ -315,6 +369,9 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
         scores and a sample's noise does not depend on the samples after it.
     max_rows : int >= 1
         Rows per explainer call.
+    attributions : Tensor of shape (N, *F) or Attributions, optional
+        The unperturbed maps, reused instead of explaining ``inputs`` again,
+        as for :func:`max_sensitivity`.
 
     Returns
     -------
@@ -339,11 +396,13 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
     check_positive_int(max_rows, "max_rows")
     n, s = x.shape[0], n_samples
     t = _explain_targets(target, n)
+    given = _given_maps(attributions, x, t)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     change = torch.empty(n, s, dtype=torch.float64)
     step = torch.empty(n, s, dtype=torch.float64)
     for sl, perturbed, base, maps in _explained_chunks(explain_fn, x, t, s, noise_std, generator,
-                                                       gaussian=True, max_rows=max_rows):
+                                                       gaussian=True, max_rows=max_rows,
+                                                       given=given):
         change[sl] = (maps - base[:, None]).norm(dim=2)                           # (c, S)
         step[sl] = (perturbed.double() - x[sl].double()[:, None]).reshape(
             perturbed.shape[0], s, -1).norm(dim=2).cpu()
@@ -352,7 +411,7 @@ def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inp
 
 
 def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples, eps_min,
-                        generator, max_rows, denominator: str) -> Tensor:
+                        generator, max_rows, attributions, denominator: str) -> Tensor:
     _refuse_token_ids(explain_fn, inputs, "relative_input_stability" if denominator == "input"
                       else "relative_output_stability")
     x = check_tensor(inputs, "inputs", min_dim=2)
@@ -372,7 +431,9 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
     h = torch.stack([r[0] for r in rows])                                         # (N, C)
     h_pert = torch.stack([r[1:] for r in rows])                                   # (N, S, C)
     valid = _predicted(h_pert) == _predicted(h)[:, None]                          # (N, S)
-    base = _explain(explain_fn, x, t, max_rows)                                   # (N, D)
+    base = _given_maps(attributions, x, t)                                        # (N, D)
+    if base is None:
+        base = _explain(explain_fn, x, t, max_rows)
     maps = _explain(explain_fn, flat, t.repeat_interleave(s), max_rows).reshape(n, s, -1)
     change = _relative_change(base[:, None], maps, eps_min).norm(dim=2)           # (N, S)
     if denominator == "input":
@@ -397,7 +458,8 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
                              inputs: Tensor, target: Any, *, radius: float = 0.2,
                              n_samples: int = 10, eps_min: float = 1e-6,
                              generator: torch.Generator | None = None,
-                             max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                             max_rows: int = DEFAULT_MAX_ROWS,
+                             attributions: Tensor | Attributions | None = None) -> Tensor:
     """Relative input stability (RIS): relative change of the map per relative change of the input.
 
     ``max_{x'} ||(Phi(x) - Phi(x')) / Phi(x)||_2 / max(||(x - x') / x||_2, eps_min)``
@@ -430,6 +492,9 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
         Rows per explainer call and per forward pass (forward passes take one
         sample's ``x`` and its perturbations at a time, so that a float32
         model's batch-size-dependent rounding cannot reach other samples).
+    attributions : Tensor of shape (N, *F) or Attributions, optional
+        The unperturbed maps, reused instead of explaining ``inputs`` again,
+        as for :func:`max_sensitivity`.
 
     Returns
     -------
@@ -481,7 +546,8 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
     """
     return _relative_stability(model, explain_fn, inputs, target, radius=radius,
                                n_samples=n_samples, eps_min=eps_min, generator=generator,
-                               max_rows=max_rows, denominator="input")
+                               max_rows=max_rows, attributions=attributions,
+                               denominator="input")
 
 
 @register(category="stability", kind="model_explainer", higher_is_better=False,
@@ -494,7 +560,8 @@ def relative_output_stability(model: nn.Module, explain_fn: Callable[[Tensor, Te
                               n_samples: int = 10, eps_min: float = 1e-6,
                               relative_logits: bool = True,
                               generator: torch.Generator | None = None,
-                              max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                              max_rows: int = DEFAULT_MAX_ROWS,
+                              attributions: Tensor | Attributions | None = None) -> Tensor:
     """Relative output stability (ROS): relative change of the map per relative change of the logits.
 
     ``max_{x'} ||(Phi(x) - Phi(x')) / Phi(x)||_2 / max(||(h(x) - h(x')) / h(x)||_2, eps_min)``
@@ -526,5 +593,5 @@ def relative_output_stability(model: nn.Module, explain_fn: Callable[[Tensor, Te
     """
     return _relative_stability(model, explain_fn, inputs, target, radius=radius,
                                n_samples=n_samples, eps_min=eps_min, generator=generator,
-                               max_rows=max_rows,
+                               max_rows=max_rows, attributions=attributions,
                                denominator="relative_logits" if relative_logits else "logits")

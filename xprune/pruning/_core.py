@@ -548,16 +548,25 @@ def _prune_by_scores(model: nn.Module, amount: float, scores: Mapping[str, Tenso
                       "(e.g. 0.99) to cap each layer.", UserWarning, stacklevel=4)
 
 
-def _weight_gradients(model: nn.Module, data: tuple[Tensor, Tensor], keys=None
-                      ) -> dict[str, tuple]:
+def _weight_gradients(model: nn.Module, data: tuple[Tensor, Tensor], keys=None, *,
+                      chunk: int = 256) -> dict[str, tuple]:
     """Gradients of the mean cross-entropy on ``data`` w.r.t. the weights ``keys`` (default: all
-    counted weights), in eval mode: ``{key: (gradient, weight)}``."""
+    counted weights), in eval mode: ``{key: (gradient, weight)}``.
+
+    The samples go through in chunks of at most ``chunk`` rows (the gradient of
+    the mean is the sum of the chunks' summed losses over N), so memory does
+    not grow with the number of reference samples."""
     x, y = data
+    n = x.shape[0]
     params = {key: getattr(m, p) for key, m, p in _resolve(model, keys)}
+    grads = None
     with eval_mode(model):
-        logits = model(to_model(x, model))
-        loss = nn.functional.cross_entropy(logits, y.to(logits.device))
-        grads = torch.autograd.grad(loss, list(params.values()))
+        for start in range(0, n, chunk):
+            logits = model(to_model(x[start:start + chunk], model))
+            loss = nn.functional.cross_entropy(logits, y[start:start + chunk].to(logits.device),
+                                               reduction="sum") / n
+            part = torch.autograd.grad(loss, list(params.values()))
+            grads = part if grads is None else [g + p for g, p in zip(grads, part, strict=True)]
     return {k: (g.detach(), w.detach()) for (k, w), g in zip(params.items(), grads, strict=True)}
 
 

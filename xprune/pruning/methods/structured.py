@@ -68,7 +68,8 @@ def _channel_scores(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
         scores = {n: m.weight.detach().reshape(_out_channels(m), -1).norm(p=norm, dim=1)
                   for n, m in layers.items()}
     elif criterion == "taylor":  # Molchanov et al. 2019, eq. 4: (sum over the group of g * w)^2
-        grads = _weight_gradients(model, ctx.data)
+        grads = _weight_gradients(model, ctx.data,
+                                  chunk=_samples_per_pass(model, to_model(ctx.data[0][:1], model)))
         scores = {n: (grads[weight_name(n)][0] * grads[weight_name(n)][1])
                   .reshape(_out_channels(m), -1).sum(dim=1) ** 2 for n, m in layers.items()}
     elif criterion in ("activation_taylor", "activation_gradient"):
@@ -101,6 +102,22 @@ def _normalise(scores: Tensor, how: str | None) -> Tensor:
     return scores / scale if bool(scale != 0) else scores.clone()
 
 
+# Activations one pass of a data-driven criterion may hold for its backward pass: the
+# reference data go through the model in chunks that fit, so peak memory does not grow with
+# the number of reference samples (or, for Integrated Gradients, with its steps).
+SCORE_MAX_BYTES = 2**28
+
+
+def _samples_per_pass(model: nn.Module, x: Tensor, rows_per_sample: int = 1,
+                      max_bytes: int = SCORE_MAX_BYTES) -> int:
+    """Reference samples per pass: ``rows_per_sample`` rows each within ``max_bytes``."""
+    from ...attribution._inputs import activation_bytes_per_row
+
+    with eval_mode(model):
+        per_row = activation_bytes_per_row(model, x[:1].detach(), (), model)
+    return max(1, max_bytes // (max(1, per_row) * rows_per_sample))
+
+
 def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
                        data: tuple[Tensor, Tensor], criterion: str) -> dict[str, Tensor]:
     """Unit importance from the layer outputs a and the loss gradient g = dL/da (eval mode).
@@ -113,27 +130,31 @@ def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
     al. 2021 use it). Non-negative, shape (C,) per layer.
     """
     x, y = data
+    n_total = x.shape[0]
     outputs: dict[str, Tensor] = {}
+    sums: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, o))
              for n, m in layers.items()]
     try:
+        chunk = _samples_per_pass(model, to_model(x[:1], model))
         with eval_mode(model), torch.enable_grad():
-            x = to_model(x, model).detach()
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y.to(logits.device))
-            names = [n for n in layers if n in outputs]
-            grads = dict(zip(names, torch.autograd.grad(loss, [outputs[n] for n in names]),
-                             strict=True))
+            for start in range(0, n_total, chunk):  # the mean loss's gradients, chunk by chunk
+                outputs.clear()
+                xb = to_model(x[start:start + chunk], model).detach()
+                logits = model(xb)
+                loss = nn.functional.cross_entropy(logits, y[start:start + chunk].to(
+                    logits.device), reduction="sum") / n_total
+                names = [n for n in layers if n in outputs]
+                grads = torch.autograd.grad(loss, [outputs[n] for n in names])
+                for n, g in zip(names, grads, strict=True):
+                    a = outputs[n].detach()
+                    per_sample = a * g if criterion == "activation_taylor" else g
+                    part = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2).sum(dim=0)
+                    sums[n] = part if n not in sums else sums[n] + part
     finally:
         for h in hooks:
             h.remove()
-    scores = {}
-    for n in names:
-        a, g = outputs[n].detach(), grads[n]
-        per_sample = a * g if criterion == "activation_taylor" else g
-        per_sample = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2)
-        scores[n] = per_sample.mean(dim=0).abs()
-    return scores
+    return {n: (v / n_total).abs() for n, v in sums.items()}
 
 
 def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
@@ -150,33 +171,48 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
     Montavon et al. 2017, the rule of Yeom et al.'s code). ``aggregate``:
     ``"mean_abs"``, the mean absolute relevance over the samples, or
     ``"sum"``, the signed sum over the samples (Yeom et al.).
+
+    The reference samples are scored in chunks whose passes (16 rows a sample
+    for IG) keep at most :data:`SCORE_MAX_BYTES` of activations, so memory does
+    not grow with the number of samples; a sample's relevance does not depend
+    on its chunk, so the scores are those of one call, to rounding.
     """
     import captum.attr as ca
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule  # Captum exports no rule publicly
 
     x, y = data
-    scores = {}
+    n_total, steps = x.shape[0], 16
+    scores: dict[str, Tensor] = {}
+    ig = criterion == "integrated_gradients"
+    # chunks of reference samples whose passes (16 interpolation rows a sample for IG) fit
+    # SCORE_MAX_BYTES; per-sample relevances do not depend on the chunk
+    chunk = _samples_per_pass(model, to_model(x[:1], model), steps if ig else 1)
     with eval_mode(model):
-        x = to_model(x, model)
-        target = y.to(x.device)
         for name, layer in layers.items():
-            if criterion == "integrated_gradients":
-                rel = ca.LayerIntegratedGradients(model, layer).attribute(
-                    x, target=target, n_steps=16, internal_batch_size=4096)
-            else:
+            twin = None
+            if not ig:  # a fresh copy per layer: Captum's LRP attaches rules to the layers
                 twin = copy.deepcopy(model)
                 if rule == "z+":
                     for m in twin.modules():
                         if isinstance(m, CHANNEL_LAYERS):
                             m.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
-                rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
-                    x.clone().requires_grad_(), target=target)
-            rel = rel.detach()
-            if aggregate == "sum":
-                scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).sum(dim=0)
-            else:
-                rel = rel.abs()
-                scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).mean(dim=0)
+            total = None
+            for start in range(0, n_total, chunk):
+                xb = to_model(x[start:start + chunk], model)
+                target = y[start:start + chunk].to(xb.device)
+                if ig:
+                    rel = ca.LayerIntegratedGradients(model, layer).attribute(
+                        xb, target=target, n_steps=steps,
+                        internal_batch_size=xb.shape[0] * steps)
+                else:
+                    rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
+                        xb.clone().requires_grad_(), target=target)
+                rel = rel.detach()
+                if aggregate != "sum":
+                    rel = rel.abs()
+                part = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).sum(dim=0)
+                total = part if total is None else total + part
+            scores[name] = total if aggregate == "sum" else total / n_total
     return scores
 
 

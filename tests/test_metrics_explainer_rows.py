@@ -1,0 +1,142 @@
+"""Issue 23: explainer-bound metrics ask the explainer for exactly the rows their definition needs.
+
+With the caller's unperturbed maps (``attributions=``), max- and avg-sensitivity,
+the local Lipschitz estimate and relative input/output stability explain the
+N x n_samples perturbed rows and nothing else; the explainer is wrapped to
+count its rows. Scores equal those that explain the unperturbed inputs again.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import xprune
+from xprune.metrics import stability
+
+
+class CountingExplainer:
+    """Wraps an explainer and records the rows of every call."""
+
+    def __init__(self, explain_fn):
+        self.explain_fn, self.calls = explain_fn, []
+        self.independent_rows = getattr(explain_fn, "independent_rows", False)
+
+    def __call__(self, x, target):
+        self.calls.append(int(x.shape[0]))
+        return self.explain_fn(x, target)
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def setup(digits_cnn, digits_batch):
+    model = copy.deepcopy(digits_cnn).double().eval()
+    x = digits_batch[0][:10].double().clone()
+    a = xprune.attribute(model, x, "predicted", "integrated_gradients", params={"n_steps": 4})
+    return model, x, a
+
+
+STABILITY = {
+    "max_sensitivity": lambda m, e, x, t, **kw: stability.max_sensitivity(e, x, t, **kw),
+    "avg_sensitivity": lambda m, e, x, t, **kw: stability.avg_sensitivity(e, x, t, **kw),
+    "sensitivity_draws": lambda m, e, x, t, **kw: stability.sensitivity_draws(e, x, t, **kw),
+    "local_lipschitz_estimate":
+        lambda m, e, x, t, **kw: stability.local_lipschitz_estimate(e, x, t, **kw),
+    "relative_input_stability":
+        lambda m, e, x, t, **kw: stability.relative_input_stability(m, e, x, t, **kw),
+    "relative_output_stability":
+        lambda m, e, x, t, **kw: stability.relative_output_stability(m, e, x, t, **kw),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STABILITY))
+@pytest.mark.parametrize("max_rows", [4096, 7])
+def test_given_maps_leave_only_the_perturbed_rows(setup, name, max_rows):
+    model, x, a = setup
+    n, s = x.shape[0], 3
+    counted = CountingExplainer(xprune.explainer(model, "integrated_gradients",
+                                                 params={"n_steps": 4}))
+    fn = STABILITY[name]
+    ours = fn(model, counted, x, a.targets, n_samples=s, generator=seeded(4),
+              max_rows=max_rows, attributions=a)
+    assert sum(counted.calls) == n * s
+    assert max(counted.calls) <= max_rows
+    counted.calls.clear()
+    again = fn(model, counted, x, a.targets, n_samples=s, generator=seeded(4),
+               max_rows=max_rows)
+    assert sum(counted.calls) == n * (s + 1)
+    torch.testing.assert_close(ours, again, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+def test_given_maps_are_the_unperturbed_maps():
+    """A deliberately different 'unperturbed' map moves the score as the formula says."""
+    x = torch.rand(5, 1, 4, 4, generator=seeded(1), dtype=torch.float64)
+    t = torch.zeros(5, dtype=torch.long)
+    identity = CountingExplainer(lambda v, target: v)
+    shifted = x + 1.0
+    ours = stability.sensitivity_draws(identity, x, t, radius=0.1, n_samples=4,
+                                       relative=False, generator=seeded(2), attributions=shifted)
+    gen = seeded(2)
+    noise = torch.stack([(torch.rand(4, 1, 4, 4, generator=gen) * 2 - 1) * 0.1
+                         for _ in range(5)]).double()
+    expected = ((x[:, None] + noise) - shifted[:, None]).reshape(5, 4, -1).norm(dim=2)
+    torch.testing.assert_close(ours, expected)
+    assert sum(identity.calls) == 5 * 4
+
+
+def test_other_explainers_keep_their_perturbed_calls(setup):
+    """A callable without independent rows gets the perturbed rows in the calls it always got."""
+    _, x, a = setup
+    counted = CountingExplainer(lambda v, target: v * 2)
+    assert counted.independent_rows is False
+    stability.max_sensitivity(counted, x, a.targets, n_samples=3, max_rows=7,
+                              attributions=a.values * 1.0)
+    assert counted.calls == [7, 7, 7, 7, 2]
+
+
+def test_given_maps_are_checked(setup):
+    model, x, a = setup
+    explain = xprune.explainer(model, "integrated_gradients", params={"n_steps": 4})
+    with pytest.raises(ValueError, match="computed on other inputs"):
+        stability.max_sensitivity(explain, x + 1, a.targets, attributions=a)
+    with pytest.raises(ValueError, match="other targets"):
+        stability.max_sensitivity(explain, x, (a.targets + 1) % 10, attributions=a)
+    with pytest.raises(ValueError, match="inputs' shape"):
+        stability.local_lipschitz_estimate(explain, x, a.targets, attributions=a.values[:3])
+
+
+class CountingAttribute:
+    """Wraps an ``attribute_fn(model, inputs, targets)`` and counts its rows."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, model, inputs, target):
+        self.rows += int(inputs.shape[0])
+        return xprune.attribute(model, inputs, target, "saliency", params={"abs": False}).values
+
+
+def test_sanity_checks_reuse_the_given_original_maps(setup):
+    from xprune.metrics import sanity
+
+    model, x, _ = setup
+    a = xprune.attribute(model, x, "predicted", "saliency", params={"abs": False})
+    n = x.shape[0]
+    counted = CountingAttribute()
+    curve = sanity.parameter_randomisation(model, x, a.targets, counted, generator=seeded(3),
+                                           attributions=a)
+    assert counted.rows == n * len(curve.layers)
+    counted.rows = 0
+    again = sanity.parameter_randomisation(model, x, a.targets, counted, generator=seeded(3))
+    assert counted.rows == n * (len(curve.layers) + 1)
+    torch.testing.assert_close(curve.values, again.values, equal_nan=True)
+    counted.rows = 0
+    ours = sanity.random_logit(model, x, a.targets, counted, generator=seeded(3), attributions=a)
+    assert counted.rows == n
+    torch.testing.assert_close(ours, sanity.random_logit(model, x, a.targets, counted,
+                                                         generator=seeded(3)))
+    with pytest.raises(ValueError, match="computed on other inputs"):
+        sanity.random_logit(model, x + 1, a.targets, counted, attributions=a)
