@@ -1,8 +1,9 @@
 """Methods that read calibration inputs: Wanda and SparseGPT.
 
-Both see each selected layer's *inputs* on a calibration batch (``data=(x, y)``;
-the labels are not used), collected by forward pre-hooks on the dense copy in
-one pass before anything is pruned (the papers' LLM pipelines feed each block
+Both see each selected layer's *inputs* on calibration data (``data``: a tensor
+of inputs, ``(x, y)``, a tokenizer's mapping, or a DataLoader or any iterable of
+such batches; labels are not used), collected by forward pre-hooks on the dense
+copy in one pass before anything is pruned (the papers' LLM pipelines feed each block
 the already-pruned outputs of the blocks before it; xprune calibrates every
 layer on the dense model's activations). They prune ``nn.Linear`` weights,
 ``nn.Conv2d`` weights (groups=1, as a matrix on the unfolded input patches,
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from ..._state import eval_mode, to_model
+from ..._batches import batches, forward
+from ..._state import eval_mode
 from .._core import PruningContext, _prune_n_m, register_pruning_method, targets
 
 _CHUNK = 256  # calibration rows per forward pass
@@ -80,10 +82,12 @@ def _check_supported(chosen, method: str) -> None:
 
 
 def _calibrate(model: nn.Module, chosen, data, accumulate) -> None:
-    x = data[0]
+    """One pass over ``data``, batch by batch (in-memory data in chunks of ``_CHUNK``): the
+    hooks hand each batch's layer inputs to ``accumulate``, which keeps running sums only, so
+    memory holds one batch however long the stream."""
     with eval_mode(model), torch.no_grad(), _calibration_hooks(model, chosen, accumulate):
-        for start in range(0, x.shape[0], _CHUNK):
-            model(to_model(x[start:start + _CHUNK], model))
+        for inputs, _ in batches(data, batch_size=_CHUNK):
+            forward(model, inputs)
 
 
 def input_norms(model: nn.Module, chosen, data) -> dict[str, Tensor]:
