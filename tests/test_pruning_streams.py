@@ -242,3 +242,34 @@ def test_in_memory_batches_are_views():
     for xb, yb in batches((x, y), batch_size=40):
         assert xb.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
         assert yb.untyped_storage().data_ptr() == y.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("criterion", ["taylor", "activation_taylor", "integrated_gradients",
+                                       "lrp"])
+def test_structured_data_criteria_stream_to_the_in_memory_scores(criterion):
+    """Taylor, activation-Taylor and attribution-guided (IG, LRP) unit scores from a DataLoader
+    of uneven batches equal those of the whole batch: the sums are reweighted per batch."""
+    from xprune.pruning._core import PruningContext
+    from xprune.pruning.methods.structured import _channel_scores
+
+    model = _mlp()
+    x, y = _data(n=50)
+    options = {"criterion": criterion, "norm": 1, "normalise": None, "lrp_rule": "epsilon",
+               "aggregate": "mean_abs"}
+
+    def scores(data):
+        ctx = PruningContext(scope="global", generator=torch.Generator(),
+                             max_layer_sparsity=None, data=data, options=options)
+        return _channel_scores(model, ctx)
+
+    whole = scores((x, y))
+    streamed = scores(DataLoader(TensorDataset(x, y), batch_size=16))  # 16, 16, 16, 2
+    assert whole.keys() == streamed.keys()
+    for name in whole:
+        torch.testing.assert_close(streamed[name], whole[name])
+    pair = prune(model, method="structured", data=DataLoader(TensorDataset(x, y), batch_size=16),
+                 options={"criterion": criterion, "channel_ratio": 0.5})
+    reference = prune(model, method="structured", data=(x, y),
+                      options={"criterion": criterion, "channel_ratio": 0.5})
+    for p, q in zip(pair.sparse.parameters(), reference.sparse.parameters(), strict=True):
+        assert p.shape == q.shape

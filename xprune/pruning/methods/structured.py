@@ -21,6 +21,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ..._batches import batches, first_inputs
 from ..._state import eval_mode, to_model
 from .._core import (
     PRUNABLE_LAYERS,
@@ -111,7 +112,26 @@ def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
     ``"activation_gradient"``: ``|mean_i g_ik|`` (Sun et al. 2017, as Yeom et
     al. 2021 use it). Non-negative, shape (C,) per layer.
     """
-    x, y = data
+    sums: dict[str, Tensor] = {}
+    total = 0
+    for x, y in batches(data, batch_size=1 << 30):  # in memory: one batch; a stream: its own
+        per_batch = _activation_batch(model, layers, x, y, criterion)
+        n = next(iter(per_batch.values())).shape[0]
+        # dL/da of the mean loss over all N samples is n / N times that of this batch's mean
+        for name, v in per_batch.items():
+            sums[name] = sums.get(name, 0) + v.sum(dim=0) * n
+        total += n
+        if total == n:
+            first = per_batch
+    if total == n:  # one batch: exactly the mean over it
+        return {name: v.mean(dim=0).abs() for name, v in first.items()}
+    return {name: (v / total ** 2).abs() for name, v in sums.items()}
+
+
+def _activation_batch(model: nn.Module, layers: dict[str, nn.Module], x, y,
+                      criterion: str) -> dict[str, Tensor]:
+    """Per-sample a * dL/da (or dL/da), summed over positions: (B, C) per layer, L = this
+    batch's mean cross-entropy."""
     outputs: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, o))
              for n, m in layers.items()]
@@ -119,6 +139,9 @@ def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
         with eval_mode(model), torch.enable_grad():
             x = to_model(x, model).detach()
             logits = model(x)
+            if y is None:
+                raise ValueError("Expected labels with the data for the criterion "
+                                 f"{criterion!r}: pass (inputs, labels) batches.")
             loss = nn.functional.cross_entropy(logits, y.to(logits.device))
             names = [n for n in layers if n in outputs]
             grads = dict(zip(names, torch.autograd.grad(loss, [outputs[n] for n in names]),
@@ -130,8 +153,7 @@ def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
     for n in names:
         a, g = outputs[n].detach(), grads[n]
         per_sample = a * g if criterion == "activation_taylor" else g
-        per_sample = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2)
-        scores[n] = per_sample.mean(dim=0).abs()
+        scores[n] = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2)
     return scores
 
 
@@ -150,10 +172,27 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
     ``"mean_abs"``, the mean absolute relevance over the samples, or
     ``"sum"``, the signed sum over the samples (Yeom et al.).
     """
+    sums: dict[str, Tensor] = {}
+    total = count = 0
+    for x, y in batches(data, batch_size=1 << 30):  # in memory: one batch; a stream: its own
+        if y is None:
+            raise ValueError(f"Expected labels with the data for the criterion {criterion!r} "
+                             "(relevance for the true class): pass (inputs, labels) batches.")
+        per_sample = _relevance_batch(model, layers, x, y, criterion, rule, aggregate)
+        for name, v in per_sample.items():
+            sums[name] = sums.get(name, 0) + v.sum(dim=0)
+        total, count = total + x.shape[0], count + 1
+    if count == 1 and aggregate != "sum":  # one batch: exactly the mean over it
+        return {name: v.mean(dim=0) for name, v in per_sample.items()}
+    return sums if aggregate == "sum" else {name: v / total for name, v in sums.items()}
+
+
+def _relevance_batch(model, layers, x, y, criterion, rule, aggregate) -> dict[str, Tensor]:
+    """Per layer, each sample's relevance summed over positions (signed for
+    ``aggregate="sum"``, absolute otherwise), shape (B, C)."""
     import captum.attr as ca
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule  # Captum exports no rule publicly
 
-    x, y = data
     scores = {}
     with eval_mode(model):
         x = to_model(x, model)
@@ -171,11 +210,9 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
                 rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
                     x.clone().requires_grad_(), target=target)
             rel = rel.detach()
-            if aggregate == "sum":
-                scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).sum(dim=0)
-            else:
+            if aggregate != "sum":
                 rel = rel.abs()
-                scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).mean(dim=0)
+            scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2)
     return scores
 
 
@@ -388,7 +425,7 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
         raise ValueError("Structured pruning takes exactly one of `amount` (weight sparsity), "
                          "the option `channel_ratio` (fraction of channels) or the option "
                          "`n_units` (units removed over all layers ranked together).")
-    example = ctx.data[0][:1]
+    example = first_inputs(ctx.data)[:1]
     scores = _channel_scores(model, ctx)
     keys = list(ctx.targets) or None  # the weights prune(layers=, exclude=) selected
     layers = {n for n, m in prunable_weights(model) if keys is None or weight_name(n) in keys}
@@ -439,7 +476,7 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
             f"leave the layer out.")
     twin = _masked_twin(model, alive)
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
-        probe = ctx.data[0][:32]
+        probe = to_model(first_inputs(ctx.data)[:32], twin)
         gap = float((pruned(probe) - twin(probe)).abs().max())
     if gap > 1e-4:
         warnings.warn(f"The masked twin's outputs differ from the smaller model's by up to "
