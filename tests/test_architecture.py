@@ -16,8 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xprune"
 # may import from its own layer and from the layers below it, never from above.
 # Keys are the first component below `xprune` ("" is the package's __init__).
 LAYERS = [
-    ("foundation", {"_validation", "_io", "_state", "_batches", "_version", "stats"}),
-    ("data and models", {"data", "models", "textdata", "speechdata"}),
+    ("foundation", {"_validation", "_io", "_state", "_version", "stats"}),
+    ("data and models", {"_batches", "data", "models", "textdata", "speechdata"}),
     ("pruning and attribution", {"pruning", "profiling", "attribution",
                                  "checkpoint"}),
     ("metrics", {"metrics"}),

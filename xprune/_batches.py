@@ -20,7 +20,8 @@ which accepts
 A tuple is always in-memory ``(inputs, labels)``; pass a list for a sequence
 of batches. A mapping batch is passed to the model as keyword arguments
 (``model(**batch)``, as Hugging Face models take it), anything else
-positionally. This module imports only :mod:`._state`.
+positionally. This module imports only :mod:`._state` (it sits with the data and models,
+one layer above the foundation).
 """
 
 from __future__ import annotations
