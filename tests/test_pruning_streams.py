@@ -273,3 +273,29 @@ def test_structured_data_criteria_stream_to_the_in_memory_scores(criterion):
                       options={"criterion": criterion, "channel_ratio": 0.5})
     for p, q in zip(pair.sparse.parameters(), reference.sparse.parameters(), strict=True):
         assert p.shape == q.shape
+
+
+def test_layers_reading_one_input_share_its_hessian_but_not_after_an_in_place_change():
+    """SparseGPT's X^T X is computed once for layers that read the same tensor in a row; a
+    tensor changed in place between two readers gets its own product."""
+
+    class Two(nn.Module):
+        def __init__(self, in_place):
+            super().__init__()
+            self.a, self.b, self.in_place = nn.Linear(5, 5), nn.Linear(5, 5), in_place
+
+        def forward(self, x):
+            h = x.clone()
+            out = self.a(h)
+            if self.in_place:
+                h.mul_(3.0)
+            return out + self.b(h)
+
+    x = torch.randn(40, 5)
+    for in_place, factor in ((False, 1.0), (True, 9.0)):
+        model = Two(in_place)
+        chosen = [("a.weight", model.a, "weight"), ("b.weight", model.b, "weight")]
+        h = input_hessians(model, chosen, x)
+        expected = 2 * (x.T @ x).double() / 40
+        torch.testing.assert_close(h["a.weight"][0], expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h["b.weight"][0], factor * expected, rtol=1e-5, atol=1e-5)

@@ -57,7 +57,7 @@ def _calibration_hooks(model: nn.Module, chosen, accumulate) -> Iterator[None]:
         def hook(module, args, kwargs):
             blocks = _row_inputs(module, param, args, kwargs)
             for b, x in enumerate(blocks):
-                accumulate(key, b, len(blocks), x.detach().reshape(-1, x.shape[-1]))
+                accumulate(key, b, len(blocks), x.detach().reshape(-1, x.shape[-1]), x)
         return hook
 
     try:
@@ -99,7 +99,7 @@ def input_norms(model: nn.Module, chosen, data) -> dict[str, Tensor]:
     """
     sums: dict[tuple[str, int], Tensor] = {}
 
-    def accumulate(key, block, n_blocks, x):
+    def accumulate(key, block, n_blocks, x, source):
         sq = x.double().pow(2).sum(dim=0)
         sums[key, block] = sums.get((key, block), 0) + sq
 
@@ -149,16 +149,25 @@ def wanda_mask(scores: Tensor, amount: float, comparison: str = "row") -> Tensor
 
 
 def input_hessians(model: nn.Module, chosen, data) -> dict[str, list[Tensor]]:
-    """Per selected weight, one H = 2 X X^T / n (in x in, float64) per block of rows."""
-    sums: dict[tuple[str, int], list] = {}
+    """Per selected weight, one H = 2 X X^T / n (in x in, float64) per block of rows.
 
-    def accumulate(key, block, n_blocks, x):
-        x = x.double()
+    Each batch's X^T X is computed in the inputs' dtype (float32 for a float32
+    model, as llm-compressor does) and summed over batches in float64; layers
+    that read the same input tensor in a row (query, key and value; gate and
+    up) share one product.
+    """
+    sums: dict[tuple[str, int], list] = {}
+    last: list = [None, -1, None]  # input tensor (held: its id stays unique), version, X^T X
+
+    def accumulate(key, block, n_blocks, x, source):
+        if last[0] is not source or last[1] != source._version:  # _version: in-place edits
+            last[:] = [source, source._version, (x.T @ x).double()]
         entry = sums.setdefault((key, block), [0, 0])
-        entry[0] = entry[0] + x.T @ x
+        entry[0] = entry[0] + last[2]
         entry[1] += x.shape[0]
 
     _calibrate(model, chosen, data, accumulate)
+    last.clear()
     return {key: [2 * sums[k][0] / sums[k][1] for k in sorted(k for k in sums if k[0] == key)]
             for key, _, _ in chosen}
 
