@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--llmcompressor-python", default="/tmp/llmc/bin/python")
     parser.add_argument("--out", default=str(HERE / "pruning_methods.md"))
+    parser.add_argument("--only", default="", help="comma-separated tasks to rerun, e.g. "
+                        "wanda:unstructured,torchao_wanda:unstructured (no markdown written)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--state", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -184,8 +186,12 @@ def main() -> None:
     for task in ("l1_unstructured:unstructured", "l1_unstructured:2:4",
                  "wanda:unstructured", "wanda:2:4", "torchao_wanda:unstructured",
                  "torchao_wanda:2:4", "sparsegpt:unstructured", "sparsegpt:2:4"):
+        if args.only and task not in args.only.split(","):
+            continue
         results[task] = _spawn([__file__, "--child", task, "--state", state, *common])
         print(task, _fmt(results[task]), flush=True)
+    if args.only:
+        return
     llmc_error = None
     if Path(args.llmcompressor_python).exists():
         for pattern in ("unstructured", "2:4"):

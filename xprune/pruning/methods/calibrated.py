@@ -109,7 +109,10 @@ def input_norms(model: nn.Module, chosen, data) -> dict[str, Tensor]:
         w = getattr(module, param)
         blocks = [sums[k].sqrt() for k in sorted(k for k in sums if k[0] == key)]
         rows = w.shape[0] // len(blocks)
-        out[key] = torch.cat([b.expand(rows, -1) for b in blocks]).reshape(w.shape).to(w.device)
+        # one block: a broadcast view (no memory per weight); attention: the row blocks stacked
+        rows_of = blocks[0].expand(rows, -1) if len(blocks) == 1 else torch.cat(
+            [b.expand(rows, -1) for b in blocks])
+        out[key] = rows_of.reshape(w.shape).to(w.device)
     return out
 
 
@@ -129,12 +132,13 @@ def _wanda(model: nn.Module, amount: float, ctx: PruningContext) -> None:
     chosen = targets(model, ctx)
     _check_supported(chosen, "wanda")
     norms = input_norms(model, chosen, ctx.data)
-    scores = {key: getattr(m, p).detach().abs().double() * norms[key] for key, m, p in chosen}
-    if ctx.n_m is not None:
-        _prune_n_m(chosen, scores, ctx.n_m)
-        return
-    for key, module, param in chosen:
-        torch_prune.custom_from_mask(module, param, wanda_mask(scores[key], amount, comparison))
+    for key, module, param in chosen:  # one layer's scores at a time
+        scores = getattr(module, param).detach().abs().double() * norms.pop(key)
+        if ctx.n_m is not None:
+            _prune_n_m([(key, module, param)], {key: scores}, ctx.n_m)
+        else:
+            torch_prune.custom_from_mask(module, param, wanda_mask(scores, amount, comparison))
+        del scores
 
 
 def wanda_mask(scores: Tensor, amount: float, comparison: str = "row") -> Tensor:
