@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "xprune"
 # Keys are the first component below `xprune` ("" is the package's __init__).
 LAYERS = [
     ("foundation", {"_validation", "_io", "_state", "_version", "stats"}),
-    ("data and models", {"data", "models", "textdata", "speechdata"}),
+    ("data and models", {"_batches", "data", "models", "textdata", "speechdata"}),
     ("pruning and attribution", {"pruning", "profiling", "attribution",
                                  "checkpoint"}),
     ("metrics", {"metrics"}),

@@ -360,4 +360,4 @@ def test_pruning_package_imports_point_one_way():
                     core_imports.append(node.module)
     assert late == []
     assert not [m for m in core_imports if m and ("methods" in m or "_api" in m)]
-    assert [m for m in core_imports if m] == ["_state", "_validation"]
+    assert [m for m in core_imports if m] == ["_batches", "_state", "_validation"]

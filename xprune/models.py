@@ -16,6 +16,7 @@ from sklearn.metrics import log_loss, precision_recall_fscore_support, recall_sc
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
+from ._batches import Data, batch_loss, batches, forward, n_samples
 from ._state import as_logits, eval_mode, model_device, to_model
 from ._validation import check_positive_int, check_tensor
 
@@ -270,9 +271,10 @@ class TrainResult:
     final_loss: float
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e-3,
-          batch_size: int = 64, seed: int = 0, masks: Mapping[str, Tensor] | None = None,
-          l1: float = 0.0, device: str | torch.device | None = None) -> TrainResult:
+def train(model: nn.Module, x: Tensor | Data, y: Tensor | None = None, *, epochs: int,
+          lr: float = 3e-3, batch_size: int = 64, seed: int = 0,
+          masks: Mapping[str, Tensor] | None = None, l1: float = 0.0,
+          device: str | torch.device | None = None) -> TrainResult:
     """Train ``model`` in place with Adam on cross-entropy, reproducibly.
 
     Parameters
@@ -280,10 +282,19 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     model : nn.Module
         Mapping (N, *F) inputs to (N, C) logits. Trained in place.
     x : Tensor of shape (N, *F); y : Tensor of shape (N,) with class indices.
-    epochs, lr, batch_size : training budget.
+        Or, with ``y`` None, ``x`` is streamed data: a
+        ``torch.utils.data.DataLoader`` or any iterable of ``(inputs, labels)``
+        batches or mappings (see :func:`xprune._batches.batches`; a model
+        whose output carries its own ``loss``, such as a Hugging Face model
+        given ``labels``, is trained on that loss). Each epoch reads the
+        stream once, in its own order and batch size, one batch in memory at
+        a time; more than one epoch needs data that can be read again (a
+        DataLoader or a list, not a generator).
+    epochs, lr, batch_size : training budget (``batch_size`` for in-memory data).
     seed : int
-        Seeds the shuffling order (a ``torch.Generator``), so the same seed and
-        model give the same weights.
+        Seeds the shuffling order of in-memory data (a ``torch.Generator``),
+        so the same seed and model give the same weights. A DataLoader
+        shuffles with its own generator.
     l1 : float
         Adds ``l1 * sum(|w|)`` over conv and linear weights to the loss (the
         sparsity-inducing penalty of L1-regularised pruning).
@@ -302,10 +313,19 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     """
     check_positive_int(epochs, "epochs", minimum=0)
     check_positive_int(batch_size, "batch_size")
-    if x.is_floating_point():
-        x = check_tensor(x, "x")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"Expected `y` of shape ({x.shape[0]},), got {tuple(y.shape)}.")
+    streamed = y is None
+    if streamed:
+        if iter(x) is x and epochs > 1:  # type: ignore[call-overload]
+            raise ValueError(f"Expected data that can be read again for {epochs} epochs (a "
+                             f"DataLoader or a list), got a one-pass {type(x).__name__}.")
+    else:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"Expected `x` to be a tensor when `y` is given, got "
+                            f"{type(x).__name__}; pass a DataLoader as `x` with `y=None`.")
+        if x.is_floating_point():
+            x = check_tensor(x, "x")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"Expected `y` of shape ({x.shape[0]},), got {tuple(y.shape)}.")
     device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     modules = dict(model.named_modules())
@@ -322,29 +342,29 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
                  if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     gen = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    x, y = to_model(x, model), y.to(device)  # the model's dtype; token ids stay integers
+    if not streamed:
+        x, y = to_model(x, model), y.to(device)  # the model's dtype; token ids stay integers
     was_training = model.training
     model.train()
     start = time.perf_counter()
     final_loss = float("nan")
     try:
         for _ in range(epochs):
-            order = torch.randperm(x.shape[0], generator=gen).to(device)
             total, count = 0.0, 0
-            for i in range(0, x.shape[0], batch_size):
-                idx = order[i:i + batch_size]
+            for inputs, labels in (batches(x, argument="x") if streamed
+                                   else _shuffled(x, y, gen, batch_size)):
                 optimiser.zero_grad(set_to_none=True)
                 for module, param in masked:  # also for modules whose forward is bypassed,
                     setattr(module, param,    # e.g. MultiheadAttention.out_proj
                             getattr(module, param + "_orig") * getattr(module, param + "_mask"))
-                loss = loss_fn(model(x[idx]), y[idx])
+                loss = batch_loss(model, inputs, labels)
                 if l1:
                     loss = loss + l1 * sum(m.weight.abs().sum() for m in penalised)
                 loss.backward()
                 optimiser.step()
-                total += float(loss.detach()) * idx.numel()
-                count += idx.numel()
+                n = n_samples(inputs)
+                total += float(loss.detach()) * n
+                count += n
             final_loss = total / count
     finally:
         for module, param in masked:
@@ -353,19 +373,45 @@ def train(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int, lr: float = 3e
     return TrainResult(epochs=epochs, seconds=time.perf_counter() - start, final_loss=final_loss)
 
 
+def _shuffled(x: Tensor, y: Tensor, gen: torch.Generator, batch_size: int):
+    order = torch.randperm(x.shape[0], generator=gen).to(x.device)
+    for i in range(0, x.shape[0], batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+def _logits_and_labels(model: nn.Module, data: Data, batch_size: int
+                       ) -> tuple[Tensor, Tensor | None]:
+    """Logits (N, C) on CPU and the labels (N,) the data carry (None if none), batch by batch."""
+    outs, labels = [], []
+    with eval_mode(model):
+        for inputs, y in batches(data, batch_size=batch_size, argument="x"):
+            outs.append(as_logits(forward(model, inputs), model).float().cpu())
+            labels.append(y)
+    known = [y for y in labels if y is not None]
+    if known and len(known) != len(labels):
+        raise ValueError("Expected every batch of `x` to carry labels, or none to.")
+    return torch.cat(outs), torch.cat([y.cpu() for y in known]) if known else None
+
+
+def predict(model: nn.Module, x: Tensor | Data, *, batch_size: int = 1024) -> Tensor:
     """Logits of ``model`` (in eval mode, restored afterwards) for (N, *F) inputs: (N, C), on CPU.
 
     Inputs are moved to the model's device and cast to its dtype (token ids
-    for a model with an embedding stay integers).
+    for a model with an embedding stay integers). ``x`` may also be a
+    ``torch.utils.data.DataLoader`` or any iterable of batches
+    (:func:`xprune._batches.batches`): read one batch at a time; only the
+    logits are kept.
     """
-    outs = []
-    with eval_mode(model):
-        for i in range(0, x.shape[0], batch_size):
-            outs.append(as_logits(model(to_model(x[i:i + batch_size], model)), model)
-                        .float().cpu())
-    return torch.cat(outs)
+    return _logits_and_labels(model, x, batch_size)[0]
+
+
+def _logits_for(model: nn.Module, x, y) -> tuple[Tensor, Tensor]:
+    logits, labels = _logits_and_labels(model, x if y is None else (x, y), 1024)
+    if labels is None:
+        raise ValueError("Expected labels: pass `y`, or batches of (inputs, labels) as `x`.")
+    return logits, labels
 
 
 def expected_calibration_error(probabilities: Tensor, y: Tensor, *, n_bins: int = 15) -> float:
@@ -399,8 +445,11 @@ def expected_calibration_error(probabilities: Tensor, y: Tensor, *, n_bins: int 
     return total
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+def evaluate(model: nn.Module, x: Tensor | Data, y: Tensor | None = None) -> dict[str, float]:
     """Accuracy, macro recall and calibration of ``model`` on (x, y).
+
+    With ``y`` None, ``x`` is a ``torch.utils.data.DataLoader`` or iterable of
+    ``(inputs, labels)`` batches, read once (:func:`predict`).
 
     Returns
     -------
@@ -410,7 +459,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
         (scikit-learn's ``log_loss``; lower is better); ``ece``, the
         :func:`expected_calibration_error` with 15 bins (lower is better).
     """
-    logits = predict(model, x)
+    logits, y = _logits_for(model, x, y)
     pred = logits.argmax(dim=1)
     probs = logits.double().softmax(dim=1)
     return {
@@ -422,15 +471,16 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
     }
 
 
-def per_class(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, list]:
-    """Per-class support, recall (the class's accuracy) and precision, via scikit-learn.
+def per_class(model: nn.Module, x: Tensor | Data, y: Tensor | None = None) -> dict[str, list]:
+    """Per-class support, recall (the class's accuracy) and precision, via scikit-learn
+    (``x`` may be a DataLoader of ``(inputs, labels)`` with ``y`` None, as for :func:`evaluate`).
 
     Returns
     -------
     dict of lists, one entry per class 0..C-1: ``class``, ``support``,
     ``recall`` and ``precision`` in [0, 1] (0 where undefined).
     """
-    logits = predict(model, x)
+    logits, y = _logits_for(model, x, y)
     labels = list(range(logits.shape[1]))
     precision, recall, _, support = precision_recall_fscore_support(
         y.numpy(), logits.argmax(dim=1).numpy(), labels=labels, zero_division=0)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._batches import Data, check_data
 from .._validation import check_fraction, closest_name
 from ..models import train
 from . import methods  # noqa: F401  the built-in methods register themselves here
@@ -27,7 +28,7 @@ from ._core import (
 
 def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_unstructured",
           scope: str = "global", seed: int = 0, max_layer_sparsity: float | None = None,
-          data: tuple[Tensor, Tensor] | None = None,
+          data: Data | None = None,
           options: Mapping[str, Any] | None = None, layers: Patterns = None,
           exclude: Patterns = None, n_m: tuple[int, int] | None = None) -> ModelPair:
     """Prune a copy of ``model`` and return the dense/sparse pair.
@@ -51,9 +52,16 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     max_layer_sparsity : float in (0, 1], optional
         Cap on any one layer's sparsity (global magnitude pruning can otherwise
         empty a layer; that case is warned about).
-    data : (inputs, labels), optional
-        Reference batch for data-driven methods (Taylor, L1-regularised,
-        attribution-guided).
+    data : tensor, (inputs, labels), mapping, DataLoader or iterable of batches, optional
+        Data for the methods that need it (``PruningMethod.needs_data``:
+        Taylor, L1-regularised, structured with a data criterion, Wanda,
+        SparseGPT): in memory (a tensor of inputs, ``(inputs, labels)``, a
+        tokenizer's output) or streamed (a ``torch.utils.data.DataLoader`` or
+        any iterable of batches: tensors, ``(inputs, labels)`` tuples, or
+        mappings passed to the model as keyword arguments). Statistics
+        accumulate batch by batch, so a stream need not fit in memory.
+        Calibration (Wanda, SparseGPT) reads inputs only; loss-based criteria
+        need labels (or a model that computes its own ``loss``).
     options : mapping, optional
         The method's own options (see :attr:`PruningMethod.options`).
     layers, exclude : glob pattern, module type, or a list of them, optional
@@ -131,7 +139,12 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
                          f"expected some of {sorted(info.options)}.")
     if info.needs_data and data is None:
         raise ValueError(f"Pruning method {method!r} needs a reference batch: pass "
-                         "`data=(inputs, labels)`.")
+                         "`data=(inputs, labels)`, a tensor of inputs, or a DataLoader or "
+                         "iterable of batches (the methods that need data: " + ", ".join(
+                             sorted(k for k, v in PRUNING_METHODS.items() if v.needs_data))
+                         + ").")
+    if data is not None:
+        check_data(data)
     keys = tuple(select_weights(model, layers, exclude))
     sparse = copy.deepcopy(model)  # before any hook: a hooked module cannot be deep-copied
     ctx = PruningContext(scope=scope, generator=torch.Generator().manual_seed(seed),
@@ -175,11 +188,12 @@ def schedule_sparsities(amount: float, schedule: str, steps: int) -> list[float]
     return [amount * (1 - (1 - k / steps) ** 3) for k in range(1, steps + 1)]
 
 
-def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *,
+def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor | Data,
+                        y: Tensor | None = None, *,
                         schedule: str = "one_shot", steps: int = 5, epochs: int = 5,
                         method: str = "l1_unstructured", lr: float = 1e-3, seed: int = 0,
                         scope: str = "global", max_layer_sparsity: float | None = None,
-                        data: tuple[Tensor, Tensor] | None = None,
+                        data: Data | None = None,
                         options: Mapping[str, Any] | None = None, layers: Patterns = None,
                         exclude: Patterns = None) -> ModelPair:
     """Prune and fine-tune on a schedule, within one total fine-tuning budget.
@@ -197,6 +211,9 @@ def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *
     amount : float in [0, 1)
         Final sparsity.
     x, y : training inputs (N, *F) and labels (N,)
+        Or ``x`` a ``torch.utils.data.DataLoader`` (or list) of
+        ``(inputs, labels)`` batches and ``y`` None, read one batch at a time
+        (:func:`~xprune.models.train`).
     schedule : {"one_shot", "iterative", "gradual"}
     steps : int
         Pruning steps for "iterative" and "gradual".
@@ -234,7 +251,8 @@ def prune_and_fine_tune(model: nn.Module, amount: float, x: Tensor, y: Tensor, *
     return ModelPair(dense=model, sparse=current, method=method, amount=amount, masks=masks,
                      params=params, layers=step.layers)
 
-def fine_tune(pair: ModelPair, x: Tensor, y: Tensor, *, epochs: int, lr: float = 1e-3,
+def fine_tune(pair: ModelPair, x: Tensor | Data, y: Tensor | None = None, *, epochs: int,
+              lr: float = 1e-3,
               batch_size: int = 64, seed: int = 0,
               device: str | torch.device | None = None) -> ModelPair:
     """Masked fine-tuning of the sparse model; returns a new pair, the input pair untouched.
@@ -243,7 +261,9 @@ def fine_tune(pair: ModelPair, x: Tensor, y: Tensor, *, epochs: int, lr: float =
     training). The new pair's ``params`` gain ``finetune_epochs`` and
     ``finetune_seconds`` (wall time). A structured pair's smaller model is
     fine-tuned as it is; its masked twin (which described the weights before
-    fine-tuning) is dropped.
+    fine-tuning) is dropped. ``x, y``: in-memory inputs and labels, or ``x`` a
+    ``torch.utils.data.DataLoader`` or iterable of batches and ``y`` None
+    (:func:`~xprune.models.train`: streamed one batch at a time).
     """
     sparse = copy.deepcopy(pair.sparse)
     result = train(sparse, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,

@@ -33,7 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from .._state import eval_mode, to_model
+from .._batches import Data, batch_loss, batches, n_samples
+from .._state import eval_mode
 from .._validation import check_fraction
 
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -352,8 +353,11 @@ class PruningContext:
     generator : torch.Generator, seeded from ``prune(seed=...)``
     max_layer_sparsity : float or None
         No layer may lose more than this fraction of its weights.
-    data : (inputs, labels) or None
-        A reference batch, for data-driven criteria (Taylor, attribution-guided).
+    data : tensor, (inputs, labels), mapping, DataLoader or iterable of batches, or None
+        Data for data-driven criteria (Taylor, attribution-guided) and
+        calibration (Wanda, SparseGPT), in any form
+        :func:`xprune._batches.batches` reads; read it with that function,
+        batch by batch, so that a stream never has to fit in memory.
     options : dict
         The method's own options, validated against :attr:`PruningMethod.options`.
     targets : tuple of str
@@ -367,7 +371,7 @@ class PruningContext:
     scope: str
     generator: torch.Generator
     max_layer_sparsity: float | None
-    data: tuple[Tensor, Tensor] | None
+    data: Data | None
     options: Mapping[str, Any]
     targets: tuple[str, ...] = ()
     n_m: tuple[int, int] | None = None
@@ -548,26 +552,34 @@ def _prune_by_scores(model: nn.Module, amount: float, scores: Mapping[str, Tenso
                       "(e.g. 0.99) to cap each layer.", UserWarning, stacklevel=4)
 
 
-def _weight_gradients(model: nn.Module, data: tuple[Tensor, Tensor], keys=None, *,
-                      chunk: int = 256) -> dict[str, tuple]:
-    """Gradients of the mean cross-entropy on ``data`` w.r.t. the weights ``keys`` (default: all
-    counted weights), in eval mode: ``{key: (gradient, weight)}``.
+def _weight_gradients(model: nn.Module, data: Data, keys=None, *,
+                      chunk: int = 4096) -> dict[str, tuple]:
+    """Gradients of the mean loss over all of ``data``'s samples w.r.t. the weights ``keys``
+    (default: all counted weights), in eval mode: ``{key: (gradient, weight)}``.
 
-    The samples go through in chunks of at most ``chunk`` rows (the gradient of
-    the mean is the sum of the chunks' summed losses over N), so memory does
-    not grow with the number of reference samples."""
-    x, y = data
-    n = x.shape[0]
+    The loss is the cross-entropy of each batch's logits against its labels
+    (or the model's own ``loss``, :func:`~xprune._batches.batch_loss`). The
+    data are streamed (:func:`~xprune._batches.batches`): each batch's
+    gradient, weighted by its share of the samples, is added to a running
+    sum, so memory holds one batch and the result equals the gradient of the
+    mean loss over the whole set (in-memory data: batches of up to ``chunk`` samples).
+    """
     params = {key: getattr(m, p) for key, m, p in _resolve(model, keys)}
-    grads = None
+    sums = [torch.zeros_like(w, dtype=torch.float64) for w in params.values()]
+    total = count = 0
     with eval_mode(model):
-        for start in range(0, n, chunk):
-            logits = model(to_model(x[start:start + chunk], model))
-            loss = nn.functional.cross_entropy(logits, y[start:start + chunk].to(logits.device),
-                                               reduction="sum") / n
-            part = torch.autograd.grad(loss, list(params.values()))
-            grads = part if grads is None else [g + p for g, p in zip(grads, part, strict=True)]
-    return {k: (g.detach(), w.detach()) for (k, w), g in zip(params.items(), grads, strict=True)}
+        for inputs, labels in batches(data, batch_size=chunk):
+            n = n_samples(inputs)
+            grads = torch.autograd.grad(batch_loss(model, inputs, labels),
+                                        list(params.values()))
+            for acc, g in zip(sums, grads, strict=True):
+                acc += n * g.detach().double()
+            total, count = total + n, count + 1
+    if count == 1:  # one batch: its gradient as autograd gave it
+        return {k: (g.detach(), w.detach())
+                for (k, w), g in zip(params.items(), grads, strict=True)}
+    return {k: ((acc / total).to(w.dtype), w.detach())
+            for (k, w), acc in zip(params.items(), sums, strict=True)}
 
 
 def _apply_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> None:

@@ -1,8 +1,9 @@
 """Methods that read calibration inputs: Wanda and SparseGPT.
 
-Both see each selected layer's *inputs* on a calibration batch (``data=(x, y)``;
-the labels are not used), collected by forward pre-hooks on the dense copy in
-one pass before anything is pruned (the papers' LLM pipelines feed each block
+Both see each selected layer's *inputs* on calibration data (``data``: a tensor
+of inputs, ``(x, y)``, a tokenizer's mapping, or a DataLoader or any iterable of
+such batches; labels are not used), collected by forward pre-hooks on the dense
+copy in one pass before anything is pruned (the papers' LLM pipelines feed each block
 the already-pruned outputs of the blocks before it; xprune calibrates every
 layer on the dense model's activations). They prune ``nn.Linear`` weights,
 ``nn.Conv2d`` weights (groups=1, as a matrix on the unfolded input patches,
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from ..._state import eval_mode, to_model
+from ..._batches import batches, forward
+from ..._state import eval_mode
 from .._core import PruningContext, _prune_n_m, register_pruning_method, targets
 
 _CHUNK = 256  # calibration rows per forward pass
@@ -55,7 +57,7 @@ def _calibration_hooks(model: nn.Module, chosen, accumulate) -> Iterator[None]:
         def hook(module, args, kwargs):
             blocks = _row_inputs(module, param, args, kwargs)
             for b, x in enumerate(blocks):
-                accumulate(key, b, len(blocks), x.detach().reshape(-1, x.shape[-1]))
+                accumulate(key, b, len(blocks), x.detach().reshape(-1, x.shape[-1]), x)
         return hook
 
     try:
@@ -80,10 +82,12 @@ def _check_supported(chosen, method: str) -> None:
 
 
 def _calibrate(model: nn.Module, chosen, data, accumulate) -> None:
-    x = data[0]
+    """One pass over ``data``, batch by batch (in-memory data in chunks of ``_CHUNK``): the
+    hooks hand each batch's layer inputs to ``accumulate``, which keeps running sums only, so
+    memory holds one batch however long the stream."""
     with eval_mode(model), torch.no_grad(), _calibration_hooks(model, chosen, accumulate):
-        for start in range(0, x.shape[0], _CHUNK):
-            model(to_model(x[start:start + _CHUNK], model))
+        for inputs, _ in batches(data, batch_size=_CHUNK):
+            forward(model, inputs)
 
 
 def input_norms(model: nn.Module, chosen, data) -> dict[str, Tensor]:
@@ -95,7 +99,7 @@ def input_norms(model: nn.Module, chosen, data) -> dict[str, Tensor]:
     """
     sums: dict[tuple[str, int], Tensor] = {}
 
-    def accumulate(key, block, n_blocks, x):
+    def accumulate(key, block, n_blocks, x, source):
         sq = x.double().pow(2).sum(dim=0)
         sums[key, block] = sums.get((key, block), 0) + sq
 
@@ -105,7 +109,10 @@ def input_norms(model: nn.Module, chosen, data) -> dict[str, Tensor]:
         w = getattr(module, param)
         blocks = [sums[k].sqrt() for k in sorted(k for k in sums if k[0] == key)]
         rows = w.shape[0] // len(blocks)
-        out[key] = torch.cat([b.expand(rows, -1) for b in blocks]).reshape(w.shape).to(w.device)
+        # one block: a broadcast view (no memory per weight); attention: the row blocks stacked
+        rows_of = blocks[0].expand(rows, -1) if len(blocks) == 1 else torch.cat(
+            [b.expand(rows, -1) for b in blocks])
+        out[key] = rows_of.reshape(w.shape).to(w.device)
     return out
 
 
@@ -125,12 +132,13 @@ def _wanda(model: nn.Module, amount: float, ctx: PruningContext) -> None:
     chosen = targets(model, ctx)
     _check_supported(chosen, "wanda")
     norms = input_norms(model, chosen, ctx.data)
-    scores = {key: getattr(m, p).detach().abs().double() * norms[key] for key, m, p in chosen}
-    if ctx.n_m is not None:
-        _prune_n_m(chosen, scores, ctx.n_m)
-        return
-    for key, module, param in chosen:
-        torch_prune.custom_from_mask(module, param, wanda_mask(scores[key], amount, comparison))
+    for key, module, param in chosen:  # one layer's scores at a time
+        scores = getattr(module, param).detach().abs().double() * norms.pop(key)
+        if ctx.n_m is not None:
+            _prune_n_m([(key, module, param)], {key: scores}, ctx.n_m)
+        else:
+            torch_prune.custom_from_mask(module, param, wanda_mask(scores, amount, comparison))
+        del scores
 
 
 def wanda_mask(scores: Tensor, amount: float, comparison: str = "row") -> Tensor:
@@ -145,16 +153,25 @@ def wanda_mask(scores: Tensor, amount: float, comparison: str = "row") -> Tensor
 
 
 def input_hessians(model: nn.Module, chosen, data) -> dict[str, list[Tensor]]:
-    """Per selected weight, one H = 2 X X^T / n (in x in, float64) per block of rows."""
-    sums: dict[tuple[str, int], list] = {}
+    """Per selected weight, one H = 2 X X^T / n (in x in, float64) per block of rows.
 
-    def accumulate(key, block, n_blocks, x):
-        x = x.double()
+    Each batch's X^T X is computed in the inputs' dtype (float32 for a float32
+    model, as llm-compressor does) and summed over batches in float64; layers
+    that read the same input tensor in a row (query, key and value; gate and
+    up) share one product.
+    """
+    sums: dict[tuple[str, int], list] = {}
+    last: list = [None, -1, None]  # input tensor (held: its id stays unique), version, X^T X
+
+    def accumulate(key, block, n_blocks, x, source):
+        if last[0] is not source or last[1] != source._version:  # _version: in-place edits
+            last[:] = [source, source._version, (x.T @ x).double()]
         entry = sums.setdefault((key, block), [0, 0])
-        entry[0] = entry[0] + x.T @ x
+        entry[0] = entry[0] + last[2]
         entry[1] += x.shape[0]
 
     _calibrate(model, chosen, data, accumulate)
+    last.clear()
     return {key: [2 * sums[k][0] / sums[k][1] for k in sorted(k for k in sums if k[0] == key)]
             for key, _, _ in chosen}
 

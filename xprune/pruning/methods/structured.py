@@ -21,6 +21,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from ..._batches import batches, first_inputs
 from ..._state import as_logits, eval_mode, to_model
 from .._core import (
     PRUNABLE_LAYERS,
@@ -68,8 +69,8 @@ def _channel_scores(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
         scores = {n: m.weight.detach().reshape(_out_channels(m), -1).norm(p=norm, dim=1)
                   for n, m in layers.items()}
     elif criterion == "taylor":  # Molchanov et al. 2019, eq. 4: (sum over the group of g * w)^2
-        grads = _weight_gradients(model, ctx.data,
-                                  chunk=_samples_per_pass(model, to_model(ctx.data[0][:1], model)))
+        grads = _weight_gradients(model, ctx.data, chunk=_samples_per_pass(
+            model, to_model(first_inputs(ctx.data)[:1], model)))
         scores = {n: (grads[weight_name(n)][0] * grads[weight_name(n)][1])
                   .reshape(_out_channels(m), -1).sum(dim=1) ** 2 for n, m in layers.items()}
     elif criterion in ("activation_taylor", "activation_gradient"):
@@ -129,32 +130,51 @@ def _activation_scores(model: nn.Module, layers: dict[str, nn.Module],
     ``"activation_gradient"``: ``|mean_i g_ik|`` (Sun et al. 2017, as Yeom et
     al. 2021 use it). Non-negative, shape (C,) per layer.
     """
-    x, y = data
-    n_total = x.shape[0]
-    outputs: dict[str, Tensor] = {}
     sums: dict[str, Tensor] = {}
+    total = 0
+    # in memory: chunks within SCORE_MAX_BYTES of activations; a stream: its own batches
+    chunk = _samples_per_pass(model, to_model(first_inputs(data)[:1], model))
+    for x, y in batches(data, batch_size=chunk):
+        per_batch = _activation_batch(model, layers, x, y, criterion)
+        n = next(iter(per_batch.values())).shape[0]
+        # dL/da of the mean loss over all N samples is n / N times that of this batch's mean
+        for name, v in per_batch.items():
+            sums[name] = sums.get(name, 0) + v.sum(dim=0) * n
+        total += n
+        if total == n:
+            first = per_batch
+    if total == n:  # one batch: exactly the mean over it
+        return {name: v.mean(dim=0).abs() for name, v in first.items()}
+    return {name: (v / total ** 2).abs() for name, v in sums.items()}
+
+
+def _activation_batch(model: nn.Module, layers: dict[str, nn.Module], x, y,
+                      criterion: str) -> dict[str, Tensor]:
+    """Per-sample a * dL/da (or dL/da), summed over positions: (B, C) per layer, L = this
+    batch's mean cross-entropy."""
+    outputs: dict[str, Tensor] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.setdefault(n, o))
              for n, m in layers.items()]
     try:
-        chunk = _samples_per_pass(model, to_model(x[:1], model))
         with eval_mode(model), torch.enable_grad():
-            for start in range(0, n_total, chunk):  # the mean loss's gradients, chunk by chunk
-                outputs.clear()
-                xb = to_model(x[start:start + chunk], model).detach()
-                logits = model(xb)
-                loss = nn.functional.cross_entropy(logits, y[start:start + chunk].to(
-                    logits.device), reduction="sum") / n_total
-                names = [n for n in layers if n in outputs]
-                grads = torch.autograd.grad(loss, [outputs[n] for n in names])
-                for n, g in zip(names, grads, strict=True):
-                    a = outputs[n].detach()
-                    per_sample = a * g if criterion == "activation_taylor" else g
-                    part = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2).sum(dim=0)
-                    sums[n] = part if n not in sums else sums[n] + part
+            x = to_model(x, model).detach()
+            logits = model(x)
+            if y is None:
+                raise ValueError("Expected labels with the data for the criterion "
+                                 f"{criterion!r}: pass (inputs, labels) batches.")
+            loss = nn.functional.cross_entropy(logits, y.to(logits.device))
+            names = [n for n in layers if n in outputs]
+            grads = dict(zip(names, torch.autograd.grad(loss, [outputs[n] for n in names]),
+                             strict=True))
     finally:
         for h in hooks:
             h.remove()
-    return {n: (v / n_total).abs() for n, v in sums.items()}
+    scores = {}
+    for n in names:
+        a, g = outputs[n].detach(), grads[n]
+        per_sample = a * g if criterion == "activation_taylor" else g
+        scores[n] = per_sample.reshape(a.shape[0], a.shape[1], -1).sum(dim=2)
+    return scores
 
 
 def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
@@ -177,42 +197,52 @@ def _relevance_scores(model: nn.Module, layers: dict[str, nn.Module],
     not grow with the number of samples; a sample's relevance does not depend
     on its chunk, so the scores are those of one call, to rounding.
     """
+    sums: dict[str, Tensor] = {}
+    total = count = 0
+    # in memory: chunks whose passes (16 interpolation rows a sample for IG) keep within
+    # SCORE_MAX_BYTES; a stream: its own batches. A sample's relevance does not depend on its chunk.
+    chunk = _samples_per_pass(model, to_model(first_inputs(data)[:1], model),
+                              16 if criterion == "integrated_gradients" else 1)
+    for x, y in batches(data, batch_size=chunk):
+        if y is None:
+            raise ValueError(f"Expected labels with the data for the criterion {criterion!r} "
+                             "(relevance for the true class): pass (inputs, labels) batches.")
+        per_sample = _relevance_batch(model, layers, x, y, criterion, rule, aggregate)
+        for name, v in per_sample.items():
+            sums[name] = sums.get(name, 0) + v.sum(dim=0)
+        total, count = total + x.shape[0], count + 1
+    if count == 1 and aggregate != "sum":  # one batch: exactly the mean over it
+        return {name: v.mean(dim=0) for name, v in per_sample.items()}
+    return sums if aggregate == "sum" else {name: v / total for name, v in sums.items()}
+
+
+def _relevance_batch(model, layers, x, y, criterion, rule, aggregate) -> dict[str, Tensor]:
+    """Per layer, each sample's relevance summed over positions (signed for
+    ``aggregate="sum"``, absolute otherwise), shape (B, C). IG goes through in one pass of
+    B x 16 rows (the caller sizes B within :data:`SCORE_MAX_BYTES`)."""
     import captum.attr as ca
     from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule  # Captum exports no rule publicly
 
-    x, y = data
-    n_total, steps = x.shape[0], 16
-    scores: dict[str, Tensor] = {}
-    ig = criterion == "integrated_gradients"
-    # chunks of reference samples whose passes (16 interpolation rows a sample for IG) fit
-    # SCORE_MAX_BYTES; per-sample relevances do not depend on the chunk
-    chunk = _samples_per_pass(model, to_model(x[:1], model), steps if ig else 1)
+    scores = {}
     with eval_mode(model):
+        x = to_model(x, model)
+        target = y.to(x.device)
         for name, layer in layers.items():
-            twin = None
-            if not ig:  # a fresh copy per layer: Captum's LRP attaches rules to the layers
+            if criterion == "integrated_gradients":
+                rel = ca.LayerIntegratedGradients(model, layer).attribute(
+                    x, target=target, n_steps=16, internal_batch_size=x.shape[0] * 16)
+            else:  # a fresh copy per layer: Captum's LRP attaches rules to the layers
                 twin = copy.deepcopy(model)
                 if rule == "z+":
                     for m in twin.modules():
                         if isinstance(m, CHANNEL_LAYERS):
                             m.rule = Alpha1_Beta0_Rule(set_bias_to_zero=True)
-            total = None
-            for start in range(0, n_total, chunk):
-                xb = to_model(x[start:start + chunk], model)
-                target = y[start:start + chunk].to(xb.device)
-                if ig:
-                    rel = ca.LayerIntegratedGradients(model, layer).attribute(
-                        xb, target=target, n_steps=steps,
-                        internal_batch_size=xb.shape[0] * steps)
-                else:
-                    rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
-                        xb.clone().requires_grad_(), target=target)
-                rel = rel.detach()
-                if aggregate != "sum":
-                    rel = rel.abs()
-                part = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2).sum(dim=0)
-                total = part if total is None else total + part
-            scores[name] = total if aggregate == "sum" else total / n_total
+                rel = ca.LayerLRP(twin, twin.get_submodule(name)).attribute(
+                    x.clone().requires_grad_(), target=target)
+            rel = rel.detach()
+            if aggregate != "sum":
+                rel = rel.abs()
+            scores[name] = rel.reshape(rel.shape[0], rel.shape[1], -1).sum(dim=2)
     return scores
 
 
@@ -456,7 +486,7 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
                          "the option `channel_ratio` (fraction of channels) or the option "
                          "`n_units` (units removed over all layers ranked together).")
     _refuse_attention(model, ctx)
-    example = ctx.data[0][:1]
+    example = first_inputs(ctx.data)[:1]
     scores = _channel_scores(model, ctx)
     keys = list(ctx.targets) or None  # the weights prune(layers=, exclude=) selected
     layers = {n for n, m in prunable_weights(model) if keys is None or weight_name(n) in keys}
@@ -507,7 +537,7 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
             f"leave the layer out.")
     twin = _masked_twin(model, alive)
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
-        probe = ctx.data[0][:32]
+        probe = to_model(first_inputs(ctx.data)[:32], twin)
         gap = float((as_logits(pruned(probe), pruned) - as_logits(twin(probe), twin))
                     .abs().max())
     if gap > 1e-4:

@@ -97,7 +97,8 @@ def _threshold(model: nn.Module, amount: float | None, ctx: PruningContext) -> N
     options={"lam": 1e-4, "epochs": 5, "lr": 1e-3, "theta": None}, needs_data=True,
     amount_optional=True)
 def _l1_regularised(model: nn.Module, amount: float | None, ctx: PruningContext) -> None:
-    x, y = ctx.data
+    # in-memory (x, y) is shuffled with the seed; a stream is read as it comes, once per epoch
+    x, y = ctx.data if isinstance(ctx.data, tuple) else (ctx.data, None)
     opts = ctx.options
     train(model, x, y, epochs=opts["epochs"], lr=opts["lr"], l1=opts["lam"],
           seed=int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator)))
