@@ -17,8 +17,8 @@ from typing import Any
 from ._io import read_toml
 from ._validation import (
     check_device,
-    check_factory,
     check_fraction,
+    check_own_factory,
     check_positive_int,
     closest_name,
     resolve_factory,
@@ -62,6 +62,8 @@ class DataConfig:
                              f"{self.dataset!r}.")
         if not is_data_source(self.dataset):
             _check_name(self.dataset, DATASETS, "data.dataset")
+        elif not self.dataset.endswith((".npz", ".pt")):  # "package.module:function"
+            check_own_factory(self.dataset, "data.dataset")
 
 
 @dataclass(frozen=True)
@@ -79,19 +81,50 @@ class ModelConfig:
     factory: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
+    onnx: str | None = None  # `model = "onnx:PATH"`: a trained model exported to ONNX
 
     def __post_init__(self) -> None:
+        if self.onnx is not None:
+            if not isinstance(self.onnx, str) or not self.onnx:
+                raise ValueError(f"Expected `model` = \"onnx:PATH\" to name a file, got "
+                                 f"{self.onnx!r}.")
+            if self.factory is not None or self.checkpoint is not None or self.kwargs:
+                raise ValueError("Expected either `model` = \"onnx:PATH\" or a [model] table "
+                                 "with `factory`/`checkpoint`, got both.")
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             raise ValueError(f"Expected `model.checkpoint` to be a file path, got "
                              f"{self.checkpoint!r}.")
         if self.factory is not None:
-            check_factory(self.factory, "model.factory")
+            check_own_factory(self.factory, "model.factory")
         if not isinstance(self.kwargs, dict):
             raise ValueError(f"Expected `model.kwargs` to be a table, got {self.kwargs!r}.")
 
     def resolve(self):
-        """The factory function (``None`` for the dataset's default architecture)."""
+        """The factory function (``None`` for the dataset's default architecture); for an
+        ONNX model, a function returning a copy of its architecture with every layer
+        re-initialised (the run loads the trained weights itself)."""
+        if self.onnx is not None:
+            from .checkpoint import load_onnx
+
+            return lambda: reinitialised(load_onnx(self.onnx))
         return None if self.factory is None else resolve_factory(self.factory, "model.factory")
+
+
+def reinitialised(model):
+    """A copy of ``model`` with every layer re-initialised by its own ``reset_parameters``
+    (in module order, so the global seed fixes the weights)."""
+    import copy
+
+    import torch
+
+    fresh = copy.deepcopy(model).cpu()
+    with torch.no_grad():
+        for module in fresh.modules():
+            reset = getattr(module, "reset_parameters", None) or getattr(
+                module, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+    return fresh
 
 
 @dataclass(frozen=True)
@@ -212,6 +245,13 @@ class PruningConfig(_VariantFields):
     checkpoints: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
+        for key, example in (("sparsities", "[0.5, 0.9]"), ("checkpoints", '["sparse.pt"]'),
+                             ("methods", '[{method = "random_unstructured"}]')):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"Expected `pruning.{key}` to be a list, e.g. {key} = "
+                                 f"{example}, got {value!r}"
+                                 + (f"; write [{value!r}]." if key == "sparsities" else "."))
         object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
         for i, entry in enumerate(self.checkpoints):
             table = {"path": entry} if isinstance(entry, str) else entry
@@ -513,6 +553,20 @@ def _check_positive_number(value: object, name: str) -> None:
         raise ValueError(f"Expected `{name}` to be a positive number, got {value!r}.")
 
 
+# numpy's and scikit-learn's random states take seeds below 2**32 (a run seeds all three)
+MAX_SEED = 2**32 - 1
+
+
+def _is_seed(value: object) -> bool:
+    """Whether ``value`` is a seed every generator of a run accepts: an int in [0, MAX_SEED].
+
+    A run seeds torch, numpy and scikit-learn (the split's ``random_state``),
+    the last two of which refuse seeds of 2**32 and above; a larger seed would
+    fail with "Overflow when unpacking long long" deep inside torch.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """A whole analysis: data, training, pruning, controls, attribution, metrics, report.
@@ -539,15 +593,15 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise ValueError(f"Expected `name` to be a plain directory name, got {self.name!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"Expected `seed` to be a non-negative integer, got {self.seed!r}.")
+        if not _is_seed(self.seed):
+            raise ValueError(f"Expected `seed` to be an integer in [0, {MAX_SEED}], got "
+                             f"{self.seed!r}.")
         if self.seeds is not None and (
                 not isinstance(self.seeds, list) or not self.seeds
                 or len(set(self.seeds)) != len(self.seeds)
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                           for s in self.seeds)):
-            raise ValueError(f"Expected `seeds` to be a list of distinct non-negative "
-                             f"integers, got {self.seeds!r}.")
+                or not all(_is_seed(s) for s in self.seeds)):
+            raise ValueError(f"Expected `seeds` to be a list of distinct integers in "
+                             f"[0, {MAX_SEED}], got {self.seeds!r}.")
         check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -574,6 +628,11 @@ def _build(cls, data: Any, where: str):
                              f"{sorted(fields)}." + closest_name(key, fields))
         default = fields[key].default_factory if fields[key].default_factory \
             is not dataclasses.MISSING else None
+        if cls is AnalysisConfig and key == "model" and isinstance(value, str):
+            if not value.startswith("onnx:"):
+                raise ValueError(f"Expected `model` to be a [model] table or \"onnx:PATH\", "
+                                 f"got {value!r}.")
+            value = {"onnx": value[len("onnx:"):]}
         if default is not None and dataclasses.is_dataclass(default):
             kwargs[key] = _build(default, value, f"[{key}]")
         else:
@@ -614,6 +673,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         return str((base / p).resolve()) if isinstance(p, str) else p
 
     model = data.get("model")
+    if isinstance(model, str) and model.startswith("onnx:"):
+        data["model"] = "onnx:" + resolve(model[len("onnx:"):])
     if isinstance(model, dict) and "checkpoint" in model:
         model["checkpoint"] = resolve(model["checkpoint"])
     source = data.get("data")
