@@ -359,7 +359,7 @@ def _shapes(args: tuple) -> str:
 
 
 @contextlib.contextmanager
-def _layer_trace(model: nn.Module) -> Iterator[list]:
+def layer_trace(model: nn.Module) -> Iterator[list]:
     """Track the layers a forward is inside: yields a stack of (name, module, args) that
     holds, after a forward failed, the layers it failed in (innermost last). Hooks are
     removed on exit, also after an error."""
@@ -383,6 +383,23 @@ def _layer_trace(model: nn.Module) -> Iterator[list]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def forward_error(model: nn.Module, stack: list, exc: BaseException, expected: str
+                  ) -> ValueError:
+    """The error for a forward of ``model`` that raised ``exc``: ``expected`` (what the caller
+    expected), then the layer it failed in (from :func:`layer_trace`'s ``stack``), what that
+    layer expects and the shape it got, and the model's own message."""
+    detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    inner = [(n, m, a) for n, m, a in stack if n]
+    leaf = not any(True for _ in model.children())
+    if inner or (stack and leaf):
+        name, module, args = inner[-1] if inner else stack[-1]
+        layer = (f"in layer {name!r}" if name else "in the model itself") + \
+            f" ({_expects(module)}), which got inputs of shape {_shapes(args)}"
+    else:
+        layer = f"in {type(model).__name__}.forward itself, outside its layers"
+    return ValueError(f"{expected}; its forward failed {layer}: {detail}")
 
 
 def _describe_output(output: object) -> str:
@@ -427,21 +444,13 @@ def check_model(model: nn.Module, x: Tensor, n_classes: int, *, what: str = "`mo
     check_finite_weights(model.state_dict(), what)
     where = (f"inputs of shape {tuple(x.shape[1:])} per sample, dtype "
              f"{str(x.dtype).replace('torch.', '')}")
-    with eval_mode(model), torch.random.fork_rng(devices=[]), _layer_trace(model) as stack:
+    with eval_mode(model), torch.random.fork_rng(devices=[]), layer_trace(model) as stack:
         try:
             output = model(to_model(x, model))
         except Exception as exc:  # noqa: BLE001 - the model's own error, named with its layer
-            detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
-            inner = [(n, m, a) for n, m, a in stack if n]
-            leaf = not any(True for _ in model.children())
-            if inner or (stack and leaf):
-                name, module, args = inner[-1] if inner else stack[-1]
-                layer = (f"in layer {name!r}" if name else "in the model itself") + \
-                    f" ({_expects(module)}), which got inputs of shape {_shapes(args)}"
-            else:
-                layer = f"in {type(model).__name__}.forward itself, outside its layers"
-            raise ValueError(f"Expected {what} to take the inputs of {data} ({where}); its "
-                             f"forward failed {layer}: {detail}") from None
+            raise forward_error(model, stack, exc,
+                                f"Expected {what} to take the inputs of {data} ({where})"
+                                ) from None
     logits = output
     if isinstance(output, tuple):
         fits = [i for i, o in enumerate(output) if isinstance(o, Tensor)
