@@ -99,8 +99,7 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
                          f"{type(model).__name__}: a Keras 3 model (torch backend) is explained "
                          f"and scored directly, but Keras keeps its weights in parameter dicts "
                          f"whose names change when the model is copied, so xprune cannot prune "
-                         f"it (yet). Rebuild it in PyTorch, or export it to ONNX with "
-                         f"Gemm/Conv nodes and load it with xprune.load_onnx.")
+                         f"it (yet): rebuild it in PyTorch to prune it.")
     if method not in PRUNING_METHODS:
         raise ValueError(f"Expected `method` to be one of {sorted(PRUNING_METHODS)}, "
                          f"got {method!r}." + closest_name(method, PRUNING_METHODS))
