@@ -283,6 +283,8 @@ def _outputs_and_kind(model: nn.Module, structure: ModelInputs) -> tuple[int, bo
         try:
             raw = part.call(model, part.main, part.others)
         except Exception as exc:  # noqa: BLE001 - the model's own error, named with its layer
+            if isinstance(exc, RuntimeError) and "indices" in str(exc):
+                raise  # float ids into an embedding: _float_ids_refused names them
             shape = tuple(part.main.shape[1:]) if isinstance(part.main, Tensor) else "?"
             raise forward_error(model, stack, exc,
                                 f"Expected `model` to take `inputs` (shape {shape} per sample)"
