@@ -41,7 +41,7 @@ def test_bad_sources(tmp_path):
     np.savez(tmp_path / "bad.npz", features=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="Expected arrays 'x' and 'y'"):
         load_dataset(str(tmp_path / "bad.npz"))
-    with pytest.raises(ValueError, match="Expected integer class labels"):
+    with pytest.raises(ValueError, match="labels of .data. to be integers 0..C-1"):
         split_arrays(np.zeros((10, 2)), np.linspace(0, 1, 10))
     with pytest.raises(ValueError, match="Expected finite features"):
         split_arrays(np.full((10, 2), np.nan), np.zeros(10, dtype=int))

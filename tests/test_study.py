@@ -205,7 +205,7 @@ def test_bad_data_is_named(data, error, match):
 def test_bad_arguments_are_named(data):
     with pytest.raises(TypeError, match="Expected `model` to be an nn.Module .* got str"):
         xprune.study("resnet", data, progress=False)
-    with pytest.raises(ValueError, match=r"C >= 2 .* got shape \(2, 1\)"):
+    with pytest.raises(ValueError, match=r"logits \(N, 2\), .* got 1 output per sample"):
         xprune.study(nn.Linear(30, 1), data, config=CONFIG, progress=False)
     with pytest.raises(ValueError, match=r"take the inputs of `data` \(inputs of shape \(30,\)"):
         xprune.study(nn.Linear(7, 2), data, config=CONFIG, progress=False)

@@ -9,7 +9,7 @@ from .attribution import (
     attribute_pair,
     explainer,
 )
-from .checkpoint import load_attributions, save_attributions
+from .checkpoint import load_attributions, load_onnx, save_attributions
 from .pruning import PRUNING_METHODS, ModelPair, fine_tune, prune, sparsity
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "explainer",
     "fine_tune",
     "load_attributions",
+    "load_onnx",
     "metrics",
     "prune",
     "save_attributions",

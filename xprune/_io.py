@@ -23,10 +23,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
     The temporary file lives in the destination directory so that the final
     ``os.replace`` is a same-filesystem rename, which POSIX makes atomic.
+
+    Raises
+    ------
+    OSError
+        Of the same kind (``PermissionError`` for a read-only folder), naming the
+        folder and the file, if the folder cannot be written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # name the folder, not the temporary file (a read-only run folder)
+        raise type(exc)(f"Cannot write {path.name} in the folder {path.parent}: "
+                        f"{exc.strerror or exc}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -10,7 +10,6 @@ folder, the same report (:meth:`Study.report`), and an inline view in Jupyter
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
 import html
 import json
@@ -31,9 +30,9 @@ from ._cache import RunCache
 from ._io import atomic_write_text
 from ._state import as_logits
 from .analysis import STAGES, _silent, check_writable, run_stages
-from .config import AnalysisConfig, load_config
+from .config import AnalysisConfig, load_config, reinitialised
 from .data import LABEL_KEYS, DatasetSplit, collect_batches, is_batches
-from .models import predict
+from .models import check_model
 from .report import metric_summary, render_report
 from .report.figures import figure_png, plot_key_figure
 from .report.headline import headline
@@ -275,7 +274,9 @@ def _resolve_config(config, sparsities, attributions, metrics) -> AnalysisConfig
     if base.seeds is not None:
         raise ValueError(f"Expected one seed for a study (`config.seed`), got `config.seeds` "
                          f"{base.seeds!r}: call study once per seed.")
-    if base.model.factory is not None or base.model.checkpoint is not None:
+    if base.model.factory is not None or base.model.checkpoint is not None or \
+            base.model.pretrained is not None or \
+            base.model.onnx is not None:
         raise ValueError("Expected no [model] section in the config of a study: the model "
                          "comes from the `model` argument.")
     changes = {}
@@ -304,16 +305,7 @@ def _built(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 def _reinitialised(model: nn.Module) -> Callable[[], nn.Module]:
     """A factory of fresh copies of ``model``'s architecture: every layer re-initialised by its
     own ``reset_parameters`` (in module order, so the global seed fixes the weights)."""
-    def build() -> nn.Module:
-        fresh = copy.deepcopy(model).cpu()
-        with torch.no_grad():
-            for module in fresh.modules():
-                reset = getattr(module, "reset_parameters", None) or getattr(
-                    module, "_reset_parameters", None)
-                if callable(reset):
-                    reset()
-        return fresh
-    return build
+    return lambda: reinitialised(model)
 
 
 def _check_resettable(model: nn.Module) -> None:
@@ -330,22 +322,9 @@ def _check_resettable(model: nn.Module) -> None:
 
 
 def _check_model(model: nn.Module, data: DatasetSplit) -> None:
-    """Raise a clear error unless ``model`` maps two test inputs to logits with a column per
-    class."""
-    x = data.x_test[:2]
-    where = (f"inputs of shape {tuple(x.shape[1:])} per sample, "
-             f"dtype {str(x.dtype).replace('torch.', '')}")
-    try:
-        logits = predict(model, x)
-    except ValueError:
-        raise
-    except Exception as exc:  # the model's own error, named
-        raise ValueError(f"Expected `model` to take the inputs of `data` ({where}); its "
-                         f"forward failed with {type(exc).__name__}: {exc}") from None
-    if logits.dim() != 2 or logits.shape[1] < max(data.n_classes, 2):
-        raise ValueError(f"Expected `model` to return logits (N, C) with C >= "
-                         f"{max(data.n_classes, 2)} (the labels of `data`), got shape "
-                         f"{tuple(logits.shape)}.")
+    """Raise a clear error unless ``model`` takes a batch of the data and returns logits with
+    one column per class (:func:`xprune.models.check_model`)."""
+    check_model(model, data.x_train[:2], data.n_classes, what="`model`", data="`data`")
 
 
 def _record_source(out: Path, data: DatasetSplit, model: nn.Module, trained: bool) -> None:

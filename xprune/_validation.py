@@ -21,6 +21,7 @@ __all__ = [
     "check_count",
     "check_device",
     "check_factory",
+    "check_own_factory",
     "check_fraction",
     "check_positive_int",
     "check_same_shape",
@@ -205,6 +206,16 @@ def check_factory(spec: object, name: str) -> str:
     return spec
 
 
+def check_own_factory(spec: object, name: str) -> str:
+    """Return ``spec`` if it reads ``"package.module:function"`` outside the standard library,
+    else raise ``ValueError`` naming ``name``. Nothing is imported or evaluated."""
+    module_name = check_factory(spec, name).partition(":")[0]
+    if module_name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
+        raise ValueError(f"Expected `{name}` to name a function of "
+                         f"your own package, got the standard-library {spec!r}.")
+    return spec
+
+
 def resolve_factory(spec: object, name: str) -> Callable:
     """The function that ``spec`` (``"package.module:function"``) names.
 
@@ -218,10 +229,7 @@ def resolve_factory(spec: object, name: str) -> Callable:
         Naming ``name``: a malformed string, a standard-library module, a
         module that cannot be imported, or no callable of that name.
     """
-    module_name, _, attr = check_factory(spec, name).partition(":")
-    if module_name.split(".")[0] in getattr(sys, "stdlib_module_names", ()):
-        raise ValueError(f"Expected `{name}` to name a function of "
-                         f"your own package, got the standard-library {spec!r}.")
+    module_name, _, attr = check_own_factory(spec, name).partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,15 +42,16 @@ from ._io import atomic_write_text
 from ._validation import check_positive_int, closest_name
 from ._version import __version__
 from .attribution import Attributions, attribute, explainer
-from .checkpoint import load_model
-from .config import AnalysisConfig, ModelConfig
-from .data import DatasetSplit, as_split, load_dataset
+from .checkpoint import load_model, load_onnx
+from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed
+from .data import DatasetSplit, as_split, check_split, load_dataset
 from .metrics._base import metric_seed
 from .metrics.controls import versus_random
 from .models import (
     DigitsCNN,
     TabularMLP,
     TextTransformer,
+    check_model,
     evaluate,
     load_hf_classifier,
     per_class,
@@ -71,7 +73,7 @@ from .report.tables import plural
 from .stats import mean_ci, proportion_ci
 
 __all__ = ["ModelRecord", "ModelTables", "RunResult", "attribute_models", "describe_models",
-           "explained_truth",
+           "explained_count", "explained_truth",
            "load_data", "prune_models", "run_analysis", "run_seeds", "run_stages", "score_models",
            "train_controls", "train_dense", "write_run"]
 
@@ -207,8 +209,8 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     dc = config.data
     text = {"tokenizer": config.model.pretrained_path, "text_column": dc.text_column,
             "label_column": dc.label_column, "max_length": dc.max_length}
-    data = load_dataset(dc.dataset, text=text, **split) if data is None else \
-        as_split(data, **split)
+    data = check_split(load_dataset(dc.dataset, text=text, **split) if data is None
+                       else as_split(data, **split))
     say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
         f"{len(data.x_test)} test samples")
     names = config.metrics.resolved_names(images=data.x_test.dim() == 4,  # before training
@@ -232,15 +234,36 @@ def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
     """Stage "train": the dense model, trained with ``config.seed`` (or loaded from
     ``config.model.checkpoint``), on ``config.device``; reused from ``cache`` when stored.
 
-    ``factory`` (optional) builds the architecture instead of ``config.model``."""
+    ``factory`` (optional) builds the architecture instead of ``config.model``.
+
+    Before any training, the model is checked against the data
+    (:func:`xprune.models.check_model`: finite weights, a forward of a batch,
+    logits with a column per class), so a model that does not fit the data
+    fails with a message naming the factory or checkpoint, the layer and the
+    shapes."""
+    own = factory is None
     factory = factory or _model_factory(data, config)
-    if config.model.pretrained:
+    what = (f"the checkpoint {config.model.checkpoint}" if config.model.checkpoint
+            else f"the ONNX model {config.model.onnx}" if own and config.model.onnx
+            else f"the pretrained folder {config.model.pretrained_path}"
+            if own and config.model.pretrained
+            else f"`model.factory` {config.model.factory!r}"
+            if own and config.model.factory else "the model")
+    if own and config.model.pretrained:  # a save_pretrained folder: used as it is
         say(f"loading the dense model from {config.model.pretrained}")
         dense, info = factory(), {}
+        check_model(dense, data.x_train[:2], data.n_classes, what=what)
+    elif own and config.model.onnx:  # trained elsewhere: used as it is
+        say(f"loading the dense model from {config.model.onnx}")
+        dense, info = load_onnx(config.model.onnx), {}
+        check_model(dense, data.x_train[:2], data.n_classes, what=what)
     elif config.model.checkpoint:
         say(f"loading the dense model from {config.model.checkpoint}")
         dense, info = load_model(config.model.checkpoint, factory), {}
+        check_model(dense, data.x_train[:2], data.n_classes, what=what)
     else:
+        with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
+            check_model(factory(), data.x_train[:2], data.n_classes, what=what)
         _status(cache, say, "dense",
                 f"training the dense model ({plural(config.train.epochs, 'epoch')})")
         dense, info = cache.model("dense", lambda info: factory(),
@@ -268,6 +291,8 @@ def prune_models(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *
             data, config.replace(model=own))
         say(f"loading a pruned model from {table['path']}")
         model = load_model(table["path"], build)
+        check_model(model, data.x_train[:2], data.n_classes,
+                    what=f"the pruned checkpoint {table['path']}")
         pair = ModelPair.from_models(dense, model)
         tag = table.get("label") or Path(table["path"]).stem
         records.append(ModelRecord(tag, "sparse", "external", round(pair.sparsity, 6),
@@ -724,7 +749,7 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
     the inputs' shape (N, *F) and each model's own predictions.
     """
     ac = config.attribution
-    n_eval = min(ac.n_samples, len(data.x_test))
+    n_eval = explained_count(config, data)
     x = data.x_test[:n_eval]
     tokens = None if data.vocabulary is None else {  # padding and special tokens masked
         "pad_token_id": data.pad_token_id, "special_token_ids": data.special_token_ids}
@@ -754,6 +779,20 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
             predictions[rec.tag], feature_mask=stored.get("feature_mask"))
     bar.close()
     return attrs_by
+
+
+def explained_count(config: AnalysisConfig, data: DatasetSplit) -> int:
+    """How many test inputs the run explains: ``config.attribution.n_samples``, or every
+    test input where the test split is smaller (with a warning naming both counts; the
+    run folder's ``config.json`` records the count used)."""
+    n_test = len(data.x_test)
+    if config.attribution.n_samples > n_test:
+        warnings.warn(f"`attribution.n_samples` = {config.attribution.n_samples} is more than "
+                      f"the {n_test} samples of the test split of {data.name!r}: explaining "
+                      f"all {n_test} (config.json records {n_test}).", UserWarning,
+                      stacklevel=2)
+        return n_test
+    return config.attribution.n_samples
 
 
 def explained_truth(data: DatasetSplit, attrs_by: dict[tuple[str, str], Attributions]
@@ -827,6 +866,10 @@ def write_run(out: Path, config: AnalysisConfig, data: DatasetSplit, records: li
                                               config.report.n_examples)
     for name, frame in files.items():
         atomic_write_text(out / name, frame.to_csv(index=False, na_rep="NaN"))
+    n_eval = x.shape[0]  # the count explained, where the test split had fewer than asked
+    if n_eval != config.attribution.n_samples:
+        config = config.replace(attribution=dataclasses.replace(config.attribution,
+                                                                n_samples=n_eval))
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     atomic_write_text(out / "versions.json", json.dumps(_versions(), indent=2) + "\n")
 
@@ -1026,9 +1069,8 @@ def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
     """
     config = config or AnalysisConfig()
     seeds = config.seeds if seeds is None else seeds
-    if not seeds or len(set(seeds)) != len(seeds) or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ValueError(f"Expected distinct integer seeds, got {seeds!r}.")
+    if not seeds or len(set(seeds)) != len(seeds) or not all(_is_seed(s) for s in seeds):
+        raise ValueError(f"Expected distinct integer seeds in [0, {MAX_SEED}], got {seeds!r}.")
     out = Path(out_dir) if out_dir is not None else Path("reports") / f"{config.name}-seeds"
     check_writable(out)
     runs = {}
@@ -1044,7 +1086,7 @@ def run_seeds(config: AnalysisConfig | None, seeds: list[int] | None = None, *,
 def _digests(config: AnalysisConfig) -> dict[str, str]:
     import hashlib
 
-    paths = [config.model.checkpoint] if config.model.checkpoint else []
+    paths = [p for p in (config.model.checkpoint, config.model.onnx) if p]
     if config.model.pretrained:  # a replaced pretrained folder starts afresh
         folder = Path(config.model.pretrained_path)
         if not folder.is_dir():

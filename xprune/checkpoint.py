@@ -27,9 +27,10 @@ from torch import Tensor, nn
 from ._io import atomic_write_bytes, atomic_write_text
 from ._version import __version__
 from .attribution import Attributions
+from .models import check_finite_weights
 from .pruning import ModelPair
 
-__all__ = ["load_attributions", "load_model", "load_pair", "load_state_dict",
+__all__ = ["load_attributions", "load_model", "load_onnx", "load_pair", "load_state_dict",
            "save_attributions", "save_model", "save_pair"]
 
 SAFE_SUFFIXES = (".safetensors",)
@@ -192,8 +193,9 @@ def load_model(path: str | Path, template: nn.Module | Callable[[], nn.Module]) 
     Raises
     ------
     ValueError
-        If the checkpoint is refused (see :func:`load_state_dict`) or its keys
-        and shapes do not match the architecture (the message lists them).
+        If the checkpoint is refused (see :func:`load_state_dict`), its keys
+        and shapes do not match the architecture (the message lists them), or a
+        tensor holds NaN or Inf (the message names the file and the tensor).
     """
     import copy
 
@@ -216,6 +218,7 @@ def load_model(path: str | Path, template: nn.Module | Callable[[], nn.Module]) 
                 for k in wrong[:5]))
         raise ValueError(f"Checkpoint {path} does not fit {type(model).__name__}: "
                          + "; ".join(details) + ".")
+    check_finite_weights(state, f"checkpoint {path}")
     model.load_state_dict(state)
     return model
 
@@ -361,3 +364,130 @@ def load_attributions(path: str | Path):
                         info.get("params", {}), info.get("model_tag"), tensors.get("delta"),
                         tensors.get("predictions"), tensors.get("feature_mask"),
                         None if structure is None else structure.get("attribute_to"))
+
+
+def _import_onnx2torch():
+    """Import onnx2torch, which imports torchvision for two operators (NonMaxSuppression,
+    RoiAlign) at import time. Where torchvision is absent (it is not a dependency of xprune),
+    those two names are bound to stand-ins that raise, for the import only: nothing named
+    torchvision stays in ``sys.modules``, so other packages' checks for it are unaffected."""
+    import importlib.util
+    import sys
+    import types
+
+    try:
+        if importlib.util.find_spec("torchvision") is not None:
+            import onnx2torch
+
+            return onnx2torch
+    except ImportError:
+        pass
+    if importlib.util.find_spec("onnx2torch") is None:
+        raise ImportError("Loading ONNX models needs onnx2torch: pip install onnx "
+                          "'onnx2torch==1.5.15' --no-deps (it lists torchvision, which xprune "
+                          "does not need).")
+
+    def missing(*args, **kwargs):
+        raise NotImplementedError("this ONNX operator needs torchvision")
+
+    stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
+    stub.ops = ops
+    for name in ("roi_align", "nms", "box_convert"):
+        setattr(ops, name, missing)
+    sys.modules.update({"torchvision": stub, "torchvision.ops": ops})
+    try:
+        import onnx2torch
+    finally:
+        for name in ("torchvision", "torchvision.ops"):
+            if sys.modules.get(name) in (stub, ops):
+                del sys.modules[name]
+    return onnx2torch
+
+
+_NEEDS_TORCHVISION = ("NonMaxSuppression", "RoiAlign")
+
+
+def _unsupported_operators(graph, registry) -> list[str]:
+    """The operator types of ``graph`` (an ONNX ``ModelProto``) that onnx2torch cannot convert."""
+    import importlib.util
+
+    versions = {o.domain or "": o.version for o in graph.opset_import}
+    bad = []
+    for node in graph.graph.node:
+        domain = node.domain or ""
+        try:
+            registry.get_converter(node.op_type, versions.get(domain, 1), domain)
+        except NotImplementedError:
+            bad.append(f"{domain + '.' if domain else ''}{node.op_type}")
+            continue
+        if node.op_type in _NEEDS_TORCHVISION and importlib.util.find_spec("torchvision") is None:
+            bad.append(f"{node.op_type} (needs torchvision)")
+    return list(dict.fromkeys(bad))
+
+
+def load_onnx(path: str | Path) -> nn.Module:
+    """A model exported to ONNX (from PyTorch, TensorFlow/Keras with tf2onnx, ...) as a
+    PyTorch module, through onnx2torch.
+
+    The result is a ``torch.fx.GraphModule`` whose Conv and Gemm nodes are
+    ``nn.Conv2d`` and ``nn.Linear`` modules, so it is pruned, explained and
+    studied like any other model. It is in eval mode; its weights are float32
+    as stored. onnx2torch converts the operators of opsets 9 to 17 or so: export
+    with ``opset_version=17`` (``torch.onnx.export(..., dynamo=False)`` writes
+    graphs it converts).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a valid ONNX model, or holds an operator onnx2torch
+        cannot convert (the message names every such operator and the opset),
+        or has NaN/Inf weights.
+    ImportError
+        If onnx or onnx2torch is not installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("Loading ONNX models needs onnx: pip install onnx") from None
+    onnx2torch = _import_onnx2torch()
+    from onnx2torch.node_converters import registry
+
+    try:
+        graph = onnx.load(str(path))
+        onnx.checker.check_model(graph)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, ValidationError, ...
+        raise ValueError(f"Could not read {path} as an ONNX model: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}"
+                         ) from None
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in graph.opset_import)
+    bad = _unsupported_operators(graph, registry)
+    if bad:
+        raise ValueError(f"Cannot convert {path} to PyTorch: onnx2torch has no converter for "
+                         f"the operator(s) {', '.join(bad)} (opset {opsets}). Export with "
+                         "opset_version=17 and standard operators, or replace them in the "
+                         "model.")
+    try:
+        model = onnx2torch.convert(graph)
+    except Exception as exc:  # noqa: BLE001 - a converter refused one node's attributes
+        node = _failing_node(exc)
+        where = f" at operator {node.operation_type} (node {node.name!r})" if node else ""
+        raise ValueError(f"Cannot convert {path} to PyTorch{where} (opset {opsets}): "
+                         f"{type(exc).__name__}: {exc}") from None
+    check_finite_weights(model.state_dict(), f"the ONNX model {path}")
+    return model.float().eval()
+
+
+def _failing_node(exc: BaseException):
+    """The onnx2torch node being converted when ``exc`` was raised (from the traceback)."""
+    tb, node = exc.__traceback__, None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("onnx_node")
+        if candidate is not None and hasattr(candidate, "operation_type"):
+            node = candidate
+        tb = tb.tb_next
+    return node

@@ -17,8 +17,8 @@ from typing import Any
 from ._io import read_toml
 from ._validation import (
     check_device,
-    check_factory,
     check_fraction,
+    check_own_factory,
     check_positive_int,
     closest_name,
     resolve_factory,
@@ -75,6 +75,8 @@ class DataConfig:
                              f"{self.dataset!r}.")
         if not is_data_source(self.dataset):
             _check_name(self.dataset, DATASETS, "data.dataset")
+        elif not self.dataset.endswith((".npz", ".pt")):  # "package.module:function"
+            check_own_factory(self.dataset, "data.dataset")
 
 
 @dataclass(frozen=True)
@@ -101,21 +103,29 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     checkpoint: str | None = None
     pretrained: str | None = None  # "hf:FOLDER": a save_pretrained model and tokenizer
+    onnx: str | None = None  # `model = "onnx:PATH"`: a trained model exported to ONNX
 
     def __post_init__(self) -> None:
         if self.pretrained is not None:
             if not isinstance(self.pretrained, str) or not self.pretrained.removeprefix("hf:"):
                 raise ValueError(f"Expected `model` / `model.pretrained` to be \"hf:FOLDER\" (a "
                                  f"folder written by save_pretrained), got {self.pretrained!r}.")
-            if self.factory is not None or self.checkpoint is not None:
+            if self.factory is not None or self.checkpoint is not None or self.onnx is not None:
                 raise ValueError("Expected either `model.pretrained` or `model.factory` / "
-                                 "`model.checkpoint`, not both: a pretrained folder holds its "
-                                 "architecture and weights.")
+                                 "`model.checkpoint` / \"onnx:PATH\", not both: a pretrained "
+                                 "folder holds its architecture and weights.")
+        if self.onnx is not None:
+            if not isinstance(self.onnx, str) or not self.onnx:
+                raise ValueError(f"Expected `model` = \"onnx:PATH\" to name a file, got "
+                                 f"{self.onnx!r}.")
+            if self.factory is not None or self.checkpoint is not None or self.kwargs:
+                raise ValueError("Expected either `model` = \"onnx:PATH\" or a [model] table "
+                                 "with `factory`/`checkpoint`, got both.")
         if self.checkpoint is not None and not isinstance(self.checkpoint, str):
             raise ValueError(f"Expected `model.checkpoint` to be a file path, got "
                              f"{self.checkpoint!r}.")
         if self.factory is not None:
-            check_factory(self.factory, "model.factory")
+            check_own_factory(self.factory, "model.factory")
         if not isinstance(self.kwargs, dict):
             raise ValueError(f"Expected `model.kwargs` to be a table, got {self.kwargs!r}.")
 
@@ -125,8 +135,31 @@ class ModelConfig:
         return None if self.pretrained is None else self.pretrained.removeprefix("hf:")
 
     def resolve(self):
-        """The factory function (``None`` for the dataset's default architecture)."""
+        """The factory function (``None`` for the dataset's default architecture); for an
+        ONNX model, a function returning a copy of its architecture with every layer
+        re-initialised (the run loads the trained weights itself)."""
+        if self.onnx is not None:
+            from .checkpoint import load_onnx
+
+            return lambda: reinitialised(load_onnx(self.onnx))
         return None if self.factory is None else resolve_factory(self.factory, "model.factory")
+
+
+def reinitialised(model):
+    """A copy of ``model`` with every layer re-initialised by its own ``reset_parameters``
+    (in module order, so the global seed fixes the weights)."""
+    import copy
+
+    import torch
+
+    fresh = copy.deepcopy(model).cpu()
+    with torch.no_grad():
+        for module in fresh.modules():
+            reset = getattr(module, "reset_parameters", None) or getattr(
+                module, "_reset_parameters", None)
+            if callable(reset):
+                reset()
+    return fresh
 
 
 @dataclass(frozen=True)
@@ -248,6 +281,13 @@ class PruningConfig(_VariantFields):
     checkpoints: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
+        for key, example in (("sparsities", "[0.5, 0.9]"), ("checkpoints", '["sparse.pt"]'),
+                             ("methods", '[{method = "random_unstructured"}]')):
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"Expected `pruning.{key}` to be a list, e.g. {key} = "
+                                 f"{example}, got {value!r}"
+                                 + (f"; write [{value!r}]." if key == "sparsities" else "."))
         object.__setattr__(self, "checkpoints", tuple(self.checkpoints))
         for i, entry in enumerate(self.checkpoints):
             table = {"path": entry} if isinstance(entry, str) else entry
@@ -559,6 +599,20 @@ def _check_positive_number(value: object, name: str) -> None:
         raise ValueError(f"Expected `{name}` to be a positive number, got {value!r}.")
 
 
+# numpy's and scikit-learn's random states take seeds below 2**32 (a run seeds all three)
+MAX_SEED = 2**32 - 1
+
+
+def _is_seed(value: object) -> bool:
+    """Whether ``value`` is a seed every generator of a run accepts: an int in [0, MAX_SEED].
+
+    A run seeds torch, numpy and scikit-learn (the split's ``random_state``),
+    the last two of which refuse seeds of 2**32 and above; a larger seed would
+    fail with "Overflow when unpacking long long" deep inside torch.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SEED
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """A whole analysis: data, training, pruning, controls, attribution, metrics, report.
@@ -585,15 +639,15 @@ class AnalysisConfig:
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise ValueError(f"Expected `name` to be a plain directory name, got {self.name!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"Expected `seed` to be a non-negative integer, got {self.seed!r}.")
+        if not _is_seed(self.seed):
+            raise ValueError(f"Expected `seed` to be an integer in [0, {MAX_SEED}], got "
+                             f"{self.seed!r}.")
         if self.seeds is not None and (
                 not isinstance(self.seeds, list) or not self.seeds
                 or len(set(self.seeds)) != len(self.seeds)
-                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
-                           for s in self.seeds)):
-            raise ValueError(f"Expected `seeds` to be a list of distinct non-negative "
-                             f"integers, got {self.seeds!r}.")
+                or not all(_is_seed(s) for s in self.seeds)):
+            raise ValueError(f"Expected `seeds` to be a list of distinct integers in "
+                             f"[0, {MAX_SEED}], got {self.seeds!r}.")
         check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -606,8 +660,13 @@ class AnalysisConfig:
 
         ``model = "hf:FOLDER"`` (a string instead of the ``[model]`` table) is
         short for ``[model] pretrained = "hf:FOLDER"``."""
-        if isinstance(data, dict) and isinstance(data.get("model"), str):
-            data = {**data, "model": {"pretrained": data["model"]}}
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, str):  # "onnx:PATH", or "hf:FOLDER" for a pretrained folder
+            if not model.startswith(("onnx:", "hf:")):
+                raise ValueError(f"Expected `model` to be a [model] table, \"hf:FOLDER\" or "
+                                 f"\"onnx:PATH\", got {model!r}.")
+            data = {**data, "model": {"onnx": model[len("onnx:"):]} if model.startswith("onnx:")
+                    else {"pretrained": model}}
         return _build(cls, data, "the config's top level")
 
     def replace(self, **changes: Any) -> AnalysisConfig:
@@ -665,9 +724,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         return str((base / p).resolve()) if isinstance(p, str) else p
 
     model = data.get("model")
+    if isinstance(model, str) and model.startswith("onnx:"):
+        data["model"] = "onnx:" + resolve(model[len("onnx:"):])
     if isinstance(model, dict) and "checkpoint" in model:
         model["checkpoint"] = resolve(model["checkpoint"])
-    pretrained = model if isinstance(model, str) else \
+    pretrained = model if isinstance(model, str) and not model.startswith("onnx:") else \
         model.get("pretrained") if isinstance(model, dict) else None
     if isinstance(pretrained, str) and pretrained.removeprefix("hf:"):
         folder = "hf:" + resolve(pretrained.removeprefix("hf:"))

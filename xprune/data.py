@@ -15,9 +15,10 @@ from torch import Tensor
 
 from ._validation import check_fraction, check_positive_int, closest_name, resolve_factory
 
-__all__ = ["DATASETS", "DatasetSplit", "as_split", "collect_batches", "is_batches",
-           "load_breast_cancer_split", "load_dataset", "load_digits_split", "load_text_file",
-           "load_text_split", "load_vowels_split", "load_wine_split", "make_token_dataset",
+__all__ = ["DATASETS", "DatasetSplit", "as_split", "check_labels", "check_split",
+           "collect_batches", "is_batches", "load_breast_cancer_split", "load_dataset",
+           "load_digits_split", "load_text_file", "load_text_split", "load_vowels_split",
+           "load_wine_split", "make_token_dataset",
            "split_arrays"]
 
 TEXT_FILE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -330,16 +331,15 @@ def split_arrays(x, y, *, name: str = "data", seed: int = 0, val_size: float = 0
         On NaN/Inf features, labels that are not integers 0..C-1, mismatched
         lengths, or a class too small to stratify.
     """
-    x = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    x = check_numeric(np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x),
+                      f"the features of {name!r}").astype(np.float64)
     y_raw = np.asarray(y.detach().cpu() if isinstance(y, Tensor) else y)
     if x.ndim < 2 or len(x) != len(y_raw) or y_raw.ndim != 1:
         raise ValueError(f"Expected features (n, ...) and labels (n,), got shapes {x.shape} "
                          f"and {y_raw.shape}.")
     if not np.isfinite(x).all():
         raise ValueError("Expected finite features, got NaN or Inf.")
-    if not np.issubdtype(y_raw.dtype, np.integer) or y_raw.min() < 0:
-        raise ValueError(f"Expected integer class labels 0..C-1, got dtype {y_raw.dtype} with "
-                         f"minimum {y_raw.min()!r}.")
+    check_labels(y_raw, f"the labels of {name!r}")
     names = None if feature_names is None else tuple(str(f) for f in feature_names)
     if names is not None and (x.ndim != 2 or len(names) != x.shape[1]):
         raise ValueError(f"Expected one feature name per column ({x.shape[1:]}), got "
@@ -408,12 +408,14 @@ def as_split(data: object, *, seed: int = 0, val_size: float = 0.2, test_size: f
         shapes = {k: tuple(x.shape[1:]) for k, (x, _) in parts.items() if len(x)}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"Expected the same input shape in every split, got {shapes}.")
-        n_classes = max(int(y.max()) for _, y in parts.values() if len(y)) + 1
+        n_classes = max((int(y.max()) for _, y in parts.values() if len(y)), default=-1) + 1
+        check_labels(torch.cat([y for _, y in parts.values()]).numpy(), "the labels of `data`")
         return DatasetSplit("data", parts["train"][0], parts["train"][1], parts["val"][0],
                             parts["val"][1], parts["test"][0], parts["test"][1], n_classes,
                             tuple(str(c) for c in range(n_classes)))
     if isinstance(data, (tuple, list)):
         x, y = _pair(data, "data")
+        check_labels(y.numpy(), "the labels of `data`")
         try:
             train_idx, val_idx, test_idx = _split_indices(y.numpy(), seed=seed,
                                                           val_size=val_size, test_size=test_size)
@@ -449,7 +451,9 @@ def _pair(value: object, name: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"Expected `{name}` to be a pair (x, y), got {type(value).__name__}"
                          + (f" of length {len(value)}" if isinstance(value, (tuple, list))
                             else "") + ".")
-    x, y = (v if isinstance(v, Tensor) else torch.as_tensor(np.asarray(v)) for v in value)
+    x, y = (v if isinstance(v, Tensor) else torch.as_tensor(
+        check_numeric(np.asarray(v), f"the {part} of `{name}`"))
+        for v, part in zip(value, ("inputs", "labels"), strict=True))
     x, y = x.detach().cpu(), y.detach().cpu()
     if x.dim() < 2 or y.dim() != 1 or len(x) != len(y):
         raise ValueError(f"Expected `{name}` to be inputs (n, ...) and labels (n,), got shapes "
@@ -463,6 +467,77 @@ def _pair(value: object, name: str) -> tuple[Tensor, Tensor]:
                          f"{str(y.dtype).replace('torch.', '')}"
                          + (f" with minimum {y.min().item()!r}" if len(y) else "") + ".")
     return x, y.long()
+
+
+def check_numeric(a: np.ndarray, name: str) -> np.ndarray:
+    """Return ``a`` if it holds numbers (bool, integer or floating point), else raise
+    ``ValueError`` naming ``name`` and the dtype (strings, objects)."""
+    if a.dtype.kind not in "biuf":
+        example = a.reshape(-1)[0] if a.size else None
+        raise ValueError(f"Expected {name} to be numbers, got dtype {a.dtype}"
+                         + (f" (e.g. {str(example)[:40]!r})" if a.size else "")
+                         + ": encode text or categories as numbers first (token ids for "
+                           "text, one column per category for tables).")
+    return a
+
+
+def check_labels(y: np.ndarray, name: str) -> int:
+    """Return the number of classes C if ``y`` holds integer labels 0..C-1 with every class
+    present and at least two classes, else raise ``ValueError`` naming ``name``.
+
+    Labels with gaps (such as {0, 100, ..., 900}) are refused with the missing classes
+    listed, rather than training a model with empty classes (case 018-label-gaps).
+    """
+    y = np.asarray(y)
+    if y.size == 0:
+        raise ValueError(f"Expected {name} to hold at least one sample per class, got 0 "
+                         "samples.")
+    if y.dtype.kind not in "iu" or y.min() < 0:
+        raise ValueError(f"Expected {name} to be integers 0..C-1, got dtype {y.dtype}"
+                         + (f" with minimum {y.min().item()!r}" if y.dtype.kind in "iuf"
+                            else "") + ".")
+    present = np.unique(y)
+    if len(present) < 2:
+        raise ValueError(f"Expected {name} to hold at least two classes, got only class "
+                         f"{present[0].item()} ({len(y)} samples): a classifier of one class "
+                         "has nothing to explain.")
+    n_classes = int(present[-1]) + 1
+    if len(present) != n_classes:
+        missing = sorted(set(range(n_classes)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(f"Expected {name} to be 0..C-1 with every class present, got "
+                         f"{len(present)} classes from 0 to {n_classes - 1}: {len(missing)} "
+                         f"missing ({shown}). Map the labels to 0..{len(present) - 1} first, "
+                         "e.g. np.unique(y, return_inverse=True)[1].")
+    return n_classes
+
+
+def check_split(data: DatasetSplit) -> DatasetSplit:
+    """Return ``data`` if it can be trained and explained, else raise ``ValueError``.
+
+    The training and test splits hold samples; the labels of every split are
+    0..C-1 (C = ``data.n_classes``, at least 2) with every class present in
+    training.
+    """
+    for split in ("train", "test"):
+        if len(getattr(data, f"y_{split}")) == 0:
+            raise ValueError(f"Expected the {split} split of {data.name!r} to hold samples, "
+                             "got 0.")
+    if data.n_classes < 2:
+        raise ValueError(f"Expected at least two classes in {data.name!r}, got "
+                         f"{data.n_classes}.")
+    for split in ("train", "val", "test"):
+        y = getattr(data, f"y_{split}")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= data.n_classes):
+            raise ValueError(f"Expected the {split} labels of {data.name!r} in "
+                             f"0..{data.n_classes - 1}, got values from {int(y.min())} to "
+                             f"{int(y.max())}.")
+    missing = sorted(set(range(data.n_classes)) - set(data.y_train.unique().tolist()))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        raise ValueError(f"Expected every class of {data.name!r} (0..{data.n_classes - 1}) in "
+                         f"the training split, got none of class {shown}.")
+    return data
 
 
 def _split_indices(y: np.ndarray, *, seed: int, val_size: float, test_size: float):
@@ -483,13 +558,14 @@ def _split_indices(y: np.ndarray, *, seed: int, val_size: float, test_size: floa
 
 
 def load_data_source(source: str, *, seed: int = 0, val_size: float = 0.2,
-                     test_size: float = 0.2) -> DatasetSplit:
+                     test_size: float = 0.2, key: str = "data.dataset") -> DatasetSplit:
     """Data from a file or a function, split by :func:`split_arrays`.
 
     ``source`` is an ``.npz`` file with arrays ``x`` and ``y`` (and optionally
     ``feature_names``), a ``.pt`` file holding a dict of tensors ``x`` and ``y``
     (read with ``torch.load(weights_only=True)``: no code is unpickled), or
     ``"package.module:function"`` returning ``(x, y)`` or ``(x, y, feature_names)``.
+    ``key`` names where the source came from in error messages (the config key).
 
     Raises
     ------
@@ -518,7 +594,7 @@ def load_data_source(source: str, *, seed: int = 0, val_size: float = 0.2,
             raise ValueError(f"Expected {source} to hold a dict with tensors 'x' and 'y'.")
         x, y, names = blob["x"], blob["y"], blob.get("feature_names")
     else:
-        fn = resolve_factory(source, "source")
+        fn = resolve_factory(source, key)
         out = fn()
         if not isinstance(out, tuple) or len(out) not in (2, 3):
             raise ValueError(f"Expected {source} to return (x, y) or (x, y, feature_names), "

@@ -7,8 +7,9 @@ inside ``forward`` (Captum's LRP has no rule for ``nn.Flatten``).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,8 @@ from ._state import as_logits, eval_mode, model_device, to_model
 from ._validation import check_positive_int, check_tensor
 
 __all__ = ["DigitsCNN", "FrameGRU", "HFTextClassifier", "SpectrogramCNN", "TabularMLP",
-           "TextTransformer", "TokenClassifier", "TrainResult", "evaluate", "load_hf_classifier",
-           "predict", "train"]
+           "TextTransformer", "TokenClassifier", "TrainResult", "check_finite_weights",
+           "check_model", "evaluate", "load_hf_classifier", "predict", "train"]
 
 
 class DigitsCNN(nn.Module):
@@ -486,3 +487,157 @@ def per_class(model: nn.Module, x: Tensor | Data, y: Tensor | None = None) -> di
         y.numpy(), logits.argmax(dim=1).numpy(), labels=labels, zero_division=0)
     return {"class": labels, "support": support.tolist(), "recall": recall.tolist(),
             "precision": precision.tolist()}
+
+
+def check_finite_weights(state: Mapping[str, Tensor], what: str) -> None:
+    """Raise ``ValueError`` naming ``what`` (a file, ``model``) and the first tensor of ``state``
+    (a state dict) that holds NaN or Inf entries (case 019-nan-weights)."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = ~torch.isfinite(tensor)
+            if bool(bad.any()):
+                first = tuple(int(i) for i in bad.nonzero()[0]) if tensor.dim() else ()
+                raise ValueError(
+                    f"Expected finite weights in {what}, got {int(bad.sum())} NaN or Inf "
+                    f"entries in tensor {key!r} of shape {tuple(tensor.shape)} (the first at "
+                    f"index {first}): the model was saved after its training diverged, or the "
+                    "file is damaged.")
+
+
+def _expects(module: nn.Module) -> str:
+    """What a layer expects of its input, in words (for shape errors)."""
+    name = type(module).__name__
+    if isinstance(module, nn.Linear):
+        return f"{name} expecting {module.in_features} input features (last dimension)"
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return (f"{name} expecting {module.in_channels} input channels (dimension 1 of "
+                f"{module.weight.dim()}-D inputs)")
+    if isinstance(module, nn.Embedding):
+        return f"{name} expecting integer ids in [0, {module.num_embeddings})"
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return f"{name} expecting {module.num_features} channels (dimension 1)"
+    if isinstance(module, nn.LayerNorm):
+        return f"{name} expecting trailing dimensions {tuple(module.normalized_shape)}"
+    if isinstance(module, nn.RNNBase):
+        return f"{name} expecting {module.input_size} input features per step"
+    return name
+
+
+def _shapes(args: tuple) -> str:
+    shapes = [tuple(a.shape) for a in args if isinstance(a, Tensor)]
+    return ", ".join(str(sh) for sh in shapes) or "no tensor"
+
+
+@contextlib.contextmanager
+def layer_trace(model: nn.Module) -> Iterator[list]:
+    """Track the layers a forward is inside: yields a stack of (name, module, args) that
+    holds, after a forward failed, the layers it failed in (innermost last). Hooks are
+    removed on exit, also after an error."""
+    stack: list = []
+    handles = []
+
+    def enter(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            stack.append((name, module, args))
+        return hook
+
+    def leave(module: nn.Module, args: tuple, output: object) -> None:
+        if stack:  # returns None: the output passes unchanged
+            stack.pop()
+
+    try:
+        for name, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave))
+        yield stack
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_error(model: nn.Module, stack: list, exc: BaseException, expected: str
+                  ) -> ValueError:
+    """The error for a forward of ``model`` that raised ``exc``: ``expected`` (what the caller
+    expected), then the layer it failed in (from :func:`layer_trace`'s ``stack``), what that
+    layer expects and the shape it got, and the model's own message."""
+    detail = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+    inner = [(n, m, a) for n, m, a in stack if n]
+    leaf = not any(True for _ in model.children())
+    if inner or (stack and leaf):
+        name, module, args = inner[-1] if inner else stack[-1]
+        layer = (f"in layer {name!r}" if name else "in the model itself") + \
+            f" ({_expects(module)}), which got inputs of shape {_shapes(args)}"
+    else:
+        layer = f"in {type(model).__name__}.forward itself, outside its layers"
+    return ValueError(f"{expected}; its forward failed {layer}: {detail}")
+
+
+def _describe_output(output: object) -> str:
+    if isinstance(output, Tensor):
+        return f"Tensor {tuple(output.shape)}"
+    return type(output).__name__
+
+
+@torch.no_grad()
+def check_model(model: nn.Module, x: Tensor, n_classes: int, *, what: str = "`model`",
+                data: str = "the data") -> None:
+    """One forward of a batch of the data before any work: raise unless ``model`` takes
+    the inputs and returns logits with one column per class.
+
+    Checked, in this order: the weights are finite (naming the tensor); a
+    forward of ``x`` runs (else the error names the inputs' shape per sample,
+    the layer that failed, what that layer expects and what it got); the
+    output is a tensor, a ``ModelOutput``/mapping with ``logits``, or a tuple
+    whose first element is the logits (for another tuple the error names the
+    element with a column per class); the logits have shape (N, ``n_classes``).
+    The model's mode, weights and the random stream are left as they were;
+    every hook is removed (cases 017-020).
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor of shape (N, *F)
+        A batch of the data (one or two samples suffice).
+    n_classes : int
+        The number of classes C of the labels (0..C-1).
+    what : str
+        Names the model in messages: ``"`model`"``, ``"`model.factory` 'pkg:fn'"``,
+        ``"checkpoint path"``.
+    data : str
+        Names the data in messages (``"`data`"`` for an argument).
+
+    Raises
+    ------
+    ValueError
+        With the message described above.
+    """
+    check_finite_weights(model.state_dict(), what)
+    where = (f"inputs of shape {tuple(x.shape[1:])} per sample, dtype "
+             f"{str(x.dtype).replace('torch.', '')}")
+    with eval_mode(model), torch.random.fork_rng(devices=[]), layer_trace(model) as stack:
+        try:
+            output = model(to_model(x, model))
+        except Exception as exc:  # noqa: BLE001 - the model's own error, named with its layer
+            raise forward_error(model, stack, exc,
+                                f"Expected {what} to take the inputs of {data} ({where})"
+                                ) from None
+    logits = output
+    if isinstance(output, tuple):
+        fits = [i for i, o in enumerate(output) if isinstance(o, Tensor)
+                and o.dim() == 2 and o.shape == (x.shape[0], n_classes)]
+        if fits[:1] != [0]:
+            parts = ", ".join(f"[{i}] {_describe_output(o)}" for i, o in enumerate(output))
+            pick = (f"element {fits[0]} has a column per class: wrap the model so that forward "
+                    f"returns output[{fits[0]}]" if fits else
+                    f"no element has shape ({x.shape[0]}, {n_classes})")
+            raise ValueError(f"Expected {what} to return logits (N, {n_classes}) "
+                             f"(a column per class of the labels), got a tuple of "
+                             f"{len(output)}: {parts}; {pick}.")
+    logits = as_logits(output, model)
+    if logits.dim() != 2 or logits.shape[1] != n_classes:
+        got = logits.shape[1] if logits.dim() == 2 else None
+        count = (f"{got} output{'s' if got != 1 else ''} per sample" if got is not None
+                 else f"shape {tuple(logits.shape)}")
+        raise ValueError(f"Expected {what} to return logits (N, {n_classes}), one column per "
+                         f"class of the labels (0..{n_classes - 1}), got {count} for inputs "
+                         f"({where}).")

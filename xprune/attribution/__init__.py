@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, model_device, model_dtype, to_model
 from .._validation import check_device, check_positive_int, check_targets, check_tensor
-from ..models import predict
+from ..models import forward_error, layer_trace, predict
 from ._baselines import BASELINE_KINDS, make_baseline
 from ._inputs import (
     DEFAULT_MAX_BYTES,
@@ -279,8 +279,16 @@ def _outputs_and_kind(model: nn.Module, structure: ModelInputs) -> tuple[int, bo
     """From one forward pass of one row: the number of outputs, and whether the forward
     returns a tensor (else a ModelOutput, tuple or mapping whose logits are read)."""
     part = structure.rows(0, 1).to_model(model)
-    with torch.no_grad(), eval_mode(model):
-        raw = part.call(model, part.main, part.others)
+    with torch.no_grad(), eval_mode(model), layer_trace(model) as stack:
+        try:
+            raw = part.call(model, part.main, part.others)
+        except Exception as exc:  # noqa: BLE001 - the model's own error, named with its layer
+            if isinstance(exc, RuntimeError) and "indices" in str(exc):
+                raise  # float ids into an embedding: _float_ids_refused names them
+            shape = tuple(part.main.shape[1:]) if isinstance(part.main, Tensor) else "?"
+            raise forward_error(model, stack, exc,
+                                f"Expected `model` to take `inputs` (shape {shape} per sample)"
+                                ) from None
     out = as_logits(raw, model)
     check_logit_outputs(model, out)
     return (out.shape[1] if out.dim() > 1 else 1), isinstance(raw, Tensor)

@@ -102,6 +102,12 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
+    if type(model).__module__.split(".")[0] == "keras":
+        raise ValueError(f"Expected a model whose layers are torch modules, got the Keras model "
+                         f"{type(model).__name__}: a Keras 3 model (torch backend) is explained "
+                         f"and scored directly, but Keras keeps its weights in parameter dicts "
+                         f"whose names change when the model is copied, so xprune cannot prune "
+                         f"it (yet): rebuild it in PyTorch to prune it.")
     if method not in PRUNING_METHODS:
         raise ValueError(f"Expected `method` to be one of {sorted(PRUNING_METHODS)}, "
                          f"got {method!r}." + closest_name(method, PRUNING_METHODS))
