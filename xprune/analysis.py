@@ -693,7 +693,7 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
         attrs_by[method, rec.tag] = Attributions(
             stored["values"], x, targets, method,
             {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
-            predictions[rec.tag])
+            predictions[rec.tag], kind=data.kind)
     bar.close()
     return attrs_by
 

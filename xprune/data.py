@@ -36,6 +36,10 @@ class DatasetSplit:
     rationale_test : bool Tensor of shape (n_test, *feature_shape without channels) or None
         The ground-truth evidence of each test sample where the data know it
         (the formant bands of the generated vowels), for the plausibility metrics.
+    kind : str or None
+        The kind of data where the shape does not tell it: ``"audio"`` for
+        spectrograms, recorded in the maps so that the removal metrics take
+        out time-frequency bins or patches (:class:`xprune.metrics.ReplaceAudio`).
     """
 
     name: str
@@ -49,6 +53,7 @@ class DatasetSplit:
     class_names: tuple[str, ...]
     feature_names: tuple[str, ...] | None = None
     rationale_test: Tensor | None = None
+    kind: str | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -141,7 +146,7 @@ def load_vowels_split(*, seed: int = 0, val_size: float = 0.2, test_size: float 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = pick(train), pick(val), pick(test)
     return DatasetSplit("vowels", x_train, y_train, x_val, y_val, x_test, y_test,
                         len(speech.class_names), speech.class_names,
-                        rationale_test=speech.mask[test])
+                        rationale_test=speech.mask[test], kind="audio")
 
 
 def load_digits_flat_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
