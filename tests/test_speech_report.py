@@ -68,3 +68,84 @@ def test_spectrogram_grid_pairs_dense_with_each_model():
     assert len([c for c in ax.collections if hasattr(c, "levels")]) == 1  # truth only
     assert ax.get_legend().get_texts()[-1].get_text() == "dense: top 10%"
     plt.close("all")
+
+
+# --- the side-by-side report -----------------------------------------------------------------
+
+def _fake_run(folder, factory, dense_auprc, pruned_delta):
+    """A run folder with what the side-by-side report reads: config, data kind, models,
+    summary (one method, AUPRC and Spearman), examples of one recording."""
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"name": "speech", "model": {
+        "factory": factory}}))
+    (folder / "data.json").write_text(json.dumps({"dataset": "vowels", "kind": "audio"}))
+    (folder / "results.csv").write_text("model\n")
+    pd.DataFrame({"model": ["dense", "l1@0.90", "control:finetune"],
+                  "role": ["dense", "sparse", "control"], "requested_sparsity": [0, 0.9, 0],
+                  "accuracy": [0.95, 0.80, 0.94], "accuracy_ci_low": [0.9, 0.7, 0.9],
+                  "accuracy_ci_high": [0.99, 0.9, 0.98]}).to_csv(folder / "models.csv",
+                                                                  index=False)
+    nan = float("nan")
+    rows = []
+    for model, role, sparsity in (("dense", "dense", 0.0), ("l1@0.90", "sparse", 0.9),
+                                  ("control:finetune", "control", 0.0)):
+        delta = {"dense": nan, "l1@0.90": pruned_delta, "control:finetune": -0.01}[model]
+        mean = dense_auprc + (0 if model == "dense" else delta)
+        rows.append({"model": model, "role": role, "pruning": "l1", "sparsity": sparsity,
+                     "attribution": "ig", "metric": "rationale_auprc", "n": 8, "n_total": 8,
+                     "n_undefined": 0, "mean": mean, "ci_low": mean - 0.05,
+                     "ci_high": mean + 0.05, "diff_n": 8, "diff_mean": delta,
+                     "diff_ci_low": delta - 0.02, "diff_ci_high": delta + 0.02,
+                     "p_value": 0.01, "p_holm": 0.0005 if model == "l1@0.90" else 0.2})
+        if model != "dense":
+            rows.append({**rows[-1], "metric": "spearman", "mean": 0.5, "ci_low": 0.4,
+                         "ci_high": 0.6, "diff_mean": nan, "diff_ci_low": nan,
+                         "diff_ci_high": nan, "p_value": nan, "p_holm": nan})
+    pd.DataFrame(rows).to_csv(folder / "summary.csv", index=False, na_rep="NaN")
+    ex = _examples().replace({"sparse@0.90": "l1@0.90"})
+    ex.loc[ex["attribution"] == "ig", "attribution"] = "ig"
+    ex.to_csv(folder / "examples.csv", index=False)
+    return folder
+
+
+def test_side_by_side_report_puts_each_architectures_numbers_beside_the_other(tmp_path):
+    from xprune.report.side_by_side import render_side_by_side
+
+    cnn = _fake_run(tmp_path / "cnn", "xprune.models:SpectrogramCNN", 0.5, -0.06)
+    gru = _fake_run(tmp_path / "gru", "xprune.models:FrameGRU", 0.3, 0.02)
+    html = render_side_by_side(tmp_path / "both", {"CNN": cnn, "GRU": gru})
+    md = (tmp_path / "both" / "report.md").read_text()
+    # the table: per model, each architecture's mean [CI] and its change vs its own dense model
+    row = next(line for line in md.splitlines()
+               if line.startswith("| plausibility | rationale_auprc | l1@0.90"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:] == ["0.440 [0.390, 0.490]", "-0.060 [-0.080, -0.040], p_Holm < 0.001",
+                         "0.320 [0.270, 0.370]", "+0.020 [+0.000, +0.040], p_Holm < 0.001"]
+    # the headline: dense value, change by sparsity, controls, per architecture
+    assert ("GRU, ig, rationale_auprc: 0.300 [0.250, 0.350] dense; change vs dense by sparsity "
+            "90%: +0.020 [+0.000, +0.040], p_Holm < 0.001; controls: finetune -0.010 "
+            "[-0.030, +0.010].") in md
+    assert "CNN: test accuracy 95.0% dense; pruned 90%: 80.0%." in md
+    import re
+
+    assert re.search(r"\| dense +\| 95.0 \[90.0, 99.0\] +\| 95.0 \[90.0, 99.0\] +\|", md)
+    figures = sorted(p.name for p in (tmp_path / "both" / "figures").iterdir())
+    assert figures == ["metrics_vs_sparsity.png", "spectrograms_ig.png"]
+    assert html.read_text().count("<img ") == 2
+    summary = pd.read_csv(tmp_path / "both" / "side_by_side.csv")
+    assert sorted(summary["architecture"].unique()) == ["CNN", "GRU"]
+
+
+def test_side_by_side_from_the_cli_labels_runs_by_their_architecture(tmp_path, capsys):
+    from xprune.cli import main
+
+    cnn = _fake_run(tmp_path / "cnn", "xprune.models:SpectrogramCNN", 0.5, -0.06)
+    gru = _fake_run(tmp_path / "gru", "xprune.models:FrameGRU", 0.3, 0.02)
+    assert main(["report", str(cnn), str(gru), "--out", str(tmp_path / "both")]) == 0
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "| SpectrogramCNN Δ vs dense " in md
+    assert "FrameGRU, ig, rationale_auprc" in md
+    assert main(["report", str(cnn), str(gru)]) == 2  # several runs need --out
+    assert "error: Expected --out" in capsys.readouterr().err

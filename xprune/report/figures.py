@@ -19,6 +19,7 @@ __all__ = [
     "plot_accuracy_and_agreement",
     "plot_accuracy_vs_compression",
     "plot_agreement_distribution",
+    "plot_architectures_vs_sparsity",
     "plot_attribution_grid",
     "plot_decision_regions",
     "plot_deletion_curves",
@@ -472,3 +473,34 @@ def plot_spectrogram_grid(examples: pd.DataFrame, attribution: str, models: list
                 ax.set_title(model.replace("control:", "control "), fontsize=7)
     fig.suptitle(title or attribution.replace("_", " "), fontsize=9)
     return fig
+
+
+def plot_architectures_vs_sparsity(summary: pd.DataFrame, metric: str, attribution: str, *,
+                                   ax=None):
+    """Mean metric vs requested sparsity, one line per architecture, 95% CI bands.
+
+    ``summary`` holds several runs' summaries with an ``architecture``
+    column (:func:`xprune.report.side_by_side.side_by_side_summary`). Each
+    line starts at its dense model (sparsity 0; agreement metrics, which
+    compare with the dense maps, start at the first pruned model); each
+    architecture's controls are dotted horizontal lines in its colour.
+    """
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    data = summary[(summary["metric"] == metric) & (summary["attribution"] == attribution)]
+    for i, (arch, group) in enumerate(data.groupby("architecture", sort=False)):
+        colour = f"C{i}"
+        curve = group[group["role"].isin(["dense", "sparse"])].sort_values("sparsity")
+        ax.plot(curve["sparsity"], curve["mean"], marker="os^v"[i % 4], ms=3, color=colour,
+                label=arch)
+        ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"], color=colour,
+                        alpha=0.2, linewidth=0)
+        for j, (_, ctrl) in enumerate(group[group["role"] == "control"].iterrows()):
+            ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "-."][j % 2], linewidth=0.8,
+                       label=f"{arch} {ctrl['model'].replace('control:', '')}")
+    ax.set_xlabel("sparsity", fontsize=8)
+    ax.set_ylabel(metric.replace("_", " "), fontsize=8)
+    ax.set_title(f"{metric.replace('_', ' ')}, {attribution.replace('_', ' ')}", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=5)
+    ax.grid(alpha=0.3)
+    return ax
