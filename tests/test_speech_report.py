@@ -149,3 +149,64 @@ def test_side_by_side_from_the_cli_labels_runs_by_their_architecture(tmp_path, c
     assert "FrameGRU, ig, rationale_auprc" in md
     assert main(["report", str(cnn), str(gru)]) == 2  # several runs need --out
     assert "error: Expected --out" in capsys.readouterr().err
+
+
+def test_an_audio_run_records_its_kind_and_draws_the_spectrograms(tmp_path):
+    """Tiny audio data through the stages: the maps carry kind "audio" (so the removal metrics
+    take out audio bins), the run folder records it with the rationale, and the report
+    draws the dense and pruned maps over the spectrograms."""
+    import json
+
+    import torch
+
+    from xprune._cache import RunCache
+    from xprune.analysis import (
+        attribute_models,
+        describe_models,
+        explained_truth,
+        load_data,
+        prune_models,
+        score_models,
+        train_dense,
+        write_run,
+    )
+    from xprune.config import AnalysisConfig
+    from xprune.data import DatasetSplit
+    from xprune.report import render_report
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = torch.randn(40, 1, 8, 10, generator=g) + 2.0 * y[:, None, None, None] \
+        * (torch.arange(8) == 3).float()[None, None, :, None]
+    truth = torch.zeros(8, 8, 10, dtype=torch.bool)
+    truth[:, 3] = True
+    data = DatasetSplit("tiny-audio", x[:24], y[:24], x[24:32], y[24:32], x[32:], y[32:], 2,
+                        ("a", "b"), rationale_test=truth, kind="audio")
+    config = AnalysisConfig.from_dict({
+        "model": {"factory": "xprune.models:SpectrogramCNN",
+                  "kwargs": {"n_classes": 2, "n_mels": 8, "channels": [2, 2], "hidden": 4}},
+        "train": {"epochs": 1}, "pruning": {"sparsities": [0.5], "finetune_epochs": 1},
+        "controls": {"other_seed": False, "finetune": False},
+        "attribution": {"n_samples": 4, "methods": ["saliency"]},
+        "metrics": {"names": ["deletion_auc", "rationale_auprc"], "deletion_steps": 4},
+        "report": {"n_examples": 2, "latency_batch": 2}})
+    cache = RunCache(None, {})
+    data = load_data(config, data)
+    dense = train_dense(config, data, cache=cache)
+    records = [dense, *prune_models(config, data, dense.model, cache=cache)]
+    attrs = attribute_models(config, records, data, cache=cache)
+    assert {a.kind for a in attrs.values()} == {"audio"}
+    labels, rationale = explained_truth(data, attrs)
+    results, curves = score_models(config, records, attrs, labels, cache=cache,
+                                   rationale=rationale)
+    write_run(tmp_path, config, data, records, attrs, results, curves,
+              describe_models(records, data, config))
+    assert json.loads((tmp_path / "data.json").read_text()) == {"dataset": "tiny-audio",
+                                                                 "kind": "audio"}
+    examples = pd.read_csv(tmp_path / "examples.csv")
+    band = examples[(examples["model"] == "rationale") & (examples["sample"] == 0)]
+    assert sorted(band.loc[band["value"] == 1, "row"].unique()) == [3]
+    render_report(tmp_path)
+    assert (tmp_path / "figures" / "spectrograms_saliency.png").stat().st_size > 0
+    assert "Spectrograms with the dense and each model's maps" in (
+        tmp_path / "report.md").read_text()
