@@ -200,8 +200,8 @@ def test_removal_for_chooses_by_kind_and_checks_a_given_operator():
     assert removal_for(torch.zeros(2, 3, 4, 4), kind="image") == ReplacePixels()
     with pytest.raises(ValueError, match=r"tabular rows of shape \(N, F\) for AOPC"):
         removal_for(torch.zeros(2, 3, 4, 4), kind="tabular", metric="AOPC")
-    with pytest.raises(ValueError, match=r"Expected `kind` in \['image', 'tabular', 'tokens'\], got "
-                                         r"'images'. Did you mean 'image'\?"):
+    with pytest.raises(ValueError, match=r"Expected `kind` in \['audio', 'image', 'tabular', "
+                                         r"'tokens'\], got 'images'. Did you mean 'image'\?"):
         removal_for(torch.zeros(2, 5), kind="images")
 
 

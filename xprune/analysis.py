@@ -554,8 +554,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
     return scores, curves
 
 
-def _examples(records, attrs_by, methods, x, n_examples) -> pd.DataFrame:
-    """Long table of the first ``n_examples`` maps (channels summed) and inputs, for figures."""
+def _examples(records, attrs_by, methods, x, n_examples, rationale=None) -> pd.DataFrame:
+    """Long table of the first ``n_examples`` maps (channels summed) and inputs, for figures;
+    with the data's ground-truth rationale (N, *S), as model "rationale", where there is one."""
     if x.dim() < 3:
         return pd.DataFrame(columns=["attribution", "model", "sample", "row", "col", "value"])
     frames = []
@@ -569,6 +570,8 @@ def _examples(records, attrs_by, methods, x, n_examples) -> pd.DataFrame:
                                     "value": maps.double().numpy().ravel()}))
 
     add(x, "", "input")
+    if rationale is not None:
+        add(rationale[:len(x)].unsqueeze(1).float(), "", "rationale")
     for method in methods:
         for rec in records:
             add(attrs_by[method, rec.tag].values, method, rec.tag)
@@ -776,7 +779,7 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
         attrs_by[method, rec.tag] = Attributions(
             stored["values"], x, targets, method,
             {**ac.method_params(method), "output": ac.output}, rec.tag, stored.get("delta"),
-            predictions[rec.tag], feature_mask=stored.get("feature_mask"))
+            predictions[rec.tag], feature_mask=stored.get("feature_mask"), kind=data.kind)
     bar.close()
     return attrs_by
 
@@ -857,7 +860,8 @@ def write_run(out: Path, config: AnalysisConfig, data: DatasetSplit, records: li
     x = next(iter(attrs_by.values())).inputs
     files = {"results.csv": results, "models.csv": tables.models, "layers.csv": tables.layers,
              "classes.csv": tables.classes, "curves.csv": _curve_summary(curves),
-             "examples.csv": _examples(records, attrs_by, methods, x, config.report.n_examples),
+             "examples.csv": _examples(records, attrs_by, methods, x, config.report.n_examples,
+                                       data.rationale_test),
              "importance.csv": _importance(records, attrs_by, methods, data.feature_names)
              if data.vocabulary is None else _importance([], {}, [], None),  # not per position
              "timings.csv": tables.timings}
@@ -871,6 +875,8 @@ def write_run(out: Path, config: AnalysisConfig, data: DatasetSplit, records: li
         config = config.replace(attribution=dataclasses.replace(config.attribution,
                                                                 n_samples=n_eval))
     atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "data.json", json.dumps({"dataset": data.name, "kind": data.kind},
+                                                    indent=2) + "\n")
     atomic_write_text(out / "versions.json", json.dumps(_versions(), indent=2) + "\n")
 
 

@@ -319,6 +319,8 @@ def save_attributions(attributions, path: str | Path) -> Path:
     try:
         info = {"method": attributions.method, "params": dict(attributions.params),
                 "model_tag": attributions.model_tag}
+        if attributions.kind is not None:
+            info["kind"] = attributions.kind
         if structure is not None:
             info["inputs"] = structure
         meta = json.dumps(info)
@@ -363,7 +365,8 @@ def load_attributions(path: str | Path):
     return Attributions(tensors["values"], tensors["inputs"], tensors["targets"], info["method"],
                         info.get("params", {}), info.get("model_tag"), tensors.get("delta"),
                         tensors.get("predictions"), tensors.get("feature_mask"),
-                        None if structure is None else structure.get("attribute_to"))
+                        None if structure is None else structure.get("attribute_to"),
+                        info.get("kind"))
 
 
 def _import_onnx2torch():

@@ -85,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: start a local Ray, or "
                                        "use RAY_ADDRESS)")
     report = sub.add_parser("report", help="re-render a run folder's report", parents=[common])
-    report.add_argument("run_dir", help="a folder written by `xprune run`")
+    report.add_argument("run_dir", nargs="+",
+                        help="a folder written by `xprune run`; several: one report that puts "
+                             "their architectures side by side (--out)")
+    report.add_argument("--out", help="folder of the side-by-side report (several runs)")
     sub.add_parser("list", help="list registered methods and metrics", parents=[common])
     compare = sub.add_parser(
         "compare", help="agreement metrics of two saved attribution files", parents=[common],
@@ -209,7 +212,24 @@ def _list(_args) -> int:
 def _report(args) -> int:
     from .report import render_report
 
-    print(f"Report written to {render_report(args.run_dir)}")
+    if len(args.run_dir) == 1:
+        print(f"Report written to {render_report(args.run_dir[0])}")
+        return 0
+    from pathlib import Path
+
+    from .report.side_by_side import architecture_label, render_side_by_side
+
+    if not args.out:
+        raise ValueError("Expected --out, the folder of the side-by-side report of several "
+                         "runs.")
+    runs = {}
+    for run in args.run_dir:
+        label = architecture_label(Path(run))
+        runs[label if label not in runs else f"{label} ({run})"] = Path(run)
+    for run in runs.values():
+        if not (run / "summary.csv").exists():
+            render_report(run)
+    print(f"Report written to {render_side_by_side(args.out, runs)}")
     return 0
 
 

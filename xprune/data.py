@@ -50,6 +50,10 @@ class DatasetSplit:
     special_token_ids : tuple of int
         For token inputs: ids of special tokens ([CLS], [SEP], ...), masked in
         maps and scores like padding.
+    kind : str or None
+        The kind of data where the shape does not tell it: ``"audio"`` for
+        spectrograms, recorded in the maps so that the removal metrics take
+        out time-frequency bins or patches (:class:`xprune.metrics.ReplaceAudio`).
     """
 
     name: str
@@ -66,6 +70,7 @@ class DatasetSplit:
     vocabulary: tuple[str, ...] | None = None
     pad_token_id: int | None = None
     special_token_ids: tuple[int, ...] = ()
+    kind: str | None = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -158,7 +163,7 @@ def load_vowels_split(*, seed: int = 0, val_size: float = 0.2, test_size: float 
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = pick(train), pick(val), pick(test)
     return DatasetSplit("vowels", x_train, y_train, x_val, y_val, x_test, y_test,
                         len(speech.class_names), speech.class_names,
-                        rationale_test=speech.mask[test])
+                        rationale_test=speech.mask[test], kind="audio")
 
 
 def load_text_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 0.2,

@@ -140,6 +140,13 @@ class Attributions:
     attribute_to : int or str or None
         Which of ``inputs`` is attributed (a position or a key); None for a
         single tensor.
+    kind : str or None
+        The kind of data explained, where it cannot be told from the
+        inputs' shape: ``"audio"`` for spectrograms (N, C, F, T) and
+        waveforms (N, C, T), which the removal metrics then take out by
+        time-frequency patches or time segments
+        (:func:`xprune.metrics._removal.removal_for`). None: told from the
+        inputs (tabular, image or tokens).
     """
 
     values: Tensor
@@ -152,6 +159,7 @@ class Attributions:
     predictions: Tensor | None = None
     feature_mask: Tensor | None = None
     attribute_to: int | str | None = None
+    kind: str | None = None
 
     def __len__(self) -> int:
         return self.values.shape[0]

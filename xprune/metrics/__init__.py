@@ -24,6 +24,7 @@ from ._base import (
     warn_undefined,
 )
 from ._imputation import noisy_linear_imputation
+from ._removal import Removal, ReplaceAudio, ReplaceColumns, ReplacePixels, ReplaceTokens
 from .agreement import (
     average_ranks,
     cosine_similarity,
@@ -84,6 +85,11 @@ from .stability import (
 )
 
 __all__ = [
+    "Removal",
+    "ReplaceAudio",
+    "ReplaceColumns",
+    "ReplacePixels",
+    "ReplaceTokens",
     "ALIASES",
     "METRICS",
     "DeletionCurve",

@@ -29,6 +29,9 @@ Operators
     or deleted from the sequence (``mode="delete"``, as ferret 0.4.2, which
     shifts the positions of the tokens after it). Works on the model's inputs
     as a structure (:meth:`Removal.remove_inputs`), not on the ids alone.
+:class:`ReplaceAudio` (audio)
+    Every bin of time-frequency patch i of a spectrogram (or every sample of
+    time segment i of a waveform), all channels, takes the baseline's value.
 :class:`~xprune.metrics._imputation.NoisyLinearImputation` (image)
     ROAD's noisy linear imputation (Rong, Leemann et al. 2022): a removed pixel
     becomes the weighted mean of its neighbours plus noise; no baseline.
@@ -51,11 +54,13 @@ Override :meth:`Removal.remove_prefixes` only where nested removals share work
   :class:`~xprune.attribution._inputs.ModelInputs` (every replacing operator
   inherits a version that changes the attributed tensor only). Integer ids
   must not go through ``check_tensor`` (it casts to float).
-- Audio: a spectrogram (N, C, F, T) is an image to this module (a feature is
-  a time-frequency bin, a patch a cell of region perturbation's grid) and a
-  waveform (N, C, T) a one-dimensional one (a feature is a time step); the
-  audio kind subclasses :class:`ReplacePixels` with ``kind = "audio"`` and is
-  chosen by naming the kind, as audio cannot be told from images by shape.
+- Audio: :class:`ReplaceAudio`. A spectrogram (N, C, F, T) or a waveform
+  (N, C, T) cannot be told from an image by its shape, so the audio kind is
+  named: ``kind="audio"`` to :func:`removal_for`, or recorded in the
+  :class:`~xprune.attribution.Attributions` (``kind``, set from the data set
+  by the analysis). Its features are time-frequency patches (time segments of
+  a waveform) of a chosen size, so an operator also says how a map ranks its
+  features: :meth:`Removal.feature_scores`.
 """
 
 from __future__ import annotations
@@ -73,9 +78,10 @@ from torch import Tensor, nn
 from .._validation import check_tensor, closest_name
 from ..attribution import make_baseline
 from ..attribution._inputs import ModelInputs
-from ._base import target_scores
+from ._base import feature_map, target_scores
 
-__all__ = ["DropTokens", "Removal", "ReplaceColumns", "ReplacePixels", "ReplaceTokens",
+__all__ = ["DropTokens", "Removal", "ReplaceAudio", "ReplaceColumns", "ReplacePixels",
+           "ReplaceTokens",
            "as_baseline", "kind_of", "perturbed_scores", "removal_for"]
 
 
@@ -123,6 +129,17 @@ class Removal(ABC):
             On inputs of another kind, a mask of the wrong shape or dtype (the
             message names both shapes), or a baseline that does not fit.
         """
+
+    def feature_scores(self, values: Tensor) -> Tensor:
+        """A map (N, *F) as one score per feature this operator removes, shape (N, d).
+
+        By default :func:`~xprune.metrics.feature_map` (a column, a pixel
+        with its channels summed, a token); operators whose features group
+        several elements (:class:`ReplaceAudio`'s patches) sum the map over
+        each group, so that removing the top-ranked features removes the
+        most attribution mass.
+        """
+        return feature_map(values)
 
     def remove_prefixes(self, inputs: Tensor, order: Tensor, counts: Sequence[int],
                         baseline: Tensor | float | None = None) -> Tensor:
@@ -404,27 +421,120 @@ def attention_mask_index(structure: ModelInputs, model: nn.Module | None) -> int
     return None
 
 
+@dataclass(frozen=True)
+class ReplaceAudio(_Replacement):
+    """Audio: spectrograms (N, C, F, T) by time-frequency patches, waveforms (N, C, T) by
+    time segments; every element of a removed patch, all channels, takes the baseline's value.
+
+    Parameters
+    ----------
+    patch : tuple of int, optional
+        The patch, in bins: ``(frequency bins, frames)`` for spectrograms,
+        ``(samples,)`` for waveforms. Feature i is the i-th patch of the grid
+        that tiles the input from bin (0, 0), in row-major order (frequency
+        first); the last patch of an axis is cut short where the axis is not a
+        multiple of the patch. Default: one bin (one sample), the same
+        removal as :class:`ReplacePixels`.
+
+    A map ranks the patches by the sum of its values over each
+    (:meth:`feature_scores`). Removing patches rather than single bins is
+    the usual choice for spectrograms (the occlusion of Zeiler and Fergus
+    2014 over time-frequency tiles), where a lone missing bin is an artefact
+    a model never saw.
+
+    Raises
+    ------
+    ValueError
+        For a patch that is not a tuple of positive ints, or inputs that are
+        neither spectrograms nor waveforms, or whose number of axes does not
+        match the patch.
+    """
+
+    kind: ClassVar[str] = "audio"
+    patch: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        p = self.patch
+        if p is not None and (not isinstance(p, (tuple, list)) or len(p) not in (1, 2) or not all(
+                isinstance(q, int) and not isinstance(q, bool) and q >= 1 for q in p)):
+            raise ValueError(f"Expected `patch` to be (frequency bins, frames) or (samples,), "
+                             f"positive ints, got {p!r}.")
+        if p is not None:
+            object.__setattr__(self, "patch", tuple(p))
+
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        x = check_tensor(inputs, "inputs", min_dim=2)
+        if x.dim() not in (3, 4):
+            raise ValueError(f"Expected `inputs` to be audio for {metric}: spectrograms of "
+                             f"shape (N, C, F, T) or waveforms (N, C, T), got shape "
+                             f"{tuple(x.shape)}.")
+        if self.patch is not None and len(self.patch) != x.dim() - 2:
+            raise ValueError(f"Expected a `patch` of {x.dim() - 2} sizes for inputs of shape "
+                             f"{tuple(x.shape)} ({'(F, T)' if x.dim() == 4 else '(T,)'}), got "
+                             f"{self.patch}.")
+        return x
+
+    def _sizes(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(patch, grid): the patch size and the number of patches along each axis."""
+        patch = self.patch or (1,) * len(spatial)
+        return patch, tuple(-(-s // q) for s, q in zip(spatial, patch, strict=True))
+
+    def n_features(self, feat: torch.Size) -> int:
+        return math.prod(self._sizes(feat[1:])[1])
+
+    def element_mask(self, removed: Tensor, feat: torch.Size) -> Tensor:
+        spatial = tuple(feat[1:])
+        patch, grid = self._sizes(spatial)
+        mask = removed.reshape(*removed.shape[:-1], *grid)
+        first = removed.dim() - 1
+        for axis, (q, s) in enumerate(zip(patch, spatial, strict=True)):
+            if q > 1:
+                mask = mask.repeat_interleave(q, dim=first + axis).narrow(first + axis, 0, s)
+        return mask.unsqueeze(first)                                    # (..., 1, *S)
+
+    def feature_scores(self, values: Tensor) -> Tensor:
+        """The map (N, C, *S) summed over channels and over each patch: (N, d)."""
+        m = values.sum(dim=1)
+        patch, grid = self._sizes(tuple(m.shape[1:]))
+        pad = [a for g, q, s in zip(reversed(grid), reversed(patch), reversed(m.shape[1:]),
+                                    strict=True) for a in (0, g * q - s)]
+        m = torch.nn.functional.pad(m, pad)
+        split = [a for g, q in zip(grid, patch, strict=True) for a in (g, q)]
+        m = m.reshape(m.shape[0], *split)
+        return m.sum(dim=tuple(range(2, m.dim(), 2))).reshape(m.shape[0], -1)
+
+
 # The default operator of each kind of data.
 _DEFAULTS: dict[str, type[Removal]] = {"tabular": ReplaceColumns, "image": ReplacePixels,
-                                       "tokens": ReplaceTokens}
+                                       "tokens": ReplaceTokens, "audio": ReplaceAudio}
 
 
-def kind_of(inputs: Tensor) -> str:
-    """The kind of data of ``inputs`` (N, *F): ``"tokens"`` for integer (N, T) ids,
-    ``"tabular"`` for other (N, F), else ``"image"``."""
+def kind_of(inputs: Tensor, attributions: object = None) -> str:
+    """The kind of data of ``inputs`` (N, *F).
+
+    The kind recorded in ``attributions`` (an
+    :class:`~xprune.attribution.Attributions` whose ``kind`` is set) if
+    there is one; else told from the tensor: ``"tokens"`` for integer (N, T)
+    ids, ``"tabular"`` for other (N, F), else ``"image"`` (audio has the
+    shape of an image and must be recorded or named).
+    """
+    recorded = getattr(attributions, "kind", None)
+    if recorded is not None:
+        return recorded
     if inputs.dim() == 2 and not inputs.is_floating_point() and inputs.dtype != torch.bool:
         return "tokens"
     return "tabular" if inputs.dim() == 2 else "image"
 
 
 def removal_for(inputs: Tensor, removal: Removal | None = None, *, kind: str | None = None,
-                metric: str = "this metric") -> Removal:
+                attributions: object = None, metric: str = "this metric") -> Removal:
     """The removal operator for ``inputs``: ``removal`` if given, else the default of their kind.
 
     The one place a metric's removal is chosen. The kind is ``kind`` if
-    given (one of ``_DEFAULTS``), else told from the tensor by
-    :func:`kind_of`. ``removal`` (or the default) is checked to fit the
-    inputs, with ``metric`` named in the error.
+    given (one of ``_DEFAULTS``), else the one recorded in ``attributions``
+    (the maps being scored), else told from the tensor (:func:`kind_of`).
+    ``removal`` (or the default) is checked to fit the inputs, with
+    ``metric`` named in the error.
 
     Raises
     ------
@@ -433,9 +543,14 @@ def removal_for(inputs: Tensor, removal: Removal | None = None, *, kind: str | N
         operator cannot remove features of these inputs (ROAD's imputation on
         tabular rows, say).
     """
+    if kind is None:
+        kind = getattr(attributions, "kind", None)
     if kind is not None and kind not in _DEFAULTS:
         raise ValueError(f"Expected `kind` in {sorted(_DEFAULTS)}, got {kind!r}."
-                         + closest_name(kind, _DEFAULTS))
+                         + closest_name(str(kind), _DEFAULTS))
+    if removal is not None and not isinstance(removal, Removal):
+        raise ValueError(f"Expected `removal` to be a removal operator (xprune.metrics."
+                         f"ReplaceAudio, ReplacePixels, ...), got {type(removal).__name__}.")
     if removal is None:
         removal = _DEFAULTS[kind_of(inputs) if kind is None else kind]()
     removal.check_inputs(inputs, metric)

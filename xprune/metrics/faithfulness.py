@@ -29,7 +29,7 @@ from ._base import (
 )
 from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
 from ._imputation import NoisyLinearImputation
-from ._removal import as_baseline, perturbed_scores, removal_for, resolve_baseline
+from ._removal import Removal, as_baseline, perturbed_scores, removal_for, resolve_baseline
 from .agreement import average_ranks
 
 __all__ = ["DEFAULT_MAX_STEPS", "DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
@@ -58,7 +58,8 @@ class DeletionCurve(NamedTuple):
 
 def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                    target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
-                   output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS) -> DeletionCurve:
+                   output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
+                   removal: Removal | None = None) -> DeletionCurve:
     """Deletion curves: the target's score as features are removed, most important first.
 
     Features are ranked by their signed attribution, descending (ties by
@@ -88,11 +89,12 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
         Track the target's softmax probability (Petsiuk et al., the default) or its logit.
     max_rows : int
         Rows per forward pass at most.
-
-    Returns
-    -------
-    DeletionCurve
-        ``fractions`` (T + 1,) and ``values`` (N, T + 1).
+    removal : Removal, optional
+        What a feature is and how it is taken out (:mod:`xprune.metrics._removal`),
+        e.g. ``ReplaceAudio(patch=(4, 4))`` for 4 x 4 time-frequency patches of
+        spectrograms, ranked by the map's sum over each patch. Default: that
+        of the inputs' kind (the kind recorded in ``attributions``, else told
+        from the shape): columns, pixels, tokens, or bins of audio.
 
     Raises
     ------
@@ -100,17 +102,19 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
         On mismatched shapes, NaN/Inf, ``steps`` outside [1, d], a bad target or output.
     """
     return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
-                         output=output, max_rows=max_rows, insert=False)
+                         output=output, max_rows=max_rows, insert=False, removal=removal)
 
 
 def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, output, max_rows,
-                  insert: bool) -> DeletionCurve:
+                  insert: bool, removal: Removal | None = None) -> DeletionCurve:
     """Scores as features are removed (or inserted into the baseline), most important first."""
     x, a = check_map_and_inputs(inputs, attributions)
     check_output(output)
     check_positive_int(max_rows, "max_rows")
     targets = model_targets(model, x, target)
-    scores = feature_map(a.to(x.device))
+    removal = removal_for(x, removal, attributions=attributions,
+                          metric="insertion" if insert else "deletion")
+    scores = removal.feature_scores(a.to(x.device))
     n, d = scores.shape
     steps = min(d, DEFAULT_MAX_STEPS) if steps is None else steps
     check_count(steps, "steps", d)
@@ -125,7 +129,6 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
             return rank[sl, None, :] >= changed[None, :, None]
         return rank[sl, None, :] < changed[None, :, None]
 
-    removal = removal_for(x, metric="insertion" if insert else "deletion")
     values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
                               removal=removal)
     return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
@@ -133,8 +136,8 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
 
 def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                     target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
-                    output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS
-                    ) -> DeletionCurve:
+                    output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
+                    removal: Removal | None = None) -> DeletionCurve:
     """Insertion curves: start from the baseline and insert features, most important first.
 
     The mirror of :func:`deletion_curve`: column 0 is the all-baseline input
@@ -145,7 +148,7 @@ def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Att
     ``baseline=xprune.attribution.make_baseline("blur", inputs)``.
     """
     return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
-                         output=output, max_rows=max_rows, insert=True)
+                         output=output, max_rows=max_rows, insert=True, removal=removal)
 
 
 @register(category="faithfulness", kind="model", higher_is_better=True, range=(0.0, 1.0),
@@ -153,7 +156,8 @@ def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Att
                     "explanation of black-box models', BMVC (insertion metric)")
 def insertion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                   target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
-                  output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                  output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
+                  removal: Removal | None = None) -> Tensor:
     """Area under the insertion curve over the fraction of features inserted, per sample.
 
     Returns
@@ -163,7 +167,7 @@ def insertion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attri
         when the features the map ranks highest are inserted first).
     """
     curve = insertion_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
-                            output=output, max_rows=max_rows)
+                            output=output, max_rows=max_rows, removal=removal)
     return torch.trapezoid(curve.values, curve.fractions, dim=1)
 
 
@@ -172,7 +176,8 @@ def insertion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attri
                     "explanation of black-box models', BMVC (deletion metric)")
 def deletion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                  target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
-                 output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                 output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
+                 removal: Removal | None = None) -> Tensor:
     """Area under the deletion curve over the fraction of features removed, per sample.
 
     Trapezoidal rule over :func:`deletion_curve` on x in [0, 1]. Arguments as
@@ -185,7 +190,7 @@ def deletion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attrib
         the features the map ranks highest are removed).
     """
     curve = deletion_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
-                           output=output, max_rows=max_rows)
+                           output=output, max_rows=max_rows, removal=removal)
     return torch.trapezoid(curve.values, curve.fractions, dim=1)
 
 
@@ -202,7 +207,8 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
                              baseline: float | Tensor = 0.0, subset_size: int | None = None,
                              n_runs: int = 100, output: str = "logit",
                              generator: torch.Generator | None = None,
-                             max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                             max_rows: int = DEFAULT_MAX_ROWS,
+                             removal: Removal | None = None) -> Tensor:
     """Faithfulness correlation (Bhatt et al. 2020), per sample.
 
     For ``n_runs`` random subsets S of ``subset_size`` features, the Pearson
@@ -231,6 +237,10 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
         and its position, and the same seed gives bit-identical scores.
     max_rows : int
         Rows per forward pass at most.
+    removal : Removal, optional
+        What a feature is and how it is taken out, as for
+        :func:`deletion_curve` (e.g. ``ReplaceAudio(patch=(4, 4))``: subsets of
+        time-frequency patches, each patch's mass the map's sum over it).
 
     Returns
     -------
@@ -251,7 +261,9 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
     check_output(output)
     check_positive_int(n_runs, "n_runs", minimum=2)
     targets = model_targets(model, x, target)
-    scores = feature_map(a).double()
+    removal = removal_for(x, removal, attributions=attributions,
+                          metric="faithfulness correlation")
+    scores = removal.feature_scores(a).double()
     n, d = scores.shape
     if subset_size is None:
         if d < 2:
@@ -261,7 +273,7 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     values = _subset_correlations(model, x, scores, targets, [subset_size], n_runs=n_runs,
                                   baseline=baseline, output=output, generator=generator,
-                                  max_rows=max_rows)[:, 0]
+                                  max_rows=max_rows, removal=removal)[:, 0]
     _warn_nan(values, "faithfulness correlation",
               "the map or the output drop is constant over the runs")
     return values
@@ -269,7 +281,8 @@ def faithfulness_correlation(model: nn.Module, inputs: Tensor,
 
 def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: Tensor,
                          sizes: list[int], *, n_runs: int, baseline: float | Tensor, output: str,
-                         generator: torch.Generator, max_rows: int) -> Tensor:
+                         generator: torch.Generator, max_rows: int,
+                         removal: Removal | None = None) -> Tensor:
     """Per sample and subset size n: Pearson correlation, over ``n_runs`` random subsets S of n
     features, between ``sum_{i in S} a_i`` and the drop of the output when S is set to baseline.
 
@@ -299,7 +312,7 @@ def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: T
 
     b = as_baseline(baseline, x)
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
-    removal = removal_for(x, metric="faithfulness correlation / sensitivity-n")
+    removal = removal or removal_for(x, metric="faithfulness correlation / sensitivity-n")
     return perturbed_scores(model, x, targets, masks_for, k * n_runs, b, output, max_rows,
                             reduce=correlations, removal=removal)
 

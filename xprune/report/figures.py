@@ -20,6 +20,7 @@ __all__ = [
     "plot_accuracy_and_agreement",
     "plot_accuracy_vs_compression",
     "plot_agreement_distribution",
+    "plot_architectures_vs_sparsity",
     "plot_attribution_grid",
     "plot_decision_regions",
     "plot_deletion_curves",
@@ -32,6 +33,8 @@ __all__ = [
     "plot_score_distributions",
     "plot_token_heatmap",
     "token_colour",
+    "plot_spectrogram_grid",
+    "plot_spectrogram_maps",
 ]
 
 METHOD_COLOURS = {"saliency": "tab:blue", "integrated_gradients": "tab:orange"}
@@ -533,3 +536,114 @@ def plot_key_figure(models: pd.DataFrame, summary: pd.DataFrame, *,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=5.5, loc="best")
     return axes
+
+
+def _top_region(img: np.ndarray, top: float) -> np.ndarray:
+    """Where ``img`` holds its ``top`` fraction of largest positive values (display only)."""
+    k = max(1, int(np.ceil(top * img.size)))
+    threshold = np.sort(img.ravel())[::-1][k - 1]
+    return (img >= threshold) & (img > 0)
+
+
+def plot_spectrogram_maps(examples: pd.DataFrame, attribution: str, sample: int,
+                          models: list[str], *, top: float = 0.1, ax=None):
+    """One recording's spectrogram with the maps of several models overlaid.
+
+    The input (``examples`` rows of model ``"input"``: row = frequency bin,
+    col = frame) is drawn in grey, low frequencies at the bottom; each model's
+    map (rows of that model and ``attribution``) as the outline of its top
+    ``top`` fraction of bins by signed value, positive only (the ranking the
+    plausibility metrics score); the ground truth, where ``examples`` holds
+    rows of model ``"rationale"`` (the formant bands), as a dotted green
+    outline. Dense in blue, the other models in orange, red, purple.
+    """
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    rows = examples[examples["sample"] == sample]
+    spec = _image(rows[rows["model"] == "input"])
+    ax.imshow(spec, origin="lower", aspect="auto", cmap="gray_r")
+    height, width = spec.shape
+
+    def outline(region: np.ndarray, **style) -> None:
+        # padded with zeros so that a region at the border closes; the 0.5 level runs
+        # along the bins' edges
+        ax.contour(np.arange(-1, width + 1), np.arange(-1, height + 1),
+                   np.pad(region.astype(float), 1), levels=[0.5], **style)
+
+    handles = []
+    truth = rows[rows["model"] == "rationale"]
+    if not truth.empty and (mask := _image(truth) > 0.5).any():
+        outline(mask, colors="tab:green", linestyles=":", linewidths=1.0)
+        handles.append(plt.Line2D([], [], color="tab:green", linestyle=":",
+                                  label="formant bands"))
+    colours = ["tab:orange", "tab:red", "tab:purple", "tab:brown"]
+    maps = rows[rows["attribution"] == attribution]
+    for i, model in enumerate(models):
+        values = maps[maps["model"] == model]
+        if values.empty:
+            continue
+        region = _top_region(_image(values), top)
+        colour = "tab:blue" if model == "dense" else colours[(i - 1) % len(colours)]
+        if region.any():
+            outline(region, colors=colour, linewidths=1.2)
+        handles.append(plt.Line2D([], [], color=colour,
+                                  label=f"{model}: top {100 * top:g}%"))
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(-0.5, height - 0.5)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("mel band")
+    ax.legend(handles=handles, fontsize=6, loc="upper right")
+    return ax
+
+
+def plot_spectrogram_grid(examples: pd.DataFrame, attribution: str, models: list[str],
+                          samples: list[int], *, top: float = 0.1,
+                          title: str | None = None) -> plt.Figure:
+    """Rows of recordings, a column per model of ``models[1:]``, each panel the dense
+    (``models[0]``) and that model's maps over the same spectrogram
+    (:func:`plot_spectrogram_maps`)."""
+    others = models[1:] or models[:1]
+    fig, axes = plt.subplots(len(samples), len(others), squeeze=False,
+                             figsize=(2.6 * len(others) + 0.4, 2.0 * len(samples) + 0.4))
+    for r, sample in enumerate(samples):
+        for c, model in enumerate(others):
+            ax = plot_spectrogram_maps(examples, attribution, sample,
+                                       list(dict.fromkeys([models[0], model])), top=top,
+                                       ax=axes[r, c])
+            ax.tick_params(labelsize=6)
+            ax.xaxis.label.set_fontsize(7)
+            ax.yaxis.label.set_fontsize(7)
+            if r == 0:
+                ax.set_title(model.replace("control:", "control "), fontsize=7)
+    fig.suptitle(title or attribution.replace("_", " "), fontsize=9)
+    return fig
+
+
+def plot_architectures_vs_sparsity(summary: pd.DataFrame, metric: str, attribution: str, *,
+                                   ax=None):
+    """Mean metric vs requested sparsity, one line per architecture, 95% CI bands.
+
+    ``summary`` holds several runs' summaries with an ``architecture``
+    column (:func:`xprune.report.side_by_side.side_by_side_summary`). Each
+    line starts at its dense model (sparsity 0; agreement metrics, which
+    compare with the dense maps, start at the first pruned model); each
+    architecture's controls are dotted horizontal lines in its colour.
+    """
+    ax = ax or plt.subplots(figsize=(4.2, 3.0))[1]
+    data = summary[(summary["metric"] == metric) & (summary["attribution"] == attribution)]
+    for i, (arch, group) in enumerate(data.groupby("architecture", sort=False)):
+        colour = f"C{i}"
+        curve = group[group["role"].isin(["dense", "sparse"])].sort_values("sparsity")
+        ax.plot(curve["sparsity"], curve["mean"], marker="os^v"[i % 4], ms=3, color=colour,
+                label=arch)
+        ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"], color=colour,
+                        alpha=0.2, linewidth=0)
+        for j, (_, ctrl) in enumerate(group[group["role"] == "control"].iterrows()):
+            ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "-."][j % 2], linewidth=0.8,
+                       label=f"{arch} {ctrl['model'].replace('control:', '')}")
+    ax.set_xlabel("sparsity", fontsize=8)
+    ax.set_ylabel(metric.replace("_", " "), fontsize=8)
+    ax.set_title(f"{metric.replace('_', ' ')}, {attribution.replace('_', ' ')}", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=5)
+    ax.grid(alpha=0.3)
+    return ax

@@ -215,6 +215,15 @@ def _figures(run: Path, results, summary, curves, examples, importance, order, m
                 title=f"{method.replace('_', ' ')}: the same inputs, dense vs each model "
                       "(one colour scale per row)")
             figs.append((f"maps_{method}.png", f"Attribution maps, {method}", F.figure_png(fig)))
+            if _data_kind(run) == "audio":  # the maps over the spectrograms, dense vs each
+                samples = sorted(examples["sample"].unique())[:3]
+                fig = F.plot_spectrogram_grid(
+                    examples, method, focus, samples,
+                    title=f"{method.replace('_', ' ')}: top 10% of the dense (blue) and each "
+                          "model's map (orange) over the same recordings; formant bands green")
+                figs.append((f"spectrograms_{method}.png",
+                             f"Spectrograms with the dense and each model's maps, {method}",
+                             F.figure_png(fig)))
         if not importance.empty:
             ax = F.plot_feature_importance(importance, method, order)
             figs.append((f"importance_{method}.png", f"Feature importance, {method}",
@@ -258,6 +267,12 @@ def _figures(run: Path, results, summary, curves, examples, importance, order, m
         out.append({"file": f"figures/{name}", "caption": caption,
                     "data": base64.b64encode(png).decode("ascii")})
     return out
+
+
+def _data_kind(run: Path) -> str | None:
+    """The kind of data a run recorded (``data.json``; "audio" for spectrograms), else None."""
+    path = run / "data.json"
+    return json.loads(path.read_text()).get("kind") if path.exists() else None
 
 
 def _pruning_text(config: dict, results: pd.DataFrame) -> str:
