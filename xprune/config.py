@@ -24,7 +24,7 @@ from ._validation import (
     resolve_factory,
 )
 from .attribution._methods import ATTRIBUTION_METHODS, resolve_spec
-from .data import DATASETS, is_data_source
+from .data import DATASETS, TEXT_FILE_SUFFIXES, is_data_source
 from .metrics import METRICS
 from .metrics._base import resolve_metric_name as canon
 from .metrics._base import unknown_metric_hint
@@ -75,7 +75,7 @@ class DataConfig:
                              f"{self.dataset!r}.")
         if not is_data_source(self.dataset):
             _check_name(self.dataset, DATASETS, "data.dataset")
-        elif not self.dataset.endswith((".npz", ".pt")):  # "package.module:function"
+        elif not self.dataset.endswith((".npz", ".pt", *TEXT_FILE_SUFFIXES)):  # "pkg.mod:fn"
             check_own_factory(self.dataset, "data.dataset")
 
 
@@ -738,7 +738,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
             model["pretrained"] = folder
     source = data.get("data")
     if isinstance(source, dict) and isinstance(source.get("dataset"), str) \
-            and source["dataset"].endswith((".npz", ".pt", ".csv", ".jsonl", ".parquet")):
+            and source["dataset"].endswith((".npz", ".pt", *TEXT_FILE_SUFFIXES)):
         source["dataset"] = resolve(source["dataset"])
     pruning = data.get("pruning")
     if isinstance(pruning, dict) and isinstance(pruning.get("checkpoints"), list):

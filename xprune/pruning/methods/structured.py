@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ..._batches import batches, first_inputs
 from ..._state import as_logits, eval_mode, to_model
+from ...attribution._inputs import activation_bytes_per_row
 from .._core import (
     PRUNABLE_LAYERS,
     ModelPair,
@@ -112,8 +113,6 @@ SCORE_MAX_BYTES = 2**28
 def _samples_per_pass(model: nn.Module, x: Tensor, rows_per_sample: int = 1,
                       max_bytes: int = SCORE_MAX_BYTES) -> int:
     """Reference samples per pass: ``rows_per_sample`` rows each within ``max_bytes``."""
-    from ...attribution._inputs import activation_bytes_per_row
-
     with eval_mode(model):
         per_row = activation_bytes_per_row(model, x[:1].detach(), (), model)
     return max(1, max_bytes // (max(1, per_row) * rows_per_sample))
