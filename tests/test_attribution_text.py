@@ -327,27 +327,91 @@ def test_float_ids_into_an_embedding_get_a_clear_error(bag, tokens):
         attribute(bag, (ids.float(), mask), TARGET, "saliency")
 
 
-def test_case_011_stability_metrics_refuse_token_ids_up_front(bag, tokens):
-    """../shared/cases/011-token-stability.md: no noise on ids, a message naming the kind."""
+class _Ids(nn.Module):
+    """A one-input token model: the bag of embeddings with padding (id 0) masked."""
+
+    def __init__(self, bag):
+        super().__init__()
+        self.inner = bag
+
+    def forward(self, input_ids):
+        return self.inner(input_ids, (input_ids != 0).long())
+
+
+def test_case_011_sensitivity_substitutes_tokens_and_equals_the_literal_definition(bag, tokens):
+    """../shared/cases/011-token-stability.md: max- and avg-sensitivity on token ids substitute
+    tokens (no noise on ids); per draw, ||Phi(x') - Phi(x)|| / ||Phi(x)|| with Phi the exact
+    IG map of the linear bag of embeddings (w . (E[id] - E[0]) / n per real token)."""
+    from xprune.metrics import avg_sensitivity, max_sensitivity, substitute_tokens
+
+    ids = tokens[0]
+    model = _Ids(bag)
+    pad = {"pad_token_id": 0}
+    explain = explainer(model, "integrated_gradients", params={"n_steps": 4}, tokens=pad)
+    assert explain.embeds_integer_inputs and explain.token_vocabulary == 20
+    maps = attribute(model, ids, TARGET, "integrated_gradients", params={"n_steps": 4},
+                     tokens=pad)
+    got = max_sensitivity(explain, ids, TARGET, radius=0.25, n_samples=5, attributions=maps,
+                          generator=torch.Generator().manual_seed(3))
+    mean = avg_sensitivity(explain, ids, TARGET, radius=0.25, n_samples=5, attributions=maps,
+                           generator=torch.Generator().manual_seed(3))
+    counted = ids != 0
+    draws = substitute_tokens(ids, counted, 5, 0.25, torch.Generator().manual_seed(3),
+                              vocab_size=20, excluded=torch.tensor([0]))
+    base = exact(bag, ids, counted.long(), TARGET)
+    ratios = torch.stack([(exact(bag, draws[:, j], counted.long(), TARGET) - base).norm(dim=1)
+                          for j in range(5)], dim=1) / base.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(got, ratios.amax(dim=1))
+    torch.testing.assert_close(mean, ratios.mean(dim=1))
+    assert bool((got > 0).all())
+    # without the maps, the explainer's own pad id tells the counted tokens: the same draws
+    again = max_sensitivity(explain, ids, TARGET, radius=0.25, n_samples=5,
+                            generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(again, got)
+
+
+def test_substitute_tokens_changes_a_fraction_of_the_counted_tokens_and_nothing_else(tokens):
+    from xprune.metrics import substitute_tokens
+
+    ids = tokens[0]
+    counted = (ids != 0) & (ids != 3)  # padding and a special id at [0, 0]
+    excluded = torch.tensor([0, 3])
+    draws = substitute_tokens(ids, counted, 50, 0.3, torch.Generator().manual_seed(0),
+                              vocab_size=20, excluded=excluded)
+    assert draws.shape == (3, 50, 6) and draws.dtype == ids.dtype
+    changed = draws != ids[:, None]
+    assert not bool((changed & ~counted[:, None]).any())       # only counted positions
+    per_draw = changed.sum(dim=2)                               # ceil(0.3 L): L = 3, 6, 2
+    assert per_draw.tolist() == [[1] * 50, [2] * 50, [1] * 50]
+    assert not bool(torch.isin(draws[changed], excluded).any())  # never padding or special
+    assert int(draws.max()) < 20
+    # a sample's draws do not depend on the samples after it; the same seed, the same draws
+    first = substitute_tokens(ids[:1], counted[:1], 50, 0.3, torch.Generator().manual_seed(0),
+                              vocab_size=20, excluded=excluded)
+    assert torch.equal(first[0], draws[0])
+
+
+def test_stability_metrics_that_need_continuous_noise_refuse_token_ids_naming_the_kind(bag,
+                                                                                     tokens):
     from xprune.metrics import local_lipschitz_estimate, max_sensitivity
 
     ids = tokens[0]
+    explain = explainer(_Ids(bag), "integrated_gradients", params={"n_steps": 4})
+    with pytest.raises(ValueError, match=r"local_lipschitz_estimate perturbs its inputs with "
+                                         r"continuous noise, which token ids \(an integer "
+                                         r"tensor of shape \(3, 6\)\) cannot take; for token "
+                                         r"ids use max_sensitivity or avg_sensitivity"):
+        local_lipschitz_estimate(explain, ids, TARGET)
+    with pytest.raises(ValueError, match=r"Expected `radius` in \(0, 1\] for token ids"):
+        max_sensitivity(explain, ids, TARGET, radius=2.0)
 
-    class Ids(nn.Module):  # a one-input token model
-        def __init__(self):
-            super().__init__()
-            self.inner = bag
+    def plain(x, t):  # an explain_fn that does not know the vocabulary
+        return explain(x, t)
 
-        def forward(self, input_ids):
-            return self.inner(input_ids, (input_ids != 0).long())
-
-    explain = explainer(Ids(), "integrated_gradients", params={"n_steps": 4})
-    assert explain.embeds_integer_inputs
-    for metric in (max_sensitivity, local_lipschitz_estimate):
-        with pytest.raises(ValueError, match=rf"{metric.__name__} perturbs its inputs with "
-                                             r"continuous noise, which token ids \(an integer "
-                                             r"tensor of shape \(3, 6\)\) cannot take"):
-            metric(explain, ids, TARGET)
+    plain.embeds_integer_inputs = True
+    with pytest.raises(ValueError, match=r"max_sensitivity on token ids substitutes tokens, "
+                                         r"which needs the size of the model's vocabulary"):
+        max_sensitivity(plain, ids, TARGET)
 
 
 def test_readme_text_example_runs_on_a_model_saved_in_a_local_folder(tmp_path):

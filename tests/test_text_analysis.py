@@ -244,6 +244,8 @@ def test_smoke_text_run_reports_heat_maps_and_the_bejjani_comparison(tmp_path):
     assert erasure.groupby("metric")["model"].nunique().to_dict() == dict.fromkeys(
         ["comprehensiveness", "normalised_comprehensiveness", "normalised_sufficiency",
          "sufficiency", "tau_loo"], 4)  # every model, through the [PAD] baseline of the config
+    sensitivity = results[results["metric"] == "max_sensitivity"]  # by token substitution
+    assert sensitivity["model"].nunique() == 4 and bool((sensitivity["value"].dropna() > 0).all())
     normalised = erasure[erasure["metric"].str.startswith("normalised")]["value"].dropna()
     assert len(normalised) and normalised.between(0, 1).all()
     # a token that reads as HTML is escaped in the report

@@ -552,10 +552,10 @@ class MetricsConfig:
         return {**shorthand, **self.params.get(name, {})}
 
 
-# metrics that perturb the inputs with continuous noise: token ids cannot take it
-CONTINUOUS_NOISE = frozenset({"infidelity", "max_sensitivity", "avg_sensitivity",
-                              "local_lipschitz_estimate", "relative_input_stability",
-                              "relative_output_stability"})
+# metrics that perturb the inputs with continuous noise: token ids cannot take it (max- and
+# avg-sensitivity substitute tokens instead, xprune.metrics.substitute_tokens)
+CONTINUOUS_NOISE = frozenset({"infidelity", "local_lipschitz_estimate",
+                              "relative_input_stability", "relative_output_stability"})
 
 
 @dataclass(frozen=True)

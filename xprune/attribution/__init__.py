@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -696,7 +697,9 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     rounding): every method except those that draw random numbers per call
     (SmoothGrad, VarGrad, GradientSHAP, LIME, KernelSHAP, a ``"uniform"``
     baseline). Stability metrics then explain unperturbed and perturbed
-    inputs in one call.
+    inputs in one call. For token models, ``token_vocabulary`` (the embedding
+    layer's ``num_embeddings``) and ``token_options`` let max- and
+    avg-sensitivity substitute tokens (:func:`xprune.metrics.substitute_tokens`).
     """
     spec = resolve_spec(method, params)
     token_options = check_token_options(tokens)
@@ -714,4 +717,14 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     # integer inputs are token ids for this model: stability metrics cannot add noise to them
     explain_fn.embeds_integer_inputs = (ATTRIBUTION_METHODS[method].integer_inputs or any(
         isinstance(m, nn.Embedding) for m in model.modules()))
+    # for stability metrics that substitute tokens: the vocabulary and the ids not to draw
+    explain_fn.token_options = dataclasses.replace(
+        token_options, pad_token_id=pad_token_id(model, token_options))
+    explain_fn.token_vocabulary = None
+    if explain_fn.embeds_integer_inputs:
+        try:
+            layer = find_embedding(model, token_options.embedding)[1]
+        except ValueError:
+            layer = None
+        explain_fn.token_vocabulary = getattr(layer, "num_embeddings", None)
     return explain_fn

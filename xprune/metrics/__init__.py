@@ -82,9 +82,11 @@ from .stability import (
     relative_input_stability,
     relative_output_stability,
     sensitivity_draws,
+    substitute_tokens,
 )
 
 __all__ = [
+    "substitute_tokens",
     "Removal",
     "ReplaceAudio",
     "ReplaceColumns",

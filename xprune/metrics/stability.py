@@ -15,7 +15,8 @@ from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import model_targets, register, values_of, warn_undefined
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
-           "relative_input_stability", "relative_output_stability", "sensitivity_draws"]
+           "relative_input_stability", "relative_output_stability", "sensitivity_draws",
+           "substitute_tokens"]
 
 
 def _explain_targets(target: Any, n: int) -> Tensor:
@@ -89,7 +90,8 @@ def _given_maps(attributions: Tensor | Attributions | None, x: Tensor, t: Tensor
 
 def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor,
                       n_samples: int, scale: float, generator: torch.Generator, *,
-                      gaussian: bool, max_rows: int, given: Tensor | None = None):
+                      gaussian: bool, max_rows: int, given: Tensor | None = None,
+                      draw: Callable[[slice], Tensor] | None = None):
     """Noisy copies of ``x`` and their maps, a chunk of samples at a time.
 
     Yields ``(sl, perturbed, base, maps)`` for consecutive sample slices ``sl``:
@@ -97,6 +99,9 @@ def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
     chunk by chunk, which gives the same draws as the whole batch at once),
     ``base`` (c, D) the maps of ``x[sl]`` and ``maps`` (c, S, D) those of
     ``perturbed``, float64 on the CPU. Memory is bounded by the chunk, not by N.
+
+    ``draw(sl)``, if given, returns the perturbed copies (c, S, *F) of
+    ``x[sl]`` instead of the noise (token substitution for token ids).
 
     ``given`` (N, D), the caller's maps of ``x`` (:func:`_given_maps`), are
     the ``base`` maps when passed: ``explain_fn`` then sees exactly the
@@ -127,7 +132,8 @@ def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
         sl = slice(start, min(n, start + chunk))
         xs, ts = x[sl], t[sl]
         c = xs.shape[0]
-        perturbed = xs[:, None] + _noise(xs, s, scale, generator, gaussian=gaussian)
+        perturbed = draw(sl) if draw is not None else \
+            xs[:, None] + _noise(xs, s, scale, generator, gaussian=gaussian)
         flat, flat_t = perturbed.reshape(c * s, *x.shape[1:]), ts.repeat_interleave(s)
         if given is not None:
             base = given[sl]
@@ -156,6 +162,13 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
     ``max_j ||Phi(x + e_j) - Phi(x)||`` over ``n_samples`` draws of noise
     ``e_j`` uniform in [-radius, radius] per element (the L-infinity ball of
     Yeh et al. 2019, sampled as Captum and Quantus do), Frobenius norms.
+
+    Token ids (an integer (N, T) tensor, with an ``explain_fn`` from
+    :func:`xprune.explainer` for a model with an embedding layer) take no
+    noise: each draw substitutes ``ceil(radius * L)`` of the L counted tokens
+    (``attributions.feature_mask``, else all but the pad and special ids) by
+    other vocabulary ids (:func:`substitute_tokens`); ``radius`` is then that
+    fraction, in (0, 1].
 
     Parameters
     ----------
@@ -247,21 +260,109 @@ def sensitivity_draws(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Te
                         attributions=attributions, reduce=None)
 
 
+def _token_ids(explain_fn: Callable, inputs: object) -> bool:
+    """Whether ``inputs`` are token ids for the model behind ``explain_fn``."""
+    return (isinstance(inputs, Tensor) and not inputs.is_floating_point()
+            and bool(getattr(explain_fn, "embeds_integer_inputs", False)))
+
+
+def substitute_tokens(ids: Tensor, counted: Tensor, n_samples: int, fraction: float,
+                      generator: torch.Generator, *, vocab_size: int,
+                      excluded: Tensor) -> Tensor:
+    """Copies of token ids with a fraction of each sequence's counted tokens substituted.
+
+    Each of the ``n_samples`` draws of sample i replaces ``ceil(fraction * L_i)``
+    of its ``L_i`` counted tokens (positions where ``counted`` is True), chosen
+    uniformly without replacement, each by an id drawn uniformly from the
+    vocabulary ``0 .. vocab_size - 1`` less ``excluded`` (padding and special
+    ids) and less the token it replaces. Draws come from ``generator`` sample
+    by sample in batch order, so a sample's copies do not depend on the
+    samples after it. The discrete counterpart, for token ids, of the small
+    input noise of :func:`max_sensitivity` (as in the token-substitution
+    perturbations of robustness studies of text explanations).
+
+    Parameters
+    ----------
+    ids : int Tensor of shape (N, T)
+    counted : bool Tensor of shape (N, T)
+    fraction : float in (0, 1]
+
+    Returns
+    -------
+    int Tensor of shape (N, n_samples, T), ``ids``' dtype; uncounted positions unchanged.
+    """
+    allowed = torch.ones(vocab_size, dtype=torch.bool)
+    allowed[excluded[(excluded >= 0) & (excluded < vocab_size)]] = False
+    pool = allowed.nonzero().flatten()
+    if pool.numel() < 2:
+        raise ValueError(f"Expected at least two substitutable token ids in a vocabulary of "
+                         f"{vocab_size} less {excluded.numel()} padding and special ids.")
+    index_in_pool = torch.full((vocab_size,), -1, dtype=torch.long)
+    index_in_pool[pool] = torch.arange(pool.numel())
+    cpu = ids.detach().cpu().long()
+    out = cpu[:, None].repeat(1, n_samples, 1)
+    for i in range(cpu.shape[0]):
+        positions = counted[i].cpu().nonzero().flatten()
+        k = min(positions.numel(), math.ceil(fraction * positions.numel()))
+        for j in range(n_samples):
+            chosen = positions[torch.randperm(positions.numel(), generator=generator)[:k]]
+            old = index_in_pool[cpu[i, chosen].clamp(0, vocab_size - 1)]
+            step = torch.randint(1, pool.numel(), (k,), generator=generator)
+            # a step of 1 .. |pool|-1 from the old id's place never lands on it again; an old
+            # id outside the pool (-1) lands anywhere but the pool's last entry, uniformly
+            out[i, j, chosen] = pool[(old + step) % pool.numel()]
+    return out.to(device=ids.device, dtype=ids.dtype)
+
+
+def _token_draws(explain_fn: Callable, x: Tensor, attributions: Tensor | Attributions | None,
+                 n_samples: int, fraction: float, generator: torch.Generator, metric: str
+                 ) -> Callable[[slice], Tensor]:
+    """The substitution draws of token ids ``x`` (N, T) for ``metric``, as ``draw(sl)``."""
+    vocab = getattr(explain_fn, "token_vocabulary", None)
+    if not isinstance(vocab, int):
+        raise ValueError(f"{metric} on token ids substitutes tokens, which needs the size of "
+                         f"the model's vocabulary: pass an `explain_fn` made by "
+                         f"xprune.explainer(model, ...), which finds the embedding layer.")
+    if not 0 < fraction <= 1:
+        raise ValueError(f"Expected `radius` in (0, 1] for token ids (the fraction of each "
+                         f"sequence's tokens substituted per draw), got {fraction!r}.")
+    mask = attributions.feature_mask if isinstance(attributions, Attributions) else None
+    options = getattr(explain_fn, "token_options", None)
+    special = [i for i in ([getattr(options, "pad_token_id", None)]
+                           + list(getattr(options, "special_token_ids", ()) or ()))
+               if i is not None]
+    counted = mask.cpu().bool() if mask is not None else \
+        ~torch.isin(x.cpu(), torch.tensor(special, dtype=x.dtype))
+    # padding and special ids: those named, and whatever stands where the mask says not counted
+    excluded = torch.unique(torch.cat([torch.tensor(special, dtype=torch.long),
+                                       x.cpu().long()[~counted]]))
+    draws = substitute_tokens(x, counted, n_samples, fraction, generator, vocab_size=vocab,
+                              excluded=excluded)
+    return lambda sl: draws[sl]
+
+
 def _refuse_token_ids(explain_fn: Callable, inputs: object, metric: str) -> None:
     """Stability metrics add continuous noise to the inputs: token ids cannot take it."""
     if (isinstance(inputs, Tensor) and not inputs.is_floating_point()
             and getattr(explain_fn, "embeds_integer_inputs", False)):
         raise ValueError(f"{metric} perturbs its inputs with continuous noise, which token ids "
                          f"(an integer tensor of shape {tuple(inputs.shape)}) cannot take; "
-                         f"stability of token attributions (noise on the embeddings or token "
-                         f"substitution) is not available yet.")
+                         f"for token ids use max_sensitivity or avg_sensitivity, which "
+                         f"substitute tokens instead.")
 
 
 def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, generator,
                  max_rows, attributions, reduce: str | None) -> Tensor:
-    _refuse_token_ids(explain_fn, inputs, {"max": "max_sensitivity", "mean": "avg_sensitivity",
-                                           None: "sensitivity_draws"}[reduce])
-    x = check_tensor(inputs, "inputs", min_dim=2)
+    metric = {"max": "max_sensitivity", "mean": "avg_sensitivity",
+              None: "sensitivity_draws"}[reduce]
+    tokens = _token_ids(explain_fn, inputs)
+    if tokens:
+        x = inputs
+        if x.dim() != 2 or x.shape[0] == 0:
+            raise ValueError(f"Expected token ids of shape (N, T) with N >= 1, got "
+                             f"{tuple(x.shape)}.")
+    else:
+        x = check_tensor(inputs, "inputs", min_dim=2)
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not radius > 0:
         raise ValueError(f"Expected `radius` > 0, got {radius!r}.")
     check_positive_int(n_samples, "n_samples")
@@ -270,10 +371,13 @@ def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, gen
     t = _explain_targets(target, n)
     given = _given_maps(attributions, x, t)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    draw = _token_draws(explain_fn, x, attributions, n_samples, float(radius), generator,
+                        metric) if tokens else None
     diff = torch.empty(n, n_samples, dtype=torch.float64)
     denom = torch.empty(n, 1, dtype=torch.float64)
     for sl, _, base, maps in _explained_chunks(explain_fn, x, t, n_samples, radius, generator,
-                                               gaussian=False, max_rows=max_rows, given=given):
+                                               gaussian=False, max_rows=max_rows, given=given,
+                                               draw=draw):
         diff[sl] = (maps - base[:, None]).norm(dim=2)        # (c, S)
         denom[sl] = base.norm(dim=1, keepdim=True)
     if relative:
