@@ -303,7 +303,7 @@ def prune_models(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *
             _status(cache, say, tag,
                     f"pruning {tag} + {plural(pc.finetune_epochs, 'fine-tuning epoch')}")
             model, info = cache.model(
-                tag, _sparse_template(dense, variant, reference, factory, config.seed),
+                tag, _sparse_template(dense, variant, float(s), reference, factory, config.seed),
                 _sparse_compute(dense, variant, float(s), data, reference, config))
             records.append(ModelRecord(tag, "sparse", variant.name, float(s), model.to(dev),
                                        info))
@@ -348,10 +348,7 @@ def _sparse_compute(dense, variant, amount, data, reference, config):
     pc, tc = config.pruning, config.train
 
     def compute():
-        kwargs = dict(method=variant.method, scope=variant.scope, seed=config.seed,
-                      max_layer_sparsity=variant.max_layer_sparsity, data=reference,
-                      options=variant.options or None, layers=variant.layers,
-                      exclude=variant.exclude, **({"n_m": variant.n_m} if variant.n_m else {}))
+        kwargs = _prune_kwargs(variant, reference, config.seed)
         if variant.schedule == "one_shot":
             pair = prune(dense, amount, **kwargs)
             pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
@@ -361,19 +358,32 @@ def _sparse_compute(dense, variant, amount, data, reference, config):
                                        schedule=variant.schedule, steps=variant.steps,
                                        epochs=pc.finetune_epochs, lr=pc.finetune_lr, **kwargs)
         info = {"finetune_seconds": pair.params["finetune_seconds"]}
-        if pair.params.get("structured"):
-            info["channel_ratio"] = pair.params["channel_ratio"]
+        if pair.params.get("structured"):  # a smaller architecture: the store must rebuild it
+            info["structured"] = True
+            if "channel_ratio" in pair.params:
+                info["channel_ratio"] = pair.params["channel_ratio"]
         return pair.sparse, info
 
     return compute
 
 
-def _sparse_template(dense, variant, reference, factory, seed):
-    """The architecture a stored sparse model loads into (smaller for structured pruning)."""
+def _prune_kwargs(variant, reference, seed: int) -> dict:
+    """The keyword arguments of :func:`xprune.prune` for a pruning ``variant``."""
+    return dict(method=variant.method, scope=variant.scope, seed=seed,
+                max_layer_sparsity=variant.max_layer_sparsity, data=reference,
+                options=variant.options or None, layers=variant.layers,
+                exclude=variant.exclude, **({"n_m": variant.n_m} if variant.n_m else {}))
+
+
+def _sparse_template(dense, variant, amount, reference, factory, seed):
+    """The architecture a stored sparse model loads into (smaller for structured pruning:
+    channels, attention heads, blocks or recurrent units removed)."""
 
     def template(info):
-        if "channel_ratio" not in info:
+        if not info.get("structured") and "channel_ratio" not in info:
             return factory()
+        if "channel_ratio" not in info:  # heads, blocks, units: the same pruning, rerun
+            return prune(dense, amount, **_prune_kwargs(variant, reference, seed)).sparse
         options = {**variant.options, "channel_ratio": info["channel_ratio"]}
         return prune(dense, method="structured", data=reference, seed=seed,
                      options=options, layers=variant.layers, exclude=variant.exclude).sparse
