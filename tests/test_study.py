@@ -137,10 +137,19 @@ def test_report_renders_the_run_report(result, tmp_path):
 
 
 def test_progress_goes_to_stderr(data, capsys):
+    """Messages at once; the stage bar only once the study has run for over 2 s (tqdm's delay)."""
+    import time
+
+    start = time.perf_counter()
     xprune.study(_mlp, data, config=CONFIG.replace(controls=CONFIG.controls.__class__(
         other_seed=False, finetune=False)), metrics=["gini_index"], progress=True)
+    seconds = time.perf_counter() - start
     err = capsys.readouterr().err
-    assert "xprune.study" in err and "8/8" in err and "[xprune] training the dense model" in err
+    assert "[xprune] training the dense model" in err
+    if seconds > 3:
+        assert "xprune.study" in err and "8/8" in err
+    elif seconds < 1.5:
+        assert "xprune.study" not in err
 
 
 def test_options_override_the_config(data, capsys):

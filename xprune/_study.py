@@ -228,7 +228,7 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         factory = _reinitialised(template) if user_model is not None else _wrapped(
             factory, pad, keys)
     bar = tqdm(total=len(STAGES), desc="xprune.study", unit="stage", disable=not progress,
-               file=sys.stderr)
+               file=sys.stderr, delay=2)  # shown once the study has run for 2 s
     say = (lambda msg: tqdm.write(f"[xprune] {msg}", file=sys.stderr)) if progress else _silent
 
     def stage(name: str) -> None:

@@ -770,7 +770,8 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
     predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
     attrs_by: dict[tuple[str, str], Attributions] = {}
     cells = [(m, rec) for m in ac.methods for rec in records]
-    bar = tqdm(cells, desc="attribute", unit="map", disable=not progress, file=sys.stderr)
+    bar = tqdm(cells, desc="attribute", unit="map", disable=not progress, file=sys.stderr,
+               delay=2)  # shown for a stage that lasts over 2 s
     for method, rec in bar:  # dense first: every other cell compares with its maps
         bar.set_postfix_str(f"{method} / {rec.tag}")
 
@@ -842,7 +843,7 @@ def score_models(config: AnalysisConfig, records: list[ModelRecord],
             for key in jobs_of}
     pending = [key for key, frames in done.items() if frames[0] is None or frames[1] is None]
     bar = tqdm(total=len(jobs_of), initial=len(jobs_of) - len(pending), desc="score",
-               unit="cell", disable=not progress, file=sys.stderr)
+               unit="cell", disable=not progress, file=sys.stderr, delay=2)
     for key, frames in _run_cells([jobs_of[k] for k in pending], pending, jobs, executor,
                                   address):
         stored = done[key]

@@ -632,11 +632,18 @@ def plot_architectures_vs_sparsity(summary: pd.DataFrame, metric: str, attributi
     data = summary[(summary["metric"] == metric) & (summary["attribution"] == attribution)]
     for i, (arch, group) in enumerate(data.groupby("architecture", sort=False)):
         colour = f"C{i}"
-        curve = group[group["role"].isin(["dense", "sparse"])].sort_values("sparsity")
-        ax.plot(curve["sparsity"], curve["mean"], marker="os^v"[i % 4], ms=3, color=colour,
-                label=arch)
-        ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"], color=colour,
-                        alpha=0.2, linewidth=0)
+        if "pruning" not in group:
+            group = group.assign(pruning="")
+        methods = list(dict.fromkeys(group.loc[group["role"] == "sparse", "pruning"]))
+        for k, method in enumerate(methods):  # a line per pruning method, from the dense model
+            curve = group[(group["role"] == "dense") | ((group["role"] == "sparse")
+                                                       & (group["pruning"] == method))]
+            curve = curve.sort_values("sparsity")
+            ax.plot(curve["sparsity"], curve["mean"], marker="os^v"[i % 4], ms=3, color=colour,
+                    linestyle=["-", "--", ":", "-."][k % 4],
+                    label=arch + (f" {method}" if len(methods) > 1 else ""))
+            ax.fill_between(curve["sparsity"], curve["ci_low"], curve["ci_high"],
+                            color=colour, alpha=0.2 / len(methods), linewidth=0)
         for j, (_, ctrl) in enumerate(group[group["role"] == "control"].iterrows()):
             ax.axhline(ctrl["mean"], color=colour, linestyle=[":", "-."][j % 2], linewidth=0.8,
                        label=f"{arch} {ctrl['model'].replace('control:', '')}")

@@ -108,10 +108,19 @@ def _sentences(summary: pd.DataFrame, models: pd.DataFrame, metrics: list[str]) 
     sparsity and what the controls do; and each architecture's accuracy."""
     out = []
     for arch, table in models.groupby("architecture", sort=False):
-        sparse = table[table["role"] == "sparse"].sort_values("requested_sparsity")
+        sparse = table[table["role"] == "sparse"]
+        if "pruning" not in sparse:
+            sparse = sparse.assign(pruning="")
+        several = sparse["pruning"].nunique() > 1  # name the method beside the sparsity
+        sparse = sparse.assign(rank=sparse["pruning"].map(
+            {p: i for i, p in enumerate(dict.fromkeys(sparse["pruning"]))})).sort_values(
+            ["rank", "requested_sparsity"], kind="stable")
+
+        def label(m, several=several) -> str:
+            return (f"{m['pruning']} " if several else "") + f"{100 * m['requested_sparsity']:g}%"
+
         dense = table[table["role"] == "dense"].iloc[0]
-        acc = ", ".join(f"{100 * m['requested_sparsity']:g}%: {100 * m['accuracy']:.1f}%"
-                        for _, m in sparse.iterrows())
+        acc = ", ".join(f"{label(m)}: {100 * m['accuracy']:.1f}%" for _, m in sparse.iterrows())
         out.append(f"{arch}: test accuracy {100 * dense['accuracy']:.1f}% dense; pruned {acc}.")
         controls = table.loc[table["role"] == "control", "model"].tolist()
         for attribution in summary.loc[summary["architecture"] == arch, "attribution"].unique():
@@ -123,7 +132,7 @@ def _sentences(summary: pd.DataFrame, models: pd.DataFrame, metrics: list[str]) 
                 if not steps:
                     continue
                 start = (f"{fmt_cell(base)} dense; " if base is not None else "")
-                changes = "; ".join(f"{100 * m['requested_sparsity']:g}%: "
+                changes = "; ".join(f"{label(m)}: "
                                     f"{fmt_cell(r, diff=not math.isnan(r['diff_mean']))}{_p(r)}"
                                     for m, r in steps)
                 ctrl = [(c, _row(summary, arch, c, attribution, metric)) for c in controls]
