@@ -137,7 +137,8 @@ def test_report_renders_the_run_report(result, tmp_path):
 
 
 def test_progress_goes_to_stderr(data, capsys):
-    """Messages at once; the stage bar only once the study has run for over 2 s (tqdm's delay)."""
+    """Messages at once; the stage bar once the study has run for over 2 s (tqdm's delay;
+    a message written through tqdm may draw it earlier)."""
     import time
 
     start = time.perf_counter()
@@ -148,8 +149,6 @@ def test_progress_goes_to_stderr(data, capsys):
     assert "[xprune] training the dense model" in err
     if seconds > 3:
         assert "xprune.study" in err and "8/8" in err
-    elif seconds < 1.5:
-        assert "xprune.study" not in err
 
 
 def test_options_override_the_config(data, capsys):
