@@ -40,23 +40,11 @@ def test_readme_study_example_runs_with_small_settings(tmp_path, monkeypatch):
     (the block's own sparsities and options are kept; progress off)."""
     import xprune
 
-    block = _study_blocks()[0]
-    assert len([line for line in block.splitlines() if line.strip()]) < 10
-    real = xprune.study
     small = {"train": {"epochs": 2}, "pruning": {"finetune_epochs": 1},
              "attribution": {"n_samples": 8, "methods": ["saliency"]},
              "metrics": {"names": ["gini_index", "spearman"]},
              "report": {"n_examples": 2, "latency_batch": 8}}
-    calls = []
-
-    def study(*args, **kwargs):
-        calls.append(kwargs)
-        return real(*args, **kwargs, config=small, progress=False)
-
-    monkeypatch.setattr(xprune, "study", study, raising=False)
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    namespace, calls = _run_study_block(0, small, tmp_path, monkeypatch)
     result = namespace["result"]
     assert calls == [{"train": True, "sparsities": [0.5, 0.9]}]
     assert isinstance(result, xprune.Study) and namespace["model"][0].weight.grad is None
@@ -73,20 +61,15 @@ def _study_blocks() -> list[str]:
             if "xprune.study(" in b]
 
 
-def test_readme_transformer_study_runs_with_small_settings(tmp_path, monkeypatch):
-    """The transformer block (a Hugging Face BERT built from a config, a tokenizer's output):
-    executed as written, with a small budget; it produces the full report."""
+def _run_study_block(index: int, small: dict, tmp_path, monkeypatch) -> tuple[dict, list]:
+    """Execute the README's study block ``index`` (under ten lines) in ``tmp_path`` with
+    ``xprune.study`` given a small ``config`` and no progress; its namespace and the calls'
+    keyword arguments."""
     import xprune
 
-    block = _study_blocks()[1]
+    block = _study_blocks()[index]
     assert len([line for line in block.splitlines() if line.strip()]) < 10
-    assert "BertForSequenceClassification" in block and "BatchEncoding" in block
     real = xprune.study
-    small = {"train": {"epochs": 2}, "pruning": {"finetune_epochs": 1},
-             "attribution": {"n_samples": 4, "params": {"integrated_gradients": {"n_steps": 4}}},
-             "metrics": {"names": ["gini_index", "spearman", "faithfulness_correlation"],
-                         "faithfulness_runs": 5, "versus_random": []},
-             "report": {"latency_batch": 4}}
     calls = []
 
     def study(*args, **kwargs):
@@ -97,6 +80,21 @@ def test_readme_transformer_study_runs_with_small_settings(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)
+    return namespace, calls
+
+
+def test_readme_transformer_study_runs_with_small_settings(tmp_path, monkeypatch):
+    """The transformer block (a Hugging Face BERT built from a config, a tokenizer's output):
+    executed as written, with a small budget; it produces the full report."""
+
+    block = _study_blocks()[1]
+    assert "BertForSequenceClassification" in block and "BatchEncoding" in block
+    small = {"train": {"epochs": 2}, "pruning": {"finetune_epochs": 1},
+             "attribution": {"n_samples": 4, "params": {"integrated_gradients": {"n_steps": 4}}},
+             "metrics": {"names": ["gini_index", "spearman", "faithfulness_correlation"],
+                         "faithfulness_runs": 5, "versus_random": []},
+             "report": {"latency_batch": 4}}
+    namespace, calls = _run_study_block(1, small, tmp_path, monkeypatch)
     text = namespace["text"]
     assert calls == [{"sparsities": [0.5, 0.9], "attributions": "integrated_gradients"}]
     assert len(text.models) == 5 and set(text.results["attribution"]) == {
