@@ -32,6 +32,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from ..._batches import batches, forward
 from ..._state import as_logits, eval_mode, to_model
 from .._core import ModelPair, PruningContext, register_pruning_method
 from ._attention import _head_index, _head_sites, _HeadSite, _join, _Part
@@ -303,6 +304,31 @@ def _hidden(value) -> Tensor | None:
     return None
 
 
+def _add_cosines(sums: dict[str, list[float]], name: str, x: Tensor, y: Tensor) -> None:
+    """Add the per-position cosines of hidden states ``x`` and ``y`` to ``sums[name]``
+    (a running [sum, count])."""
+    cos = nn.functional.cosine_similarity(x.double().flatten(0, -2), y.double().flatten(0, -2),
+                                          dim=-1)
+    sums[name][0] += float(cos.sum())
+    sums[name][1] += cos.numel()
+
+
+def _influence(model: nn.Module, data, hooks: list, sums: dict[str, list[float]]
+               ) -> dict[str, float]:
+    """Run the calibration inputs through ``model`` (eval mode, no gradients) with ``hooks``
+    (which fill ``sums`` through :func:`_add_cosines`), remove them, and return
+    ``1 - mean cosine`` per name. ``data``: in-memory ``(inputs, labels)`` (one pass) or a
+    stream of batches (labels unused)."""
+    try:
+        with eval_mode(model), torch.no_grad():
+            for inputs, _ in batches(data, batch_size=1 << 30):
+                forward(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: 1.0 - total / count for n, (total, count) in sums.items()}
+
+
 def block_influence(model: nn.Module, blocks: list[tuple[str, nn.Module]], data) -> dict[str,
                                                                                          float]:
     """Block influence of each block on calibration inputs (Men et al. 2024, eq. 1).
@@ -310,7 +336,7 @@ def block_influence(model: nn.Module, blocks: list[tuple[str, nn.Module]], data)
     ``BI = 1 - mean over tokens of cos(x, y)``, with ``x`` the block's input
     hidden states and ``y`` its output, of shape (N, T, D) or (N, D); in
     [0, 2], higher = the block changes its input more (more important).
-    Computed in eval mode, without gradients, on ``data[0]`` (labels unused).
+    Computed in eval mode, without gradients, on the inputs of ``data`` (labels unused).
     """
     sums: dict[str, list[float]] = {name: [0.0, 0] for name, _ in blocks}
 
@@ -321,20 +347,11 @@ def block_influence(model: nn.Module, blocks: list[tuple[str, nn.Module]], data)
             if x is None or y is None or x.shape != y.shape:
                 raise ValueError(f"Block {name!r} does not map hidden states to hidden states of "
                                  "the same shape; its influence is undefined.")
-            cos = nn.functional.cosine_similarity(x.double().flatten(0, -2),
-                                                  y.double().flatten(0, -2), dim=-1)
-            sums[name][0] += float(cos.sum())
-            sums[name][1] += cos.numel()
+            _add_cosines(sums, name, x, y)
         return hook
 
     hooks = [b.register_forward_hook(hook_for(n), with_kwargs=True) for n, b in blocks]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(to_model(data[0], model))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: 1.0 - total / count for n, (total, count) in sums.items()}
+    return _influence(model, data, hooks, sums)
 
 
 class SkippedAttention(nn.Module):
@@ -389,24 +406,14 @@ def attention_influence(model: nn.Module, units, data) -> dict[str, float]:
         def hook(module, args, kwargs, output):
             x = stream[name] if outside else (_hidden(args) if args else
                                               kwargs.get("hidden_states"))
-            y = x + _hidden(output) if outside else _hidden(output)
-            cos = nn.functional.cosine_similarity(x.double().flatten(0, -2),
-                                                  y.double().flatten(0, -2), dim=-1)
-            sums[name][0] += float(cos.sum())
-            sums[name][1] += cos.numel()
+            _add_cosines(sums, name, x, x + _hidden(output) if outside else _hidden(output))
         return hook
 
     hooks = [model.get_submodule(owners[n]).register_forward_pre_hook(pre(n), with_kwargs=True)
              for n in owners]
     hooks += [m.register_forward_hook(post(n, outside), with_kwargs=True)
               for n, m, outside in units]
-    try:
-        with eval_mode(model), torch.no_grad():
-            model(to_model(data[0], model))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: 1.0 - total / count for n, (total, count) in sums.items()}
+    return _influence(model, data, hooks, sums)
 
 
 @register_pruning_method(
