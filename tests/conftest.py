@@ -107,3 +107,16 @@ def small_run(tmp_path_factory):
     return out, result
 
 
+@pytest.fixture(scope="session")
+def ferret_reference():
+    """benchmarks/ferret/reference.py as a module: the script that writes the ferret fixtures
+    also reads them back into batches (``token_batch``, ``plausibility_batch``), one reader
+    for the benchmark and the tests. Its module-level imports are torch, numpy and xprune."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ferret" / "reference.py"
+    spec = importlib.util.spec_from_file_location("ferret_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

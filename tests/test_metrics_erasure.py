@@ -286,7 +286,7 @@ def test_registered_with_their_direction():
 
 # --- ferret 0.4.2 ----------------------------------------------------------------------------
 
-def test_equal_to_ferret_on_the_same_weights_and_sentences():
+def test_equal_to_ferret_on_the_same_weights_and_sentences(ferret_reference):
     """ferret's values (benchmarks/ferret/reference.py --faithfulness --write-fixture) on a tiny
     trained BERT, 24 sentences of 10+ words, ferret's ten percentages 10%..100%, [CLS]/[SEP]
     not counted (its remove_first_last). Where ferret departs from the papers, the fixture
@@ -311,20 +311,7 @@ def test_equal_to_ferret_on_the_same_weights_and_sentences():
         transformers.BertConfig(**inputs["config"]))
     model.load_state_dict(load_file(str(FIXTURES / "ferret_faithfulness_model.safetensors")))
     model = model.double().eval()
-    from xprune.textdata import text_vocabulary
-
-    vocab = text_vocabulary()
-    n, width = len(inputs["tokens"]), max(len(t) for t in inputs["tokens"])
-    ids = torch.zeros(n, width, dtype=torch.long)
-    mask = torch.zeros(n, width, dtype=torch.long)
-    scores = torch.zeros(n, width, dtype=torch.float64)
-    counted = torch.zeros(n, width, dtype=torch.bool)
-    for i, (tokens, s) in enumerate(zip(inputs["tokens"], inputs["scores"], strict=True)):
-        ids[i, :len(tokens)] = torch.tensor([vocab[t] for t in tokens])
-        mask[i, :len(tokens)] = 1
-        scores[i, :len(s)] = torch.tensor(s, dtype=torch.float64)
-        counted[i, 1:len(tokens) - 1] = True
-    batch = {"input_ids": ids, "attention_mask": mask}
+    batch, scores, counted = ferret_reference.token_batch(inputs)
     target = torch.tensor(inputs["target"])
     for key, theirs in fixture["ferret"].items():
         name, removal = key.split("|")

@@ -148,7 +148,7 @@ def test_bad_masks_and_k_are_named():
                                    token_f1(a, torch.ones(2, 6, dtype=torch.bool), k=2))
 
 
-def test_equal_to_ferret_on_the_same_sentences_and_scores():
+def test_equal_to_ferret_on_the_same_sentences_and_scores(ferret_reference):
     """ferret 0.4.2's AUPRC, token F1 and token IOU on 48 generated sentences (its own venv,
     benchmarks/ferret/reference.py --write-fixture): [CLS] and [SEP] left out as ferret's
     remove_first_last does, padding masked. ferret's only_pos=False top-k crashes in 0.4.2
@@ -158,15 +158,7 @@ def test_equal_to_ferret_on_the_same_sentences_and_scores():
 
     fixture = json.loads((Path(__file__).parent / "fixtures" / "ferret_plausibility.json")
                          .read_text())
-    inputs = fixture["inputs"]
-    n, width = len(inputs["texts"]), max(len(t) for t in inputs["tokens"])
-    scores = torch.zeros(n, width, dtype=torch.float64)
-    truth = torch.zeros(n, width, dtype=torch.bool)
-    kept = torch.zeros(n, width, dtype=torch.bool)
-    for i, (s, r) in enumerate(zip(inputs["scores"], inputs["rationale"], strict=True)):
-        scores[i, :len(s)] = torch.tensor(s, dtype=torch.float64)
-        truth[i, :len(r)] = torch.tensor(r, dtype=torch.bool)
-        kept[i, 1:len(s) - 1] = True
+    scores, truth, kept = ferret_reference.plausibility_batch(fixture["inputs"])
     assert len(fixture["ferret"]) == 6 and len(fixture["ferret_errors"]) == 4
     for key, theirs in fixture["ferret"].items():
         name, only_pos, k = key.split("|")

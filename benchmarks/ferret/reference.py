@@ -84,8 +84,10 @@ def make_inputs(n: int = 48, seed: int = 0) -> dict:
     }
 
 
-def xprune_scores(inputs: dict) -> dict[str, list[float]]:
-    """The same scores from xprune, padded to one batch with [CLS]/[SEP]/PAD masked out."""
+def plausibility_batch(inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plausibility fixture's sentences as one padded batch: (scores (N, T), rationale
+    (N, T), counted (N, T)); [CLS], [SEP] and padding are not counted, as ferret's
+    remove_first_last. Also read by tests/test_metrics_plausibility.py."""
     n, width = len(inputs["texts"]), max(len(t) for t in inputs["tokens"])
     scores = torch.zeros(n, width, dtype=torch.float64)
     truth = torch.zeros(n, width, dtype=torch.bool)
@@ -93,7 +95,13 @@ def xprune_scores(inputs: dict) -> dict[str, list[float]]:
     for i, (s, r) in enumerate(zip(inputs["scores"], inputs["rationale"], strict=True)):
         scores[i, :len(s)] = torch.tensor(s, dtype=torch.float64)
         truth[i, :len(r)] = torch.tensor(r, dtype=torch.bool)
-        kept[i, 1:len(s) - 1] = True  # ferret's remove_first_last: [CLS] and [SEP] out
+        kept[i, 1:len(s) - 1] = True
+    return scores, truth, kept
+
+
+def xprune_scores(inputs: dict) -> dict[str, list[float]]:
+    """The same scores from xprune, padded to one batch with [CLS]/[SEP]/PAD masked out."""
+    scores, truth, kept = plausibility_batch(inputs)
     out = {}
     for only_pos in (True, False):
         out[f"auprc|only_pos={only_pos}|k={TOP_K[0]}"] = rationale_auprc(
@@ -154,8 +162,9 @@ def faithfulness_inputs(model, n: int = 24, seed: int = 3) -> dict:
 
 
 def token_batch(inputs: dict) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """(model inputs, scores (N, T), counted words (N, T)): [CLS] and [SEP] are not counted,
-    as ferret's remove_first_last."""
+    """The faithfulness fixture's sentences as (model inputs, scores (N, T), counted words
+    (N, T)): [CLS] and [SEP] are not counted, as ferret's remove_first_last. Also read by
+    tests/test_metrics_erasure.py."""
     from xprune.textdata import text_vocabulary
 
     vocab = text_vocabulary()
