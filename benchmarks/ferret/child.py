@@ -10,23 +10,19 @@ import sys
 import time
 
 import numpy as np
+from _tokenizer import ferret_tokenizer  # this folder: on sys.path when run as a script
 from ferret.evaluators.plausibility_measures import (
     AUPRC_PlausibilityEvaluation,
     Tokenf1_PlausibilityEvaluation,
     TokenIOU_PlausibilityEvaluation,
 )
 from ferret.explainers.explanation import ExplanationWithRationale
-from transformers import PreTrainedTokenizerFast
 
 
 def main(in_dir: str, out_json: str) -> None:
     with open(f"{in_dir}/inputs.json") as f:
         data = json.load(f)
-    # the tokenizer.json that transformers 5 saved; its tokenizer_config names a class that
-    # transformers 4 does not have, so the fast tokenizer is built from the file itself
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=f"{in_dir}/tokenizer/tokenizer.json", pad_token="[PAD]",
-        unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer = ferret_tokenizer(in_dir)
     evaluators = {"auprc": AUPRC_PlausibilityEvaluation(object(), tokenizer),
                   "token_f1": Tokenf1_PlausibilityEvaluation(object(), tokenizer),
                   "token_iou": TokenIOU_PlausibilityEvaluation(object(), tokenizer)}

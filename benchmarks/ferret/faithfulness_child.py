@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import torch
+from _tokenizer import ferret_tokenizer  # this folder: on sys.path when run as a script
 from ferret.evaluators.faithfulness_measures import (
     AOPC_Comprehensiveness_Evaluation,
     AOPC_Sufficiency_Evaluation,
@@ -21,15 +22,13 @@ from ferret.evaluators.faithfulness_measures import (
 )
 from ferret.explainers.explanation import Explanation
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification
 
 
 def main(in_dir: str, out_json: str) -> None:
     with open(f"{in_dir}/faithfulness.json") as f:
         data = json.load(f)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=f"{in_dir}/tokenizer/tokenizer.json", pad_token="[PAD]",
-        unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer = ferret_tokenizer(in_dir)
     model = BertForSequenceClassification(BertConfig(**data["config"]))
     model.load_state_dict(load_file(f"{in_dir}/model.safetensors"), strict=True)
     model = model.double().eval()
