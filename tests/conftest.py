@@ -86,6 +86,17 @@ def all_hooks(model: nn.Module) -> int:
 
 
 # A small digits analysis shared by the end-to-end tests: (run folder, RunResult).
+# the smallest full pipeline: a tabular MLP, one sparsity, 6 explained samples (the stage and
+# study tests)
+TINY = {
+    "data": {"dataset": "breast_cancer"},
+    "train": {"epochs": 2},
+    "pruning": {"sparsities": [0.5], "finetune_epochs": 1},
+    "attribution": {"n_samples": 6, "methods": ["saliency"]},
+    "metrics": {"names": ["gini_index", "spearman"]},
+    "report": {"n_examples": 2, "latency_batch": 4},
+}
+
 SMALL = {
     "name": "small<b>",
     "train": {"epochs": 4},

@@ -11,6 +11,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 
 import xprune
 from xprune import metrics as M
@@ -31,14 +32,7 @@ from xprune.config import AnalysisConfig, MetricsConfig
 from xprune.data import load_dataset
 from xprune.models import TabularMLP, evaluate, predict, train
 
-CONFIG = AnalysisConfig.from_dict({
-    "data": {"dataset": "breast_cancer"},
-    "train": {"epochs": 2},
-    "pruning": {"sparsities": [0.5], "finetune_epochs": 1},
-    "attribution": {"n_samples": 6, "methods": ["saliency"]},
-    "metrics": {"names": ["gini_index", "spearman"]},
-    "report": {"n_examples": 2, "latency_batch": 4},
-})
+CONFIG = AnalysisConfig.from_dict(TINY)
 NO_STORE = RunCache(None, {})  # every stage computes
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TINY
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -27,15 +28,7 @@ from xprune.models import TabularMLP, TokenClassifier
 from xprune.profiling import count_macs, measure_latency
 from xprune.report import metric_summary
 
-CONFIG = AnalysisConfig.from_dict({
-    "name": "tiny",
-    "data": {"dataset": "breast_cancer"},
-    "train": {"epochs": 2},
-    "pruning": {"sparsities": [0.5], "finetune_epochs": 1},
-    "attribution": {"n_samples": 6, "methods": ["saliency"]},
-    "metrics": {"names": ["gini_index", "spearman"]},
-    "report": {"n_examples": 2, "latency_batch": 4},
-})
+CONFIG = AnalysisConfig.from_dict({"name": "tiny", **TINY})
 
 
 def _mlp() -> nn.Module:
