@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from metrics_vs_references import _proc_status_kib, _reset_peak_rss  # this folder (a script)
 
 import xprune
 from xprune.attribution import DEFAULT_MAX_ROWS
@@ -46,29 +47,12 @@ RUNS = 100            # faithfulness-correlation subsets
 IG = {"n_steps": 16}
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _rss(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def peak_growth(fn: Callable[[], object]) -> float:
     """MiB the process's peak resident set grows above its resident set during ``fn()``."""
-    _reset_peak()
-    before = _rss("VmRSS")
+    _reset_peak_rss()
+    before = _proc_status_kib("VmRSS")
     fn()
-    return _rss("VmHWM") - before
+    return (_proc_status_kib("VmHWM") - before) / 1024
 
 
 def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
