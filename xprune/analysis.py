@@ -46,6 +46,7 @@ from .checkpoint import load_model, load_onnx
 from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed
 from .data import DatasetSplit, as_split, check_split, load_dataset
 from .metrics._base import metric_seed
+from .metrics._removal import check_removal_spec
 from .metrics.controls import versus_random
 from .models import (
     DigitsCNN,
@@ -220,6 +221,8 @@ def load_data(config: AnalysisConfig, data: object = None, *,
         raise ValueError(f"Expected `metrics.names` to name metrics the data {data.name!r} can "
                          f"score: {need} compare maps with a ground-truth rationale, which "
                          f"these data do not have (the generated 'vowels' and 'text' data do).")
+    if config.metrics.removal is not None:  # before training: the unit fits the data
+        check_removal_spec(config.metrics.removal, data.x_test[:1], data.kind, data.name)
     return data
 
 
@@ -493,7 +496,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
         return attribute(m, inputs, target, method, params=ac.method_params(method),
                          output=ac.output, max_rows=max_rows).values
 
-    curves = {kind: fn(model, x, attrs, targets, steps=mc.deletion_steps, max_rows=max_rows)
+    removal = mc.removal_operator()
+    curves = {kind: fn(model, x, attrs, targets, steps=mc.deletion_steps, max_rows=max_rows,
+                       removal=removal)
               for kind, fn in (("deletion", M.deletion_curve), ("insertion", M.insertion_curve))}
     scores: dict[str, torch.Tensor] = {}
     draws_memo: dict[str, torch.Tensor] = {}
@@ -513,8 +518,9 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
             scores[name] = _call_metric(info, (attrs,), params, seed, max_rows)
         elif info.kind == "rationale":  # load_data checked that the data have one
             scores[name] = _call_metric(info, (attrs, rationale), params, seed, max_rows)
-        elif name in ("deletion_auc", "insertion_auc") and set(params) == {"steps"} \
-                and params["steps"] == mc.deletion_steps:  # the area under the stored curve
+        elif name in ("deletion_auc", "insertion_auc") and set(params) - {"removal"} == {
+                "steps"} and params["steps"] == mc.deletion_steps \
+                and params.get("removal") == removal:  # the area under the stored curve
             curve = curves[name.split("_")[0]]
             scores[name] = torch.trapezoid(curve.values, curve.fractions, dim=1)
         elif info.kind == "model":

@@ -28,6 +28,7 @@ from .data import DATASETS, TEXT_FILE_SUFFIXES, is_data_source
 from .metrics import METRICS
 from .metrics._base import resolve_metric_name as canon
 from .metrics._base import unknown_metric_hint
+from .metrics._removal import removal_from_spec
 from .pruning import MONOTONE_METHODS, PRUNING_METHODS, SCHEDULES
 
 __all__ = [
@@ -434,8 +435,15 @@ class MetricsConfig:
     ``<name>@vs_random``, see :func:`xprune.metrics.controls.versus_random`).
     With ``foreground`` every agreement metric but SSIM is also computed over
     the features where the input is nonzero only (``<name>@foreground``, see
-    :func:`xprune.metrics.on_features`). The other keys are shorthands for the most used
-    parameters; an explicit ``params`` entry wins over them.
+    :func:`xprune.metrics.on_features`). ``removal`` says what a feature is for every
+    metric that removes features (deletion, insertion, faithfulness correlation,
+    sensitivity-n, AOPC, ROAD, monotonicity, ...): a table naming a unit of
+    :data:`xprune.metrics._removal.REMOVAL_UNITS`, e.g. ``{unit = "patch",
+    frequency_bins = 8, frames = 4}`` for time-frequency patches of spectrograms
+    (``{unit = "segment", samples = 160}`` for waveforms); default: each kind's
+    single feature (a column, pixel, token or time-frequency bin). The other keys are
+    shorthands for the most used parameters; an explicit ``params`` entry wins over them
+    (``removal`` too, as a table in ``[metrics.params.<name>]``).
     """
 
     names: list[str] | None = None
@@ -448,6 +456,7 @@ class MetricsConfig:
     faithfulness_runs: int = 100
     sensitivity_radius: float = 0.1
     sensitivity_samples: int = 10
+    removal: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.names is not None and (not isinstance(self.names, list) or not self.names):
@@ -507,6 +516,17 @@ class MetricsConfig:
         for key in ("deletion_steps", "faithfulness_subset_size"):
             if getattr(self, key) is not None:
                 check_positive_int(getattr(self, key), f"metrics.{key}")
+        if self.removal is not None:
+            removal_from_spec(self.removal, "metrics.removal")
+        for name, values in self.params.items():
+            if isinstance(values.get("removal"), dict):
+                removal_from_spec(values["removal"], f"metrics.params.{name}.removal")
+
+    def removal_operator(self):
+        """The removal operator ``removal`` names (:func:`xprune.metrics._removal.
+        removal_from_spec`), None for each kind's default."""
+        return None if self.removal is None else removal_from_spec(self.removal,
+                                                                   "metrics.removal")
 
     def resolved_names(self, images: bool, tokens: bool = False) -> list[str]:
         """The metrics to compute for image (``images=True``) or other inputs.
@@ -549,7 +569,14 @@ class MetricsConfig:
             "avg_sensitivity": {"radius": self.sensitivity_radius,
                                 "n_samples": self.sensitivity_samples},
         }.get(name, {})
-        return {**shorthand, **self.params.get(name, {})}
+        if self.removal is not None and "removal" in inspect.signature(
+                METRICS[name].fn).parameters:
+            shorthand["removal"] = self.removal_operator()
+        params = {**shorthand, **self.params.get(name, {})}
+        if isinstance(params.get("removal"), dict):   # a table in [metrics.params.<name>]
+            params["removal"] = removal_from_spec(params["removal"],
+                                                  f"metrics.params.{name}.removal")
+        return params
 
 
 # metrics that perturb the inputs with continuous noise: token ids cannot take it (max- and

@@ -70,19 +70,20 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_tensor, closest_name
+from .._validation import check_positive_int, check_tensor, closest_name
 from ..attribution import make_baseline
 from ..attribution._inputs import ModelInputs
 from ._base import feature_map, target_scores
 
-__all__ = ["DropTokens", "Removal", "ReplaceAudio", "ReplaceColumns", "ReplacePixels",
-           "ReplaceTokens",
-           "as_baseline", "kind_of", "perturbed_scores", "removal_for"]
+__all__ = ["REMOVAL_UNITS", "DropTokens", "Grouped", "Removal", "ReplaceAudio",
+           "ReplaceColumns", "ReplacePixels", "ReplaceTokens", "as_baseline", "grouped",
+           "check_removal_spec", "kind_of", "perturbed_scores", "removal_for",
+           "removal_from_spec"]
 
 
 class Removal(ABC):
@@ -468,10 +469,14 @@ class ReplaceAudio(_Replacement):
             raise ValueError(f"Expected `inputs` to be audio for {metric}: spectrograms of "
                              f"shape (N, C, F, T) or waveforms (N, C, T), got shape "
                              f"{tuple(x.shape)}.")
+        axes = "(F, T)" if x.dim() == 4 else "(T,)"
         if self.patch is not None and len(self.patch) != x.dim() - 2:
             raise ValueError(f"Expected a `patch` of {x.dim() - 2} sizes for inputs of shape "
-                             f"{tuple(x.shape)} ({'(F, T)' if x.dim() == 4 else '(T,)'}), got "
-                             f"{self.patch}.")
+                             f"{tuple(x.shape)} ({axes}), got {self.patch}.")
+        if self.patch is not None and any(q > s for q, s in zip(self.patch, x.shape[2:],
+                                                                 strict=True)):
+            raise ValueError(f"Expected a `patch` no larger than the inputs' {axes} = "
+                             f"{tuple(x.shape[2:])} for {metric}, got {self.patch}.")
         return x
 
     def _sizes(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -553,8 +558,129 @@ def removal_for(inputs: Tensor, removal: Removal | None = None, *, kind: str | N
                          f"ReplaceAudio, ReplacePixels, ...), got {type(removal).__name__}.")
     if removal is None:
         removal = _DEFAULTS[kind_of(inputs) if kind is None else kind]()
+    elif kind is not None and removal.kind != kind:
+        raise ValueError(f"Expected a removal operator for {kind} data for {metric}, got "
+                         f"{type(removal).__name__}, which removes {removal.kind} features.")
     removal.check_inputs(inputs, metric)
     return removal
+
+
+@dataclass(frozen=True)
+class Grouped(Removal):
+    """Features grouped as ``groups`` groups them, removed element by element by ``inner``.
+
+    For operators that compute the replacement of single pixels (ROAD's noisy
+    linear imputation) on data whose features are groups of elements
+    (:class:`ReplaceAudio`'s time-frequency patches): ``groups`` says what a
+    feature is (:meth:`feature_scores`, ``n_features``, ``element_mask``),
+    ``inner`` what takes a removed element's place. Removing patch i removes
+    each of its bins through ``inner``.
+    """
+
+    inner: Removal
+    groups: ReplaceAudio
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.groups.kind
+
+    def check_inputs(self, inputs: Tensor, metric: str) -> Tensor:
+        self.inner.check_inputs(inputs, metric)
+        return self.groups.check_inputs(inputs, metric)
+
+    def feature_scores(self, values: Tensor) -> Tensor:
+        return self.groups.feature_scores(values)
+
+    def remove(self, inputs: Tensor, removed: Tensor, baseline: Tensor | float | None = None
+               ) -> Tensor:
+        x = self.check_inputs(inputs, "removal")
+        removed = check_removed(removed, x, self.groups.n_features(x.shape[1:])).to(x.device)
+        bins = self.groups.element_mask(removed, x.shape[1:])       # (N, *R, 1, *S)
+        bins = bins.reshape(*removed.shape[:-1], -1)                 # (N, *R, prod(S))
+        return self.inner.remove(x, bins, baseline)
+
+
+def grouped(inner: Removal, groups: Removal) -> Removal:
+    """``inner`` over the features of ``groups``: ``inner`` itself unless ``groups`` groups
+    several elements into a feature (a :class:`ReplaceAudio` with a patch larger than one bin)."""
+    if isinstance(groups, ReplaceAudio) and groups.patch is not None \
+            and math.prod(groups.patch) > 1:
+        return Grouped(inner, groups)
+    return inner
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """A removal a configuration names: the kind of data it applies to, its keys, its operator."""
+
+    kind: str
+    keys: tuple[str, ...]
+    make: Callable[..., Removal]
+    example: str
+
+
+#: The removals an analysis configuration names, ``[metrics] removal = {unit = ..., ...}``:
+#: what a feature is for the removal metrics, beyond each kind's default (one column, pixel,
+#: token or time-frequency bin, replaced by the baseline). Everything that differs by kind
+#: of data is here and in ``_DEFAULTS``; a new unit is one entry.
+REMOVAL_UNITS: dict[str, _Unit] = {
+    "patch": _Unit("audio", ("frequency_bins", "frames"),
+                   lambda frequency_bins, frames: ReplaceAudio(patch=(frequency_bins, frames)),
+                   '{unit = "patch", frequency_bins = 8, frames = 4}'),
+    "segment": _Unit("audio", ("samples",), lambda samples: ReplaceAudio(patch=(samples,)),
+                     '{unit = "segment", samples = 160}'),
+}
+
+
+def removal_from_spec(spec: object, name: str = "removal") -> Removal:
+    """The removal operator a configuration table names, e.g. ``{unit = "patch",
+    frequency_bins = 8, frames = 4}`` -> ``ReplaceAudio(patch=(8, 4))``.
+
+    Parameters
+    ----------
+    spec : Mapping
+        ``unit`` (one of :data:`REMOVAL_UNITS`) and that unit's keys, positive
+        integers: ``frequency_bins`` and ``frames`` for time-frequency patches
+        of spectrograms, ``samples`` for time segments of waveforms.
+    name : str
+        How errors name the table (``"metrics.removal"`` in a config).
+
+    Returns
+    -------
+    Removal
+        The operator; :func:`removal_for` then checks it against the data
+        (its kind, and a patch no larger than the inputs).
+
+    Raises
+    ------
+    ValueError
+        If ``spec`` is not a table, names no or an unknown ``unit``, has unknown
+        or missing keys (the message lists the expected ones), or a value that
+        is not a positive integer.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"Expected `{name}` to be a table such as "
+                         f"{REMOVAL_UNITS['patch'].example}, got {spec!r}.")
+    unit = spec.get("unit")
+    if unit not in REMOVAL_UNITS:
+        raise ValueError(f"Expected `{name}.unit` in {sorted(REMOVAL_UNITS)}, got {unit!r}."
+                         + closest_name(str(unit), list(REMOVAL_UNITS)))
+    entry = REMOVAL_UNITS[unit]
+    allowed = ("unit", *entry.keys)
+    for key in spec:
+        if key not in allowed:
+            raise ValueError(f"Unknown key `{key}` in `{name}` (unit {unit!r}); expected some "
+                             f"of {sorted(allowed)}." + closest_name(str(key), allowed))
+    missing = [k for k in entry.keys if k not in spec]
+    if missing:
+        raise ValueError(f"Expected `{name}` with unit {unit!r} to set {' and '.join(entry.keys)}"
+                         f", e.g. {entry.example}; missing {', '.join(missing)}.")
+    return entry.make(**{k: check_positive_int(spec[k], f"{name}.{k}") for k in entry.keys})
+
+
+def spec_kind(spec: object) -> str | None:
+    """The kind of data a (valid) removal table applies to, None for none."""
+    return REMOVAL_UNITS[spec["unit"]].kind if isinstance(spec, dict) else None
 
 
 def as_baseline(baseline: float | Tensor, x: Tensor) -> Tensor:
@@ -628,3 +754,45 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
         scores = scores.reshape(-1, n_per_sample)
         out.append(scores if reduce is None else reduce(sl, scores))
     return torch.cat(out)
+
+
+def check_removal_spec(spec: dict[str, Any], inputs: Tensor, kind: str | None, data: str,
+                       name: str = "metrics.removal") -> Removal:
+    """The operator a configured removal table names, checked against the data before training.
+
+    Parameters
+    ----------
+    spec : Mapping
+        As for :func:`removal_from_spec`.
+    inputs : Tensor of shape (N, *F)
+        A batch of the data (one sample suffices).
+    kind : str or None
+        The data's recorded kind (``DatasetSplit.kind``); None: told from the tensor.
+    data : str
+        The data set's name, for the messages.
+
+    Raises
+    ------
+    ValueError
+        On an invalid table (:func:`removal_from_spec`), data of another kind
+        than the unit removes from, inputs of the wrong number of axes for the
+        unit, or a patch larger than the inputs (naming the key and the size).
+    """
+    op = removal_from_spec(spec, name)
+    unit = REMOVAL_UNITS[spec["unit"]]
+    data_kind = kind or kind_of(inputs)
+    if op.kind != data_kind:
+        raise ValueError(f"Expected {op.kind} data for `{name}` (unit {spec['unit']!r} "
+                         f"removes {op.kind} features), got the data {data!r} of kind "
+                         f"{data_kind!r}; leave `{name}` out to remove each kind's single "
+                         f"features.")
+    if inputs.dim() - 2 != len(unit.keys):
+        raise ValueError(f"Expected inputs with {len(unit.keys)} axes after the channels for "
+                         f"`{name}` (unit {spec['unit']!r}: {', '.join(unit.keys)}), got the "
+                         f"data {data!r} of shape {tuple(inputs.shape[1:])} per sample.")
+    for key, size in zip(unit.keys, inputs.shape[2:], strict=True):
+        if spec[key] > size:
+            raise ValueError(f"Expected `{name}.{key}` <= {size}, the data {data!r}'s "
+                             f"{key.replace('_', ' ')} per sample (shape "
+                             f"{tuple(inputs.shape[1:])}), got {spec[key]}.")
+    return removal_for(inputs, op, kind=data_kind, metric=f"`{name}`")

@@ -21,7 +21,7 @@ from ._base import (
     values_of,
     warn_undefined,
 )
-from ._removal import perturbed_scores, removal_for
+from ._removal import Removal, perturbed_scores, removal_for
 
 __all__ = ["effective_complexity", "entropy_complexity", "gini_index",
            "model_effective_complexity", "top_k_mass"]
@@ -213,7 +213,8 @@ def model_effective_complexity(model: nn.Module, inputs: Tensor,
                                noise: tuple[float, float] = (0.0, 1.0),
                                output: str = "probability",
                                generator: torch.Generator | None = None,
-                               max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                               max_rows: int = DEFAULT_MAX_ROWS,
+                               removal: Removal | None = None) -> Tensor:
     """Effective complexity with the model: how many top-ranked features must be kept, per sample.
 
     Features are ranked by |a_i| (descending, ties by index); ``M_k`` is the
@@ -268,6 +269,11 @@ def model_effective_complexity(model: nn.Module, inputs: Tensor,
         (n_samples, *F) each); default ``torch.Generator().manual_seed(0)``.
     max_rows : int
         Largest forward pass. Cost: (d + 1) * n_samples rows per sample.
+    removal : Removal, optional
+        What a feature is (:mod:`xprune.metrics._removal`): with
+        ``ReplaceAudio(patch=(f, t))`` a time-frequency patch, ranked by the
+        magnitude of the map's sum over it and kept or replaced whole.
+        Default: that of the inputs' kind.
 
     Returns
     -------
@@ -294,7 +300,9 @@ def model_effective_complexity(model: nn.Module, inputs: Tensor,
     targets = model_targets(model, x, target)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     low, high = float(noise[0]), float(noise[1])
-    scores = feature_map(a).double()
+    removal = removal_for(x, removal, attributions=attributions,
+                          metric="model effective complexity")
+    scores = removal.feature_scores(a).double()
     n, d = scores.shape
     order = scores.abs().argsort(dim=1, descending=True, stable=True)
     # rank[i, j]: position of feature j in sample i's ranking (0 = the highest)
@@ -318,6 +326,6 @@ def model_effective_complexity(model: nn.Module, inputs: Tensor,
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
     losses = perturbed_scores(model, x, targets, masks_for, (d + 1) * n_samples,
                               replacement_for, output, max_rows, reduce=expected_loss,
-                              removal=removal_for(x, metric="model effective complexity"))
+                              removal=removal)
     below = losses < eps
     return below.double().argmax(dim=1).double()  # first k below tolerance (L(d) = 0 < eps)

@@ -44,7 +44,7 @@ from .._state import as_logits, eval_mode, model_device
 from .._validation import check_positive_int, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 from ..attribution._inputs import ModelInputs, TokenOptions, structure_inputs, token_feature_mask
-from ._base import check_output, feature_map, per_sample_masked, register, warn_undefined
+from ._base import check_output, per_sample_masked, register, warn_undefined
 from ._removal import (
     DropTokens,
     Removal,
@@ -98,7 +98,8 @@ class _Setup:
                              "Attributions record was computed on other inputs.")
         self.model, self.output, self.max_rows = model, output, max_rows
         self.structure = structure
-        self.scores = feature_map(values).double().cpu()                      # (N, d)
+        self.removal, self.baseline = self._removal(removal, baseline, tokens)
+        self.scores = self.removal.feature_scores(values).double().cpu()       # (N, d)
         n, d = self.scores.shape
         if feature_mask is None and isinstance(attributions, Attributions):
             feature_mask = attributions.feature_mask
@@ -117,7 +118,6 @@ class _Setup:
         self.kept = kept
         self.counts = kept.sum(dim=1)                                          # L per sample
         self.targets = self._targets(target)
-        self.removal, self.baseline = self._removal(removal, baseline, tokens)
 
     def _targets(self, target: Any) -> Tensor:
         t = check_targets(target, self.scores.shape[0], n_outputs(self.model,

@@ -29,7 +29,14 @@ from ._base import (
 )
 from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
 from ._imputation import NoisyLinearImputation
-from ._removal import Removal, as_baseline, perturbed_scores, removal_for, resolve_baseline
+from ._removal import (
+    Removal,
+    as_baseline,
+    grouped,
+    perturbed_scores,
+    removal_for,
+    resolve_baseline,
+)
 from .agreement import average_ranks
 
 __all__ = ["DEFAULT_MAX_STEPS", "DeletionCurve", "aopc", "deletion_auc", "deletion_curve", "faithfulness_correlation",
@@ -400,7 +407,8 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
                         target: Any, *, ns: list[int] | None = None,
                         baseline: float | Tensor = 0.0, n_runs: int = 100,
                         output: str = "logit", generator: torch.Generator | None = None,
-                        max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                        max_rows: int = DEFAULT_MAX_ROWS, removal: Removal | None = None
+                        ) -> Tensor:
     """Sensitivity-n (Ancona et al. 2018) for several subset sizes n, per sample.
 
     For each n, the Pearson correlation over ``n_runs`` random subsets S of n
@@ -432,6 +440,10 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
         n; the same seed gives bit-identical scores.
     max_rows : int
         Rows per forward pass at most.
+    removal : Removal, optional
+        What a feature is and how it is taken out, as for :func:`deletion_curve`
+        (``ReplaceAudio(patch=(4, 4))``: time-frequency patches, each ranked by
+        the map's sum over it). Default: that of the inputs' kind.
 
     Returns
     -------
@@ -460,7 +472,8 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
     check_positive_int(n_runs, "n_runs", minimum=2)
     check_positive_int(max_rows, "max_rows")
     targets = model_targets(model, x, target)
-    scores = feature_map(a).double()
+    removal = removal_for(x, removal, attributions=attributions, metric="sensitivity-n")
+    scores = removal.feature_scores(a).double()
     d = scores.shape[1]
     if d < 2:
         raise ValueError(f"Sensitivity-n needs at least 2 features, got {d}.")
@@ -472,7 +485,7 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     values = _subset_correlations(model, x, scores, targets, ns, n_runs=n_runs,
                                   baseline=baseline, output=output, generator=generator,
-                                  max_rows=max_rows)
+                                  max_rows=max_rows, removal=removal)
     _warn_nan(values, "sensitivity-n", "the map or the output drop is constant over the runs")
     return values
 
@@ -485,7 +498,7 @@ def sensitivity_n(model: nn.Module, inputs: Tensor, attributions: Tensor | Attri
                   target: Any, *, n: int | None = None, baseline: float | Tensor = 0.0,
                   n_runs: int = 100, output: str = "logit",
                   generator: torch.Generator | None = None,
-                  max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                  max_rows: int = DEFAULT_MAX_ROWS, removal: Removal | None = None) -> Tensor:
     """Sensitivity-n for one subset size n, per sample (Ancona et al. 2018).
 
     :func:`sensitivity_n_curve` with ``ns=[n]``; ``n`` defaults to a quarter
@@ -501,13 +514,15 @@ def sensitivity_n(model: nn.Module, inputs: Tensor, attributions: Tensor | Attri
         all-zero map or an output that does not move.
     """
     x, a = check_map_and_inputs(inputs, attributions)
-    d = feature_map(a[:1]).shape[1]
+    removal = removal_for(x, removal, attributions=attributions, metric="sensitivity-n")
+    d = removal.feature_scores(a[:1]).shape[1]
     if n is None:
         if d < 2:
             raise ValueError(f"Sensitivity-n needs at least 2 features, got {d}.")
         n = default_subset_size(d)
     return sensitivity_n_curve(model, x, a, target, ns=[n], baseline=baseline, n_runs=n_runs,
-                               output=output, generator=generator, max_rows=max_rows)[:, 0]
+                               output=output, generator=generator, max_rows=max_rows,
+                               removal=removal)[:, 0]
 
 
 # --- region perturbation / AOPC -----------------------------------------------------------
@@ -548,7 +563,8 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
                               patch_size: int = 1, steps: int | None = None,
                               baseline: float | Tensor | str = 0.0, output: str = "logit",
                               generator: torch.Generator | None = None,
-                              max_rows: int = DEFAULT_MAX_ROWS) -> DeletionCurve:
+                              max_rows: int = DEFAULT_MAX_ROWS,
+                              removal: Removal | None = None) -> DeletionCurve:
     """Region perturbation, most relevant first (MoRF; Samek et al. 2017), per sample.
 
     The image is tiled into non-overlapping ``patch_size`` x ``patch_size``
@@ -574,7 +590,8 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     target : int, sequence or Tensor of shape (N,)
     patch_size : int
         Side of a region in pixels, default 1 (one pixel: the 8 x 8 digits have
-        only 64); must be 1 for tabular inputs.
+        only 64); must be 1 for tabular inputs, and for a ``removal`` whose
+        features are already regions (audio patches).
     steps : int, optional
         L, the number of regions perturbed, in [1, number of regions]; default
         ``min(P, 64)`` for P regions (:data:`DEFAULT_MAX_STEPS`: all of the
@@ -592,6 +609,10 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
         Source of the ``"uniform"`` baseline, drawn sample by sample in batch order.
     max_rows : int
         Rows per forward pass at most.
+    removal : Removal, optional
+        What a feature is and how it is taken out, as for :func:`deletion_curve`;
+        with ``ReplaceAudio(patch=(f, t))`` the regions are those time-frequency
+        patches (``patch_size`` must then be 1). Default: that of the inputs' kind.
 
     Returns
     -------
@@ -610,12 +631,19 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     check_output(output)
     check_positive_int(max_rows, "max_rows")
     targets = model_targets(model, x, target)
-    ids, n_patches = _patch_ids(x.shape[1:], patch_size)
+    removal = removal_for(x, removal, attributions=attributions, metric="region perturbation")
+    scores = removal.feature_scores(a).double().cpu()
+    if scores.shape[1] == feature_map(a[:1]).shape[1]:   # features are pixels, bins, columns
+        ids, n_patches = _patch_ids(x.shape[1:], patch_size)
+    elif patch_size != 1:
+        raise ValueError(f"Expected `patch_size` = 1 with a removal whose features are "
+                         f"regions already ({removal}), got {patch_size!r}.")
+    else:                                               # the removal's patches are the regions
+        ids, n_patches = torch.arange(scores.shape[1]), scores.shape[1]
     steps = min(n_patches, DEFAULT_MAX_STEPS) if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n_patches:
         raise ValueError(f"Expected `steps` to be an integer in [1, {n_patches}] (the number "
                          f"of regions of side {patch_size}), got {steps!r}.")
-    scores = feature_map(a).double().cpu()
     n = scores.shape[0]
     relevance = torch.zeros(n, n_patches, dtype=torch.float64).index_add_(1, ids, scores)
     order = relevance.argsort(dim=1, descending=True, stable=True)
@@ -627,7 +655,6 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
     def masks_for(sl: slice) -> Tensor:  # True = the pixel's region has been perturbed
         return feature_rank[sl, None, :] < ks[None, :, None]
 
-    removal = removal_for(x, metric="region perturbation")
     values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
                               removal=removal)
     return DeletionCurve(fractions=torch.arange(steps + 1, dtype=torch.float64) / n_patches,
@@ -643,7 +670,7 @@ def aopc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, 
          *, patch_size: int = 1, steps: int | None = None,
          baseline: float | Tensor | str = 0.0, output: str = "logit",
          generator: torch.Generator | None = None,
-         max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+         max_rows: int = DEFAULT_MAX_ROWS, removal: Removal | None = None) -> Tensor:
     """Area over the MoRF perturbation curve, ``AOPC = 1/(L+1) sum_{k=0..L} f(x^(0)) - f(x^(k))``.
 
     Samek et al. 2017 average this over a data set; here it is per sample
@@ -667,7 +694,7 @@ def aopc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, 
     """
     curve = region_perturbation_curve(model, inputs, attributions, target, patch_size=patch_size,
                                       steps=steps, baseline=baseline, output=output,
-                                      generator=generator, max_rows=max_rows)
+                                      generator=generator, max_rows=max_rows, removal=removal)
     return (curve.values[:, :1] - curve.values).mean(dim=1)
 
 
@@ -681,7 +708,8 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
                              perturbation: str | Tensor = "uniform", noise_std: float = 0.1,
                              n_samples: int = 10, output: str = "probability",
                              generator: torch.Generator | None = None,
-                             max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+                             max_rows: int = DEFAULT_MAX_ROWS,
+                             removal: Removal | None = None) -> Tensor:
     """Monotonicity (Nguyen & Martinez 2020): Spearman's rho between |a_i| and e_i, per sample.
 
     ``e_i = E[(f_t(x) - f_t(x with feature i perturbed))^2]``, the expected
@@ -721,6 +749,11 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
         gives bit-identical scores.
     max_rows : int
         Rows per forward pass at most.
+    removal : Removal, optional
+        What a feature is, as for :func:`deletion_curve`: with
+        ``ReplaceAudio(patch=(f, t))`` feature i is a time-frequency patch,
+        perturbed as a whole (every bin takes the draw's values), and ``|a_i|``
+        is the magnitude of the map's sum over it. Default: that of the inputs' kind.
 
     Returns
     -------
@@ -756,7 +789,9 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
     targets = model_targets(model, x, target)
     n = x.shape[0]
     feat = x.shape[1:]
-    magnitude = feature_map(a).double().abs().cpu()
+    removal = removal_for(x, removal, attributions=attributions,
+                          metric="monotonicity correlation")
+    magnitude = removal.feature_scores(a).double().abs().cpu()
     d = magnitude.shape[1]
     image = len(feat) >= 2
     channel_shape = (feat[0],) + (1,) * (len(feat) - 1) if image else (1,) * len(feat)
@@ -778,7 +813,6 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
         raise ValueError(f"Expected `perturbation` to be 'uniform', 'normal' or a tensor of "
                          f"shape (N, n_samples, *F), got {perturbation!r}.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    removal = removal_for(x, metric="monotonicity correlation")
     original = target_scores(model, x, targets, output=output, max_rows=max_rows)
     block = max(1, max_rows // n_samples)            # features per forward pass
     loss = torch.empty(n, d, dtype=torch.float64)
@@ -834,7 +868,7 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
                target: Any, *, percentages: tuple[float, ...] = ROAD_PERCENTAGES,
                order: str = "morf", noise_std: float = 0.01, output: str = "probability",
                generator: torch.Generator | None = None,
-               max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+               max_rows: int = DEFAULT_MAX_ROWS, removal: Removal | None = None) -> Tensor:
     """ROAD: the target's score after removing a fraction p of pixels by imputation, per sample.
 
     For each p, the ``floor(p * H * W)`` pixels the map ranks highest (MoRF)
@@ -871,6 +905,12 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         percentage by percentage; the same seed gives bit-identical curves.
     max_rows : int
         Rows per forward pass at most.
+    removal : Removal, optional
+        What a feature is: ``ReplaceAudio(patch=(f, t))`` ranks time-frequency
+        patches of spectrograms by the map's sum over each and removes the
+        top ``floor(p * P)`` of the P patches, every bin of them imputed (the
+        imputation fills removed values, not the operator's baseline).
+        Default: pixels (bins of audio).
 
     Returns
     -------
@@ -894,8 +934,12 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     equals it.
     """
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    features = removal
     removal = removal_for(inputs, NoisyLinearImputation(noise_std, generator), metric="ROAD")
     x, a = check_map_and_inputs(inputs, attributions)
+    if features is not None:  # patches of audio: each bin of a removed patch imputed
+        removal = grouped(removal, removal_for(x, features, attributions=attributions,
+                                               metric="ROAD"))
     if output not in ROAD_OUTPUTS:
         raise ValueError(f"Expected `output` in {ROAD_OUTPUTS}, got {output!r}.")
     if order not in ("morf", "lerf"):
@@ -907,7 +951,7 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     for p in percentages:
         check_fraction(p, "percentages")
     targets = model_targets(model, x, target)
-    scores = feature_map(a).double().cpu()
+    scores = removal.feature_scores(a).double().cpu()
     n, d = scores.shape
     counts = [min(d - 1, int(math.floor(p * d + 1e-9))) for p in percentages]
     ranked = scores.argsort(dim=1, descending=True, stable=True)      # most relevant first
@@ -936,7 +980,7 @@ def road(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, 
          *, percentages: tuple[float, ...] = ROAD_PERCENTAGES, order: str = "morf",
          noise_std: float = 0.01, output: str = "probability",
          generator: torch.Generator | None = None,
-         max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
+         max_rows: int = DEFAULT_MAX_ROWS, removal: Removal | None = None) -> Tensor:
     """ROAD summarised per sample: the mean of :func:`road_curve` over the percentages.
 
     The mean weights every requested percentage equally and needs no x-axis
@@ -953,4 +997,4 @@ def road(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, 
     """
     return road_curve(model, inputs, attributions, target, percentages=percentages,
                       order=order, noise_std=noise_std, output=output, generator=generator,
-                      max_rows=max_rows).mean(dim=1)
+                      max_rows=max_rows, removal=removal).mean(dim=1)
