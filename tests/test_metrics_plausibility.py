@@ -1,6 +1,8 @@
 """Plausibility against a ground-truth rationale: token F1, token IOU and AUPRC (DeYoung et al.
 2020, ERASER), checked by hand, against a slow literal implementation per sample with
-scikit-learn's precision-recall curve (as ERASER and ferret compute AUPRC), and for padding."""
+scikit-learn's precision-recall curve (as ERASER and ferret compute AUPRC), and for padding;
+the mass on the rationale (relevance mass accuracy, Arras et al. 2022) by hand and against
+Quantus; audio spectrogram maps with formant-band masks."""
 
 import warnings
 
@@ -12,6 +14,7 @@ from sklearn.metrics import auc, precision_recall_curve
 from xprune.metrics import (
     UndefinedScoreWarning,
     rationale_auprc,
+    rationale_mass,
     rationale_top_k,
     token_f1,
     token_iou,
@@ -170,3 +173,79 @@ def test_equal_to_ferret_on_the_same_sentences_and_scores(ferret_reference):
             ours = fn(scores, truth, k=k, only_positive=only_pos, feature_mask=kept)
         torch.testing.assert_close(ours, torch.tensor(theirs, dtype=torch.float64), rtol=0,
                                    atol=1e-9, msg=key)
+
+
+def formant_masks(n, gen):
+    """(n, 40, 63) masks shaped like the vowels' ground truth: two bands of 2 mel bins (F1
+    and F2, at a per-sample height) while the vowel sounds (a per-sample span of frames)."""
+    mask = torch.zeros(n, 40, 63, dtype=torch.bool)
+    for i in range(n):
+        f1 = int(torch.randint(4, 14, (1,), generator=gen))
+        f2 = int(torch.randint(20, 34, (1,), generator=gen))
+        start = int(torch.randint(0, 30, (1,), generator=gen))
+        mask[i, f1:f1 + 2, start:start + 25] = True
+        mask[i, f2:f2 + 2, start:start + 25] = True
+    return mask
+
+
+def test_audio_maps_with_formant_masks_score_as_their_bins():
+    # spectrogram maps (N, 1, F, T) against (N, F, T) masks: every plausibility score equals
+    # the literal computation over the F * T bins, and the same with a (N, 1, F, T) mask
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(3, 1, 40, 63, generator=gen, dtype=torch.float64)
+    truth = formant_masks(3, gen)
+    a[:, 0] += 2.0 * truth  # maps that lean towards the bands, not perfectly
+    flat, flat_truth = a.reshape(3, -1), truth.reshape(3, -1)
+    for i in range(3):
+        f1, iou, auprc = literal_scores(flat[i].tolist(), flat_truth[i].tolist(), 252, True)
+        torch.testing.assert_close(token_f1(a, truth, k=252)[i].item(), f1)
+        torch.testing.assert_close(token_iou(a, truth, k=252)[i].item(), iou)
+        torch.testing.assert_close(rationale_auprc(a, truth)[i].item(), auprc)
+        mass = flat[i].abs()
+        torch.testing.assert_close(rationale_mass(a, truth)[i].item(),
+                                   (mass[flat_truth[i]].sum() / mass.sum()).item())
+    for fn in (rationale_auprc, rationale_mass):
+        torch.testing.assert_close(fn(a, truth[:, None]), fn(a, truth))
+    torch.testing.assert_close(token_f1(a, truth[:, None], k=252), token_f1(a, truth, k=252))
+
+
+def test_rationale_mass_closed_forms():
+    truth = torch.tensor([[True, True, False, False, False]])
+    torch.testing.assert_close(rationale_mass(truth.double(), truth),
+                               torch.ones(1, dtype=torch.float64))
+    torch.testing.assert_close(rationale_mass((~truth).double(), truth),
+                               torch.zeros(1, dtype=torch.float64))
+    torch.testing.assert_close(rationale_mass(torch.full((1, 5), -3.0), truth),
+                               torch.tensor([0.4], dtype=torch.float64))   # |R| / d
+    a = torch.tensor([[2.0, -1.0, 0.5, -4.0, 0.5]])
+    torch.testing.assert_close(rationale_mass(a, truth), torch.tensor([3.0 / 8.0],
+                                                                      dtype=torch.float64))
+    torch.testing.assert_close(rationale_mass(a, truth, only_positive=True),
+                               torch.tensor([2.0 / 3.0], dtype=torch.float64))
+    torch.testing.assert_close(rationale_mass(7.0 * a, truth), rationale_mass(a, truth))
+    kept = torch.tensor([[True, True, True, False, True]])   # the -4 is padding
+    torch.testing.assert_close(rationale_mass(a, truth, feature_mask=kept),
+                               torch.tensor([3.0 / 4.0], dtype=torch.float64))
+
+
+def test_rationale_mass_equals_quantus_relevance_mass_accuracy():
+    import quantus
+
+    gen = torch.Generator().manual_seed(6)
+    a = torch.randn(4, 1, 40, 63, generator=gen, dtype=torch.float64)
+    truth = formant_masks(4, gen)
+    metric = quantus.RelevanceMassAccuracy(abs=True, normalise=False, disable_warnings=True)
+    expected = metric(model=None, x_batch=np.zeros((4, 1, 40, 63)), y_batch=np.zeros(4, int),
+                      a_batch=a.numpy().copy(), s_batch=truth[:, None].numpy().astype(float))
+    torch.testing.assert_close(rationale_mass(a, truth),
+                               torch.tensor(expected, dtype=torch.float64))
+
+
+def test_rationale_mass_is_undefined_without_mass_or_rationale():
+    a = torch.tensor([[0.0, 0.0], [0.3, 0.1], [0.2, 0.2]])
+    truth = torch.tensor([[True, False], [False, False], [False, True]])
+    with pytest.warns(UndefinedScoreWarning) as record:
+        out = rationale_mass(a, truth)
+    assert torch.isnan(out[:2]).all() and out[2].item() == 0.5
+    reasons = " ".join(str(w.message) for w in record)
+    assert "no mass" in reasons and "empty rationale" in reasons

@@ -68,7 +68,7 @@ from .faithfulness import (
     sensitivity_n,
     sensitivity_n_curve,
 )
-from .plausibility import rationale_auprc, rationale_top_k, token_f1, token_iou
+from .plausibility import rationale_auprc, rationale_mass, rationale_top_k, token_f1, token_iou
 from .sanity import (
     RandomisationCurve,
     model_parameter_randomisation,
@@ -130,6 +130,7 @@ __all__ = [
     "random_logit",
     "random_map_like",
     "rationale_auprc",
+    "rationale_mass",
     "rationale_top_k",
     "region_perturbation_curve",
     "relative_input_stability",

@@ -27,7 +27,7 @@ from .._validation import check_count
 from ..attribution import Attributions
 from ._base import feature_map, register, values_of, warn_undefined
 
-__all__ = ["rationale_auprc", "rationale_top_k", "token_f1", "token_iou"]
+__all__ = ["rationale_auprc", "rationale_mass", "rationale_top_k", "token_f1", "token_iou"]
 
 _EMPTY = "empty rationale (no evidence feature to find)"
 _REFERENCE = ("DeYoung et al. 2020, ERASER: A Benchmark to Evaluate Rationalized NLP Models "
@@ -248,6 +248,67 @@ def rationale_auprc(a: Tensor | Attributions, rationale: Tensor, *,
     pieces = (recall - prev_r) * (precision + prev_p) / 2
     area = torch.where(last_of_run, pieces, torch.zeros_like(pieces)).sum(dim=1)
     return _undefined_without_rationale(area, positives[:, 0], "rationale_auprc")
+
+
+@register(category="plausibility", kind="rationale", higher_is_better=True, range=(0.0, 1.0),
+          reference="Arras, Osman & Samek 2022, 'CLEVR-XAI: a benchmark dataset for the ground "
+                    "truth evaluation of neural network explanations', Information Fusion "
+                    "(relevance mass accuracy); Quantus 0.6 RelevanceMassAccuracy",
+          undefined=_EMPTY + "; all-zero map (no mass to place)")
+def rationale_mass(a: Tensor | Attributions, rationale: Tensor, *, only_positive: bool = False,
+                   feature_mask: Tensor | None = None) -> Tensor:
+    """The fraction of the map's mass that lies on the rationale (relevance mass accuracy).
+
+    ``sum_{i in R} m_i / sum_i m_i`` per sample over the kept features, with
+    ``m_i = |s_i|`` (default) or ``max(s_i, 0)`` (``only_positive``, Arras et
+    al.'s positive relevance), ``s_i`` the feature's score (a pixel's or
+    time-frequency bin's channels summed first). For the synthesised vowels: the
+    share of the map's energy in the formant bands. Unlike the top-k scores
+    it uses the whole map, and unlike AUPRC its magnitudes, not only its ranking.
+
+    Parameters
+    ----------
+    a : Tensor of shape (N, *F) or Attributions
+    rationale : bool Tensor of the feature shape (N, T), (N, F) or (N, *S)
+        (or (N, C, *S), reduced over channels with ``any``).
+    only_positive : bool
+        Count positive scores only (negative ones carry no mass).
+    feature_mask : bool Tensor of the feature shape, optional
+        Features outside it (padding) count neither above nor below the line.
+
+    Returns
+    -------
+    Tensor of shape (N,), float64
+        In [0, 1]; higher = more plausible. A map inside the rationale scores
+        1, one outside it 0, a constant map ``|R| / d``. Invariant to positive
+        scaling of the map. NaN, with an UndefinedScoreWarning, for a sample
+        whose rationale is empty or whose map has no mass (all zero, or no
+        positive score with ``only_positive``).
+
+    Raises
+    ------
+    ValueError
+        If a mask has the wrong shape or dtype.
+
+    Notes
+    -----
+    Quantus 0.6 ``RelevanceMassAccuracy`` with ``abs=True, normalise=False``
+    gives the same values on one-channel maps (it takes ``|a|`` per element,
+    before any channel sum).
+    """
+    scores, truth, kept = _features(a, rationale, feature_mask)
+    mass = scores.clamp_min(0.0) if only_positive else scores.abs()
+    mass = mass.masked_fill(~kept, 0.0)
+    truth = truth & kept
+    total = mass.sum(dim=1)
+    share = (mass * truth).sum(dim=1) / total.clamp_min(1e-300)
+    nan = torch.full_like(share, float("nan"))
+    for undefined, reason in ((total <= 0, "the map has no mass (all zero)"),
+                              (~truth.any(dim=1), _EMPTY)):
+        warn_undefined(torch.where(undefined, nan, share), "rationale_mass", reason,
+                       stacklevel=3)
+        share = torch.where(undefined, nan, share)
+    return share
 
 
 def _undefined_without_rationale(score: Tensor, positives: Tensor, name: str) -> Tensor:

@@ -32,7 +32,8 @@ __all__ = ["SIDE_BY_SIDE_METRICS", "architecture_label", "render_side_by_side",
            "side_by_side_summary"]
 
 #: The metrics compared across architectures, by family, where the runs hold them.
-SIDE_BY_SIDE_METRICS = [("plausibility", "rationale_auprc"), ("plausibility", "token_iou"),
+SIDE_BY_SIDE_METRICS = [("plausibility", "rationale_auprc"), ("plausibility", "rationale_mass"),
+                        ("plausibility", "token_iou"),
                         ("faithfulness", "deletion_auc@vs_random"),
                         ("faithfulness", "faithfulness_correlation"),
                         ("agreement", "spearman"), ("agreement", "top_k_intersection")]
