@@ -35,6 +35,18 @@ Operators
 :class:`~xprune.metrics._imputation.NoisyLinearImputation` (image)
     ROAD's noisy linear imputation (Rong, Leemann et al. 2022): a removed pixel
     becomes the weighted mean of its neighbours plus noise; no baseline.
+:class:`Grouped`
+    An element-wise operator (the imputation) over the features of another
+    (:class:`ReplaceAudio`'s patches): ROAD on spectrograms by patches.
+
+Every metric that removes features takes ``removal=`` and ranks the
+operator's features (:meth:`Removal.feature_scores`): deletion, insertion,
+faithfulness correlation, sensitivity-n, region perturbation (AOPC),
+monotonicity, model effective complexity, ROAD and the erasure metrics.
+An analysis names the operator in its config, ``[metrics] removal = {unit =
+"patch", frequency_bins = 2, frames = 4}``: :data:`REMOVAL_UNITS` maps each
+unit to its kind of data, keys and operator (:func:`removal_from_spec`), and
+:func:`check_removal_spec` checks it against the data before any training.
 
 Adding a kind of data
 ---------------------
