@@ -182,6 +182,23 @@ def test_block_diagonal_sparse_solve_in_chunks_equals_one_solve(monkeypatch):
     torch.testing.assert_close(_impute_sparse(images, removed, 6, 6), whole, atol=1e-13,
                                rtol=0)
     torch.testing.assert_close(whole, scipy_rows(images, removed, 6, 6), atol=1e-12, rtol=0)
+    monkeypatch.setattr(_imputation, "_BANDED_MAX_WIDTH", 0)        # spsolve's own ordering
+    torch.testing.assert_close(_impute_sparse(images, removed, 6, 6), whole, atol=1e-12,
+                               rtol=0)
+
+
+def test_imputation_runs_on_one_thread_and_restores_the_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _imputation._one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), _imputation._one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cholesky_failure_falls_back_to_lu():
