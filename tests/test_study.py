@@ -284,14 +284,95 @@ LIGHT = {"train": {"epochs": 1}, "pruning": {"finetune_epochs": 0},
 
 
 def test_a_dataloader_or_any_iterable_of_batches_is_the_data_it_yields(data):
-    """A DataLoader (and a generator of batches) gives the numbers of its tensors."""
+    """A DataLoader is split as its tensors are (the same partition), kept in the loader's
+    order; a generator of batches (read once) is collected and gives the tensors' numbers."""
+    from xprune.data import _split_indices
+
     x, y = data.x_train[:150], data.y_train[:150]
-    loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    kw = dict(sparsities=0.5, progress=False, config=LIGHT)
+    loader = DataLoader(TensorDataset(x, y), batch_size=150)  # one batch: full-batch training
+    kw = dict(sparsities=0.5, progress=False, config={**LIGHT, "train": {
+        "epochs": 1, "batch_size": 150}})
+    parts = dict(zip(("train", "val", "test"), (i.sort().values for i in _split_indices(
+        y.numpy(), seed=0, val_size=0.2, test_size=0.2)), strict=True))
+    in_order = xprune.study(_mlp, {k: (x[i], y[i]) for k, i in parts.items()}, **kw)
+    _assert_same_results(xprune.study(_mlp, loader, **kw), in_order)
+    kw["config"] = LIGHT
     expected = xprune.study(_mlp, (x, y), **kw).results
-    pd.testing.assert_frame_equal(xprune.study(_mlp, loader, **kw).results, expected)
     batches = ((x[i:i + 50], y[i:i + 50]) for i in range(0, 150, 50))
     pd.testing.assert_frame_equal(xprune.study(_mlp, batches, **kw).results, expected)
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    with pytest.raises(ValueError, match="same order on every pass .* shuffle=False"):
+        xprune.study(_mlp, shuffled, **kw)
+
+
+class _Counted(torch.utils.data.Dataset):
+    """A data set that counts its reads, batched by a collate function that follows every
+    batch's storage: ``max_live`` is the most batches alive at once."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads, self.alive, self.max_live = x, y, 0, [], 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i].clone(), self.y[i]
+
+    def collate(self, items):
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        x = torch.stack([a for a, _ in items])
+        self.alive = [r for r in self.alive if not r.expired()]
+        self.alive.append(StorageWeakRef(x.untyped_storage()))
+        self.max_live = max(self.max_live, len(self.alive))
+        return x, torch.stack([b for _, b in items])
+
+
+STREAMED = {"train": {"epochs": 2, "batch_size": 16}, "pruning": {
+    "method": "wanda", "sparsities": [0.5], "finetune_epochs": 1, "reference_samples": 40},
+    "controls": {"other_seed": True, "finetune": True},
+    "attribution": {"n_samples": 6, "methods": ["saliency"]},
+    "metrics": {"names": ["gini_index", "deletion_auc"], "versus_random": []},
+    "report": {"latency_batch": 4}}
+
+
+def test_a_dataloader_is_streamed_batch_by_batch_never_held_whole(data):
+    """Training, fine-tuning, Wanda's calibration and the evaluation read a DataLoader one
+    batch at a time: at most a few batches are alive at once (of 19 per pass), and only the
+    explained test rows are held."""
+    train_set = _Counted(data.x_train[:300], data.y_train[:300])
+    test_set = _Counted(data.x_test, data.y_test)
+    loaders = {k: DataLoader(d, batch_size=16, collate_fn=d.collate)
+               for k, d in (("train", train_set), ("test", test_set))}
+    study = xprune.study(_mlp, loaders, progress=False, config=STREAMED)
+    assert train_set.reads >= 300 * 5  # dense, other seed (2 epochs each), 2 fine-tunings
+    assert train_set.max_live <= 3 and test_set.max_live <= 3
+    assert study.models["accuracy"].notna().all()
+    assert study.results["sample"].nunique() == 6
+
+
+def test_a_dataloader_gives_the_numbers_of_its_tensors(data):
+    """The same data as DataLoaders (not shuffled, full-batch training so that the order of a
+    batch's rows is all that differs) or as tensors: the same results, seed for seed."""
+    x, y = data.x_train[:200], data.y_train[:200]
+    config = {**STREAMED, "train": {"epochs": 2, "batch_size": 200}}
+    tensors = xprune.study(_mlp, {"train": (x, y), "test": (data.x_test, data.y_test)},
+                           progress=False, config=config)
+    loaders = {"train": DataLoader(TensorDataset(x, y), batch_size=200),
+               "test": DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=16)}
+    _assert_same_results(xprune.study(_mlp, loaders, progress=False, config=config), tensors)
+
+
+def _assert_same_results(study, expected):
+    """The same rows, and values equal up to the order of float sums."""
+    pd.testing.assert_frame_equal(study.results.drop(columns="value"),
+                                  expected.results.drop(columns="value"))
+    torch.testing.assert_close(torch.tensor(study.results["value"].to_numpy()),
+                               torch.tensor(expected.results["value"].to_numpy()))
+    for column in ("accuracy", "ece", "nll", "measured_sparsity"):
+        torch.testing.assert_close(torch.tensor(study.models[column].to_numpy()),
+                                   torch.tensor(expected.models[column].to_numpy()))
 
 
 def test_collect_batches_pads_token_batches_to_one_length():

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from ._state import as_logits, model_device, model_dtype, to_model
 
-__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "forward",
-           "is_stream", "n_samples"]
+__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "first_rows",
+           "forward", "is_stream", "n_samples"]
 
 Inputs = Tensor | Mapping[str, Tensor]
 """One batch of model inputs: a tensor (B, *F) or a mapping of tensors whose first dim is B."""
@@ -172,6 +172,35 @@ def first_inputs(data: Data, *, argument: str = "data") -> Inputs:
     for inputs, _ in batches(data, argument=argument):
         return inputs
     raise AssertionError("unreachable: batches() raises on empty data")
+
+
+class _FirstRows:
+    """The batches of a stream up to its first ``n`` samples (the last one cut), re-iterable."""
+
+    def __init__(self, data: Data, n: int) -> None:
+        self.data, self.n = data, n
+
+    def __iter__(self) -> Iterator[tuple[Inputs, Tensor | None]]:
+        left = self.n
+        for inputs, labels in batches(self.data, argument="data"):
+            if left <= 0:
+                return
+            size = n_samples(inputs)
+            if size > left:
+                inputs = _slice(inputs, 0, left)
+                labels = None if labels is None else labels[:left]
+            left -= min(size, left)
+            yield inputs, labels
+
+
+def first_rows(data: Data, n: int) -> Data:
+    """The first ``n`` samples of ``data``: in memory, views of them; a stream, a stream that
+    stops after them (read again on every pass, one batch at a time)."""
+    whole = _in_memory(data, "data") if not is_stream(data) else None
+    if whole is not None:
+        x, y = whole
+        return _slice(x, 0, n), None if y is None else y[:n]
+    return _FirstRows(data, n)
 
 
 def _to_device(inputs: Inputs, model: nn.Module) -> Inputs:
