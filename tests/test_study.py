@@ -471,8 +471,14 @@ def test_tokenizer_output_whose_mask_does_not_follow_from_the_ids_is_refused(ber
     with pytest.raises(ValueError, match=r"attention_mask of `data` to be input_ids != pad id"):
         xprune.study(bert, ({"input_ids": ids, "attention_mask": mask}, labels),
                      progress=False, config=LIGHT)
-    with pytest.raises(ValueError, match="token_type_ids of `data` to be all 0"):
+    with pytest.raises(ValueError, match="token_type_ids of `data` to be 0 on the first "
+                                         "sequence .* got 1 from the first token"):
         xprune.study(bert, ({"input_ids": ids, "token_type_ids": torch.ones_like(ids)}, labels),
+                     progress=False, config=LIGHT)
+    types = (torch.arange(10) >= 3).long().expand_as(ids).clone()  # a second segment, no [SEP]
+    types[0, 5] = 0
+    with pytest.raises(ValueError, match=r"sentence pairs in `data` to be separated by one id"):
+        xprune.study(bert, ({"input_ids": ids, "token_type_ids": types}, labels),
                      progress=False, config=LIGHT)
 
 
@@ -496,3 +502,112 @@ def test_run_analysis_and_study_run_the_one_stage_sequence(monkeypatch, data, tm
                  render=False)
     xprune.study(_mlp, data, config=config, progress=False)
     assert calls == [False, True]
+
+
+# ---------------------------------------------------------------- sentence pairs
+
+PAIR_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "plot", "a",
+              "the", "was", "is", "fine", "dull", "long"]
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Sentence pairs (text, text_pair) through a BERT WordPiece tokenizer built from a local
+    vocabulary (nothing downloaded), labelled 1 where "good" is in the second sentence, and a
+    tiny BERT trained on them with the token types the tokenizer gives."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from xprune._study import TokenIds
+    from xprune.models import train
+
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(PAIR_WORDS)})
+    g = torch.Generator().manual_seed(0)
+    words = PAIR_WORDS[5:]
+
+    def sentence():
+        n = int(torch.randint(2, 6, (1,), generator=g))
+        return " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g))
+
+    first, second = [sentence() for _ in range(120)], [sentence() for _ in range(120)]
+    labels = torch.tensor([int("good" in s.split()) for s in second])
+    enc = tokenizer(first, second, padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(PAIR_WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=2, pad_token_id=0))
+    train(TokenIds(model, 0, ("input_ids", "attention_mask", "token_type_ids"),
+                   sep_token_id=tokenizer.sep_token_id), enc["input_ids"], labels, epochs=3)
+    return tokenizer, dict(enc), labels, model.eval()
+
+
+def test_segment_ids_are_the_token_types_a_tokenizer_gives_pairs(pairs):
+    from xprune._study import segment_ids
+
+    tokenizer, enc, _, _ = pairs
+    assert bool(enc["token_type_ids"].any())  # pairs: a second segment
+    torch.testing.assert_close(segment_ids(enc["input_ids"], tokenizer.sep_token_id, 0),
+                               enc["token_type_ids"], rtol=0, atol=0)
+
+
+def test_sentence_pairs_are_studied_with_their_token_types(pairs):
+    """A tokenizer's output of pairs (token_type_ids 1 on the second sentence): the study calls
+    the model with the token types rebuilt from the ids, masks [CLS] and [SEP] (found from the
+    segments), and its dense maps are those of the tokenizer output as given."""
+    tokenizer, enc, labels, model = pairs
+    cut = 80
+    splits = {"train": ({k: v[:cut] for k, v in enc.items()}, labels[:cut]),
+              "test": ({k: v[cut:] for k, v in enc.items()}, labels[cut:])}
+    config = {**LIGHT, "metrics": {"names": ["gini_index", "comprehensiveness"],
+                                   "versus_random": [], "params": {"comprehensiveness": {
+                                       "baseline": tokenizer.mask_token_id}}}}
+    study = xprune.study(model, splits, sparsities=0.5, progress=False, config=config)
+    inputs = {k: v[cut:cut + 4] for k, v in enc.items()}
+    target = model(**inputs).logits.argmax(dim=1)
+    attrs = xprune.attribute(model, inputs, target, "saliency", tokens={
+        "special_token_ids": (tokenizer.cls_token_id, tokenizer.sep_token_id)})
+    dense = study.results.query("model == 'dense' and metric == 'gini_index'")
+    assert dense["target"].tolist() == target.tolist()
+    torch.testing.assert_close(torch.tensor(dense["value"].to_numpy()),
+                               xprune.metrics.gini_index(attrs))
+    assert study.results.query("metric == 'comprehensiveness'")["value"].notna().all()
+    # the token types as given are what the model sees: without them the maps differ
+    plain = xprune.attribute(model, {k: v for k, v in inputs.items() if k != "token_type_ids"},
+                             target, "saliency", tokens={"special_token_ids": (2, 3)})
+    assert not torch.allclose(xprune.metrics.gini_index(plain), xprune.metrics.gini_index(attrs))
+
+
+def test_deleted_tokens_take_their_token_types_and_never_a_separator(pairs):
+    """comprehensiveness with tokens deleted (removal='delete') on pairs: every row the model
+    sees keeps [CLS], both [SEP] and the token type of each kept token (the types of the kept
+    tokens are those their segment gives), whatever was deleted."""
+    from xprune._study import segment_ids
+
+    tokenizer, enc, _, model = pairs
+    inputs = {k: v[:6] for k, v in enc.items()}
+    target = model(**inputs).logits.argmax(dim=1)
+    attrs = xprune.attribute(model, inputs, target, "saliency", tokens={
+        "special_token_ids": (tokenizer.cls_token_id, tokenizer.sep_token_id)})
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            seen.append((input_ids, attention_mask, token_type_ids))
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits
+
+    xprune.metrics.comprehensiveness(Recorder(), inputs, attrs, target, removal="delete",
+                                     fractions=(0.2, 0.5, 1.0))
+    rows = 0
+    for ids, mask, types in seen:
+        for i in range(len(ids)):
+            kept = mask[i].bool()
+            row, row_types = ids[i][kept], types[i][kept]
+            assert row[0] == tokenizer.cls_token_id
+            assert int((row == tokenizer.sep_token_id).sum()) == 2
+            assert torch.equal(row_types, segment_ids(row[None], tokenizer.sep_token_id, 0)[0])
+            rows += 1
+    assert rows > len(inputs["input_ids"])  # rows with tokens deleted were seen

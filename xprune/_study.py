@@ -740,6 +740,10 @@ def _token_layout(encodings: Sequence[tuple[str, Mapping]], model: object) -> To
             paired = types.bool().any(dim=1)
             if bool(paired.any()):  # sentence pairs: the token before the second segment
                 start = types[paired].bool().long().argmax(dim=1)
+                if bool((start == 0).any()):
+                    raise ValueError(f"Expected the token_type_ids of `data` to be 0 on the "
+                                     f"first sequence and 1 on the second of a pair, got 1 "
+                                     f"from the first token ({where}).")
                 seps |= set(ids[paired][torch.arange(len(start)), (start - 1).clamp(min=0)]
                             .tolist())
                 firsts |= set(ids[paired][:, 0].tolist())
