@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ._state import as_logits, model_device, model_dtype, to_model
 
 __all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "first_rows",
-           "forward", "is_stream", "n_samples"]
+           "forward", "is_stream", "n_samples", "slice_rows"]
 
 Inputs = Tensor | Mapping[str, Tensor]
 """One batch of model inputs: a tensor (B, *F) or a mapping of tensors whose first dim is B."""
@@ -94,6 +94,12 @@ def n_samples(inputs: Inputs) -> int:
         return next(iter(sizes.values()))
     raise TypeError(f"Expected a batch of inputs to be a tensor or a mapping of tensors, got "
                     f"{type(inputs).__name__}.")
+
+
+def slice_rows(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start:stop`` of a batch of inputs (a tensor, or every tensor of a mapping):
+    views, never copies."""
+    return _slice(inputs, start, stop)
 
 
 def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
