@@ -33,8 +33,8 @@ from torch import Tensor, nn
 
 from ._state import as_logits, model_device, model_dtype, to_model
 
-__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "forward",
-           "is_stream", "n_samples"]
+__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "first_rows",
+           "forward", "is_stream", "n_samples", "slice_rows"]
 
 Inputs = Tensor | Mapping[str, Tensor]
 """One batch of model inputs: a tensor (B, *F) or a mapping of tensors whose first dim is B."""
@@ -94,6 +94,12 @@ def n_samples(inputs: Inputs) -> int:
         return next(iter(sizes.values()))
     raise TypeError(f"Expected a batch of inputs to be a tensor or a mapping of tensors, got "
                     f"{type(inputs).__name__}.")
+
+
+def slice_rows(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start:stop`` of a batch of inputs (a tensor, or every tensor of a mapping):
+    views, never copies."""
+    return _slice(inputs, start, stop)
 
 
 def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
@@ -172,6 +178,35 @@ def first_inputs(data: Data, *, argument: str = "data") -> Inputs:
     for inputs, _ in batches(data, argument=argument):
         return inputs
     raise AssertionError("unreachable: batches() raises on empty data")
+
+
+class _FirstRows:
+    """The batches of a stream up to its first ``n`` samples (the last one cut), re-iterable."""
+
+    def __init__(self, data: Data, n: int) -> None:
+        self.data, self.n = data, n
+
+    def __iter__(self) -> Iterator[tuple[Inputs, Tensor | None]]:
+        left = self.n
+        for inputs, labels in batches(self.data, argument="data"):
+            if left <= 0:
+                return
+            size = n_samples(inputs)
+            if size > left:
+                inputs = _slice(inputs, 0, left)
+                labels = None if labels is None else labels[:left]
+            left -= min(size, left)
+            yield inputs, labels
+
+
+def first_rows(data: Data, n: int) -> Data:
+    """The first ``n`` samples of ``data``: in memory, views of them; a stream, a stream that
+    stops after them (read again on every pass, one batch at a time)."""
+    whole = _in_memory(data, "data") if not is_stream(data) else None
+    if whole is not None:
+        x, y = whole
+        return _slice(x, 0, n), None if y is None else y[:n]
+    return _FirstRows(data, n)
 
 
 def _to_device(inputs: Inputs, model: nn.Module) -> Inputs:

@@ -54,6 +54,12 @@ class DatasetSplit:
         The kind of data where the shape does not tell it: ``"audio"`` for
         spectrograms, recorded in the maps so that the removal metrics take
         out time-frequency bins or patches (:class:`xprune.metrics.ReplaceAudio`).
+    train_batches, test_batches : re-iterable of (inputs, labels) batches, or None
+        Streamed splits (:func:`xprune.study` given a DataLoader): training,
+        fine-tuning and pruning calibration read ``train_batches`` and the
+        model tables evaluate on ``test_batches``, one batch at a time. Then
+        ``x_train`` and ``x_test`` hold only the first rows of their split
+        (those explained, timed and checked), while the labels ``y_*`` are whole.
     """
 
     name: str
@@ -71,6 +77,8 @@ class DatasetSplit:
     pad_token_id: int | None = None
     special_token_ids: tuple[int, ...] = ()
     kind: str | None = None
+    train_batches: object = None
+    test_batches: object = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
