@@ -113,3 +113,56 @@ def test_one_output_probability_is_refused(regression):
                                           steps=5)
     with torch.no_grad():
         assert torch.equal(logit.values[:, 0], model(x[:6])[:, 0].double())
+
+
+def test_structured_magnitude_with_keyword_inputs():
+    """tests/cases_s6/004-structured-keyword-inputs.md: the example rows are every input's."""
+    num, cat, y = _two_input_data()
+    torch.manual_seed(0)
+    model = TwoInput()
+    pair = xprune.prune(model, 0.3, method="structured", data=({"num": num, "cat": cat}, y))
+    # the hidden units a and b share (their sum) are removed together: 8 -> fewer, in both
+    kept = pair.sparse.a.out_features
+    assert kept < 8 and pair.sparse.b.out_features == kept == pair.sparse.fc.in_features
+    with torch.no_grad():  # the masked twin computes what the smaller model computes
+        torch.testing.assert_close(pair.sparse(num, cat), pair.twin(num, cat))
+    with pytest.raises(ValueError, match=r"criterion 'taylor'.*criterion='magnitude'"):
+        xprune.prune(model, 0.3, method="structured", data=({"num": num, "cat": cat}, y),
+                     options={"criterion": "taylor"})
+
+
+def test_structured_refuses_distilbert_attention():
+    """tests/cases_s6/005-structured-distilbert.md"""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.DistilBertConfig(vocab_size=40, dim=16, n_layers=1, n_heads=2,
+                                           hidden_dim=32, max_position_embeddings=16,
+                                           pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.DistilBertForSequenceClassification(config)
+    ids = torch.randint(5, 40, (8, 6))
+    data = (ids, ids[:, 0] % 2)
+    with pytest.raises(ValueError, match=r"attention module\(s\) "
+                                         r"\['distilbert\.transformer\.layer\.0\.attention'\]"):
+        xprune.prune(model, 0.5, method="structured", data=data)
+    pair = xprune.prune(model, 0.3, method="structured", data=data, layers="*ffn.lin1")
+    assert pair.sparse.distilbert.transformer.layer[0].ffn.lin1.out_features < 32
+    assert pair.sparse(ids).logits.shape == (8, 2)
+
+
+def test_structured_with_nothing_removable_is_refused():
+    """tests/cases_s6/006-structured-nothing-removable.md: no silent sparsity 0."""
+
+    class LSTMText(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8, padding_idx=0)
+            self.lstm = nn.LSTM(8, 8, batch_first=True)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, ids):
+            return self.fc(self.lstm(self.emb(ids))[0][:, -1])
+
+    ids = torch.randint(1, 20, (16, 5))
+    with pytest.raises(ValueError, match=r"no layer whose channels it can remove.*"
+                                         r"\['lstm'\] use method='rnn_units'"):
+        xprune.prune(LSTMText(), 0.5, method="structured", data=(ids, ids[:, 0] % 2))
