@@ -166,3 +166,48 @@ def test_structured_with_nothing_removable_is_refused():
     with pytest.raises(ValueError, match=r"no layer whose channels it can remove.*"
                                          r"\['lstm'\] use method='rnn_units'"):
         xprune.prune(LSTMText(), 0.5, method="structured", data=(ids, ids[:, 0] % 2))
+
+
+def test_study_labels_float_integer_valued_or_continuous():
+    """tests/cases_s6/007-float-labels-study.md"""
+    from xprune.data import _pair
+
+    x = torch.randn(6, 3)
+    labels = torch.tensor([0.0, 1.0, 2.0, 1.0, 0.0, 2.0])
+    _, y = _pair((x, labels), "data")
+    assert y.dtype == torch.long and y.tolist() == [0, 1, 2, 1, 0, 2]
+    with pytest.raises(ValueError, match=r"continuous values.*regression target is not supported"):
+        _pair((x, labels + 0.5), "data")
+    with pytest.raises(ValueError, match=r"integers 0\.\.C-1, got dtype int64 with minimum -1"):
+        _pair((x, labels - 1), "data")
+
+
+def test_numeric_csv_names_the_ways_to_bring_a_table(tmp_path):
+    """tests/cases_s6/008-tabular-csv.md"""
+    from xprune.data import load_text_file
+
+    path = tmp_path / "wine.csv"
+    path.write_text("alcohol,ash,target\n14.2,2.4,0\n13.2,2.1,1\n")
+    with pytest.raises(ValueError, match=r"read as text classification data.*\.npz.*"
+                                         r"'mypackage\.data:load'"):
+        load_text_file(str(path))
+
+
+def test_study_with_keyword_inputs_says_one_input():
+    """tests/cases_s6/009-study-keyword-inputs.md: refused before any training."""
+    num, cat, y = _two_input_data()
+    with pytest.raises(ValueError, match=r"mapping of the inputs \['cat', 'num'\].*one input"):
+        xprune.study(TwoInput, ({"num": num, "cat": cat}, y), progress=False)
+
+
+def test_removal_metrics_with_keyword_inputs_say_one_tensor():
+    """tests/cases_s6/010-metrics-keyword-inputs.md: attribution takes the mapping, the removal
+    metrics name the attributed tensor and the wrapper."""
+    num, cat, _ = _two_input_data(6)
+    torch.manual_seed(0)
+    model = TwoInput()
+    maps = xprune.attribute(model, {"num": num, "cat": cat}, "predicted", "saliency")
+    for metric in (xprune.metrics.deletion_auc, xprune.metrics.insertion_auc,
+                   xprune.metrics.aopc):
+        with pytest.raises(TypeError, match=r"one tensor \(N, \*F\).*got dict.*wrapper"):
+            metric(model, {"num": num, "cat": cat}, maps, maps.targets)

@@ -447,7 +447,15 @@ def _token_ids(parts: dict[str, tuple[dict, torch.Tensor]], model: object
     pad = _model_pad_id(model)
     for split, (enc, _) in parts.items():
         unknown = sorted(set(enc) - set(TOKEN_KEYS))
-        if unknown or "input_ids" not in enc:
+        if "input_ids" not in enc:  # tests/cases_s6/009-study-keyword-inputs.md
+            raise ValueError(
+                f"Expected the inputs of `data` to be one tensor (n, ...) or a tokenizer's "
+                f"output (input_ids, optionally attention_mask and token_type_ids), got a "
+                f"mapping of the inputs {sorted(enc)} ({split}): xprune.study runs models "
+                f"with one input. For a model with several inputs, study a wrapper whose "
+                f"forward takes one tensor; xprune.prune, attribute and the agreement "
+                f"metrics take the mapping as it is.")
+        if unknown:
             raise ValueError(f"Expected the tokenizer output of `data` to hold input_ids and "
                              f"optionally attention_mask and token_type_ids, got the keys "
                              f"{sorted(enc)} ({split}); drop {unknown or 'nothing'} "
