@@ -211,3 +211,37 @@ def test_removal_metrics_with_keyword_inputs_say_one_tensor():
                    xprune.metrics.aopc):
         with pytest.raises(TypeError, match=r"one tensor \(N, \*F\).*got dict.*wrapper"):
             metric(model, {"num": num, "cat": cat}, maps, maps.targets)
+
+
+def test_factory_kwargs_that_do_not_fit_name_the_config_key():
+    """tests/cases_s6/011-factory-kwargs.md: refused when the factory is resolved, before
+    any training, naming `model.kwargs` and the factory's signature."""
+    from xprune.analysis import _model_factory
+    from xprune.config import AnalysisConfig
+
+    config = AnalysisConfig.from_dict({"model": {"factory": "torch.nn:Linear",
+                                                 "kwargs": {"in_featurs": 3, "out_features": 2}}})
+    with pytest.raises(ValueError, match=r"`model\.kwargs` \{'in_featurs': 3, 'out_features': 2\}"
+                                         r" to fit `model\.factory` 'torch\.nn:Linear'\(in_features"
+                                         r".*missing a required argument: 'in_features'"):
+        _model_factory(None, config)
+    typo = AnalysisConfig.from_dict({"model": {"factory": "torch.nn:Linear", "kwargs": {
+        "in_features": 3, "out_features": 2, "bais": False}}})
+    with pytest.raises(ValueError, match=r"unexpected keyword argument 'bais'"):
+        _model_factory(None, typo)
+    good = AnalysisConfig.from_dict({"model": {"factory": "torch.nn:Linear",
+                                               "kwargs": {"in_features": 3, "out_features": 2}}})
+    assert _model_factory(None, good)().weight.shape == (2, 3)
+
+
+def test_float_labels_in_a_data_file_say_what_they_are():
+    """tests/cases_s6/007-float-labels-study.md (data files)."""
+    import numpy as np
+
+    from xprune.data import split_arrays
+
+    x = np.zeros((12, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"whole numbers stored as floats.*astype\(int\)"):
+        split_arrays(x, np.arange(12) % 3 * 1.0)
+    with pytest.raises(ValueError, match=r"regression target"):
+        split_arrays(x, np.linspace(0, 1, 12))

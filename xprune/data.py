@@ -513,9 +513,15 @@ def check_labels(y: np.ndarray, name: str) -> int:
         raise ValueError(f"Expected {name} to hold at least one sample per class, got 0 "
                          "samples.")
     if y.dtype.kind not in "iu" or y.min() < 0:
+        whole = y.dtype.kind == "f" and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all())
         raise ValueError(f"Expected {name} to be integers 0..C-1, got dtype {y.dtype}"
                          + (f" with minimum {y.min().item()!r}" if y.dtype.kind in "iuf"
-                            else "") + ".")
+                            else "")
+                         + (": whole numbers stored as floats; save them as integers "
+                            "(y.astype(int))." if whole and y.min() >= 0 else
+                            ": continuous values are a regression target, which xprune does "
+                            "not support (it scores classifiers)." if y.dtype.kind == "f"
+                            else "."))
     present = np.unique(y)
     if len(present) < 2:
         raise ValueError(f"Expected {name} to hold at least two classes, got only class "
