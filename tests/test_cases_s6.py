@@ -245,3 +245,17 @@ def test_float_labels_in_a_data_file_say_what_they_are():
         split_arrays(x, np.arange(12) % 3 * 1.0)
     with pytest.raises(ValueError, match=r"regression target"):
         split_arrays(x, np.linspace(0, 1, 12))
+
+
+def test_a_metric_given_to_the_wrong_command_names_the_right_one():
+    """tests/cases_s6/012-score-agreement-metric.md"""
+    from xprune.compare import _names
+
+    with pytest.raises(ValueError, match=r"got 'ssim' of kind 'pair': it compares two maps: "
+                                         r"`xprune compare A\.safetensors B\.safetensors "
+                                         r"--metrics ssim`\. Valid here: .*deletion_auc"):
+        _names(["deletion_auc", "ssim"], ("map", "model", "explainer"), 4)
+    with pytest.raises(ValueError, match=r"'deletion_auc' of kind 'model': it scores one "
+                                         r"model's maps: `xprune score .*Valid here: "
+                                         r"cosine_similarity, kendall_tau"):
+        _names(["deletion_auc"], ("pair",), 4)
