@@ -259,3 +259,35 @@ def test_a_metric_given_to_the_wrong_command_names_the_right_one():
                                          r"model's maps: `xprune score .*Valid here: "
                                          r"cosine_similarity, kendall_tau"):
         _names(["deletion_auc"], ("pair",), 4)
+
+
+class _Scale(nn.Module):
+    """A layer with a parameter and no reset_parameters (as Hugging Face's Conv1D)."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def _scaled_mlp() -> nn.Module:
+    return nn.Sequential(_Scale(4), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def test_study_of_a_function_needs_no_reset_parameters(tmp_path):
+    """tests/cases_s6/013-study-factory-reset-parameters.md: a function builds the fresh models;
+    a module instance still needs reset_parameters for its re-initialised copies."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 4, generator=g)
+    y = (x[:, 0] > 0).long()
+    config = {"train": {"epochs": 1}, "pruning": {"finetune_epochs": 1},
+              "attribution": {"n_samples": 8}}
+    study = xprune.study(_scaled_mlp, (x, y), sparsities=[0.5], attributions="saliency",
+                         metrics=["gini_index"], progress=False, config=config,
+                         out=tmp_path / "fn")
+    assert set(study.models["model"]) >= {"dense", "control:other-seed"}
+    with pytest.raises(ValueError, match=r"reset_parameters.*\['0'\]"):
+        xprune.study(_scaled_mlp(), (x, y), train=True, progress=False, config=config,
+                     out=tmp_path / "module")

@@ -237,7 +237,9 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         bar.set_postfix_str(name)
 
     def check(split: DatasetSplit) -> None:
-        if train or config.controls.other_seed:
+        # a function builds fresh models itself; only a module must re-initialise a copy
+        # (tests/cases_s6/013-study-factory-reset-parameters.md)
+        if user_model is not None and (train or config.controls.other_seed):
             _check_resettable(template)
         _check_model(template, split)
 
