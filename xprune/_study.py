@@ -256,7 +256,9 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         bar.set_postfix_str(name)
 
     def check(split: DatasetSplit) -> None:
-        if train or config.controls.other_seed:
+        # a function builds fresh models itself; only a module must re-initialise a copy
+        # (tests/cases_s6/013-study-factory-reset-parameters.md)
+        if user_model is not None and (train or config.controls.other_seed):
             _check_resettable(template)
         _check_model(template, split)
 
@@ -712,7 +714,15 @@ def _token_layout(encodings: Sequence[tuple[str, Mapping]], model: object) -> To
     firsts = set()
     for where, enc in encodings:
         unknown = sorted(set(enc) - set(_ACCEPTED_KEYS))
-        if unknown or "input_ids" not in enc:
+        if "input_ids" not in enc:  # tests/cases_s6/009-study-keyword-inputs.md
+            raise ValueError(
+                f"Expected the inputs of `data` to be one tensor (n, ...) or a tokenizer's "
+                f"output (input_ids, optionally attention_mask and token_type_ids), got a "
+                f"mapping of the inputs {sorted(enc)} ({where}): xprune.study runs models "
+                f"with one input. For a model with several inputs, study a wrapper whose "
+                f"forward takes one tensor; xprune.prune, attribute and the agreement "
+                f"metrics take the mapping as it is.")
+        if unknown:
             raise ValueError(f"Expected the tokenizer output of `data` to hold input_ids and "
                              f"optionally attention_mask, token_type_ids and "
                              f"special_tokens_mask, got the keys {sorted(enc)} ({where}); drop "

@@ -111,6 +111,15 @@ def _model_factory(data: DatasetSplit, config: AnalysisConfig) -> Callable[[], n
         return lambda: load_hf_classifier(config.model.pretrained_path, n_classes=data.n_classes)
     factory = config.model.resolve()
     if factory is not None:
+        try:  # tests/cases_s6/011-factory-kwargs.md: a misspelt key names the config table
+            inspect.signature(factory).bind(**config.model.kwargs)
+        except TypeError as exc:
+            raise ValueError(f"Expected `model.kwargs` {dict(config.model.kwargs)} to fit "
+                             f"`model.factory` {config.model.factory!r}"
+                             f"{inspect.signature(factory)}: {exc}.") from None
+        except ValueError:  # no signature to read (a builtin): the call itself will tell
+            pass
+
         def build() -> nn.Module:
             model = factory(**config.model.kwargs)
             if not isinstance(model, nn.Module):
