@@ -35,13 +35,8 @@ from torch import Tensor, nn
 
 from ._state import as_logits, model_device, model_dtype, to_model
 
-<<<<<<< HEAD
-__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "first_rows",
-           "forward", "is_stream", "n_samples", "slice_rows"]
-=======
 __all__ = ["Data", "Inputs", "batch_loss", "batches", "check_class_labels", "check_data",
-           "first_inputs", "forward", "is_stream", "n_samples"]
->>>>>>> s6-breaker
+           "first_inputs", "first_rows", "forward", "is_stream", "n_samples", "slice_rows"]
 
 Inputs = Tensor | Mapping[str, Tensor]
 """One batch of model inputs: a tensor (B, *F) or a mapping of tensors whose first dim is B."""
