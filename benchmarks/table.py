@@ -3,6 +3,7 @@ and peak memory, at three sizes. Refreshed by one command:
 
     python benchmarks/table.py                     # all three sizes; prints markdown
     python benchmarks/table.py --sizes digits --reps 3 --run-seconds 50 --suite-seconds 540
+    python benchmarks/table.py --sizes digits,images --metrics ROAD,infidelity --reps 7
 
 Sizes: ``digits`` (1x8x8, the digits CNN trained 5 epochs, N = 64), ``images``
 (3x32x32, a small CNN with random weights, N = 32) and ``tokens`` (sequences of
@@ -17,7 +18,10 @@ row alike. The *floor* is the bare model work the definition needs, and nothing
 else: for forward-bound metrics the forward passes of the rows the metric
 scores (the perturbed inputs, in batches of 4,096 rows, target gathered), for
 explainer-bound ones the explainer's calls on the N x n_samples perturbed
-inputs alone (the unperturbed maps are given). Peak memory: the growth of the
+inputs alone (the unperturbed maps are given). ROAD also needs its imputation, a
+sparse linear system per image and percentage that no forward pass includes, so it
+gets a second line against the forwards plus one bare ``scipy.sparse.linalg.spsolve``
+per system (systems built beforehand, untimed). Peak memory: the growth of the
 process's peak resident set during xprune's first call (VmHWM after resetting
 it through /proc/self/clear_refs), in MiB. The default run's and the test
 suite's wall times are read from ``--run-seconds`` / ``--suite-seconds``
@@ -119,7 +123,43 @@ SIZES = {"digits": digits_setup, "images": images_setup, "tokens": tokens_setup}
 
 # --- the rows --------------------------------------------------------------------------------
 
-def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
+def imputation_floor(x: torch.Tensor, scores: torch.Tensor, counts: list[int]
+                     ) -> tuple[Callable[[], None], int]:
+    """One bare scipy sparse solve per ROAD system (image x percentage), systems prebuilt.
+
+    The systems are ROAD's noisy linear imputation (``D - W_RR`` and ``W_RK x_K`` of
+    :func:`xprune.metrics._imputation._impute`) for the MoRF removal of the map's
+    ``counts`` top pixels; building them is not timed, only ``spsolve``. Returns the
+    timed function and the number of systems.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
+
+    from xprune.metrics._imputation import _neighbour_matrix
+
+    n, c = x.shape[:2]
+    weights = _neighbour_matrix(*x.shape[2:])
+    ranked = scores.argsort(dim=1, descending=True, stable=True).numpy()
+    systems = []
+    for i in range(n):
+        image = x[i].reshape(c, -1).double().numpy()
+        for k in counts:
+            if k == 0:
+                continue
+            idx, keep = np.sort(ranked[i, :k]), np.sort(ranked[i, k:])
+            w_r = weights[idx]
+            degree = np.asarray(w_r.sum(axis=1)).ravel()
+            systems.append(((sparse.diags(degree) - w_r[:, idx]).tocsc(),
+                            w_r[:, keep] @ image[:, keep].T))
+
+    def run() -> None:
+        for system, rhs in systems:
+            spsolve(system, rhs)
+    return run, len(systems)
+
+
+def rows_for(size: str, model, x: torch.Tensor, reps: int, only: list[str] | None = None
+             ) -> list[dict]:
     import quantus
 
     tokens = size == "tokens"
@@ -132,8 +172,14 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     out = []
 
-    def row(metric, ours, floor, floor_what, peers=None):
+    def row(metric, ours, floor, floor_what, peers=None, floor2=None):
+        """``floor2``: (function, what) of a second floor, timed in the same rounds and
+        given its own line (ROAD: the forwards plus the imputation's bare solves)."""
+        if only and not any(o.lower() in metric.lower() for o in only):
+            return
         fns = {"xprune": ours, "floor": floor, **(peers or {})}
+        if floor2:
+            fns["floor2"] = floor2[0]
         memory = peak_growth(ours)
         secs = timed(fns, reps)
         for peer in (peers or {None: None}):
@@ -141,6 +187,8 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
                         "xprune_s": secs["xprune"], "floor_s": secs["floor"],
                         "floor_what": floor_what,
                         "peer_s": secs.get(peer) if peer else None, "memory_mib": memory})
+        if floor2:
+            out.append({**out[-1], "floor_s": secs["floor2"], "floor_what": floor2[1]})
 
     def qkw(**extra):
         kw = dict(model=model, x_batch=x.numpy().copy(), y_batch=t.numpy().copy(),
@@ -167,8 +215,15 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
     if not tokens:
         row("infidelity", lambda: faithfulness.infidelity(model, x, a, t, generator=gen()),
             forward_floor(model, x, t, n * (S + 1)), f"{n * (S + 1):,} fwd")
+        road_counts = [min(d - 1, int(math.floor(p * d + 1e-9)))
+                       for p in faithfulness.ROAD_PERCENTAGES]
+        fwd = forward_floor(model, x, t, n * 9)
+        solves, n_systems = imputation_floor(x, faithfulness.feature_map(a.values).double(),
+                                             road_counts)
         row("ROAD (MoRF)", lambda: faithfulness.road(model, x, a, t, generator=gen()),
-            forward_floor(model, x, t, n * 9), f"{n * 9:,} fwd")
+            fwd, f"{n * 9:,} fwd",
+            floor2=(lambda: (fwd(), solves()),
+                    f"{n * 9:,} fwd + {n_systems:,} bare scipy solves"))
         explain = xprune.explainer(model, "integrated_gradients", params=IG)
         flat = x.repeat_interleave(S, dim=0) + 0.01
         ft = t.repeat_interleave(S)
@@ -222,13 +277,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--run-seconds", type=float)
     parser.add_argument("--suite-seconds", type=float)
+    parser.add_argument("--metrics", help="comma-separated parts of metric names to run "
+                        "(case-insensitive), e.g. 'ROAD,infidelity'; default all")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     np.random.seed(0)  # noqa: NPY002  Quantus draws from the global NumPy RNG
     rows = []
     for size in args.sizes.split(","):
         model, x = SIZES[size]()
-        rows += rows_for(size, model, x, args.reps)
+        rows += rows_for(size, model, x, args.reps,
+                         args.metrics.split(",") if args.metrics else None)
     print(render(rows, args))
 
 

@@ -21,6 +21,7 @@ from xprune.metrics._imputation import (
     _impute,
     _impute_prefixes,
     _impute_rows,
+    _impute_sparse,
     _neighbour_matrix,
     _solve_spd,
 )
@@ -123,6 +124,81 @@ def test_prefix_imputation_equals_the_scipy_path(counts, monkeypatch):
     monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 20)     # the fallback, per row
     torch.testing.assert_close(_impute_prefixes(images, order, counts, 8, 8), expected,
                                atol=1e-10, rtol=0)
+
+
+def literal_imputation(image, removed, height, width):
+    """ROAD's linear imputation written out pixel by pixel (Rong, Leemann et al. 2022):
+    each removed pixel is the mean of its in-image 8 neighbours weighted 1/6 (direct) and
+    1/12 (diagonal), removed neighbours being unknowns; one dense numpy solve per image."""
+    idx = [p for p in range(height * width) if removed[p]]
+    where = {p: i for i, p in enumerate(idx)}
+    system = np.zeros((len(idx), len(idx)))
+    rhs = np.zeros((len(idx), image.shape[0]))
+    for i, p in enumerate(idx):
+        r, c = divmod(p, width)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                rr, cc = r + dr, c + dc
+                if (dr, dc) == (0, 0) or not (0 <= rr < height and 0 <= cc < width):
+                    continue
+                w = 1 / 6 if dr == 0 or dc == 0 else 1 / 12
+                q = rr * width + cc
+                system[i, i] += w
+                if q in where:
+                    system[i, where[q]] -= w
+                else:
+                    rhs[i] += w * image[:, q]
+    out = image.copy()
+    if idx:
+        out[:, idx] = np.linalg.solve(system, rhs).T
+    return out
+
+
+@pytest.mark.parametrize("dense_max", [0, 6, 10 ** 6])    # all sparse, mixed, all dense
+def test_vectorised_prefix_imputation_equals_the_literal_solve_4x4(dense_max, monkeypatch):
+    """4 x 4 images, 3 removal fractions (10%, 50%, 90%: 1, 8 and 14 of 16 pixels): the
+    batched prefix solves and the block-diagonal sparse solve equal the literal one."""
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", dense_max)
+    gen = seeded(7)
+    images = torch.rand(3, 2, 16, generator=gen, dtype=torch.float64)
+    order = torch.rand(3, 16, generator=gen).argsort(dim=1)
+    counts = [1, 8, 14]
+    ours = _impute_prefixes(images, order, counts, 4, 4)
+    for i in range(3):
+        for j, k in enumerate(counts):
+            removed = np.zeros(16, dtype=bool)
+            removed[order[i, :k].numpy()] = True
+            expected = literal_imputation(images[i].numpy(), removed, 4, 4)
+            torch.testing.assert_close(ours[i, j], torch.from_numpy(expected), atol=1e-12,
+                                       rtol=0)
+
+
+def test_block_diagonal_sparse_solve_in_chunks_equals_one_solve(monkeypatch):
+    gen = seeded(8)
+    images = torch.rand(9, 2, 36, generator=gen, dtype=torch.float64)
+    removed = random_masks(9, 36, gen)
+    whole = _impute_sparse(images, removed, 6, 6)
+    monkeypatch.setattr(_imputation, "_SPARSE_MAX_UNKNOWNS", 40)   # a few rows per solve
+    torch.testing.assert_close(_impute_sparse(images, removed, 6, 6), whole, atol=1e-13,
+                               rtol=0)
+    torch.testing.assert_close(whole, scipy_rows(images, removed, 6, 6), atol=1e-12, rtol=0)
+    monkeypatch.setattr(_imputation, "_BANDED_MAX_WIDTH", 0)        # spsolve's own ordering
+    torch.testing.assert_close(_impute_sparse(images, removed, 6, 6), whole, atol=1e-12,
+                               rtol=0)
+
+
+def test_imputation_runs_on_one_thread_and_restores_the_count():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _imputation._one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), _imputation._one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cholesky_failure_falls_back_to_lu():

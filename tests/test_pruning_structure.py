@@ -122,6 +122,28 @@ def test_taylor_head_importance_is_michel_et_al_gate_derivative():
                                    literal / x.shape[0], rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("criterion", ["taylor", "integrated_gradients"])
+def test_head_importance_from_a_dataloader_equals_that_of_its_tensors(criterion):
+    """Taylor and IG head scores read a DataLoader of uneven batches (of token mappings, as a
+    collator gives them, or of tensors) one batch at a time: the scores of the tensors."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, (x, y) = _bert(), _tokens(n=5)
+    options = {"criterion": criterion}
+    whole = prune(model, 0.25, method="attention_heads", data=(x, y), options=options)
+    loader = DataLoader(TensorDataset(x, y), batch_size=2)  # 2, 2, 1
+    mappings = [{"input_ids": x[i:i + 2], "attention_mask": torch.ones_like(x[i:i + 2]),
+                 "labels": y[i:i + 2]} for i in range(0, 5, 2)]
+    for data in (loader, mappings):
+        streamed = prune(model, 0.25, method="attention_heads", data=data, options=options)
+        assert streamed.params["heads_removed"] == whole.params["heads_removed"]
+        for name, scores in whole.params["head_scores"].items():
+            torch.testing.assert_close(torch.tensor(streamed.params["head_scores"][name]),
+                                       torch.tensor(scores))
+    with pytest.raises(ValueError, match="Expected labels with the data for head importance"):
+        prune(model, 0.25, method="attention_heads", data=[x[:2], x[2:]], options=options)
+
+
 def test_head_integrated_gradients_are_complete_and_rank_the_heads():
     """Completeness (Sundararajan et al. 2017): per sample, the heads' attributions sum to the
     loss with every head on minus the loss with every head of the model off."""

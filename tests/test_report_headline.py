@@ -2,6 +2,7 @@
 level's agreement stands against the controls, the verdict, and the caveats."""
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -42,10 +43,13 @@ def _summary():
 
 def test_one_sentence_per_level_placed_against_the_controls():
     lines = headline(_models(), _summary())
-    assert lines[0] == ("Up to 50% sparsity the IG maps stay as close to the dense maps as a "
-                        "fine-tuned copy of the dense model (Spearman 0.97 vs 0.96); at 95% they "
-                        "are further from them than a model trained from another seed (0.40 vs "
-                        "0.50).")
+    assert lines[0] == ("Up to 50% sparsity the IG maps stay as close to the dense maps as the "
+                        "maps of a fine-tuned copy of the dense model (Spearman 0.97 [0.95, "
+                        "0.99] vs 0.96); at 80% they are further from them than the fine-tuned "
+                        "copy's maps (Spearman 0.93 [0.91, 0.95] vs 0.96) but closer than those "
+                        "of a model trained from another seed (0.50); at 95% they are further "
+                        "from them than the maps of a model trained from another seed (Spearman "
+                        "0.40 [0.35, 0.45] vs 0.50).")
     assert len(lines) == 4
     # 0.50: CI [0.95, 0.99] reaches the fine-tuned mean 0.96
     assert lines[1].startswith("At 50% sparsity the maps can stand in for the dense model's: "
@@ -67,7 +71,8 @@ def test_an_interval_touching_the_other_seed_mean_is_as_far_as_another_model():
     summary = _summary()
     summary.loc[summary["model"] == "l1@0.95", ["ci_high"]] = 0.50
     lines = headline(_models(acc_95=0.95), summary)
-    assert "at 95% they are as far from them as a model trained from another seed" in lines[0]
+    assert "at 95% they are as far from them as the maps of a model trained from another " \
+           "seed (Spearman 0.40 [0.35, 0.50] vs 0.50)" in lines[0]
     assert lines[3].startswith("At 95% sparsity the maps are as different as another model's")
 
 
@@ -78,7 +83,24 @@ def test_without_controls_no_verdict_is_made():
     models = models[models["role"] != "control"]
     lines = headline(models, summary)
     assert len(lines) == 3  # no lead without controls
-    assert lines[0].startswith("At 50% sparsity no control to judge the maps against: ")
+    assert lines[0].startswith("At 50% sparsity no control to judge the maps against (turn on "
+                               "`controls.finetune` and `controls.other_seed`): ")
+
+
+def test_constant_maps_are_named_not_compared():
+    """A pruned model whose maps are all zero (its output no longer changes with its inputs):
+    agreement is undefined (NaN), so no standing against the controls and no faithfulness
+    claim; the sentence says the maps are constant and where to look."""
+    summary = _summary()
+    nan = summary["model"] == "l1@0.95"
+    summary.loc[nan & (summary["metric"] == "spearman"), ["mean", "ci_low", "ci_high"]] = math.nan
+    lines = headline(_models(acc_95=0.95), summary)
+    assert lines[0].endswith("; at 95% they are constant, so they explain nothing (Spearman "
+                             "undefined: the model's output no longer changes with its inputs).")
+    assert lines[3] == ("At 95% sparsity the maps are constant, so they explain nothing (the "
+                        "model's output no longer changes with its inputs: check the layers "
+                        "pruned hardest): accuracy 95.0% [93.0, 97.0] vs 95.0% dense; Spearman "
+                        "with the dense maps: IG undefined (constant maps).")
 
 
 @pytest.mark.parametrize(("metric", "params", "flagged"), [
@@ -96,3 +118,71 @@ def test_latency_differences_within_the_timer_noise_are_marked():
                             "latency_iqr_ms": [0.05, 0.02, 0.03]})
     assert latency_noise(timings) == {"a": True, "b": False}
     assert latency_noise(timings.drop(columns="latency_iqr_ms")) == {}
+
+
+# ---------------------------------------------------------------- real runs of every kind
+
+KINDS = ("digits", "breast_cancer", "text", "vowels")  # images, table rows, tokens, speech
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def kind_run(request, tmp_path_factory):
+    """A tiny run of each kind of data: two sparsities, both controls, saliency maps scored
+    for agreement (Spearman) and faithfulness (deletion AUC)."""
+    from conftest import TINY
+
+    from xprune.analysis import run_analysis
+    from xprune.config import AnalysisConfig
+    from xprune.report import metric_summary
+
+    config = AnalysisConfig.from_dict({
+        **TINY, "name": request.param, "data": {"dataset": request.param},
+        "train": {"epochs": 1}, "pruning": {"sparsities": [0.5, 0.9], "finetune_epochs": 1},
+        "metrics": {"names": ["spearman", "deletion_auc"], "versus_random": []}})
+    run = run_analysis(config, out_dir=tmp_path_factory.mktemp(request.param), progress=False,
+                       use_cache=False, render=False)
+    return run.models, metric_summary(run.results)
+
+
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"[-+]?\d+(?:\.\d+)?%?", text.replace("p_Holm", ""))
+
+
+def test_the_headline_of_every_kind_of_run_quotes_its_tables(kind_run):
+    """Each number of each sentence is one of the tables' numbers as the report prints it
+    (accuracy in % with its Wilson interval, agreement means and intervals with 2 decimals,
+    the controls' means, faithfulness deltas), and each level's sentence quotes its own
+    accuracy and agreement: nothing is written that the tables do not hold."""
+    models, summary = kind_run
+    lines = headline(models, summary)
+    sparse = models[models["role"] == "sparse"].sort_values("requested_sparsity")
+    dense = models[models["role"] == "dense"].iloc[0]
+    assert len(lines) == 1 + len(sparse)  # a lead (one method), then one per level
+    quoted = {f"{100 * s:g}%" for s in sparse["requested_sparsity"]}
+    quoted |= {f"{100 * dense['accuracy']:.1f}%"}
+    for _, m in sparse.iterrows():
+        quoted |= {f"{100 * m['accuracy']:.1f}%", f"{100 * m['accuracy_ci_low']:.1f}",
+                   f"{100 * m['accuracy_ci_high']:.1f}"}
+    for _, r in summary.iterrows():
+        quoted |= {f"{r[c]:.2f}" for c in ("mean", "ci_low", "ci_high")}
+        if not math.isnan(r["diff_mean"]):
+            quoted |= {f"{r[c]:+.3f}" for c in ("diff_mean", "diff_ci_low", "diff_ci_high")}
+            quoted |= {f"{r['p_holm']:.2g}", "0.001"}
+    for line in lines:
+        stray = [n for n in _numbers(line) if n not in quoted]
+        assert not stray, (stray, line)
+    agreement = summary[summary["metric"] == "spearman"].set_index("model")
+    for line, (_, m) in zip(lines[1:], sparse.iterrows(), strict=True):
+        own = agreement.loc[m["model"]]
+        assert line.startswith(f"At {100 * m['requested_sparsity']:g}% sparsity ")
+        assert (f"accuracy {100 * m['accuracy']:.1f}% [{100 * m['accuracy_ci_low']:.1f}, "
+                f"{100 * m['accuracy_ci_high']:.1f}] vs {100 * dense['accuracy']:.1f}% dense"
+                in line)
+        if math.isnan(own["mean"]):  # a model whose maps are all zero: nothing is claimed
+            assert "maps are constant, so they explain nothing" in line
+            assert "saliency undefined (constant maps)" in line and "deletion auc" not in line
+            continue
+        assert (f"saliency {own['mean']:.2f} [{own['ci_low']:.2f}, {own['ci_high']:.2f}]"
+                in line)
+        assert "deletion auc: " in line
+    assert "saliency maps" in lines[0] and "IG" not in " ".join(lines)

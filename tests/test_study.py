@@ -284,14 +284,95 @@ LIGHT = {"train": {"epochs": 1}, "pruning": {"finetune_epochs": 0},
 
 
 def test_a_dataloader_or_any_iterable_of_batches_is_the_data_it_yields(data):
-    """A DataLoader (and a generator of batches) gives the numbers of its tensors."""
+    """A DataLoader is split as its tensors are (the same partition), kept in the loader's
+    order; a generator of batches (read once) is collected and gives the tensors' numbers."""
+    from xprune.data import _split_indices
+
     x, y = data.x_train[:150], data.y_train[:150]
-    loader = DataLoader(TensorDataset(x, y), batch_size=32)
-    kw = dict(sparsities=0.5, progress=False, config=LIGHT)
+    loader = DataLoader(TensorDataset(x, y), batch_size=150)  # one batch: full-batch training
+    kw = dict(sparsities=0.5, progress=False, config={**LIGHT, "train": {
+        "epochs": 1, "batch_size": 150}})
+    parts = dict(zip(("train", "val", "test"), (i.sort().values for i in _split_indices(
+        y.numpy(), seed=0, val_size=0.2, test_size=0.2)), strict=True))
+    in_order = xprune.study(_mlp, {k: (x[i], y[i]) for k, i in parts.items()}, **kw)
+    _assert_same_results(xprune.study(_mlp, loader, **kw), in_order)
+    kw["config"] = LIGHT
     expected = xprune.study(_mlp, (x, y), **kw).results
-    pd.testing.assert_frame_equal(xprune.study(_mlp, loader, **kw).results, expected)
     batches = ((x[i:i + 50], y[i:i + 50]) for i in range(0, 150, 50))
     pd.testing.assert_frame_equal(xprune.study(_mlp, batches, **kw).results, expected)
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True)
+    with pytest.raises(ValueError, match="same order on every pass .* shuffle=False"):
+        xprune.study(_mlp, shuffled, **kw)
+
+
+class _Counted(torch.utils.data.Dataset):
+    """A data set that counts its reads, batched by a collate function that follows every
+    batch's storage: ``max_live`` is the most batches alive at once."""
+
+    def __init__(self, x, y):
+        self.x, self.y, self.reads, self.alive, self.max_live = x, y, 0, [], 0
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return self.x[i].clone(), self.y[i]
+
+    def collate(self, items):
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        x = torch.stack([a for a, _ in items])
+        self.alive = [r for r in self.alive if not r.expired()]
+        self.alive.append(StorageWeakRef(x.untyped_storage()))
+        self.max_live = max(self.max_live, len(self.alive))
+        return x, torch.stack([b for _, b in items])
+
+
+STREAMED = {"train": {"epochs": 2, "batch_size": 16}, "pruning": {
+    "method": "wanda", "sparsities": [0.5], "finetune_epochs": 1, "reference_samples": 40},
+    "controls": {"other_seed": True, "finetune": True},
+    "attribution": {"n_samples": 6, "methods": ["saliency"]},
+    "metrics": {"names": ["gini_index", "deletion_auc"], "versus_random": []},
+    "report": {"latency_batch": 4}}
+
+
+def test_a_dataloader_is_streamed_batch_by_batch_never_held_whole(data):
+    """Training, fine-tuning, Wanda's calibration and the evaluation read a DataLoader one
+    batch at a time: at most a few batches are alive at once (of 19 per pass), and only the
+    explained test rows are held."""
+    train_set = _Counted(data.x_train[:300], data.y_train[:300])
+    test_set = _Counted(data.x_test, data.y_test)
+    loaders = {k: DataLoader(d, batch_size=16, collate_fn=d.collate)
+               for k, d in (("train", train_set), ("test", test_set))}
+    study = xprune.study(_mlp, loaders, progress=False, config=STREAMED)
+    assert train_set.reads >= 300 * 5  # dense, other seed (2 epochs each), 2 fine-tunings
+    assert train_set.max_live <= 3 and test_set.max_live <= 3
+    assert study.models["accuracy"].notna().all()
+    assert study.results["sample"].nunique() == 6
+
+
+def test_a_dataloader_gives_the_numbers_of_its_tensors(data):
+    """The same data as DataLoaders (not shuffled, full-batch training so that the order of a
+    batch's rows is all that differs) or as tensors: the same results, seed for seed."""
+    x, y = data.x_train[:200], data.y_train[:200]
+    config = {**STREAMED, "train": {"epochs": 2, "batch_size": 200}}
+    tensors = xprune.study(_mlp, {"train": (x, y), "test": (data.x_test, data.y_test)},
+                           progress=False, config=config)
+    loaders = {"train": DataLoader(TensorDataset(x, y), batch_size=200),
+               "test": DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=16)}
+    _assert_same_results(xprune.study(_mlp, loaders, progress=False, config=config), tensors)
+
+
+def _assert_same_results(study, expected):
+    """The same rows, and values equal up to the order of float sums."""
+    pd.testing.assert_frame_equal(study.results.drop(columns="value"),
+                                  expected.results.drop(columns="value"))
+    torch.testing.assert_close(torch.tensor(study.results["value"].to_numpy()),
+                               torch.tensor(expected.results["value"].to_numpy()))
+    for column in ("accuracy", "ece", "nll", "measured_sparsity"):
+        torch.testing.assert_close(torch.tensor(study.models[column].to_numpy()),
+                                   torch.tensor(expected.models[column].to_numpy()))
 
 
 def test_collect_batches_pads_token_batches_to_one_length():
@@ -390,8 +471,14 @@ def test_tokenizer_output_whose_mask_does_not_follow_from_the_ids_is_refused(ber
     with pytest.raises(ValueError, match=r"attention_mask of `data` to be input_ids != pad id"):
         xprune.study(bert, ({"input_ids": ids, "attention_mask": mask}, labels),
                      progress=False, config=LIGHT)
-    with pytest.raises(ValueError, match="token_type_ids of `data` to be all 0"):
+    with pytest.raises(ValueError, match="token_type_ids of `data` to be 0 on the first "
+                                         "sequence .* got 1 from the first token"):
         xprune.study(bert, ({"input_ids": ids, "token_type_ids": torch.ones_like(ids)}, labels),
+                     progress=False, config=LIGHT)
+    types = (torch.arange(10) >= 3).long().expand_as(ids).clone()  # a second segment, no [SEP]
+    types[0, 5] = 0
+    with pytest.raises(ValueError, match=r"sentence pairs in `data` to be separated by one id"):
+        xprune.study(bert, ({"input_ids": ids, "token_type_ids": types}, labels),
                      progress=False, config=LIGHT)
 
 
@@ -415,3 +502,112 @@ def test_run_analysis_and_study_run_the_one_stage_sequence(monkeypatch, data, tm
                  render=False)
     xprune.study(_mlp, data, config=config, progress=False)
     assert calls == [False, True]
+
+
+# ---------------------------------------------------------------- sentence pairs
+
+PAIR_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "plot", "a",
+              "the", "was", "is", "fine", "dull", "long"]
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """Sentence pairs (text, text_pair) through a BERT WordPiece tokenizer built from a local
+    vocabulary (nothing downloaded), labelled 1 where "good" is in the second sentence, and a
+    tiny BERT trained on them with the token types the tokenizer gives."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from xprune._study import TokenIds
+    from xprune.models import train
+
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(PAIR_WORDS)})
+    g = torch.Generator().manual_seed(0)
+    words = PAIR_WORDS[5:]
+
+    def sentence():
+        n = int(torch.randint(2, 6, (1,), generator=g))
+        return " ".join(words[int(i)] for i in torch.randint(0, len(words), (n,), generator=g))
+
+    first, second = [sentence() for _ in range(120)], [sentence() for _ in range(120)]
+    labels = torch.tensor([int("good" in s.split()) for s in second])
+    enc = tokenizer(first, second, padding=True, return_tensors="pt")
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(
+        vocab_size=len(PAIR_WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32, num_labels=2, pad_token_id=0))
+    train(TokenIds(model, 0, ("input_ids", "attention_mask", "token_type_ids"),
+                   sep_token_id=tokenizer.sep_token_id), enc["input_ids"], labels, epochs=3)
+    return tokenizer, dict(enc), labels, model.eval()
+
+
+def test_segment_ids_are_the_token_types_a_tokenizer_gives_pairs(pairs):
+    from xprune._study import segment_ids
+
+    tokenizer, enc, _, _ = pairs
+    assert bool(enc["token_type_ids"].any())  # pairs: a second segment
+    torch.testing.assert_close(segment_ids(enc["input_ids"], tokenizer.sep_token_id, 0),
+                               enc["token_type_ids"], rtol=0, atol=0)
+
+
+def test_sentence_pairs_are_studied_with_their_token_types(pairs):
+    """A tokenizer's output of pairs (token_type_ids 1 on the second sentence): the study calls
+    the model with the token types rebuilt from the ids, masks [CLS] and [SEP] (found from the
+    segments), and its dense maps are those of the tokenizer output as given."""
+    tokenizer, enc, labels, model = pairs
+    cut = 80
+    splits = {"train": ({k: v[:cut] for k, v in enc.items()}, labels[:cut]),
+              "test": ({k: v[cut:] for k, v in enc.items()}, labels[cut:])}
+    config = {**LIGHT, "metrics": {"names": ["gini_index", "comprehensiveness"],
+                                   "versus_random": [], "params": {"comprehensiveness": {
+                                       "baseline": tokenizer.mask_token_id}}}}
+    study = xprune.study(model, splits, sparsities=0.5, progress=False, config=config)
+    inputs = {k: v[cut:cut + 4] for k, v in enc.items()}
+    target = model(**inputs).logits.argmax(dim=1)
+    attrs = xprune.attribute(model, inputs, target, "saliency", tokens={
+        "special_token_ids": (tokenizer.cls_token_id, tokenizer.sep_token_id)})
+    dense = study.results.query("model == 'dense' and metric == 'gini_index'")
+    assert dense["target"].tolist() == target.tolist()
+    torch.testing.assert_close(torch.tensor(dense["value"].to_numpy()),
+                               xprune.metrics.gini_index(attrs))
+    assert study.results.query("metric == 'comprehensiveness'")["value"].notna().all()
+    # the token types as given are what the model sees: without them the maps differ
+    plain = xprune.attribute(model, {k: v for k, v in inputs.items() if k != "token_type_ids"},
+                             target, "saliency", tokens={"special_token_ids": (2, 3)})
+    assert not torch.allclose(xprune.metrics.gini_index(plain), xprune.metrics.gini_index(attrs))
+
+
+def test_deleted_tokens_take_their_token_types_and_never_a_separator(pairs):
+    """comprehensiveness with tokens deleted (removal='delete') on pairs: every row the model
+    sees keeps [CLS], both [SEP] and the token type of each kept token (the types of the kept
+    tokens are those their segment gives), whatever was deleted."""
+    from xprune._study import segment_ids
+
+    tokenizer, enc, _, model = pairs
+    inputs = {k: v[:6] for k, v in enc.items()}
+    target = model(**inputs).logits.argmax(dim=1)
+    attrs = xprune.attribute(model, inputs, target, "saliency", tokens={
+        "special_token_ids": (tokenizer.cls_token_id, tokenizer.sep_token_id)})
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            seen.append((input_ids, attention_mask, token_type_ids))
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).logits
+
+    xprune.metrics.comprehensiveness(Recorder(), inputs, attrs, target, removal="delete",
+                                     fractions=(0.2, 0.5, 1.0))
+    rows = 0
+    for ids, mask, types in seen:
+        for i in range(len(ids)):
+            kept = mask[i].bool()
+            row, row_types = ids[i][kept], types[i][kept]
+            assert row[0] == tokenizer.cls_token_id
+            assert int((row == tokenizer.sep_token_id).sum()) == 2
+            assert torch.equal(row_types, segment_ids(row[None], tokenizer.sep_token_id, 0)[0])
+            rows += 1
+    assert rows > len(inputs["input_ids"])  # rows with tokens deleted were seen

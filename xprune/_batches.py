@@ -26,15 +26,17 @@ one layer above the foundation).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._state import as_logits, model_device, model_dtype, to_model
 
-__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_data", "first_inputs", "forward",
-           "is_stream", "n_samples"]
+__all__ = ["Data", "Inputs", "batch_loss", "batches", "check_class_labels", "check_data",
+           "first_inputs", "first_rows", "forward", "is_stream", "n_samples", "slice_rows"]
 
 Inputs = Tensor | Mapping[str, Tensor]
 """One batch of model inputs: a tensor (B, *F) or a mapping of tensors whose first dim is B."""
@@ -94,6 +96,12 @@ def n_samples(inputs: Inputs) -> int:
         return next(iter(sizes.values()))
     raise TypeError(f"Expected a batch of inputs to be a tensor or a mapping of tensors, got "
                     f"{type(inputs).__name__}.")
+
+
+def slice_rows(inputs: Inputs, start: int, stop: int) -> Inputs:
+    """Samples ``start:stop`` of a batch of inputs (a tensor, or every tensor of a mapping):
+    views, never copies."""
+    return _slice(inputs, start, stop)
 
 
 def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
@@ -174,6 +182,35 @@ def first_inputs(data: Data, *, argument: str = "data") -> Inputs:
     raise AssertionError("unreachable: batches() raises on empty data")
 
 
+class _FirstRows:
+    """The batches of a stream up to its first ``n`` samples (the last one cut), re-iterable."""
+
+    def __init__(self, data: Data, n: int) -> None:
+        self.data, self.n = data, n
+
+    def __iter__(self) -> Iterator[tuple[Inputs, Tensor | None]]:
+        left = self.n
+        for inputs, labels in batches(self.data, argument="data"):
+            if left <= 0:
+                return
+            size = n_samples(inputs)
+            if size > left:
+                inputs = _slice(inputs, 0, left)
+                labels = None if labels is None else labels[:left]
+            left -= min(size, left)
+            yield inputs, labels
+
+
+def first_rows(data: Data, n: int) -> Data:
+    """The first ``n`` samples of ``data``: in memory, views of them; a stream, a stream that
+    stops after them (read again on every pass, one batch at a time)."""
+    whole = _in_memory(data, "data") if not is_stream(data) else None
+    if whole is not None:
+        x, y = whole
+        return _slice(x, 0, n), None if y is None else y[:n]
+    return _FirstRows(data, n)
+
+
 def _to_device(inputs: Inputs, model: nn.Module) -> Inputs:
     if isinstance(inputs, Tensor):
         return to_model(inputs, model)
@@ -182,11 +219,27 @@ def _to_device(inputs: Inputs, model: nn.Module) -> Inputs:
                 if isinstance(v, Tensor) else v) for k, v in inputs.items()}
 
 
+def _takes_keyword(model: nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                 for p in params.values())
+
+
 def forward(model: nn.Module, inputs: Inputs) -> Any:
     """``model(inputs)`` for a tensor, ``model(**inputs)`` for a mapping, on the model's device
-    (floating inputs cast to its dtype; token ids stay integers)."""
+    (floating inputs cast to its dtype; token ids stay integers). A mapping's ``"labels"``
+    entry goes to the model only if its ``forward`` takes ``labels`` (a Hugging Face model,
+    which then computes its own loss); for any other model it is the batch's labels only."""
     inputs = _to_device(inputs, model)
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+    if isinstance(inputs, Mapping):
+        if "labels" in inputs and not _takes_keyword(model, "labels"):
+            inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        return model(**inputs)
+    return model(inputs)
 
 
 def batch_loss(model: nn.Module, inputs: Inputs, labels: Tensor | None) -> Tensor:
@@ -207,4 +260,25 @@ def batch_loss(model: nn.Module, inputs: Inputs, labels: Tensor | None) -> Tenso
                          "training: pass (inputs, labels) batches, or mappings with a "
                          "'labels' entry for a model that computes its own loss.")
     logits = as_logits(output, model)
+    check_class_labels(labels, logits.shape[-1] if logits.dim() > 1 else 1)
     return nn.functional.cross_entropy(logits, labels.to(logits.device))
+
+
+def check_class_labels(labels: Tensor, n_classes: int, *, argument: str = "data") -> None:
+    """Raise ``ValueError`` unless ``labels`` are class indices 0..n_classes-1 (an integer tensor).
+
+    xprune trains and scores classifiers (cross-entropy on (B, C) logits): continuous
+    targets (regression) and labels beyond the model's outputs are refused in the user's
+    terms instead of inside ``torch.nn.functional.cross_entropy``.
+    """
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"Expected the labels of `{argument}` to be class indices 0..{n_classes - 1} (an "
+            f"integer tensor), got dtype {str(labels.dtype).replace('torch.', '')}: xprune "
+            "trains and scores classifiers (cross-entropy on logits (N, C)); a regression "
+            "target is not supported. Integer-valued labels: pass `labels.long()`.")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_classes):
+        raise ValueError(
+            f"Expected the labels of `{argument}` to be class indices 0..{n_classes - 1} (the "
+            f"model has {n_classes} output(s)), got labels from {int(labels.min())} to "
+            f"{int(labels.max())}.")

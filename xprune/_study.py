@@ -31,7 +31,17 @@ from ._io import atomic_write_text
 from ._state import as_logits
 from .analysis import STAGES, _silent, check_writable, run_stages
 from .config import AnalysisConfig, load_config, reinitialised
-from .data import LABEL_KEYS, DatasetSplit, collect_batches, is_batches
+from .data import (
+    LABEL_KEYS,
+    DatasetSplit,
+    _as_tensor,
+    _batch_parts,
+    _split_indices,
+    as_split,
+    check_labels,
+    collect_batches,
+    is_batches,
+)
 from .models import check_model
 from .report import metric_summary, render_report
 from .report.figures import figure_png, plot_key_figure
@@ -218,15 +228,24 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
     else:
         with torch.random.fork_rng(devices=[]):  # the run's random stream stays untouched
             template = factory()
-    data = _collected(data, _model_pad_id(template))
-    tokens = _token_pairs(data)
-    if tokens is not None:  # a tokenizer's output: the model takes the ids alone
-        data, pad, keys = _token_ids(tokens, template)
-        template = TokenIds(template, pad, keys)
+    streams = _streams(data)
+    if streams is not None:  # DataLoaders: read batch by batch, never held whole
+        data, layout = _stream_data(streams, config, template)
+    else:
+        data, layout = _collected(data, _model_pad_id(template)), None
+        tokens = _token_pairs(data)
+        if tokens is not None:
+            data, layout = _token_ids(tokens, template)
+            if layout.special:  # [CLS], [SEP]: masked in the maps, never removed
+                data = dataclasses.replace(as_split(data, **_split_args(config)),
+                                           pad_token_id=layout.pad,
+                                           special_token_ids=layout.special)
+    if layout is not None:  # a tokenizer's output: the model takes the ids alone
+        template = TokenIds(template, layout.pad, layout.keys, sep_token_id=layout.sep)
         if user_model is not None:
             user_model = template
         factory = _reinitialised(template) if user_model is not None else _wrapped(
-            factory, pad, keys)
+            factory, layout)
     bar = tqdm(total=len(STAGES), desc="xprune.study", unit="stage", disable=not progress,
                file=sys.stderr, delay=2)  # shown once the study has run for 2 s
     say = (lambda msg: tqdm.write(f"[xprune] {msg}", file=sys.stderr)) if progress else _silent
@@ -237,7 +256,9 @@ def study(model: nn.Module | Callable[[], nn.Module], data: object, *,
         bar.set_postfix_str(name)
 
     def check(split: DatasetSplit) -> None:
-        if train or config.controls.other_seed:
+        # a function builds fresh models itself; only a module must re-initialise a copy
+        # (tests/cases_s6/013-study-factory-reset-parameters.md)
+        if user_model is not None and (train or config.controls.other_seed):
             _check_resettable(template)
         _check_model(template, split)
 
@@ -332,7 +353,7 @@ def _record_source(out: Path, data: DatasetSplit, model: nn.Module, trained: boo
     path = out / "config.json"
     cfg = json.loads(path.read_text())
     cfg["data"]["dataset"] = (f"{data.name} passed to xprune.study: "
-                              f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)} "
+                              f"{len(data.y_train)}/{len(data.y_val)}/{len(data.y_test)} "
                               f"train/validation/test samples of shape "
                               f"{tuple(data.x_test.shape[1:])}, "
                               f"{str(data.x_test.dtype).replace('torch.', '')}")
@@ -341,10 +362,209 @@ def _record_source(out: Path, data: DatasetSplit, model: nn.Module, trained: boo
     atomic_write_text(path, json.dumps(cfg, indent=2) + "\n")
 
 
-# ---------------------------------------------------------------- token inputs (tokenizer output)
+# ---------------------------------------------------------------- streamed data (DataLoaders)
+
+def _streams(data: object) -> dict[str, object] | None:
+    """The DataLoaders (re-iterable iterables of batches) of ``data``: ``{"all": loader}`` for
+    data to be split, ``{split: loader or in-memory pair}`` for a dict of splits with at least
+    one loader, None when nothing is streamed. A one-pass iterable (a generator) is not
+    streamed: it cannot be read once per epoch (:func:`_collected` holds it)."""
+    def streamable(value: object) -> bool:
+        return is_batches(value) and iter(value) is not value
+
+    if streamable(data):
+        return {"all": data}
+    if isinstance(data, dict) and data and set(data) <= {"train", "val", "test"} and any(
+            streamable(v) for v in data.values()):
+        return {k: v if streamable(v) else [_as_batch(v)] for k, v in data.items()}
+    return None
+
+
+def _as_batch(value: object) -> object:
+    """An in-memory split among streamed ones, as one batch of its own."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return value
+    if hasattr(value, "keys"):
+        return value
+    raise TypeError(f"Expected every split of `data` to be a DataLoader, (inputs, labels) or a "
+                    f"tokenizer output, got {type(value).__name__}.")
+
+
+class _Stream:
+    """One split of a DataLoader as a re-iterable stream of ``(inputs, labels)`` batches.
+
+    ``positions`` (sorted, optional): the positions in the stream of the
+    split's samples, the others left out of each batch; the loader must then
+    yield its samples in the same order on every pass, which each pass
+    checks against ``order`` (the labels of the whole stream). ``convert``
+    maps each batch's inputs (a tokenizer output to token ids). Batches are
+    read one at a time and never stored.
+    """
+
+    def __init__(self, source: object, name: str, *, positions: torch.Tensor | None = None,
+                 order: torch.Tensor | None = None,
+                 convert: Callable[[object, str], torch.Tensor] | None = None) -> None:
+        self.source, self.name, self.positions, self.order = source, name, positions, order
+        self.convert = convert
+
+    def __iter__(self):
+        offset = 0
+        for i, batch in enumerate(self.source):
+            x, y = _batch_parts(batch, self.name, i)
+            where = f"batch {i} of `{self.name}`"
+            x = {k: _as_tensor(v, f"`{self.name}`[{k!r}] in {where}") for k, v in x.items()} \
+                if hasattr(x, "keys") and not isinstance(x, torch.Tensor) \
+                else _as_tensor(x, f"the inputs of {where}")
+            y = _as_tensor(y, f"the labels of {where}").reshape(-1)
+            if y.is_floating_point() or y.dtype == torch.bool:
+                raise ValueError(f"Expected the labels of {where} to be integers 0..C-1, got "
+                                 f"dtype {str(y.dtype).replace('torch.', '')}.")
+            y = y.long()
+            n = len(y)
+            if self.positions is not None:
+                if not torch.equal(y, self.order[offset:offset + n]):
+                    raise ValueError(f"Expected `{self.name}` to yield its samples in the same "
+                                     f"order on every pass (the study splits it by position), "
+                                     f"got other labels in {where}: pass shuffle=False, or a "
+                                     f"dict {{'train': loader, 'test': loader}}.")
+                lo, hi = (int(torch.searchsorted(self.positions, v)) for v in (offset, offset + n))
+                rows = self.positions[lo:hi] - offset
+                offset += n
+                if not len(rows):
+                    continue
+                x = {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
+                y = y[rows]
+            else:
+                offset += n
+            if self.convert is not None:
+                x = self.convert(x, where)
+            elif isinstance(x, dict):
+                raise ValueError(f"Expected the inputs of every batch of `{self.name}` to be of "
+                                 f"one kind, got a mapping in {where} after tensors.")
+            elif x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ValueError(f"Expected the inputs of {where} to be finite, got "
+                                 f"{int((~torch.isfinite(x)).sum())} NaN or Inf entries.")
+            yield x, y
+
+
+def _scan(stream: _Stream, rows: int, pad: int | None, *, whole: bool = True
+          ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over ``stream``: its first ``rows`` inputs (copies, token ids right-padded with
+    ``pad`` to the longest sequence of the split), all its labels, and that longest length
+    (``whole=False``: stop after the first rows; labels and length are then those read)."""
+    head, labels, length, held = [], [], 0, 0
+    for x, y in stream:
+        if held < rows:
+            head.append(x[:rows - held].clone())
+            held += len(head[-1])
+        labels.append(y)
+        length = max(length, x.shape[1] if x.dim() > 1 else 0)
+        if not whole and held >= rows:
+            break
+    if not labels:
+        raise ValueError(f"Expected `{stream.name}` to yield at least one batch, got none.")
+    shapes = {tuple(h.shape[1:]) for h in head}
+    if len(shapes) > 1 and not all(h.dim() == 2 and not h.is_floating_point() for h in head):
+        raise ValueError(f"Expected every batch of `{stream.name}` to have the same input shape "
+                         f"per sample, got {sorted(shapes)}.")
+    if any(h.shape[1:] != (length,) for h in head) and head[0].dim() == 2 and \
+            not head[0].is_floating_point():  # token ids of batches padded to their own length
+        if pad is None:
+            raise ValueError(f"Expected a pad id to pad the batches of `{stream.name}` to one "
+                             f"length (they differ); the model's config has no pad_token_id: "
+                             f"pad in the collator (padding='max_length').")
+        head = [torch.nn.functional.pad(h, (0, length - h.shape[1]), value=pad) for h in head]
+    return torch.cat(head), torch.cat(labels), length
+
+
+def _streamed_split(streams: dict[str, object], config: AnalysisConfig,
+                    convert: Callable | None, pad: int | None) -> DatasetSplit:
+    """A :class:`DatasetSplit` over DataLoaders: training and test read as streams
+    (``train_batches``, ``test_batches``); in memory only the labels, the first two training
+    inputs (to check the model) and the first test inputs (explained, timed: the larger of
+    ``attribution.n_samples`` and ``report.latency_batch``)."""
+    n_test_rows = max(config.attribution.n_samples, config.report.latency_batch, 1)
+    if "all" in streams:  # split by position, as tensors of the same labels are split
+        source = streams["all"]
+        labels = torch.cat([y for _, y in _Stream(source, "data")])
+        check_labels(labels.numpy(), "the labels of `data`")
+        try:
+            idx = _split_indices(labels.numpy(), seed=config.seed, val_size=config.data.val_size,
+                                 test_size=config.data.test_size)
+        except ValueError as exc:
+            raise ValueError(f"Could not split `data` into train / validation / test: {exc}"
+                             ) from None
+        parts = {k: _Stream(source, "data", positions=i.sort().values, order=labels,
+                            convert=convert) for k, i in zip(("train", "val", "test"), idx,
+                                                             strict=True)}
+        longest = max(x.shape[1] if x.dim() > 1 else 0
+                      for x, _ in _Stream(source, "data", convert=convert)) \
+            if convert is not None else 0
+        scans = {"train": _scan(parts["train"], 2, pad, whole=False),
+                 "test": _scan(parts["test"], n_test_rows, pad, whole=False)}
+        heads = {k: v[0] for k, v in scans.items()}
+        if convert is not None and longest:  # padded as the collected data would be
+            heads = {k: torch.nn.functional.pad(h, (0, longest - h.shape[1]), value=pad)
+                     for k, h in heads.items()}
+        ys = {k: labels[i.sort().values] for k, i in zip(("train", "val", "test"), idx,
+                                                         strict=True)}
+    else:
+        unknown = sorted(set(streams) - {"train", "val", "test"})
+        if unknown or not {"train", "test"} <= set(streams):
+            raise ValueError(f"Expected `data` as a dict to have the keys 'train' and 'test' "
+                             f"(and optionally 'val'), got {sorted(streams, key=str)}.")
+        parts = {k: _Stream(v, f"data[{k!r}]", convert=convert) for k, v in streams.items()}
+        scans = {k: _scan(p, {"train": 2, "test": n_test_rows}.get(k, 0), pad)
+                 for k, p in parts.items()}
+        heads = {k: scans[k][0] for k in ("train", "test")}
+        ys = {k: v[1] for k, v in scans.items()}
+        ys.setdefault("val", ys["train"][:0])
+        check_labels(torch.cat(list(ys.values())).numpy(), "the labels of `data`")
+    n_classes = int(torch.cat(list(ys.values())).max()) + 1
+    return DatasetSplit("data", heads["train"], ys["train"], heads["train"][:0], ys["val"],
+                        heads["test"], ys["test"], n_classes,
+                        tuple(str(c) for c in range(n_classes)),
+                        train_batches=parts["train"], test_batches=parts["test"])
+
+
+def _split_args(config: AnalysisConfig) -> dict:
+    return dict(seed=config.seed, val_size=config.data.val_size,
+                test_size=config.data.test_size)
+
+
+def _stream_data(streams: dict[str, object], config: AnalysisConfig, model: object
+                 ) -> tuple[DatasetSplit, TokenLayout | None]:
+    """The streamed split of DataLoaders (:func:`_streamed_split`) and, for batches of a
+    tokenizer's output, their layout (read from the first batch of each split); each batch
+    becomes its token ids as it is read."""
+    firsts = []
+    for split, source in streams.items():
+        name = "data" if split == "all" else f"data[{split!r}]"
+        for batch in source:
+            x, _ = _batch_parts(batch, name, 0)
+            firsts.append((name, x))
+            break
+        else:
+            raise ValueError(f"Expected `{name}` to yield at least one batch, got none.")
+    mapping = [hasattr(x, "keys") and not isinstance(x, torch.Tensor) for _, x in firsts]
+    if any(mapping) and not all(mapping):
+        raise ValueError("Expected every split of `data` to be a tokenizer output when one is, "
+                         "got tensors in others.")
+    if not any(mapping):
+        return _streamed_split(streams, config, None, _model_pad_id(model)), None
+    layout = _token_layout([(f"the first batch of {name}", {k: _as_tensor(v, k)
+                                                              for k, v in x.items()})
+                            for name, x in firsts], model)
+    split = _streamed_split(streams, config, lambda x, where: _ids_of(x, layout, where),
+                            layout.pad)
+    if layout.special:
+        split = dataclasses.replace(split, pad_token_id=layout.pad,
+                                    special_token_ids=layout.special)
+    return split, layout
+
 
 def _collected(data: object, pad_token_id: int | None) -> object:
-    """DataLoaders and other iterables of batches (also as splits) collected into pairs."""
+    """One-pass iterables of batches (generators; also as splits) collected into pairs."""
     if is_batches(data):
         return collect_batches(data, pad_token_id=pad_token_id)
     if isinstance(data, dict) and data and set(data) <= {"train", "val", "test"}:
@@ -353,34 +573,80 @@ def _collected(data: object, pad_token_id: int | None) -> object:
     return data
 
 
-def _wrapped(factory: Callable[[], nn.Module], pad: int | None, keys: Sequence[str]
-             ) -> Callable[[], nn.Module]:
-    return lambda: TokenIds(factory(), pad, keys)
-
+# ---------------------------------------------------------------- token inputs (tokenizer output)
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+_ACCEPTED_KEYS = (*TOKEN_KEYS, "special_tokens_mask")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a tokenizer's output follows from its ids: what :class:`TokenIds` rebuilds.
+
+    Attributes
+    ----------
+    pad : int or None
+        The pad id: ``attention_mask = input_ids != pad``.
+    keys : tuple of str
+        The inputs the model is called with (``input_ids`` and those of
+        ``attention_mask``, ``token_type_ids`` the data had).
+    sep : int or None
+        For sentence pairs: the id that ends the first segment ([SEP]);
+        ``token_type_ids`` are 1 after the first ``sep`` up to the padding.
+        None for one sequence per sample (types 0).
+    special : tuple of int
+        Ids never attributed nor removed ([CLS], [SEP]): those the data's
+        ``special_tokens_mask`` marks, and for pairs the separator and the
+        first token.
+    """
+
+    pad: int | None
+    keys: tuple[str, ...]
+    sep: int | None = None
+    special: tuple[int, ...] = ()
+
+
+def segment_ids(input_ids: torch.Tensor, sep: int | None, pad: int | None) -> torch.Tensor:
+    """The ``token_type_ids`` (N, T) of ``input_ids`` (N, T) as a BERT tokenizer gives them for
+    ``tokenizer(text, text_pair)``: 0 up to and including the first ``sep``, 1 after it, 0 at
+    padding (``pad``); all 0 when ``sep`` is None (one sequence per sample). Deleting or
+    replacing a token other than [SEP] leaves the segments of the others as they were."""
+    if sep is None:
+        return torch.zeros_like(input_ids)
+    is_sep = (input_ids == sep).long()
+    second = (is_sep.cumsum(dim=1) - is_sep) >= 1  # a separator strictly before
+    if pad is not None:
+        second &= input_ids != pad
+    return second.long()
+
+
+def _wrapped(factory: Callable[[], nn.Module], layout: TokenLayout) -> Callable[[], nn.Module]:
+    return lambda: TokenIds(factory(), layout.pad, layout.keys, sep_token_id=layout.sep)
 
 
 class TokenIds(nn.Module):
     """A text model that takes a tokenizer's output, called with its token ids (N, T) only.
 
     ``forward(input_ids)`` calls the wrapped ``model`` with ``input_ids`` and
-    the inputs a tokenizer derives from them for one sequence per sample:
-    ``attention_mask = input_ids != pad_token_id`` and ``token_type_ids = 0``
-    (each only if the data had it), and returns the logits (N, C) (the
-    ``logits`` of a Hugging Face ``ModelOutput``). :func:`study` checks on the
-    whole data set that the derived inputs equal the given ones before it uses
-    this, so the pipeline (which varies one tensor of ids: removal metrics put
-    the pad id in place of removed tokens, which the mask then hides) sees the
-    model as it is called on the data. ``get_input_embeddings`` and
-    ``config`` are the wrapped model's, so attribution finds the embedding
-    layer and the pad id.
+    the inputs a tokenizer derives from them: ``attention_mask = input_ids !=
+    pad_token_id`` and ``token_type_ids`` by :func:`segment_ids` (0 for one
+    sequence per sample; for sentence pairs, 1 after the first
+    ``sep_token_id``), each only if the data had it, and returns the logits
+    (N, C) (the ``logits`` of a Hugging Face ``ModelOutput``). :func:`study`
+    checks on every sample that the derived inputs equal the given ones
+    before it uses this, so the pipeline (which varies one tensor of ids:
+    removal metrics put the pad id in place of removed tokens, which the mask
+    then hides, and never remove [SEP]) sees the model as it is called on the
+    data. ``get_input_embeddings`` and ``config`` are the wrapped model's, so
+    attribution finds the embedding layer and the pad id.
     """
 
-    def __init__(self, model: nn.Module, pad_token_id: int | None, keys: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, pad_token_id: int | None, keys: Sequence[str], *,
+                 sep_token_id: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.pad_token_id = pad_token_id
+        self.sep_token_id = sep_token_id
         self.keys = tuple(keys)
         config = getattr(model, "config", None)
         if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
@@ -393,7 +659,8 @@ class TokenIds(nn.Module):
             kwargs["attention_mask"] = (input_ids != self.pad_token_id).long() \
                 if self.pad_token_id is not None else torch.ones_like(input_ids)
         if "token_type_ids" in self.keys:
-            kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+            kwargs["token_type_ids"] = segment_ids(input_ids, self.sep_token_id,
+                                                   self.pad_token_id)
         return as_logits(self.model(**kwargs), self.model)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -439,46 +706,105 @@ def _token_pairs(data: object) -> dict[str, tuple[dict, torch.Tensor]] | None:
     return None if found is None else {"all": found}
 
 
-def _token_ids(parts: dict[str, tuple[dict, torch.Tensor]], model: object
-               ) -> tuple[object, int | None, tuple[str, ...]]:
-    """The ids of every split in place of its tokenizer output, the pad id, and the keys the
-    model is called with; ValueError unless the other inputs follow from the ids."""
-    keys = None
-    pad = _model_pad_id(model)
-    for split, (enc, _) in parts.items():
-        unknown = sorted(set(enc) - set(TOKEN_KEYS))
-        if unknown or "input_ids" not in enc:
+def _token_layout(encodings: Sequence[tuple[str, Mapping]], model: object) -> TokenLayout:
+    """The :class:`TokenLayout` of tokenizer outputs ``[(where, encoding), ...]`` (every split
+    in memory, or the first batch of each streamed one): their keys, the pad id (the model's,
+    else the one id under ``attention_mask == 0``), and for sentence pairs the separator."""
+    keys, pad, seps, special = None, _model_pad_id(model), set(), set()
+    firsts = set()
+    for where, enc in encodings:
+        unknown = sorted(set(enc) - set(_ACCEPTED_KEYS))
+        if "input_ids" not in enc:  # tests/cases_s6/009-study-keyword-inputs.md
+            raise ValueError(
+                f"Expected the inputs of `data` to be one tensor (n, ...) or a tokenizer's "
+                f"output (input_ids, optionally attention_mask and token_type_ids), got a "
+                f"mapping of the inputs {sorted(enc)} ({where}): xprune.study runs models "
+                f"with one input. For a model with several inputs, study a wrapper whose "
+                f"forward takes one tensor; xprune.prune, attribute and the agreement "
+                f"metrics take the mapping as it is.")
+        if unknown:
             raise ValueError(f"Expected the tokenizer output of `data` to hold input_ids and "
-                             f"optionally attention_mask and token_type_ids, got the keys "
-                             f"{sorted(enc)} ({split}); drop {unknown or 'nothing'} "
-                             f"(e.g. return_offsets_mapping=False).")
-        if keys is not None and set(enc) != set(keys):
+                             f"optionally attention_mask, token_type_ids and "
+                             f"special_tokens_mask, got the keys {sorted(enc)} ({where}); drop "
+                             f"{unknown or 'nothing'} (e.g. return_offsets_mapping=False).")
+        these = tuple(k for k in TOKEN_KEYS if k in enc)
+        if keys is not None and these != keys:
             raise ValueError(f"Expected every split of `data` to hold the same inputs, got "
-                             f"{sorted(keys)} and {sorted(enc)}.")
-        keys = tuple(k for k in TOKEN_KEYS if k in enc)
+                             f"{list(keys)} and {list(these)}.")
+        keys = these
+        ids = torch.as_tensor(enc["input_ids"])
         if "attention_mask" in enc and pad is None:  # learn the pad id from the padding
-            ids, mask = (torch.as_tensor(enc[k]) for k in ("input_ids", "attention_mask"))
-            padded = ids[mask == 0].unique()
+            padded = ids[torch.as_tensor(enc["attention_mask"]) == 0].unique()
             if len(padded) > 1:
                 raise ValueError(f"Expected one pad id where the attention_mask of `data` is 0, "
                                  f"got {padded[:5].tolist()}.")
             pad = int(padded[0]) if len(padded) else None
-    out = {}
-    for split, (enc, labels) in parts.items():
-        ids = torch.as_tensor(enc["input_ids"])
-        if "attention_mask" in enc:
-            mask = torch.as_tensor(enc["attention_mask"])
-            derived = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
-            if mask.shape != ids.shape or not torch.equal(mask.bool(), derived):
-                bad = int((mask.bool() != derived).sum()) if mask.shape == ids.shape else "all"
-                raise ValueError(
-                    f"Expected the attention_mask of `data` to be input_ids != pad id ({pad}): "
-                    f"the study gives the model the ids alone and rebuilds the mask from them, "
-                    f"but {bad} positions differ ({split}). Pad with the tokenizer's pad token "
-                    f"only where the mask is 0.")
-        if "token_type_ids" in enc and bool(torch.as_tensor(enc["token_type_ids"]).any()):
-            raise ValueError("Expected the token_type_ids of `data` to be all 0 (one sequence "
-                             "per sample): the study rebuilds them from the ids; sentence "
-                             "pairs are not supported.")
-        out[split] = (ids, labels)
-    return (out["all"] if "all" in out else out), pad, keys
+        if "special_tokens_mask" in enc:
+            special |= set(ids[torch.as_tensor(enc["special_tokens_mask"]).bool()].tolist())
+        if "token_type_ids" in enc:
+            types = torch.as_tensor(enc["token_type_ids"])
+            if types.shape != ids.shape:
+                raise ValueError(f"Expected the token_type_ids of `data` of the shape of its "
+                                 f"input_ids {tuple(ids.shape)}, got {tuple(types.shape)} "
+                                 f"({where}).")
+            paired = types.bool().any(dim=1)
+            if bool(paired.any()):  # sentence pairs: the token before the second segment
+                start = types[paired].bool().long().argmax(dim=1)
+                if bool((start == 0).any()):
+                    raise ValueError(f"Expected the token_type_ids of `data` to be 0 on the "
+                                     f"first sequence and 1 on the second of a pair, got 1 "
+                                     f"from the first token ({where}).")
+                seps |= set(ids[paired][torch.arange(len(start)), (start - 1).clamp(min=0)]
+                            .tolist())
+                firsts |= set(ids[paired][:, 0].tolist())
+    if len(seps) > 1:
+        raise ValueError(f"Expected sentence pairs in `data` to be separated by one id (the "
+                         f"tokenizer's [SEP]), got the ids {sorted(seps)[:5]} before the "
+                         f"second segments.")
+    sep = next(iter(seps), None)
+    if sep is not None:
+        special.add(sep)
+        if len(firsts) == 1:  # [CLS]
+            special |= firsts
+    return TokenLayout(pad, keys, sep, tuple(sorted(special)))
+
+
+def _ids_of(enc: Mapping, layout: TokenLayout, where: str) -> torch.Tensor:
+    """The ``input_ids`` of a tokenizer output, after checking that its other inputs follow
+    from them as :class:`TokenIds` rebuilds them (ValueError naming the difference)."""
+    ids = torch.as_tensor(enc["input_ids"])
+    keys = tuple(k for k in TOKEN_KEYS if k in enc)
+    if keys != layout.keys:
+        raise ValueError(f"Expected every batch of `data` to hold the inputs {list(layout.keys)}, "
+                         f"got {list(keys)} ({where}).")
+    pad = layout.pad
+    if "attention_mask" in enc:
+        mask = torch.as_tensor(enc["attention_mask"])
+        derived = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
+        if mask.shape != ids.shape or not torch.equal(mask.bool(), derived):
+            bad = int((mask.bool() != derived).sum()) if mask.shape == ids.shape else "all"
+            raise ValueError(
+                f"Expected the attention_mask of `data` to be input_ids != pad id ({pad}): "
+                f"the study gives the model the ids alone and rebuilds the mask from them, "
+                f"but {bad} positions differ ({where}). Pad with the tokenizer's pad token "
+                f"only where the mask is 0.")
+    if "token_type_ids" in enc:
+        types = torch.as_tensor(enc["token_type_ids"])
+        derived = segment_ids(ids, layout.sep, pad)
+        if types.shape != ids.shape or not torch.equal(types.long(), derived):
+            bad = int((types.long() != derived).sum()) if types.shape == ids.shape else "all"
+            raise ValueError(
+                f"Expected the token_type_ids of `data` to be 0 up to the first separator "
+                f"(id {layout.sep}) and 1 after it up to the padding, as a tokenizer gives them "
+                f"for one sequence or a pair (text, text_pair) per sample: the study rebuilds "
+                f"them from the ids, but {bad} positions differ ({where}).")
+    return ids
+
+
+def _token_ids(parts: dict[str, tuple[dict, torch.Tensor]], model: object
+               ) -> tuple[object, TokenLayout]:
+    """The ids of every split in place of its tokenizer output, and the layout the model is
+    called with; ValueError unless the other inputs follow from the ids."""
+    layout = _token_layout([(split, enc) for split, (enc, _) in parts.items()], model)
+    out = {split: (_ids_of(enc, layout, split), labels) for split, (enc, labels) in parts.items()}
+    return (out["all"] if "all" in out else out), layout

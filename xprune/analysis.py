@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import metrics as M
+from ._batches import first_rows
 from ._cache import RunCache, code_digest
 from ._io import atomic_write_text
 from ._validation import check_positive_int, closest_name
@@ -111,6 +112,15 @@ def _model_factory(data: DatasetSplit, config: AnalysisConfig) -> Callable[[], n
         return lambda: load_hf_classifier(config.model.pretrained_path, n_classes=data.n_classes)
     factory = config.model.resolve()
     if factory is not None:
+        try:  # tests/cases_s6/011-factory-kwargs.md: a misspelt key names the config table
+            inspect.signature(factory).bind(**config.model.kwargs)
+        except TypeError as exc:
+            raise ValueError(f"Expected `model.kwargs` {dict(config.model.kwargs)} to fit "
+                             f"`model.factory` {config.model.factory!r}"
+                             f"{inspect.signature(factory)}: {exc}.") from None
+        except ValueError:  # no signature to read (a builtin): the call itself will tell
+            pass
+
         def build() -> nn.Module:
             model = factory(**config.model.kwargs)
             if not isinstance(model, nn.Module):
@@ -128,6 +138,19 @@ def _model_factory(data: DatasetSplit, config: AnalysisConfig) -> Callable[[], n
     if len(shape) == 1:
         return lambda: TabularMLP(shape[0], n_classes=data.n_classes)
     raise ValueError(f"No default model for inputs of shape {shape} ({data.name!r}).")
+
+
+def _train_set(data: DatasetSplit) -> tuple:
+    """``(x, y)`` of the training split for :func:`xprune.models.train`: the tensors, or the
+    split's stream of batches and None (read one batch at a time)."""
+    return (data.x_train, data.y_train) if data.train_batches is None else (
+        data.train_batches, None)
+
+
+def _test_set(data: DatasetSplit) -> tuple:
+    """``(x, y)`` of the test split for evaluation: the tensors, or its stream and None."""
+    return (data.x_test, data.y_test) if data.test_batches is None else (data.test_batches,
+                                                                           None)
 
 
 def _seeded(factory: Callable[[], nn.Module], seed: int) -> nn.Module:
@@ -179,7 +202,7 @@ def _trainer(factory: Callable[[], nn.Module], config: AnalysisConfig, data: Dat
 
     def compute():
         model = _seeded(factory, seed).to(config.device)
-        res = train(model, data.x_train, data.y_train, epochs=tc.epochs, lr=tc.lr,
+        res = train(model, *_train_set(data), epochs=tc.epochs, lr=tc.lr,
                     batch_size=tc.batch_size, seed=seed)
         return model, {"train_seconds": res.seconds, "seed": seed}
     return compute
@@ -212,8 +235,8 @@ def load_data(config: AnalysisConfig, data: object = None, *,
             "label_column": dc.label_column, "max_length": dc.max_length}
     data = check_split(load_dataset(dc.dataset, text=text, **split) if data is None
                        else as_split(data, **split))
-    say(f"{data.name}: {len(data.x_train)} train / {len(data.x_val)} validation / "
-        f"{len(data.x_test)} test samples")
+    say(f"{data.name}: {len(data.y_train)} train / {len(data.y_val)} validation / "
+        f"{len(data.y_test)} test samples")
     names = config.metrics.resolved_names(images=data.x_test.dim() == 4,  # before training
                                           tokens=_token_ids(data.x_test))
     need = [n for n in names if M.METRICS[n].kind == "rationale"]
@@ -286,7 +309,8 @@ def prune_models(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module, *
     factory = factory or _model_factory(data, config)
     pc, dev = config.pruning, config.device
     records = []
-    reference = (data.x_train[:pc.reference_samples], data.y_train[:pc.reference_samples])
+    reference = (data.x_train[:pc.reference_samples], data.y_train[:pc.reference_samples]) \
+        if data.train_batches is None else first_rows(data.train_batches, pc.reference_samples)
     for entry in pc.checkpoints:  # pruned elsewhere: compare only
         table = {"path": entry} if isinstance(entry, str) else entry
         own = ModelConfig(factory=table.get("factory"), kwargs=table.get("kwargs", {}))
@@ -334,7 +358,7 @@ def train_controls(config: AnalysisConfig, data: DatasetSplit, dense: nn.Module,
     if config.controls.finetune:
         def compute_ft():
             model = copy.deepcopy(dense)
-            res = train(model, data.x_train, data.y_train, epochs=pc.finetune_epochs,
+            res = train(model, *_train_set(data), epochs=pc.finetune_epochs,
                         lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
             return model, {"finetune_seconds": res.seconds}
 
@@ -354,10 +378,10 @@ def _sparse_compute(dense, variant, amount, data, reference, config):
         kwargs = _prune_kwargs(variant, reference, config.seed)
         if variant.schedule == "one_shot":
             pair = prune(dense, amount, **kwargs)
-            pair = fine_tune(pair, data.x_train, data.y_train, epochs=pc.finetune_epochs,
+            pair = fine_tune(pair, *_train_set(data), epochs=pc.finetune_epochs,
                              lr=pc.finetune_lr, batch_size=tc.batch_size, seed=config.seed)
         else:
-            pair = prune_and_fine_tune(dense, amount, data.x_train, data.y_train,
+            pair = prune_and_fine_tune(dense, amount, *_train_set(data),
                                        schedule=variant.schedule, steps=variant.steps,
                                        epochs=pc.finetune_epochs, lr=pc.finetune_lr, **kwargs)
         info = {"finetune_seconds": pair.params["finetune_seconds"]}
@@ -421,8 +445,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
                   for v in config.pruning.variants()} if not config.pruning.checkpoints else {}
     dense_macs = count_macs(records[0].model, example)["dense"]
     for rec in records:
-        ev = evaluate(rec.model, data.x_test, data.y_test)
-        n = data.x_test.shape[0]
+        ev = evaluate(rec.model, *_test_set(data))
+        n = len(data.y_test)
         acc, lo, hi = proportion_ci(round(ev["accuracy"] * n), n)
         table = layer_table(rec.model)
         nnz = int(table["nonzeros"].sum())
@@ -446,7 +470,7 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
                             "finetune_seconds": rec.info.get("finetune_seconds", math.nan),
                             **lat})
         layer_frames.append(table.assign(model=rec.tag))
-        class_frames.append(pd.DataFrame(per_class(rec.model, data.x_test, data.y_test))
+        class_frames.append(pd.DataFrame(per_class(rec.model, *_test_set(data)))
                             .assign(model=rec.tag))
     layers = pd.concat(layer_frames, ignore_index=True)[
         ["model", "layer", "parameter", "numel", "nonzeros", "sparsity"]]
@@ -770,7 +794,7 @@ def attribute_models(config: AnalysisConfig, records: list[ModelRecord], data: D
     ac = config.attribution
     n_eval = explained_count(config, data)
     x = data.x_test[:n_eval]
-    tokens = None if data.vocabulary is None else {  # padding and special tokens masked
+    tokens = None if data.vocabulary is None and not data.special_token_ids else {  # masked:
         "pad_token_id": data.pad_token_id, "special_token_ids": data.special_token_ids}
     targets = predict(records[0].model, x).argmax(dim=1)  # the dense model's prediction, for all
     predictions = {rec.tag: predict(rec.model, x).argmax(dim=1) for rec in records}
@@ -805,7 +829,7 @@ def explained_count(config: AnalysisConfig, data: DatasetSplit) -> int:
     """How many test inputs the run explains: ``config.attribution.n_samples``, or every
     test input where the test split is smaller (with a warning naming both counts; the
     run folder's ``config.json`` records the count used)."""
-    n_test = len(data.x_test)
+    n_test = len(data.y_test)
     if config.attribution.n_samples > n_test:
         warnings.warn(f"`attribution.n_samples` = {config.attribution.n_samples} is more than "
                       f"the {n_test} samples of the test split of {data.name!r}: explaining "

@@ -28,8 +28,14 @@ def _names(metrics: Sequence[str] | None, kinds: tuple[str, ...], x_dim: int) ->
     for name in metrics:
         info = M.get_metric(name)
         if info.kind not in kinds:
+            # tests/cases_s6/012-score-agreement-metric.md: say which command scores it
+            where = ("it compares two maps: `xprune compare A.safetensors B.safetensors "
+                     f"--metrics {info.name}`" if info.kind == "pair" else
+                     "it scores one model's maps: `xprune score MAPS.safetensors --checkpoint "
+                     f"MODEL --factory pkg.module:build --metrics {info.name}`")
+            valid = sorted(n for n, i in M.METRICS.items() if i.kind in kinds)
             raise ValueError(f"Expected metrics of kind {kinds}, got {name!r} of kind "
-                             f"{info.kind!r}.")
+                             f"{info.kind!r}: {where}. Valid here: {', '.join(valid)}.")
         out.append(info.name)  # an alias (pixel_flipping) becomes xprune's name
     return out
 

@@ -54,6 +54,12 @@ class DatasetSplit:
         The kind of data where the shape does not tell it: ``"audio"`` for
         spectrograms, recorded in the maps so that the removal metrics take
         out time-frequency bins or patches (:class:`xprune.metrics.ReplaceAudio`).
+    train_batches, test_batches : re-iterable of (inputs, labels) batches, or None
+        Streamed splits (:func:`xprune.study` given a DataLoader): training,
+        fine-tuning and pruning calibration read ``train_batches`` and the
+        model tables evaluate on ``test_batches``, one batch at a time. Then
+        ``x_train`` and ``x_test`` hold only the first rows of their split
+        (those explained, timed and checked), while the labels ``y_*`` are whole.
     """
 
     name: str
@@ -71,6 +77,8 @@ class DatasetSplit:
     pad_token_id: int | None = None
     special_token_ids: tuple[int, ...] = ()
     kind: str | None = None
+    train_batches: object = None
+    test_batches: object = None
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -210,9 +218,13 @@ def _read_text_table(path: str, text_column: str, label_column: str):
         raise ValueError(f"Could not read {path} as a table: {str(exc).splitlines()[0]}"
                          ) from None
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
-    if missing:
+    if missing:  # tests/cases_s6/008-tabular-csv.md: a numeric table is not a text file
         raise ValueError(f"Expected the columns {missing} (`data.text_column`, "
-                         f"`data.label_column`) in {path}, got {list(frame.columns)}.")
+                         f"`data.label_column`) in {path}, got {list(frame.columns)}. A "
+                         f"{Path(path).suffix} file is read as text classification data (a "
+                         "text and a label column); for a table of numeric features save "
+                         "arrays x, y to an .npz file or name a loader function "
+                         "'mypackage.data:load' returning (x, y).")
     frame = frame[[text_column, label_column]]
     if frame.isna().any().any():
         rows = frame.index[frame.isna().any(axis=1)].tolist()[:5]
@@ -466,7 +478,18 @@ def _pair(value: object, name: str) -> tuple[Tensor, Tensor]:
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"Expected the inputs of `{name}` to be finite, got "
                          f"{int((~torch.isfinite(x)).sum())} NaN or Inf entries.")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or \
+    # tests/cases_s6/007-float-labels-study.md: integer-valued floats (pandas, sklearn) are
+    # class labels; continuous values are a regression target, which is not supported
+    if y.is_floating_point() and len(y) and bool(torch.isfinite(y).all()) \
+            and bool((y == y.round()).all()):
+        y = y.long()
+    if y.is_floating_point():
+        raise ValueError(
+            f"Expected the labels of `{name}` to be integers 0..C-1 (class indices), got "
+            f"continuous values (dtype {str(y.dtype).replace('torch.', '')}, e.g. "
+            f"{y[0].item()!r}): xprune explains and scores classifiers; a regression target "
+            "is not supported.")
+    if y.is_complex() or y.dtype == torch.bool or \
             (len(y) and int(y.min()) < 0):
         raise ValueError(f"Expected the labels of `{name}` to be integers 0..C-1, got dtype "
                          f"{str(y.dtype).replace('torch.', '')}"
@@ -498,9 +521,15 @@ def check_labels(y: np.ndarray, name: str) -> int:
         raise ValueError(f"Expected {name} to hold at least one sample per class, got 0 "
                          "samples.")
     if y.dtype.kind not in "iu" or y.min() < 0:
+        whole = y.dtype.kind == "f" and bool(np.isfinite(y).all()) and bool((y == np.round(y)).all())
         raise ValueError(f"Expected {name} to be integers 0..C-1, got dtype {y.dtype}"
                          + (f" with minimum {y.min().item()!r}" if y.dtype.kind in "iuf"
-                            else "") + ".")
+                            else "")
+                         + (": whole numbers stored as floats; save them as integers "
+                            "(y.astype(int))." if whole and y.min() >= 0 else
+                            ": continuous values are a regression target, which xprune does "
+                            "not support (it scores classifiers)." if y.dtype.kind == "f"
+                            else "."))
     present = np.unique(y)
     if len(present) < 2:
         raise ValueError(f"Expected {name} to hold at least two classes, got only class "

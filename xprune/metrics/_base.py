@@ -6,7 +6,7 @@ import difflib
 import functools
 import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -340,6 +340,13 @@ def masked_features(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
     """Checked (inputs, attribution values) with equal shapes; token ids stay integers."""
+    if isinstance(inputs, (Mapping, tuple, list)):  # tests/cases_s6/010-metrics-keyword-inputs.md
+        raise TypeError(
+            f"Expected `inputs` to be one tensor (N, *F), the input the maps explain, got "
+            f"{type(inputs).__name__}: the removal metrics call the model with that one "
+            f"tensor. For a model with several inputs, pass a wrapper module whose forward "
+            f"takes the attributed tensor and closes over the others; for a tokenizer's "
+            f"output use comprehensiveness / sufficiency, which take it as it is.")
     if isinstance(inputs, Tensor) and not inputs.is_floating_point() \
             and inputs.dtype != torch.bool and inputs.dim() == 2 and inputs.shape[0] > 0:
         x = inputs  # token ids (N, T): removal replaces ids, never floats
@@ -370,6 +377,29 @@ def model_targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
     return torch.zeros(x.shape[0], dtype=torch.long) if t is None else t
 
 
+def output_scores(logits: Tensor, output: str, model: nn.Module) -> Tensor:
+    """Logits (M,) or (M, C) as (M, C) scores: the logits, or their softmax probabilities.
+
+    Raises
+    ------
+    ValueError
+        For probabilities of a one-output model (a regression model, or a binary
+        classifier with one logit): softmax over one column is 1.0 for every input, so
+        every removal score would be constant (see tests/cases_s6/003).
+    """
+    if logits.dim() == 1:
+        logits = logits[:, None]
+    if output != "probability":
+        return logits
+    if logits.shape[1] == 1:
+        raise ValueError(
+            f"Expected a model with two or more outputs for `output='probability'`, got "
+            f"{type(model).__name__} with one output: the softmax over one logit is 1.0 for "
+            "every input, so every score would be constant. Pass `output='logit'` to score "
+            "the output itself, or give a binary classifier two logits.")
+    return logits.softmax(dim=1)
+
+
 @torch.no_grad()
 def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
                   max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
@@ -383,9 +413,7 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
             logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
-            if logits.dim() == 1:
-                logits = logits[:, None]
-            scores = logits.softmax(dim=1) if output == "probability" else logits
+            scores = output_scores(logits, output, model)
             idx = target[i:i + max_rows].to(device)[:, None]
             out.append(scores.gather(1, idx)[:, 0].double().cpu())
     return torch.cat(out)

@@ -5,15 +5,17 @@ neighbours are unknowns too: one sparse linear system per image), plus small
 Gaussian noise. :class:`NoisyLinearImputation` is the operator
 (:mod:`xprune.metrics._removal`); :func:`noisy_linear_imputation` the
 function on one mask per image. The solver batches images with the same
-number of removed pixels into dense Cholesky solves, falls back to one scipy
-sparse solve per image for large systems, and serves ROAD's nested removals
-(the pixel prefixes of one ranking) with one factorisation per image.
+number of removed pixels into dense Cholesky solves, solves all large systems
+together as one block-diagonal scipy sparse system, and serves ROAD's nested
+removals (the pixel prefixes of one ranking) with one factorisation per image
+and one forward and back substitution for all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -99,9 +101,11 @@ class NoisyLinearImputation(Removal):
                              f"image, got {counts}.")
         order = order.cpu()
         images = x.detach().reshape(n, c, d).double().cpu()
-        filled = _impute_prefixes(images, order, counts, *x.shape[2:])
-        filled = _add_noise(filled.reshape(-1, c, d), prefix_masks(order, counts).reshape(-1, d),
-                            self.noise_std, self.generator)
+        with _one_thread():
+            filled = _impute_prefixes(images, order, counts, *x.shape[2:])
+            filled = _add_noise(filled.reshape(-1, c, d),
+                                prefix_masks(order, counts).reshape(-1, d), self.noise_std,
+                                self.generator)
         return filled.reshape(n, len(counts), *x.shape[1:]).to(device=x.device, dtype=x.dtype)
 
     def _checked(self, inputs: Tensor, baseline: Tensor | float | None) -> Tensor:
@@ -127,8 +131,8 @@ def noisy_linear_imputation(inputs: Tensor, removed: Tensor, *, noise_std: float
     one linear system over all removed pixels of an image, for all channels.
     Images with the same number k <= 192 of removed pixels are solved together
     as one batch of dense systems (Cholesky, in blocks of at most 2^22 matrix
-    elements); larger systems one image at a time with
-    ``scipy.sparse.linalg.spsolve``, which is faster there. Both give the same
+    elements); larger systems of all images together, as one block-diagonal
+    system for ``scipy.sparse.linalg.spsolve``, which is faster there. Both give the same
     solution (to rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
     then added to each imputed value. Kept pixels are unchanged.
 
@@ -231,7 +235,7 @@ def _check_noise(noise_std: float) -> None:
 
 
 # Unknowns per image up to which the imputation is solved as a batch of dense systems
-# (Cholesky, torch.linalg, many images per call); above it, one sparse scipy solve per image.
+# (Cholesky, torch.linalg, many images per call); above it, one block-diagonal sparse scipy solve.
 # Dense costs k^3 / 6 per image, the sparse solve far less for large k: on one CPU core
 # they cross near k = 220 (k = 64: dense 8x faster per image; k = 384: 2x slower).
 _DENSE_MAX_UNKNOWNS = 192
@@ -330,23 +334,21 @@ def _impute_rows(images: Tensor, removed: Tensor, height: int, width: int) -> Te
     ``images`` (M, C, d) float64 on the CPU, ``removed`` (M, d) bool, at least one pixel
     of each image kept. Images with the same number k of removed pixels are solved
     together, as dense (B, k, k) systems in calls of at most ``_DENSE_MAX_ELEMENTS``
-    elements, when k <= ``_DENSE_MAX_UNKNOWNS``; else one sparse solve per image.
+    elements, when k <= ``_DENSE_MAX_UNKNOWNS``; all larger ones together, as one
+    block-diagonal sparse system (:func:`_impute_sparse`).
     Returns a new (M, C, d) tensor, kept pixels copied exactly.
     """
     out = images.clone()
     counts = removed.sum(dim=1)
-    weights = grid = None
-    for k in counts.unique().tolist():
+    large = counts > _DENSE_MAX_UNKNOWNS
+    if bool(large.any()):
+        rows = large.nonzero()[:, 0]
+        out[rows] = _impute_sparse(images[rows], removed[rows], height, width)
+    grid = None
+    for k in counts[~large].unique().tolist():
         if k == 0:
             continue
         rows = (counts == k).nonzero()[:, 0]
-        if k > _DENSE_MAX_UNKNOWNS:
-            if weights is None:
-                weights = _neighbour_matrix(height, width)
-            for i in rows.tolist():
-                out[i] = torch.from_numpy(_impute(images[i].numpy(), removed[i].numpy(),
-                                                  weights))
-            continue
         grid = _grid_neighbours(height, width) if grid is None else grid
         step = max(1, _DENSE_MAX_ELEMENTS // (k * k))
         for start in range(0, rows.numel(), step):
@@ -359,25 +361,87 @@ def _impute_rows(images: Tensor, removed: Tensor, height: int, width: int) -> Te
     return out
 
 
+# Unknowns of all images together in one block-diagonal sparse solve (scipy), at most.
+_SPARSE_MAX_UNKNOWNS = 2 ** 18
+# Image widths up to which the sparse systems are factorised in their own (row-major) order:
+# a band of at most width + 1, less fill than COLAMD's ordering for narrow images (32 x 32:
+# 0.65 s against 1.08 s for 256 systems on one core); equal near 64, slower at 128.
+_BANDED_MAX_WIDTH = 48
+
+
+def _impute_sparse(images: Tensor, removed: Tensor, height: int, width: int) -> Tensor:
+    """:func:`_impute_rows` as block-diagonal sparse systems: one scipy solve per chunk of rows.
+
+    The systems ``D - W_RR`` of all M rows (``images`` (M, C, d) float64, ``removed``
+    (M, d) bool) are built at once from the neighbour table, without a loop over
+    rows, and stacked on the diagonal of one sparse matrix of at most
+    ``_SPARSE_MAX_UNKNOWNS`` unknowns (a single row may exceed it); the blocks share
+    no entry, so its solution is each row's own. Unknowns are numbered row-major, so
+    for images up to ``_BANDED_MAX_WIDTH`` wide SuperLU factorises in that order (a
+    band, no pivoting: the systems are positive definite); wider ones with
+    ``spsolve``'s fill-reducing ordering. Returns a new (M, C, d) tensor.
+    """
+    import numpy as np
+    from scipy import sparse
+    from scipy.sparse.linalg import splu, spsolve
+
+    out = images.clone()
+    m, c, d = images.shape
+    table, table_weight, table_degree = _grid_neighbours(height, width)
+    ends = removed.sum(dim=1).cumsum(0)
+    start = 0
+    while start < m:
+        stop = start + 1 + int((ends[start + 1:] - (ends[start - 1] if start else 0)
+                                <= _SPARSE_MAX_UNKNOWNS).sum())
+        row, pixel = removed[start:stop].nonzero(as_tuple=True)   # unknowns, row-major
+        t = row.numel()
+        position = torch.full((stop - start, d), -1, dtype=torch.long)
+        position[row, pixel] = torch.arange(t)
+        neighbour, weight = table[pixel], table_weight[pixel]          # (t, 8)
+        other = position[row[:, None], neighbour]                      # (t, 8), -1 if kept
+        coupled = (other >= 0) & (weight > 0)
+        diagonal = np.arange(t)
+        system = sparse.csc_matrix(
+            (np.concatenate([table_degree[pixel].numpy(), -weight[coupled].numpy()]),
+             (np.concatenate([diagonal, coupled.nonzero()[:, 0].numpy()]),
+              np.concatenate([diagonal, other[coupled].numpy()]))), shape=(t, t))
+        known = torch.where(coupled, 0.0, weight)                      # (t, 8)
+        values = images[start:stop].transpose(1, 2)[row[:, None], neighbour]   # (t, 8, C)
+        rhs = (values * known[:, :, None]).sum(dim=1)                  # (t, C)
+        if width <= _BANDED_MAX_WIDTH:    # symmetric positive definite: no pivoting needed
+            solution = splu(system, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                            options={"SymmetricMode": True}).solve(rhs.numpy())
+        else:
+            solution = np.asarray(spsolve(system, rhs.numpy())).reshape(t, c)
+        out[start:stop].transpose(1, 2)[row, pixel] = torch.from_numpy(solution)
+        start = stop
+    return out
+
+
 def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: int,
                      width: int) -> Tensor:
     """Imputation of each image with the first ``counts[j]`` pixels of its ``order`` removed.
 
     ``images`` (B, C, d) float64 on the CPU, ``order`` (B, d) a permutation of the pixels
     per image (ROAD's removal order), every count < d. Returns (B, len(counts), C, d),
-    the solutions of :func:`_impute`. The systems of nested removed sets are leading
-    blocks of the largest one, ordered by removal, and so are their Cholesky factors:
-    one factorisation per image serves every count. Falls back to :func:`_impute_rows`
-    beyond ``_DENSE_MAX_UNKNOWNS`` unknowns or if a factorisation fails.
+    the solutions of :func:`_impute`. Counts up to ``_DENSE_MAX_UNKNOWNS``: the systems
+    of nested removed sets are leading blocks of the largest one, ordered by removal,
+    and so are their Cholesky factors: one dense factorisation per image serves every
+    such count (if one fails, :func:`_impute_rows` solves them). Larger counts: one
+    block-diagonal sparse solve for all images and counts (:func:`_impute_sparse`).
     """
     b, c, d = images.shape
     out = images[:, None].repeat(1, len(counts), 1, 1)
-    k_max = max(counts)
-    if k_max == 0:
+    large = [j for j, k in enumerate(counts) if k > _DENSE_MAX_UNKNOWNS]
+    if large:
+        masks = prefix_masks(order, [counts[j] for j in large]).reshape(-1, d)
+        solved = _impute_sparse(images.repeat_interleave(len(large), dim=0), masks, height,
+                                width)
+        out[:, large] = solved.reshape(b, len(large), c, d)
+    small = [j for j, k in enumerate(counts) if 0 < k <= _DENSE_MAX_UNKNOWNS]
+    if not small:
         return out
-    removed = [order[:, :k] for k in counts]
-    if k_max > _DENSE_MAX_UNKNOWNS:
-        return _impute_prefixes_by_rows(images, removed, height, width)
+    k_max = max(counts[j] for j in small)
     grid = _grid_neighbours(height, width)
     step = max(1, _DENSE_MAX_ELEMENTS // (k_max * k_max))
     for start in range(0, b, step):
@@ -386,26 +450,44 @@ def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: i
         values = _neighbour_values(images[sl], u)
         factor, info = torch.linalg.cholesky_ex(_system(u))
         if bool((info != 0).any()):                          # not expected: solve one by one
-            return _impute_prefixes_by_rows(images, removed, height, width)
-        for j, k in enumerate(counts):
-            if k == 0:
-                continue
-            solution = torch.cholesky_solve(_rhs(values, u, k), factor[:, :k, :k])
-            idx = removed[j][sl]
-            out[sl, j].scatter_(2, idx[:, None, :].expand(-1, c, -1), solution.transpose(1, 2))
+            masks = prefix_masks(order, [counts[j] for j in small]).reshape(-1, d)
+            rows = _impute_rows(images.repeat_interleave(len(small), dim=0), masks, height,
+                                width)
+            out[:, small] = rows.reshape(b, len(small), c, d)
+            return out
+        _solve_prefixes(out[sl], images[sl], order[sl, :k_max], values, u, factor,
+                        [(j, counts[j]) for j in small])
     return out
 
 
-def _impute_prefixes_by_rows(images: Tensor, removed: list[Tensor], height: int,
-                             width: int) -> Tensor:
-    """:func:`_impute_prefixes` through :func:`_impute_rows`, given the removed pixels."""
-    b, c, d = images.shape
-    masks = torch.zeros(b, len(removed), d, dtype=torch.bool)
-    for j, idx in enumerate(removed):
-        masks[:, j].scatter_(1, idx, True)
-    rows = _impute_rows(images.repeat_interleave(len(removed), dim=0), masks.reshape(-1, d),
-                        height, width)
-    return rows.reshape(b, len(removed), c, d)
+def _solve_prefixes(out: Tensor, images: Tensor, order: Tensor, values: Tensor, u: _Unknowns,
+                    factor: Tensor, columns: list[tuple[int, int]]) -> None:
+    """Write into ``out`` (B, J, C, d) the solutions of every prefix system of ``u``.
+
+    ``order`` (B, k) the unknowns in removal order, ``factor`` (B, k, k) the Cholesky
+    factor L of their system, ``columns`` the (j, k_j) pairs, k_j <= k: column j of
+    ``out`` gets the first k_j unknowns removed. One forward and one back substitution
+    serve all of them: L y = b leaves y's first k_j entries those of the leading block
+    (L is lower triangular) for any padding of b; with y's entries from k_j on set to
+    0, the back substitution with L^T returns 0 there and the leading block's solution
+    above (L^T is upper triangular).
+    """
+    b, c = images.shape[:2]
+    k = order.shape[1]
+    ks = torch.tensor([kj for _, kj in columns])                           # (J,)
+    inside = torch.arange(k)[None, :] < ks[:, None]                        # (J, k)
+    known = torch.where(u.unknown[:, None] < ks[None, :, None, None], 0.0,
+                        u.weight[:, None])                                 # (B, J, k, 8)
+    rhs = torch.einsum("bcko,bjko->bkjc", values, known * inside[None, :, :, None])
+    rhs = rhs.reshape(b, k, -1)                                            # (B, k, J * C)
+    y = torch.linalg.solve_triangular(factor, rhs, upper=False)
+    y = y.reshape(b, k, len(columns), c) * inside.T[None, :, :, None]
+    z = torch.linalg.solve_triangular(factor.mT, y.reshape(b, k, -1), upper=True)
+    z = z.reshape(b, k, len(columns), c).permute(0, 2, 3, 1)               # (B, J, C, k)
+    kept = images.gather(2, order[:, None, :].expand(-1, c, -1))[:, None]  # (B, 1, C, k)
+    z = torch.where(inside[None, :, None, :], z, kept)
+    j = [jj for jj, _ in columns]
+    out[:, j] = out[:, j].scatter(3, order[:, None, None, :].expand(-1, len(j), c, -1), z)
 
 
 def _add_noise(filled: Tensor, removed: Tensor, noise_std: float,
@@ -430,5 +512,23 @@ def _noisy_impute(x: Tensor, removed: Tensor, noise_std: float,
     (see :func:`_add_noise`). Returns the inputs' dtype and device."""
     m, c = x.shape[:2]
     flat = x.detach().reshape(m, c, -1).double().cpu()
-    filled = _add_noise(_impute_rows(flat, removed, *x.shape[2:]), removed, noise_std, generator)
+    with _one_thread():
+        filled = _add_noise(_impute_rows(flat, removed, *x.shape[2:]), removed, noise_std,
+                            generator)
     return filled.reshape(x.shape).to(device=x.device, dtype=x.dtype)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's intra-op threads set to 1 inside, restored afterwards (also on error).
+
+    The imputation is many small tensor operations (and scipy, single-threaded); split
+    over threads, each waits for the slowest, which on a busy machine costs more than
+    it gains.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -44,7 +44,13 @@ from .._state import as_logits, eval_mode, model_device
 from .._validation import check_positive_int, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 from ..attribution._inputs import ModelInputs, TokenOptions, structure_inputs, token_feature_mask
-from ._base import check_output, per_sample_masked, register, warn_undefined
+from ._base import (
+    check_output,
+    output_scores,
+    per_sample_masked,
+    register,
+    warn_undefined,
+)
 from ._removal import (
     DropTokens,
     Removal,
@@ -211,9 +217,7 @@ class _Setup:
         with eval_mode(self.model):
             moved = structure.to_model(self.model)
             logits = as_logits(moved.call(self.model, moved.main, moved.others), self.model)
-            if logits.dim() == 1:
-                logits = logits[:, None]
-            scores = logits.softmax(dim=1) if self.output == "probability" else logits
+            scores = output_scores(logits, self.output, self.model)
             return scores.gather(1, targets.to(device)[:, None])[:, 0].double().cpu()
 
 

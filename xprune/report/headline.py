@@ -42,10 +42,18 @@ def _row(summary: pd.DataFrame, model: str, attribution: str, metric: str) -> pd
     return None if hit.empty else hit.iloc[0]
 
 
+CONSTANT = 4
+"""The standing of maps whose agreement is undefined: constant maps (all zero), of a model
+whose output no longer changes with its inputs."""
+
+
 def _standing(row: pd.Series, finetune: pd.Series | None, other: pd.Series | None) -> int | None:
     """Where the model's mean agreement (with its 95% CI) stands against the controls' means:
     0 as close as the fine-tuned copy, 1 between the two controls, 2 as far as the other-seed
-    model, 3 further; None without a control or an interval."""
+    model, 3 further, :data:`CONSTANT` undefined (every map constant); None without a control
+    or an interval."""
+    if math.isnan(row["mean"]):
+        return CONSTANT
     if finetune is None and other is None or math.isnan(row["ci_low"]):
         return None
     if finetune is not None and row["ci_high"] >= finetune["mean"]:
@@ -99,12 +107,17 @@ def _against(where: int | None, ft: pd.Series | None, other: pd.Series | None) -
 
 
 _VERDICT = {
-    0: "the maps can stand in for the dense model's",
-    1: "the maps moved more than retraining alone moves them",
-    2: "the maps are as different as another model's (do not carry conclusions over)",
-    3: "the maps are further from the dense maps than another model's (do not carry "
+    0: "{maps} can stand in for the dense model's",
+    1: "{maps} moved more than retraining alone moves them",
+    2: "{maps} are as different as another model's (do not carry conclusions over)",
+    3: "{maps} are further from the dense maps than another model's (do not carry "
        "conclusions over)",
+    CONSTANT: "{maps} are constant, so they explain nothing (the model's output no longer "
+              "changes with its inputs: check the layers pruned hardest)",
 }
+
+NO_CONTROL = ("no control to judge the maps against (turn on `controls.finetune` and "
+              "`controls.other_seed`)")
 
 
 def _level_sentence(m: pd.Series, dense: pd.Series, summary: pd.DataFrame, methods: list[str],
@@ -112,7 +125,7 @@ def _level_sentence(m: pd.Series, dense: pd.Series, summary: pd.DataFrame, metho
     lower = m["accuracy_ci_high"] < dense["accuracy"]
     accuracy = (f"accuracy {100 * m['accuracy']:.1f}% [{100 * m['accuracy_ci_low']:.1f}, "
                 f"{100 * m['accuracy_ci_high']:.1f}] vs {100 * dense['accuracy']:.1f}% dense")
-    clauses, worst = [], None
+    clauses, standing = [], {}
     for method in methods:
         row = _row(summary, m["model"], method, agreement) if agreement else None
         if row is None:
@@ -121,28 +134,65 @@ def _level_sentence(m: pd.Series, dense: pd.Series, summary: pd.DataFrame, metho
         other = _row(summary, OTHER_SEED, method, agreement)
         where = _standing(row, ft, other)
         if where is not None:
-            worst = where if worst is None else max(worst, where)
-        clauses.append(f"{_name(method)} {fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 2)}"
+            standing[method] = where
+        clauses.append(f"{_name(method)} undefined (constant maps)" if where == CONSTANT else
+                       f"{_name(method)} {fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 2)}"
                        f", {_against(where, ft, other)}")
     parts = [accuracy + (" (lower)" if lower else "")]
     if clauses:
         parts.append(f"{_name(agreement).capitalize()} with the dense maps: "
                      + "; ".join(clauses))
     if faithfulness:
-        rows = [(method, r) for method in methods
-                if (r := _row(summary, m["model"], method, faithfulness)) is not None]
+        rows = [(method, r) for method in methods  # constant maps: no faithfulness claim
+                if (r := _row(summary, m["model"], method, faithfulness)) is not None
+                and standing.get(method) != CONSTANT]
         clause = _faithfulness_clause(rows, faithfulness)
         if clause:
             parts.append(clause)
-    verdict = "no control to judge the maps against" if worst is None else _VERDICT[worst]
+    worst = max(standing.values(), default=None)
+    if worst is None:
+        verdict = NO_CONTROL
+    else:  # the worst method's standing; named where the methods stand apart
+        named = [_name(k) for k, v in standing.items() if v == worst]
+        maps = "the maps" if len(set(standing.values())) == 1 else \
+            f"the {' and '.join(named)} maps"
+        verdict = _VERDICT[worst].format(maps=maps)
     if lower:
         verdict += ", and accuracy drops"
     level = _pct(m["requested_sparsity"]) + (f" ({m['pruning']})" if several else "")
     return f"At {level} sparsity {verdict}: " + "; ".join(parts) + "."
 
 
+def _relation(where: int, them: str, metric: str, row: pd.Series, ft: pd.Series | None,
+              other: pd.Series | None) -> str:
+    """How far a level's maps are from ``them`` against the controls, each number named: the
+    level's mean [95% CI] first, then the control's mean it is compared with."""
+    value = f"{metric} {fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 2)}"
+    o = f"{other['mean']:.2f}" if other is not None else None
+    f = f"{ft['mean']:.2f}" if ft is not None else None
+    if where == 0:
+        return (f"as close to {them} as the maps of a fine-tuned copy of the dense model "
+                f"({value} vs {f})")
+    if where == 1:
+        if f is None:
+            return (f"closer to {them} than the maps of a model trained from another seed "
+                    f"({value} vs {o})")
+        return (f"further from {them} than the fine-tuned copy's maps ({value} vs {f})"
+                + (f" but closer than those of a model trained from another seed ({o})"
+                   if o else ""))
+    if where == CONSTANT:
+        return (f"constant, so they explain nothing ({metric} undefined: the model's output "
+                f"no longer changes with its inputs)")
+    return (f"{'as far from' if where == 2 else 'further from'} {them} "
+            f"{'as' if where == 2 else 'than'} the maps of a model trained from another seed "
+            f"({value} vs {o})")
+
+
 def _lead(sparse: pd.DataFrame, summary: pd.DataFrame, method: str, agreement: str) -> str | None:
-    """"Up to 80% sparsity the IG maps stay as close ... ; at 95% they are further ..."."""
+    """"Up to 80% sparsity the IG maps stay as close to the dense maps as a fine-tuned copy's
+    (...); at 95% they are further from them than a model trained from another seed's (...)":
+    the highest level that stays as close as the fine-tuned copy, then the first level beyond
+    it and, where it stands further, the level furthest from the dense maps."""
     ft = _row(summary, FINETUNE, method, agreement)
     other = _row(summary, OTHER_SEED, method, agreement)
     levels = []
@@ -158,28 +208,25 @@ def _lead(sparse: pd.DataFrame, summary: pd.DataFrame, method: str, agreement: s
         close += 1
     if close:
         s, row, _ = levels[close - 1]
-        text = (f"Up to {_pct(s)} sparsity the {name} maps stay as close to the dense maps as "
-                f"a fine-tuned copy of the dense model ({metric} {row['mean']:.2f} vs "
-                f"{ft['mean']:.2f})")
+        text = f"Up to {_pct(s)} sparsity the {name} maps stay " + _relation(
+            0, "the dense maps", metric, row, ft, other)
         if close == len(levels):
             return text + ", at every level tested."
-        rest = levels[close:]
-        far = next((lv for lv in rest if lv[2] >= 2), rest[0])
-        text += "; at " + _pct(far[0]) + " they are "
-        them = "them"
+        rest, them = levels[close:], "them"
+        text += f"; at {_pct(rest[0][0])} they are "
     else:
-        far = levels[0]
-        text = f"Already at {_pct(far[0])} sparsity the {name} maps are "
-        them = "the dense maps"
-    s, row, where = far
-    o = f"{other['mean']:.2f}" if other is not None else ""
-    text += {1: f"further from {them} than the fine-tuned copy ({row['mean']:.2f}) but closer "
-                f"than a model trained from another seed ({o})" if o else
-                f"further from {them} than the fine-tuned copy ({row['mean']:.2f})",
-             2: f"as far from {them} as a model trained from another seed ({row['mean']:.2f} vs "
-                f"{o})",
-             3: f"further from {them} than a model trained from another seed ({row['mean']:.2f} "
-                f"vs {o})"}[where]
+        rest, them = levels, "the dense maps"
+        text = f"Already at {_pct(rest[0][0])} sparsity the {name} maps are "
+    first = rest[0]
+    text += _relation(first[2], them, metric, first[1], ft, other)
+    worst = max(rest, key=lambda lv: (lv[2], -lv[1]["mean"] if lv[2] != CONSTANT else 0))
+    if worst is not first and worst[2] == first[2] and worst[2] != CONSTANT:
+        row = worst[1]
+        text += (f"; at {_pct(worst[0])} further still ({metric} "
+                 f"{fmt_ci(row['mean'], row['ci_low'], row['ci_high'], 2)})")
+    elif worst is not first:
+        text += f"; at {_pct(worst[0])} they are " + _relation(worst[2], "them", metric,
+                                                               worst[1], ft, other)
     return text + "."
 
 

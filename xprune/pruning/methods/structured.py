@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
-from ..._batches import batches, first_inputs
+from ..._batches import batches, first_inputs, forward
 from ..._state import as_logits, eval_mode, to_model
 from ...attribution._inputs import activation_bytes_per_row
 from .._core import (
@@ -44,6 +45,14 @@ def _out_channels(module: nn.Module) -> int:
     return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
+def _rows(inputs: Tensor | Mapping[str, Tensor], n: int) -> Tensor | Mapping[str, Tensor]:
+    """The first ``n`` rows of a tensor of inputs or of every tensor of a mapping of keyword
+    inputs (tests/cases_s6/004-structured-keyword-inputs.md)."""
+    if isinstance(inputs, Mapping):
+        return {k: v[:n] if isinstance(v, Tensor) and v.dim() else v for k, v in inputs.items()}
+    return inputs[:n]
+
+
 def _execution_order(model: nn.Module, example: Tensor) -> list[str]:
     order: list[str] = []
     names = {m: n for n, m in model.named_modules()}
@@ -51,7 +60,7 @@ def _execution_order(model: nn.Module, example: Tensor) -> list[str]:
              for m in model.modules() if isinstance(m, CHANNEL_LAYERS)]
     try:
         with torch.no_grad():
-            model(example)
+            forward(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -66,6 +75,12 @@ def _channel_scores(model: nn.Module, ctx: PruningContext) -> dict[str, Tensor]:
     """
     criterion, norm = ctx.options["criterion"], ctx.options["norm"]
     layers = {n: m for n, m in model.named_modules() if isinstance(m, CHANNEL_LAYERS)}
+    # tests/cases_s6/004-structured-keyword-inputs.md
+    if criterion != "magnitude" and isinstance(first_inputs(ctx.data), Mapping):
+        raise ValueError(
+            f"Structured pruning with the criterion {criterion!r} reads the data as one tensor "
+            "of inputs, got a mapping of keyword inputs (a model with several inputs or a "
+            "tokenizer's output): use criterion='magnitude' for such a model.")
     if criterion == "magnitude":
         scores = {n: m.weight.detach().reshape(_out_channels(m), -1).norm(p=norm, dim=1)
                   for n, m in layers.items()}
@@ -421,6 +436,25 @@ def _masked_twin(model: nn.Module, alive: dict[str, list[int]]) -> nn.Module:
     return twin
 
 
+#: Names of the query, key and value projections of attention modules that _head_sites does
+#: not know (DistilBERT, Llama / OPT / BART / ViT-style, ...), whose heads are split by reshapes.
+_QKV_NAMES = (("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"),
+              ("query", "key", "value"), ("q", "k", "v"))
+
+
+def _other_attention(model: nn.Module) -> list[tuple[str, set[str]]]:
+    """(name, weight keys of its projections) of every module with Linear query, key and value
+    projections as direct children, by the usual names."""
+    found = []
+    for name, m in model.named_modules():
+        for names in _QKV_NAMES:
+            if all(isinstance(getattr(m, a, None), nn.Linear) for a in names):
+                found.append((name, {f"{name}.{a}.weight" if name else f"{a}.weight"
+                                     for a in names}))
+                break
+    return found
+
+
 def _refuse_attention(model: nn.Module, ctx: PruningContext) -> None:
     """A clear error when the selection holds attention projections (../shared/cases/016).
 
@@ -430,6 +464,9 @@ def _refuse_attention(model: nn.Module, ctx: PruningContext) -> None:
     """
     chosen = set(ctx.targets)
     hit = [s.name for s in _head_sites(model) if not chosen or chosen & set(s.keys)]
+    for name, keys in _other_attention(model):  # tests/cases_s6/005-structured-distilbert.md
+        if name not in hit and (not chosen or chosen & keys):
+            hit.append(name)
     if hit:
         raise ValueError(
             f"Structured channel pruning cannot remove channels of the attention module(s) "
@@ -438,7 +475,8 @@ def _refuse_attention(model: nn.Module, ctx: PruningContext) -> None:
             f"trace. Prune transformers along their own units: method='attention_heads' (whole "
             f"heads), method='layer_removal' (whole blocks), or method='structured' on the "
             f"feed-forward neurons only (e.g. layers='*intermediate.dense' for BERT, "
-            f"'*mlp.c_fc' for GPT-2, '*linear1' for nn.TransformerEncoderLayer).")
+            f"'*mlp.c_fc' for GPT-2, '*ffn.lin1' for DistilBERT, '*linear1' for "
+            f"nn.TransformerEncoderLayer).")
 
 
 def _check_unit_options(options) -> None:
@@ -485,7 +523,7 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
                          "the option `channel_ratio` (fraction of channels) or the option "
                          "`n_units` (units removed over all layers ranked together).")
     _refuse_attention(model, ctx)
-    example = first_inputs(ctx.data)[:1]
+    example = _rows(first_inputs(ctx.data), 1)
     scores = _channel_scores(model, ctx)
     keys = list(ctx.targets) or None  # the weights prune(layers=, exclude=) selected
     layers = {n for n, m in prunable_weights(model) if keys is None or weight_name(n) in keys}
@@ -493,6 +531,15 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
     with eval_mode(model):  # no normalisation statistics updated by the probe
         removable = [n for n in _execution_order(model, example)[:-1]  # never the outputs
                      if n in layers]
+    if not removable:  # tests/cases_s6/006-structured-nothing-removable.md
+        recurrent = [n for n, m in model.named_modules()
+                     if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN))]
+        raise ValueError(
+            f"Structured pruning found no layer whose channels it can remove among the "
+            f"selected weights {sorted(keys or layers)[:8]}: it removes output channels of "
+            f"Linear and Conv layers that feed another layer (never the output layer's)"
+            + (f"; for the recurrent layers {recurrent} use method='rnn_units'." if recurrent
+               else "; select such layers with `layers=`."))
     zeros = sum(int((scores[n] == 0).sum()) for n in removable)
 
     def removed_fraction(r: float):
@@ -536,9 +583,9 @@ def _structured(model: nn.Module, amount: float | None, ctx: PruningContext) -> 
             f"leave the layer out.")
     twin = _masked_twin(model, alive)
     with torch.no_grad(), eval_mode(pruned), eval_mode(twin):
-        probe = to_model(first_inputs(ctx.data)[:32], twin)
-        gap = float((as_logits(pruned(probe), pruned) - as_logits(twin(probe), twin))
-                    .abs().max())
+        probe = _rows(first_inputs(ctx.data), 32)
+        gap = float((as_logits(forward(pruned, probe), pruned)
+                     - as_logits(forward(twin, probe), twin)).abs().max())
     if gap > 1e-4:
         warnings.warn(f"The masked twin's outputs differ from the smaller model's by up to "
                       f"{gap:.3g}: a removed unit's zero output is changed downstream (an "

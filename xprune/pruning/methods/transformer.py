@@ -32,8 +32,8 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from ..._batches import batches, forward
-from ..._state import as_logits, eval_mode, to_model
+from ..._batches import batches, forward, n_samples, slice_rows
+from ..._state import as_logits, eval_mode
 from .._core import ModelPair, PruningContext, register_pruning_method
 from ._attention import _head_index, _head_sites, _HeadSite, _join, _Part
 
@@ -57,14 +57,26 @@ def _magnitude_scores(model: nn.Module, site: _HeadSite) -> Tensor:
     return sq.sqrt()
 
 
-def _loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+def _loss(model: nn.Module, inputs, y: Tensor | None) -> Tensor:
     """Mean cross-entropy of the model's logits: (N, C) against labels (N,), or per token
-    (N, T, V) against labels (N, T) (entries -100 ignored, as Hugging Face does)."""
-    logits = as_logits(model(to_model(x, model)), model)
+    (N, T, V) against labels (N, T) (entries -100 ignored, as Hugging Face does). ``inputs``:
+    a tensor or a mapping of tensors (a tokenizer's output, passed as keyword arguments)."""
+    if y is None:
+        raise ValueError("Expected labels with the data for head importance (criterion "
+                         "'taylor' or 'integrated_gradients'): pass (inputs, labels) batches.")
+    logits = as_logits(forward(model, inputs), model)
     y = y.to(logits.device)
     if logits.dim() == 3 and y.dim() == 2:
         return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
     return nn.functional.cross_entropy(logits, y)
+
+
+def _samples(data):
+    """Every sample of ``data`` (in memory, or a DataLoader / stream read one batch at a time)
+    as ``(inputs, labels)`` of one row each."""
+    for inputs, labels in batches(data, argument="data"):
+        for i in range(n_samples(inputs)):
+            yield slice_rows(inputs, i, i + 1), None if labels is None else labels[i:i + 1]
 
 
 def _taylor_scores(model: nn.Module, sites: list[_HeadSite], data) -> dict[str, Tensor]:
@@ -74,24 +86,27 @@ def _taylor_scores(model: nn.Module, sites: list[_HeadSite], data) -> dict[str, 
     reads through the head's columns W_O[:, h]; so dL/dxi_h equals
     ``sum(dL/dW_O[:, h] * W_O[:, h])``, the gradient x weight of the head's slice of
     the output projection, evaluated one sample at a time (N backward passes, eval mode).
+    ``data``: ``(inputs, labels)`` in memory, or a DataLoader / iterable of batches read
+    once, one batch at a time.
     """
-    x, y = data
     outs = {s.name: next(p for p in s.parts if p.output) for s in sites}
     params = [_param(model, outs[s.name]) for s in sites]
     totals = {s.name: torch.zeros(s.n_heads, dtype=torch.float64) for s in sites}
+    count = 0
     with eval_mode(model), torch.enable_grad():
-        for i in range(x.shape[0]):
-            grads = torch.autograd.grad(_loss(model, x[i:i + 1], y[i:i + 1]), params)
+        for inputs, y in _samples(data):
+            grads = torch.autograd.grad(_loss(model, inputs, y), params)
+            count += 1
             for s, w, g in zip(sites, params, grads, strict=True):
                 gw = (g * w).detach()
                 part = outs[s.name]
                 for h in range(s.n_heads):
                     idx = _head_index(s, part, [h]).to(gw.device)
                     totals[s.name][h] += float(gw.index_select(part.dim, idx).sum().abs())
-    return {name: t / x.shape[0] for name, t in totals.items()}
+    return {name: t / count for name, t in totals.items()}
 
 
-def head_integrated_gradients(model: nn.Module, sites: list[_HeadSite], x: Tensor, y: Tensor,
+def head_integrated_gradients(model: nn.Module, sites: list[_HeadSite], x, y: Tensor | None = None,
                               *, steps: int = 16) -> dict[str, Tensor]:
     """Integrated gradients of each sample's loss with respect to head gates (signed).
 
@@ -103,6 +118,10 @@ def head_integrated_gradients(model: nn.Module, sites: list[_HeadSite], x: Tenso
     rule with ``steps`` points), so that ``sum_h IG_ih`` approximates
     ``L_i(all heads on) - L_i(all heads of the sites off)`` (completeness).
 
+    ``x, y``: inputs (N, ...) and labels (N,) or (N, T) in memory; or ``x`` a
+    DataLoader / iterable of ``(inputs, labels)`` batches and ``y`` None, read
+    once, one batch at a time.
+
     Returns
     -------
     dict from site name to Tensor of shape (N, H), float64. ``steps * N``
@@ -111,27 +130,30 @@ def head_integrated_gradients(model: nn.Module, sites: list[_HeadSite], x: Tenso
     outs = {s.name: next(p for p in s.parts if p.output) for s in sites}
     params = [_param(model, outs[s.name]) for s in sites]
     dense = [w.detach().clone() for w in params]
-    attr = {s.name: torch.zeros(x.shape[0], s.n_heads, dtype=torch.float64) for s in sites}
+    rows: dict[str, list[Tensor]] = {s.name: [] for s in sites}
     try:
         with eval_mode(model), torch.enable_grad():
-            for step in range(steps):
-                alpha = (step + 0.5) / steps
-                with torch.no_grad():
-                    for w, w0 in zip(params, dense, strict=True):
-                        w.copy_(alpha * w0)
-                for i in range(x.shape[0]):
-                    grads = torch.autograd.grad(_loss(model, x[i:i + 1], y[i:i + 1]), params)
+            for inputs, labels in _samples(x if y is None else (x, y)):
+                attr = {s.name: torch.zeros(s.n_heads, dtype=torch.float64) for s in sites}
+                for step in range(steps):
+                    alpha = (step + 0.5) / steps
+                    with torch.no_grad():
+                        for w, w0 in zip(params, dense, strict=True):
+                            w.copy_(alpha * w0)
+                    grads = torch.autograd.grad(_loss(model, inputs, labels), params)
                     for s, w0, g in zip(sites, dense, grads, strict=True):
                         gw, part = (g * w0).detach(), outs[s.name]
                         for h in range(s.n_heads):
                             idx = _head_index(s, part, [h]).to(gw.device)
-                            attr[s.name][i, h] += float(gw.index_select(part.dim, idx).sum()) \
+                            attr[s.name][h] += float(gw.index_select(part.dim, idx).sum()) \
                                 / steps
+                for name, a in attr.items():
+                    rows[name].append(a)
     finally:
         with torch.no_grad():
             for w, w0 in zip(params, dense, strict=True):
                 w.copy_(w0)
-    return attr
+    return {name: torch.stack(r) for name, r in rows.items()}
 
 
 def _heads_to_remove(scores: dict[str, Tensor], sites: list[_HeadSite], amount: float,
@@ -254,7 +276,7 @@ def _attention_heads(model: nn.Module, amount: float, ctx: PruningContext) -> Mo
         scores = _taylor_scores(model, sites, ctx.data)
     else:  # mean absolute attribution over the samples
         scores = {name: a.abs().mean(dim=0) for name, a in
-                  head_integrated_gradients(model, sites, *ctx.data).items()}
+                  head_integrated_gradients(model, sites, ctx.data).items()}
     removed = _heads_to_remove(scores, sites, amount, ctx)
     twin = copy.deepcopy(model)
     for s in sites:
