@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, model_device, model_dtype, to_model
 from .._validation import check_device, check_positive_int, check_targets, check_tensor
 from ..models import forward_error, layer_trace, predict
-from ._baselines import BASELINE_KINDS, make_baseline
+from ._baselines import BASELINE_KINDS, check_rows, make_baseline, rows_of_baseline
 from ._inputs import (
     DEFAULT_MAX_BYTES,
     EmbeddingForward,
@@ -454,11 +454,34 @@ def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module,
     return max(1, min(max_rows, max_bytes // per_row))
 
 
+def _per_sample_spec(spec, fields: tuple[str, ...], rows: Tensor | None, n: int,
+                     feature_dims: int) -> Callable[[int, int], Any]:
+    """``spec_of(start, stop)``: the spec of input rows ``start:stop``, each per-sample field
+    (:attr:`AttributionMethod.per_sample`) cut to those rows' samples (``rows``, or the
+    rows themselves). Shapes are checked here, once, before any chunk runs."""
+    held = [f for f in fields if isinstance(getattr(spec, f), Tensor)
+            and getattr(spec, f).dim() == feature_dims + 1 and getattr(spec, f).shape[0] > 1]
+    for f in held:  # raises on a count of baselines that fits neither the inputs nor rows
+        rows_of_baseline(getattr(spec, f), rows, n, feature_dims, f)
+    if not held:
+        return lambda start, stop: spec
+
+    def spec_of(start: int, stop: int):
+        index = rows[start:stop] if rows is not None else torch.arange(start, stop)
+        return dataclasses.replace(spec, **{f: rows_of_baseline(getattr(spec, f), index, n,
+                                                                feature_dims, f)
+                                            for f in held})
+    return spec_of
+
+
 def _attribute(model, inputs, target, method, *, params, output, model_tag, max_rows, device,
                labels, with_predictions, attribute_to=None, tokens=None,
-               max_bytes=DEFAULT_MAX_BYTES, memo: dict | None = None) -> Attributions:
+               max_bytes=DEFAULT_MAX_BYTES, memo: dict | None = None,
+               sample_rows: Tensor | None = None) -> Attributions:
     """:func:`attribute`; ``memo``, when given, keeps the model's number of outputs and the
-    bytes a row costs from one call to the next, which saves forward passes per call."""
+    bytes a row costs from one call to the next, which saves forward passes per call.
+    ``sample_rows`` (N,), when given, is the sample index of each input row, which picks its
+    part of per-sample arguments (see :func:`explainer`)."""
     spec = resolve_spec(method, params)
     info = ATTRIBUTION_METHODS[method]
     structure = structure_inputs(inputs, attribute_to)
@@ -526,6 +549,10 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     if plain and not is_tokens:  # DeepLIFT and LRP: layers they cannot explain, up front
         with eval_mode(model):
             check_model_for_method(model, method, to_model(main[:1], model))
+    if sample_rows is not None:
+        sample_rows = check_rows(sample_rows, len(structure))
+    spec_of = _per_sample_spec(spec, () if is_tokens else info.per_sample, sample_rows,
+                               len(structure), main.dim() - 1)
     rows = info.rows_per_sample(spec)
     with eval_mode(model):
         probe_forward, probe_x, probe_args, _ = prepared(structure.rows(0, 1))
@@ -551,7 +578,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
         for index, start in enumerate(range(0, n, chunk)):
             forward, x, args, base = prepared(structure.rows(start, start + chunk))
             t = None if targets is None else targets[start:start + chunk].to(run_device)
-            v, d = info.run(forward, x, t, spec, Budget(budget_rows, index, tuple(args), base))
+            v, d = info.run(forward, x, t, spec_of(start, min(n, start + chunk)),
+                            Budget(budget_rows, index, tuple(args), base))
             if is_tokens and v.dim() == 3:
                 v = v.norm(dim=-1) if info.token_reduction(spec) == "norm" else v.sum(dim=-1)
             dtype = (torch.promote_types(main.dtype, v.dtype) if main.is_floating_point()
@@ -692,6 +720,14 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     and the bytes a row costs are found at the first call and reused by later
     calls; make a new explainer for a model whose output layer has changed.
 
+    Per-sample arguments (a ``baseline`` of shape (N, *F), one per input of a
+    batch of N) follow their rows: ``explain_fn(inputs, target, rows=r)``
+    with ``r`` (M,) the sample index (0 .. N-1) of each of the M rows gives
+    row j the baseline of sample ``r[j]``. Metrics that repeat, perturb or
+    chunk the inputs pass ``rows`` to every callable whose attribute
+    ``per_sample_rows`` is True, as this one's is (../shared/cases/028). Without
+    ``rows`` the inputs are the N samples themselves.
+
     The callable's attribute ``independent_rows`` is True when a row's map
     does not depend on the other rows of the call (up to floating-point
     rounding): every method except those that draw random numbers per call
@@ -705,13 +741,17 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     token_options = check_token_options(tokens)
     memo: dict[Any, Any] = {}
 
-    def explain_fn(inputs: Tensor | tuple | Mapping, target: Tensor) -> Tensor:
+    def explain_fn(inputs: Tensor | tuple | Mapping, target: Tensor, *,
+                   rows: Tensor | None = None) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # IG's coarse-integral warning per call
             return _attribute(model, inputs, target, method, params=spec, output=output,
                               model_tag=None, max_rows=max_rows, device=device, labels=None,
                               with_predictions=False, attribute_to=attribute_to,
-                              tokens=token_options, max_bytes=max_bytes, memo=memo).values
+                              tokens=token_options, max_bytes=max_bytes, memo=memo,
+                              sample_rows=rows).values
+
+    explain_fn.per_sample_rows = True
 
     explain_fn.independent_rows = not ATTRIBUTION_METHODS[method].random_per_call(spec)
     # integer inputs are token ids for this model: stability metrics cannot add noise to them

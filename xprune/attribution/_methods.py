@@ -99,8 +99,11 @@ class IntegratedGradientsParams:
     n_steps : int >= 1
         Points of the path integral; at most :data:`MAX_GAUSS_LEGENDRE_STEPS`
         with "gausslegendre" (see :func:`check_ig_steps`).
-    baseline : float, "zero", "blur", "uniform" or Tensor of shape (*F)
-        Reference input x' (0 = black image). See :mod:`._baselines`.
+    baseline : float, "zero", "blur", "uniform" or Tensor of shape (*F), (1, *F) or (N, *F)
+        Reference input x' (0 = black image); a tensor of shape (N, *F) gives
+        each of the N inputs its own, which follows its input through chunks
+        and through the repeated rows of stability metrics. See
+        :mod:`._baselines`.
     integration : str
         Captum's quadrature rule: "gausslegendre" (default), "riemann_trapezoid", ...
     blur_sigma : float > 0
@@ -397,6 +400,11 @@ class AttributionMethod:
     ``token_reduction(spec)``: ``"sum"`` or the L2 ``"norm"``), ``"ids"``
     (perturbing the ids themselves with a baseline token), ``"layer"`` (a
     Captum layer method that takes the ids) or None (not applicable to tokens).
+
+    per_sample names the spec fields that may hold one tensor per input (a
+    baseline of shape (N, *F)): chunks and repeated rows take their samples'
+    part (:func:`~xprune.attribution._baselines.rows_of_baseline`).
+    GradientSHAP's (B, *F) baselines are a distribution, not per input.
     """
 
     name: str
@@ -408,6 +416,7 @@ class AttributionMethod:
     random_per_call: Callable[[Any], bool] = _random_baseline
     tokens: str | None = "embedding"
     token_reduction: Callable[[Any], str] = lambda spec: "sum"
+    per_sample: tuple[str, ...] = ()
 
 
 def _baseline(spec, x: Tensor, budget: Budget):
@@ -666,7 +675,8 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
     AttributionMethod("input_x_gradient", InputXGradientParams, _input_x_gradient,
                       "Input times its gradient (Captum InputXGradient)."),
     AttributionMethod("integrated_gradients", IntegratedGradientsParams, _integrated_gradients,
-                      "Path integral of gradients from a baseline (Captum IntegratedGradients)."),
+                      "Path integral of gradients from a baseline (Captum IntegratedGradients).",
+                      per_sample=("baseline",)),
     AttributionMethod("smoothgrad", NoiseTunnelParams, _noise_tunnel("smoothgrad"),
                       "Saliency averaged over noisy copies (Captum NoiseTunnel, smoothgrad).",
                       random_per_call=lambda spec: True, token_reduction=lambda spec: "norm"),
@@ -679,12 +689,12 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
                       random_per_call=lambda spec: True),
     AttributionMethod("deeplift", DeepLiftParams, _deeplift,
                       "DeepLIFT Rescale rule against a baseline (Captum DeepLift).",
-                      rows_per_sample=lambda spec: 2),
+                      rows_per_sample=lambda spec: 2, per_sample=("baseline",)),
     AttributionMethod("guided_backprop", GuidedBackpropParams, _guided_backprop,
                       "Guided backpropagation (Captum GuidedBackprop)."),
     AttributionMethod("occlusion", OcclusionParams, _occlusion,
                       "Output drop under a sliding baseline patch (Captum Occlusion).",
-                      tokens="ids"),
+                      tokens="ids", per_sample=("baseline",)),
     AttributionMethod("lime", LimeParams, _surrogate(ca.Lime),
                       "Local linear surrogate on random feature subsets (Captum Lime).",
                       random_per_call=lambda spec: True, tokens="ids"),
