@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, to_model
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
-from ._base import model_targets, register, values_of, warn_undefined
+from ._base import model_targets, refuse_token_ids, register, values_of, warn_undefined
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
            "relative_input_stability", "relative_output_stability", "sensitivity_draws",
@@ -356,13 +356,8 @@ def _token_draws(explain_fn: Callable, x: Tensor, attributions: Tensor | Attribu
 
 
 def _refuse_token_ids(explain_fn: Callable, inputs: object, metric: str) -> None:
-    """Stability metrics add continuous noise to the inputs: token ids cannot take it."""
-    if (isinstance(inputs, Tensor) and not inputs.is_floating_point()
-            and getattr(explain_fn, "embeds_integer_inputs", False)):
-        raise ValueError(f"{metric} perturbs its inputs with continuous noise, which token ids "
-                         f"(an integer tensor of shape {tuple(inputs.shape)}) cannot take; "
-                         f"for token ids use max_sensitivity or avg_sensitivity, which "
-                         f"substitute tokens instead.")
+    """Stability metrics that add continuous noise to the inputs: token ids cannot take it."""
+    refuse_token_ids(metric, inputs, _token_ids(explain_fn, inputs))
 
 
 def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, generator,
@@ -445,6 +440,7 @@ def _relative_change(ref: Tensor, other: Tensor, eps_min: float) -> Tensor:
 
 
 @register(category="stability", kind="explainer", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Alvarez-Melis & Jaakkola 2018, 'On the robustness of interpretability "
                     "methods', ICML Workshop on Human Interpretability (arXiv 1806.08049), "
@@ -569,6 +565,7 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
 
 
 @register(category="stability", kind="model_explainer", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
                     "'Rethinking stability for attribution-based explanations', arXiv "
@@ -670,6 +667,7 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
 
 
 @register(category="stability", kind="model_explainer", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
                     "'Rethinking stability for attribution-based explanations', arXiv "
