@@ -165,3 +165,58 @@ def test_case_028_counts_that_fit_nothing_are_named(case):
         stability.max_sensitivity(e, x, target, n_samples=2)
     with pytest.raises(ValueError, match=r"Expected `rows` to be the sample index"):
         ig_explainer(model, baselines)(x, target, rows=torch.tensor([0.0, 1.0, 2.0, 3.0]))
+
+
+class _MaskedBag(nn.Module):
+    """forward(input_ids, attention_mask): masked mean of the embeddings, then a linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.embedding = nn.Embedding(20, 4).double()
+        self.fc = nn.Linear(4, 3).double()
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).double()
+        return self.fc((self.embedding(input_ids) * m).sum(dim=1) / m.sum(dim=1))
+
+
+@pytest.mark.parametrize("as_mapping", [True, False])
+def test_case_028_attention_mask_follows_the_substituted_token_rows(as_mapping):
+    """Token ids with an attention mask (N, T) bound to the explainer (``forward_args``):
+    max-sensitivity's substituted copies of sample i are explained with mask i; the scores
+    equal each sample alone with its own mask (one generator, drawn sample by sample), and
+    chunked calls equal one call."""
+    model = _MaskedBag().eval()
+    ids = torch.tensor([[3, 7, 1, 9, 0, 0], [5, 2, 8, 4, 6, 11], [13, 4, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    target = torch.tensor([0, 1, 2])
+
+    def make(m, **kw):
+        args = {"forward_args": {"attention_mask": m}, "attribute_to": "input_ids"} \
+            if as_mapping else {"forward_args": (m,)}
+        return xprune.explainer(model, "integrated_gradients", params={"n_steps": 8},
+                                tokens={"pad_token_id": 0}, **args, **kw)
+
+    kw = dict(radius=0.5, n_samples=4)
+    whole = stability.max_sensitivity(make(mask), ids, target, generator=seeded(0), **kw)
+    gen = seeded(0)
+    alone = torch.cat([stability.max_sensitivity(make(mask[i:i + 1]), ids[i:i + 1],
+                                                 target[i:i + 1], generator=gen, **kw)
+                       for i in range(3)])
+    torch.testing.assert_close(whole, alone)
+    chunked = stability.max_sensitivity(make(mask, max_rows=3), ids, target,
+                                        generator=seeded(0), max_rows=5, **kw)
+    torch.testing.assert_close(chunked, whole)
+    assert bool(torch.isfinite(whole).all()) and bool((whole > 0).all())
+
+
+def test_forward_args_errors_name_the_argument(case):
+    model, x, baselines, target = case
+    with pytest.raises(ValueError, match=r"Expected `attribute_to` to name the attributed "
+                                         r"keyword argument"):
+        xprune.explainer(model, forward_args={"attention_mask": torch.ones(4, 6)})
+    e = xprune.explainer(model, "saliency", forward_args=(torch.ones(4, 2),))
+    with pytest.raises(ValueError, match=r"Expected `inputs` with the 4 rows of `forward_args`, "
+                                         r"got 2; pass `rows`"):
+        e(x[:2], target[:2])

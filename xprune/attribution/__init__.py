@@ -705,12 +705,55 @@ def attribute_pair(dense: nn.Module, sparse: nn.Module, inputs: Tensor | tuple |
             attribute(sparse, inputs, targets, model_tag=tags[1], **kw))
 
 
+def _forward_args(forward_args: object, attribute_to: int | str | None) -> ModelInputs | None:
+    """The explainer's per-sample other inputs, checked, as :class:`ModelInputs` whose
+    attributed slot is left for the rows; None when there are none."""
+    if forward_args is None:
+        return None
+    if isinstance(forward_args, Tensor) or not isinstance(forward_args, (tuple, list, Mapping)):
+        raise TypeError(f"Expected `forward_args` to be a tuple of tensors (the positional "
+                        f"arguments after the attributed input) or a mapping of tensors "
+                        f"(keyword arguments), got {type(forward_args).__name__}.")
+    if isinstance(forward_args, Mapping) and not isinstance(attribute_to, str):
+        raise ValueError(f"Expected `attribute_to` to name the attributed keyword argument "
+                         f"(e.g. 'input_ids') when `forward_args` is a mapping, got "
+                         f"{attribute_to!r}.")
+    if isinstance(forward_args, (tuple, list)) and attribute_to not in (None, 0):
+        raise ValueError(f"Expected `attribute_to` None or 0 with a tuple of `forward_args` (the "
+                         f"attributed input comes first), got {attribute_to!r}.")
+    return structure_inputs(forward_args)
+
+
+def _with_forward_args(inputs: object, others: ModelInputs, attribute_to, rows) -> object:
+    """``inputs`` (M rows) with the rows ``rows`` (or all N, M = N) of the other inputs."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"Expected `inputs` to be the attributed tensor for an explainer made "
+                        f"with `forward_args`, got {type(inputs).__name__}.")
+    m, n = inputs.shape[0], len(others)
+    if rows is None:
+        if m != n:
+            raise ValueError(f"Expected `inputs` with the {n} rows of `forward_args`, got {m}; "
+                             f"pass `rows` (the sample index of each row) for other rows.")
+        index = torch.arange(m)
+    else:
+        index = check_rows(rows, m)
+        if m and int(index.max()) >= n:
+            raise ValueError(f"Expected `rows` to index the {n} samples of `forward_args`, got "
+                             f"sample index {int(index.max())}.")
+    parts = [t[index.to(t.device)] for t in others.tensors]
+    if others.kind == "mapping":
+        return {attribute_to: inputs, **dict(zip(others.keys, parts, strict=True))}
+    return (inputs, *parts)
+
+
 def explainer(model: nn.Module, method: str = "integrated_gradients", *,
               params: Mapping[str, Any] | Any | None = None, output: str = "logit",
               max_rows: int = DEFAULT_MAX_ROWS, device: str | torch.device | None = None,
               attribute_to: int | str | None = None,
               tokens: TokenOptions | Mapping[str, Any] | None = None,
-              max_bytes: int = DEFAULT_MAX_BYTES) -> Callable[[Any, Tensor], Tensor]:
+              max_bytes: int = DEFAULT_MAX_BYTES,
+              forward_args: tuple | Mapping[str, Tensor] | None = None
+              ) -> Callable[[Any, Tensor], Tensor]:
     """An ``explain_fn(inputs, target) -> Tensor`` for stability metrics.
 
     The callable maps inputs of shape (M, *F) (or a tuple or mapping of
@@ -728,6 +771,13 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     ``per_sample_rows`` is True, as this one's is (../shared/cases/028). Without
     ``rows`` the inputs are the N samples themselves.
 
+    ``forward_args`` holds the model's other inputs for the N samples (e.g.
+    an attention mask (N, T)): a tuple of positional arguments after the
+    attributed one, or a mapping of keyword arguments (``attribute_to`` then
+    names the attributed one, e.g. ``"input_ids"``). ``explain_fn`` then
+    takes the attributed tensor alone and adds each row's sample's other
+    inputs, so a stability metric's perturbed rows keep their mask.
+
     The callable's attribute ``independent_rows`` is True when a row's map
     does not depend on the other rows of the call (up to floating-point
     rounding): every method except those that draw random numbers per call
@@ -739,10 +789,13 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     """
     spec = resolve_spec(method, params)
     token_options = check_token_options(tokens)
+    others = _forward_args(forward_args, attribute_to)
     memo: dict[Any, Any] = {}
 
     def explain_fn(inputs: Tensor | tuple | Mapping, target: Tensor, *,
                    rows: Tensor | None = None) -> Tensor:
+        if others is not None:
+            inputs = _with_forward_args(inputs, others, attribute_to, rows)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # IG's coarse-integral warning per call
             return _attribute(model, inputs, target, method, params=spec, output=output,
