@@ -18,7 +18,8 @@ from xprune.metrics import stability
 N_STEPS = 8
 S = 6
 pytestmark = pytest.mark.filterwarnings("ignore:Integrated Gradients' median",
-                                        "ignore:Input Tensor 0 did not", "ignore:Setting forward")
+                                        "ignore:Input Tensor 0 did not", "ignore:Setting forward",
+                                        "ignore:You are providing multiple inputs")
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +221,68 @@ def test_forward_args_errors_name_the_argument(case):
     with pytest.raises(ValueError, match=r"Expected `inputs` with the 4 rows of `forward_args`, "
                                          r"got 2; pass `rows`"):
         e(x[:2], target[:2])
+
+
+def _groupings():
+    """Four different groupings of an 8x8 image, one per input: 2x2 patches, rows, columns,
+    quadrants. A LIME map is constant over each group of the mask it was computed with."""
+    r, c = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    masks = [(r // 2) * 4 + c // 2, r, c, (r // 4) * 2 + c // 4]
+    return torch.stack(masks)[:, None]                                       # (4, 1, 8, 8)
+
+
+def _constant_on_groups(maps: torch.Tensor, masks: torch.Tensor) -> bool:
+    """Whether each map is constant within each group of its own mask (ties allowed)."""
+    for a, m in zip(maps, masks, strict=True):
+        for g in m.unique():
+            vals = a[m == g]
+            if not bool((vals == vals[0]).all()):
+                return False
+    return True
+
+
+class RecordingExplainer:
+    """Passes ``rows`` through to an xprune explainer and keeps every call's maps and rows."""
+
+    per_sample_rows = True
+
+    def __init__(self, explain_fn):
+        self.explain_fn, self.calls = explain_fn, []
+
+    def __call__(self, x, target, *, rows):
+        out = self.explain_fn(x, target, rows=rows)
+        self.calls.append((out.detach(), rows.clone()))
+        return out
+
+
+@pytest.mark.parametrize("method", ["lime", "kernel_shap"])
+def test_case_028_per_sample_feature_mask_follows_its_rows(case, method):
+    """A feature mask (N, *F) for LIME and KernelSHAP: ``attribute`` equals Captum's class on
+    the same inputs, mask and seed; every map, the perturbed rows of max-sensitivity included
+    (chunked: 5 rows per call), is constant over the groups of its own sample's mask, which
+    fails when a row gets another sample's grouping (the masks differ per sample)."""
+    import numpy as np
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import KernelShap, Lime
+
+    model, x, _, target = case
+    masks = _groupings()
+    assert not _constant_on_groups(torch.randn(4, 1, 8, 8, dtype=torch.float64), masks)
+    params = {"feature_mask": masks, "n_samples": 40, "seed": 3}
+    got = xprune.attribute(model, x, target, method, params=params)
+    assert _constant_on_groups(got.values, masks)
+    chunk_seed = 3 * 1_000_003 + 0  # xprune seeds torch's and NumPy's RNGs per chunk (here 0)
+    torch.manual_seed(chunk_seed)
+    np.random.seed(chunk_seed)  # noqa: NPY002
+    ref = (KernelShap(model) if method == "kernel_shap"
+           else Lime(model, interpretable_model=SkLearnRidge(alpha=1.0))).attribute(
+        x, baselines=0.0, target=target, feature_mask=masks, n_samples=40,
+        perturbations_per_eval=40)
+    torch.testing.assert_close(got.values, ref.to(got.values.dtype))
+    recorder = RecordingExplainer(xprune.explainer(model, method, params=params))
+    stability.max_sensitivity(recorder, x, target, n_samples=3, max_rows=5,
+                              generator=seeded(0))
+    rows_seen = torch.cat([rows for _, rows in recorder.calls])
+    assert sorted(rows_seen.tolist()) == sorted([0, 1, 2, 3] * 4)   # 4 unperturbed + 4 x 3
+    for maps, rows in recorder.calls:
+        assert _constant_on_groups(maps, masks[rows])

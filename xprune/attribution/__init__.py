@@ -551,8 +551,9 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
             check_model_for_method(model, method, to_model(main[:1], model))
     if sample_rows is not None:
         sample_rows = check_rows(sample_rows, len(structure))
-    spec_of = _per_sample_spec(spec, () if is_tokens else info.per_sample, sample_rows,
-                               len(structure), main.dim() - 1)
+    spec_of = _per_sample_spec(spec, tuple(f for f in info.per_sample  # ids: no baseline
+                                           if not (is_tokens and f == "baseline")),
+                               sample_rows, len(structure), main.dim() - 1)
     rows = info.rows_per_sample(spec)
     with eval_mode(model):
         probe_forward, probe_x, probe_args, _ = prepared(structure.rows(0, 1))
