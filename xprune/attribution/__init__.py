@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, model_device, model_dtype, to_model
 from .._validation import check_device, check_positive_int, check_targets, check_tensor
 from ..models import forward_error, layer_trace, predict
-from ._baselines import BASELINE_KINDS, check_rows, make_baseline, rows_of_baseline
+from ._baselines import BASELINE_KINDS, check_rows, make_baseline, rows_of
 from ._inputs import (
     DEFAULT_MAX_BYTES,
     EmbeddingForward,
@@ -462,13 +462,13 @@ def _per_sample_spec(spec, fields: tuple[str, ...], rows: Tensor | None, n: int,
     held = [f for f in fields if isinstance(getattr(spec, f), Tensor)
             and getattr(spec, f).dim() == feature_dims + 1 and getattr(spec, f).shape[0] > 1]
     for f in held:  # raises on a count of baselines that fits neither the inputs nor rows
-        rows_of_baseline(getattr(spec, f), rows, n, feature_dims, f)
+        rows_of(getattr(spec, f), rows, n, feature_dims, f)
     if not held:
         return lambda start, stop: spec
 
     def spec_of(start: int, stop: int):
         index = rows[start:stop] if rows is not None else torch.arange(start, stop)
-        return dataclasses.replace(spec, **{f: rows_of_baseline(getattr(spec, f), index, n,
+        return dataclasses.replace(spec, **{f: rows_of(getattr(spec, f), index, n,
                                                                 feature_dims, f)
                                             for f in held})
     return spec_of

@@ -15,7 +15,7 @@ from scipy import ndimage
 from torch import Tensor
 
 __all__ = ["BASELINE_KINDS", "check_baseline", "check_rows", "make_baseline",
-           "rows_of_baseline"]
+           "rows_of"]
 
 BASELINE_KINDS = ("zero", "blur", "uniform")
 
@@ -52,7 +52,7 @@ def make_baseline(baseline: float | str | Tensor, x: Tensor, *, blur_sigma: floa
 
     Returns a float (a constant baseline) or a tensor of shape (N, *F). A
     tensor baseline of shape (*F) or (1, *F) is one baseline for every input;
-    one of shape (N, *F) gives each input its own (see :func:`rows_of_baseline`
+    one of shape (N, *F) gives each input its own (see :func:`rows_of`
     for chunks and repeated rows).
 
     Raises
@@ -106,18 +106,18 @@ def check_rows(rows: object, m: int) -> Tensor:
     return rows.long()
 
 
-def rows_of_baseline(baseline: object, rows: Tensor | None, n: int, feature_dims: int,
-                     name: str = "baseline") -> object:
-    """The part of a per-sample ``baseline`` that belongs to input rows ``rows``.
+def rows_of(baseline: object, rows: Tensor | None, n: int, feature_dims: int,
+            name: str = "baseline") -> object:
+    """The part of a per-sample argument (a baseline, a feature mask) that belongs to ``rows``.
 
-    A tensor baseline with a batch axis and more than one row, of shape
-    (B, *F), gives each sample its own baseline. ``rows`` (M,) holds the
-    sample index of each input row: a metric that repeats, perturbs or chunks
-    the inputs passes it, and the result is ``baseline[rows]`` (M, *F), so
-    every row keeps its sample's baseline (../shared/cases/028). With
-    ``rows=None`` the inputs are the samples themselves: B must equal their
-    number ``n``. Anything else (a number, a kind, a tensor of shape (*F) or
-    (1, *F), for every input) is returned as it is.
+    A tensor with a batch axis and more than one row, of shape (B, *F), gives
+    each sample its own value. ``rows`` (M,) holds the sample index of each
+    input row: a metric that repeats, perturbs or chunks the inputs passes
+    it, and the result is ``baseline[rows]`` (M, *F), so every row keeps its
+    sample's value (../shared/cases/028). With ``rows=None`` the inputs are
+    the samples themselves: B must equal their number ``n``. Anything else (a
+    number, a kind, a tensor of shape (*F) or (1, *F), for every input) is
+    returned as it is. ``name`` is the argument's name in messages.
 
     Raises
     ------

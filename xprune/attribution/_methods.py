@@ -418,7 +418,7 @@ class AttributionMethod:
 
     per_sample names the spec fields that may hold one tensor per input (a
     baseline or a feature mask of shape (N, *F)): chunks and repeated rows take their samples'
-    part (:func:`~xprune.attribution._baselines.rows_of_baseline`).
+    part (:func:`~xprune.attribution._baselines.rows_of`).
     GradientSHAP's (B, *F) baselines are a distribution, not per input.
     """
 

@@ -192,7 +192,11 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
         calls of at most ``max_rows`` rows, a chunk of samples at a time (with
         the unperturbed inputs in the same calls when ``explain_fn`` has the
         attribute ``independent_rows = True``, as :func:`xprune.explainer`
-        gives deterministic methods), so memory does not grow with N.
+        gives deterministic methods), so memory does not grow with N. A
+        callable with ``per_sample_rows = True`` (:func:`xprune.explainer`'s)
+        also gets ``rows=``, the sample index of each row, so its per-sample
+        arguments (a baseline or feature mask (N, *F), an attention mask)
+        follow the noisy copies of their sample.
     inputs : Tensor of shape (N, *F)
     target : int or Tensor of shape (N,)
     radius : float > 0
