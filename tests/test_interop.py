@@ -180,6 +180,64 @@ def test_keras_model_is_explained_and_scored_directly(keras_model):
     assert gini.shape == (5,) and bool(torch.isfinite(gini).all())
 
 
-def test_keras_model_pruning_is_refused_with_a_clear_message(keras_model):
-    with pytest.raises(ValueError, match="got the Keras model Sequential: .* cannot prune it"):
-        xprune.prune(keras_model, 0.5)
+def _keras_forward(weights, x):
+    """The two-layer Keras model written out: relu(x @ W1 + b1) @ W2 + b2 (Keras's layout)."""
+    (w1, b1), (w2, b2) = weights
+    return torch.relu(x @ w1 + b1) @ w2 + b2
+
+
+@pytest.mark.parametrize("method, layers", [("l1_unstructured", None), ("l1_unstructured", "*"),
+                                            ("random_unstructured", "*")])
+def test_keras_model_is_pruned_without_touching_the_dense_model(keras_model, method, layers):
+    """prune() on a Keras model: the dense model's weights are bit-identical afterwards; the
+    sparse model (a Keras model) has exactly the requested zeros among the selected kernels
+    (by default every kernel but the output layer's, which stays as it was); magnitude pruning
+    zeroes exactly the smallest |w| over the selected kernels (global scope); the sparse
+    model computes the dense model's forward with those weights zeroed, and both are explained."""
+    before = {n: p.detach().clone() for n, p in keras_model.named_parameters()}
+    pair = xprune.prune(keras_model, 0.5, method=method, layers=layers, seed=3)
+    assert all(torch.equal(p, before[n]) for n, p in keras_model.named_parameters())
+    assert pair.dense is keras_model and type(pair.sparse) is type(keras_model)
+    assert pair.sparse is not keras_model
+    dense_w = [(layer.kernel.value.detach(), layer.bias.value.detach())
+               for layer in keras_model.layers]
+    sparse_w = [(layer.kernel.value.detach(), layer.bias.value.detach())
+                for layer in pair.sparse.layers]
+    selected = [0, 1] if layers == "*" else [0]
+    assert len(pair.layers) == len(selected)
+    kernels = [dense_w[i][0] for i in selected]
+    total = sum(k.numel() for k in kernels)
+    zeros = sum(int((sparse_w[i][0] == 0).sum()) for i in selected)
+    assert zeros == total // 2 and pair.sparsity == pytest.approx(0.5)
+    for i in range(2):
+        assert torch.equal(sparse_w[i][1], dense_w[i][1])      # biases untouched
+        if i not in selected:
+            assert torch.equal(sparse_w[i][0], dense_w[i][0])  # the output layer stays dense
+    masks = list(pair.masks.values())
+    for i, mask in zip(selected, masks, strict=True):
+        assert torch.equal(sparse_w[i][0], dense_w[i][0] * mask)
+    if method == "l1_unstructured":  # the zeroed weights are the smallest |w| of all selected
+        magnitudes = torch.cat([k.abs().flatten() for k in kernels])
+        kept = torch.cat([m.flatten() for m in masks])
+        assert magnitudes[~kept].max() <= magnitudes[kept].min()
+    x = torch.randn(7, 6, generator=torch.Generator().manual_seed(2))
+    zeroed = [(w * (masks[selected.index(i)] if i in selected else 1), b)
+              for i, (w, b) in enumerate(dense_w)]
+    torch.testing.assert_close(pair.sparse(x).detach(), _keras_forward(zeroed, x))
+    torch.testing.assert_close(keras_model(x).detach(), _keras_forward(dense_w, x))
+    target = torch.tensor([0, 1, 2, 0, 1, 2, 0])
+    a_dense, a_sparse = xprune.attribute_pair(keras_model, pair.sparse, x, target=target,
+                                              method="saliency", params={"abs": False})
+    for a, weights in ((a_dense, dense_w), (a_sparse, zeroed)):
+        leaf = x.clone().requires_grad_()
+        _keras_forward(weights, leaf)[torch.arange(7), target].sum().backward()
+        torch.testing.assert_close(a.values, leaf.grad)
+
+
+def test_keras_model_structured_pruning_names_the_methods_that_work(keras_model):
+    for method in ("structured", "wanda", "taylor_unstructured"):
+        with pytest.raises(ValueError, match=rf"Pruning method '{method}' cannot prune the Keras "
+                                             r"model Sequential: .* Keras models are pruned by "
+                                             r"custom_mask, l1_unstructured, random_unstructured, "
+                                             r"threshold"):
+            xprune.prune(keras_model, 0.5, method=method, data=torch.zeros(4, 6))

@@ -507,3 +507,63 @@ def test_one_output_model_predicts_by_the_sign_of_its_logit():
     x = torch.rand(4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     torch.testing.assert_close(relative_input_stability(model, explain, x, None),
                                torch.zeros(4, dtype=torch.float64))
+
+
+# --- which metrics cannot take token ids: one flag, read by the functions and the config -------
+
+class _TokenBag(nn.Module):
+    """forward(ids): mean of the embeddings, then a linear layer (float64)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(20, 4).double()
+        self.fc = nn.Linear(4, 3).double()
+
+    def forward(self, ids):
+        return self.fc(self.embedding(ids).mean(dim=1))
+
+
+def test_config_leaves_out_for_token_ids_exactly_the_metrics_whose_functions_refuse_them():
+    """Every metric that sees the inputs is called on token ids; those whose function refuses
+    them for continuous noise are exactly config.CONTINUOUS_NOISE (read from the registry's
+    ``continuous_noise`` flag), which the config drops from its default set for token inputs
+    and refuses by name."""
+    import warnings
+
+    from xprune.config import CONTINUOUS_NOISE, DEFAULT_METRICS, MetricsConfig
+
+    model = _TokenBag().eval()
+    ids = torch.tensor([[3, 7, 1, 9, 2, 5], [5, 2, 8, 4, 6, 11], [13, 4, 2, 7, 9, 1]])
+    target = torch.tensor([0, 1, 2])
+    explain = xprune.explainer(model, "input_x_gradient")
+    a = xprune.attribute(model, ids, target, "input_x_gradient")
+    calls = {"model": lambda fn: fn(model, ids, a, target),
+             "explainer": lambda fn: fn(explain, ids, target),
+             "model_explainer": lambda fn: fn(model, explain, ids, target)}
+    refused, called = set(), set()
+    for name, info in METRICS.items():
+        if info.kind not in calls:
+            continue
+        called.add(name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                calls[info.kind](info.fn)
+            except ValueError as exc:
+                if "perturbs its inputs with continuous noise" in str(exc):
+                    refused.add(name)
+            except Exception:  # noqa: BLE001  other refusals are not this test's subject
+                pass
+    assert {"infidelity", "local_lipschitz_estimate", "relative_input_stability",
+            "max_sensitivity", "deletion_auc"} <= called
+    assert refused == set(CONTINUOUS_NOISE) == {
+        "infidelity", "local_lipschitz_estimate", "relative_input_stability",
+        "relative_output_stability"}
+    default = MetricsConfig().resolved_names(images=False, tokens=True)
+    assert set(DEFAULT_METRICS) - set(default) - {"ssim"} == refused & set(DEFAULT_METRICS)
+    for name in sorted(refused):
+        with pytest.raises(ValueError, match=rf"\['{name}'\] add continuous noise to the "
+                                             r"inputs, which token ids cannot take"):
+            MetricsConfig(names=[name]).resolved_names(images=False, tokens=True)
+        assert MetricsConfig(names=[name]).resolved_names(images=False) == [name]

@@ -534,13 +534,14 @@ class MetricsConfig:
         Without ``names``: the default set, with the image-only metrics (SSIM)
         for images only, and for token ids (``tokens=True``: integer inputs)
         without the metrics that add continuous noise to the inputs
-        (:data:`CONTINUOUS_NOISE`). Named image-only metrics for other inputs
-        are an error.
+        (:data:`CONTINUOUS_NOISE`). Named image-only metrics for other inputs,
+        and named continuous-noise metrics for token ids, are an error.
 
         Raises
         ------
         ValueError
-            If ``names`` asks for an image-only metric and the inputs are not images.
+            If ``names`` asks for an image-only metric and the inputs are not images,
+            or for a continuous-noise metric and the inputs are token ids.
         """
         if self.names is None:
             return [n for n in DEFAULT_METRICS if (images or not METRICS[n].images_only)
@@ -550,6 +551,13 @@ class MetricsConfig:
             if bad:
                 raise ValueError(f"Expected metrics defined for these inputs: {bad} need images "
                                  f"(N, C, H, W); remove them from `metrics.names`.")
+        if tokens:
+            bad = [n for n in self.names if n in CONTINUOUS_NOISE]
+            if bad:
+                raise ValueError(f"Expected metrics defined for token ids: {bad} add continuous "
+                                 f"noise to the inputs, which token ids cannot take; remove them "
+                                 f"from `metrics.names` (max_sensitivity and avg_sensitivity "
+                                 f"substitute tokens instead).")
         return list(self.names)
 
     def metric_params(self, name: str, n_features: int) -> dict[str, Any]:
@@ -580,9 +588,9 @@ class MetricsConfig:
 
 
 # metrics that perturb the inputs with continuous noise: token ids cannot take it (max- and
-# avg-sensitivity substitute tokens instead, xprune.metrics.substitute_tokens)
-CONTINUOUS_NOISE = frozenset({"infidelity", "local_lipschitz_estimate",
-                              "relative_input_stability", "relative_output_stability"})
+# avg-sensitivity substitute tokens instead, xprune.metrics.substitute_tokens). Read from the
+# metrics' own flag, which is also what makes their functions refuse token ids.
+CONTINUOUS_NOISE = frozenset(name for name, info in METRICS.items() if info.continuous_noise)
 
 
 @dataclass(frozen=True)

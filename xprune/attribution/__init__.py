@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, model_device, model_dtype, to_model
 from .._validation import check_device, check_positive_int, check_targets, check_tensor
 from ..models import forward_error, layer_trace, predict
-from ._baselines import BASELINE_KINDS, make_baseline
+from ._baselines import BASELINE_KINDS, check_rows, make_baseline, rows_of
 from ._inputs import (
     DEFAULT_MAX_BYTES,
     EmbeddingForward,
@@ -454,11 +454,34 @@ def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module,
     return max(1, min(max_rows, max_bytes // per_row))
 
 
+def _per_sample_spec(spec, fields: tuple[str, ...], rows: Tensor | None, n: int,
+                     feature_dims: int) -> Callable[[int, int], Any]:
+    """``spec_of(start, stop)``: the spec of input rows ``start:stop``, each per-sample field
+    (:attr:`AttributionMethod.per_sample`) cut to those rows' samples (``rows``, or the
+    rows themselves). Shapes are checked here, once, before any chunk runs."""
+    held = [f for f in fields if isinstance(getattr(spec, f), Tensor)
+            and getattr(spec, f).dim() == feature_dims + 1 and getattr(spec, f).shape[0] > 1]
+    for f in held:  # raises on a count of baselines that fits neither the inputs nor rows
+        rows_of(getattr(spec, f), rows, n, feature_dims, f)
+    if not held:
+        return lambda start, stop: spec
+
+    def spec_of(start: int, stop: int):
+        index = rows[start:stop] if rows is not None else torch.arange(start, stop)
+        return dataclasses.replace(spec, **{f: rows_of(getattr(spec, f), index, n,
+                                                                feature_dims, f)
+                                            for f in held})
+    return spec_of
+
+
 def _attribute(model, inputs, target, method, *, params, output, model_tag, max_rows, device,
                labels, with_predictions, attribute_to=None, tokens=None,
-               max_bytes=DEFAULT_MAX_BYTES, memo: dict | None = None) -> Attributions:
+               max_bytes=DEFAULT_MAX_BYTES, memo: dict | None = None,
+               sample_rows: Tensor | None = None) -> Attributions:
     """:func:`attribute`; ``memo``, when given, keeps the model's number of outputs and the
-    bytes a row costs from one call to the next, which saves forward passes per call."""
+    bytes a row costs from one call to the next, which saves forward passes per call.
+    ``sample_rows`` (N,), when given, is the sample index of each input row, which picks its
+    part of per-sample arguments (see :func:`explainer`)."""
     spec = resolve_spec(method, params)
     info = ATTRIBUTION_METHODS[method]
     structure = structure_inputs(inputs, attribute_to)
@@ -526,6 +549,11 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
     if plain and not is_tokens:  # DeepLIFT and LRP: layers they cannot explain, up front
         with eval_mode(model):
             check_model_for_method(model, method, to_model(main[:1], model))
+    if sample_rows is not None:
+        sample_rows = check_rows(sample_rows, len(structure))
+    spec_of = _per_sample_spec(spec, tuple(f for f in info.per_sample  # ids: no baseline
+                                           if not (is_tokens and f == "baseline")),
+                               sample_rows, len(structure), main.dim() - 1)
     rows = info.rows_per_sample(spec)
     with eval_mode(model):
         probe_forward, probe_x, probe_args, _ = prepared(structure.rows(0, 1))
@@ -551,7 +579,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
         for index, start in enumerate(range(0, n, chunk)):
             forward, x, args, base = prepared(structure.rows(start, start + chunk))
             t = None if targets is None else targets[start:start + chunk].to(run_device)
-            v, d = info.run(forward, x, t, spec, Budget(budget_rows, index, tuple(args), base))
+            v, d = info.run(forward, x, t, spec_of(start, min(n, start + chunk)),
+                            Budget(budget_rows, index, tuple(args), base))
             if is_tokens and v.dim() == 3:
                 v = v.norm(dim=-1) if info.token_reduction(spec) == "norm" else v.sum(dim=-1)
             dtype = (torch.promote_types(main.dtype, v.dtype) if main.is_floating_point()
@@ -677,12 +706,55 @@ def attribute_pair(dense: nn.Module, sparse: nn.Module, inputs: Tensor | tuple |
             attribute(sparse, inputs, targets, model_tag=tags[1], **kw))
 
 
+def _forward_args(forward_args: object, attribute_to: int | str | None) -> ModelInputs | None:
+    """The explainer's per-sample other inputs, checked, as :class:`ModelInputs` whose
+    attributed slot is left for the rows; None when there are none."""
+    if forward_args is None:
+        return None
+    if isinstance(forward_args, Tensor) or not isinstance(forward_args, (tuple, list, Mapping)):
+        raise TypeError(f"Expected `forward_args` to be a tuple of tensors (the positional "
+                        f"arguments after the attributed input) or a mapping of tensors "
+                        f"(keyword arguments), got {type(forward_args).__name__}.")
+    if isinstance(forward_args, Mapping) and not isinstance(attribute_to, str):
+        raise ValueError(f"Expected `attribute_to` to name the attributed keyword argument "
+                         f"(e.g. 'input_ids') when `forward_args` is a mapping, got "
+                         f"{attribute_to!r}.")
+    if isinstance(forward_args, (tuple, list)) and attribute_to not in (None, 0):
+        raise ValueError(f"Expected `attribute_to` None or 0 with a tuple of `forward_args` (the "
+                         f"attributed input comes first), got {attribute_to!r}.")
+    return structure_inputs(forward_args)
+
+
+def _with_forward_args(inputs: object, others: ModelInputs, attribute_to, rows) -> object:
+    """``inputs`` (M rows) with the rows ``rows`` (or all N, M = N) of the other inputs."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"Expected `inputs` to be the attributed tensor for an explainer made "
+                        f"with `forward_args`, got {type(inputs).__name__}.")
+    m, n = inputs.shape[0], len(others)
+    if rows is None:
+        if m != n:
+            raise ValueError(f"Expected `inputs` with the {n} rows of `forward_args`, got {m}; "
+                             f"pass `rows` (the sample index of each row) for other rows.")
+        index = torch.arange(m)
+    else:
+        index = check_rows(rows, m)
+        if m and int(index.max()) >= n:
+            raise ValueError(f"Expected `rows` to index the {n} samples of `forward_args`, got "
+                             f"sample index {int(index.max())}.")
+    parts = [t[index.to(t.device)] for t in others.tensors]
+    if others.kind == "mapping":
+        return {attribute_to: inputs, **dict(zip(others.keys, parts, strict=True))}
+    return (inputs, *parts)
+
+
 def explainer(model: nn.Module, method: str = "integrated_gradients", *,
               params: Mapping[str, Any] | Any | None = None, output: str = "logit",
               max_rows: int = DEFAULT_MAX_ROWS, device: str | torch.device | None = None,
               attribute_to: int | str | None = None,
               tokens: TokenOptions | Mapping[str, Any] | None = None,
-              max_bytes: int = DEFAULT_MAX_BYTES) -> Callable[[Any, Tensor], Tensor]:
+              max_bytes: int = DEFAULT_MAX_BYTES,
+              forward_args: tuple | Mapping[str, Tensor] | None = None
+              ) -> Callable[[Any, Tensor], Tensor]:
     """An ``explain_fn(inputs, target) -> Tensor`` for stability metrics.
 
     The callable maps inputs of shape (M, *F) (or a tuple or mapping of
@@ -691,6 +763,21 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     :func:`attribute`. The model's number of outputs (to check the targets)
     and the bytes a row costs are found at the first call and reused by later
     calls; make a new explainer for a model whose output layer has changed.
+
+    Per-sample arguments (a ``baseline`` of shape (N, *F), one per input of a
+    batch of N) follow their rows: ``explain_fn(inputs, target, rows=r)``
+    with ``r`` (M,) the sample index (0 .. N-1) of each of the M rows gives
+    row j the baseline of sample ``r[j]``. Metrics that repeat, perturb or
+    chunk the inputs pass ``rows`` to every callable whose attribute
+    ``per_sample_rows`` is True, as this one's is (../shared/cases/028). Without
+    ``rows`` the inputs are the N samples themselves.
+
+    ``forward_args`` holds the model's other inputs for the N samples (e.g.
+    an attention mask (N, T)): a tuple of positional arguments after the
+    attributed one, or a mapping of keyword arguments (``attribute_to`` then
+    names the attributed one, e.g. ``"input_ids"``). ``explain_fn`` then
+    takes the attributed tensor alone and adds each row's sample's other
+    inputs, so a stability metric's perturbed rows keep their mask.
 
     The callable's attribute ``independent_rows`` is True when a row's map
     does not depend on the other rows of the call (up to floating-point
@@ -703,15 +790,22 @@ def explainer(model: nn.Module, method: str = "integrated_gradients", *,
     """
     spec = resolve_spec(method, params)
     token_options = check_token_options(tokens)
+    others = _forward_args(forward_args, attribute_to)
     memo: dict[Any, Any] = {}
 
-    def explain_fn(inputs: Tensor | tuple | Mapping, target: Tensor) -> Tensor:
+    def explain_fn(inputs: Tensor | tuple | Mapping, target: Tensor, *,
+                   rows: Tensor | None = None) -> Tensor:
+        if others is not None:
+            inputs = _with_forward_args(inputs, others, attribute_to, rows)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # IG's coarse-integral warning per call
             return _attribute(model, inputs, target, method, params=spec, output=output,
                               model_tag=None, max_rows=max_rows, device=device, labels=None,
                               with_predictions=False, attribute_to=attribute_to,
-                              tokens=token_options, max_bytes=max_bytes, memo=memo).values
+                              tokens=token_options, max_bytes=max_bytes, memo=memo,
+                              sample_rows=rows).values
+
+    explain_fn.per_sample_rows = True
 
     explain_fn.independent_rows = not ATTRIBUTION_METHODS[method].random_per_call(spec)
     # integer inputs are token ids for this model: stability metrics cannot add noise to them

@@ -99,8 +99,11 @@ class IntegratedGradientsParams:
     n_steps : int >= 1
         Points of the path integral; at most :data:`MAX_GAUSS_LEGENDRE_STEPS`
         with "gausslegendre" (see :func:`check_ig_steps`).
-    baseline : float, "zero", "blur", "uniform" or Tensor of shape (*F)
-        Reference input x' (0 = black image). See :mod:`._baselines`.
+    baseline : float, "zero", "blur", "uniform" or Tensor of shape (*F), (1, *F) or (N, *F)
+        Reference input x' (0 = black image); a tensor of shape (N, *F) gives
+        each of the N inputs its own, which follows its input through chunks
+        and through the repeated rows of stability metrics. See
+        :mod:`._baselines`.
     integration : str
         Captum's quadrature rule: "gausslegendre" (default), "riemann_trapezoid", ...
     blur_sigma : float > 0
@@ -285,15 +288,30 @@ class LimeParams:
         For token ids: the id of a removed token (default: the pad token, else 0).
     seed : int
         Seeds the draws (Captum draws from torch's global RNG; xprune forks it).
+    feature_mask : integer Tensor of shape (*F), (1, *F) or (N, *F), optional
+        Groups the features into interpretable features (equal ids form one
+        feature, ids >= 0), Captum's ``feature_mask``; (N, *F) gives each input
+        its own grouping, which follows its input through chunks and the
+        repeated rows of stability metrics. Default: a pixel with all its
+        channels, a column or a token is one feature.
     """
 
     n_samples: int = 200
     baseline: Baseline = 0.0
     seed: int = 0
     baseline_token: int | None = None
+    feature_mask: Tensor | None = None
 
     def __post_init__(self) -> None:
         check_positive_int(self.n_samples, "n_samples")
+        mask = self.feature_mask
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype.is_floating_point
+                                 or mask.dtype.is_complex or mask.dtype == torch.bool
+                                 or mask.dim() == 0 or (mask.numel() and int(mask.min()) < 0)):
+            shown = (f"{mask.dtype} of shape {tuple(mask.shape)}" if isinstance(mask, Tensor)
+                     else type(mask).__name__)
+            raise ValueError(f"Expected `feature_mask` to be an integer tensor of feature ids "
+                             f">= 0, of shape (*F), (1, *F) or (N, *F), got {shown}.")
         check_baseline(self.baseline)
         if isinstance(self.baseline, str) and self.baseline != "zero":
             raise ValueError(f"Expected a number or 'zero' as the baseline of LIME and "
@@ -397,6 +415,11 @@ class AttributionMethod:
     ``token_reduction(spec)``: ``"sum"`` or the L2 ``"norm"``), ``"ids"``
     (perturbing the ids themselves with a baseline token), ``"layer"`` (a
     Captum layer method that takes the ids) or None (not applicable to tokens).
+
+    per_sample names the spec fields that may hold one tensor per input (a
+    baseline or a feature mask of shape (N, *F)): chunks and repeated rows take their samples'
+    part (:func:`~xprune.attribution._baselines.rows_of`).
+    GradientSHAP's (B, *F) baselines are a distribution, not per input.
     """
 
     name: str
@@ -408,6 +431,7 @@ class AttributionMethod:
     random_per_call: Callable[[Any], bool] = _random_baseline
     tokens: str | None = "embedding"
     token_reduction: Callable[[Any], str] = lambda spec: "sum"
+    per_sample: tuple[str, ...] = ()
 
 
 def _baseline(spec, x: Tensor, budget: Budget):
@@ -563,7 +587,15 @@ def _surrogate(cls):
     def run(model, x, target, spec: LimeParams, budget):
         base = _baseline(spec, x, budget)
         mask = None
-        if x.dim() >= 3:  # one feature per position, all channels together
+        if spec.feature_mask is not None:  # the caller's grouping, per input or for all
+            mask = spec.feature_mask.to(x.device)
+            if mask.dim() == x.dim() - 1:
+                mask = mask.unsqueeze(0)
+            if tuple(mask.shape[1:]) != tuple(x.shape[1:]) or mask.shape[0] not in (1, x.shape[0]):
+                raise ValueError(f"Expected `feature_mask` of shape {tuple(x.shape[1:])}, "
+                                 f"{(1, *x.shape[1:])} or {tuple(x.shape)} (one per input), got "
+                                 f"{tuple(spec.feature_mask.shape)}.")
+        elif x.dim() >= 3:  # one feature per position, all channels together
             positions = int(np.prod(x.shape[2:]))
             mask = torch.arange(positions, device=x.device).reshape(1, 1, *x.shape[2:])
             mask = mask.expand(1, *x.shape[1:])
@@ -666,7 +698,8 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
     AttributionMethod("input_x_gradient", InputXGradientParams, _input_x_gradient,
                       "Input times its gradient (Captum InputXGradient)."),
     AttributionMethod("integrated_gradients", IntegratedGradientsParams, _integrated_gradients,
-                      "Path integral of gradients from a baseline (Captum IntegratedGradients)."),
+                      "Path integral of gradients from a baseline (Captum IntegratedGradients).",
+                      per_sample=("baseline",)),
     AttributionMethod("smoothgrad", NoiseTunnelParams, _noise_tunnel("smoothgrad"),
                       "Saliency averaged over noisy copies (Captum NoiseTunnel, smoothgrad).",
                       random_per_call=lambda spec: True, token_reduction=lambda spec: "norm"),
@@ -679,18 +712,20 @@ ATTRIBUTION_METHODS: dict[str, AttributionMethod] = {m.name: m for m in [
                       random_per_call=lambda spec: True),
     AttributionMethod("deeplift", DeepLiftParams, _deeplift,
                       "DeepLIFT Rescale rule against a baseline (Captum DeepLift).",
-                      rows_per_sample=lambda spec: 2),
+                      rows_per_sample=lambda spec: 2, per_sample=("baseline",)),
     AttributionMethod("guided_backprop", GuidedBackpropParams, _guided_backprop,
                       "Guided backpropagation (Captum GuidedBackprop)."),
     AttributionMethod("occlusion", OcclusionParams, _occlusion,
                       "Output drop under a sliding baseline patch (Captum Occlusion).",
-                      tokens="ids"),
+                      tokens="ids", per_sample=("baseline",)),
     AttributionMethod("lime", LimeParams, _surrogate(ca.Lime),
                       "Local linear surrogate on random feature subsets (Captum Lime).",
-                      random_per_call=lambda spec: True, tokens="ids"),
+                      random_per_call=lambda spec: True, tokens="ids",
+                      per_sample=("feature_mask",)),
     AttributionMethod("kernel_shap", KernelShapParams, _surrogate(ca.KernelShap),
                       "Shapley values by weighted linear regression (Captum KernelShap).",
-                      random_per_call=lambda spec: True, tokens="ids"),
+                      random_per_call=lambda spec: True, tokens="ids",
+                      per_sample=("feature_mask",)),
     AttributionMethod("grad_cam", GradCamParams, _grad_cam,
                       "Grad-CAM of the last conv layer, upsampled to the input (Captum "
                       "LayerGradCam).", tokens=None),

@@ -51,6 +51,11 @@ class MetricInfo:
     undefined : str
         When a sample's score is undefined (NaN), in a few words ("constant
         map"); empty where the metric is defined for every valid input.
+    continuous_noise : bool
+        The metric adds continuous noise to the inputs, which token ids
+        cannot take: the function refuses them (:func:`refuse_token_ids`) and
+        configurations leave it out for token inputs
+        (``xprune.config.CONTINUOUS_NOISE`` is read from this flag).
     """
 
     name: str
@@ -62,6 +67,7 @@ class MetricInfo:
     reference: str
     images_only: bool = False
     undefined: str = ""
+    continuous_noise: bool = False
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -69,15 +75,27 @@ METRICS: dict[str, MetricInfo] = {}
 
 def register(*, category: str, kind: str, higher_is_better: bool,
              range: tuple[float, float], reference: str,  # noqa: A002
-             images_only: bool = False, undefined: str = ""):
+             images_only: bool = False, undefined: str = "", continuous_noise: bool = False):
     """Register a metric function in :data:`METRICS` under its own name."""
 
     def decorator(fn):
         METRICS[fn.__name__] = MetricInfo(fn.__name__, fn, category, kind, higher_is_better,
-                                          range, reference, images_only, undefined)
+                                          range, reference, images_only, undefined,
+                                          continuous_noise)
         return fn
 
     return decorator
+
+
+def refuse_token_ids(metric: str, inputs: object, tokens: bool) -> None:
+    """Raise ``ValueError`` for token ids (``tokens`` True) given to a metric registered with
+    ``continuous_noise=True``: ids cannot take continuous noise."""
+    if tokens and METRICS[metric].continuous_noise:
+        raise ValueError(f"{metric} perturbs its inputs with continuous noise, which token ids "
+                         f"(an integer tensor of shape {tuple(inputs.shape)}) cannot take; "
+                         f"for token ids use max_sensitivity or avg_sensitivity, which "
+                         f"substitute tokens, or the removal metrics (deletion, insertion), "
+                         f"which remove them.")
 
 
 class UndefinedScoreWarning(RuntimeWarning):

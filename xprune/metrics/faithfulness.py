@@ -24,6 +24,7 @@ from ._base import (
     feature_map,
     model_targets,
     pearson,
+    refuse_token_ids,
     register,
     target_scores,
 )
@@ -325,6 +326,7 @@ def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: T
 
 
 @register(category="faithfulness", kind="model", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, 'On the (in)fidelity and "
                     "sensitivity of explanations', NeurIPS (eq. INFD); Captum's infidelity")
@@ -364,6 +366,7 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     from .._state import eval_mode, to_model
 
     x, a = check_map_and_inputs(inputs, attributions)
+    refuse_token_ids("infidelity", x, not x.is_floating_point())
     check_positive_int(n_samples, "n_samples")
     check_positive_int(max_rows, "max_rows")
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) \

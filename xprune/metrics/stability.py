@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, to_model
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
-from ._base import model_targets, register, values_of, warn_undefined
+from ._base import model_targets, refuse_token_ids, register, values_of, warn_undefined
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
            "relative_input_stability", "relative_output_stability", "sensitivity_draws",
@@ -32,14 +32,26 @@ def _explain_targets(target: Any, n: int) -> Tensor:
     return t.long()
 
 
-def _explain(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor,
+def _explain(explain_fn: Callable[..., Tensor], x: Tensor, t: Tensor, rows: Tensor,
              max_rows: int) -> Tensor:
+    """Maps of the rows ``x`` (M, *F), (M, D) float64 on the CPU, in calls of ``max_rows`` rows.
+
+    The one place where stability metrics call the explainer. ``rows`` (M,) is
+    the sample index of each row (a perturbed copy of sample i has index i),
+    ``t`` (N,) the samples' targets: each row is explained for ``t[rows]``,
+    and an explainer that holds per-sample arguments (``per_sample_rows`` True,
+    as :func:`xprune.explainer`'s, e.g. one baseline per input) also gets
+    ``rows=``, so those arguments follow their rows through the repeats and
+    chunks exactly as the targets do (../shared/cases/028).
+    """
+    by_rows = getattr(explain_fn, "per_sample_rows", False) is True
     parts = []
     for i in range(0, x.shape[0], max_rows):
-        out = explain_fn(x[i:i + max_rows], t[i:i + max_rows])
-        if out.shape != x[i:i + max_rows].shape:
+        part, index = x[i:i + max_rows], rows[i:i + max_rows]
+        out = explain_fn(part, t[index], rows=index) if by_rows else explain_fn(part, t[index])
+        if out.shape != part.shape:
             raise ValueError(f"Expected `explain_fn` to return maps of the inputs' shape "
-                             f"{tuple(x[i:i + max_rows].shape)}, got {tuple(out.shape)}.")
+                             f"{tuple(part.shape)}, got {tuple(out.shape)}.")
         parts.append(out.detach().double().reshape(out.shape[0], -1).cpu())
     return torch.cat(parts)
 
@@ -130,21 +142,23 @@ def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
         chunk = max_rows
     for start in range(0, n, chunk):
         sl = slice(start, min(n, start + chunk))
-        xs, ts = x[sl], t[sl]
+        xs = x[sl]
         c = xs.shape[0]
         perturbed = draw(sl) if draw is not None else \
             xs[:, None] + _noise(xs, s, scale, generator, gaussian=gaussian)
-        flat, flat_t = perturbed.reshape(c * s, *x.shape[1:]), ts.repeat_interleave(s)
+        flat = perturbed.reshape(c * s, *x.shape[1:])
+        own = torch.arange(sl.start, sl.stop)          # sample index of each unperturbed row
+        flat_rows = own.repeat_interleave(s)           # ... and of each perturbed row
         if given is not None:
             base = given[sl]
-            maps = _explain(explain_fn, flat, flat_t, max_rows)
+            maps = _explain(explain_fn, flat, t, flat_rows, max_rows)
         elif merged:
-            maps = _explain(explain_fn, torch.cat([xs, flat]), torch.cat([ts, flat_t]),
-                            max_rows)
+            maps = _explain(explain_fn, torch.cat([xs, flat]), t,
+                            torch.cat([own, flat_rows]), max_rows)
             base, maps = maps[:c], maps[c:]
         else:
-            base = _explain(explain_fn, xs, ts, max_rows)
-            maps = _explain(explain_fn, flat, flat_t, max_rows)
+            base = _explain(explain_fn, xs, t, own, max_rows)
+            maps = _explain(explain_fn, flat, t, flat_rows, max_rows)
         yield sl, perturbed, base, maps.reshape(c, s, -1)
 
 
@@ -178,7 +192,11 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
         calls of at most ``max_rows`` rows, a chunk of samples at a time (with
         the unperturbed inputs in the same calls when ``explain_fn`` has the
         attribute ``independent_rows = True``, as :func:`xprune.explainer`
-        gives deterministic methods), so memory does not grow with N.
+        gives deterministic methods), so memory does not grow with N. A
+        callable with ``per_sample_rows = True`` (:func:`xprune.explainer`'s)
+        also gets ``rows=``, the sample index of each row, so its per-sample
+        arguments (a baseline or feature mask (N, *F), an attention mask)
+        follow the noisy copies of their sample.
     inputs : Tensor of shape (N, *F)
     target : int or Tensor of shape (N,)
     radius : float > 0
@@ -342,13 +360,8 @@ def _token_draws(explain_fn: Callable, x: Tensor, attributions: Tensor | Attribu
 
 
 def _refuse_token_ids(explain_fn: Callable, inputs: object, metric: str) -> None:
-    """Stability metrics add continuous noise to the inputs: token ids cannot take it."""
-    if (isinstance(inputs, Tensor) and not inputs.is_floating_point()
-            and getattr(explain_fn, "embeds_integer_inputs", False)):
-        raise ValueError(f"{metric} perturbs its inputs with continuous noise, which token ids "
-                         f"(an integer tensor of shape {tuple(inputs.shape)}) cannot take; "
-                         f"for token ids use max_sensitivity or avg_sensitivity, which "
-                         f"substitute tokens instead.")
+    """Stability metrics that add continuous noise to the inputs: token ids cannot take it."""
+    refuse_token_ids(metric, inputs, _token_ids(explain_fn, inputs))
 
 
 def _sensitivity(explain_fn, inputs, target, *, radius, n_samples, relative, generator,
@@ -431,6 +444,7 @@ def _relative_change(ref: Tensor, other: Tensor, eps_min: float) -> Tensor:
 
 
 @register(category="stability", kind="explainer", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Alvarez-Melis & Jaakkola 2018, 'On the robustness of interpretability "
                     "methods', ICML Workshop on Human Interpretability (arXiv 1806.08049), "
@@ -537,8 +551,9 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
     valid = _predicted(h_pert) == _predicted(h)[:, None]                          # (N, S)
     base = _given_maps(attributions, x, t)                                        # (N, D)
     if base is None:
-        base = _explain(explain_fn, x, t, max_rows)
-    maps = _explain(explain_fn, flat, t.repeat_interleave(s), max_rows).reshape(n, s, -1)
+        base = _explain(explain_fn, x, t, torch.arange(n), max_rows)
+    maps = _explain(explain_fn, flat, t, torch.arange(n).repeat_interleave(s),
+                    max_rows).reshape(n, s, -1)
     change = _relative_change(base[:, None], maps, eps_min).norm(dim=2)           # (N, S)
     if denominator == "input":
         ref = _relative_change(x.double().reshape(n, 1, -1).cpu(),
@@ -554,6 +569,7 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
 
 
 @register(category="stability", kind="model_explainer", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
                     "'Rethinking stability for attribution-based explanations', arXiv "
@@ -655,6 +671,7 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
 
 
 @register(category="stability", kind="model_explainer", higher_is_better=False,
+          continuous_noise=True,
           range=(0.0, float("inf")),
           reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
                     "'Rethinking stability for attribution-based explanations', arXiv "

@@ -15,6 +15,7 @@ from .._validation import check_fraction, closest_name
 from ..models import train
 from . import methods  # noqa: F401  the built-in methods register themselves here
 from ._core import (
+    KERAS_PRUNING_METHODS,
     PRUNING_METHODS,
     ModelPair,
     Patterns,
@@ -22,6 +23,8 @@ from ._core import (
     _make_permanent,
     _resolve,
     check_n_m,
+    copy_for_pruning,
+    is_keras,
     select_weights,
 )
 
@@ -102,16 +105,16 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"Expected `model` to be a torch.nn.Module, got {type(model).__name__}.")
-    if type(model).__module__.split(".")[0] == "keras":
-        raise ValueError(f"Expected a model whose layers are torch modules, got the Keras model "
-                         f"{type(model).__name__}: a Keras 3 model (torch backend) is explained "
-                         f"and scored directly, but Keras keeps its weights in parameter dicts "
-                         f"whose names change when the model is copied, so xprune cannot prune "
-                         f"it (yet): rebuild it in PyTorch to prune it.")
     if method not in PRUNING_METHODS:
         raise ValueError(f"Expected `method` to be one of {sorted(PRUNING_METHODS)}, "
                          f"got {method!r}." + closest_name(method, PRUNING_METHODS))
     info = PRUNING_METHODS[method]
+    if is_keras(model) and method not in KERAS_PRUNING_METHODS:
+        raise ValueError(f"Pruning method {method!r} cannot prune the Keras model "
+                         f"{type(model).__name__}: it needs torch layers (nn.Linear, nn.Conv) to "
+                         f"hook, score or rebuild, and Keras layers are not. Keras models are "
+                         f"pruned by {', '.join(KERAS_PRUNING_METHODS)}; or rebuild the model "
+                         f"in PyTorch.")
     if n_m is not None:
         n_m = check_n_m(n_m)
         if not info.supports_n_m:
@@ -152,7 +155,7 @@ def prune(model: nn.Module, amount: float | None = None, *, method: str = "l1_un
     if data is not None:
         check_data(data)
     keys = tuple(select_weights(model, layers, exclude))
-    sparse = copy.deepcopy(model)  # before any hook: a hooked module cannot be deep-copied
+    sparse = copy_for_pruning(model)  # before any hook: a hooked module cannot be deep-copied
     ctx = PruningContext(scope=scope, generator=torch.Generator().manual_seed(seed),
                          max_layer_sparsity=max_layer_sparsity, data=data,
                          options={**info.options, **(options or {})}, targets=keys, n_m=n_m)

@@ -20,6 +20,7 @@ This module imports no pruning method: the methods live in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import fnmatch
 import math
@@ -84,8 +85,89 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
 
 
 def counted_weights(model: nn.Module) -> list[str]:
-    """Keys of the weights that "all weights" counts: the matrices of :data:`MATRIX_MODULES`."""
-    return [key for key, module, _ in weight_matrices(model) if _is_matrix_module(module)]
+    """Keys of the weights that "all weights" counts: the matrices of :data:`MATRIX_MODULES`
+    (for a Keras model: the kernels of its Dense and Conv layers, :func:`keras_kernels`)."""
+    kernels = set(keras_kernels(model)) if is_keras(model) else set()
+    return [key for key, module, _ in weight_matrices(model)
+            if _is_matrix_module(module) or key in kernels]
+
+
+# --- Keras 3 models (torch backend) ----------------------------------------------------------
+# A Keras layer keeps each weight in a keras Variable whose value is a torch Parameter; the
+# model registers those Parameters in ParameterDicts keyed by the variable's path
+# ("_functional._torch_params.sequential/dense/kernel"), so torch.nn.utils.prune masks them
+# in place (its remove() writes the pruned values into the same Parameter the Variable holds).
+# copy.deepcopy renames the paths, so the sparse copy is cloned from the Keras config instead.
+
+KERAS_KERNEL_LAYERS = ("Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
+                       "Conv2DTranspose", "Conv3DTranspose")
+"""Keras layer classes (and subclasses) whose ``kernel`` counts as a weight matrix."""
+
+KERAS_PRUNING_METHODS = ("custom_mask", "l1_unstructured", "random_unstructured", "threshold")
+"""The methods that prune a Keras model: they mask weights and need no forward pass of their own."""
+
+
+def is_keras(model: nn.Module) -> bool:
+    """Whether ``model`` is a Keras 3 model (torch backend: also an ``nn.Module``)."""
+    return type(model).__module__.split(".")[0] == "keras"
+
+
+def _keras_layers(layer) -> list:
+    out = []
+    for child in getattr(layer, "layers", None) or []:
+        out.append(child)
+        out.extend(_keras_layers(child))
+    return out
+
+
+def keras_kernels(model: nn.Module) -> list[str]:
+    """State-dict keys of the kernels of a Keras model's Dense/Conv layers, in layer order.
+
+    The last is the output layer's, which :func:`select_weights` leaves dense by default.
+    """
+    by_id = {id(getattr(module, param)): key for key, module, param in weight_matrices(model)}
+    keys = []
+    for layer in _keras_layers(model):
+        kernel = getattr(layer, "kernel", None)
+        if any(c.__name__ in KERAS_KERNEL_LAYERS for c in type(layer).__mro__) \
+                and kernel is not None and id(getattr(kernel, "value", None)) in by_id:
+            keys.append(by_id[id(kernel.value)])
+    return list(dict.fromkeys(keys))
+
+
+def copy_for_pruning(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` to prune, with the same state-dict keys; ``model`` is not touched.
+
+    A PyTorch model is deep-copied. A Keras model is cloned from its config
+    (``keras.models.clone_model``) and given the original's weights
+    (``set_weights``), which keeps its weights' names; ``copy.deepcopy`` would
+    rename them.
+
+    Raises
+    ------
+    ValueError
+        If a Keras model cannot be cloned with the same weight names (e.g. a
+        subclassed model without ``get_config``).
+    """
+    if not is_keras(model):
+        return copy.deepcopy(model)
+    import keras
+
+    names = [n for n, _ in model.named_parameters()]
+    try:
+        with warnings.catch_warnings():  # Keras's own NumPy 2 notice about __array__(copy=)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            clone = keras.models.clone_model(model)
+            clone.set_weights(model.get_weights())
+    except Exception as exc:  # Keras raises many kinds for models it cannot rebuild
+        raise ValueError(f"Cannot copy the Keras model {type(model).__name__} for pruning: "
+                         f"keras.models.clone_model failed ({type(exc).__name__}: {exc}); "
+                         f"give the model a get_config, or rebuild it in PyTorch.") from None
+    if [n for n, _ in clone.named_parameters()] != names:
+        raise ValueError(f"Cannot copy the Keras model {type(model).__name__} for pruning: its "
+                         f"clone names its weights differently ({names[:3]} ...); rebuild it "
+                         f"as a Sequential or functional model, or in PyTorch.")
+    return clone.to(next(iter(model.parameters())).device) if names else clone
 
 
 def output_layer(model: nn.Module) -> str | None:
@@ -161,7 +243,9 @@ def select_weights(model: nn.Module, layers: Patterns = None, exclude: Patterns 
                              f"matrices are {listing}.")
         return found
 
-    if layers is None:
+    if layers is None and is_keras(model):
+        chosen = set(keras_kernels(model)[:-1])  # all Dense/Conv kernels but the output layer's
+    elif layers is None:
         output = output_layer(model)
         chosen = {key for key, module, _ in matrices
                   if _is_matrix_module(module) and names[key] != output}
