@@ -182,14 +182,24 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
         return kw
 
     # Quantus does the same work: the same removed features per step (a pixel's channels
-    # together: its map is the pixel sum, broadcast over the channels, ranked in groups of
+    # together: its map is the pixel sum, repeated over the channels, ranked in groups of
     # C elements), the same baseline, a forward of the N rows per step; the curves must agree.
+    # Quantus wants features_in_step to divide H*W, so it sees each image as one channel of
+    # C*H rows (the same elements in the same order; the model reshapes them back).
+    class Unfold(torch.nn.Module):
+        def forward(self, z):
+            return model(z.reshape(z.shape[0], *x.shape[1:]))
+
+    one = (n, 1, x.shape[1] * x.shape[2], *x.shape[3:]) if not tokens else None
+    pixel_map = faithfulness.feature_map(a.values).reshape(n, 1, *x.shape[2:]) \
+        .expand(x.shape).reshape(one) if not tokens else None
+
     def quantus_flipping():
-        pixel_map = faithfulness.feature_map(a.values).reshape(n, 1, *x.shape[2:])
         return np.asarray(quantus.PixelFlipping(
             features_in_step=x.shape[1] * d // steps, perturb_baseline=0.0, abs=False,
             normalise=False, return_aggregate=False, disable_warnings=True)(
-            **qkw(a_batch=pixel_map.detach().numpy().copy()), softmax=True))
+            **qkw(model=Unfold().eval(), x_batch=x.reshape(one).numpy().copy(),
+                  a_batch=pixel_map.detach().numpy().copy()), softmax=True))
 
     flip_peers = None
     if not tokens and d % steps == 0 and (not metrics or any(m in "deletion AUC"

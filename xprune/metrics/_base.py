@@ -370,12 +370,14 @@ def model_targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
     return torch.zeros(x.shape[0], dtype=torch.long) if t is None else t
 
 
-#: On CPU a forward pass takes about this many input elements at most (256 KiB of float32):
-#: a batch whose activations stay in the caches runs faster per row than a larger one. The
-#: small CNN of ``benchmarks/table.py``, one thread, 6,464 rows of 1x8x8 digits: 1,024 rows
-#: per pass 0.26 s, 4,096 rows 0.49 s; 3,232 rows of 3x32x32: 16-32 rows 2.1-2.2 s,
-#: 4,096 rows 5.7 s. Other devices take ``max_rows`` rows per pass.
-CPU_FORWARD_ELEMENTS = 2 ** 16
+#: On CPU a forward pass takes about this many input elements at most (1 MiB of float32):
+#: a batch whose activations stay near the caches runs faster per row than a larger one.
+#: The small CNN of ``benchmarks/table.py`` on 3,232 rows of 3x32x32, one thread: 16-64
+#: rows a pass 2.1-2.5 s, 4,096 rows 5.7 s; with two threads on a machine loaded 10x over,
+#: passes under 64 rows were slower than 4,096 (the threads wait for each other at every
+#: op), hence not fewer rows than this gives (85 for 3x32x32, 4,096 for 8x8 digits).
+#: Other devices take ``max_rows`` rows a pass.
+CPU_FORWARD_ELEMENTS = 2 ** 18
 
 
 def forward_rows(model: nn.Module, x: Tensor, max_rows: int) -> int:
