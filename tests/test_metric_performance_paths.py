@@ -532,3 +532,32 @@ def test_lipschitz_with_merged_calls_equals_the_two_call_version(cnn64, batch):
                                                           n_samples=3, generator=seeded(5)),
                        lipschitz_as_it_was(call_seeded_explainer, x, t, noise_std=0.1,
                                            n_samples=3, seed=5))
+
+
+# --- forward passes of cache-sized batches on CPU ------------------------------------------
+
+def test_cpu_forwards_take_cache_sized_batches_with_the_same_scores():
+    """3x32x32 images on CPU: passes of 2**18 // 3072 = 85 rows (max_rows still caps them),
+    and the scores are those of the rows sent one at a time (literal loop)."""
+    from xprune.metrics._base import CPU_FORWARD_ELEMENTS, forward_rows
+    from xprune.models import DigitsCNN
+
+    torch.manual_seed(0)
+    model = DigitsCNN(in_channels=3, image_shape=(32, 32)).eval()
+    x = torch.rand(200, 3, 32, 32, generator=seeded(1))
+    t = torch.arange(200) % 10
+    seen = []
+    hook = model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        ours = target_scores(model, x, t, output="probability")
+        assert CPU_FORWARD_ELEMENTS // 3072 == 85 == forward_rows(model, x, 4096)
+        assert seen == [85, 85, 30]
+        seen.clear()
+        target_scores(model, x, t, output="probability", max_rows=16)
+        assert seen == [16] * 12 + [8]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        literal = torch.stack([model(x[i:i + 1]).softmax(dim=1)[0, t[i]] for i in range(200)])
+    torch.testing.assert_close(ours, literal.double(), atol=1e-6, rtol=1e-5)
+    assert forward_rows(model, x[:, :1, :2, :2], 4096) == 4096      # small rows: max_rows

@@ -418,16 +418,37 @@ def output_scores(logits: Tensor, output: str, model: nn.Module) -> Tensor:
     return logits.softmax(dim=1)
 
 
+#: On CPU a forward pass takes about this many input elements at most (1 MiB of float32):
+#: a batch whose activations stay near the caches runs faster per row than a larger one.
+#: The small CNN of ``benchmarks/table.py`` on 3,232 rows of 3x32x32, one thread: 16-64
+#: rows a pass 2.1-2.5 s, 4,096 rows 5.7 s; with two threads on a machine loaded 10x over,
+#: passes under 64 rows were slower than 4,096 (the threads wait for each other at every
+#: op), hence not fewer rows than this gives (85 for 3x32x32, 4,096 for 8x8 digits).
+#: Other devices take ``max_rows`` rows a pass.
+CPU_FORWARD_ELEMENTS = 2 ** 18
+
+
+def forward_rows(model: nn.Module, x: Tensor, max_rows: int) -> int:
+    """Rows of ``x`` (M, *F) per forward pass: ``max_rows`` at most, fewer on CPU for large
+    rows so that one pass sees about :data:`CPU_FORWARD_ELEMENTS` input elements (at least 1)."""
+    if model_device(model).type != "cpu":
+        return max_rows
+    return max(1, min(max_rows, CPU_FORWARD_ELEMENTS // max(1, x[0].numel())))
+
+
 @torch.no_grad()
 def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
                   max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
     """The target's logit or softmax probability for each row of ``x``: shape (M,), float64.
 
     ``target`` has shape (M,). Rows are sent through the model (in eval mode,
-    restored afterwards) in chunks of at most ``max_rows``.
+    restored afterwards) in chunks of at most ``max_rows``, on CPU of about
+    :data:`CPU_FORWARD_ELEMENTS` input elements (:func:`forward_rows`).
     """
     device = model_device(model)
     out = []
+    if x.shape[0]:
+        max_rows = forward_rows(model, x, max_rows)
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
             logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
