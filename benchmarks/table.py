@@ -3,6 +3,7 @@ and peak memory, at three sizes. Refreshed by one command:
 
     python benchmarks/table.py                     # all three sizes; prints markdown
     python benchmarks/table.py --sizes digits --reps 3 --run-seconds 50 --suite-seconds 540
+    python benchmarks/table.py --sizes tokens --only AOPC,tau-LOO   # some rows only
 
 Sizes: ``digits`` (1x8x8, the digits CNN trained 5 epochs, N = 64), ``images``
 (3x32x32, a small CNN with random weights, N = 32) and ``tokens`` (sequences of
@@ -40,11 +41,12 @@ from metrics_vs_references import _proc_status_kib, _reset_peak_rss  # this fold
 
 import xprune
 from xprune.attribution import DEFAULT_MAX_ROWS
-from xprune.metrics import faithfulness, stability
+from xprune.metrics import erasure, faithfulness, stability
 
 S = 10                # stability perturbations per sample
 RUNS = 100            # faithfulness-correlation subsets
 IG = {"n_steps": 16}
+MASK_ID = 4           # tokens: the ids are drawn from [5, 1000); removed tokens become id 4
 
 
 def peak_growth(fn: Callable[[], object]) -> float:
@@ -115,11 +117,15 @@ def tokens_setup():
 
 
 SIZES = {"digits": digits_setup, "images": images_setup, "tokens": tokens_setup}
+ROWS = ("deletion AUC", "insertion AUC", "AOPC", "faithfulness correlation", "comprehensiveness",
+        "sufficiency", "tau-LOO", "infidelity", "ROAD (MoRF)", "max-sensitivity (IG)")
 
 
 # --- the rows --------------------------------------------------------------------------------
 
-def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
+def rows_for(size: str, model, x: torch.Tensor, reps: int,
+             only: set[str] | None = None) -> list[dict]:
+    """The table's rows at one size; ``only``: the metric names to run (default all)."""
     import quantus
 
     tokens = size == "tokens"
@@ -133,6 +139,8 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
     out = []
 
     def row(metric, ours, floor, floor_what, peers=None):
+        if only is not None and metric not in only:
+            return
         fns = {"xprune": ours, "floor": floor, **(peers or {})}
         memory = peak_growth(ours)
         secs = timed(fns, reps)
@@ -156,6 +164,8 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
             return_aggregate=False, disable_warnings=True)(**qkw(), softmax=True)})
     row("insertion AUC", lambda: faithfulness.insertion_auc(model, x, a, t),
         forward_floor(model, x, t, n * (steps + 1)), f"{n * (steps + 1):,} fwd")
+    row("AOPC", lambda: faithfulness.aopc(model, x, a, t),
+        forward_floor(model, x, t, n * (steps + 1)), f"{n * (steps + 1):,} fwd")
     row("faithfulness correlation",
         lambda: faithfulness.faithfulness_correlation(model, x, a, t, n_runs=RUNS,
                                                       subset_size=subset, generator=gen()),
@@ -164,6 +174,16 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int) -> list[dict]:
             subset_size=subset, nr_runs=RUNS, perturb_baseline=0.0, abs=False,
             normalise=False, return_aggregate=False, disable_warnings=True)(
             **qkw(), softmax=False)})
+    if tokens:  # ERASER's five bins: the unperturbed row and one row per bin; LOO: one per token
+        bins = len(erasure.DEFAULT_FRACTIONS)
+        counted = int(a.feature_mask.sum()) if a.feature_mask is not None else x.numel()
+        mask = {"baseline": MASK_ID}  # the local config has no [MASK]: an id never drawn
+        row("comprehensiveness", lambda: erasure.comprehensiveness(model, x, a, t, **mask),
+            forward_floor(model, x, t, n * (bins + 1)), f"{n * (bins + 1):,} fwd")
+        row("sufficiency", lambda: erasure.sufficiency(model, x, a, t, **mask),
+            forward_floor(model, x, t, n * (bins + 1)), f"{n * (bins + 1):,} fwd")
+        row("tau-LOO", lambda: erasure.tau_loo(model, x, a, t, **mask),
+            forward_floor(model, x, t, n + counted), f"{n + counted:,} fwd")
     if not tokens:
         row("infidelity", lambda: faithfulness.infidelity(model, x, a, t, generator=gen()),
             forward_floor(model, x, t, n * (S + 1)), f"{n * (S + 1):,} fwd")
@@ -222,13 +242,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--run-seconds", type=float)
     parser.add_argument("--suite-seconds", type=float)
+    parser.add_argument("--only", metavar="NAME[,NAME]",
+                        help="run only these rows, by the table's metric names "
+                             "(e.g. 'AOPC,tau-LOO'); default: all")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     np.random.seed(0)  # noqa: NPY002  Quantus draws from the global NumPy RNG
+    only = None if args.only is None else {m.strip() for m in args.only.split(",")}
+    if only is not None and not only <= set(ROWS):
+        parser.error(f"--only: unknown row(s) {sorted(only - set(ROWS))}; the rows are "
+                     f"{', '.join(ROWS)}")
     rows = []
     for size in args.sizes.split(","):
         model, x = SIZES[size]()
-        rows += rows_for(size, model, x, args.reps)
+        rows += rows_for(size, model, x, args.reps, only)
     print(render(rows, args))
 
 
