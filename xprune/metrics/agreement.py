@@ -183,7 +183,7 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
                           "a map is constant (e.g. all zero), so every pair is tied")
 
 
-KENDALL_CHUNK_ELEMENTS = 1 << 22  # d x d sign matrices of this many entries per chunk (16 MiB)
+KENDALL_CHUNK_ELEMENTS = 1 << 18  # entries of the d x d sign matrices per chunk (1 MiB each)
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
