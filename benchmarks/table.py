@@ -5,6 +5,7 @@ and peak memory, at three sizes. Refreshed by one command:
     python benchmarks/table.py --sizes digits --reps 3 --run-seconds 50 --suite-seconds 540
     python benchmarks/table.py --sizes digits,images --metrics ROAD,infidelity --reps 7
     python benchmarks/table.py --sizes digits,images --metrics deletion,correlation  # some rows
+    python benchmarks/table.py --sizes tokens --metrics AOPC,tau-LOO    # some rows
 
 Sizes: ``digits`` (1x8x8, the digits CNN trained 5 epochs, N = 64), ``images``
 (3x32x32, a small CNN with random weights, N = 32) and ``tokens`` (sequences of
@@ -51,11 +52,12 @@ from metrics_vs_references import (  # this folder (a script)
 
 import xprune
 from xprune.attribution import DEFAULT_MAX_ROWS
-from xprune.metrics import faithfulness, stability
+from xprune.metrics import erasure, faithfulness, stability
 
 S = 10                # stability perturbations per sample
 RUNS = 100            # faithfulness-correlation subsets
 IG = {"n_steps": 16}
+MASK_ID = 4           # tokens: the ids are drawn from [5, 1000); removed tokens become id 4
 
 
 def peak_growth(fn: Callable[[], object]) -> float:
@@ -142,8 +144,6 @@ def tokens_setup():
 
 
 SIZES = {"digits": digits_setup, "images": images_setup, "tokens": tokens_setup}
-
-
 # --- the rows --------------------------------------------------------------------------------
 
 def imputation_floor(x: torch.Tensor, scores: torch.Tensor, counts: list[int]
@@ -282,6 +282,16 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
         fc_peers = {"Quantus FaithfulnessCorrelation": quantus_fc}
     row("faithfulness correlation" + (" (elements)" if flat else ""), ours_fc,
         floor(n * (RUNS + 1)), fc_peers)
+    row("AOPC", lambda: faithfulness.aopc(model, x, a, t), floor(n * (steps + 1)))
+    if tokens:  # ERASER's five bins: the unperturbed row and one row per bin; LOO: one per token
+        bins = len(erasure.DEFAULT_FRACTIONS)
+        counted = int(a.feature_mask.sum()) if a.feature_mask is not None else x.numel()
+        mask = {"baseline": MASK_ID}  # the local config has no [MASK]: an id never drawn
+        row("comprehensiveness", lambda: erasure.comprehensiveness(model, x, a, t, **mask),
+            floor(n * (bins + 1)))
+        row("sufficiency", lambda: erasure.sufficiency(model, x, a, t, **mask),
+            floor(n * (bins + 1)))
+        row("tau-LOO", lambda: erasure.tau_loo(model, x, a, t, **mask), floor(n + counted))
     if not tokens:
         row("infidelity", lambda: faithfulness.infidelity(model, x, a, t, generator=gen()),
             floor(n * (S + 1)))

@@ -73,6 +73,21 @@ def test_kendall_matches_scipy_tau_b(ties):
     assert torch.isnan(M.kendall_tau(torch.zeros(1, 5), torch.rand(1, 5))).all()
 
 
+def test_kendall_chunks_give_the_same_scores_as_one_sample_at_a_time(monkeypatch):
+    """Samples are scored in chunks (for speed); every chunking gives the same bits,
+    constant maps included."""
+    from xprune.metrics import agreement
+    a, b = _maps(seed=4), _maps(seed=5)
+    a[2] = 0.0
+    b = (a + 0.8 * b).round(decimals=1)
+    whole = M.kendall_tau(a, b)
+    d = a[0].numel()
+    for per_chunk in (1, 5):
+        monkeypatch.setattr(agreement, "KENDALL_CHUNK_ELEMENTS", per_chunk * d * d)
+        torch.testing.assert_close(M.kendall_tau(a, b), whole, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(whole[2]) and whole[~torch.isnan(whole)].abs().le(1).all()
+
+
 def test_cosine_and_sign_agreement():
     a, b = _maps(seed=4), _maps(seed=5)
     flat_a, flat_b = a.reshape(12, -1), b.reshape(12, -1)

@@ -163,17 +163,27 @@ def kendall_tau(a: Tensor | Attributions, b: Tensor | Attributions, *,
     x, y = _pair(a, b)
     if abs:
         x, y = x.abs(), y.abs()
+    n, d = x.shape
+    upper = torch.ones(d, d, dtype=torch.bool, device=x.device).triu(diagonal=1)
     out = []
-    for i in range(x.shape[0]):  # one sample at a time keeps memory at d^2
-        dx = torch.sign(x[i, :, None] - x[i, None, :]).triu(diagonal=1)
-        dy = torch.sign(y[i, :, None] - y[i, None, :]).triu(diagonal=1)
-        s = (dx * dy).sum()
-        n0 = (dx != 0).sum().double()  # pairs not tied in x
-        n1 = (dy != 0).sum().double()
+    step = max(1, KENDALL_CHUNK_ELEMENTS // max(1, d * d))
+    for lo in range(0, n, step):  # samples in chunks keep memory at step * d^2
+        xs, ys = x[lo:lo + step], y[lo:lo + step]
+        dx = torch.sign(xs[:, :, None] - xs[:, None, :]) * upper
+        dy = torch.sign(ys[:, :, None] - ys[:, None, :]) * upper
+        # pair counts as exact integers, then the tau-b ratio in float64
+        s = (dx * dy).sum(dim=(1, 2), dtype=torch.int64).double()
+        n0 = (dx != 0).sum(dim=(1, 2)).double()  # pairs not tied in x
+        n1 = (dy != 0).sum(dim=(1, 2)).double()
         denom = torch.sqrt(n0 * n1)
-        out.append(s / denom if denom > 0 else torch.tensor(float("nan"), dtype=torch.float64))
-    return warn_undefined(torch.stack(out).double(), "kendall_tau",
+        out.append(torch.where(denom > 0, s / denom.clamp_min(1),
+                               torch.full_like(denom, float("nan"))))
+    values = torch.cat(out) if out else torch.empty(0, dtype=torch.float64)
+    return warn_undefined(values, "kendall_tau",
                           "a map is constant (e.g. all zero), so every pair is tied")
+
+
+KENDALL_CHUNK_ELEMENTS = 1 << 18  # entries of the d x d sign matrices per chunk (1 MiB each)
 
 
 @register(category="agreement", kind="pair", higher_is_better=True, range=(-1.0, 1.0),
