@@ -22,6 +22,7 @@ from ._base import (
     check_map_and_inputs,
     check_output,
     feature_map,
+    forward_rows,
     model_targets,
     pearson,
     refuse_token_ids,
@@ -355,6 +356,12 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     generator : torch.Generator, optional
         Perturbations are drawn in Captum's batch order, so the same seed gives
         bit-identical scores for the same batch.
+    max_rows : int
+        At most this many perturbed rows per forward pass (on CPU fewer for large
+        rows, about ``CPU_FORWARD_ELEMENTS`` input elements a pass; whole samples
+        with their ``n_samples`` perturbations either way). The noise is drawn
+        per pass, so the same inputs, seed and ``max_rows`` give the same bits;
+        another pass size draws other noise.
 
     Returns
     -------
@@ -382,7 +389,8 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         noise = noise.to(device=batch.device, dtype=batch.dtype)
         return noise, batch - noise
 
-    chunk = max(1, max_rows // n_samples)  # Captum cannot split below its input batch
+    # Captum cannot split below its input batch; on CPU a pass of cache-sized rows
+    chunk = max(1, forward_rows(model, x, max_rows) // n_samples)
     out = []
     with eval_mode(model), torch.no_grad():
         for i in range(0, xm.shape[0], chunk):
