@@ -781,8 +781,8 @@ def _ids_of(enc: Mapping, layout: TokenLayout, where: str) -> torch.Tensor:
     if "attention_mask" in enc:
         mask = torch.as_tensor(enc["attention_mask"])
         derived = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
-        if mask.shape != ids.shape or not torch.equal(mask.bool(), derived):
-            bad = int((mask.bool() != derived).sum()) if mask.shape == ids.shape else "all"
+        bad = _positions_differing(mask.bool(), derived)
+        if bad:
             raise ValueError(
                 f"Expected the attention_mask of `data` to be input_ids != pad id ({pad}): "
                 f"the study gives the model the ids alone and rebuilds the mask from them, "
@@ -791,14 +791,22 @@ def _ids_of(enc: Mapping, layout: TokenLayout, where: str) -> torch.Tensor:
     if "token_type_ids" in enc:
         types = torch.as_tensor(enc["token_type_ids"])
         derived = segment_ids(ids, layout.sep, pad)
-        if types.shape != ids.shape or not torch.equal(types.long(), derived):
-            bad = int((types.long() != derived).sum()) if types.shape == ids.shape else "all"
+        bad = _positions_differing(types.long(), derived)
+        if bad:
             raise ValueError(
                 f"Expected the token_type_ids of `data` to be 0 up to the first separator "
                 f"(id {layout.sep}) and 1 after it up to the padding, as a tokenizer gives them "
                 f"for one sequence or a pair (text, text_pair) per sample: the study rebuilds "
                 f"them from the ids, but {bad} positions differ ({where}).")
     return ids
+
+
+def _positions_differing(given: torch.Tensor, derived: torch.Tensor) -> int | str:
+    """How many positions of ``given`` differ from ``derived`` (0 when equal, "all" when the
+    shapes differ)."""
+    if given.shape != derived.shape:
+        return "all"
+    return int((given != derived).sum())
 
 
 def _token_ids(parts: dict[str, tuple[dict, torch.Tensor]], model: object
