@@ -249,3 +249,6 @@ def test_rationale_mass_is_undefined_without_mass_or_rationale():
     assert torch.isnan(out[:2]).all() and out[2].item() == 0.5
     reasons = " ".join(str(w.message) for w in record)
     assert "no mass" in reasons and "empty rationale" in reasons
+    with pytest.warns(UndefinedScoreWarning) as record:  # an all-zero map, rationales given
+        rationale_mass(a, torch.tensor([[True, False], [True, False], [False, True]]))
+    assert [str(w.message) for w in record if "empty rationale" in str(w.message)] == []

@@ -611,3 +611,34 @@ def test_deleted_tokens_take_their_token_types_and_never_a_separator(pairs):
             assert torch.equal(row_types, segment_ids(row[None], tokenizer.sep_token_id, 0)[0])
             rows += 1
     assert rows > len(inputs["input_ids"])  # rows with tokens deleted were seen
+
+
+def test_a_dict_of_loaders_with_a_validation_split_is_streamed(data):
+    """{'train', 'val', 'test'} of DataLoaders gives the numbers of the same splits in memory
+    (the validation split was scanned for no rows and failed in torch.cat)."""
+    x, y = data.x_train[:150], data.y_train[:150]
+    splits = {"train": (x[:90], y[:90]), "val": (x[90:120], y[90:120]), "test": (x[120:], y[120:])}
+    kw = dict(sparsities=0.5, progress=False, config={**LIGHT, "train": {
+        "epochs": 1, "batch_size": 150}})
+    loaders = {k: DataLoader(TensorDataset(*v), batch_size=150) for k, v in splits.items()}
+    _assert_same_results(xprune.study(_mlp, loaders, **kw), xprune.study(_mlp, splits, **kw))
+
+
+def test_one_iterable_of_tokenizer_batches_is_split_like_its_tensors(bert):
+    """One list of collator batches (mappings with "labels") is split by position and gives
+    the numbers of the same partition given as tokenizer outputs (the labels pass read the
+    mappings without converting them and was refused)."""
+    from transformers import BatchEncoding
+
+    from xprune.data import _split_indices
+
+    ids, mask, labels = _tokens(60, seed=2)
+    batches = [{"input_ids": ids[i:i + 10], "attention_mask": mask[i:i + 10],
+                "labels": labels[i:i + 10]} for i in range(0, 60, 10)]
+    parts = dict(zip(("train", "val", "test"), (i.sort().values for i in _split_indices(
+        labels.numpy(), seed=0, val_size=0.2, test_size=0.2)), strict=True))
+    splits = {k: (BatchEncoding({"input_ids": ids[i], "attention_mask": mask[i]}), labels[i])
+              for k, i in parts.items()}
+    kw = dict(sparsities=0.5, progress=False, config={**LIGHT, "train": {
+        "epochs": 1, "batch_size": 60}})
+    _assert_same_results(xprune.study(bert, batches, **kw), xprune.study(bert, splits, **kw))

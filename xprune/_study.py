@@ -440,7 +440,8 @@ class _Stream:
                 x = self.convert(x, where)
             elif isinstance(x, dict):
                 raise ValueError(f"Expected the inputs of every batch of `{self.name}` to be of "
-                                 f"one kind, got a mapping in {where} after tensors.")
+                                 f"one kind (tensors, or a tokenizer's output when the first "
+                                 f"batch is one), got a mapping in {where}.")
             elif x.is_floating_point() and not bool(torch.isfinite(x).all()):
                 raise ValueError(f"Expected the inputs of {where} to be finite, got "
                                  f"{int((~torch.isfinite(x)).sum())} NaN or Inf entries.")
@@ -463,6 +464,8 @@ def _scan(stream: _Stream, rows: int, pad: int | None, *, whole: bool = True
             break
     if not labels:
         raise ValueError(f"Expected `{stream.name}` to yield at least one batch, got none.")
+    if not head:  # no rows asked for (a validation split): its labels only
+        return torch.empty(0), torch.cat(labels), length
     shapes = {tuple(h.shape[1:]) for h in head}
     if len(shapes) > 1 and not all(h.dim() == 2 and not h.is_floating_point() for h in head):
         raise ValueError(f"Expected every batch of `{stream.name}` to have the same input shape "
@@ -486,7 +489,7 @@ def _streamed_split(streams: dict[str, object], config: AnalysisConfig,
     n_test_rows = max(config.attribution.n_samples, config.report.latency_batch, 1)
     if "all" in streams:  # split by position, as tensors of the same labels are split
         source = streams["all"]
-        labels = torch.cat([y for _, y in _Stream(source, "data")])
+        labels = torch.cat([y for _, y in _Stream(source, "data", convert=convert)])
         check_labels(labels.numpy(), "the labels of `data`")
         try:
             idx = _split_indices(labels.numpy(), seed=config.seed, val_size=config.data.val_size,

@@ -303,12 +303,14 @@ def rationale_mass(a: Tensor | Attributions, rationale: Tensor, *, only_positive
     total = mass.sum(dim=1)
     share = (mass * truth).sum(dim=1) / total.clamp_min(1e-300)
     nan = torch.full_like(share, float("nan"))
+    out = share
     for undefined, reason in ((total <= 0, "the map has no mass (all zero)"),
                               (~truth.any(dim=1), _EMPTY)):
+        # each reason counts its own samples, not those another reason made NaN
         warn_undefined(torch.where(undefined, nan, share), "rationale_mass", reason,
                        stacklevel=3)
-        share = torch.where(undefined, nan, share)
-    return share
+        out = torch.where(undefined, nan, out)
+    return out
 
 
 def _undefined_without_rationale(score: Tensor, positives: Tensor, name: str) -> Tensor:
