@@ -450,3 +450,13 @@ def test_an_audio_removal_on_recorded_image_maps_and_a_patch_too_large_are_refus
                                          r"\(F, T\) = \(5, 4\) for deletion, got \(6, 1\)"):
         deletion_curve(Linear(torch.ones(1, 5, 4)), spectrogram(), spectrogram(), 0,
                        removal=ReplaceAudio(patch=(6, 1)))
+
+
+def test_road_refuses_a_removal_it_would_ignore():
+    """ROAD imputes what it removes: an operator with a baseline (ReplacePixels) was accepted
+    and silently ignored."""
+    from xprune.metrics import road_curve
+    from xprune.metrics._removal import ReplacePixels
+    model, x, a = linear_case(3)
+    with pytest.raises(ValueError, match="Expected `removal` for ROAD to be None or ReplaceAudio"):
+        road_curve(model, x, a, 0, removal=ReplacePixels())

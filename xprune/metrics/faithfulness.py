@@ -33,6 +33,7 @@ from ._base import warn_undefined as _warn_nan  # the one helper for undefined s
 from ._imputation import NoisyLinearImputation
 from ._removal import (
     Removal,
+    ReplaceAudio,
     as_baseline,
     grouped,
     perturbed_scores,
@@ -933,7 +934,7 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     ------
     ValueError
         If the inputs are not 4-D images (tabular data has no neighbourhood),
-        a percentage is outside [0, 1), on an unknown ``order`` or ``output``,
+        ``removal`` is not ``ReplaceAudio``, a percentage is outside [0, 1), on an unknown ``order`` or ``output``,
         ``noise_std`` < 0, mismatched shapes, NaN/Inf or a bad target.
 
     Notes
@@ -948,6 +949,11 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     features = removal
     removal = removal_for(inputs, NoisyLinearImputation(noise_std, generator), metric="ROAD")
     x, a = check_map_and_inputs(inputs, attributions)
+    if features is not None and not isinstance(features, ReplaceAudio):
+        raise ValueError(f"Expected `removal` for ROAD to be None or ReplaceAudio(patch=...) "
+                         f"(which features are imputed), got {type(features).__name__}: ROAD "
+                         f"replaces removed values by its noisy linear imputation, never by "
+                         f"another operator's baseline.")
     if features is not None:  # patches of audio: each bin of a removed patch imputed
         removal = grouped(removal, removal_for(x, features, attributions=attributions,
                                                metric="ROAD"))
