@@ -300,3 +300,25 @@ def test_layers_reading_one_input_share_its_hessian_but_not_after_an_in_place_ch
         expected = 2 * (x.T @ x).double() / 40
         torch.testing.assert_close(h["a.weight"][0], expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(h["b.weight"][0], factor * expected, rtol=1e-5, atol=1e-5)
+
+
+def test_first_rows_of_a_stream_reads_no_batch_beyond_them():
+    """first_rows(loader, 10) over batches of 4: three batches read per pass (the last cut to 2
+    rows), never a fourth; an earlier version pulled one more batch before stopping."""
+    from xprune._batches import first_rows
+
+    class Counted:
+        def __init__(self):
+            self.reads = 0
+
+        def __iter__(self):
+            for i in range(0, 20, 4):
+                self.reads += 1
+                yield torch.arange(i, i + 4).float()[:, None], torch.zeros(4, dtype=torch.long)
+
+    source = Counted()
+    stream = first_rows(source, 10)
+    for _ in range(2):
+        rows = torch.cat([x for x, _ in stream])
+        assert torch.equal(rows[:, 0], torch.arange(10).float())
+    assert source.reads == 6

@@ -190,15 +190,17 @@ class _FirstRows:
 
     def __iter__(self) -> Iterator[tuple[Inputs, Tensor | None]]:
         left = self.n
+        if left <= 0:
+            return
         for inputs, labels in batches(self.data, argument="data"):
-            if left <= 0:
-                return
             size = n_samples(inputs)
             if size > left:
                 inputs = _slice(inputs, 0, left)
                 labels = None if labels is None else labels[:left]
             left -= min(size, left)
             yield inputs, labels
+            if left <= 0:  # never read the batch after the last one needed
+                return
 
 
 def first_rows(data: Data, n: int) -> Data:
