@@ -306,12 +306,13 @@ def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: T
     mass = []   # the attribution mass of each subset of the current chunk, (c, k * n_runs)
 
     def masks_for(sl: slice) -> Tensor:
-        mask = torch.zeros(sl.stop - sl.start, k * n_runs, d, dtype=torch.bool)
-        for i in range(sl.stop - sl.start):
-            for j, size in enumerate(sizes):
-                keys = torch.rand(n_runs, d, generator=generator)
-                mask[i, j * n_runs:(j + 1) * n_runs].scatter_(
-                    1, keys.topk(size, dim=1).indices, True)
+        c = sl.stop - sl.start
+        mask = torch.zeros(c, k * n_runs, d, dtype=torch.bool)
+        # one draw in sample, size, run order: the same numbers as n_runs rows at a time
+        keys = torch.rand(c, k, n_runs, d, generator=generator)
+        for j, size in enumerate(sizes):
+            mask[:, j * n_runs:(j + 1) * n_runs].scatter_(
+                2, keys[:, j].topk(size, dim=2).indices, True)
         mass[:] = [(mask.double() * scores[sl, None, :]).sum(dim=2)]
         return mask.to(x.device)
 
