@@ -782,34 +782,28 @@ def _ids_of(enc: Mapping, layout: TokenLayout, where: str) -> torch.Tensor:
                          f"got {list(keys)} ({where}).")
     pad = layout.pad
     if "attention_mask" in enc:
-        mask = torch.as_tensor(enc["attention_mask"])
         derived = ids != pad if pad is not None else torch.ones_like(ids, dtype=torch.bool)
-        bad = _positions_differing(mask.bool(), derived)
-        if bad:
-            raise ValueError(
-                f"Expected the attention_mask of `data` to be input_ids != pad id ({pad}): "
-                f"the study gives the model the ids alone and rebuilds the mask from them, "
-                f"but {bad} positions differ ({where}). Pad with the tokenizer's pad token "
-                f"only where the mask is 0.")
+        _check_rebuilt("attention_mask", torch.as_tensor(enc["attention_mask"]).bool(), derived,
+                       f"input_ids != pad id ({pad})", where,
+                       " Pad with the tokenizer's pad token only where the mask is 0.")
     if "token_type_ids" in enc:
-        types = torch.as_tensor(enc["token_type_ids"])
-        derived = segment_ids(ids, layout.sep, pad)
-        bad = _positions_differing(types.long(), derived)
-        if bad:
-            raise ValueError(
-                f"Expected the token_type_ids of `data` to be 0 up to the first separator "
-                f"(id {layout.sep}) and 1 after it up to the padding, as a tokenizer gives them "
-                f"for one sequence or a pair (text, text_pair) per sample: the study rebuilds "
-                f"them from the ids, but {bad} positions differ ({where}).")
+        _check_rebuilt("token_type_ids", torch.as_tensor(enc["token_type_ids"]).long(),
+                       segment_ids(ids, layout.sep, pad),
+                       f"0 up to the first separator (id {layout.sep}) and 1 after it up to the "
+                       f"padding, as a tokenizer gives them for one sequence or a pair (text, "
+                       f"text_pair) per sample", where)
     return ids
 
 
-def _positions_differing(given: torch.Tensor, derived: torch.Tensor) -> int | str:
-    """How many positions of ``given`` differ from ``derived`` (0 when equal, "all" when the
-    shapes differ)."""
-    if given.shape != derived.shape:
-        return "all"
-    return int((given != derived).sum())
+def _check_rebuilt(key: str, given: torch.Tensor, derived: torch.Tensor, expected: str,
+                   where: str, hint: str = "") -> None:
+    """ValueError unless the tokenizer output's ``key`` (``given``) equals ``derived``, what the
+    study rebuilds from the ids, naming how many positions differ ("all": another shape)."""
+    bad = "all" if given.shape != derived.shape else int((given != derived).sum())
+    if bad:
+        raise ValueError(f"Expected the {key} of `data` to be {expected}: the study gives the "
+                         f"model the ids alone and rebuilds the {key} from them, but {bad} "
+                         f"positions differ ({where}).{hint}")
 
 
 def _token_ids(parts: dict[str, tuple[dict, torch.Tensor]], model: object
