@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -369,8 +369,8 @@ def _streams(data: object) -> dict[str, object] | None:
     data to be split, ``{split: loader or in-memory pair}`` for a dict of splits with at least
     one loader, None when nothing is streamed. A one-pass iterable (a generator) is not
     streamed: it cannot be read once per epoch (:func:`_collected` holds it)."""
-    def streamable(value: object) -> bool:
-        return is_batches(value) and iter(value) is not value
+    def streamable(value: object) -> bool:  # re-iterable, asked of its type: calling iter()
+        return is_batches(value) and not isinstance(value, Iterator)  # starts loader workers
 
     if streamable(data):
         return {"all": data}
