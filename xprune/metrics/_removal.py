@@ -90,7 +90,7 @@ from torch import Tensor, nn
 from .._validation import check_positive_int, check_tensor, closest_name
 from ..attribution import make_baseline
 from ..attribution._inputs import ModelInputs
-from ._base import feature_map, target_scores
+from ._base import feature_map, for_samples, target_scores
 
 __all__ = ["REMOVAL_UNITS", "DropTokens", "Grouped", "Removal", "ReplaceAudio",
            "ReplaceColumns", "ReplacePixels", "ReplaceTokens", "as_baseline", "grouped",
@@ -762,7 +762,8 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
             b = baseline
         perturbed = removal.remove(x[sl], removed, b).reshape(-1, *feat)
         t = targets[sl].repeat_interleave(n_per_sample)
-        scores = target_scores(model, perturbed, t, output=output, max_rows=max_rows)
+        scores = target_scores(for_samples(model, sl), perturbed, t, output=output,
+                               max_rows=max_rows)    # the other inputs of a model follow sl
         scores = scores.reshape(-1, n_per_sample)
         out.append(scores if reduce is None else reduce(sl, scores))
     return torch.cat(out)
