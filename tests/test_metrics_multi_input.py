@@ -194,3 +194,101 @@ def test_case_009_inputs_of_different_rows_are_refused_in_the_users_terms(case):
         faithfulness.deletion_auc(model, (x, scale[:2]), maps, 0)
     with pytest.raises(TypeError, match=r"tensor with a batch axis"):
         stability.max_sensitivity(_saliency(model), (x, 2.0), 0)
+
+
+def _attribute_fn(m, inputs, t):
+    return xprune.attribute(m, inputs, t, method="saliency")
+
+
+def test_case_009_parameter_randomisation_gives_attribute_fn_every_input(case):
+    """The copies' maps come from ``attribute_fn(copy, (x, scale), t)``; reference per sample."""
+    from xprune.metrics import sanity
+
+    model, x, scale, _ = case
+    got = sanity.parameter_randomisation(model, (x, scale), 0, _attribute_fn, generator=gen())
+    want = [sanity.parameter_randomisation(Closed(model, scale[i:i + 1]), x[i:i + 1], 0,
+                                           _attribute_fn, generator=gen()) for i in range(N)]
+    assert got.layers == [name.removeprefix("model.") for name in want[0].layers]
+    torch.testing.assert_close(got.values, torch.cat([w.values for w in want]))
+
+
+def test_case_009_random_logit_takes_a_mapping(case):
+    from xprune.metrics import sanity
+
+    model, x, scale, _ = case
+    keywords = Keywords(model)
+    got = sanity.random_logit(keywords, {"pixels": x, "scale": scale}, 0, _attribute_fn,
+                              generator=gen())
+    g = gen()
+    want = torch.cat([sanity.random_logit(Closed(model, scale[i:i + 1]), x[i:i + 1], 0,
+                                          _attribute_fn, generator=g) for i in range(N)])
+    torch.testing.assert_close(got, want)
+
+
+class Text(nn.Module):
+    """forward(input_ids, attention_mask): masked mean of embeddings -> 2 logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.head = nn.Embedding(12, 4), nn.Linear(4, 2)
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).to(self.embed.weight.dtype)
+        return self.head((self.embed(input_ids) * m).sum(1) / m.sum(1).clamp_min(1))
+
+
+class ClosedMask(nn.Module):
+    def __init__(self, model: nn.Module, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.mask = model, mask
+
+    def forward(self, input_ids):
+        return self.model(input_ids, self.mask.expand(input_ids.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def text():
+    torch.manual_seed(1)
+    model = Text().double().eval()
+    ids = torch.randint(1, 12, (3, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]])
+    ids = ids * mask                                                   # padding id 0
+    maps = xprune.attribute(model, {"input_ids": ids, "attention_mask": mask}, 1,
+                            method="integrated_gradients", params={"n_steps": 8})
+    return model, ids, mask, maps
+
+
+@pytest.mark.filterwarnings("ignore::xprune.metrics.UndefinedScoreWarning")
+@pytest.mark.parametrize("metric, kw", [
+    (faithfulness.deletion_auc, {}),
+    (faithfulness.aopc, {"steps": 4}),
+    (faithfulness.faithfulness_correlation, {"n_runs": 5, "subset_size": 2, "generator": None}),
+], ids=lambda v: getattr(v, "__name__", ""))
+def test_case_009_token_ids_with_their_attention_mask(text, metric, kw):
+    """The case's own model, forward(input_ids, attention_mask), and a tokenizer's mapping: ids
+    are replaced (ReplaceTokens, id 0), the mask passes through, per sample as closed over."""
+    model, ids, mask, maps = text
+    got = _call(metric, model, {"input_ids": ids, "attention_mask": mask}, maps, 1, kw, gen())
+    g = gen()
+    want = torch.cat([_call(metric, ClosedMask(model, mask[i:i + 1]), ids[i:i + 1],
+                            maps.values[i:i + 1], 1, kw, g) for i in range(3)])
+    torch.testing.assert_close(got, want)
+
+
+def test_case_009_drop_tokens_in_the_removal_metrics(text):
+    """DropTokens sets the mask to 0 at removed tokens: deletion with every token dropped at
+    the last step ends at the model's output for an all-zero mask (the head's bias)."""
+    from xprune.metrics import DropTokens
+
+    model, ids, mask, maps = text
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    curve = faithfulness.deletion_curve(model, inputs, maps, 1, removal=DropTokens(),
+                                        output="logit")
+    torch.testing.assert_close(curve.values[:, 0], model(ids, mask)[:, 1])
+    torch.testing.assert_close(curve.values[:, -1], model.head.bias[1].expand(3).detach())
+    for j in range(1, curve.values.shape[1]):          # literal: drop the top-j tokens
+        rank = maps.values.argsort(dim=1, descending=True, stable=True)[:, :j]
+        kept = mask.clone().scatter_(1, rank, 0)
+        torch.testing.assert_close(curve.values[:, j], model(ids, kept)[:, 1])
+    with pytest.raises(ValueError, match=r"cannot take: use removal=ReplaceTokens"):
+        complexity.model_effective_complexity(model, inputs, maps, 1, removal=DropTokens())

@@ -360,13 +360,11 @@ def masked_features(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
     """Checked (inputs, attribution values) with equal shapes; token ids stay integers."""
-    if isinstance(inputs, (Mapping, tuple, list)):  # tests/cases_s6/010-metrics-keyword-inputs.md
+    if isinstance(inputs, (Mapping, tuple, list)):  # the public metrics take them: any_inputs
         raise TypeError(
             f"Expected `inputs` to be one tensor (N, *F), the input the maps explain, got "
-            f"{type(inputs).__name__}: the removal metrics call the model with that one "
-            f"tensor. For a model with several inputs, pass a wrapper module whose forward "
-            f"takes the attributed tensor and closes over the others; for a tokenizer's "
-            f"output use comprehensiveness / sufficiency, which take it as it is.")
+            f"{type(inputs).__name__}: a metric function takes a tuple or mapping of inputs "
+            f"when decorated with `any_inputs` (../shared/cases/009-multi-input-model.md).")
     if isinstance(inputs, Tensor) and not inputs.is_floating_point() \
             and inputs.dtype != torch.bool and inputs.dim() == 2 and inputs.shape[0] > 0:
         x = inputs  # token ids (N, T): removal replaces ids, never floats
