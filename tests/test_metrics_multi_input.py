@@ -1,4 +1,4 @@
-"""../shared/cases/009-multi-input-model.md: every metric takes a model's inputs as attribution does.
+"""../shared/cases/009-multi-input-model.md: metrics take a model's inputs as attribution does.
 
 Inputs may be a tensor, a tuple of positional tensors or a mapping of keyword tensors; one is
 attributed, the others pass through unchanged. The reference for a two-input model
@@ -182,8 +182,9 @@ def test_case_009_relative_stability_takes_a_mapping(case, metric):
     got = metric(keywords, _saliency(keywords), inputs, 0, n_samples=3, radius=0.05,
                  generator=gen())
     g = gen()
-    want = torch.cat([metric(Closed(model, scale[i:i + 1]), _saliency(Closed(model, scale[i:i + 1])),
-                             x[i:i + 1], 0, n_samples=3, radius=0.05, generator=g)
+    closed = [Closed(model, scale[i:i + 1]) for i in range(N)]
+    want = torch.cat([metric(closed[i], _saliency(closed[i]), x[i:i + 1], 0, n_samples=3,
+                             radius=0.05, generator=g)
                       for i in range(N)])
     torch.testing.assert_close(got, want, equal_nan=True)
 

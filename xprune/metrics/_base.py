@@ -431,7 +431,8 @@ class PassThrough(nn.Module):
 
 
 def for_samples(model: nn.Module, index: slice | Tensor) -> nn.Module:
-    """``model`` for rows of the samples ``index`` only: itself, or a narrowed :class:`PassThrough`."""
+    """``model`` for rows of the samples ``index`` only: itself, or a narrowed
+    :class:`PassThrough`."""
     return model.select(index) if isinstance(model, PassThrough) else model
 
 
@@ -509,9 +510,12 @@ def any_inputs(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         with a batch axis, different numbers of rows.
     """
     signature = inspect.signature(fn)
+    at = list(signature.parameters).index("inputs")
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if len(args) > at and not isinstance(args[at], (tuple, list, Mapping)):
+            return fn(*args, **kwargs)                   # one tensor: the call is unchanged
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError:

@@ -773,7 +773,7 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
 
 def removed_rows(model: nn.Module, removal: Removal, x: Tensor, sl: slice, removed: Tensor,
                  baseline: Tensor | float | None, n_per_sample: int) -> tuple[nn.Module, Tensor]:
-    """The removed rows (c * n_per_sample, *F) of the samples ``sl`` of ``x``, and the model for them.
+    """The removed rows (c * n_per_sample, *F) of the samples ``sl`` of ``x``, and their model.
 
     The model's other inputs (a :class:`~xprune.metrics._base.PassThrough`) follow each row's
     sample. An operator that changes another input too (:class:`DropTokens`: the attention

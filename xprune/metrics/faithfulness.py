@@ -407,7 +407,8 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         for i in range(0, xm.shape[0], chunk):
             c = min(chunk, xm.shape[0] - i)
             out.append(captum.metrics.infidelity(
-                for_samples(model, slice(i, i + c)), perturb, xm[i:i + c], am[i:i + c], target=targets[i:i + c].to(xm.device),
+                for_samples(model, slice(i, i + c)), perturb, xm[i:i + c], am[i:i + c],
+                target=targets[i:i + c].to(xm.device),
                 n_perturb_samples=n_samples, max_examples_per_batch=c * n_samples,
                 normalize=normalize).detach().double().cpu())
     return torch.cat(out)
