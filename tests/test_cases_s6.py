@@ -200,17 +200,29 @@ def test_study_with_keyword_inputs_says_one_input():
         xprune.study(TwoInput, ({"num": num, "cat": cat}, y), progress=False)
 
 
-def test_removal_metrics_with_keyword_inputs_say_one_tensor():
-    """tests/cases_s6/010-metrics-keyword-inputs.md: attribution takes the mapping, the removal
-    metrics name the attributed tensor and the wrapper."""
+def test_removal_metrics_take_keyword_inputs():
+    """tests/cases_s6/010-metrics-keyword-inputs.md, closed by ../shared/cases/009: the removal
+    metrics take the mapping attribution took; ``cat`` passes through, each sample its own, as
+    in the wrapper that closes over it (the reference, sample by sample)."""
     num, cat, _ = _two_input_data(6)
     torch.manual_seed(0)
     model = TwoInput()
     maps = xprune.attribute(model, {"num": num, "cat": cat}, "predicted", "saliency")
+
+    class Closed(nn.Module):
+        def __init__(self, row):
+            super().__init__()
+            self.model, self.row = model, row
+
+        def forward(self, x):
+            return self.model(x, self.row.expand(x.shape[0], -1))
+
     for metric in (xprune.metrics.deletion_auc, xprune.metrics.insertion_auc,
                    xprune.metrics.aopc):
-        with pytest.raises(TypeError, match=r"one tensor \(N, \*F\).*got dict.*wrapper"):
-            metric(model, {"num": num, "cat": cat}, maps, maps.targets)
+        got = metric(model, {"num": num, "cat": cat}, maps, maps.targets)
+        want = torch.cat([metric(Closed(cat[i:i + 1]), num[i:i + 1], maps.values[i:i + 1],
+                                 maps.targets[i:i + 1]) for i in range(6)])
+        torch.testing.assert_close(got, want)
 
 
 def test_factory_kwargs_that_do_not_fit_name_the_config_key():

@@ -24,7 +24,14 @@ from ._base import (
     warn_undefined,
 )
 from ._imputation import noisy_linear_imputation
-from ._removal import Removal, ReplaceAudio, ReplaceColumns, ReplacePixels, ReplaceTokens
+from ._removal import (
+    DropTokens,
+    Removal,
+    ReplaceAudio,
+    ReplaceColumns,
+    ReplacePixels,
+    ReplaceTokens,
+)
 from .agreement import (
     average_ranks,
     cosine_similarity,
@@ -87,6 +94,7 @@ from .stability import (
 
 __all__ = [
     "substitute_tokens",
+    "DropTokens",
     "Removal",
     "ReplaceAudio",
     "ReplaceColumns",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, model_device, to_model
 from .._validation import check_same_shape, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
+from ..attribution._inputs import ModelInputs, structure_inputs
 
 __all__ = ["ALIASES", "METRICS", "MetricInfo", "UndefinedScoreWarning", "get_metric",
            "register", "resolve_metric_name", "undefined_reasons", "unknown_metric_hint",
@@ -358,13 +360,11 @@ def masked_features(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
 def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) -> tuple[Tensor, Tensor]:
     """Checked (inputs, attribution values) with equal shapes; token ids stay integers."""
-    if isinstance(inputs, (Mapping, tuple, list)):  # tests/cases_s6/010-metrics-keyword-inputs.md
+    if isinstance(inputs, (Mapping, tuple, list)):  # the public metrics take them: any_inputs
         raise TypeError(
             f"Expected `inputs` to be one tensor (N, *F), the input the maps explain, got "
-            f"{type(inputs).__name__}: the removal metrics call the model with that one "
-            f"tensor. For a model with several inputs, pass a wrapper module whose forward "
-            f"takes the attributed tensor and closes over the others; for a tokenizer's "
-            f"output use comprehensiveness / sufficiency, which take it as it is.")
+            f"{type(inputs).__name__}: a metric function takes a tuple or mapping of inputs "
+            f"when decorated with `any_inputs` (../shared/cases/009-multi-input-model.md).")
     if isinstance(inputs, Tensor) and not inputs.is_floating_point() \
             and inputs.dtype != torch.bool and inputs.dim() == 2 and inputs.shape[0] > 0:
         x = inputs  # token ids (N, T): removal replaces ids, never floats
@@ -380,6 +380,166 @@ def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) ->
     return x, a
 
 
+# --- models of several inputs (../shared/cases/009-multi-input-model.md) -----------------------
+# One design with attribution: inputs are a tensor, a tuple of positional tensors or a mapping of
+# keyword tensors (xprune.attribution._inputs.structure_inputs); one is attributed, the others
+# pass through unchanged. The metrics' cores see the attributed tensor only: :func:`any_inputs`
+# binds the other inputs to the model (:class:`PassThrough`) and to the explainer
+# (:class:`PassThroughExplainer`), and the forward path (target_scores, perturbed_scores, the
+# stability metrics' _explain) gives every row its own sample's other inputs.
+
+
+class PassThrough(nn.Module):
+    """A model of several inputs seen as a model of the attributed one: ``forward(main)``.
+
+    Holds the model, its inputs for N samples (:class:`~xprune.attribution._inputs.ModelInputs`,
+    the other inputs on the model's device) and ``samples`` (n,), the samples of the rows the
+    next calls send (None: all N). A call with M = n * R rows of the attributed input, sample
+    major (rows ``i * R .. i * R + R - 1`` are sample i's), gives each row its sample's other
+    inputs: each of them repeated R times. The metrics' forward path narrows it to the rows of
+    one pass with :func:`for_samples` and :func:`for_rows`.
+
+    Raises
+    ------
+    ValueError
+        On a call whose number of rows is not a multiple of n.
+    """
+
+    def __init__(self, model: nn.Module, structure: ModelInputs,
+                 samples: Tensor | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.structure = structure
+        self.samples = samples
+
+    def _samples(self) -> Tensor:
+        return torch.arange(len(self.structure)) if self.samples is None else self.samples
+
+    def select(self, index: slice | Tensor) -> PassThrough:
+        """The same model for the samples ``index`` (a slice or indices) of these samples."""
+        return PassThrough(self.model, self.structure, self._samples()[index])
+
+    def forward(self, main: Tensor) -> Tensor:
+        samples = self._samples()
+        n, m = samples.shape[0], main.shape[0]
+        if n == 0 or m % n:
+            raise ValueError(f"Expected the rows of the attributed input to be a multiple of "
+                             f"the {n} sample(s) whose other inputs they take, got {m} rows.")
+        index = samples if m == n else samples.repeat_interleave(m // n)
+        others = [t[index.to(t.device)] for t in self.structure.others]
+        return as_logits(self.structure.call(self.model, main, others), self.model)
+
+
+def for_samples(model: nn.Module, index: slice | Tensor) -> nn.Module:
+    """``model`` for rows of the samples ``index`` only: itself, or a narrowed
+    :class:`PassThrough`."""
+    return model.select(index) if isinstance(model, PassThrough) else model
+
+
+def for_rows(model: nn.Module, total: int, start: int, stop: int) -> nn.Module:
+    """``model`` for the rows ``start:stop`` of a call of ``total`` rows, sample major.
+
+    The rows of one forward pass of a chunked call: a :class:`PassThrough` for n samples sees
+    ``total = n * R`` rows, R per sample, and row j belongs to sample ``j // R``. Other models
+    are returned as they are.
+    """
+    if not isinstance(model, PassThrough):
+        return model
+    n = model._samples().shape[0]
+    if n == 0 or total % n:
+        raise ValueError(f"Expected the rows of the attributed input to be a multiple of the "
+                         f"{n} sample(s) whose other inputs they take, got {total} rows.")
+    return model.select(torch.arange(start, min(stop, total)) // (total // n))
+
+
+class PassThroughExplainer:
+    """An explainer of inputs of any structure seen as one of the attributed tensor.
+
+    ``explain_fn(inputs, target)`` takes the inputs as the caller gave them (a tuple or a
+    mapping of tensors, as :func:`xprune.attribute`); this callable takes the attributed
+    rows (M, *F) and ``rows`` (M,), the sample of each row, and hands ``explain_fn`` the
+    structure with each row's own sample's other inputs. Without ``rows``, M = n * R rows are
+    sample major as for :class:`PassThrough`. ``explain_fn`` also gets ``rows`` when it takes
+    them (``per_sample_rows``), and may return a tensor or an
+    :class:`~xprune.attribution.Attributions`.
+    """
+
+    per_sample_rows = True
+    _FORWARDED = ("independent_rows", "embeds_integer_inputs", "token_vocabulary",
+                  "token_options")
+
+    def __init__(self, explain_fn: Callable[..., Any], structure: ModelInputs) -> None:
+        self.explain_fn = explain_fn
+        self.structure = structure
+        for name in self._FORWARDED:
+            if hasattr(explain_fn, name):
+                setattr(self, name, getattr(explain_fn, name))
+
+    def __call__(self, inputs: Tensor, target: Tensor, *, rows: Tensor | None = None) -> Any:
+        s, m, n = self.structure, inputs.shape[0], len(self.structure)
+        if rows is None:
+            if n == 0 or m % n:
+                raise ValueError(f"Expected the rows of the attributed input to be a multiple "
+                                 f"of the {n} sample(s) whose other inputs they take, got {m}.")
+            rows = torch.arange(n).repeat_interleave(m // n)
+        tensors = tuple(inputs if i == s.index else t[rows.to(t.device)]
+                        for i, t in enumerate(s.tensors))
+        structured = ModelInputs(s.kind, s.keys, tensors, s.index).original()
+        if getattr(self.explain_fn, "per_sample_rows", False) is True:
+            return self.explain_fn(structured, target, rows=rows)
+        return self.explain_fn(structured, target)
+
+
+_BINDABLE = {"model": PassThrough, "explain_fn": PassThroughExplainer}
+
+
+def any_inputs(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Let a metric of the attributed tensor take a model's inputs of any structure.
+
+    ``inputs`` may be a tensor (the call is unchanged), a tuple of positional tensors or a
+    mapping of keyword tensors (a tokenizer's output), every one with the same N rows, as for
+    :func:`xprune.attribute`. The attributed input is the one ``attributions`` records (an
+    :class:`~xprune.attribution.Attributions` of multi-input attribution), else the first;
+    the metric then runs on it, and the others reach the model (:class:`PassThrough`) and the
+    explainer (:class:`PassThroughExplainer`) unchanged, each row with its own sample's.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`~xprune.attribution._inputs.structure_inputs`: entries that are not tensors
+        with a batch axis, different numbers of rows.
+    """
+    signature = inspect.signature(fn)
+    at = list(signature.parameters).index("inputs")
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if len(args) > at and not isinstance(args[at], (tuple, list, Mapping)):
+            return fn(*args, **kwargs)                   # one tensor: the call is unchanged
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            return fn(*args, **kwargs)
+        inputs = bound.arguments.get("inputs")
+        if not isinstance(inputs, (tuple, list, Mapping)):
+            return fn(*args, **kwargs)
+        maps = bound.arguments.get("attributions")
+        structure = structure_inputs(
+            inputs, maps.attribute_to if isinstance(maps, Attributions) else None)
+        model = bound.arguments.get("model")
+        if isinstance(model, nn.Module):
+            structure = ModelInputs(structure.kind, structure.keys, tuple(
+                structure.main if i == structure.index else t
+                for i, t in enumerate(structure.to_model(model).tensors)), structure.index)
+        for name, bind in _BINDABLE.items():
+            if name in bound.arguments and callable(bound.arguments[name]):
+                bound.arguments[name] = bind(bound.arguments[name], structure)
+        bound.arguments["inputs"] = structure.main
+        return fn(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
 OUTPUTS = ("probability", "logit")
 
 
@@ -391,7 +551,7 @@ def check_output(output: str) -> str:
 
 def model_targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
     """Checked target indices of shape (N,) for ``model`` (zeros for a one-output model)."""
-    t = check_targets(target, x.shape[0], n_outputs(model, x))
+    t = check_targets(target, x.shape[0], n_outputs(for_samples(model, slice(0, 1)), x[:1]))
     return torch.zeros(x.shape[0], dtype=torch.long) if t is None else t
 
 
@@ -451,7 +611,8 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
         max_rows = forward_rows(model, x, max_rows)
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            part = for_rows(model, x.shape[0], i, i + max_rows)     # other inputs follow rows
+            logits = as_logits(part(to_model(x[i:i + max_rows], model)), model)
             scores = output_scores(logits, output, model)
             idx = target[i:i + max_rows].to(device)[:, None]
             out.append(scores.gather(1, idx)[:, 0].double().cpu())

@@ -90,7 +90,7 @@ from torch import Tensor, nn
 from .._validation import check_positive_int, check_tensor, closest_name
 from ..attribution import make_baseline
 from ..attribution._inputs import ModelInputs
-from ._base import feature_map, target_scores
+from ._base import PassThrough, feature_map, for_samples, target_scores
 
 __all__ = ["REMOVAL_UNITS", "DropTokens", "Grouped", "Removal", "ReplaceAudio",
            "ReplaceColumns", "ReplacePixels", "ReplaceTokens", "as_baseline", "grouped",
@@ -380,7 +380,10 @@ class DropTokens(Removal):
         raise ValueError("DropTokens changes the attention mask, not the ids alone: pass the "
                          "model's inputs with an `attention_mask` (a mapping such as a "
                          "tokenizer's output) to the metric, or replace tokens by an id "
-                         "(removal='replace').")
+                         "(removal='replace'). Deletion, insertion, AOPC, faithfulness "
+                         "correlation, sensitivity-n and the erasure metrics drop tokens; "
+                         "monotonicity and model effective complexity, which put random "
+                         "values in a feature's place, cannot.")
 
     def remove_inputs(self, structure: ModelInputs, removed: Tensor,
                       baseline: Tensor | float | None = None, *, model: nn.Module | None = None
@@ -748,7 +751,7 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
     n_per_sample)) -> Tensor (c, ...)`` the reduced chunks concatenated, so
     that only each chunk's reduction is kept.
     """
-    n, feat = x.shape[0], x.shape[1:]
+    n = x.shape[0]
     chunk = max(1, max_rows // n_per_sample)
     out = []
     for start in range(0, n, chunk):
@@ -760,12 +763,40 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
             b = baseline[sl]
         else:
             b = baseline
-        perturbed = removal.remove(x[sl], removed, b).reshape(-1, *feat)
+        part, perturbed = removed_rows(model, removal, x, sl, removed, b, n_per_sample)
         t = targets[sl].repeat_interleave(n_per_sample)
-        scores = target_scores(model, perturbed, t, output=output, max_rows=max_rows)
+        scores = target_scores(part, perturbed, t, output=output, max_rows=max_rows)
         scores = scores.reshape(-1, n_per_sample)
         out.append(scores if reduce is None else reduce(sl, scores))
     return torch.cat(out)
+
+
+def removed_rows(model: nn.Module, removal: Removal, x: Tensor, sl: slice, removed: Tensor,
+                 baseline: Tensor | float | None, n_per_sample: int) -> tuple[nn.Module, Tensor]:
+    """The removed rows (c * n_per_sample, *F) of the samples ``sl`` of ``x``, and their model.
+
+    The model's other inputs (a :class:`~xprune.metrics._base.PassThrough`) follow each row's
+    sample. An operator that changes another input too (:class:`DropTokens`: the attention
+    mask) works on the inputs as a structure (:meth:`Removal.remove_inputs`), and the model
+    then takes the rows' own other inputs.
+    """
+    if not isinstance(model, PassThrough) or \
+            type(removal).remove_inputs is Removal.remove_inputs:
+        return (for_samples(model, sl),
+                removal.remove(x[sl], removed, baseline).reshape(-1, *x.shape[1:]))
+    flat = removed.reshape(removed.shape[0], -1, removed.shape[-1])       # (c, R, d)
+    if flat.shape[1] != n_per_sample:
+        raise ValueError(f"{type(removal).__name__} removes features from the model's inputs "
+                         f"as a structure, one removal per row; this metric broadcasts random "
+                         f"replacement values over its rows, which it cannot take: use "
+                         f"removal=ReplaceTokens() (or another replacing operator).")
+    part = model.select(sl)
+    s, samples = part.structure, part._samples()
+    inputs = ModelInputs(s.kind, s.keys, tuple(
+        x[sl] if i == s.index else t[samples.to(t.device)] for i, t in enumerate(s.tensors)),
+        s.index)
+    rows = removal.remove_inputs(inputs, flat, baseline, model=model.model)
+    return PassThrough(model.model, rows), rows.main
 
 
 def check_removal_spec(spec: dict[str, Any], inputs: Tensor, kind: str | None, data: str,

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .._validation import check_count, check_positive_int
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
+    any_inputs,
     check_map_and_inputs,
     check_output,
     feature_map,
@@ -207,6 +208,7 @@ def effective_complexity(attributions: Tensor | Attributions, *, eps: float = 1e
           reference="Nguyen & Martinez 2020, 'On quantitative aspects of model interpretability', "
                     "arXiv 2007.07584 (effective complexity: the smallest set of top-ranked "
                     "features that holds the expected loss within a tolerance)")
+@any_inputs
 def model_effective_complexity(model: nn.Module, inputs: Tensor,
                                attributions: Tensor | Attributions, target: Any, *,
                                eps: float = 0.01, n_samples: int = 16,

@@ -8,13 +8,15 @@ same model and inputs leaves the part the map itself is responsible for
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..attribution import Attributions
+from ..attribution._inputs import structure_inputs
 from ._base import check_map_and_inputs, get_metric, undefined_reasons, warn_undefined
 
 __all__ = ["random_map_like", "versus_random"]
@@ -51,6 +53,15 @@ def random_map_like(attributions: Tensor | Attributions, *,
     draws = torch.stack([torch.rand(a.shape[1:], generator=gen, dtype=torch.float64)
                          for _ in range(n)]) if n else torch.empty(a.shape)
     return draws.to(dtype=a.dtype, device=a.device)
+
+
+def _attributed(inputs: object, attributions: object) -> object:
+    """The attributed tensor of ``inputs`` of any structure (the one ``attributions`` records,
+    else the first); ``inputs`` itself when it is no tuple or mapping."""
+    if not isinstance(inputs, (tuple, list, Mapping)):
+        return inputs
+    return structure_inputs(inputs, attributions.attribute_to
+                            if isinstance(attributions, Attributions) else None).main
 
 
 def versus_random(metric: str | Callable[..., Tensor], model: nn.Module, inputs: Tensor,
@@ -96,9 +107,13 @@ def versus_random(metric: str | Callable[..., Tensor], model: nn.Module, inputs:
             raise ValueError(f"Expected a model-based metric (kind 'model') for "
                              f"`versus_random`, got {metric!r} of kind {info.kind!r}.")
         fn = info.fn
-    x, a = check_map_and_inputs(inputs, attributions)
+    x, a = check_map_and_inputs(_attributed(inputs, attributions), attributions)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     random_map = random_map_like(a, generator=gen)
+    if not isinstance(inputs, Tensor):  # several inputs (case 009): the metric takes them all
+        x = inputs
+        if isinstance(attributions, Attributions):  # keeps which input is attributed
+            a, random_map = attributions, dataclasses.replace(attributions, values=random_map)
     import inspect
 
     with undefined_reasons() as reasons:  # one warning for the pair of calls

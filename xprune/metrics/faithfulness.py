@@ -19,9 +19,12 @@ from .._state import as_logits, eval_mode, model_device, to_model
 from .._validation import check_count, check_fraction, check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
+    any_inputs,
     check_map_and_inputs,
     check_output,
     feature_map,
+    for_rows,
+    for_samples,
     forward_rows,
     model_targets,
     pearson,
@@ -66,6 +69,7 @@ class DeletionCurve(NamedTuple):
     values: Tensor
 
 
+@any_inputs
 def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                    target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
                    output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
@@ -144,6 +148,7 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
     return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
 
 
+@any_inputs
 def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                     target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
                     output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
@@ -164,6 +169,7 @@ def insertion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Att
 @register(category="faithfulness", kind="model", higher_is_better=True, range=(0.0, 1.0),
           reference="Petsiuk, Das & Saenko 2018, 'RISE: Randomized input sampling for "
                     "explanation of black-box models', BMVC (insertion metric)")
+@any_inputs
 def insertion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                   target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
                   output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
@@ -184,6 +190,7 @@ def insertion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attri
 @register(category="faithfulness", kind="model", higher_is_better=False, range=(0.0, 1.0),
           reference="Petsiuk, Das & Saenko 2018, 'RISE: Randomized input sampling for "
                     "explanation of black-box models', BMVC (deletion metric)")
+@any_inputs
 def deletion_auc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                  target: Any, *, baseline: float | Tensor = 0.0, steps: int | None = None,
                  output: str = "probability", max_rows: int = DEFAULT_MAX_ROWS,
@@ -212,6 +219,7 @@ def default_subset_size(d: int) -> int:
 @register(category="faithfulness", kind="model", higher_is_better=True, range=(-1.0, 1.0),
           reference="Bhatt, Weller & Moura 2020, 'Evaluating and aggregating feature-based "
                     "model explanations', IJCAI (faithfulness correlation)")
+@any_inputs
 def faithfulness_correlation(model: nn.Module, inputs: Tensor,
                              attributions: Tensor | Attributions, target: Any, *,
                              baseline: float | Tensor = 0.0, subset_size: int | None = None,
@@ -333,6 +341,7 @@ def _subset_correlations(model: nn.Module, x: Tensor, scores: Tensor, targets: T
           range=(0.0, float("inf")),
           reference="Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, 'On the (in)fidelity and "
                     "sensitivity of explanations', NeurIPS (eq. INFD); Captum's infidelity")
+@any_inputs
 def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                target: Any, *, noise_std: float = 0.1, n_samples: int = 10,
                normalize: bool = False, generator: torch.Generator | None = None,
@@ -398,7 +407,8 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         for i in range(0, xm.shape[0], chunk):
             c = min(chunk, xm.shape[0] - i)
             out.append(captum.metrics.infidelity(
-                model, perturb, xm[i:i + c], am[i:i + c], target=targets[i:i + c].to(xm.device),
+                for_samples(model, slice(i, i + c)), perturb, xm[i:i + c], am[i:i + c],
+                target=targets[i:i + c].to(xm.device),
                 n_perturb_samples=n_samples, max_examples_per_batch=c * n_samples,
                 normalize=normalize).detach().double().cpu())
     return torch.cat(out)
@@ -416,6 +426,7 @@ def _default_ns(d: int) -> list[int]:
     return ns
 
 
+@any_inputs
 def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                         target: Any, *, ns: list[int] | None = None,
                         baseline: float | Tensor = 0.0, n_runs: int = 100,
@@ -507,6 +518,7 @@ def sensitivity_n_curve(model: nn.Module, inputs: Tensor, attributions: Tensor |
           reference="Ancona, Ceolini, Oztireli & Gross 2018, 'Towards better understanding of "
                     "gradient-based attribution methods for deep neural networks', ICLR "
                     "(sensitivity-n)")
+@any_inputs
 def sensitivity_n(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                   target: Any, *, n: int | None = None, baseline: float | Tensor = 0.0,
                   n_runs: int = 100, output: str = "logit",
@@ -571,6 +583,7 @@ def _patch_ids(feat_shape: torch.Size, patch_size: int) -> tuple[Tensor, int]:
     return ids.reshape(-1), math.prod(counts)
 
 
+@any_inputs
 def region_perturbation_curve(model: nn.Module, inputs: Tensor,
                               attributions: Tensor | Attributions, target: Any, *,
                               patch_size: int = 1, steps: int | None = None,
@@ -679,6 +692,7 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
           reference="Samek, Binder, Montavon, Lapuschkin & Mueller 2017, 'Evaluating the "
                     "visualization of what a deep neural network has learned', IEEE TNNLS "
                     "(AOPC)")
+@any_inputs
 def aopc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, target: Any,
          *, patch_size: int = 1, steps: int | None = None,
          baseline: float | Tensor | str = 0.0, output: str = "logit",
@@ -716,6 +730,7 @@ def aopc(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, 
 @register(category="faithfulness", kind="model", higher_is_better=True, range=(-1.0, 1.0),
           reference="Nguyen & Martinez 2020, 'On quantitative aspects of model "
                     "interpretability', arXiv 2007.07584 (monotonicity)")
+@any_inputs
 def monotonicity_correlation(model: nn.Module, inputs: Tensor,
                              attributions: Tensor | Attributions, target: Any, *,
                              perturbation: str | Tensor = "uniform", noise_std: float = 0.1,
@@ -847,7 +862,8 @@ def monotonicity_correlation(model: nn.Module, inputs: Tensor,
             rows = removal.remove(x[i:i + 1], one_hot[None, :, None], draws[None, None])
             rows = rows.reshape(-1, *feat)                  # (b * S, *F), feature-major
             t = targets[i:i + 1].expand(rows.shape[0])
-            out = target_scores(model, rows, t, output=output, max_rows=max_rows)
+            out = target_scores(for_samples(model, slice(i, i + 1)), rows, t, output=output,
+                                max_rows=max_rows)
             change = (original[i] - out.reshape(stop - start, n_samples)) ** 2
             loss[i, start:stop] = change.mean(dim=1)
     rho = pearson(average_ranks(magnitude), average_ranks(loss))
@@ -865,7 +881,8 @@ def _top_hits(model: nn.Module, x: Tensor, target: Tensor, max_rows: int) -> Ten
     out = []
     with eval_mode(model), torch.no_grad():
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            part = for_rows(model, x.shape[0], i, i + max_rows)
+            logits = as_logits(part(to_model(x[i:i + max_rows], model)), model)
             if logits.dim() == 1:
                 logits = logits[:, None]
             hit = logits.argmax(dim=1) == target[i:i + max_rows].to(device)
@@ -877,6 +894,7 @@ ROAD_OUTPUTS = ("probability", "logit", "accuracy")
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+@any_inputs
 def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions,
                target: Any, *, percentages: tuple[float, ...] = ROAD_PERCENTAGES,
                order: str = "morf", noise_std: float = 0.01, output: str = "probability",
@@ -983,9 +1001,10 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         batch = batch.reshape(-1, *x.shape[1:])
         t = targets[sl].repeat_interleave(n_p)
         if output == "accuracy":
-            values = _top_hits(model, batch, t, max_rows)
+            values = _top_hits(for_samples(model, sl), batch, t, max_rows)
         else:
-            values = target_scores(model, batch, t, output=output, max_rows=max_rows)
+            values = target_scores(for_samples(model, sl), batch, t, output=output,
+                                   max_rows=max_rows)
         out.append(values.reshape(-1, n_p))
     return torch.cat(out)
 
@@ -994,6 +1013,7 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
           reference="Rong, Leemann, Borisov, Kasneci & Kasneci 2022, 'A consistent and efficient "
                     "evaluation strategy for attribution methods', ICML (ROAD, MoRF)",
           images_only=True)
+@any_inputs
 def road(model: nn.Module, inputs: Tensor, attributions: Tensor | Attributions, target: Any,
          *, percentages: tuple[float, ...] = ROAD_PERCENTAGES, order: str = "morf",
          noise_std: float = 0.01, output: str = "probability",

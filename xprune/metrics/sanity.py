@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -24,6 +24,7 @@ from torch.nn.utils import prune as torch_prune
 from .._state import model_device
 from .._validation import check_tensor, closest_name
 from ..attribution import Attributions, n_outputs, resolve_targets
+from ..attribution._inputs import structure_inputs
 from ._base import register, undefined_reasons, values_of, warn_undefined
 from .agreement import spearman
 
@@ -82,6 +83,20 @@ def _check_callable(fn: object, name: str) -> None:
         raise ValueError(f"Expected `{name}` to be callable, got {type(fn).__name__}.")
 
 
+def _model_inputs(inputs: object, attributions: object) -> tuple[object, Tensor]:
+    """(the inputs as given, for the model and ``attribute_fn``; the attributed tensor, checked).
+
+    Inputs of any structure (../shared/cases/009-multi-input-model.md): a tensor, a tuple or a
+    mapping of tensors, as for :func:`xprune.attribute`; the attributed one is the one
+    ``attributions`` records, else the first. ``attribute_fn`` gets them all, unchanged.
+    """
+    if not isinstance(inputs, (tuple, list, Mapping)):
+        return inputs, _checked_inputs(inputs)
+    structure = structure_inputs(inputs, attributions.attribute_to
+                                 if isinstance(attributions, Attributions) else None)
+    return inputs, _checked_inputs(structure.main)
+
+
 def _checked_inputs(inputs: object) -> Tensor:
     """The checked inputs (N, *F); token ids (integer (N, T)) stay integers for the embedding."""
     if isinstance(inputs, Tensor) and inputs.dim() == 2 and inputs.shape[0] > 0 \
@@ -90,14 +105,17 @@ def _checked_inputs(inputs: object) -> Tensor:
     return check_tensor(inputs, "inputs", min_dim=2)
 
 
-def _targets(model: nn.Module, x: Tensor, target: Any) -> Tensor:
+def _targets(model: nn.Module, x: Tensor, target: Any, inputs: object = None) -> Tensor:
     """Class indices (N,), resolved once on the unchanged model ("predicted" included)."""
-    t = resolve_targets(model, x, target)
+    t = resolve_targets(model, x if inputs is None else inputs, target)
     return torch.zeros(x.shape[0], dtype=torch.long) if t is None else t
 
 
-def _maps(attribute_fn: AttributeFn, model: nn.Module, x: Tensor, t: Tensor) -> Tensor:
-    out = attribute_fn(model, x, t)
+def _maps(attribute_fn: AttributeFn, model: nn.Module, x: Tensor, t: Tensor,
+          inputs: object = None) -> Tensor:
+    """``attribute_fn``'s maps of ``inputs`` (all of a model's inputs; default ``x``), checked to
+    have the shape of the attributed ``x``."""
+    out = attribute_fn(model, x if inputs is None else inputs, t)
     if not isinstance(out, (Tensor, Attributions)):
         raise ValueError(f"Expected `attribute_fn` to return a Tensor or Attributions, got "
                          f"{type(out).__name__}.")
@@ -247,7 +265,7 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
         hooks, or an ``attribute_fn`` / ``similarity`` that returns the wrong
         shape.
     """
-    x = _checked_inputs(inputs)
+    inputs, x = _model_inputs(inputs, attributions)
     if order not in ORDERS:
         raise ValueError(f"Expected `order` in {ORDERS}, got {order!r}."
                          + closest_name(str(order), ORDERS))
@@ -255,14 +273,14 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
     _check_callable(similarity, "similarity")
     work = _private_copy(model)
     names = _layer_names(work, layers)
-    t = _targets(model, x, target)
+    t = _targets(model, x, target, inputs)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     seeds = [_draw_seed(generator) for _ in names]
     modules = dict(work.named_modules())
     saved = ({k: v.detach().clone() for k, v in work.state_dict().items()}
              if order == "independent" else None)
     original = (_given(attributions, x) if attributions is not None
-                else _maps(attribute_fn, work, x, t))
+                else _maps(attribute_fn, work, x, t, inputs))
     values = []
     with undefined_reasons() as reasons:  # one warning for the whole curve
         for i, (name, seed) in enumerate(zip(names, seeds, strict=True)):
@@ -271,7 +289,8 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
             module = modules[name]
             with _seeded_rng(seed, model_device(module)), torch.no_grad():
                 module.reset_parameters()
-            values.append(_similarity(similarity, original, _maps(attribute_fn, work, x, t)))
+            values.append(_similarity(similarity, original,
+                                      _maps(attribute_fn, work, x, t, inputs)))
     curve = torch.stack(values, dim=1)
     n_nan = int(torch.isnan(curve).sum())
     why = "; ".join(reasons) or "undefined for these maps"
@@ -387,10 +406,10 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
         :func:`parameter_randomisation` for inputs, ``attribute_fn`` and
         ``similarity``.
     """
-    x = _checked_inputs(inputs)
+    inputs, x = _model_inputs(inputs, attributions)
     _check_callable(attribute_fn, "attribute_fn")
     _check_callable(similarity, "similarity")
-    outputs = n_outputs(model, x)
+    outputs = n_outputs(model, inputs)
     if outputs < 2:
         raise ValueError("Expected a model with at least 2 outputs for the random logit test, "
                          "got 1.")
@@ -400,7 +419,7 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
             or not 2 <= n_classes <= outputs):
         raise ValueError(f"Expected `n_classes` to be an integer in [2, {outputs}] for a model "
                          f"with {outputs} outputs, got {n_classes!r}.")
-    t = _targets(model, x, target)
+    t = _targets(model, x, target, inputs)
     if int(t.max()) >= n_classes:
         raise ValueError(f"Expected every target below `n_classes` = {n_classes}, got "
                          f"{int(t.max())}.")
@@ -408,7 +427,7 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
     other = _other_classes(t, n_classes, generator)
     with undefined_reasons() as reasons:
         original = (_given(attributions, x) if attributions is not None
-                    else _maps(attribute_fn, model, x, t))
-        values = _similarity(similarity, original, _maps(attribute_fn, model, x, other))
+                    else _maps(attribute_fn, model, x, t, inputs))
+        values = _similarity(similarity, original, _maps(attribute_fn, model, x, other, inputs))
     return warn_undefined(values, "random_logit",
                           "; ".join(reasons) or "the similarity is undefined for these maps")

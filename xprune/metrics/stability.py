@@ -12,7 +12,16 @@ from torch import Tensor, nn
 from .._state import as_logits, eval_mode, to_model
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
-from ._base import model_targets, refuse_token_ids, register, values_of, warn_undefined
+from ._base import (
+    any_inputs,
+    for_rows,
+    for_samples,
+    model_targets,
+    refuse_token_ids,
+    register,
+    values_of,
+    warn_undefined,
+)
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
            "relative_input_stability", "relative_output_stability", "sensitivity_draws",
@@ -49,6 +58,7 @@ def _explain(explain_fn: Callable[..., Tensor], x: Tensor, t: Tensor, rows: Tens
     for i in range(0, x.shape[0], max_rows):
         part, index = x[i:i + max_rows], rows[i:i + max_rows]
         out = explain_fn(part, t[index], rows=index) if by_rows else explain_fn(part, t[index])
+        out = out.values if isinstance(out, Attributions) else out   # xprune.attribute's record
         if out.shape != part.shape:
             raise ValueError(f"Expected `explain_fn` to return maps of the inputs' shape "
                              f"{tuple(part.shape)}, got {tuple(out.shape)}.")
@@ -166,6 +176,7 @@ def _explained_chunks(explain_fn: Callable[[Tensor, Tensor], Tensor], x: Tensor,
           range=(0.0, float("inf")),
           reference="Yeh, Hsieh, Suggala, Inouye & Ravikumar 2019, 'On the (in)fidelity and "
                     "sensitivity of explanations', NeurIPS (eq. SENS_MAX)")
+@any_inputs
 def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, target: Any,
                     *, radius: float = 0.1, n_samples: int = 10, relative: bool = True,
                     generator: torch.Generator | None = None,
@@ -245,6 +256,7 @@ def max_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
           range=(0.0, float("inf")),
           reference="Bhatt, Weller & Moura 2020, 'Evaluating and aggregating feature-based "
                     "model explanations', IJCAI (definition 2, average sensitivity)")
+@any_inputs
 def avg_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor, target: Any,
                     *, radius: float = 0.1, n_samples: int = 10, relative: bool = True,
                     generator: torch.Generator | None = None,
@@ -262,6 +274,7 @@ def avg_sensitivity(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tens
                         attributions=attributions, reduce="mean")
 
 
+@any_inputs
 def sensitivity_draws(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
                       target: Any, *, radius: float = 0.1, n_samples: int = 10,
                       relative: bool = True, generator: torch.Generator | None = None,
@@ -426,7 +439,8 @@ def _logits(model: nn.Module, x: Tensor, max_rows: int) -> Tensor:
     out = []
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            part = for_rows(model, x.shape[0], i, i + max_rows)
+            logits = as_logits(part(to_model(x[i:i + max_rows], model)), model)
             out.append(logits.reshape(logits.shape[0], -1).double().cpu())
     return torch.cat(out)
 
@@ -450,6 +464,7 @@ def _relative_change(ref: Tensor, other: Tensor, eps_min: float) -> Tensor:
                     "methods', ICML Workshop on Human Interpretability (arXiv 1806.08049), "
                     "local Lipschitz estimate; also 'Towards robust interpretability with "
                     "self-explaining neural networks', NeurIPS 2018")
+@any_inputs
 def local_lipschitz_estimate(explain_fn: Callable[[Tensor, Tensor], Tensor], inputs: Tensor,
                              target: Any, *, noise_std: float = 0.1, n_samples: int = 10,
                              generator: torch.Generator | None = None,
@@ -545,7 +560,8 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
     # One sample's S + 1 rows per forward pass: a float32 model rounds differently for
     # other batch sizes, which relative logit changes magnify (to ~1e-5 on digits), so
     # batching across samples would make a score depend on its batch-mates.
-    rows = [_logits(model, torch.cat([x[i:i + 1], perturbed[i]]), max_rows) for i in range(n)]
+    rows = [_logits(for_samples(model, slice(i, i + 1)), torch.cat([x[i:i + 1], perturbed[i]]),
+                    max_rows) for i in range(n)]
     h = torch.stack([r[0] for r in rows])                                         # (N, C)
     h_pert = torch.stack([r[1:] for r in rows])                                   # (N, S, C)
     valid = _predicted(h_pert) == _predicted(h)[:, None]                          # (N, S)
@@ -574,6 +590,7 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
           reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
                     "'Rethinking stability for attribution-based explanations', arXiv "
                     "2203.06877 (Sec. 3.3, relative input stability RIS)")
+@any_inputs
 def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Tensor], Tensor],
                              inputs: Tensor, target: Any, *, radius: float = 0.2,
                              n_samples: int = 10, eps_min: float = 1e-6,
@@ -676,6 +693,7 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
           reference="Agarwal, Johnson, Pawelczyk, Krishna, Saxena, Zitnik & Lakkaraju 2022, "
                     "'Rethinking stability for attribution-based explanations', arXiv "
                     "2203.06877 (Sec. 3.3, relative output stability ROS)")
+@any_inputs
 def relative_output_stability(model: nn.Module, explain_fn: Callable[[Tensor, Tensor], Tensor],
                               inputs: Tensor, target: Any, *, radius: float = 0.2,
                               n_samples: int = 10, eps_min: float = 1e-6,
