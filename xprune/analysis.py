@@ -44,7 +44,7 @@ from ._validation import check_positive_int, closest_name
 from ._version import __version__
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model, load_onnx
-from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed
+from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed, is_token_ids
 from .data import DatasetSplit, as_split, check_split, load_dataset
 from .metrics._base import metric_seed
 from .metrics._removal import check_removal_spec
@@ -238,7 +238,7 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     say(f"{data.name}: {len(data.y_train)} train / {len(data.y_val)} validation / "
         f"{len(data.y_test)} test samples")
     names = config.metrics.resolved_names(images=data.x_test.dim() == 4,  # before training
-                                          tokens=_token_ids(data.x_test))
+                                          tokens=is_token_ids(data.x_test))
     need = [n for n in names if M.METRICS[n].kind == "rationale"]
     if need and data.rationale_test is None:
         raise ValueError(f"Expected `metrics.names` to name metrics the data {data.name!r} can "
@@ -247,11 +247,6 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     if config.metrics.removal is not None:  # before training: the unit fits the data
         check_removal_spec(config.metrics.removal, data.x_test[:1], data.kind, data.name)
     return data
-
-
-def _token_ids(x: torch.Tensor) -> bool:
-    """Integer inputs (N, T): token ids (noise metrics are left out of the default set)."""
-    return x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool
 
 
 def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
@@ -528,7 +523,7 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
     draws_memo: dict[str, torch.Tensor] = {}
     fg = M.foreground(x) if mc.foreground else None
     fg = None if fg is None or bool(fg.all()) else fg  # nothing at the baseline: no subset
-    for name in mc.resolved_names(images=x.dim() == 4, tokens=_token_ids(x)):
+    for name in mc.resolved_names(images=x.dim() == 4, tokens=is_token_ids(x)):
         info = M.METRICS[name]
         params = mc.metric_params(name, d)
         if info.kind == "pair":
