@@ -70,6 +70,7 @@ from .pruning import (
     select_weights,
 )
 from .report import render_report
+from .report.headline import chance_warning
 from .report.seeds import render_seeds_report
 from .report.tables import plural
 from .stats import mean_ci, proportion_ci
@@ -439,6 +440,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
     selections = {v.name: select_weights(records[0].model, v.layers, v.exclude)
                   for v in config.pruning.variants()} if not config.pruning.checkpoints else {}
     dense_macs = count_macs(records[0].model, example)["dense"]
+    labels = torch.as_tensor(data.y_test).long()   # chance: always the most frequent class
+    chance = max(1 / data.n_classes, float(torch.bincount(labels).max()) / len(labels))
     for rec in records:
         ev = evaluate(rec.model, *_test_set(data))
         n = len(data.y_test)
@@ -453,7 +456,7 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
                                                     selections.get(rec.pruning)),
             "structured": int(table["numel"].sum()) < dense_total,
             "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
+            "chance_accuracy": chance, "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
             "total_weights": dense_total,
             "nonzero_weights": nnz, "compression_ratio": dense_total / nnz if nnz else math.inf,
             "macs_dense": dense_macs, "macs_nonzero": count_macs(rec.model, example)["nonzero"],
@@ -1058,6 +1061,9 @@ def run_stages(config: AnalysisConfig, out: Path, *, cache: RunCache,
     clock.mark("train_and_prune")
     stage("describe")
     tables = describe_models(records, split, config)
+    barely = chance_warning(tables.models)
+    if barely:
+        warnings.warn(barely, UserWarning, stacklevel=2)
     clock.mark("model_table")
     stage("attribute")
     attrs_by = attribute_models(config, records, split, cache=cache, progress=progress)
