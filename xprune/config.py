@@ -57,14 +57,16 @@ class DataConfig:
     ``"package.module:function"`` returning ``(x, y)``, or a text file (``.csv``,
     ``.jsonl``, ``.parquet``) with the columns ``text_column`` and ``label_column``,
     tokenized by the ``model.pretrained`` folder's tokenizer (else a word-level one over the
-    file's words) to at most ``max_length`` tokens (see :func:`xprune.data.load_text_file`);
-    split seeded and stratified into train / validation / test."""
+    file's words) to at most ``max_length`` tokens (see :func:`xprune.data.load_text_file`),
+    or a numeric ``.csv`` table: without a ``text_column`` column, every column but
+    ``label_column`` is a numeric feature (:func:`xprune.data.load_table_file`); split seeded
+    and stratified into train / validation / test."""
 
     dataset: str = "digits"
     val_size: float = 0.2
     test_size: float = 0.2
     text_column: str = "text"      # text files (.csv, .jsonl, .parquet): the text's column
-    label_column: str = "label"    # and the label's (integers 0..C-1 or names)
+    label_column: str = "label"    # and the label's (0..C-1 or names), also of a numeric .csv
     max_length: int | None = None  # tokens per text at most (text files: default 128)
 
     def __post_init__(self) -> None:
