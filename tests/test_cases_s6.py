@@ -303,3 +303,22 @@ def test_study_of_a_function_needs_no_reset_parameters(tmp_path):
     with pytest.raises(ValueError, match=r"reset_parameters.*\['0'\]"):
         xprune.study(_scaled_mlp(), (x, y), train=True, progress=False, config=config,
                      out=tmp_path / "module")
+
+
+def _case_folders() -> list:
+    """tests/cases_s6/, and ../shared/cases/ where a checkout has it beside (not in CI)."""
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    shared = [p / "shared" / "cases" for p in tests.parents if (p / "shared" / "cases").is_dir()]
+    return [tests / "cases_s6", *shared[:1]]
+
+
+@pytest.mark.parametrize("folder", _case_folders(), ids=lambda p: p.parent.name + "/" + p.name)
+def test_every_case_file_is_named_by_the_test_that_fixes_it(folder):
+    """Each case file's name appears in a test module (its fixing test's name or docstring)."""
+    from pathlib import Path
+
+    sources = "\n".join(p.read_text() for p in Path(__file__).resolve().parent.rglob("*.py"))
+    unnamed = sorted(p.name for p in folder.glob("*.md") if p.name not in sources)
+    assert not unnamed, f"no test names {unnamed} ({folder})"

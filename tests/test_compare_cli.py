@@ -1,5 +1,7 @@
 """Saved attribution files, `xprune compare` and `xprune score`."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -113,3 +115,29 @@ def test_cli_compare_and_score(saved, tmp_path, capsys):
                  str(root / "model.safetensors"), "--factory", "xprune.models:DigitsCNN",
                  "--metrics", "spearmann"]) == 2
     assert "Did you mean 'spearman'" in capsys.readouterr().err
+
+
+def test_score_defaults_follow_the_kind_of_input():
+    """`xprune score` without --metrics: the ERASER token metrics (comprehensiveness,
+    sufficiency, their normalised forms, tau-LOO) for token ids only, and no continuous-noise
+    metric for token ids; the same rule (`default_metric_names`) as an analysis' defaults."""
+    from xprune.config import CONTINUOUS_NOISE, TOKEN_METRICS
+    from xprune.data import make_token_dataset
+    from xprune.models import TabularMLP, TokenClassifier
+
+    torch.manual_seed(0)
+    tabular = TabularMLP(5, 2, hidden=(8,)).eval()
+    x = torch.randn(4, 5)
+    maps = xprune.attribute(tabular, x, tabular(x).argmax(1), "saliency")
+    names = set(score_attributions(tabular, maps)["metric"])
+    assert names.isdisjoint(TOKEN_METRICS), names & TOKEN_METRICS
+    assert {"deletion_auc", "infidelity", "gini_index"} <= names
+
+    tokens, _ = make_token_dataset(4, seq_len=6, vocab_size=12)
+    text = TokenClassifier(12, 2, dim=4, hidden=8).eval()
+    text.config = SimpleNamespace(mask_token_id=0)  # the id removal puts in, as an HF model's
+    maps = xprune.attribute(text, tokens, text(tokens).argmax(1),
+                            "embedding_integrated_gradients", params={"n_steps": 4})
+    names = set(score_attributions(text, maps)["metric"])
+    assert TOKEN_METRICS <= names
+    assert names.isdisjoint(CONTINUOUS_NOISE), names & CONTINUOUS_NOISE

@@ -88,3 +88,53 @@ def test_analysis_on_an_npz_file_relative_to_its_config(tmp_path):
     assert set(results["metric"]) == {"gini_index", "spearman"}
     importance = pd.read_csv(tmp_path / "run" / "importance.csv")
     assert set(importance["feature"]) == {"a", "b", "c", "d"}
+
+
+def test_a_numeric_csv_is_a_table_of_features_and_a_label_column(tmp_path):
+    """tests/cases_s6/008-tabular-csv.md, now supported: `[data] dataset = "wine.csv"` with
+    `label_column = "target"` reads the 13 numeric columns as they are (not scaled) and splits
+    them as split_arrays splits the same arrays; label names become the class names."""
+    from sklearn.datasets import load_wine
+
+    from xprune.analysis import load_data
+
+    frame = load_wine(as_frame=True).frame                  # 13 features and "target" 0..2
+    frame.to_csv(tmp_path / "wine.csv", index=False)
+    (tmp_path / "wine.toml").write_text('[data]\ndataset = "wine.csv"\nlabel_column = "target"\n')
+    split = load_data(load_config(tmp_path / "wine.toml"))
+    x, y = frame.drop(columns="target").to_numpy(), frame["target"].to_numpy()
+    direct = split_arrays(x, y, seed=0)
+    assert torch.equal(split.x_test, direct.x_test) and torch.equal(split.y_train,
+                                                                    direct.y_train)
+    assert split.feature_names == tuple(frame.columns[:-1]) and split.n_classes == 3
+    assert split.x_train[:, 12].max() > 100                  # proline as given, not scaled
+    # names as labels: numbered in sorted order, the class names
+    frame.assign(target=frame["target"].map({0: "c", 1: "a", 2: "b"})).to_csv(
+        tmp_path / "named.csv", index=False)
+    named = load_dataset(str(tmp_path / "named.csv"), text={"label_column": "target"})
+    assert named.class_names == ("a", "b", "c")
+    row = {tuple(r): {0: "c", 1: "a", 2: "b"}[int(t)]   # features stored as float32
+           for r, t in zip(x.astype(np.float32), y, strict=True)}
+    assert [named.class_names[int(t)] for t in named.y_test] == [
+        row[tuple(r)] for r in named.x_test.numpy()]
+
+
+def test_a_numeric_csv_that_does_not_fit_says_what_is_expected(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,target\n1.0,2.0,0\n3.0,4.0,1\n")
+    with pytest.raises(ValueError, match=r"Expected a label column 'label' "
+                                         r"\(`data.label_column`\) in .*t.csv, got the columns "
+                                         r"\['a', 'b', 'target'\].*numeric table"):
+        load_dataset(str(path))
+    path.write_text("a,colour,label\n1.0,red,0\n3.0,blue,1\n")
+    with pytest.raises(ValueError, match=r"numeric feature columns in .*t.csv, got non-numeric "
+                                         r"columns \['colour'\].*`data.text_column`"):
+        load_dataset(str(path))
+    path.write_text("a,b,label\n1.0,,0\n3.0,4.0,1\n")
+    with pytest.raises(ValueError, match=r"empty cells in rows \[0\]"):
+        load_dataset(str(path))
+    path.write_text("label\n0\n1\n")
+    with pytest.raises(ValueError, match=r"feature columns besides the label column 'label'"):
+        load_dataset(str(path))
+    path.write_text("text,label\n" + "good film,1\nbad film,0\n" * 5)  # a text column: text
+    assert load_dataset(str(path), text={}).vocabulary is not None

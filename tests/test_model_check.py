@@ -331,3 +331,28 @@ def test_report_on_a_read_only_run_folder_names_the_folder(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert f"Cannot write summary.csv in the folder {run}: Permission denied" in err
     assert ".tmp" not in err
+
+
+def test_a_text_model_imports_torchao_without_its_import_time_logs():
+    """transformers' modeling code imports torchao where installed, which logged on stderr
+    "Failed to load ..._C_mxfp8...so" and torch's "Enum subclass ... register_constant()"
+    deprecation: silenced for that import only (the loggers' levels are restored)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torchao")
+    code = ("import logging, sys\n"
+            "from xprune.models import TextTransformer\n"
+            "TextTransformer(30, 2, max_length=8)\n"
+            "assert 'torchao' in sys.modules\n"
+            "print(logging.getLogger('torchao').level, "
+            "logging.getLogger('torch.utils._pytree').level)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                         check=False, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "0"]   # NOTSET, as before the import
+    for noise in ("Failed to load", "register_constant", "triton"):
+        assert noise not in out.stderr, out.stderr

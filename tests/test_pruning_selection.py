@@ -1,4 +1,8 @@
-"""Layer selection (issue 19 items 1 and 7): which weight matrices are pruned and counted."""
+"""Layer selection (issue 19 items 1 and 7): which weight matrices are pruned and counted.
+
+The fix of ../shared/cases/014-prune-which-layers.md: `layers=` / `exclude=` patterns over module
+names and types, in the API and the config; sparsity over the selection and over all weights; a
+pattern that selects nothing lists the module names."""
 
 import pytest
 import torch
@@ -37,7 +41,8 @@ ENCODER_WEIGHTS = 2 * (IN_PROJ + OUT_PROJ + FF)
 
 
 def test_case_014_prune_only_the_encoder_and_report_both_sparsities(encoder):
-    """shared/cases/014: prune only the encoder's layers to 50%, pooler and head left dense."""
+    """../shared/cases/014-prune-which-layers.md: prune only the encoder's layers to 50%,
+    pooler and head left dense; sparsity over the selection and over all weights."""
     snapshot = state_snapshot(encoder)
     for scope in ("global", "layer"):
         pair = prune(encoder, 0.5, layers="encoder.*", exclude=["*classifier*", "*pooler*"],
@@ -84,6 +89,8 @@ def test_patterns_over_types_names_and_parameter_keys(encoder):
 
 
 def test_a_pattern_that_selects_nothing_lists_the_modules(encoder):
+    """../shared/cases/014-prune-which-layers.md: a pattern that selects nothing lists the
+    module names."""
     with pytest.raises(ValueError, match=r"Pattern 'decoder\.\*' in `layers` selects no weight "
                                          r"matrix; .*'encoder.layers.0.self_attn', .*'pooler', "
                                          r"'classifier'\]"):
@@ -132,6 +139,7 @@ def test_masked_fine_tuning_keeps_attention_zeros(encoder):
 
 
 def test_config_keys_layers_and_exclude():
+    """../shared/cases/014-prune-which-layers.md: the same patterns in the config."""
     v = PruningVariant(layers=["encoder.*"], exclude="*pooler*")
     assert v.layers == ("encoder.*",) and v.exclude == "*pooler*"
     with pytest.raises(ValueError, match=r"Expected `pruning.layers` to be a glob pattern .*"

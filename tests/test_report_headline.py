@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from xprune.report.headline import headline, latency_noise, scale_note
+from xprune.report.headline import chance_warning, headline, latency_noise, scale_note
 
 
 def _models(acc_95=0.90):
@@ -155,6 +155,10 @@ def test_the_headline_of_every_kind_of_run_quotes_its_tables(kind_run):
     accuracy and agreement: nothing is written that the tables do not hold."""
     models, summary = kind_run
     lines = headline(models, summary)
+    barely = chance_warning(models)  # a 1-epoch model can be at chance (the text run is)
+    if barely:
+        assert lines[0] == f"Warning: {barely}"
+        lines = lines[1:]
     sparse = models[models["role"] == "sparse"].sort_values("requested_sparsity")
     dense = models[models["role"] == "dense"].iloc[0]
     assert len(lines) == 1 + len(sparse)  # a lead (one method), then one per level
@@ -186,3 +190,50 @@ def test_the_headline_of_every_kind_of_run_quotes_its_tables(kind_run):
                 in line)
         assert "deletion auc: " in line
     assert "saliency maps" in lines[0] and "IG" not in " ".join(lines)
+
+
+# ---------------------------------------------------------------- a dense model near chance
+
+def test_a_dense_model_near_chance_leads_the_headline_with_a_warning():
+    """Dense accuracy within CHANCE_MARGIN (5 points) of chance (the majority-class rate): a
+    warning first; further above it, or a table without chance_accuracy: none."""
+    from xprune.report.headline import CHANCE_MARGIN
+
+    assert CHANCE_MARGIN == 0.05
+    near = _models().assign(chance_accuracy=0.92)   # dense 0.95 < 0.92 + 0.05
+    lines = headline(near, _summary())
+    assert lines[0] == "Warning: " + chance_warning(near) == (
+        "Warning: The dense model is barely trained: its test accuracy 95.0% is within 5 points "
+        "of chance (92.0%, always predicting the most frequent class), so its maps, and how "
+        "pruning changes them, mean little. Train it longer (`train.epochs`) or check the data "
+        "and labels.")
+    assert lines[1:] == headline(_models(), _summary())
+    assert chance_warning(_models().assign(chance_accuracy=0.89)) is None   # 0.95 > 0.89 + 0.05
+    assert chance_warning(_models()) is None
+
+
+def test_a_study_of_an_untrained_model_warns_and_says_so_first():
+    """Labels independent of the inputs: no model beats chance. The run warns (a Python warning)
+    and the headline leads with it; chance is the test split's majority-class rate."""
+    import torch
+    from torch import nn
+
+    import xprune
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=gen)
+    y = (torch.rand(200, generator=gen) < 0.7).long()   # about 70% class 1, unrelated to x
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    config = {"pruning": {"sparsities": [0.5], "finetune_epochs": 0},
+              "controls": {"other_seed": False, "finetune": False},
+              "attribution": {"n_samples": 4, "methods": ["saliency"]},
+              "metrics": {"names": ["gini_index"], "versus_random": []},
+              "report": {"latency_batch": 4}}
+    with pytest.warns(UserWarning, match="^The dense model is barely trained"):
+        study = xprune.study(model, (x, y), config=config, progress=False)
+    dense = study.models[study.models["role"] == "dense"].iloc[0]
+    assert "chance_accuracy" in pd.read_csv(study.out / "models.csv")  # what the report reads
+    split = xprune.data.as_split((x, y), seed=0)
+    counts = torch.bincount(split.y_test, minlength=2)
+    assert dense["chance_accuracy"] == pytest.approx(float(counts.max()) / len(split.y_test))
+    assert study.headline[0].startswith("Warning: The dense model is barely trained")

@@ -642,3 +642,44 @@ def test_one_iterable_of_tokenizer_batches_is_split_like_its_tensors(bert):
     kw = dict(sparsities=0.5, progress=False, config={**LIGHT, "train": {
         "epochs": 1, "batch_size": 60}})
     _assert_same_results(xprune.study(bert, batches, **kw), xprune.study(bert, splits, **kw))
+
+
+class _MaskedBag(nn.Module):
+    """forward(input_ids, attention_mask): the masked mean of the embeddings weighted by
+    position, a hidden layer, logits; no config, so no pad id but the data's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.hidden, self.fc = nn.Embedding(30, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.register_buffer("position", torch.linspace(0.5, 2.0, 8)[:, None])
+
+    def forward(self, input_ids, attention_mask):
+        m = attention_mask.unsqueeze(-1).float() * self.position[:input_ids.shape[1]]
+        mean = (self.emb(input_ids) * m).sum(1) / m.sum(1).clamp_min(1)
+        return self.fc(torch.relu(self.hidden(mean)))
+
+
+def test_streamed_token_batches_learn_the_pad_id_from_any_batch_not_the_first_only():
+    """The first batch of every split has no padding, a later one has (pad id 0): the layout is
+    read from every batch, so the study runs, with the numbers of the same data in memory
+    (it failed with "attention_mask ... input_ids != pad id (None)" on the later batch)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 30, (56, 8), generator=g)
+    mask = torch.ones_like(ids)
+    mask[44:, 5:] = 0                                   # padding in the test split's 2nd batch
+    ids = ids * mask
+    labels = (ids[:, 0] < 17).long()
+    torch.manual_seed(0)
+    model = _MaskedBag().eval()
+
+    def enc(lo, hi):
+        return {"input_ids": ids[lo:hi], "attention_mask": mask[lo:hi]}
+
+    streamed = {"train": [{**enc(0, 40), "labels": labels[:40]}],
+                "test": [{**enc(40, 44), "labels": labels[40:44]},
+                         {**enc(44, 56), "labels": labels[44:]}]}
+    study = xprune.study(model, streamed, sparsities=0.5, progress=False, config=LIGHT)
+    in_memory = {"train": (enc(0, 40), labels[:40]), "test": (enc(40, 56), labels[40:])}
+    again = xprune.study(model, in_memory, sparsities=0.5, progress=False, config=LIGHT)
+    pd.testing.assert_frame_equal(study.results, again.results)
+    assert bool((study.results["value"] > 0).all())  # Gini of maps that are not constant

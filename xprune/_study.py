@@ -16,7 +16,7 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -538,8 +538,10 @@ def _split_args(config: AnalysisConfig) -> dict:
 def _stream_data(streams: dict[str, object], config: AnalysisConfig, model: object
                  ) -> tuple[DatasetSplit, TokenLayout | None]:
     """The streamed split of DataLoaders (:func:`_streamed_split`) and, for batches of a
-    tokenizer's output, their layout (read from the first batch of each split); each batch
-    becomes its token ids as it is read."""
+    tokenizer's output, their layout, read from every batch of every split in one pass (a
+    batch at a time: the pad id where some batch pads, the separator where some batch holds
+    pairs, though the first may have neither); each batch becomes its token ids as it is
+    read."""
     firsts = []
     for split, source in streams.items():
         name = "data" if split == "all" else f"data[{split!r}]"
@@ -555,15 +557,26 @@ def _stream_data(streams: dict[str, object], config: AnalysisConfig, model: obje
                          "got tensors in others.")
     if not any(mapping):
         return _streamed_split(streams, config, None, _model_pad_id(model)), None
-    layout = _token_layout([(f"the first batch of {name}", {k: _as_tensor(v, k)
-                                                              for k, v in x.items()})
-                            for name, x in firsts], model)
+    layout = _token_layout(_encodings(streams), model)
     split = _streamed_split(streams, config, lambda x, where: _ids_of(x, layout, where),
                             layout.pad)
     if layout.special:
         split = dataclasses.replace(split, pad_token_id=layout.pad,
                                     special_token_ids=layout.special)
     return split, layout
+
+
+def _encodings(streams: dict[str, object]) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """Every batch's tokenizer output, one batch at a time: ``(where, encoding)``."""
+    for split, source in streams.items():
+        name = "data" if split == "all" else f"data[{split!r}]"
+        for i, batch in enumerate(source):
+            x, _ = _batch_parts(batch, name, i)
+            where = f"batch {i} of `{name}`"
+            if not hasattr(x, "keys") or isinstance(x, torch.Tensor):
+                raise ValueError(f"Expected every batch of `{name}` to be a tokenizer output "
+                                 f"when the first is, got {type(x).__name__} in {where}.")
+            yield where, {k: _as_tensor(v, f"`{name}`[{k!r}] in {where}") for k, v in x.items()}
 
 
 def _collected(data: object, pad_token_id: int | None) -> object:
@@ -709,10 +722,11 @@ def _token_pairs(data: object) -> dict[str, tuple[dict, torch.Tensor]] | None:
     return None if found is None else {"all": found}
 
 
-def _token_layout(encodings: Sequence[tuple[str, Mapping]], model: object) -> TokenLayout:
+def _token_layout(encodings: Iterable[tuple[str, Mapping]], model: object) -> TokenLayout:
     """The :class:`TokenLayout` of tokenizer outputs ``[(where, encoding), ...]`` (every split
-    in memory, or the first batch of each streamed one): their keys, the pad id (the model's,
-    else the one id under ``attention_mask == 0``), and for sentence pairs the separator."""
+    in memory, or every batch of the streamed ones, read once): their keys, the pad id (the
+    model's, else the one id under ``attention_mask == 0``), and for sentence pairs the
+    separator."""
     keys, pad, seps, special = None, _model_pad_id(model), set(), set()
     firsts = set()
     for where, enc in encodings:

@@ -44,7 +44,7 @@ from ._validation import check_positive_int, closest_name
 from ._version import __version__
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model, load_onnx
-from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed
+from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed, is_token_ids
 from .data import DatasetSplit, as_split, check_split, load_dataset
 from .metrics._base import metric_seed
 from .metrics._removal import check_removal_spec
@@ -70,6 +70,7 @@ from .pruning import (
     select_weights,
 )
 from .report import render_report
+from .report.headline import chance_warning
 from .report.seeds import render_seeds_report
 from .report.tables import plural
 from .stats import mean_ci, proportion_ci
@@ -238,7 +239,7 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     say(f"{data.name}: {len(data.y_train)} train / {len(data.y_val)} validation / "
         f"{len(data.y_test)} test samples")
     names = config.metrics.resolved_names(images=data.x_test.dim() == 4,  # before training
-                                          tokens=_token_ids(data.x_test))
+                                          tokens=is_token_ids(data.x_test))
     need = [n for n in names if M.METRICS[n].kind == "rationale"]
     if need and data.rationale_test is None:
         raise ValueError(f"Expected `metrics.names` to name metrics the data {data.name!r} can "
@@ -247,11 +248,6 @@ def load_data(config: AnalysisConfig, data: object = None, *,
     if config.metrics.removal is not None:  # before training: the unit fits the data
         check_removal_spec(config.metrics.removal, data.x_test[:1], data.kind, data.name)
     return data
-
-
-def _token_ids(x: torch.Tensor) -> bool:
-    """Integer inputs (N, T): token ids (noise metrics are left out of the default set)."""
-    return x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool
 
 
 def train_dense(config: AnalysisConfig, data: DatasetSplit, *, cache: RunCache,
@@ -444,6 +440,8 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
     selections = {v.name: select_weights(records[0].model, v.layers, v.exclude)
                   for v in config.pruning.variants()} if not config.pruning.checkpoints else {}
     dense_macs = count_macs(records[0].model, example)["dense"]
+    labels = torch.as_tensor(data.y_test).long()   # chance: always the most frequent class
+    chance = max(1 / data.n_classes, float(torch.bincount(labels).max()) / len(labels))
     for rec in records:
         ev = evaluate(rec.model, *_test_set(data))
         n = len(data.y_test)
@@ -458,7 +456,7 @@ def describe_models(records: list[ModelRecord], data: DatasetSplit, config: Anal
                                                     selections.get(rec.pruning)),
             "structured": int(table["numel"].sum()) < dense_total,
             "accuracy": acc, "accuracy_ci_low": lo, "accuracy_ci_high": hi,
-            "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
+            "chance_accuracy": chance, "macro_recall": ev["macro_recall"], "ece": ev["ece"], "nll": ev["nll"],
             "total_weights": dense_total,
             "nonzero_weights": nnz, "compression_ratio": dense_total / nnz if nnz else math.inf,
             "macs_dense": dense_macs, "macs_nonzero": count_macs(rec.model, example)["nonzero"],
@@ -528,7 +526,7 @@ def _score_cell(rec: ModelRecord, method: str, attrs: Attributions, dense_attrs:
     draws_memo: dict[str, torch.Tensor] = {}
     fg = M.foreground(x) if mc.foreground else None
     fg = None if fg is None or bool(fg.all()) else fg  # nothing at the baseline: no subset
-    for name in mc.resolved_names(images=x.dim() == 4, tokens=_token_ids(x)):
+    for name in mc.resolved_names(images=x.dim() == 4, tokens=is_token_ids(x)):
         info = M.METRICS[name]
         params = mc.metric_params(name, d)
         if info.kind == "pair":
@@ -1063,6 +1061,9 @@ def run_stages(config: AnalysisConfig, out: Path, *, cache: RunCache,
     clock.mark("train_and_prune")
     stage("describe")
     tables = describe_models(records, split, config)
+    barely = chance_warning(tables.models)
+    if barely:
+        warnings.warn(barely, UserWarning, stacklevel=2)
     clock.mark("model_table")
     stage("attribute")
     attrs_by = attribute_models(config, records, split, cache=cache, progress=progress)

@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--kwargs", default="{}", metavar="JSON",
                        help='keyword arguments of the factory, e.g. \'{"n_features": 30}\'')
     score.add_argument("--metrics", help="comma-separated metrics (default: every complexity "
-                                         "and faithfulness metric that applies)")
+                                         "and faithfulness metric that applies; the ERASER "
+                                         "ones for token ids only)")
     score.add_argument("--seed", type=int, default=0, help="seed of the metrics' random draws")
     score.add_argument("--out", default="reports/score",
                        help="folder for score.csv (default: %(default)s)")

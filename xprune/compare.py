@@ -14,16 +14,20 @@ from torch import nn
 
 from . import metrics as M
 from .attribution import Attributions, attribute, explainer
+from .config import default_metric_names, is_token_ids
 from .metrics._base import metric_seed
 from .stats import bootstrap_ci
 
 __all__ = ["compare_attributions", "score_attributions", "summarise"]
 
 
-def _names(metrics: Sequence[str] | None, kinds: tuple[str, ...], x_dim: int) -> list[str]:
+def _names(metrics: Sequence[str] | None, kinds: tuple[str, ...], x: torch.Tensor
+           ) -> list[str]:
+    """The metrics named (aliases resolved), or by default every metric of ``kinds`` that
+    applies to inputs ``x`` (:func:`xprune.config.default_metric_names`)."""
     if metrics is None:
-        return [n for n, i in M.METRICS.items()
-                if i.kind in kinds and not (i.images_only and x_dim != 4)]
+        return default_metric_names((n for n, i in M.METRICS.items() if i.kind in kinds),
+                                    images=x.dim() == 4, tokens=is_token_ids(x))
     out = []
     for name in metrics:
         info = M.get_metric(name)
@@ -93,7 +97,7 @@ def compare_attributions(a: Attributions, b: Attributions, *,
                          "pruned model, the dense model's prediction).")
     if not names_given(metrics):
         raise ValueError("Expected at least one metric name.")
-    names = _names(metrics, ("pair",), a.values.dim())
+    names = _names(metrics, ("pair",), xa)
     fg = M.foreground(xa) if foreground else None
     scores = {}
     for name in names:
@@ -121,7 +125,9 @@ def score_attributions(model: nn.Module, a: Attributions, *,
     a : Attributions
     metrics : sequence of str, optional
         Registered metric names of any kind but "pair"; default: every
-        complexity and faithfulness metric that applies.
+        complexity and faithfulness metric that applies to the inputs
+        (:func:`xprune.config.default_metric_names`: the ERASER metrics for
+        token ids only, no continuous noise for token ids).
     seed : int
         Seeds each metric's random draws (one generator per metric name).
 
@@ -138,7 +144,7 @@ def score_attributions(model: nn.Module, a: Attributions, *,
     if not names_given(metrics):
         raise ValueError("Expected at least one metric name.")
     default = metrics is None
-    names = _names(metrics, kinds, a.values.dim())
+    names = _names(metrics, kinds, a.attributed)
     if default:
         names = [n for n in names if M.METRICS[n].kind in ("map", "model")]
     params = dict(a.params) if method_params is None else dict(method_params)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ._io import read_toml
 from ._validation import (
@@ -54,14 +57,16 @@ class DataConfig:
     ``"package.module:function"`` returning ``(x, y)``, or a text file (``.csv``,
     ``.jsonl``, ``.parquet``) with the columns ``text_column`` and ``label_column``,
     tokenized by the ``model.pretrained`` folder's tokenizer (else a word-level one over the
-    file's words) to at most ``max_length`` tokens (see :func:`xprune.data.load_text_file`);
-    split seeded and stratified into train / validation / test."""
+    file's words) to at most ``max_length`` tokens (see :func:`xprune.data.load_text_file`),
+    or a numeric ``.csv`` table: without a ``text_column`` column, every column but
+    ``label_column`` is a numeric feature (:func:`xprune.data.load_table_file`); split seeded
+    and stratified into train / validation / test."""
 
     dataset: str = "digits"
     val_size: float = 0.2
     test_size: float = 0.2
     text_column: str = "text"      # text files (.csv, .jsonl, .parquet): the text's column
-    label_column: str = "label"    # and the label's (integers 0..C-1 or names)
+    label_column: str = "label"    # and the label's (0..C-1 or names), also of a numeric .csv
     max_length: int | None = None  # tokens per text at most (text files: default 128)
 
     def __post_init__(self) -> None:
@@ -544,8 +549,7 @@ class MetricsConfig:
             or for a continuous-noise metric and the inputs are token ids.
         """
         if self.names is None:
-            return [n for n in DEFAULT_METRICS if (images or not METRICS[n].images_only)
-                    and not (tokens and n in CONTINUOUS_NOISE)]
+            return default_metric_names(DEFAULT_METRICS, images=images, tokens=tokens)
         if not images:
             bad = [n for n in self.names if METRICS[n].images_only]
             if bad:
@@ -591,6 +595,34 @@ class MetricsConfig:
 # avg-sensitivity substitute tokens instead, xprune.metrics.substitute_tokens). Read from the
 # metrics' own flag, which is also what makes their functions refuse token ids.
 CONTINUOUS_NOISE = frozenset(name for name, info in METRICS.items() if info.continuous_noise)
+
+# the ERASER rationale metrics (DeYoung et al. 2020, 'ERASER: A benchmark to evaluate rationalized
+# NLP models', ACL) and leave-one-out tau, made for token inputs: in a default set for token ids
+# only (named, they score any input)
+TOKEN_METRICS = frozenset({"comprehensiveness", "sufficiency", "normalised_comprehensiveness",
+                           "normalised_sufficiency", "tau_loo"})
+
+
+def is_token_ids(x: Any) -> bool:
+    """Integer inputs of shape (N, T): token ids, as the default metric sets read them."""
+    return (isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point()
+            and x.dtype != torch.bool)
+
+
+def default_metric_names(candidates: Iterable[str], *, images: bool, tokens: bool) -> list[str]:
+    """The metrics of ``candidates`` a default set computes for one kind of input.
+
+    The one rule for every default (analysis configs without ``metrics.names``,
+    ``xprune score`` without ``--metrics``): image-only metrics (SSIM, ROAD)
+    for images (N, C, H, W) only; the token metrics (:data:`TOKEN_METRICS`:
+    comprehensiveness, sufficiency, their normalised forms, tau-LOO) for token
+    ids only; the continuous-noise metrics (:data:`CONTINUOUS_NOISE`) for all
+    but token ids. Order follows ``candidates``.
+    """
+    return [n for n in candidates
+            if (images or not METRICS[n].images_only)
+            and (tokens or n not in TOKEN_METRICS)
+            and not (tokens and n in CONTINUOUS_NOISE)]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ Nothing here downloads: the datasets ship with scikit-learn.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from ._validation import check_fraction, check_positive_int, closest_name, resol
 
 __all__ = ["DATASETS", "DatasetSplit", "as_split", "check_labels", "check_split",
            "collect_batches", "is_batches", "load_breast_cancer_split", "load_dataset",
-           "load_digits_split", "load_text_file", "load_text_split", "load_vowels_split",
+           "load_digits_split", "load_table_file", "load_text_file", "load_text_split",
+           "load_vowels_split",
            "load_wine_split", "make_token_dataset",
            "split_arrays"]
 
@@ -198,25 +200,30 @@ def load_text_split(*, seed: int = 0, val_size: float = 0.2, test_size: float = 
                                                 if t != "[PAD]"))
 
 
-def _read_text_table(path: str, text_column: str, label_column: str):
-    """(texts, labels) read from a CSV, JSON-lines or Parquet file with pandas."""
+def _read_table(path: str, *, header_only: bool = False):
+    """A CSV, JSON-lines or Parquet file as a pandas DataFrame (a CSV's header alone with
+    ``header_only``)."""
     import pandas as pd
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"Data file not found: {path}")
     try:
         if path.endswith(".csv"):
-            frame = pd.read_csv(path)
-        elif path.endswith(".jsonl"):
-            frame = pd.read_json(path, lines=True)
-        else:
-            frame = pd.read_parquet(path)
+            return pd.read_csv(path, nrows=0 if header_only else None)
+        if path.endswith(".jsonl"):
+            return pd.read_json(path, lines=True)
+        return pd.read_parquet(path)
     except ImportError as exc:
         raise ImportError(f"Reading {path} needs a Parquet engine: pip install pyarrow "
                           f"({exc})") from None
     except ValueError as exc:
         raise ValueError(f"Could not read {path} as a table: {str(exc).splitlines()[0]}"
                          ) from None
+
+
+def _read_text_table(path: str, text_column: str, label_column: str):
+    """(texts, labels) read from a CSV, JSON-lines or Parquet file with pandas."""
+    frame = _read_table(path)
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:  # tests/cases_s6/008-tabular-csv.md: a numeric table is not a text file
         raise ValueError(f"Expected the columns {missing} (`data.text_column`, "
@@ -224,7 +231,8 @@ def _read_text_table(path: str, text_column: str, label_column: str):
                          f"{Path(path).suffix} file is read as text classification data (a "
                          "text and a label column); for a table of numeric features save "
                          "arrays x, y to an .npz file or name a loader function "
-                         "'mypackage.data:load' returning (x, y).")
+                         "'mypackage.data:load' returning (x, y), or give the .csv as "
+                         "`data.dataset` without a text column (`load_table_file`).")
     frame = frame[[text_column, label_column]]
     if frame.isna().any().any():
         rows = frame.index[frame.isna().any(axis=1)].tolist()[:5]
@@ -270,15 +278,7 @@ def load_text_file(path: str, *, tokenizer: object = None, text_column: str = "t
     if max_length is not None:
         check_positive_int(max_length, "data.max_length", minimum=3)
     texts, raw = _read_text_table(path, text_column, label_column)
-    if _is_integer_column(raw):
-        y = np.asarray(raw, dtype=np.int64)
-        names = tuple(str(c) for c in range(int(y.max()) + 1)) if len(y) else ()
-        if len(y) and y.min() < 0:
-            raise ValueError(f"Expected integer labels 0..C-1 in column {label_column!r} of "
-                             f"{path}, got minimum {y.min()}.")
-    else:
-        names = tuple(sorted(raw.astype(str).unique()))
-        y = raw.astype(str).map({c: i for i, c in enumerate(names)}).to_numpy(np.int64)
+    y, names = _label_column(raw, label_column, path)
     if isinstance(tokenizer, str):
         folder = tokenizer.removeprefix("hf:")
         if not Path(folder).is_dir():
@@ -309,6 +309,78 @@ def load_text_file(path: str, *, tokenizer: object = None, text_column: str = "t
                         y_t[test], len(names), names,
                         vocabulary=tuple(str(v) for v in vocab), pad_token_id=pad,
                         special_token_ids=special)
+
+
+def _label_column(raw, label_column: str, path: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Labels (n,) 0..C-1 and the class names from a column of integers 0..C-1 or of names
+    (numbered in sorted order)."""
+    if _is_integer_column(raw):
+        y = np.asarray(raw, dtype=np.int64)
+        names = tuple(str(c) for c in range(int(y.max()) + 1)) if len(y) else ()
+        if len(y) and y.min() < 0:
+            raise ValueError(f"Expected integer labels 0..C-1 in column {label_column!r} of "
+                             f"{path}, got minimum {y.min()}.")
+        return y, names
+    names = tuple(sorted(raw.astype(str).unique()))
+    return raw.astype(str).map({c: i for i, c in enumerate(names)}).to_numpy(np.int64), names
+
+
+def is_numeric_table(path: str, text_column: str = "text") -> bool:
+    """Whether ``path`` is read as a numeric table: a ``.csv`` whose header has no column
+    ``text_column`` (with one, it is text classification data, :func:`load_text_file`)."""
+    return path.endswith(".csv") and text_column not in _read_table(path, header_only=True)
+
+
+def load_table_file(path: str, *, label_column: str = "label", text_column: str = "text",
+                    seed: int = 0, val_size: float = 0.2, test_size: float = 0.2
+                    ) -> DatasetSplit:
+    """Your own numeric table: a ``.csv`` file of feature columns and a label column.
+
+    Every column but ``label_column`` is a feature (numbers, used as they are:
+    nothing is scaled), named by its header; the labels are integers 0..C-1
+    or names (numbered in sorted order, which become the class names). The
+    rows (n, F) are split seeded and stratified as :func:`split_arrays`
+    splits. ``text_column`` is only named in errors: a ``.csv`` with that
+    column is text data (:func:`load_text_file`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If the label column is missing, no feature column is left, a feature
+        column is not numeric, a cell is empty, or the labels are neither
+        integers 0..C-1 nor names.
+    """
+    import pandas as pd
+
+    frame = _read_table(path)
+    if label_column not in frame.columns:
+        raise ValueError(f"Expected a label column {label_column!r} (`data.label_column`) in "
+                         f"{path}, got the columns {list(frame.columns)}. A .csv without a "
+                         f"text column ({text_column!r}, `data.text_column`) is read as a "
+                         "numeric table: feature columns and a label column.")
+    features = frame.drop(columns=[label_column])
+    if features.shape[1] == 0:
+        raise ValueError(f"Expected feature columns besides the label column {label_column!r} "
+                         f"in {path}, got none.")
+    text = [c for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])
+            or pd.api.types.is_bool_dtype(features[c])]
+    if text:
+        raise ValueError(f"Expected numeric feature columns in {path}, got non-numeric "
+                         f"columns {text[:5]}: a .csv without a text column ({text_column!r}, "
+                         "`data.text_column`) is read as a numeric table (every column but "
+                         f"the label column {label_column!r}, `data.label_column`, a number); "
+                         "for text data name the text's column with `data.text_column`.")
+    if frame.isna().any().any():
+        rows = frame.index[frame.isna().any(axis=1)].tolist()[:5]
+        raise ValueError(f"Expected a number in every cell of {path}, got empty cells in rows "
+                         f"{rows}.")
+    y, names = _label_column(frame[label_column], label_column, path)
+    split = split_arrays(features.to_numpy(np.float64), y, name=Path(path).stem, seed=seed,
+                         val_size=val_size, test_size=test_size,
+                         feature_names=[str(c) for c in features.columns])
+    return dataclasses.replace(split, class_names=names)
 
 
 def _is_integer_column(column) -> bool:
@@ -667,9 +739,15 @@ def is_data_source(name: str) -> bool:
 def load_dataset(name: str, *, text: dict | None = None, **kwargs) -> DatasetSplit:
     """Load a registered dataset by name (see ``DATASETS``), a text file (``.csv``,
     ``.jsonl``, ``.parquet``: see :func:`load_text_file`, with the keyword arguments in
-    ``text``) or another file / function source (see :func:`load_data_source`)."""
+    ``text``), a numeric ``.csv`` table (no ``text["text_column"]`` column: see
+    :func:`load_table_file`, the label column ``text["label_column"]``) or another file /
+    function source (see :func:`load_data_source`)."""
     if name.endswith(TEXT_FILE_SUFFIXES):
-        return load_text_file(name, **(text or {}), **kwargs)
+        options = text or {}
+        if is_numeric_table(name, options.get("text_column", "text")):
+            return load_table_file(name, label_column=options.get("label_column", "label"),
+                                   text_column=options.get("text_column", "text"), **kwargs)
+        return load_text_file(name, **options, **kwargs)
     if is_data_source(name):
         return load_data_source(name, **kwargs)
     if name not in DATASETS:

@@ -8,6 +8,7 @@ inside ``forward`` (Captum's LRP has no rule for ``nn.Flatten``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -92,10 +93,34 @@ class TokenClassifier(nn.Module):
         return self.fc2(self.relu(self.fc1(self.embedding(tokens).mean(dim=1))))
 
 
-def _transformers():
-    """The ``transformers`` package, or an ImportError with the install hint."""
+# transformers' modeling code imports torchao where it is installed, and that import logs what
+# this machine lacks (torchao: "Failed to load ..._C_mxfp8...so", "Detected no triton"; torch:
+# "<enum 'KernelPreference'> is an Enum subclass ... register_constant() ... deprecated"):
+# harmless here, since no torchao kernel is used. Only these loggers, only during the import.
+_IMPORT_NOISE = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...]) -> Iterator[None]:
+    """Raise the named loggers to ERROR inside the block; their levels are restored after."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
     try:
-        import transformers
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _transformers():
+    """The ``transformers`` package with its modeling code imported (torchao's import-time
+    logs silenced), or an ImportError with the install hint."""
+    try:
+        with _quiet_loggers(_IMPORT_NOISE):
+            import transformers
+            import transformers.modeling_utils  # noqa: F401  imports torchao if installed
     except ImportError as err:  # pragma: no cover - exercised only without the text extra
         raise ImportError("Text models need `transformers`: pip install 'xprune[text]'.") from err
     return transformers

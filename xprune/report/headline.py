@@ -13,8 +13,8 @@ import pandas as pd
 
 from .tables import fmt_ci
 
-__all__ = ["AGREEMENT_METRICS", "FAITHFULNESS_METRICS", "agreement_metric",
-           "faithfulness_metric", "headline", "latency_noise", "scale_note"]
+__all__ = ["AGREEMENT_METRICS", "CHANCE_MARGIN", "FAITHFULNESS_METRICS", "agreement_metric",
+           "chance_warning", "faithfulness_metric", "headline", "latency_noise", "scale_note"]
 
 # the metrics the headline and the key figure read, in order of preference
 AGREEMENT_METRICS = ("spearman", "kendall_tau", "cosine_similarity", "top_k_intersection",
@@ -23,6 +23,9 @@ FAITHFULNESS_METRICS = ("faithfulness_correlation", "deletion_auc@vs_random",
                         "insertion_auc@vs_random", "deletion_auc", "insertion_auc")
 
 FINETUNE, OTHER_SEED = "control:finetune", "control:other-seed"
+
+# a dense model whose test accuracy is less than this far above chance has barely learned
+CHANCE_MARGIN = 0.05
 
 def agreement_metric(summary: pd.DataFrame) -> str | None:
     """The agreement metric the headline reads: the first of :data:`AGREEMENT_METRICS` scored."""
@@ -230,6 +233,29 @@ def _lead(sparse: pd.DataFrame, summary: pd.DataFrame, method: str, agreement: s
     return text + "."
 
 
+def chance_warning(models: pd.DataFrame) -> str | None:
+    """A warning when the dense model's test accuracy is near chance, or None.
+
+    Chance is ``models["chance_accuracy"]`` of the dense row: the accuracy of
+    always predicting the test split's most frequent class (at least
+    1/n_classes). "Near" means less than :data:`CHANCE_MARGIN` (5 percentage
+    points) above it. The maps of a model that has not learned the task
+    explain little, and so does how pruning changes them. None where the
+    table has no ``chance_accuracy`` column (runs written before it).
+    """
+    dense = models[models["role"] == "dense"]
+    if "chance_accuracy" not in models or dense.empty:
+        return None
+    accuracy, chance = float(dense["accuracy"].iloc[0]), float(dense["chance_accuracy"].iloc[0])
+    if not accuracy < chance + CHANCE_MARGIN:
+        return None
+    return (f"The dense model is barely trained: its test accuracy "
+            f"{100 * accuracy:.1f}% is within {100 * CHANCE_MARGIN:.0f} points of chance "
+            f"({100 * chance:.1f}%, always predicting the most frequent class), so its maps, "
+            f"and how pruning changes them, mean little. Train it longer (`train.epochs`) or "
+            f"check the data and labels.")
+
+
 def headline(models: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     """The report's first lines: a lead sentence per attribution method, then one sentence
     per pruned model (pruning level), each with a verdict a reader can act on.
@@ -247,8 +273,9 @@ def headline(models: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     Returns
     -------
     list of str
-        Lead sentences (one per method with an agreement metric and controls),
-        then one sentence per sparse model in order of sparsity.
+        "Warning: " and the :func:`chance_warning` if the dense model's
+        accuracy is near chance, lead sentences (one per method with an agreement metric and
+        controls), then one sentence per sparse model in order of sparsity.
     """
     dense = models[models["role"] == "dense"].iloc[0]
     sparse = models[models["role"] == "sparse"].sort_values(["pruning", "requested_sparsity"],
@@ -256,7 +283,8 @@ def headline(models: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     methods = list(dict.fromkeys(summary["attribution"]))
     agreement, faithfulness = agreement_metric(summary), faithfulness_metric(summary)
     several = sparse["pruning"].nunique() > 1
-    out = []
+    barely = chance_warning(models)
+    out = [f"Warning: {barely}"] if barely else []
     if agreement and not several and len(sparse) > 1:
         out += [s for s in (_lead(sparse, summary, m, agreement) for m in methods) if s]
     out += [_level_sentence(m, dense, summary, methods, agreement, faithfulness, several)
