@@ -381,18 +381,35 @@ _SPARSE_MAX_UNKNOWNS = 2 ** 18
 _BANDED_MAX_WIDTH = 48
 
 
+# The neighbours that come before a pixel in row-major order, with their weights: the
+# entries left of the diagonal in a row of the system (and, by symmetry, its lower band).
+_EARLIER = tuple(((dr, dc), weight) for (dr, dc), weight in _NEIGHBOURS if (dr, dc) < (0, 0))
+
+
+def _shifted(grid: Tensor, dr: int, dc: int) -> tuple[Tensor, Tensor]:
+    """Views (..., H', W') of ``grid`` (..., H, W): at the pixels p whose neighbour
+    p + (dr, dc) is in the image, and at those neighbours."""
+    h, w = grid.shape[-2:]
+    at = grid[..., max(0, -dr):h - max(0, dr), max(0, -dc):w - max(0, dc)]
+    moved = grid[..., max(0, dr):h - max(0, -dr), max(0, dc):w - max(0, -dc)]
+    return at, moved
+
+
 def _impute_banded(images: Tensor, idx: Tensor, height: int, width: int) -> Tensor:
     """:func:`_impute_rows` for B rows with the same k removed pixels, as banded systems.
 
     ``images`` (B, C, d) float64 on the CPU, ``idx`` (B, k) the removed pixels of each row
     in ascending (row-major) order. In that order the system ``D - W_RR`` of a row
-    couples unknowns at most W + 1 apart; its lower band (width ``kd``, the row's
-    largest coupling distance in the chunk) is built for all rows at once from the
-    neighbour table, in chunks of at most ``_DENSE_MAX_ELEMENTS`` band elements, and
-    each row is then factorised and solved by one LAPACK call (``dpbsv``: about k kd^2
-    flops, in place). The systems are positive definite (see :func:`_solve_spd`); a
-    row on which the banded Cholesky fails anyway (not expected) is solved by
-    :func:`_impute_sparse`. Returns a new (B, C, d) tensor, kept pixels copied exactly.
+    couples unknowns at most W + 1 apart. Its lower band (half-width ``kd``, the largest
+    coupling distance among the rows of a chunk) and its right-hand side ``W_RK x_K``
+    are built on the pixel grid, for all rows of a chunk of at most
+    ``_DENSE_MAX_ELEMENTS`` band elements at once: each of the 4 earlier neighbours
+    is a shifted view of the removal mask and of the unknowns' positions, and the
+    right-hand side is the kept pixels' weighted sum over the 8 shifts. Each row is
+    then factorised and solved by one LAPACK call (``dpbsv``: about k kd^2 flops, in
+    place). The systems are positive definite (see :func:`_solve_spd`); a row on which
+    the banded Cholesky fails anyway (not expected) is solved by :func:`_impute_sparse`.
+    Returns a new (B, C, d) tensor, kept pixels copied exactly.
     """
     from scipy.linalg.lapack import dpbsv
 
@@ -401,35 +418,44 @@ def _impute_banded(images: Tensor, idx: Tensor, height: int, width: int) -> Tens
     out = images.clone()
     if k == 0:
         return out
-    grid = _grid_neighbours(height, width)
+    degree = _grid_neighbours(height, width)[2]
     step = max(1, _DENSE_MAX_ELEMENTS // (k * (width + 2)))
     failed = []
     for start in range(0, b, step):
         sub = slice(start, min(b, start + step))
-        u = _unknowns(idx[sub], grid, d)
-        # (B', C, k) in memory: rhs[r].T is the Fortran-ordered (k, C) right-hand side
-        rhs = _rhs(_neighbour_values(images[sub], u), u, k).transpose(1, 2).contiguous()
-        distance = torch.arange(k)[None, :, None] - u.unknown           # > 0: an earlier unknown
-        lower = (distance > 0) & (u.weight > 0)
-        distance = torch.where(lower, distance, 0)
-        kd = int(distance.max())
+        rows = sub.stop - start
+        removed = torch.zeros(rows, d, dtype=torch.bool).scatter_(1, idx[sub], True)
+        position = (removed.cumsum(dim=1) - 1).reshape(rows, height, width)
+        removed = removed.reshape(rows, height, width)
+        pairs = []                      # per earlier neighbour: coupled, its position, distance
+        for (dr, dc), weight in _EARLIER:
+            (here, there), (p, q) = _shifted(removed, dr, dc), _shifted(position, dr, dc)
+            pairs.append((here & there, q, p - q, weight))
+        kd = max(int(torch.where(coupled, distance, 0).max()) for coupled, _, distance, _ in pairs)
         # band[r, q, i] = system[q + i, q] (LAPACK's 'L' storage, transposed), one slot past
-        # the end collecting the entries that are not in the lower band
-        band = torch.zeros(sub.stop - start, k * (kd + 1) + 1, dtype=torch.float64)
-        slot = torch.where(lower, u.unknown * (kd + 1) + distance, k * (kd + 1))
-        band.scatter_(1, slot.reshape(slot.shape[0], -1), -u.weight.reshape(slot.shape[0], -1))
-        band = band[:, :-1].reshape(-1, k, kd + 1)
-        band[:, :, 0] = u.degree
+        # the end collecting the entries of uncoupled pixels
+        band = torch.zeros(rows, k * (kd + 1) + 1, dtype=torch.float64)
+        for coupled, q, distance, weight in pairs:
+            slot = torch.where(coupled, q * (kd + 1) + distance, k * (kd + 1))
+            band.scatter_(1, slot.reshape(rows, -1), -weight)
+        band = band[:, :-1].reshape(rows, k, kd + 1)
+        band[:, :, 0] = degree[idx[sub]]
+        x = images[sub].reshape(rows, c, height, width)
+        kept = torch.nn.functional.pad(torch.where(removed[:, None], 0.0, x), (1, 1, 1, 1))
+        total = torch.zeros_like(x)
+        for (dr, dc), weight in _NEIGHBOURS:
+            total += weight * kept[:, :, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
+        # (B', C, k) in memory: rhs[r].T is the Fortran-ordered (k, C) right-hand side
+        rhs = total.reshape(rows, c, d).gather(2, idx[sub, None, :].expand(-1, c, -1))
         band_np, rhs_np = band.numpy(), rhs.numpy()
-        for r in range(sub.stop - start):      # Fortran-ordered views, solved in place
+        for r in range(rows):            # Fortran-ordered views, solved in place
             info = dpbsv(band_np[r].T, rhs_np[r].T, lower=1, overwrite_ab=1, overwrite_b=1)[2]
             if info != 0:
                 failed.append(start + r)
         out[sub] = out[sub].scatter(2, idx[sub, None, :].expand(-1, c, -1), rhs)
     if failed:
         rows = torch.tensor(failed)
-        removed = torch.zeros(len(failed), d, dtype=torch.bool)
-        removed.scatter_(1, idx[rows], True)
+        removed = torch.zeros(len(failed), d, dtype=torch.bool).scatter_(1, idx[rows], True)
         out[rows] = _impute_sparse(images[rows], removed, height, width)
     return out
 
