@@ -134,7 +134,7 @@ def noisy_linear_imputation(inputs: Tensor, removed: Tensor, *, noise_std: float
     Images with the same number k <= 192 of removed pixels are solved together
     as one batch of dense systems (Cholesky, in blocks of at most 2^22 matrix
     elements); larger systems of images up to 48 pixels wide as banded systems
-    (LAPACK ``dpbtrf``/``dpbtrs``: unknowns in row-major order couple within
+    (LAPACK ``dpbsv``, banded Cholesky: unknowns in row-major order couple within
     W + 1 of each other), of wider images all together as one block-diagonal
     system for ``scipy.sparse.linalg.spsolve``. All give the same solution (to
     rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
@@ -377,7 +377,9 @@ _SPARSE_MAX_UNKNOWNS = 2 ** 18
 # Image widths up to which the systems too large for dense solves are banded (LAPACK's banded
 # Cholesky, one call per system): unknowns in row-major order couple within W + 1 of each
 # other, so a system of k unknowns costs about k (W + 1)^2 flops and no fill-reducing order;
-# wider images go to scipy's sparse solver, whose fill-reducing order costs less there.
+# wider images go to scipy's sparse solver, whose fill-reducing order costs less there
+# (4 images, 50% and 90% of their pixels removed, one core: 13 ms banded against 56 ms sparse
+# at 48 x 48, 235 ms against 98 ms at 64 x 64).
 _BANDED_MAX_WIDTH = 48
 
 
