@@ -24,7 +24,12 @@ explainer-bound ones the explainer's calls on the N x n_samples perturbed
 inputs alone (the unperturbed maps are given). ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
 gets a second line against the forwards plus one bare ``scipy.sparse.linalg.spsolve``
-per system (systems built beforehand, untimed). Peak memory: the growth of the
+per system (systems built beforehand, untimed), and a third against the forwards plus
+one bare LAPACK banded Cholesky factorisation and solve (``dpbsv``) per system, in the
+pixels' row-major order (band storage built beforehand, untimed): the cheapest direct
+solution per system we found for these widths. xprune itself solves ROAD's nested
+systems of up to 192 unknowns with one dense Cholesky factor per image for all
+percentages, and larger ones (images up to 48 wide) as banded systems. Peak memory: the growth of the
 process's peak resident set during xprune's first call (VmHWM after resetting
 it through /proc/self/clear_refs), in MiB. The default run's and the test
 suite's wall times are read from ``--run-seconds`` / ``--suite-seconds``
@@ -153,7 +158,7 @@ def imputation_floor(x: torch.Tensor, scores: torch.Tensor, counts: list[int]
     The systems are ROAD's noisy linear imputation (``D - W_RR`` and ``W_RK x_K`` of
     :func:`xprune.metrics._imputation._impute`) for the MoRF removal of the map's
     ``counts`` top pixels; building them is not timed, only ``spsolve``. Returns the
-    timed function and the number of systems.
+    timed function and the systems, (sparse system, right-hand side) pairs.
     """
     from scipy import sparse
     from scipy.sparse.linalg import spsolve
@@ -178,7 +183,32 @@ def imputation_floor(x: torch.Tensor, scores: torch.Tensor, counts: list[int]
     def run() -> None:
         for system, rhs in systems:
             spsolve(system, rhs)
-    return run, len(systems)
+    return run, systems
+
+
+def banded_imputation_floor(systems: list) -> Callable[[], None]:
+    """One bare LAPACK banded Cholesky factorisation and solve (``dpbsv``) per ROAD system.
+
+    ``systems``: the (sparse system, right-hand side) pairs of :func:`imputation_floor`,
+    unknowns in row-major order, so each system is banded (half-bandwidth at most the
+    image width + 1). The band storage is built here, untimed; each call copies it and
+    factorises and solves the copy.
+    """
+    from scipy import sparse
+    from scipy.linalg.lapack import dpbsv
+
+    bands = []
+    for system, rhs in systems:
+        lower = sparse.tril(system).tocoo()
+        kd = int((lower.row - lower.col).max(initial=0))
+        band = np.zeros((kd + 1, system.shape[0]), order="F")
+        band[lower.row - lower.col, lower.col] = lower.data
+        bands.append((band, np.asfortranarray(rhs)))
+
+    def run() -> None:
+        for band, rhs in bands:
+            dpbsv(band, rhs, lower=1)
+    return run
 
 
 def rows_for(size: str, model, x: torch.Tensor, reps: int,
@@ -200,15 +230,15 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
     def floor(rows):
         return forward_floor(model, x, t, rows, batch), f"{rows:,} fwd @ {batch}"
 
-    def row(metric, ours, floor_and_what, peers=None, floor2=None):
-        """``floor2``: (function, what) of a second floor, timed in the same rounds and
-        given its own line (ROAD: the forwards plus the imputation's bare solves)."""
+    def row(metric, ours, floor_and_what, peers=None, floor2=()):
+        """``floor2``: (function, what) pairs of further floors, timed in the same rounds
+        and each given its own line (ROAD: the forwards plus the imputation's bare solves)."""
         if metrics and not any(m.lower() in metric.lower() for m in metrics):
             return
         floor, floor_what = floor_and_what
         fns = {"xprune": ours, "floor": floor, **(peers or {})}
-        if floor2:
-            fns["floor2"] = floor2[0]
+        for i, (fn, _) in enumerate(floor2):
+            fns[f"floor{i + 2}"] = fn
         memory = peak_growth(ours)
         secs = timed(fns, reps)
         for peer in (peers or {None: None}):
@@ -216,8 +246,9 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
                         "xprune_s": secs["xprune"], "floor_s": secs["floor"],
                         "floor_what": floor_what,
                         "peer_s": secs.get(peer) if peer else None, "memory_mib": memory})
-        if floor2:
-            out.append({**out[-1], "floor_s": secs["floor2"], "floor_what": floor2[1]})
+        first = out[-1]
+        for i, (_, what) in enumerate(floor2):
+            out.append({**first, "floor_s": secs[f"floor{i + 2}"], "floor_what": what})
 
     def qkw(**extra):
         kw = dict(model=model, x_batch=x.numpy().copy(), y_batch=t.numpy().copy(),
@@ -298,12 +329,15 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
         road_counts = [min(d - 1, int(math.floor(p * d + 1e-9)))
                        for p in faithfulness.ROAD_PERCENTAGES]
         fwd, fwd_what = floor(n * 9)
-        solves, n_systems = imputation_floor(x, faithfulness.feature_map(a.values).double(),
-                                             road_counts)
+        solves, systems = imputation_floor(x, faithfulness.feature_map(a.values).double(),
+                                           road_counts)
+        n_systems = len(systems)
+        banded = banded_imputation_floor(systems)
         row("ROAD (MoRF)", lambda: faithfulness.road(model, x, a, t, generator=gen()),
             (fwd, fwd_what),
-            floor2=(lambda: (fwd(), solves()),
-                    f"{fwd_what} + {n_systems:,} bare scipy solves"))
+            floor2=[(lambda: (fwd(), solves()), f"{fwd_what} + {n_systems:,} bare scipy solves"),
+                    (lambda: (fwd(), banded()),
+                     f"{fwd_what} + {n_systems:,} bare banded LAPACK solves")])
         explain = xprune.explainer(model, "integrated_gradients", params=IG)
         flat_rows = x.repeat_interleave(S, dim=0) + 0.01
         ft = t.repeat_interleave(S)

@@ -182,9 +182,82 @@ def test_block_diagonal_sparse_solve_in_chunks_equals_one_solve(monkeypatch):
     torch.testing.assert_close(_impute_sparse(images, removed, 6, 6), whole, atol=1e-13,
                                rtol=0)
     torch.testing.assert_close(whole, scipy_rows(images, removed, 6, 6), atol=1e-12, rtol=0)
-    monkeypatch.setattr(_imputation, "_BANDED_MAX_WIDTH", 0)        # spsolve's own ordering
-    torch.testing.assert_close(_impute_sparse(images, removed, 6, 6), whole, atol=1e-12,
-                               rtol=0)
+
+
+class Calls:
+    """Wraps a function of ``_imputation`` and counts the rows it is called on."""
+
+    def __init__(self, monkeypatch, name):
+        self.rows = 0
+        wrapped = getattr(_imputation, name)
+
+        def counted(images, *args, **kwargs):
+            self.rows += images.shape[0]
+            return wrapped(images, *args, **kwargs)
+        monkeypatch.setattr(_imputation, name, counted)
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (9, 14)])
+def test_banded_sparse_and_nested_dense_imputation_paths_agree(shape, monkeypatch):
+    """ROAD's nested prefixes solved three ways on the same inputs: one dense Cholesky
+    factor per image for all counts, banded LAPACK solves per system, and the
+    block-diagonal sparse solve of wide images; each path is seen to run."""
+    h, w = shape
+    d = h * w
+    gen = seeded(9)
+    images = torch.rand(6, 3, d, generator=gen, dtype=torch.float64)
+    order = torch.rand(6, d, generator=gen).argsort(dim=1)
+    counts = [d // 10, d // 2, 0, d - 1, d // 2 + 1]
+    banded, sparse = Calls(monkeypatch, "_impute_banded"), Calls(monkeypatch, "_impute_sparse")
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 10 ** 6)
+    nested = _impute_prefixes(images, order, counts, h, w)
+    assert banded.rows == sparse.rows == 0
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_UNKNOWNS", 0)
+    by_band = _impute_prefixes(images, order, counts, h, w)
+    assert banded.rows == 6 * 4 and sparse.rows == 0          # 4 nonzero counts
+    monkeypatch.setattr(_imputation, "_BANDED_MAX_WIDTH", w - 1)
+    by_sparse = _impute_prefixes(images, order, counts, h, w)
+    assert banded.rows == 6 * 4 and sparse.rows == 6 * 4
+    torch.testing.assert_close(by_band, nested, atol=1e-10, rtol=0)
+    torch.testing.assert_close(by_sparse, nested, atol=1e-10, rtol=0)
+    masks = torch.zeros(6, len(counts), d, dtype=torch.bool)
+    for j, k in enumerate(counts):
+        masks[:, j].scatter_(1, order[:, :k], True)
+    expected = scipy_rows(images.repeat_interleave(len(counts), dim=0), masks.reshape(-1, d),
+                          h, w).reshape(6, len(counts), 3, d)
+    torch.testing.assert_close(by_band, expected, atol=1e-10, rtol=0)
+    monkeypatch.setattr(_imputation, "_BANDED_MAX_WIDTH", w)      # masks of any counts
+    removed = random_masks(20, d, gen)
+    rows = _impute_rows(images.repeat(4, 1, 1)[:20], removed, h, w)
+    assert banded.rows > 6 * 4
+    torch.testing.assert_close(rows, scipy_rows(images.repeat(4, 1, 1)[:20], removed, h, w),
+                               atol=1e-10, rtol=0)
+
+
+def test_banded_solve_in_chunks_and_its_fallback_equal_one_call(monkeypatch):
+    """Bands built a few rows at a time, and a row whose banded Cholesky reports failure
+    (forced: the systems are positive definite) solved by the sparse path instead."""
+    from scipy.linalg import lapack
+
+    gen = seeded(10)
+    images = torch.rand(7, 2, 100, generator=gen, dtype=torch.float64)
+    idx = (torch.rand(7, 100, generator=gen).argsort(dim=1) < 70).nonzero()[:, 1].reshape(7, 70)
+    whole = _imputation._impute_banded(images, idx, 10, 10)
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_ELEMENTS", 70 * 12 * 3)    # 3 rows a chunk
+    torch.testing.assert_close(_imputation._impute_banded(images, idx, 10, 10), whole,
+                               atol=1e-14, rtol=0)
+    calls = []
+    dpbsv = lapack.dpbsv
+
+    def failing_third(*args, **kwargs):
+        calls.append(1)
+        out = dpbsv(*args, **kwargs)
+        return (*out[:2], 1) if len(calls) == 3 else out
+    monkeypatch.setattr(lapack, "dpbsv", failing_third)
+    sparse = Calls(monkeypatch, "_impute_sparse")
+    torch.testing.assert_close(_imputation._impute_banded(images, idx, 10, 10), whole,
+                               atol=1e-12, rtol=0)
+    assert sparse.rows == 1 and len(calls) == 7
 
 
 def test_imputation_runs_on_one_thread_and_restores_the_count():
@@ -246,6 +319,22 @@ def test_road_equals_the_scipy_implementation(cnn64, batch, order):
                                        output="logit", generator=seeded(2), max_rows=max_rows)
         expected = road_as_it_was(cnn64, x, a, t, pct, order, 0.01, 2, "logit", 4096)
         torch.testing.assert_close(ours, expected, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_road_on_banded_systems_equals_the_scipy_implementation(order):
+    """3 x 16 x 16 images: 90% removal is 230 unknowns, solved as banded systems."""
+    torch.manual_seed(0)
+    model = xprune.models.DigitsCNN(in_channels=3, image_shape=(16, 16)).double().eval()
+    gen = seeded(11)
+    x = torch.rand(3, 3, 16, 16, generator=gen, dtype=torch.float64)
+    a = torch.randn(3, 3, 16, 16, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 3, 7])
+    pct = (0.1, 0.9, 0.5)
+    ours = faithfulness.road_curve(model, x, a, t, percentages=pct, order=order,
+                                   output="logit", generator=seeded(2))
+    expected = road_as_it_was(model, x, a, t, pct, order, 0.01, 2, "logit", 4096)
+    torch.testing.assert_close(ours, expected, atol=1e-10, rtol=0)
 
 
 def test_noisy_imputation_equals_the_scipy_path_with_the_same_noise():

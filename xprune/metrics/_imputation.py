@@ -5,15 +5,18 @@ neighbours are unknowns too: one sparse linear system per image), plus small
 Gaussian noise. :class:`NoisyLinearImputation` is the operator
 (:mod:`xprune.metrics._removal`); :func:`noisy_linear_imputation` the
 function on one mask per image. The solver batches images with the same
-number of removed pixels into dense Cholesky solves, solves all large systems
-together as one block-diagonal scipy sparse system, and serves ROAD's nested
+number of removed pixels into dense Cholesky solves and serves ROAD's nested
 removals (the pixel prefixes of one ranking) with one factorisation per image
-and one forward and back substitution for all of them.
+and one forward and back substitution for all of them; larger systems of
+images up to 48 pixels wide are banded (LAPACK's banded Cholesky, one call per
+system, built for all systems of a size at once), those of wider images are
+solved together as one block-diagonal scipy sparse system.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -102,10 +105,9 @@ class NoisyLinearImputation(Removal):
         order = order.cpu()
         images = x.detach().reshape(n, c, d).double().cpu()
         with _one_thread():
-            filled = _impute_prefixes(images, order, counts, *x.shape[2:])
-            filled = _add_noise(filled.reshape(-1, c, d),
-                                prefix_masks(order, counts).reshape(-1, d), self.noise_std,
-                                self.generator)
+            pixels = _prefix_pixels(order, counts)
+            filled = _impute_prefixes(images, order, counts, *x.shape[2:], pixels=pixels)
+            _add_prefix_noise(filled, pixels, self.noise_std, self.generator)
         return filled.reshape(n, len(counts), *x.shape[1:]).to(device=x.device, dtype=x.dtype)
 
     def _checked(self, inputs: Tensor, baseline: Tensor | float | None) -> Tensor:
@@ -131,9 +133,11 @@ def noisy_linear_imputation(inputs: Tensor, removed: Tensor, *, noise_std: float
     one linear system over all removed pixels of an image, for all channels.
     Images with the same number k <= 192 of removed pixels are solved together
     as one batch of dense systems (Cholesky, in blocks of at most 2^22 matrix
-    elements); larger systems of all images together, as one block-diagonal
-    system for ``scipy.sparse.linalg.spsolve``, which is faster there. Both give the same
-    solution (to rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
+    elements); larger systems of images up to 48 pixels wide as banded systems
+    (LAPACK ``dpbsv``, banded Cholesky: unknowns in row-major order couple within
+    W + 1 of each other), of wider images all together as one block-diagonal
+    system for ``scipy.sparse.linalg.spsolve``. All give the same solution (to
+    rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
     then added to each imputed value. Kept pixels are unchanged.
 
     Parameters
@@ -243,11 +247,12 @@ _DENSE_MAX_UNKNOWNS = 192
 _DENSE_MAX_ELEMENTS = 2 ** 22
 
 
+@functools.lru_cache(maxsize=8)
 def _grid_neighbours(height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
     """Neighbour table of an H x W grid, row-major pixels: for each pixel and each of the 8
     offsets of ``_NEIGHBOURS``, the neighbour's index (d, 8) (0 where it is outside the
     image), its weight (d, 8) float64 (0 outside), and the pixel's degree, the sum of its
-    in-image weights (d,)."""
+    in-image weights (d,). Cached per grid: the tensors are shared, read and never written."""
     r, c = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     r, c = r.reshape(-1, 1), c.reshape(-1, 1)
     dr = torch.tensor([o[0] for o, _ in _NEIGHBOURS])
@@ -334,16 +339,22 @@ def _impute_rows(images: Tensor, removed: Tensor, height: int, width: int) -> Te
     ``images`` (M, C, d) float64 on the CPU, ``removed`` (M, d) bool, at least one pixel
     of each image kept. Images with the same number k of removed pixels are solved
     together, as dense (B, k, k) systems in calls of at most ``_DENSE_MAX_ELEMENTS``
-    elements, when k <= ``_DENSE_MAX_UNKNOWNS``; all larger ones together, as one
-    block-diagonal sparse system (:func:`_impute_sparse`).
+    elements, when k <= ``_DENSE_MAX_UNKNOWNS``; larger ones as banded systems
+    (:func:`_impute_banded`) in images at most ``_BANDED_MAX_WIDTH`` wide, else all
+    together as one block-diagonal sparse system (:func:`_impute_sparse`).
     Returns a new (M, C, d) tensor, kept pixels copied exactly.
     """
     out = images.clone()
     counts = removed.sum(dim=1)
     large = counts > _DENSE_MAX_UNKNOWNS
-    if bool(large.any()):
+    if bool(large.any()) and width > _BANDED_MAX_WIDTH:
         rows = large.nonzero()[:, 0]
         out[rows] = _impute_sparse(images[rows], removed[rows], height, width)
+    elif bool(large.any()):
+        for k in counts[large].unique().tolist():
+            rows = (counts == k).nonzero()[:, 0]
+            idx = removed[rows].nonzero()[:, 1].reshape(-1, k)   # ascending within each row
+            out[rows] = _impute_banded(images[rows], idx, height, width)
     grid = None
     for k in counts[~large].unique().tolist():
         if k == 0:
@@ -363,10 +374,92 @@ def _impute_rows(images: Tensor, removed: Tensor, height: int, width: int) -> Te
 
 # Unknowns of all images together in one block-diagonal sparse solve (scipy), at most.
 _SPARSE_MAX_UNKNOWNS = 2 ** 18
-# Image widths up to which the sparse systems are factorised in their own (row-major) order:
-# a band of at most width + 1, less fill than COLAMD's ordering for narrow images (32 x 32:
-# 0.65 s against 1.08 s for 256 systems on one core); equal near 64, slower at 128.
+# Image widths up to which the systems too large for dense solves are banded (LAPACK's banded
+# Cholesky, one call per system): unknowns in row-major order couple within W + 1 of each
+# other, so a system of k unknowns costs about k (W + 1)^2 flops and no fill-reducing order;
+# wider images go to scipy's sparse solver, whose fill-reducing order costs less there
+# (4 images, 50% and 90% of their pixels removed, one core: 13 ms banded against 56 ms sparse
+# at 48 x 48, 235 ms against 98 ms at 64 x 64).
 _BANDED_MAX_WIDTH = 48
+
+
+# The neighbours that come before a pixel in row-major order, with their weights: the
+# entries left of the diagonal in a row of the system (and, by symmetry, its lower band).
+_EARLIER = tuple(((dr, dc), weight) for (dr, dc), weight in _NEIGHBOURS if (dr, dc) < (0, 0))
+
+
+def _shifted(grid: Tensor, dr: int, dc: int) -> tuple[Tensor, Tensor]:
+    """Views (..., H', W') of ``grid`` (..., H, W): at the pixels p whose neighbour
+    p + (dr, dc) is in the image, and at those neighbours."""
+    h, w = grid.shape[-2:]
+    at = grid[..., max(0, -dr):h - max(0, dr), max(0, -dc):w - max(0, dc)]
+    moved = grid[..., max(0, dr):h - max(0, -dr), max(0, dc):w - max(0, -dc)]
+    return at, moved
+
+
+def _impute_banded(images: Tensor, idx: Tensor, height: int, width: int) -> Tensor:
+    """:func:`_impute_rows` for B rows with the same k removed pixels, as banded systems.
+
+    ``images`` (B, C, d) float64 on the CPU, ``idx`` (B, k) the removed pixels of each row
+    in ascending (row-major) order. In that order the system ``D - W_RR`` of a row
+    couples unknowns at most W + 1 apart. Its lower band (half-width ``kd``, the largest
+    coupling distance among the rows of a chunk) and its right-hand side ``W_RK x_K``
+    are built on the pixel grid, for all rows of a chunk of at most
+    ``_DENSE_MAX_ELEMENTS`` band elements at once: each of the 4 earlier neighbours
+    is a shifted view of the removal mask and of the unknowns' positions, and the
+    right-hand side is the kept pixels' weighted sum over the 8 shifts. Each row is
+    then factorised and solved by one LAPACK call (``dpbsv``: about k kd^2 flops, in
+    place). The systems are positive definite (see :func:`_solve_spd`); a row on which
+    the banded Cholesky fails anyway (not expected) is solved by :func:`_impute_sparse`.
+    Returns a new (B, C, d) tensor, kept pixels copied exactly.
+    """
+    from scipy.linalg.lapack import dpbsv
+
+    b, c, d = images.shape
+    k = idx.shape[1]
+    out = images.clone()
+    if k == 0:
+        return out
+    degree = _grid_neighbours(height, width)[2]
+    step = max(1, _DENSE_MAX_ELEMENTS // (k * (width + 2)))
+    failed = []
+    for start in range(0, b, step):
+        sub = slice(start, min(b, start + step))
+        rows = sub.stop - start
+        removed = torch.zeros(rows, d, dtype=torch.bool).scatter_(1, idx[sub], True)
+        position = (removed.cumsum(dim=1) - 1).reshape(rows, height, width)
+        removed = removed.reshape(rows, height, width)
+        pairs = []                      # per earlier neighbour: coupled, its position, distance
+        for (dr, dc), weight in _EARLIER:
+            (here, there), (p, q) = _shifted(removed, dr, dc), _shifted(position, dr, dc)
+            pairs.append((here & there, q, p - q, weight))
+        kd = max(int(torch.where(coupled, distance, 0).max()) for coupled, _, distance, _ in pairs)
+        # band[r, q, i] = system[q + i, q] (LAPACK's 'L' storage, transposed), one slot past
+        # the end collecting the entries of uncoupled pixels
+        band = torch.zeros(rows, k * (kd + 1) + 1, dtype=torch.float64)
+        for coupled, q, distance, weight in pairs:
+            slot = torch.where(coupled, q * (kd + 1) + distance, k * (kd + 1))
+            band.scatter_(1, slot.reshape(rows, -1), -weight)
+        band = band[:, :-1].reshape(rows, k, kd + 1)
+        band[:, :, 0] = degree[idx[sub]]
+        x = images[sub].reshape(rows, c, height, width)
+        kept = torch.nn.functional.pad(torch.where(removed[:, None], 0.0, x), (1, 1, 1, 1))
+        total = torch.zeros_like(x)
+        for (dr, dc), weight in _NEIGHBOURS:
+            total += weight * kept[:, :, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
+        # (B', C, k) in memory: rhs[r].T is the Fortran-ordered (k, C) right-hand side
+        rhs = total.reshape(rows, c, d).gather(2, idx[sub, None, :].expand(-1, c, -1))
+        band_np, rhs_np = band.numpy(), rhs.numpy()
+        for r in range(rows):            # Fortran-ordered views, solved in place
+            info = dpbsv(band_np[r].T, rhs_np[r].T, lower=1, overwrite_ab=1, overwrite_b=1)[2]
+            if info != 0:
+                failed.append(start + r)
+        out[sub] = out[sub].scatter(2, idx[sub, None, :].expand(-1, c, -1), rhs)
+    if failed:
+        rows = torch.tensor(failed)
+        removed = torch.zeros(len(failed), d, dtype=torch.bool).scatter_(1, idx[rows], True)
+        out[rows] = _impute_sparse(images[rows], removed, height, width)
+    return out
 
 
 def _impute_sparse(images: Tensor, removed: Tensor, height: int, width: int) -> Tensor:
@@ -376,14 +469,12 @@ def _impute_sparse(images: Tensor, removed: Tensor, height: int, width: int) -> 
     (M, d) bool) are built at once from the neighbour table, without a loop over
     rows, and stacked on the diagonal of one sparse matrix of at most
     ``_SPARSE_MAX_UNKNOWNS`` unknowns (a single row may exceed it); the blocks share
-    no entry, so its solution is each row's own. Unknowns are numbered row-major, so
-    for images up to ``_BANDED_MAX_WIDTH`` wide SuperLU factorises in that order (a
-    band, no pivoting: the systems are positive definite); wider ones with
-    ``spsolve``'s fill-reducing ordering. Returns a new (M, C, d) tensor.
+    no entry, so its solution is each row's own. ``spsolve`` factorises it in its
+    fill-reducing order. Returns a new (M, C, d) tensor.
     """
     import numpy as np
     from scipy import sparse
-    from scipy.sparse.linalg import splu, spsolve
+    from scipy.sparse.linalg import spsolve
 
     out = images.clone()
     m, c, d = images.shape
@@ -408,18 +499,14 @@ def _impute_sparse(images: Tensor, removed: Tensor, height: int, width: int) -> 
         known = torch.where(coupled, 0.0, weight)                      # (t, 8)
         values = images[start:stop].transpose(1, 2)[row[:, None], neighbour]   # (t, 8, C)
         rhs = (values * known[:, :, None]).sum(dim=1)                  # (t, C)
-        if width <= _BANDED_MAX_WIDTH:    # symmetric positive definite: no pivoting needed
-            solution = splu(system, permc_spec="NATURAL", diag_pivot_thresh=0.0,
-                            options={"SymmetricMode": True}).solve(rhs.numpy())
-        else:
-            solution = np.asarray(spsolve(system, rhs.numpy())).reshape(t, c)
+        solution = np.asarray(spsolve(system, rhs.numpy())).reshape(t, c)
         out[start:stop].transpose(1, 2)[row, pixel] = torch.from_numpy(solution)
         start = stop
     return out
 
 
 def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: int,
-                     width: int) -> Tensor:
+                     width: int, *, pixels: list[Tensor] | None = None) -> Tensor:
     """Imputation of each image with the first ``counts[j]`` pixels of its ``order`` removed.
 
     ``images`` (B, C, d) float64 on the CPU, ``order`` (B, d) a permutation of the pixels
@@ -427,13 +514,20 @@ def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: i
     the solutions of :func:`_impute`. Counts up to ``_DENSE_MAX_UNKNOWNS``: the systems
     of nested removed sets are leading blocks of the largest one, ordered by removal,
     and so are their Cholesky factors: one dense factorisation per image serves every
-    such count (if one fails, :func:`_impute_rows` solves them). Larger counts: one
-    block-diagonal sparse solve for all images and counts (:func:`_impute_sparse`).
+    such count (if one fails, :func:`_impute_rows` solves them). Larger counts, in
+    images at most ``_BANDED_MAX_WIDTH`` wide: banded systems, all images of a count
+    built at once (:func:`_impute_banded`); in wider images, one block-diagonal sparse
+    solve for all images and counts (:func:`_impute_sparse`). ``pixels``: the
+    :func:`_prefix_pixels` of ``order`` and ``counts``, if the caller has them.
     """
     b, c, d = images.shape
     out = images[:, None].repeat(1, len(counts), 1, 1)
     large = [j for j, k in enumerate(counts) if k > _DENSE_MAX_UNKNOWNS]
-    if large:
+    if large and width <= _BANDED_MAX_WIDTH:
+        pixels = _prefix_pixels(order, counts) if pixels is None else pixels
+        for j in large:
+            out[:, j] = _impute_banded(images, pixels[j], height, width)
+    elif large:
         masks = prefix_masks(order, [counts[j] for j in large]).reshape(-1, d)
         solved = _impute_sparse(images.repeat_interleave(len(large), dim=0), masks, height,
                                 width)
@@ -488,6 +582,30 @@ def _solve_prefixes(out: Tensor, images: Tensor, order: Tensor, values: Tensor, 
     z = torch.where(inside[None, :, None, :], z, kept)
     j = [jj for jj, _ in columns]
     out[:, j] = out[:, j].scatter(3, order[:, None, None, :].expand(-1, len(j), c, -1), z)
+
+
+def _prefix_pixels(order: Tensor, counts: Sequence[int]) -> list[Tensor]:
+    """For each count k, the first k pixels of each ``order`` row (B, d) in ascending
+    (row-major) order: a list of (B, k) tensors."""
+    masks = prefix_masks(order, counts)                                    # (B, J, d)
+    return [masks[:, j].nonzero()[:, 1].reshape(order.shape[0], k)
+            for j, k in enumerate(counts)]
+
+
+def _add_prefix_noise(filled: Tensor, pixels: list[Tensor], noise_std: float,
+                      generator: torch.Generator) -> Tensor:
+    """:func:`_add_noise` on ``filled`` (B, J, C, d) float64 with column j's pixels
+    ``pixels[j]`` (B, k_j) removed (ascending), in place: the same draws, in the same
+    order (image by image, column by column, ``(C, k_j)`` values, none for k_j = 0),
+    added with one scatter per column instead of a mask over all rows."""
+    b, _, c, _ = filled.shape
+    columns = [j for j, idx in enumerate(pixels) if idx.shape[1]]
+    draws = [torch.randn(c, pixels[j].shape[1], generator=generator, dtype=torch.float64)
+             for _ in range(b) for j in columns]
+    for t, j in enumerate(columns):
+        noise = torch.stack(draws[t::len(columns)]) * noise_std          # (B, C, k_j)
+        filled[:, j].scatter_add_(2, pixels[j][:, None, :].expand(-1, c, -1), noise)
+    return filled
 
 
 def _add_noise(filled: Tensor, removed: Tensor, noise_std: float,
