@@ -361,12 +361,12 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         the map's scale; without it the score depends on the map's units (Yeh
         et al.'s definition).
     generator : torch.Generator, optional
-        The perturbations are drawn on the CPU, one ``torch.randn`` of shape
-        (c * n_samples, *F) per pass of c samples (sample-major: sample i's
-        draws are rows ``i * n_samples ..`` of its pass), in float32 (float64
-        for a float64 model), scaled by ``noise_std`` and cast to the model's
-        dtype; the same seed gives bit-identical scores for the same batch.
-        Default: seed 0.
+        The perturbations are drawn on the CPU, one ``Tensor.normal_(0,
+        noise_std)`` of shape (c * n_samples, *F) per pass of c samples
+        (sample-major: sample i's draws are rows ``i * n_samples ..`` of its
+        pass), in float32 (float64 for a float64 model), then cast to the
+        model's dtype; the same seed gives bit-identical scores for the same
+        batch. Default: seed 0.
     max_rows : int
         At most this many rows per forward pass (on CPU fewer for large rows,
         about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
@@ -408,8 +408,8 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
             sl = slice(start, min(n, start + chunk))
             c = sl.stop - sl.start
             k = c if fold else 0                          # unperturbed rows in this pass
-            noise = (torch.randn((c * s, *feat), generator=gen, dtype=draw)
-                     * noise_std).to(xm.dtype)                                # I, (c * s, *F)
+            noise = torch.empty((c * s, *feat), dtype=draw).normal_(
+                0.0, noise_std, generator=gen).to(xm.dtype)                  # I, (c * s, *F)
             batch = xm.new_empty((k + c * s, *feat))        # [x (k rows); x - I (c * s rows)]
             batch[:k] = xm[start:start + k]
             torch.sub(xm[sl, None], noise.to(xm.device).reshape(c, s, *feat),
