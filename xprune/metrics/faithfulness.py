@@ -396,7 +396,6 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     # the unperturbed rows ride in their samples' pass where it has room (one pass for
     # all of a small batch), else go first, in passes of their own
     fold = min(chunk, n) * (s + 1) <= rows
-    flat_a = a.detach().double().reshape(n, -1, 1).cpu()
     out = torch.empty(n, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
         xm = to_model(x, model)
@@ -418,7 +417,8 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
             scores = target_scores(model, batch, t, output="logit", max_rows=rows)
             base = scores[:c] if fold else original[sl]
             drop = base[:, None] - scores[k:].reshape(c, s)       # f_t(x) - f_t(x - I)
-            explained = torch.bmm(noise.reshape(c, s, -1).double(), flat_a[sl])[..., 0]
+            a_c = a[sl].detach().reshape(c, -1, 1).to("cpu", torch.float64)
+            explained = torch.bmm(noise.reshape(c, s, -1).double(), a_c)[..., 0]   # I^T a
             if normalize:
                 num = (explained * drop).sum(dim=1)
                 den = explained.pow(2).sum(dim=1)
