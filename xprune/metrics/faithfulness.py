@@ -412,7 +412,7 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
             batch = xm.new_empty((k + c * s, *feat))        # [x (k rows); x - I (c * s rows)]
             batch[:k] = xm[start:start + k]
             torch.sub(xm[sl, None], noise.to(xm.device).reshape(c, s, *feat),
-                      out=batch[k:].reshape(c, s, *feat))
+                      out=batch[k:].view(c, s, *feat))  # a view: written in place
             t = torch.cat([targets[start:start + k], targets[sl].repeat_interleave(s)])
             scores = target_scores(model, batch, t, output="logit", max_rows=rows)
             base = scores[:c] if fold else original[sl]
