@@ -246,14 +246,17 @@ def uniform_noise(x: torch.Tensor, s: int, scale: float, seed: int, *, gaussian:
 
 
 def infidelity_noise(x: torch.Tensor, s: int, std: float, seed: int) -> torch.Tensor:
-    """The (N, s, *F) perturbations I of xprune's infidelity: one float64 draw per Captum call,
-    of ``max_rows // s`` samples' expanded rows (sample-major, as Captum repeat-interleaves)."""
+    """The (N, s, *F) perturbations I of xprune's infidelity: one draw per pass of
+    ``max_rows // s`` samples' rows (sample-major, as Captum repeat-interleaves), in float32
+    (float64 for float64 inputs)."""
     gen = torch.Generator().manual_seed(seed)
     chunk, parts = max(1, DEFAULT_MAX_ROWS // s), []
+    draw = torch.float64 if x.dtype == torch.float64 else torch.float32
     for start in range(0, x.shape[0], chunk):
         c = min(chunk, x.shape[0] - start)
-        parts.append(torch.randn((c * s, *x.shape[1:]), generator=gen, dtype=torch.float64))
-    return (torch.cat(parts) * std).to(x.dtype).reshape(x.shape[0], s, *x.shape[1:])
+        parts.append(torch.empty((c * s, *x.shape[1:]), dtype=draw).normal_(0.0, std,
+                                                                          generator=gen))
+    return torch.cat(parts).to(x.dtype).reshape(x.shape[0], s, *x.shape[1:])
 
 
 class Injected:
@@ -449,8 +452,9 @@ def run_table(s: Setup, p: Params, only: set[str] | None = None) -> list[Row]:
 
         def captum_perturb(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             gen_c = torch.Generator().manual_seed(0)
-            i = (torch.randn(batch.shape, generator=gen_c, dtype=torch.float64)
-                 * p.infidelity_std).to(device=batch.device, dtype=batch.dtype)
+            draw = torch.float64 if batch.dtype == torch.float64 else torch.float32
+            i = torch.empty(batch.shape, dtype=draw).normal_(
+                0.0, p.infidelity_std, generator=gen_c).to(device=batch.device, dtype=batch.dtype)
             return i, batch - i
 
         add("infidelity", method,

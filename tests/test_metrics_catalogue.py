@@ -242,7 +242,62 @@ def test_infidelity_closed_form_literal_and_scale(linear_model):
         M.infidelity(linear_model, x, exact, t, noise_std=0)
 
 
-def test_infidelity_respects_the_row_bound(digits_cnn, digits_batch):
+def _infidelity_draws(x, n_samples, rows, seed, std, dtype):
+    """The perturbations xprune's infidelity documents, (N * n_samples, *F): one randn of
+    c * n_samples rows per pass of c = rows // n_samples samples, sample-major."""
+    gen, chunk, parts = torch.Generator().manual_seed(seed), max(1, rows // n_samples), []
+    for start in range(0, x.shape[0], chunk):
+        c = min(chunk, x.shape[0] - start)
+        parts.append(torch.empty((c * n_samples, *x.shape[1:]), dtype=dtype).normal_(
+            0.0, std, generator=gen))
+    return torch.cat(parts).to(x.dtype)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("max_rows", [4096, 10, 9])  # one pass; x with x - I; x first
+def test_infidelity_matches_captum_on_the_same_perturbations(normalize, max_rows):
+    """xprune's own kernel against Captum's ``infidelity`` (the reference) given the same
+    perturbations: per-sample targets, several draws, a zero map (beta = 0), both forms."""
+    from captum.metrics import infidelity as captum_infidelity
+
+    from xprune.models import DigitsCNN
+
+    torch.manual_seed(0)
+    model = DigitsCNN().double().eval()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(7, 1, 8, 8, generator=gen, dtype=torch.float64)
+    a = torch.randn(7, 1, 8, 8, generator=gen, dtype=torch.float64)
+    a[3] = 0.0
+    t = torch.tensor([0, 3, 9, 1, 1, 7, 2])
+    ours = M.infidelity(model, x, a, t, n_samples=4, noise_std=0.3, normalize=normalize,
+                        max_rows=max_rows, generator=torch.Generator().manual_seed(5))
+    noise = _infidelity_draws(x, 4, max_rows, 5, 0.3, torch.float64)
+
+    def fixed(batch):  # Captum's one call sees all N * 4 rows, repeat-interleaved
+        return noise, batch - noise
+
+    theirs = captum_infidelity(model, fixed, x, a, target=t, n_perturb_samples=4,
+                               normalize=normalize)
+    torch.testing.assert_close(ours, theirs.double())
+    assert ours.dtype == torch.float64 and bool((ours >= 0).all())
+
+
+def test_infidelity_float32_draws_match_captum(digits_cnn, digits_batch):
+    """A float32 model: perturbations drawn in float32 (documented), Captum within float32."""
+    from captum.metrics import infidelity as captum_infidelity
+
+    x = digits_batch[0][:16]
+    a = xprune.attribute(digits_cnn, x, "predicted", "saliency", params={"abs": False})
+    ours = M.infidelity(digits_cnn, x, a, a.targets, generator=torch.Generator().manual_seed(0))
+    noise = _infidelity_draws(x, 10, 4096, 0, 0.1, torch.float32)
+    theirs = captum_infidelity(digits_cnn, lambda b: (noise, b - noise), x, a.values,
+                               target=a.targets, n_perturb_samples=10)
+    torch.testing.assert_close(ours, theirs.double(), rtol=1e-4, atol=1e-6)
+
+
+def test_infidelity_runs_the_floor_rows_in_bounded_passes(digits_cnn, digits_batch):
+    """N unperturbed + N x n_samples perturbed rows and no more (plus the one row that
+    counts the model's outputs), in passes of at most ``max_rows``."""
     x = digits_batch[0][:40]
     a = xprune.attribute(digits_cnn, x, "predicted", "saliency", params={"abs": False})
     seen = []
@@ -250,6 +305,12 @@ def test_infidelity_respects_the_row_bound(digits_cnn, digits_batch):
     try:
         chunked = M.infidelity(digits_cnn, x, a, a.targets, n_samples=10, max_rows=50,
                                generator=torch.Generator().manual_seed(0))
+        bounded = list(seen)
+        seen.clear()
+        M.infidelity(digits_cnn, x, a, a.targets, n_samples=10)
     finally:
         handle.remove()
-    assert max(seen) <= 50 and chunked.shape == (40,) and bool(torch.isfinite(chunked).all())
+    # 5 samples' 50 perturbed rows a pass leave no room: the 40 unperturbed rows go first
+    assert bounded == [1, 40] + [50] * 8
+    assert seen == [1, 440]  # one pass: x and x - I together
+    assert chunked.shape == (40,) and bool(torch.isfinite(chunked).all())

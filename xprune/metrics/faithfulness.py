@@ -348,10 +348,13 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
                max_rows: int = DEFAULT_MAX_ROWS) -> Tensor:
     """Infidelity ``E_I[(I^T a - (f_t(x) - f_t(x - I)))^2]``, per sample (Yeh et al. 2019).
 
-    Computed by Captum's ``captum.metrics.infidelity`` over ``n_samples``
-    Gaussian perturbations ``I ~ N(0, noise_std^2)`` per element, drawn from
-    ``generator`` (xprune supplies the perturbation function; Captum has no
-    default). ``f_t`` is the target's logit.
+    The mean over ``n_samples`` Gaussian perturbations ``I ~ N(0, noise_std^2)``
+    per element, drawn from ``generator``; ``f_t`` is the target's logit. The
+    same computation as Captum's ``captum.metrics.infidelity`` given these
+    perturbations (a test compares the two on injected noise), done in one
+    forward pass of each sample's unperturbed input and cache-sized passes of
+    the perturbed rows, with the dot products ``I^T a`` and the errors reduced
+    in float64 on the CPU.
 
     Parameters
     ----------
@@ -361,28 +364,32 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     n_samples : int
         Perturbations per sample.
     normalize : bool
-        Rescale the map by the optimal factor beta first (Captum's option),
-        which makes the score invariant to the map's scale; without it the
-        score depends on the map's units (Yeh et al.'s definition).
+        Rescale the map by the optimal factor ``beta = sum(I^T a * drop) /
+        sum((I^T a)^2)`` over a sample's perturbations first (Captum's option;
+        beta = 0 where every ``I^T a`` is 0), which makes the score invariant to
+        the map's scale; without it the score depends on the map's units (Yeh
+        et al.'s definition).
     generator : torch.Generator, optional
-        Perturbations are drawn in Captum's batch order, so the same seed gives
-        bit-identical scores for the same batch.
+        The perturbations are drawn on the CPU, one ``Tensor.normal_(0,
+        noise_std)`` of shape (c * n_samples, *F) per pass of c samples
+        (sample-major: sample i's draws are rows ``i * n_samples ..`` of its
+        pass), in float32 (float64 for a float64 model), then cast to the
+        model's dtype; the same seed gives bit-identical scores for the same
+        batch. Default: seed 0.
     max_rows : int
-        At most this many perturbed rows per forward pass (on CPU fewer for large
-        rows, about ``CPU_FORWARD_ELEMENTS`` input elements a pass; whole samples
-        with their ``n_samples`` perturbations either way). The noise is drawn
-        per pass, so the same inputs, seed and ``max_rows`` give the same bits;
-        another pass size draws other noise.
+        At most this many rows per forward pass (on CPU fewer for large rows,
+        about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
+        ``n_samples`` perturbed rows of c = rows // n_samples whole samples (at
+        least one), with their c unperturbed rows where they fit, else those go
+        first in passes of their own. The noise is drawn per pass, so the same
+        inputs, seed and ``max_rows`` give the same bits; another pass size
+        draws other noise. Memory is bounded by the pass, not by N x n_samples.
 
     Returns
     -------
     Tensor of shape (N,), float64
         >= 0; lower is better. For a linear model its gradient map scores 0.
     """
-    import captum.metrics
-
-    from .._state import eval_mode, to_model
-
     x, a = check_map_and_inputs(inputs, attributions)
     refuse_token_ids("infidelity", x, not x.is_floating_point())
     check_positive_int(n_samples, "n_samples")
@@ -392,26 +399,44 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         raise ValueError(f"Expected `noise_std` > 0, got {noise_std!r}.")
     targets = model_targets(model, x, target)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    xm = to_model(x, model)
-    am = a.to(device=xm.device, dtype=xm.dtype)
-
-    def perturb(batch: Tensor) -> tuple[Tensor, Tensor]:
-        noise = (torch.randn(batch.shape, generator=gen, dtype=torch.float64) * noise_std)
-        noise = noise.to(device=batch.device, dtype=batch.dtype)
-        return noise, batch - noise
-
-    # Captum cannot split below its input batch; on CPU a pass of cache-sized rows
-    chunk = max(1, forward_rows(model, x, max_rows) // n_samples)
-    out = []
+    n, feat, s = x.shape[0], x.shape[1:], n_samples
+    rows = forward_rows(model, x, max_rows)
+    chunk = max(1, rows // s)
+    # the unperturbed rows ride in their samples' pass where it has room (one pass for
+    # all of a small batch), else go first, in passes of their own
+    fold = min(chunk, n) * (s + 1) <= rows
+    out = torch.empty(n, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
-        for i in range(0, xm.shape[0], chunk):
-            c = min(chunk, xm.shape[0] - i)
-            out.append(captum.metrics.infidelity(
-                for_samples(model, slice(i, i + c)), perturb, xm[i:i + c], am[i:i + c],
-                target=targets[i:i + c].to(xm.device),
-                n_perturb_samples=n_samples, max_examples_per_batch=c * n_samples,
-                normalize=normalize).detach().double().cpu())
-    return torch.cat(out)
+        xm = to_model(x, model)
+        # float64 normals cost about 5x float32 ones on CPU: draw in the model's precision
+        draw = torch.float64 if xm.dtype == torch.float64 else torch.float32
+        if not fold:
+            original = target_scores(model, xm, targets, output="logit", max_rows=rows)
+        for start in range(0, n, chunk):
+            sl = slice(start, min(n, start + chunk))
+            c = sl.stop - sl.start
+            k = 1 if fold else 0          # each sample's unperturbed row, first in its block
+            noise = torch.empty((c * s, *feat), dtype=draw).normal_(
+                0.0, noise_std, generator=gen).to(xm.dtype)                  # I, (c * s, *F)
+            batch = xm.new_empty((c, k + s, *feat))    # sample major: [x; x - I_1 .. x - I_s]
+            if fold:
+                batch[:, 0] = xm[sl]
+            torch.sub(xm[sl, None], noise.to(xm.device).reshape(c, s, *feat),
+                      out=batch[:, k:])                       # a view: written in place
+            t = targets[sl].repeat_interleave(k + s)
+            scores = target_scores(for_samples(model, sl), batch.reshape(-1, *feat), t,
+                                   output="logit", max_rows=rows).reshape(c, k + s)
+            base = scores[:, 0] if fold else original[sl]
+            drop = base[:, None] - scores[:, k:]                  # f_t(x) - f_t(x - I)
+            a_c = a[sl].detach().reshape(c, -1, 1).to("cpu", torch.float64)
+            explained = torch.bmm(noise.reshape(c, s, -1).double(), a_c)[..., 0]   # I^T a
+            if normalize:
+                num = (explained * drop).sum(dim=1)
+                den = explained.pow(2).sum(dim=1)
+                beta = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), 0.0)
+                explained = beta[:, None] * explained
+            out[sl] = (explained - drop).pow(2).mean(dim=1)
+    return out
 
 
 # --- sensitivity-n ------------------------------------------------------------------------
