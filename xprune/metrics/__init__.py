@@ -23,6 +23,7 @@ from ._base import (
     resolve_metric_name,
     warn_undefined,
 )
+from ._forward import fast_forwards
 from ._imputation import noisy_linear_imputation
 from ._removal import Removal, ReplaceAudio, ReplaceColumns, ReplacePixels, ReplaceTokens
 from .agreement import (
@@ -109,6 +110,7 @@ __all__ = [
     "entropy_complexity",
     "erasure_curves",
     "faithfulness_correlation",
+    "fast_forwards",
     "feature_map",
     "foreground",
     "get_metric",

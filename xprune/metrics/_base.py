@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import as_logits, eval_mode, model_device, to_model
+from .._state import as_logits, eval_mode, model_device
 from .._validation import check_same_shape, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
+from ._forward import inference_forward
 
 __all__ = ["ALIASES", "METRICS", "MetricInfo", "UndefinedScoreWarning", "get_metric",
            "register", "resolve_metric_name", "undefined_reasons", "unknown_metric_hint",
@@ -443,15 +444,18 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
 
     ``target`` has shape (M,). Rows are sent through the model (in eval mode,
     restored afterwards) in chunks of at most ``max_rows``, on CPU of about
-    :data:`CPU_FORWARD_ELEMENTS` input elements (:func:`forward_rows`).
+    :data:`CPU_FORWARD_ELEMENTS` input elements (:func:`forward_rows`), through
+    :func:`~xprune.metrics._forward.inference_forward` (a channels-last copy of a
+    conv model, checked against the model itself on the first pass).
     """
     device = model_device(model)
     out = []
     if x.shape[0]:
         max_rows = forward_rows(model, x, max_rows)
+    forward = inference_forward(model, x)
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            logits = as_logits(forward(x[i:i + max_rows]), model)
             scores = output_scores(logits, output, model)
             idx = target[i:i + max_rows].to(device)[:, None]
             out.append(scores.gather(1, idx)[:, 0].double().cpu())

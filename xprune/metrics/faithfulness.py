@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._state import as_logits, eval_mode, model_device, to_model
+from .._state import as_logits, eval_mode, model_device
 from .._validation import check_count, check_fraction, check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
@@ -30,6 +30,7 @@ from ._base import (
     target_scores,
 )
 from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
+from ._forward import inference_forward
 from ._imputation import NoisyLinearImputation
 from ._removal import (
     Removal,
@@ -394,11 +395,12 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     # Captum cannot split below its input batch; on CPU a pass of cache-sized rows
     chunk = max(1, forward_rows(model, x, max_rows) // n_samples)
     out = []
+    forward = inference_forward(model, xm)
     with eval_mode(model), torch.no_grad():
         for i in range(0, xm.shape[0], chunk):
             c = min(chunk, xm.shape[0] - i)
             out.append(captum.metrics.infidelity(
-                model, perturb, xm[i:i + c], am[i:i + c], target=targets[i:i + c].to(xm.device),
+                forward, perturb, xm[i:i + c], am[i:i + c], target=targets[i:i + c].to(xm.device),
                 n_perturb_samples=n_samples, max_examples_per_batch=c * n_samples,
                 normalize=normalize).detach().double().cpu())
     return torch.cat(out)
@@ -863,9 +865,10 @@ def _top_hits(model: nn.Module, x: Tensor, target: Tensor, max_rows: int) -> Ten
     """1.0 where the target is the model's top class (first maximum), else 0.0: shape (M,)."""
     device = model_device(model)
     out = []
+    forward = inference_forward(model, x)
     with eval_mode(model), torch.no_grad():
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            logits = as_logits(forward(x[i:i + max_rows]), model)
             if logits.dim() == 1:
                 logits = logits[:, None]
             hit = logits.argmax(dim=1) == target[i:i + max_rows].to(device)

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import as_logits, eval_mode, to_model
+from .._state import as_logits, eval_mode
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import model_targets, refuse_token_ids, register, values_of, warn_undefined
+from ._forward import inference_forward
 
 __all__ = ["avg_sensitivity", "local_lipschitz_estimate", "max_sensitivity",
            "relative_input_stability", "relative_output_stability", "sensitivity_draws",
@@ -424,9 +425,10 @@ def _max_over_valid(ratio: Tensor, valid: Tensor, metric: str, what: str,
 def _logits(model: nn.Module, x: Tensor, max_rows: int) -> Tensor:
     """The model's outputs for each row of ``x``: (M, C), float64 on the CPU, in eval mode."""
     out = []
+    forward = inference_forward(model, x)
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            logits = as_logits(model(to_model(x[i:i + max_rows], model)), model)
+            logits = as_logits(forward(x[i:i + max_rows]), model)
             out.append(logits.reshape(logits.shape[0], -1).double().cpu())
     return torch.cat(out)
 
