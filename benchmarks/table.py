@@ -18,8 +18,10 @@ What the table claims are ratios measured in the same run: each row's calls
 interleaved, and the median of each is kept, so a busy machine slows all of a
 row alike. The *floor* is the bare model work the definition needs, and nothing
 else: for forward-bound metrics the forward passes of the rows the metric
-scores (the inputs tiled, target gathered, in batches of the size that was
-fastest for that model among 16, 32, ..., 4,096 rows, timed once per size), for
+scores (the inputs tiled, target gathered, in batches of the size and layout that
+were fastest for that model among 16, 32, ..., 4,096 rows, each as the model is and,
+for 4-D inputs, as a channels-last copy fed channels-last inputs, timed once per
+size and layout; "channels-last" after the batch says that layout won), for
 explainer-bound ones the explainer's calls on the N x n_samples perturbed
 inputs alone (the unperturbed maps are given). ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
@@ -34,6 +36,7 @@ suite's wall times are read from ``--run-seconds`` / ``--suite-seconds``
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import statistics
@@ -80,15 +83,30 @@ def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
 
 
 FLOOR_BATCHES = (16, 32, 64, 128, 256, 512, 1024, 2048, DEFAULT_MAX_ROWS)
+#: Layouts the floor tries: the model as given, and (conv models on 4-D/5-D inputs) a
+#: channels-last copy fed channels-last inputs, the fastest bare forwards PyTorch offers
+#: without compiling (xprune's metrics run that view, xprune.metrics._forward).
+FLOOR_LAYOUTS = ("eager", "channels-last")
+
+
+def channels_last(model, x: torch.Tensor):
+    """A channels-last copy of ``model`` and ``x`` in that layout, or None for other inputs."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if fmt is None or not x.is_floating_point():
+        return None
+    return copy.deepcopy(model).to(memory_format=fmt), x.contiguous(memory_format=fmt)
 
 
 def forward_floor(model, x: torch.Tensor, t: torch.Tensor, rows: int,
-                  batch: int = DEFAULT_MAX_ROWS) -> Callable[[], None]:
+                  batch: int = DEFAULT_MAX_ROWS, layout: str = "eager") -> Callable[[], None]:
     """``rows`` bare forward passes of the model (tiled inputs), ``batch`` rows a pass,
-    target gathered."""
+    target gathered; ``layout="channels-last"`` runs a channels-last copy on channels-last
+    inputs."""
     block = x.repeat(math.ceil(min(rows, batch) / x.shape[0]),
                      *[1] * (x.dim() - 1))[:min(rows, batch)].contiguous()
     tb = t.repeat(math.ceil(block.shape[0] / t.shape[0]))[:block.shape[0], None]
+    if layout == "channels-last":
+        model, block = channels_last(model, block)
 
     def run() -> None:
         with torch.no_grad():
@@ -100,14 +118,18 @@ def forward_floor(model, x: torch.Tensor, t: torch.Tensor, rows: int,
     return run
 
 
-def floor_batch(model, x: torch.Tensor, t: torch.Tensor) -> int:
-    """The batch of :data:`FLOOR_BATCHES` whose bare forwards of 2,048 rows (best of 2) are
-    fastest: bare forwards in it are the floor of every forward-bound row of this size."""
+def floor_batch(model, x: torch.Tensor, t: torch.Tensor) -> tuple[int, str]:
+    """The batch of :data:`FLOOR_BATCHES` and layout of :data:`FLOOR_LAYOUTS` whose bare
+    forwards of 2,048 rows (best of 2) are fastest: bare forwards so are the floor of every
+    forward-bound row of this size."""
     rows = min(2048, max(256, 64 * x.shape[0]))
+    layouts = [lay for lay in FLOOR_LAYOUTS
+               if lay == "eager" or channels_last(model, x[:1]) is not None]
     best = {}
-    for batch in FLOOR_BATCHES:
-        run = forward_floor(model, x, t, rows, batch)
-        best[batch] = min(timed({"b": run}, 1)["b"] for _ in range(2))
+    for layout in layouts:
+        for batch in FLOOR_BATCHES:
+            run = forward_floor(model, x, t, rows, batch, layout)
+            best[batch, layout] = min(timed({"b": run}, 1)["b"] for _ in range(2))
     return min(best, key=best.get)
 
 
@@ -194,11 +216,12 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
     steps = min(d, faithfulness.DEFAULT_MAX_STEPS)
     subset = faithfulness.default_subset_size(d)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    batch = floor_batch(model, x, t)
+    batch, layout = floor_batch(model, x, t)
     out = []
 
     def floor(rows):
-        return forward_floor(model, x, t, rows, batch), f"{rows:,} fwd @ {batch}"
+        what = f"{rows:,} fwd @ {batch}" + (" channels-last" if layout != "eager" else "")
+        return forward_floor(model, x, t, rows, batch, layout), what
 
     def row(metric, ours, floor_and_what, peers=None, floor2=None):
         """``floor2``: (function, what) of a second floor, timed in the same rounds and

@@ -235,3 +235,24 @@ def test_fast_forwards_switch():
         raise KeyError("inside")
     target_scores(model, x, torch.zeros(3, dtype=torch.long), output="logit")
     assert view_status(model) == {"(1, 8, 8) float32 cpu": "view"}   # restored after the error
+
+
+def test_pruned_model_and_inference_mode(images):
+    """A model pruned by torch.nn.utils.prune (its pre-hooks recompute the weight) runs the
+    view with the model's scores, also after its mask changed through ``.data``; a first
+    call inside ``torch.inference_mode`` leaves a view usable outside it."""
+    model, x, _, t = images
+    pruned = copy.deepcopy(model)
+    torch.nn.utils.prune.l1_unstructured(pruned.conv2, "weight", amount=0.5)
+    with fast_forwards(False):
+        expected_before = target_scores(pruned, x, t, output="logit")
+    with torch.inference_mode():
+        before = target_scores(pruned, x, t, output="logit")
+    assert view_status(pruned) == {"(3, 12, 12) float32 cpu": "view"}
+    torch.testing.assert_close(before, expected_before)
+    pruned.conv2.weight_mask.data[:, :8] = 0.0
+    after = target_scores(pruned, x, t, output="logit")
+    with fast_forwards(False):
+        expected_after = target_scores(pruned, x, t, output="logit")
+    torch.testing.assert_close(after, expected_after)
+    assert not torch.allclose(after, before)

@@ -201,6 +201,11 @@ def _build_view(model: nn.Module) -> tuple[nn.Module, list[tuple[Tensor, Tensor]
     that a change of its values through ``.data`` (which no version counter
     sees) reaches the view too. ``model`` is not changed.
     """
+    with torch.inference_mode(False):    # the copies must stay writable outside that mode
+        return _copy_view(model)
+
+
+def _copy_view(model: nn.Module) -> tuple[nn.Module, list[tuple[Tensor, Tensor]]]:
     memo: dict[int, Any] = {}
     for m in model.modules():
         for t in (*m._parameters.values(), *m._buffers.values()):
@@ -227,11 +232,11 @@ def _build_view(model: nn.Module) -> tuple[nn.Module, list[tuple[Tensor, Tensor]
     return view.eval(), pairs
 
 
-@torch.no_grad()
 def _refresh(pairs: list[tuple[Tensor, Tensor]]) -> None:
     """Copy the model's current 4-D/5-D tensors into the view's channels-last ones."""
-    for original, copied in pairs:
-        copied.copy_(original)
+    with torch.inference_mode(False), torch.no_grad():
+        for original, copied in pairs:
+            copied.copy_(original)
 
 
 def _entry(model: nn.Module) -> _Entry:
@@ -320,7 +325,12 @@ def inference_forward(model: nn.Module, x: Tensor) -> Callable[[Tensor], Any]:
         return lambda rows: model(to_model(rows, model))
     key = _row_key(x)
     if entry.verdicts.get(key, "view") == "view":
-        _refresh(entry.pairs)
+        try:
+            _refresh(entry.pairs)
+        except Exception as err:  # noqa: BLE001  (the view cannot follow: the model itself)
+            entry.verdicts[key] = f"the view's weights could not be refreshed ({err})"
+            log.debug("xprune metrics run %s as it is: %s", type(model).__name__,
+                      entry.verdicts[key])
 
     def forward(rows: Tensor) -> Any:
         rows = to_model(rows, model)
