@@ -6,6 +6,7 @@ and peak memory, at three sizes. Refreshed by one command:
     python benchmarks/table.py --sizes digits,images --metrics ROAD,infidelity --reps 7
     python benchmarks/table.py --sizes digits,images --metrics deletion,correlation  # some rows
     python benchmarks/table.py --sizes tokens --metrics AOPC,tau-LOO    # some rows
+    python benchmarks/table.py --sizes digits,images --metrics deletion --eager-forwards
 
 Sizes: ``digits`` (1x8x8, the digits CNN trained 5 epochs, N = 64), ``images``
 (3x32x32, a small CNN with random weights, N = 32) and ``tokens`` (sequences of
@@ -55,7 +56,7 @@ from metrics_vs_references import (  # this folder (a script)
 
 import xprune
 from xprune.attribution import DEFAULT_MAX_ROWS
-from xprune.metrics import erasure, faithfulness, stability
+from xprune.metrics import erasure, faithfulness, fast_forwards, stability
 
 S = 10                # stability perturbations per sample
 RUNS = 100            # faithfulness-correlation subsets
@@ -367,10 +368,13 @@ def render(rows: list[dict], args) -> str:
                      f"{r['xprune_s'] / r['floor_s']:.2f} | {r['peer'] or '-'} | {ratio or '-'} | "
                      f"{r['memory_mib']:.0f} |")
     lines.append("")
+    forwards = ("eager (--eager-forwards)" if args.eager_forwards
+                else "through its channels-last view of conv models")
     lines.append(f"Default `xprune run`: {args.run_seconds or 'not measured'} s; test suite: "
                  f"{args.suite_seconds or 'not measured'} s. {args.reps} interleaved rounds, "
-                 f"medians; {torch.get_num_threads()} torch threads; load average at the end "
-                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.")
+                 f"medians; {torch.get_num_threads()} torch threads; xprune's forwards "
+                 f"{forwards}; load average at the end {os.getloadavg()[0]:.1f} on "
+                 f"{os.cpu_count()} CPUs.")
     return "\n".join(lines)
 
 
@@ -380,16 +384,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--metrics", help="comma-separated: only rows whose metric name "
                                           "contains one of these (e.g. deletion,correlation)")
+    parser.add_argument("--eager-forwards", action="store_true",
+                        help="run xprune's metrics without their channels-last view of conv "
+                             "models (xprune.metrics.fast_forwards(False)), for a before/after")
     parser.add_argument("--run-seconds", type=float)
     parser.add_argument("--suite-seconds", type=float)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     np.random.seed(0)  # noqa: NPY002  Quantus draws from the global NumPy RNG
     rows = []
-    for size in args.sizes.split(","):
-        model, x = SIZES[size]()
-        rows += rows_for(size, model, x, args.reps,
-                         args.metrics.split(",") if args.metrics else None)
+    with fast_forwards(not args.eager_forwards):
+        for size in args.sizes.split(","):
+            model, x = SIZES[size]()
+            rows += rows_for(size, model, x, args.reps,
+                             args.metrics.split(",") if args.metrics else None)
     print(render(rows, args))
 
 
