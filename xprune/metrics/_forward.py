@@ -2,14 +2,16 @@
 
 Every metric that sends rows through the model (the removal metrics through
 :func:`~xprune.metrics._base.target_scores`, ROAD's accuracy, the stability
-metrics' logits) calls :func:`inference_forward` once per batch of rows and
+metrics' logits, infidelity's Captum calls) calls :func:`inference_forward`
+once per batch of rows and
 then the function it returns once per pass. For convolutional models on
 float inputs that function runs a *channels-last view*: a private copy of
 the model whose 4-D (5-D) weights are stored channels last, fed inputs in the
 same layout, which oneDNN (CPU) and cuDNN (GPU) convolve without the layout
 conversions of the default (NCHW) format: 1.2-1.8x faster forwards for the
-8x8 digits CNN and 2.2-3.4x for the 3x32x32 CNN of ``benchmarks/table.py`` on
-an idle CPU, the logits equal to 2e-8.
+8x8 digits CNN and 2.2-3.4x for the 3x32x32 CNN of ``benchmarks/table.py``
+(batches of 16-128 rows, an idle 2-core CPU; less on a loaded one), the logits
+equal to 2e-8.
 
 Safety, in this order:
 
@@ -34,12 +36,13 @@ Safety, in this order:
   own with ``torch.testing.assert_close``'s default tolerances; on any error or
   mismatch the model itself runs from then on for that shape, and the reason
   is logged (``logging`` debug, logger ``xprune.metrics``) and kept
-  (:func:`view_status`). The comparison runs under ``torch.random.fork_rng``,
-  so a model that draws random numbers sees the same stream as without it.
+  (:func:`view_status`). The comparison runs under ``torch.random.fork_rng``:
+  it consumes no random numbers of a model that draws them.
   An error of the view on a later pass also falls back, for that pass and after.
 - Results differ from the model's own by float rounding only (a convolution
-  summed in another order), and the choice depends on the model and the shape
-  of the rows only, never on timing, so the same seed gives the same bits.
+  summed in another order). The choice depends on the model, the shape of the
+  rows and the check on the first rows of that shape, never on timing, so a
+  rerun with the same seed gives the same bits.
 
 Turn it off with ``with xprune.metrics.fast_forwards(False): ...`` (every
 metric inside sends rows through the caller's model itself, bit for bit as
@@ -71,7 +74,7 @@ __all__ = ["MAX_VIEWS", "MAX_VIEW_ELEMENTS", "fast_forwards", "inference_forward
 log = logging.getLogger("xprune.metrics")
 
 #: Models with more parameter and buffer elements than this (2^25, 128 MiB of float32) are
-#: run as they are: the view is a copy, kept while the model lives.
+#: run as they are: the view copies their 4-D/5-D weights and is kept while the model lives.
 MAX_VIEW_ELEMENTS = 2 ** 25
 
 #: Views kept at most (the most recently used models'); an older one is rebuilt on demand.
@@ -100,7 +103,8 @@ def fast_forwards(enabled: bool) -> Iterator[None]:
     ``with xprune.metrics.fast_forwards(False): ...`` makes every metric inside
     send its rows through the caller's model itself (eager PyTorch, bit for bit
     as before the view existed); the setting is restored on exit, also after an
-    error. Per thread and per asyncio task (a ``contextvars`` variable).
+    error. Per thread and per asyncio task (a ``contextvars`` variable): a new
+    thread or worker process starts with the view on.
 
     Raises
     ------
