@@ -7,6 +7,7 @@ and peak memory, at three sizes. Refreshed by one command:
     python benchmarks/table.py --sizes digits,images --metrics deletion,correlation  # some rows
     python benchmarks/table.py --sizes tokens --metrics AOPC,tau-LOO    # some rows
     python benchmarks/table.py --sizes digits,images --metrics deletion --eager-forwards
+    python benchmarks/table.py --sizes digits,images --metrics deletion --compare-eager
 
 Sizes: ``digits`` (1x8x8, the digits CNN trained 5 epochs, N = 64), ``images``
 (3x32x32, a small CNN with random weights, N = 32) and ``tokens`` (sequences of
@@ -204,9 +205,16 @@ def imputation_floor(x: torch.Tensor, scores: torch.Tensor, counts: list[int]
     return run, len(systems)
 
 
+def eager(fn: Callable[[], object]) -> object:
+    """``fn()`` with xprune's metrics sending rows through the model as it is."""
+    with fast_forwards(False):
+        return fn()
+
+
 def rows_for(size: str, model, x: torch.Tensor, reps: int,
-             metrics: list[str] | None = None) -> list[dict]:
-    """The rows of one size; with ``metrics``, only those whose name contains one of them."""
+             metrics: list[str] | None = None, compare_eager: bool = False) -> list[dict]:
+    """The rows of one size; with ``metrics``, only those whose name contains one of them;
+    ``compare_eager`` adds the peer "xprune, eager forwards" to every row."""
     import quantus
 
     tokens = size == "tokens"
@@ -230,6 +238,8 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
         if metrics and not any(m.lower() in metric.lower() for m in metrics):
             return
         floor, floor_what = floor_and_what
+        if compare_eager:   # the same call without the channels-last view, in the same rounds
+            peers = {**(peers or {}), "xprune, eager forwards": lambda: eager(ours)}
         fns = {"xprune": ours, "floor": floor, **(peers or {})}
         if floor2:
             fns["floor2"] = floor2[0]
@@ -387,6 +397,9 @@ def main() -> None:
     parser.add_argument("--eager-forwards", action="store_true",
                         help="run xprune's metrics without their channels-last view of conv "
                              "models (xprune.metrics.fast_forwards(False)), for a before/after")
+    parser.add_argument("--compare-eager", action="store_true",
+                        help="add to every row the same xprune call without the view, timed "
+                             "in the same rounds (peer 'xprune, eager forwards')")
     parser.add_argument("--run-seconds", type=float)
     parser.add_argument("--suite-seconds", type=float)
     args = parser.parse_args()
@@ -397,7 +410,8 @@ def main() -> None:
         for size in args.sizes.split(","):
             model, x = SIZES[size]()
             rows += rows_for(size, model, x, args.reps,
-                             args.metrics.split(",") if args.metrics else None)
+                             args.metrics.split(",") if args.metrics else None,
+                             args.compare_eager)
     print(render(rows, args))
 
 
