@@ -6,6 +6,8 @@ and peak memory, at three sizes. Refreshed by one command:
     python benchmarks/table.py --sizes digits,images --metrics ROAD,infidelity --reps 7
     python benchmarks/table.py --sizes digits,images --metrics deletion,correlation  # some rows
     python benchmarks/table.py --sizes tokens --metrics AOPC,tau-LOO    # some rows
+    python benchmarks/table.py --sizes digits,images --metrics deletion --eager-forwards
+    python benchmarks/table.py --sizes digits,images --metrics deletion --compare-eager
 
 Sizes: ``digits`` (1x8x8, the digits CNN trained 5 epochs, N = 64), ``images``
 (3x32x32, a small CNN with random weights, N = 32) and ``tokens`` (sequences of
@@ -18,8 +20,10 @@ What the table claims are ratios measured in the same run: each row's calls
 interleaved, and the median of each is kept, so a busy machine slows all of a
 row alike. The *floor* is the bare model work the definition needs, and nothing
 else: for forward-bound metrics the forward passes of the rows the metric
-scores (the inputs tiled, target gathered, in batches of the size that was
-fastest for that model among 16, 32, ..., 4,096 rows, timed once per size), for
+scores (the inputs tiled, target gathered, in batches of the size and layout that
+were fastest for that model among 16, 32, ..., 4,096 rows, each as the model is and,
+for 4-D inputs, as a channels-last copy fed channels-last inputs, timed once per
+size and layout; "channels-last" after the batch says that layout won), for
 explainer-bound ones the explainer's calls on the N x n_samples perturbed
 inputs alone (the unperturbed maps are given). ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
@@ -39,6 +43,7 @@ suite's wall times are read from ``--run-seconds`` / ``--suite-seconds``
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import statistics
@@ -57,7 +62,7 @@ from metrics_vs_references import (  # this folder (a script)
 
 import xprune
 from xprune.attribution import DEFAULT_MAX_ROWS
-from xprune.metrics import erasure, faithfulness, stability
+from xprune.metrics import erasure, faithfulness, fast_forwards, stability
 
 S = 10                # stability perturbations per sample
 RUNS = 100            # faithfulness-correlation subsets
@@ -85,15 +90,30 @@ def timed(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
 
 
 FLOOR_BATCHES = (16, 32, 64, 128, 256, 512, 1024, 2048, DEFAULT_MAX_ROWS)
+#: Layouts the floor tries: the model as given, and (conv models on 4-D/5-D inputs) a
+#: channels-last copy fed channels-last inputs, the fastest bare forwards PyTorch offers
+#: without compiling (xprune's metrics run that view, xprune.metrics._forward).
+FLOOR_LAYOUTS = ("eager", "channels-last")
+
+
+def channels_last(model, x: torch.Tensor):
+    """A channels-last copy of ``model`` and ``x`` in that layout, or None for other inputs."""
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    if fmt is None or not x.is_floating_point():
+        return None
+    return copy.deepcopy(model).to(memory_format=fmt), x.contiguous(memory_format=fmt)
 
 
 def forward_floor(model, x: torch.Tensor, t: torch.Tensor, rows: int,
-                  batch: int = DEFAULT_MAX_ROWS) -> Callable[[], None]:
+                  batch: int = DEFAULT_MAX_ROWS, layout: str = "eager") -> Callable[[], None]:
     """``rows`` bare forward passes of the model (tiled inputs), ``batch`` rows a pass,
-    target gathered."""
+    target gathered; ``layout="channels-last"`` runs a channels-last copy on channels-last
+    inputs."""
     block = x.repeat(math.ceil(min(rows, batch) / x.shape[0]),
                      *[1] * (x.dim() - 1))[:min(rows, batch)].contiguous()
     tb = t.repeat(math.ceil(block.shape[0] / t.shape[0]))[:block.shape[0], None]
+    if layout == "channels-last":
+        model, block = channels_last(model, block)
 
     def run() -> None:
         with torch.no_grad():
@@ -105,14 +125,18 @@ def forward_floor(model, x: torch.Tensor, t: torch.Tensor, rows: int,
     return run
 
 
-def floor_batch(model, x: torch.Tensor, t: torch.Tensor) -> int:
-    """The batch of :data:`FLOOR_BATCHES` whose bare forwards of 2,048 rows (best of 2) are
-    fastest: bare forwards in it are the floor of every forward-bound row of this size."""
+def floor_batch(model, x: torch.Tensor, t: torch.Tensor) -> tuple[int, str]:
+    """The batch of :data:`FLOOR_BATCHES` and layout of :data:`FLOOR_LAYOUTS` whose bare
+    forwards of 2,048 rows (best of 2) are fastest: bare forwards so are the floor of every
+    forward-bound row of this size."""
     rows = min(2048, max(256, 64 * x.shape[0]))
+    layouts = [lay for lay in FLOOR_LAYOUTS
+               if lay == "eager" or channels_last(model, x[:1]) is not None]
     best = {}
-    for batch in FLOOR_BATCHES:
-        run = forward_floor(model, x, t, rows, batch)
-        best[batch] = min(timed({"b": run}, 1)["b"] for _ in range(2))
+    for layout in layouts:
+        for batch in FLOOR_BATCHES:
+            run = forward_floor(model, x, t, rows, batch, layout)
+            best[batch, layout] = min(timed({"b": run}, 1)["b"] for _ in range(2))
     return min(best, key=best.get)
 
 
@@ -211,9 +235,16 @@ def banded_imputation_floor(systems: list) -> Callable[[], None]:
     return run
 
 
+def eager(fn: Callable[[], object]) -> object:
+    """``fn()`` with xprune's metrics sending rows through the model as it is."""
+    with fast_forwards(False):
+        return fn()
+
+
 def rows_for(size: str, model, x: torch.Tensor, reps: int,
-             metrics: list[str] | None = None) -> list[dict]:
-    """The rows of one size; with ``metrics``, only those whose name contains one of them."""
+             metrics: list[str] | None = None, compare_eager: bool = False) -> list[dict]:
+    """The rows of one size; with ``metrics``, only those whose name contains one of them;
+    ``compare_eager`` adds the peer "xprune, eager forwards" to every row."""
     import quantus
 
     tokens = size == "tokens"
@@ -224,11 +255,12 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
     steps = min(d, faithfulness.DEFAULT_MAX_STEPS)
     subset = faithfulness.default_subset_size(d)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    batch = floor_batch(model, x, t)
+    batch, layout = floor_batch(model, x, t)
     out = []
 
     def floor(rows):
-        return forward_floor(model, x, t, rows, batch), f"{rows:,} fwd @ {batch}"
+        what = f"{rows:,} fwd @ {batch}" + (" channels-last" if layout != "eager" else "")
+        return forward_floor(model, x, t, rows, batch, layout), what
 
     def row(metric, ours, floor_and_what, peers=None, floor2=()):
         """``floor2``: (function, what) pairs of further floors, timed in the same rounds
@@ -236,6 +268,8 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
         if metrics and not any(m.lower() in metric.lower() for m in metrics):
             return
         floor, floor_what = floor_and_what
+        if compare_eager:   # the same call without the channels-last view, in the same rounds
+            peers = {**(peers or {}), "xprune, eager forwards": lambda: eager(ours)}
         fns = {"xprune": ours, "floor": floor, **(peers or {})}
         for i, (fn, _) in enumerate(floor2):
             fns[f"floor{i + 2}"] = fn
@@ -378,10 +412,13 @@ def render(rows: list[dict], args) -> str:
                      f"{r['xprune_s'] / r['floor_s']:.2f} | {r['peer'] or '-'} | {ratio or '-'} | "
                      f"{r['memory_mib']:.0f} |")
     lines.append("")
+    forwards = ("eager (--eager-forwards)" if args.eager_forwards
+                else "through its channels-last view of conv models")
     lines.append(f"Default `xprune run`: {args.run_seconds or 'not measured'} s; test suite: "
                  f"{args.suite_seconds or 'not measured'} s. {args.reps} interleaved rounds, "
-                 f"medians; {torch.get_num_threads()} torch threads; load average at the end "
-                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs.")
+                 f"medians; {torch.get_num_threads()} torch threads; xprune's forwards "
+                 f"{forwards}; load average at the end {os.getloadavg()[0]:.1f} on "
+                 f"{os.cpu_count()} CPUs.")
     return "\n".join(lines)
 
 
@@ -391,16 +428,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--metrics", help="comma-separated: only rows whose metric name "
                                           "contains one of these (e.g. deletion,correlation)")
+    parser.add_argument("--eager-forwards", action="store_true",
+                        help="run xprune's metrics without their channels-last view of conv "
+                             "models (xprune.metrics.fast_forwards(False)), for a before/after")
+    parser.add_argument("--compare-eager", action="store_true",
+                        help="add to every row the same xprune call without the view, timed "
+                             "in the same rounds (peer 'xprune, eager forwards')")
     parser.add_argument("--run-seconds", type=float)
     parser.add_argument("--suite-seconds", type=float)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     np.random.seed(0)  # noqa: NPY002  Quantus draws from the global NumPy RNG
     rows = []
-    for size in args.sizes.split(","):
-        model, x = SIZES[size]()
-        rows += rows_for(size, model, x, args.reps,
-                         args.metrics.split(",") if args.metrics else None)
+    with fast_forwards(not args.eager_forwards):
+        for size in args.sizes.split(","):
+            model, x = SIZES[size]()
+            rows += rows_for(size, model, x, args.reps,
+                             args.metrics.split(",") if args.metrics else None,
+                             args.compare_eager)
     print(render(rows, args))
 
 

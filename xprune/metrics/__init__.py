@@ -23,6 +23,7 @@ from ._base import (
     resolve_metric_name,
     warn_undefined,
 )
+from ._forward import fast_forwards
 from ._imputation import noisy_linear_imputation
 from ._removal import (
     DropTokens,
@@ -117,6 +118,7 @@ __all__ = [
     "entropy_complexity",
     "erasure_curves",
     "faithfulness_correlation",
+    "fast_forwards",
     "feature_map",
     "foreground",
     "get_metric",

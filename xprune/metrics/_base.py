@@ -19,6 +19,7 @@ from .._state import as_logits, eval_mode, model_device, to_model
 from .._validation import check_same_shape, check_targets, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 from ..attribution._inputs import ModelInputs, structure_inputs
+from ._forward import inference_forward
 
 __all__ = ["ALIASES", "METRICS", "MetricInfo", "UndefinedScoreWarning", "get_metric",
            "register", "resolve_metric_name", "undefined_reasons", "unknown_metric_hint",
@@ -436,6 +437,22 @@ def for_samples(model: nn.Module, index: slice | Tensor) -> nn.Module:
     return model.select(index) if isinstance(model, PassThrough) else model
 
 
+def row_forward(model: nn.Module, x: Tensor) -> Callable[[int, int], Any]:
+    """``run(start, stop)``: the model's output for the rows ``x[start:stop]``.
+
+    The one forward of every pass of rows in the metrics: through
+    :func:`~xprune.metrics._forward.inference_forward` (a checked channels-last view
+    of a conv model), or, for a model of several inputs (:class:`PassThrough`, whose
+    other inputs follow the rows), the model narrowed to those rows' samples
+    (:func:`for_rows`), as it is. Call inside the caller's ``eval_mode`` and ``no_grad``.
+    """
+    if isinstance(model, PassThrough):
+        return lambda start, stop: for_rows(model, x.shape[0], start, stop)(
+            to_model(x[start:stop], model))
+    forward = inference_forward(model, x)
+    return lambda start, stop: forward(x[start:stop])
+
+
 def for_rows(model: nn.Module, total: int, start: int, stop: int) -> nn.Module:
     """``model`` for the rows ``start:stop`` of a call of ``total`` rows, sample major.
 
@@ -603,16 +620,18 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
 
     ``target`` has shape (M,). Rows are sent through the model (in eval mode,
     restored afterwards) in chunks of at most ``max_rows``, on CPU of about
-    :data:`CPU_FORWARD_ELEMENTS` input elements (:func:`forward_rows`).
+    :data:`CPU_FORWARD_ELEMENTS` input elements (:func:`forward_rows`), through
+    :func:`~xprune.metrics._forward.inference_forward` (a channels-last copy of a
+    conv model, checked against the model itself on the first pass).
     """
     device = model_device(model)
     out = []
     if x.shape[0]:
         max_rows = forward_rows(model, x, max_rows)
+    run = row_forward(model, x)
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            part = for_rows(model, x.shape[0], i, i + max_rows)     # other inputs follow rows
-            logits = as_logits(part(to_model(x[i:i + max_rows], model)), model)
+            logits = as_logits(run(i, i + max_rows), model)
             scores = output_scores(logits, output, model)
             idx = target[i:i + max_rows].to(device)[:, None]
             out.append(scores.gather(1, idx)[:, 0].double().cpu())

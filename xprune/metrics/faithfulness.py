@@ -23,13 +23,13 @@ from ._base import (
     check_map_and_inputs,
     check_output,
     feature_map,
-    for_rows,
     for_samples,
     forward_rows,
     model_targets,
     pearson,
     refuse_token_ids,
     register,
+    row_forward,
     target_scores,
 )
 from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
@@ -904,10 +904,10 @@ def _top_hits(model: nn.Module, x: Tensor, target: Tensor, max_rows: int) -> Ten
     """1.0 where the target is the model's top class (first maximum), else 0.0: shape (M,)."""
     device = model_device(model)
     out = []
+    run = row_forward(model, x)
     with eval_mode(model), torch.no_grad():
         for i in range(0, x.shape[0], max_rows):
-            part = for_rows(model, x.shape[0], i, i + max_rows)
-            logits = as_logits(part(to_model(x[i:i + max_rows], model)), model)
+            logits = as_logits(run(i, i + max_rows), model)
             if logits.dim() == 1:
                 logits = logits[:, None]
             hit = logits.argmax(dim=1) == target[i:i + max_rows].to(device)

@@ -9,16 +9,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._state import as_logits, eval_mode, to_model
+from .._state import as_logits, eval_mode
 from .._validation import check_positive_int, check_tensor
 from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
     any_inputs,
-    for_rows,
     for_samples,
     model_targets,
     refuse_token_ids,
     register,
+    row_forward,
     values_of,
     warn_undefined,
 )
@@ -437,10 +437,10 @@ def _max_over_valid(ratio: Tensor, valid: Tensor, metric: str, what: str,
 def _logits(model: nn.Module, x: Tensor, max_rows: int) -> Tensor:
     """The model's outputs for each row of ``x``: (M, C), float64 on the CPU, in eval mode."""
     out = []
+    run = row_forward(model, x)
     with eval_mode(model):
         for i in range(0, x.shape[0], max_rows):
-            part = for_rows(model, x.shape[0], i, i + max_rows)
-            logits = as_logits(part(to_model(x[i:i + max_rows], model)), model)
+            logits = as_logits(run(i, i + max_rows), model)
             out.append(logits.reshape(logits.shape[0], -1).double().cpu())
     return torch.cat(out)
 
