@@ -650,3 +650,37 @@ def test_cpu_forwards_take_cache_sized_batches_with_the_same_scores():
         literal = torch.stack([model(x[i:i + 1]).softmax(dim=1)[0, t[i]] for i in range(200)])
     torch.testing.assert_close(ours, literal.double(), atol=1e-6, rtol=1e-5)
     assert forward_rows(model, x[:, :1, :2, :2], 4096) == 4096      # small rows: max_rows
+
+
+def test_cpu_forwards_of_token_ids_take_about_8192_tokens_a_pass():
+    """Token ids into a model with an embedding: passes of 2**13 // T sequences (64 of 128
+    tokens; max_rows still caps them), the scores those of one sequence at a time."""
+    from xprune.metrics._base import CPU_FORWARD_TOKENS, forward_rows
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.out = nn.Embedding(50, 4), nn.Linear(4, 3)
+
+        def forward(self, ids):
+            return self.out(self.emb(ids).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Bag().eval()
+    ids = torch.randint(0, 50, (150, 128), generator=seeded(2))
+    t = torch.arange(150) % 3
+    seen = []
+    hook = model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        ours = target_scores(model, ids, t, output="logit")
+        assert CPU_FORWARD_TOKENS // 128 == 64 == forward_rows(model, ids, 4096)
+        assert seen == [64, 64, 22]
+    finally:
+        hook.remove()
+    assert forward_rows(model, ids, 32) == 32                      # max_rows caps them
+    assert forward_rows(model, ids[:, :8], 4096) == 1024
+    # float rows of the same shape into a model without an embedding: elements as before
+    assert forward_rows(nn.Linear(128, 2), ids.float(), 4096) == 2048
+    with torch.no_grad():
+        literal = torch.stack([model(ids[i:i + 1])[0, t[i]] for i in range(150)])
+    torch.testing.assert_close(ours, literal.double(), atol=1e-6, rtol=1e-5)

@@ -124,6 +124,30 @@ def test_faithfulness_of_the_exact_linear_attribution_is_one(linear_model):
                                                         generator=g()), ones)
 
 
+class Weighted(nn.Module):
+    """Logits [x1 + 2 x2 + 3 x3 + 4 x4, 0]."""
+
+    def forward(self, x):
+        z = x @ torch.arange(1.0, 5.0, dtype=x.dtype)
+        return torch.stack([z, torch.zeros_like(z)], dim=1)
+
+
+def test_faithfulness_correlation_hand_computed():
+    """The subsets are the top-2 of torch.rand(N, n_runs, d) keys drawn in sample order:
+    seed 0 gives {0,1}, {1,3}, {0,1} for sample 0 and {2,3}, {0,1}, {1,3} for sample 1."""
+    keys = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    subsets = keys.topk(2, dim=2).indices.sort(dim=2).values
+    assert subsets.tolist() == [[[0, 1], [1, 3], [0, 1]], [[2, 3], [0, 1], [1, 3]]]
+    x = torch.ones(2, 4)
+    a = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 1.0, 1.0, 2.0]])
+    # sample 0: masses 7, 4, 7 and logit drops 3, 6, 3 -> r = -1
+    # sample 1: masses 3, 2, 3 and drops 7, 3, 6 -> r = 21 / sqrt(6 * 78) = 7 / (2 sqrt 13)
+    ours = faithfulness_correlation(Weighted(), x, a, 0, subset_size=2, n_runs=3,
+                                    generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours, torch.tensor([-1.0, 7 / (2 * math.sqrt(13))],
+                                                  dtype=torch.float64))
+
+
 def test_faithfulness_matches_quantus_in_distribution(digits_cnn, digits_batch):
     quantus = pytest.importorskip("quantus")
     x, _ = digits_batch

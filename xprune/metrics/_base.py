@@ -604,12 +604,22 @@ def output_scores(logits: Tensor, output: str, model: nn.Module) -> Tensor:
 #: Other devices take ``max_rows`` rows a pass.
 CPU_FORWARD_ELEMENTS = 2 ** 18
 
+#: Token ids (M, T) into a model with an ``nn.Embedding``: a CPU pass takes about this many
+#: tokens (64 sequences of 128), since each id becomes a vector of the model's width. The
+#: 6-layer, 384-wide BERT of ``benchmarks/table.py`` ran fastest at 64 rows of 128 tokens
+#: among 16 to 4,096 (its floor's batch); one pass of 260-400 rows cost it 1.2-1.4x.
+CPU_FORWARD_TOKENS = 2 ** 13
+
 
 def forward_rows(model: nn.Module, x: Tensor, max_rows: int) -> int:
     """Rows of ``x`` (M, *F) per forward pass: ``max_rows`` at most, fewer on CPU for large
-    rows so that one pass sees about :data:`CPU_FORWARD_ELEMENTS` input elements (at least 1)."""
+    rows so that one pass sees about :data:`CPU_FORWARD_ELEMENTS` input elements, or for
+    token ids :data:`CPU_FORWARD_TOKENS` tokens (at least 1)."""
     if model_device(model).type != "cpu":
         return max_rows
+    if x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool \
+            and any(isinstance(m, nn.Embedding) for m in model.modules()):
+        return max(1, min(max_rows, CPU_FORWARD_TOKENS // max(1, x.shape[1])))
     return max(1, min(max_rows, CPU_FORWARD_ELEMENTS // max(1, x[0].numel())))
 
 
