@@ -21,7 +21,10 @@ else: for forward-bound metrics the forward passes of the rows the metric
 scores (the inputs tiled, target gathered, in batches of the size that was
 fastest for that model among 16, 32, ..., 4,096 rows, timed once per size), for
 explainer-bound ones the explainer's calls on the N x n_samples perturbed
-inputs alone (the unperturbed maps are given). ROAD also needs its imputation, a
+inputs alone (the unperturbed maps are given; relative stability adds the
+forwards of the N x (n_samples + 1) inputs whose logits it reads; the
+randomisation test the maps of the N inputs on each re-initialised model and the
+re-initialisation; random logit the maps of the N inputs for the drawn classes). ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
 gets a second line against the forwards plus one bare ``scipy.sparse.linalg.spsolve``
 per system (systems built beforehand, untimed). Peak memory: the growth of the
