@@ -25,7 +25,10 @@ were fastest for that model among 16, 32, ..., 4,096 rows, each as the model is 
 for 4-D inputs, as a channels-last copy fed channels-last inputs, timed once per
 size and layout; "channels-last" after the batch says that layout won), for
 explainer-bound ones the explainer's calls on the N x n_samples perturbed
-inputs alone (the unperturbed maps are given). ROAD also needs its imputation, a
+inputs alone (the unperturbed maps are given; relative stability adds the
+forwards of the N x (n_samples + 1) inputs whose logits it reads; the
+randomisation test the maps of the N inputs on each re-initialised model and the
+re-initialisation; random logit the maps of the N inputs for the drawn classes). ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
 gets a second line against the forwards plus one bare ``scipy.sparse.linalg.spsolve``
 per system (systems built beforehand, untimed), and a third against the forwards plus
@@ -400,7 +403,188 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
                                               attributions=a),
             (lambda: explain(flat_rows, ft), f"IG on {n * S:,} rows"),
             {"Quantus MaxSensitivity bs=64": quantus_ms})
+        explainer_rows(row, lambda name: not metrics or any(m.lower() in name.lower()
+                                                            for m in metrics),
+                       model, x, a, explain, floor, qkw)
     return out
+
+
+def explainer_rows(row, wanted, model, x, a, explain, floor, qkw) -> None:
+    """The explainer-bound rows after max-sensitivity: avg-sensitivity, local Lipschitz,
+    relative input / output stability and the randomisation sanity checks (IG maps).
+
+    Floors: the explainer's calls on the rows the definition needs and nothing else (the
+    unperturbed maps ``a`` are given): the N x S perturbed inputs for the stability metrics
+    (plus the forwards of the N x (S + 1) inputs whose logits relative stability reads),
+    the N inputs on each of the L re-initialised models for the randomisation test (with the
+    re-initialisation itself and, independent order, the restore of the other layers), the
+    N inputs for the drawn other classes for random logit. Every Quantus peer is given the
+    same maps and the same perturbations (classes, random weights), untimed checks assert
+    that the values agree, and then its call is timed as the user makes it.
+    """
+    import copy
+    from unittest import mock
+
+    import quantus
+    from metrics_vs_references import Injected, uniform_noise
+    from quantus.functions.similarity_func import correlation_spearman
+
+    from xprune.metrics import agreement, sanity
+
+    n, t = x.shape[0], a.targets
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+
+    def q_explain(model, inputs, targets, **_):
+        return explain(torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    def check(name, ours, theirs):
+        theirs = np.asarray(theirs, dtype=np.float64)
+        keep = np.isfinite(theirs)
+        assert keep.sum() >= max(1, n // 4), f"{name} on {x.shape}: too few finite values"
+        ok, why = exact(np.asarray(ours)[keep], theirs[keep])
+        assert ok, f"{name} vs Quantus on {x.shape}: {why}"
+
+    def perturbed_rows(noise):
+        rows = (x[:, None] + noise).reshape(n * S, *x.shape[1:])
+        return rows, (x[:, None] + noise).reshape(n, S, -1).numpy()
+
+    ft = t.repeat_interleave(S)
+    box, q_box = perturbed_rows(uniform_noise(x, S, 0.1, 0, gaussian=False))
+    ig_box = (lambda: explain(box, ft), f"IG on {n * S:,} rows")
+
+    # avg-sensitivity: the draws of max-sensitivity (uniform, radius 0.1), the mean of them
+    def quantus_avg():
+        return quantus.AvgSensitivity(
+            nr_samples=S, lower_bound=0.1, perturb_func=Injected(q_box), abs=False,
+            normalise=False, return_aggregate=False, disable_warnings=True)(
+            **qkw(), explain_func=q_explain)
+
+    def ours_avg():
+        return stability.avg_sensitivity(explain, x, t, n_samples=S, generator=gen(),
+                                         attributions=a)
+
+    if wanted("avg-sensitivity (IG)"):
+        check("avg-sensitivity", ours_avg(), quantus_avg())
+    row("avg-sensitivity (IG)", ours_avg, ig_box, {"Quantus AvgSensitivity": quantus_avg})
+
+    # local Lipschitz: Gaussian neighbours, sigma 0.1
+    gauss, q_gauss = perturbed_rows(uniform_noise(x, S, 0.1, 0, gaussian=True))
+
+    def quantus_lle():
+        return quantus.LocalLipschitzEstimate(
+            nr_samples=S, perturb_func=Injected(q_gauss), abs=False, normalise=False,
+            return_aggregate=False, disable_warnings=True)(**qkw(), explain_func=q_explain)
+
+    def ours_lle():
+        return stability.local_lipschitz_estimate(explain, x, t, noise_std=0.1, n_samples=S,
+                                                  generator=gen(), attributions=a)
+
+    if wanted("local Lipschitz estimate (IG)"):
+        check("local Lipschitz estimate", ours_lle(), quantus_lle())
+    row("local Lipschitz estimate (IG)", ours_lle,
+        (lambda: explain(gauss, ft), f"IG on {n * S:,} rows"),
+        {"Quantus LocalLipschitzEstimate": quantus_lle})
+
+    # relative input / output stability: uniform radius 0.2, the logits of the N x (S + 1)
+    # inputs; Quantus divides ROS by the absolute change of the logits (relative_logits=False)
+    wide, q_wide = perturbed_rows(uniform_noise(x, S, 0.2, 0, gaussian=False))
+    fwd, fwd_what = floor(n * (S + 1))
+    for name, ours_fn, cls, kw in (
+            ("relative input stability (IG)", stability.relative_input_stability,
+             quantus.RelativeInputStability, {}),
+            ("relative output stability (IG, absolute logits)",
+             stability.relative_output_stability, quantus.RelativeOutputStability,
+             {"relative_logits": False})):
+        def quantus_rel(cls=cls):
+            return cls(nr_samples=S, perturb_func=Injected(q_wide), return_aggregate=False,
+                       disable_warnings=True)(**qkw(), explain_func=q_explain)
+
+        def ours_rel(ours_fn=ours_fn, kw=kw):
+            return ours_fn(model, explain, x, t, radius=0.2, n_samples=S, generator=gen(),
+                           attributions=a, **kw)
+
+        if wanted(name):  # Quantus is NaN where any draw changed the class, ours maxes the rest
+            check(name, ours_rel(), quantus_rel())
+        row(name, ours_rel,
+            (lambda: (explain(wide, ft), fwd()), f"IG on {n * S:,} rows + {fwd_what}"),
+            {f"Quantus {cls.__name__}": quantus_rel})
+
+    # randomisation sanity checks: IG through xprune.attribute, as `xprune run` passes it;
+    # Spearman of the maps' elements (Quantus's; on one channel the same as per pixel)
+    def attribute_fn(m, inputs, targets):
+        return xprune.attribute(m, inputs, targets, "integrated_gradients", params=IG).values
+
+    similarity = agreement.spearman if x.shape[1] == 1 else \
+        (lambda p, q: agreement.spearman(p.reshape(len(p), -1), q.reshape(len(q), -1)))
+    suffix = "" if x.shape[1] == 1 else ", elements"
+    work = copy.deepcopy(model).eval()
+    saved = {k: v.detach().clone() for k, v in work.state_dict().items()}
+    modules = dict(work.named_modules())
+
+    def q_attribute(model, inputs, targets, **_):
+        return attribute_fn(model, torch.as_tensor(inputs), torch.as_tensor(targets)).numpy()
+
+    for order, q_order in (("cascading", "top_down"), ("independent", "independent")):
+        name = f"model parameter randomisation ({order}, IG{suffix})"
+
+        def ours_mprt(order=order):
+            return sanity.model_parameter_randomisation(model, x, t, attribute_fn, order=order,
+                                                        similarity=similarity,
+                                                        generator=gen(), attributions=a)
+
+        def quantus_mprt(q_order=q_order):
+            with torch.random.fork_rng(devices=[]):  # Quantus reseeds torch's global RNG
+                return quantus.MPRT(similarity_func=correlation_spearman, layer_order=q_order,
+                                    seed=42, abs=False, normalise=False,
+                                    return_average_correlation=True, disable_warnings=True)(
+                    **qkw(), explain_func=q_attribute)
+
+        layers = sanity.parameter_randomisation(model, x, t, attribute_fn, order=order,
+                                                similarity=similarity, attributions=a).layers
+
+        def mprt_floor(order=order, layers=layers):
+            work.load_state_dict(saved)
+            for i, layer in enumerate(layers):
+                if order == "independent" and i:
+                    work.load_state_dict(saved)
+                with torch.no_grad():
+                    modules[layer].reset_parameters()
+                attribute_fn(work, x, t)
+
+        if wanted(name):  # Quantus seeds every layer with seed + 1: inject that seed
+            with mock.patch.object(sanity, "_draw_seed", lambda generator: 43):
+                ours = ours_mprt()
+            # Quantus also averages in the original model's similarity with itself, 1
+            check(name, (1 + len(layers) * ours.numpy()) / (len(layers) + 1), quantus_mprt())
+        row(name, ours_mprt,
+            (mprt_floor, f"IG on {n:,} rows x {len(layers)} models + their re-initialisation"),
+            {"Quantus MPRT": quantus_mprt})
+
+    # random logit: the maps of one drawn other class per sample
+    with torch.no_grad():
+        classes = int(model(x[:1]).shape[1])
+    other = sanity._other_classes(t, classes, gen())  # what the metric draws for this seed
+
+    def ours_logit():
+        return sanity.random_logit(model, x, t, attribute_fn, similarity=similarity,
+                                   generator=gen(), attributions=a)
+
+    def quantus_logit():
+        return quantus.RandomLogit(num_classes=classes, similarity_func=correlation_spearman,
+                                   seed=42, abs=False, normalise=False,
+                                   disable_warnings=True)(**qkw(), explain_func=q_attribute)
+
+    name = f"random logit (IG{suffix})"
+    if wanted(name):  # Quantus draws an index among the other classes with np.random, seed 42
+        state = np.random.get_state()  # noqa: NPY002
+        np.random.seed(42)  # noqa: NPY002
+        index = torch.as_tensor(np.random.randint(0, classes - 1, n))  # noqa: NPY002
+        np.random.set_state(state)  # noqa: NPY002
+        with mock.patch.object(sanity, "_other_classes", lambda *_: index + (index >= t)):
+            ours = ours_logit()
+        check(name, ours, quantus_logit())
+    row(name, ours_logit, (lambda: attribute_fn(model, x, other), f"IG on {n:,} rows"),
+        {"Quantus RandomLogit": quantus_logit})
 
 
 def render(rows: list[dict], args) -> str:

@@ -108,6 +108,25 @@ def test_given_maps_are_checked(setup):
         stability.local_lipschitz_estimate(explain, x, a.targets, attributions=a.values[:3])
 
 
+@pytest.mark.parametrize("name", ["relative_input_stability", "relative_output_stability"])
+def test_relative_stability_forwards_only_the_rows_it_reads(setup, name):
+    """The model sees the N x (S + 1) rows whose logits the definition reads, once each, in
+    one pass here (all fit), after the one-row probe that checks its outputs are logits (the
+    explainer works on a copy here, so its own passes are not counted)."""
+    model, x, a = setup
+    n, s = x.shape[0], 3
+    explain = xprune.explainer(copy.deepcopy(model), "integrated_gradients",
+                               params={"n_steps": 4})
+    seen = []
+    handle = model.register_forward_hook(lambda m, inp, out: seen.append(int(inp[0].shape[0])))
+    try:
+        STABILITY[name](model, explain, x, a.targets, n_samples=s, generator=seeded(4),
+                        attributions=a)
+    finally:
+        handle.remove()
+    assert seen == [1, n * (s + 1)]
+
+
 class CountingAttribute:
     """Wraps an ``attribute_fn(model, inputs, targets)`` and counts its rows."""
 
@@ -119,20 +138,27 @@ class CountingAttribute:
         return xprune.attribute(model, inputs, target, "saliency", params={"abs": False}).values
 
 
-def test_sanity_checks_reuse_the_given_original_maps(setup):
+@pytest.mark.parametrize("order", ["cascading", "independent"])
+def test_sanity_checks_reuse_the_given_original_maps(setup, order):
     from xprune.metrics import sanity
 
     model, x, _ = setup
     a = xprune.attribute(model, x, "predicted", "saliency", params={"abs": False})
     n = x.shape[0]
     counted = CountingAttribute()
-    curve = sanity.parameter_randomisation(model, x, a.targets, counted, generator=seeded(3),
-                                           attributions=a)
-    assert counted.rows == n * len(curve.layers)
+    curve = sanity.parameter_randomisation(model, x, a.targets, counted, order=order,
+                                           generator=seeded(3), attributions=a)
+    assert counted.rows == n * len(curve.layers) == n * 4
     counted.rows = 0
-    again = sanity.parameter_randomisation(model, x, a.targets, counted, generator=seeded(3))
+    again = sanity.parameter_randomisation(model, x, a.targets, counted, order=order,
+                                           generator=seeded(3))
     assert counted.rows == n * (len(curve.layers) + 1)
     torch.testing.assert_close(curve.values, again.values, equal_nan=True)
+    counted.rows = 0
+    summary = sanity.model_parameter_randomisation(model, x, a.targets, counted, order=order,
+                                                   generator=seeded(3), attributions=a)
+    assert counted.rows == n * len(curve.layers)
+    torch.testing.assert_close(summary, curve.values.mean(dim=1), equal_nan=True)
     counted.rows = 0
     ours = sanity.random_logit(model, x, a.targets, counted, generator=seeded(3), attributions=a)
     assert counted.rows == n

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from .._state import model_device
-from .._validation import check_tensor, closest_name
+from .._validation import check_targets, check_tensor, closest_name
 from ..attribution import Attributions, n_outputs, resolve_targets
 from ..attribution._inputs import structure_inputs
 from ._base import register, undefined_reasons, values_of, warn_undefined
@@ -105,9 +105,17 @@ def _checked_inputs(inputs: object) -> Tensor:
     return check_tensor(inputs, "inputs", min_dim=2)
 
 
-def _targets(model: nn.Module, x: Tensor, target: Any, inputs: object = None) -> Tensor:
-    """Class indices (N,), resolved once on the unchanged model ("predicted" included)."""
-    t = resolve_targets(model, x if inputs is None else inputs, target)
+def _targets(model: nn.Module, x: Tensor, target: Any, inputs: object = None,
+             outputs: int | None = None) -> Tensor:
+    """Class indices (N,), resolved once on the unchanged model ("predicted" included).
+
+    ``inputs``: the model's inputs of any structure (default ``x``). With the model's number
+    of ``outputs`` known, given indices are checked against it without probing the model
+    again."""
+    if outputs is not None and not isinstance(target, str):
+        t = check_targets(target, x.shape[0], outputs)
+    else:
+        t = resolve_targets(model, x if inputs is None else inputs, target)
     return torch.zeros(x.shape[0], dtype=torch.long) if t is None else t
 
 
@@ -419,7 +427,7 @@ def random_logit(model: nn.Module, inputs: Tensor, target: Any, attribute_fn: At
             or not 2 <= n_classes <= outputs):
         raise ValueError(f"Expected `n_classes` to be an integer in [2, {outputs}] for a model "
                          f"with {outputs} outputs, got {n_classes!r}.")
-    t = _targets(model, x, target, inputs)
+    t = _targets(model, x, target, inputs, outputs)
     if int(t.max()) >= n_classes:
         raise ValueError(f"Expected every target below `n_classes` = {n_classes}, got "
                          f"{int(t.max())}.")

@@ -15,6 +15,7 @@ from ..attribution import DEFAULT_MAX_ROWS, Attributions
 from ._base import (
     any_inputs,
     for_samples,
+    forward_rows,
     model_targets,
     refuse_token_ids,
     register,
@@ -554,31 +555,35 @@ def _relative_stability(model, explain_fn, inputs, target, *, radius, n_samples,
     check_positive_int(max_rows, "max_rows")
     n, s = x.shape[0], n_samples
     t = model_targets(model, x, target)
+    given = _given_maps(attributions, x, t)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    perturbed = x[:, None] + _noise(x, s, radius, generator, gaussian=False)     # (N, S, *F)
-    flat = perturbed.reshape(n * s, *x.shape[1:])
-    # One sample's S + 1 rows per forward pass: a float32 model rounds differently for
-    # other batch sizes, which relative logit changes magnify (to ~1e-5 on digits), so
-    # batching across samples would make a score depend on its batch-mates.
-    rows = [_logits(for_samples(model, slice(i, i + 1)), torch.cat([x[i:i + 1], perturbed[i]]),
-                    max_rows) for i in range(n)]
-    h = torch.stack([r[0] for r in rows])                                         # (N, C)
-    h_pert = torch.stack([r[1:] for r in rows])                                   # (N, S, C)
-    valid = _predicted(h_pert) == _predicted(h)[:, None]                          # (N, S)
-    base = _given_maps(attributions, x, t)                                        # (N, D)
-    if base is None:
-        base = _explain(explain_fn, x, t, torch.arange(n), max_rows)
-    maps = _explain(explain_fn, flat, t, torch.arange(n).repeat_interleave(s),
-                    max_rows).reshape(n, s, -1)
-    change = _relative_change(base[:, None], maps, eps_min).norm(dim=2)           # (N, S)
-    if denominator == "input":
-        ref = _relative_change(x.double().reshape(n, 1, -1).cpu(),
-                               perturbed.double().reshape(n, s, -1).cpu(), eps_min)
-    elif denominator == "relative_logits":
-        ref = _relative_change(h[:, None], h_pert, eps_min)
-    else:
-        ref = h[:, None] - h_pert
-    ratio = change / ref.norm(dim=2).clamp_min(eps_min)
+    change = torch.empty(n, s, dtype=torch.float64)
+    ref = torch.empty(n, s, dtype=torch.float64)
+    valid = torch.empty(n, s, dtype=torch.bool)
+    for sl, perturbed, base, maps in _explained_chunks(explain_fn, x, t, s, radius, generator,
+                                                       gaussian=False, max_rows=max_rows,
+                                                       given=given):
+        # The chunk's N x (S + 1) rows, in the cache-sized passes of the other metrics'
+        # forwards: a float32 model may round a row's logits differently with its
+        # pass-mates, as the explainer its maps, within float rounding (case 001).
+        # Sample major ([x_i; x_i + d_i1 .. x_i + d_iS]): a several-input model's other
+        # inputs follow their rows.
+        c, xs = perturbed.shape[0], x[sl]
+        rows = torch.cat([xs[:, None], perturbed], dim=1).reshape(c * (s + 1), *x.shape[1:])
+        logits = _logits(for_samples(model, sl), rows, forward_rows(model, rows, max_rows))
+        logits = logits.reshape(c, s + 1, -1)
+        h, h_pert = logits[:, 0], logits[:, 1:]                                   # (c, C), (c, S, C)
+        valid[sl] = _predicted(h_pert) == _predicted(h)[:, None]
+        change[sl] = _relative_change(base[:, None], maps, eps_min).norm(dim=2)   # (c, S)
+        if denominator == "input":
+            moved = _relative_change(xs.double().reshape(c, 1, -1).cpu(),
+                                     perturbed.double().reshape(c, s, -1).cpu(), eps_min)
+        elif denominator == "relative_logits":
+            moved = _relative_change(h[:, None], h_pert, eps_min)
+        else:
+            moved = h[:, None] - h_pert
+        ref[sl] = moved.norm(dim=2)
+    ratio = change / ref.clamp_min(eps_min)
     return _max_over_valid(ratio, valid, ("relative_input_stability" if denominator == "input"
                             else "relative_output_stability"),
                            "perturbation that keeps the predicted class", stacklevel=4)
@@ -626,9 +631,10 @@ def relative_input_stability(model: nn.Module, explain_fn: Callable[[Tensor, Ten
         Noise source (default ``torch.Generator().manual_seed(0)``), drawn
         sample by sample in batch order: same seed, bit-identical scores.
     max_rows : int >= 1
-        Rows per explainer call and per forward pass (forward passes take one
-        sample's ``x`` and its perturbations at a time, so that a float32
-        model's batch-size-dependent rounding cannot reach other samples).
+        Rows per explainer call and per forward pass (on CPU, passes of about
+        2**18 input elements, as the other metrics' forwards). All perturbations are drawn, explained and scored a chunk
+        of samples at a time, as for :func:`max_sensitivity`, so memory does
+        not grow with N.
     attributions : Tensor of shape (N, *F) or Attributions, optional
         The unperturbed maps, reused instead of explaining ``inputs`` again,
         as for :func:`max_sensitivity`.
