@@ -133,6 +133,9 @@ def test_a_numeric_csv_that_does_not_fit_says_what_is_expected(tmp_path):
     path.write_text("a,b,label\n1.0,,0\n3.0,4.0,1\n")
     with pytest.raises(ValueError, match=r"empty cells in rows \[0\]"):
         load_dataset(str(path))
+    path.write_text(",a,b,label\n0,1.0,2.0,0\n1,3.0,4.0,1\n")   # pandas' to_csv with its index
+    with pytest.raises(ValueError, match=r"unnamed columns \['Unnamed: 0'\].*index=False"):
+        load_dataset(str(path))
     path.write_text("label\n0\n1\n")
     with pytest.raises(ValueError, match=r"feature columns besides the label column 'label'"):
         load_dataset(str(path))

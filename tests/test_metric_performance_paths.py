@@ -337,6 +337,22 @@ def test_road_on_banded_systems_equals_the_scipy_implementation(order):
     torch.testing.assert_close(ours, expected, atol=1e-10, rtol=0)
 
 
+def test_road_on_one_pixel_wide_images_equals_the_scipy_implementation():
+    """1 x 400 x 1 images (a column: no diagonal or horizontal neighbours): banded systems of
+    bandwidth 1 (a review found the banded path crashing there)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(400, 3)).double().eval()
+    gen = seeded(12)
+    x = torch.rand(2, 1, 400, 1, generator=gen, dtype=torch.float64)
+    a = torch.randn(2, 1, 400, 1, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 2])
+    pct = (0.1, 0.75)
+    ours = faithfulness.road_curve(model, x, a, t, percentages=pct, output="logit",
+                                   generator=seeded(2))
+    expected = road_as_it_was(model, x, a, t, pct, "morf", 0.01, 2, "logit", 4096)
+    torch.testing.assert_close(ours, expected, atol=1e-10, rtol=0)
+
+
 def test_noisy_imputation_equals_the_scipy_path_with_the_same_noise():
     gen = seeded(6)
     x = torch.rand(7, 2, 6, 5, generator=gen, dtype=torch.float64)

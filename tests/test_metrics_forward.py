@@ -176,8 +176,8 @@ def test_a_changed_model_is_seen(images):
 
 
 def test_models_the_view_skips(images):
-    """float64, forward hooks (they must fire on the caller's model), models without a conv:
-    the model itself runs, bit for bit, and the reason is recorded."""
+    """float64 and models without a conv run as they are, bit for bit, the reason recorded;
+    a model with forward hooks runs channels last and its hooks fire."""
     model, x, _, t = images
     double = copy.deepcopy(model).double()
     scores = target_scores(double, x, t, output="logit")
@@ -188,8 +188,13 @@ def test_models_the_view_skips(images):
     hooked = copy.deepcopy(model)
     calls = []
     hooked.conv1.register_forward_hook(lambda *args: calls.append(1))
-    target_scores(hooked, x, t, output="logit")
-    assert calls and view_status(hooked) == {"model": "forward or backward hooks on Conv2d"}
+    with fast_forwards(False):
+        eager = target_scores(hooked, x, t, output="logit")
+    calls.clear()
+    torch.testing.assert_close(target_scores(hooked, x, t, output="logit"), eager)
+    # the caller's model itself runs (its weights swapped for channels-last copies): its
+    # hooks fire, on the check's two probes and on the pass
+    assert len(calls) == 3 and view_status(hooked) == {"(3, 12, 12) float32 cpu": "view"}
 
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 5)).eval()
     target_scores(mlp, x, t, output="logit")
@@ -230,10 +235,10 @@ def test_fast_forwards_switch():
         with fast_forwards(0):
             pass
     model = DigitsCNN().eval()
-    x = torch.rand(3, 1, 8, 8, generator=seeded())
+    x = torch.rand(8, 1, 8, 8, generator=seeded())
     with pytest.raises(KeyError), fast_forwards(False):
         raise KeyError("inside")
-    target_scores(model, x, torch.zeros(3, dtype=torch.long), output="logit")
+    target_scores(model, x, torch.zeros(8, dtype=torch.long), output="logit")
     assert view_status(model) == {"(1, 8, 8) float32 cpu": "view"}   # restored after the error
 
 
@@ -256,3 +261,41 @@ def test_pruned_model_and_inference_mode(images):
         expected_after = target_scores(pruned, x, t, output="logit")
     torch.testing.assert_close(after, expected_after)
     assert not torch.allclose(after, before)
+
+
+class SharedBlur(nn.Module):
+    """A 4-D buffer also held as a plain attribute of another module, and a plain dict of
+    settings read in forward (a review's cases: the caller's model must not change, and its
+    live state must be what runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.b1 = nn.Module()
+        self.b1.register_buffer("kernel", torch.rand(3, 1, 3, 3, generator=seeded(4)))
+        self.b2 = nn.Module()
+        self.b2.shared = self.b1.kernel
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+        self.cfg = {"temperature": 1.0}
+
+    def forward(self, x):
+        z = torch.nn.functional.conv2d(x, self.b2.shared, padding=1, groups=3)
+        return self.fc(torch.relu(self.conv(z)).flatten(1)) / self.cfg["temperature"]
+
+
+def test_shared_buffers_stay_the_callers_and_live_state_is_what_runs():
+    model = SharedBlur().eval()
+    x = torch.rand(8, 3, 6, 6, generator=seeded(5))
+    t = torch.zeros(8, dtype=torch.long)
+    kernel = model.b1.kernel.clone()
+    fast = target_scores(model, x, t, output="logit")
+    assert view_status(model) == {"(3, 6, 6) float32 cpu": "view"}
+    assert torch.equal(model.b1.kernel, kernel) and model.b2.shared is model.b1.kernel
+    assert model.b1.kernel.is_contiguous()
+    with fast_forwards(False):
+        torch.testing.assert_close(fast, target_scores(model, x, t, output="logit"))
+    model.cfg["temperature"] = 10.0          # changed in place: the next call sees it
+    with fast_forwards(False):
+        eager = target_scores(model, x, t, output="logit")
+    torch.testing.assert_close(target_scores(model, x, t, output="logit"), eager)
+    torch.testing.assert_close(eager, fast / 10.0)

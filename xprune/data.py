@@ -361,6 +361,13 @@ def load_table_file(path: str, *, label_column: str = "label", text_column: str 
                          f"text column ({text_column!r}, `data.text_column`) is read as a "
                          "numeric table: feature columns and a label column.")
     features = frame.drop(columns=[label_column])
+    index = [c for c in features.columns if str(c).startswith("Unnamed: ")]
+    if index:
+        raise ValueError(f"Expected every column of {path} to have a name, got unnamed "
+                         f"columns {index[:5]}: pandas' `to_csv` writes the row index as an "
+                         "unnamed first column, which would become a feature (the row number, "
+                         "a leak where rows are sorted by class). Write the file with "
+                         "`to_csv(path, index=False)` or drop that column.")
     if features.shape[1] == 0:
         raise ValueError(f"Expected feature columns besides the label column {label_column!r} "
                          f"in {path}, got none.")

@@ -433,7 +433,8 @@ def _impute_banded(images: Tensor, idx: Tensor, height: int, width: int) -> Tens
         for (dr, dc), weight in _EARLIER:
             (here, there), (p, q) = _shifted(removed, dr, dc), _shifted(position, dr, dc)
             pairs.append((here & there, q, p - q, weight))
-        kd = max(int(torch.where(coupled, distance, 0).max()) for coupled, _, distance, _ in pairs)
+        kd = max((int(torch.where(coupled, distance, 0).max()) for coupled, _, distance, _ in pairs
+                  if coupled.numel()), default=0)     # no neighbour pairs in a 1-wide image
         # band[r, q, i] = system[q + i, q] (LAPACK's 'L' storage, transposed), one slot past
         # the end collecting the entries of uncoupled pixels
         band = torch.zeros(rows, k * (kd + 1) + 1, dtype=torch.float64)
