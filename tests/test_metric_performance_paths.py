@@ -656,7 +656,9 @@ def test_cpu_forwards_take_cache_sized_batches_with_the_same_scores():
     try:
         ours = target_scores(model, x, t, output="probability")
         assert CPU_FORWARD_ELEMENTS // 3072 == 85 == forward_rows(model, x, 4096)
-        assert seen == [85, 85, 30]
+        # the first pass of a shape is checked on 4 rows, eager and channels last, both
+        # through the model itself (its hooks fire: tests/test_metrics_forward.py)
+        assert seen == [4, 4, 85, 85, 30]
         seen.clear()
         target_scores(model, x, t, output="probability", max_rows=16)
         assert seen == [16] * 12 + [8]
