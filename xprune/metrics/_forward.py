@@ -145,20 +145,21 @@ def _layout(t: Tensor) -> torch.memory_format | None:
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
 
 
-def _channels_last(model: nn.Module) -> dict[str, Tensor]:
-    """Name -> channels-last copy of each 4-D (5-D) parameter and buffer (a tensor held under
-    several names, tied, gets one copy)."""
-    copies: dict[int, Tensor] = {}
-    out = {}
+def _four_d(model: nn.Module) -> dict[str, Tensor]:
+    """Name -> each 4-D (5-D) parameter and buffer of ``model`` (every name of a tied one)."""
     named = [*model.named_parameters(remove_duplicate=False),
              *model.named_buffers(remove_duplicate=False)]
-    for name, t in named:
-        fmt = _layout(t)
-        if fmt is not None:
-            if id(t) not in copies:
-                copies[id(t)] = t.detach().contiguous(memory_format=fmt)
-            out[name] = copies[id(t)]
-    return out
+    return {name: t for name, t in named if _layout(t) is not None}
+
+
+def _channels_last(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Name -> a channels-last copy of each of ``tensors`` (a tensor held under several names,
+    tied, gets one copy)."""
+    copies: dict[int, Tensor] = {}
+    for t in tensors.values():
+        if id(t) not in copies:
+            copies[id(t)] = t.detach().contiguous(memory_format=_layout(t))
+    return {name: copies[id(t)] for name, t in tensors.items()}
 
 
 def _entry(model: nn.Module) -> _Entry:
@@ -241,10 +242,11 @@ def inference_forward(model: nn.Module, x: Tensor) -> Callable[[Tensor], Any]:
     key = _row_key(model, x)
     if entry.verdicts.get(key, "view") != "view":
         return plain
-    tensors = _channels_last(model)
-    if sum(t.numel() for t in {id(t): t for t in tensors.values()}.values()) \
+    weights = _four_d(model)
+    if sum(t.numel() for t in {id(t): t for t in weights.values()}.values()) \
             > MIN_ROWS_PER_WEIGHT * x.numel():
-        return plain
+        return plain                              # checked before copying: nothing copied
+    tensors = _channels_last(weights)
 
     def forward(rows: Tensor) -> Any:
         rows = to_model(rows, model)
