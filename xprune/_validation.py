@@ -29,8 +29,16 @@ __all__ = [
     "check_tensor",
     "check_sparsity_list",
     "closest_name",
+    "is_token_ids",
     "resolve_factory",
 ]
+
+
+def is_token_ids(x: object) -> bool:
+    """Integer inputs of shape (N, T): token ids (the default metric sets and the CPU pass
+    sizes read them so)."""
+    return (isinstance(x, Tensor) and x.dim() == 2 and not x.is_floating_point()
+            and x.dtype != torch.bool)
 
 
 def check_tensor(x: object, name: str, *, min_dim: int = 1, finite: bool = True) -> Tensor:

@@ -40,11 +40,11 @@ from . import metrics as M
 from ._batches import first_rows
 from ._cache import RunCache, code_digest
 from ._io import atomic_write_text
-from ._validation import check_positive_int, closest_name
+from ._validation import check_positive_int, closest_name, is_token_ids
 from ._version import __version__
 from .attribution import Attributions, attribute, explainer
 from .checkpoint import load_model, load_onnx
-from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed, is_token_ids
+from .config import MAX_SEED, AnalysisConfig, ModelConfig, _is_seed
 from .data import DatasetSplit, as_split, check_split, load_dataset
 from .metrics._base import metric_seed
 from .metrics._removal import check_removal_spec

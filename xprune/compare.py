@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from . import metrics as M
+from ._validation import is_token_ids
 from .attribution import Attributions, attribute, explainer
-from .config import default_metric_names, is_token_ids
+from .config import default_metric_names
 from .metrics._base import metric_seed
 from .stats import bootstrap_ci
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ._io import read_toml
 from ._validation import (
     check_device,
@@ -601,12 +599,6 @@ CONTINUOUS_NOISE = frozenset(name for name, info in METRICS.items() if info.cont
 # only (named, they score any input)
 TOKEN_METRICS = frozenset({"comprehensiveness", "sufficiency", "normalised_comprehensiveness",
                            "normalised_sufficiency", "tau_loo"})
-
-
-def is_token_ids(x: Any) -> bool:
-    """Integer inputs of shape (N, T): token ids, as the default metric sets read them."""
-    return (isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point()
-            and x.dtype != torch.bool)
 
 
 def default_metric_names(candidates: Iterable[str], *, images: bool, tokens: bool) -> list[str]:

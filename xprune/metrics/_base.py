@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, model_device, to_model
-from .._validation import check_same_shape, check_targets, check_tensor
+from .._validation import check_same_shape, check_targets, check_tensor, is_token_ids
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 from ..attribution._inputs import ModelInputs, structure_inputs
 from ._forward import inference_forward
@@ -390,6 +390,20 @@ def check_map_and_inputs(inputs: Tensor, attributions: Tensor | Attributions) ->
 # stability metrics' _explain) gives every row its own sample's other inputs.
 
 
+def rows_per_sample(n: int, m: int) -> int:
+    """R, for m = n * R rows of the attributed input, R per sample (sample major).
+
+    Raises
+    ------
+    ValueError
+        If m is not a multiple of n (or n is 0).
+    """
+    if n == 0 or m % n:
+        raise ValueError(f"Expected the rows of the attributed input to be a multiple of the "
+                         f"{n} sample(s) whose other inputs they take, got {m} rows.")
+    return m // n
+
+
 class PassThrough(nn.Module):
     """A model of several inputs seen as a model of the attributed one: ``forward(main)``.
 
@@ -422,11 +436,8 @@ class PassThrough(nn.Module):
 
     def forward(self, main: Tensor) -> Tensor:
         samples = self._samples()
-        n, m = samples.shape[0], main.shape[0]
-        if n == 0 or m % n:
-            raise ValueError(f"Expected the rows of the attributed input to be a multiple of "
-                             f"the {n} sample(s) whose other inputs they take, got {m} rows.")
-        index = samples if m == n else samples.repeat_interleave(m // n)
+        r = rows_per_sample(samples.shape[0], main.shape[0])
+        index = samples if r == 1 else samples.repeat_interleave(r)
         others = [t[index.to(t.device)] for t in self.structure.others]
         return as_logits(self.structure.call(self.model, main, others), self.model)
 
@@ -462,11 +473,8 @@ def for_rows(model: nn.Module, total: int, start: int, stop: int) -> nn.Module:
     """
     if not isinstance(model, PassThrough):
         return model
-    n = model._samples().shape[0]
-    if n == 0 or total % n:
-        raise ValueError(f"Expected the rows of the attributed input to be a multiple of the "
-                         f"{n} sample(s) whose other inputs they take, got {total} rows.")
-    return model.select(torch.arange(start, min(stop, total)) // (total // n))
+    r = rows_per_sample(model._samples().shape[0], total)
+    return model.select(torch.arange(start, min(stop, total)) // r)
 
 
 class PassThroughExplainer:
@@ -495,10 +503,7 @@ class PassThroughExplainer:
     def __call__(self, inputs: Tensor, target: Tensor, *, rows: Tensor | None = None) -> Any:
         s, m, n = self.structure, inputs.shape[0], len(self.structure)
         if rows is None:
-            if n == 0 or m % n:
-                raise ValueError(f"Expected the rows of the attributed input to be a multiple "
-                                 f"of the {n} sample(s) whose other inputs they take, got {m}.")
-            rows = torch.arange(n).repeat_interleave(m // n)
+            rows = torch.arange(n).repeat_interleave(rows_per_sample(n, m))
         tensors = tuple(inputs if i == s.index else t[rows.to(t.device)]
                         for i, t in enumerate(s.tensors))
         structured = ModelInputs(s.kind, s.keys, tensors, s.index).original()
@@ -508,6 +513,16 @@ class PassThroughExplainer:
 
 
 _BINDABLE = {"model": PassThrough, "explain_fn": PassThroughExplainer}
+
+
+def structure_of(inputs: object, attributions: object) -> ModelInputs:
+    """``inputs`` of any structure (a tensor, a tuple or a mapping of tensors) as
+    :class:`~xprune.attribution._inputs.ModelInputs`, the attributed one being the one
+    ``attributions`` records (an :class:`~xprune.attribution.Attributions` of multi-input
+    attribution), else the first; raises as
+    :func:`~xprune.attribution._inputs.structure_inputs`."""
+    return structure_inputs(inputs, attributions.attribute_to
+                            if isinstance(attributions, Attributions) else None)
 
 
 def any_inputs(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -540,9 +555,7 @@ def any_inputs(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         inputs = bound.arguments.get("inputs")
         if not isinstance(inputs, (tuple, list, Mapping)):
             return fn(*args, **kwargs)
-        maps = bound.arguments.get("attributions")
-        structure = structure_inputs(
-            inputs, maps.attribute_to if isinstance(maps, Attributions) else None)
+        structure = structure_of(inputs, bound.arguments.get("attributions"))
         model = bound.arguments.get("model")
         if isinstance(model, nn.Module):
             structure = ModelInputs(structure.kind, structure.keys, tuple(
@@ -617,8 +630,7 @@ def forward_rows(model: nn.Module, x: Tensor, max_rows: int) -> int:
     token ids :data:`CPU_FORWARD_TOKENS` tokens (at least 1)."""
     if model_device(model).type != "cpu":
         return max_rows
-    if x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool \
-            and any(isinstance(m, nn.Embedding) for m in model.modules()):
+    if is_token_ids(x) and any(isinstance(m, nn.Embedding) for m in model.modules()):
         return max(1, min(max_rows, CPU_FORWARD_TOKENS // max(1, x.shape[1])))
     return max(1, min(max_rows, CPU_FORWARD_ELEMENTS // max(1, x[0].numel())))
 
@@ -631,8 +643,8 @@ def target_scores(model: nn.Module, x: Tensor, target: Tensor, *, output: str,
     ``target`` has shape (M,). Rows are sent through the model (in eval mode,
     restored afterwards) in chunks of at most ``max_rows``, on CPU of about
     :data:`CPU_FORWARD_ELEMENTS` input elements (:func:`forward_rows`), through
-    :func:`~xprune.metrics._forward.inference_forward` (a channels-last copy of a
-    conv model, checked against the model itself on the first pass).
+    :func:`~xprune.metrics._forward.inference_forward` (a conv model run channels
+    last, checked against the model as it is on the first pass).
     """
     device = model_device(model)
     out = []

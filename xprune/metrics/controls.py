@@ -16,8 +16,13 @@ import torch
 from torch import Tensor, nn
 
 from ..attribution import Attributions
-from ..attribution._inputs import structure_inputs
-from ._base import check_map_and_inputs, get_metric, undefined_reasons, warn_undefined
+from ._base import (
+    check_map_and_inputs,
+    get_metric,
+    structure_of,
+    undefined_reasons,
+    warn_undefined,
+)
 
 __all__ = ["random_map_like", "versus_random"]
 
@@ -60,8 +65,7 @@ def _attributed(inputs: object, attributions: object) -> object:
     else the first); ``inputs`` itself when it is no tuple or mapping."""
     if not isinstance(inputs, (tuple, list, Mapping)):
         return inputs
-    return structure_inputs(inputs, attributions.attribute_to
-                            if isinstance(attributions, Attributions) else None).main
+    return structure_of(inputs, attributions).main
 
 
 def versus_random(metric: str | Callable[..., Tensor], model: nn.Module, inputs: Tensor,

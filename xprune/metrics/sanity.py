@@ -24,8 +24,7 @@ from torch.nn.utils import prune as torch_prune
 from .._state import model_device
 from .._validation import check_targets, check_tensor, closest_name
 from ..attribution import Attributions, n_outputs, resolve_targets
-from ..attribution._inputs import structure_inputs
-from ._base import register, undefined_reasons, values_of, warn_undefined
+from ._base import register, structure_of, undefined_reasons, values_of, warn_undefined
 from .agreement import spearman
 
 __all__ = ["RandomisationCurve", "model_parameter_randomisation", "parameter_randomisation",
@@ -92,9 +91,7 @@ def _model_inputs(inputs: object, attributions: object) -> tuple[object, Tensor]
     """
     if not isinstance(inputs, (tuple, list, Mapping)):
         return inputs, _checked_inputs(inputs)
-    structure = structure_inputs(inputs, attributions.attribute_to
-                                 if isinstance(attributions, Attributions) else None)
-    return inputs, _checked_inputs(structure.main)
+    return inputs, _checked_inputs(structure_of(inputs, attributions).main)
 
 
 def _checked_inputs(inputs: object) -> Tensor:
