@@ -8,9 +8,9 @@ function on one mask per image. The solver batches images with the same
 number of removed pixels into dense Cholesky solves and serves ROAD's nested
 removals (the pixel prefixes of one ranking) with one factorisation per image
 and one forward and back substitution for all of them; larger systems of
-images up to 48 pixels wide are banded (LAPACK's banded Cholesky, one call per
-system, built for all systems of a size at once), those of wider images are
-solved together as one block-diagonal scipy sparse system.
+images up to 48 pixels wide are banded (LAPACK's banded Cholesky), built for
+all images and removals at once and solved one call per half-bandwidth, those
+of wider images are solved together as one block-diagonal scipy sparse system.
 """
 
 from __future__ import annotations
@@ -136,8 +136,9 @@ def noisy_linear_imputation(inputs: Tensor, removed: Tensor, *, noise_std: float
     as one batch of dense systems (Cholesky, in blocks of at most 2^22 matrix
     elements); larger systems of images up to 48 pixels wide as banded systems
     (LAPACK ``dpbsv``, banded Cholesky: unknowns in row-major order couple within
-    W + 1 of each other), of wider images all together as one block-diagonal
-    system for ``scipy.sparse.linalg.spsolve``. All give the same solution (to
+    W + 1 of each other; the systems of one half-bandwidth stacked into one call),
+    of wider images all together as one block-diagonal system for
+    ``scipy.sparse.linalg.spsolve``. All give the same solution (to
     rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
     then added to each imputed value. Kept pixels are unchanged.
 
