@@ -31,12 +31,15 @@ randomisation test the maps of the N inputs on each re-initialised model and the
 re-initialisation; random logit the maps of the N inputs for the drawn classes). ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
 gets a second line against the forwards plus one bare ``scipy.sparse.linalg.spsolve``
-per system (systems built beforehand, untimed), and a third against the forwards plus
-one bare LAPACK banded Cholesky factorisation and solve (``dpbsv``) per system, in the
-pixels' row-major order (band storage built beforehand, untimed): the cheapest direct
-solution per system we found for these widths. xprune itself solves ROAD's nested
-systems of up to 192 unknowns with one dense Cholesky factor per image for all
-percentages, and larger ones (images up to 48 wide) as banded systems. Peak memory: the growth of the
+per system (systems built beforehand, untimed), a third against the forwards plus the
+bare LAPACK banded Cholesky factorisation and solve (``dpbsv``) of every system, in the
+pixels' row-major order, the systems of one half-bandwidth stacked into one call (band
+storage built beforehand, untimed): the cheapest direct solution per system we found for
+these widths, and a fourth adding the imputation's Gaussian noise draws (one value per
+imputed pixel and channel, float64, which the definition needs too). xprune itself
+solves ROAD's nested systems of up to 192 unknowns with one dense Cholesky factor per
+image for all percentages, and larger ones (images up to 48 wide) as these banded
+systems, built for all images and percentages at once. Peak memory: the growth of the
 process's peak resident set during xprune's first call (VmHWM after resetting
 it through /proc/self/clear_refs), in MiB. The default run's and the test
 suite's wall times are read from ``--run-seconds`` / ``--suite-seconds``
@@ -214,27 +217,45 @@ def imputation_floor(x: torch.Tensor, scores: torch.Tensor, counts: list[int]
 
 
 def banded_imputation_floor(systems: list) -> Callable[[], None]:
-    """One bare LAPACK banded Cholesky factorisation and solve (``dpbsv``) per ROAD system.
+    """Bare LAPACK banded Cholesky factorisations and solves (``dpbsv``) of ROAD's systems.
 
     ``systems``: the (sparse system, right-hand side) pairs of :func:`imputation_floor`,
-    unknowns in row-major order, so each system is banded (half-bandwidth at most the
-    image width + 1). The band storage is built here, untimed; each call copies it and
+    unknowns in row-major order, so each system is banded (half-bandwidth kd at most the
+    image width + 1). Systems of one kd are stacked into one block-diagonal band, as
+    xprune solves them (one call per kd instead of one per system; the same
+    factorisations). The band storage is built here, untimed; each call copies it and
     factorises and solves the copy.
     """
     from scipy import sparse
     from scipy.linalg.lapack import dpbsv
 
-    bands = []
+    by_kd: dict[int, list] = {}
     for system, rhs in systems:
         lower = sparse.tril(system).tocoo()
         kd = int((lower.row - lower.col).max(initial=0))
         band = np.zeros((kd + 1, system.shape[0]), order="F")
         band[lower.row - lower.col, lower.col] = lower.data
-        bands.append((band, np.asfortranarray(rhs)))
+        by_kd.setdefault(kd, []).append((band, rhs))
+    stacked = [(np.asfortranarray(np.concatenate([b for b, _ in group], axis=1)),
+                np.asfortranarray(np.concatenate([r for _, r in group], axis=0)))
+               for group in by_kd.values()]
 
     def run() -> None:
-        for band, rhs in bands:
+        for band, rhs in stacked:
             dpbsv(band, rhs, lower=1)
+    return run
+
+
+def noise_draws(counts: list[int], n: int, c: int) -> Callable[[], None]:
+    """ROAD's noise draws: (C, k) float64 Gaussian values per image and percentage, from a
+    seeded generator, as :class:`~xprune.metrics._imputation.NoisyLinearImputation` draws
+    them (the noisy imputation's other bare work)."""
+    def run() -> None:
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(n):
+            for k in counts:
+                if k:
+                    torch.randn(c, k, generator=gen, dtype=torch.float64)
     return run
 
 
@@ -370,11 +391,14 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
                                            road_counts)
         n_systems = len(systems)
         banded = banded_imputation_floor(systems)
+        draws = noise_draws(road_counts, n, x.shape[1])
         row("ROAD (MoRF)", lambda: faithfulness.road(model, x, a, t, generator=gen()),
             (fwd, fwd_what),
             floor2=[(lambda: (fwd(), solves()), f"{fwd_what} + {n_systems:,} bare scipy solves"),
                     (lambda: (fwd(), banded()),
-                     f"{fwd_what} + {n_systems:,} bare banded LAPACK solves")])
+                     f"{fwd_what} + {n_systems:,} bare banded LAPACK solves"),
+                    (lambda: (fwd(), banded(), draws()),
+                     f"{fwd_what} + {n_systems:,} bare banded LAPACK solves + noise draws")])
         explain = xprune.explainer(model, "integrated_gradients", params=IG)
         flat_rows = x.repeat_interleave(S, dim=0) + 0.01
         ft = t.repeat_interleave(S)

@@ -235,29 +235,66 @@ def test_banded_sparse_and_nested_dense_imputation_paths_agree(shape, monkeypatc
 
 
 def test_banded_solve_in_chunks_and_its_fallback_equal_one_call(monkeypatch):
-    """Bands built a few rows at a time, and a row whose banded Cholesky reports failure
+    """Bands built a few rows at a time, and the rows of a LAPACK call that reports failure
     (forced: the systems are positive definite) solved by the sparse path instead."""
     from scipy.linalg import lapack
 
     gen = seeded(10)
     images = torch.rand(7, 2, 100, generator=gen, dtype=torch.float64)
-    idx = (torch.rand(7, 100, generator=gen).argsort(dim=1) < 70).nonzero()[:, 1].reshape(7, 70)
-    whole = _imputation._impute_banded(images, idx, 10, 10)
-    monkeypatch.setattr(_imputation, "_DENSE_MAX_ELEMENTS", 70 * 12 * 3)    # 3 rows a chunk
-    torch.testing.assert_close(_imputation._impute_banded(images, idx, 10, 10), whole,
+    removed = torch.rand(7, 100, generator=gen).argsort(dim=1) < 70
+    whole = _imputation._impute_banded(images, removed, 10, 10)
+    torch.testing.assert_close(whole, scipy_rows(images, removed, 10, 10), atol=1e-12, rtol=0)
+    monkeypatch.setattr(_imputation, "_BANDED_CHUNK_ELEMENTS", 3 * 144)     # 3 rows a chunk
+    torch.testing.assert_close(_imputation._impute_banded(images, removed, 10, 10), whole,
                                atol=1e-14, rtol=0)
-    calls = []
+    monkeypatch.setattr(_imputation, "_DENSE_MAX_ELEMENTS", 71 * 12 * 2)    # 2 rows a chunk
+    torch.testing.assert_close(_imputation._impute_banded(images, removed, 10, 10), whole,
+                               atol=1e-14, rtol=0)
+    calls, sizes = [], []
     dpbsv = lapack.dpbsv
 
-    def failing_third(*args, **kwargs):
+    def failing_second(ab, b, **kwargs):
         calls.append(1)
-        out = dpbsv(*args, **kwargs)
-        return (*out[:2], 1) if len(calls) == 3 else out
-    monkeypatch.setattr(lapack, "dpbsv", failing_third)
+        out = dpbsv(ab, b, **kwargs)
+        if len(calls) == 2:
+            sizes.append(ab.shape[1] // 71)    # rows of the call: 71 columns each
+            return (*out[:2], 1)
+        return out
+    monkeypatch.setattr(lapack, "dpbsv", failing_second)
     sparse = Calls(monkeypatch, "_impute_sparse")
-    torch.testing.assert_close(_imputation._impute_banded(images, idx, 10, 10), whole,
+    torch.testing.assert_close(_imputation._impute_banded(images, removed, 10, 10), whole,
                                atol=1e-12, rtol=0)
-    assert sparse.rows == 1 and len(calls) == 7
+    assert sparse.rows == sizes[0] >= 1 and len(calls) >= 4       # 2-row chunks: 4 at least
+
+
+def test_stacked_banded_solves_equal_the_literal_solve_per_row(monkeypatch):
+    """Rows of many removed counts (none, one, all but one pixel, and between), in one
+    image 1 pixel wide and others, solved together by :func:`_impute_banded` (rows of one
+    half-bandwidth stacked into one LAPACK call): each equals its own dense solve."""
+    from scipy.linalg import lapack
+
+    gen = seeded(11)
+    halves = []
+    dpbsv = lapack.dpbsv
+
+    def recorded(ab, b, **kwargs):
+        halves.append(ab.shape[0] - 1)
+        return dpbsv(ab, b, **kwargs)
+    monkeypatch.setattr(lapack, "dpbsv", recorded)
+    for h, w in [(7, 9), (6, 1), (1, 5)]:
+        d = h * w
+        images = torch.rand(12, 3, d, generator=gen, dtype=torch.float64)
+        counts = torch.tensor([0, 1, d - 1, d // 2] + torch.randint(0, d, (8,),
+                                                                     generator=gen).tolist())
+        removed = torch.rand(12, d, generator=gen).argsort(dim=1) < counts[:, None]
+        halves.clear()
+        ours = _imputation._impute_banded(images, removed, h, w)
+        assert len(halves) == len(set(halves))            # one call per half-bandwidth
+        assert max(halves) <= w + 1
+        for i in range(12):
+            expected = literal_imputation(images[i].numpy(), removed[i].numpy(), h, w)
+            torch.testing.assert_close(ours[i], torch.from_numpy(expected), atol=1e-12, rtol=0)
+
 
 
 def test_imputation_runs_on_one_thread_and_restores_the_count():

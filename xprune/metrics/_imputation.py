@@ -8,9 +8,9 @@ function on one mask per image. The solver batches images with the same
 number of removed pixels into dense Cholesky solves and serves ROAD's nested
 removals (the pixel prefixes of one ranking) with one factorisation per image
 and one forward and back substitution for all of them; larger systems of
-images up to 48 pixels wide are banded (LAPACK's banded Cholesky, one call per
-system, built for all systems of a size at once), those of wider images are
-solved together as one block-diagonal scipy sparse system.
+images up to 48 pixels wide are banded (LAPACK's banded Cholesky), built for
+all images and removals at once and solved one call per half-bandwidth, those
+of wider images are solved together as one block-diagonal scipy sparse system.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -106,7 +107,7 @@ class NoisyLinearImputation(Removal):
         images = x.detach().reshape(n, c, d).double().cpu()
         with _one_thread():
             pixels = _prefix_pixels(order, counts)
-            filled = _impute_prefixes(images, order, counts, *x.shape[2:], pixels=pixels)
+            filled = _impute_prefixes(images, order, counts, *x.shape[2:])
             _add_prefix_noise(filled, pixels, self.noise_std, self.generator)
         return filled.reshape(n, len(counts), *x.shape[1:]).to(device=x.device, dtype=x.dtype)
 
@@ -135,8 +136,9 @@ def noisy_linear_imputation(inputs: Tensor, removed: Tensor, *, noise_std: float
     as one batch of dense systems (Cholesky, in blocks of at most 2^22 matrix
     elements); larger systems of images up to 48 pixels wide as banded systems
     (LAPACK ``dpbsv``, banded Cholesky: unknowns in row-major order couple within
-    W + 1 of each other), of wider images all together as one block-diagonal
-    system for ``scipy.sparse.linalg.spsolve``. All give the same solution (to
+    W + 1 of each other; the systems of one half-bandwidth stacked into one call),
+    of wider images all together as one block-diagonal system for
+    ``scipy.sparse.linalg.spsolve``. All give the same solution (to
     rounding, about 1e-15). Gaussian noise of std ``noise_std`` is
     then added to each imputed value. Kept pixels are unchanged.
 
@@ -351,10 +353,8 @@ def _impute_rows(images: Tensor, removed: Tensor, height: int, width: int) -> Te
         rows = large.nonzero()[:, 0]
         out[rows] = _impute_sparse(images[rows], removed[rows], height, width)
     elif bool(large.any()):
-        for k in counts[large].unique().tolist():
-            rows = (counts == k).nonzero()[:, 0]
-            idx = removed[rows].nonzero()[:, 1].reshape(-1, k)   # ascending within each row
-            out[rows] = _impute_banded(images[rows], idx, height, width)
+        rows = large.nonzero()[:, 0]
+        out[rows] = _impute_banded(images[rows], removed[rows], height, width)
     grid = None
     for k in counts[~large].unique().tolist():
         if k == 0:
@@ -388,79 +388,140 @@ _BANDED_MAX_WIDTH = 48
 _EARLIER = tuple(((dr, dc), weight) for (dr, dc), weight in _NEIGHBOURS if (dr, dc) < (0, 0))
 
 
-def _shifted(grid: Tensor, dr: int, dc: int) -> tuple[Tensor, Tensor]:
-    """Views (..., H', W') of ``grid`` (..., H, W): at the pixels p whose neighbour
-    p + (dr, dc) is in the image, and at those neighbours."""
-    h, w = grid.shape[-2:]
-    at = grid[..., max(0, -dr):h - max(0, dr), max(0, -dc):w - max(0, dc)]
-    moved = grid[..., max(0, dr):h - max(0, -dr), max(0, dc):w - max(0, -dc)]
-    return at, moved
+@functools.lru_cache(maxsize=8)
+def _bordered(height: int, width: int) -> Tensor:
+    """Index (d,) of each pixel of an H x W grid, row-major, in the flat (H + 2) x (W + 2)
+    grid that surrounds it with a border of one pixel: a neighbour (dr, dc) of a pixel is
+    ``dr * (W + 2) + dc`` away there, for every pixel alike. Cached per grid, never written."""
+    r, c = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return ((r + 1) * (width + 2) + c + 1).reshape(-1)
 
 
-def _impute_banded(images: Tensor, idx: Tensor, height: int, width: int) -> Tensor:
-    """:func:`_impute_rows` for B rows with the same k removed pixels, as banded systems.
+def _impute_banded(images: Tensor, removed: Tensor, height: int, width: int) -> Tensor:
+    """:func:`_impute_rows` of M rows as banded systems, any number of removed pixels each.
 
-    ``images`` (B, C, d) float64 on the CPU, ``idx`` (B, k) the removed pixels of each row
-    in ascending (row-major) order. In that order the system ``D - W_RR`` of a row
-    couples unknowns at most W + 1 apart. Its lower band (half-width ``kd``, the largest
-    coupling distance among the rows of a chunk) and its right-hand side ``W_RK x_K``
-    are built on the pixel grid, for all rows of a chunk of at most
-    ``_DENSE_MAX_ELEMENTS`` band elements at once: each of the 4 earlier neighbours
-    is a shifted view of the removal mask and of the unknowns' positions, and the
-    right-hand side is the kept pixels' weighted sum over the 8 shifts. Each row is
-    then factorised and solved by one LAPACK call (``dpbsv``: about k kd^2 flops, in
-    place). The systems are positive definite (see :func:`_solve_spd`); a row on which
-    the banded Cholesky fails anyway (not expected) is solved by :func:`_impute_sparse`.
-    Returns a new (B, C, d) tensor, kept pixels copied exactly.
+    ``images`` (M, C, d) float64 on the CPU, ``removed`` (M, d) bool, at least one pixel
+    of each row kept. With the unknowns in row-major order the system ``D - W_RR`` of a
+    row couples unknowns at most W + 1 apart; its half-bandwidth kd is the largest
+    distance, in unknowns, of a coupled pair. The rows are taken in chunks of about
+    ``_BANDED_CHUNK_ELEMENTS`` bordered-grid pixels (and at most ``_DENSE_MAX_ELEMENTS``
+    band elements); in each chunk :func:`_banded_chunk` builds every row's band and
+    right-hand side at once and solves all rows of a kd with one LAPACK call
+    (``dpbsv``, banded Cholesky, about k kd^2 flops per row) on the block-diagonal band
+    that stacks them: no entry couples two rows, so each row's solution is its own (to
+    rounding). The systems are positive definite (see :func:`_solve_spd`); the rows of a
+    call on which the banded Cholesky fails anyway (not expected) are solved by
+    :func:`_impute_sparse`. Returns a new (M, C, d) tensor, kept pixels copied exactly.
     """
-    from scipy.linalg.lapack import dpbsv
-
-    b, c, d = images.shape
-    k = idx.shape[1]
+    m, c, d = images.shape
     out = images.clone()
-    if k == 0:
-        return out
-    degree = _grid_neighbours(height, width)[2]
-    step = max(1, _DENSE_MAX_ELEMENTS // (k * (width + 2)))
+    size = (height + 2) * (width + 2)
+    band = (removed.sum(dim=1) + 1) * (width + 2)          # band elements per row, at most
+    ends = band.cumsum(0)
+    most = max(1, _BANDED_CHUNK_ELEMENTS // size)
     failed = []
-    for start in range(0, b, step):
-        sub = slice(start, min(b, start + step))
-        rows = sub.stop - start
-        removed = torch.zeros(rows, d, dtype=torch.bool).scatter_(1, idx[sub], True)
-        position = (removed.cumsum(dim=1) - 1).reshape(rows, height, width)
-        removed = removed.reshape(rows, height, width)
-        pairs = []                      # per earlier neighbour: coupled, its position, distance
-        for (dr, dc), weight in _EARLIER:
-            (here, there), (p, q) = _shifted(removed, dr, dc), _shifted(position, dr, dc)
-            pairs.append((here & there, q, p - q, weight))
-        kd = max((int(torch.where(coupled, distance, 0).max()) for coupled, _, distance, _ in pairs
-                  if coupled.numel()), default=0)     # no neighbour pairs in a 1-wide image
-        # band[r, q, i] = system[q + i, q] (LAPACK's 'L' storage, transposed), one slot past
-        # the end collecting the entries of uncoupled pixels
-        band = torch.zeros(rows, k * (kd + 1) + 1, dtype=torch.float64)
-        for coupled, q, distance, weight in pairs:
-            slot = torch.where(coupled, q * (kd + 1) + distance, k * (kd + 1))
-            band.scatter_(1, slot.reshape(rows, -1), -weight)
-        band = band[:, :-1].reshape(rows, k, kd + 1)
-        band[:, :, 0] = degree[idx[sub]]
-        x = images[sub].reshape(rows, c, height, width)
-        kept = torch.nn.functional.pad(torch.where(removed[:, None], 0.0, x), (1, 1, 1, 1))
-        total = torch.zeros_like(x)
-        for (dr, dc), weight in _NEIGHBOURS:
-            total += weight * kept[:, :, 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
-        # (B', C, k) in memory: rhs[r].T is the Fortran-ordered (k, C) right-hand side
-        rhs = total.reshape(rows, c, d).gather(2, idx[sub, None, :].expand(-1, c, -1))
-        band_np, rhs_np = band.numpy(), rhs.numpy()
-        for r in range(rows):            # Fortran-ordered views, solved in place
-            info = dpbsv(band_np[r].T, rhs_np[r].T, lower=1, overwrite_ab=1, overwrite_b=1)[2]
-            if info != 0:
-                failed.append(start + r)
-        out[sub] = out[sub].scatter(2, idx[sub, None, :].expand(-1, c, -1), rhs)
+    start = 0
+    while start < m:
+        before = int(ends[start - 1]) if start else 0
+        stop = start + max(1, int((ends[start:start + most] - before
+                                   <= _DENSE_MAX_ELEMENTS).sum()))
+        failed += [start + r for r in _banded_chunk(out[start:stop], removed[start:stop],
+                                                    height, width)]
+        start = stop
     if failed:
         rows = torch.tensor(failed)
-        removed = torch.zeros(len(failed), d, dtype=torch.bool).scatter_(1, idx[rows], True)
-        out[rows] = _impute_sparse(images[rows], removed, height, width)
+        out[rows] = _impute_sparse(images[rows], removed[rows], height, width)
     return out
+
+
+# Bordered-grid pixels (rows x (H + 2)(W + 2)) whose bands and right-hand sides are built
+# in one pass: large enough that each tensor operation has work, small enough to stay in cache.
+_BANDED_CHUNK_ELEMENTS = 2 ** 17
+
+
+def _banded_chunk(out: Tensor, removed: Tensor, height: int, width: int) -> list[int]:
+    """Solve :func:`_impute_banded`'s systems of the S rows of ``out`` (S, C, d), in place;
+    returns the rows whose banded Cholesky failed (left as they were)."""
+    from scipy.linalg.lapack import dpbsv
+
+    s, c, d = out.shape
+    wide = width + 2
+    size = (height + 2) * wide
+    first = wide + 1                          # the first grid pixel: all its neighbours >= 0
+    at = _bordered(height, width)
+    grid = torch.zeros(s, size, dtype=torch.bool)
+    grid[:, at] = removed
+    position = grid.cumsum(dim=1)             # 1-based among the row's unknowns
+    pairs = []                                # per earlier neighbour: its position, distance
+    spread = torch.zeros(s, dtype=torch.long)
+    for (dr, dc), weight in _EARLIER:
+        back = -(dr * wide + dc)
+        there = position[:, first - back:size - back]
+        coupled = grid[:, first:] & grid[:, first - back:size - back]
+        distance = (position[:, first:] - there).mul_(coupled)           # 0 where uncoupled
+        spread = torch.maximum(spread, distance.amax(dim=1))
+        pairs.append((there, distance, weight))
+    # Row r's system: a block of k_r + 1 columns of the stacked band, in rows of kd_r + 1
+    # (band[q, i] = system[q + i, q], LAPACK's 'L' storage transposed), the rows sorted by
+    # kd so that those of one kd are contiguous; its right-hand side a block of C x (k_r + 1)
+    # values, the columns of one kd channel by channel (Fortran order). Column 0 of a
+    # block is a spare unknown (diagonal 1, right-hand side 0) that the pairs of a pixel
+    # with no unknown before it write into; every other uncoupled pair writes into a
+    # diagonal slot (distance 0), which the degrees overwrite.
+    k = removed.sum(dim=1)
+    stride = spread + 1
+    order = torch.argsort(spread, stable=True)
+    sizes, columns = ((k + 1) * stride)[order], (k + 1)[order]
+    kds, members = torch.unique_consecutive(spread[order], return_counts=True)
+    group = torch.repeat_interleave(torch.arange(kds.numel()), members)   # of each sorted row
+    ends = columns.cumsum(0)
+    group_start = (ends - columns)[members.cumsum(0) - members]          # first column
+    group_columns = ends[members.cumsum(0) - 1] - group_start
+    base = torch.empty_like(k).index_copy_(0, order, sizes.cumsum(0) - sizes)
+    column = torch.empty_like(k).index_copy_(0, order, ends - columns)
+    first_column = torch.empty_like(k).index_copy_(0, order, group_start[group])
+    n_columns = torch.empty_like(k).index_copy_(0, order, group_columns[group])
+    band = np.zeros(int(sizes.sum()))
+    for there, distance, weight in pairs:
+        band[(there * stride[:, None]).add_(distance).add_(base[:, None]).numpy()] = -weight
+    row, pixel = removed.nonzero(as_tuple=True)          # the unknowns, row by row, row-major
+    local = position.view(-1)[row * size + at[pixel]]
+    band[(base[row] + local * stride[row]).numpy()] = \
+        _grid_neighbours(height, width)[2][pixel].numpy()
+    band[base.numpy()] = 1.0
+    padded = torch.zeros(c, s, height + 2, wide, dtype=torch.float64)
+    padded[:, :, 1:-1, 1:-1] = out.view(s, c, height, width).transpose(0, 1)
+    padded = padded.view(c, s * size)
+    padded[:, row * size + at[pixel]] = 0.0              # the kept pixels' values only
+    total = torch.zeros(c, s * size - 2 * first, dtype=torch.float64)
+    for (dr, dc), weight in _NEIGHBOURS:
+        shift = dr * wide + dc
+        total.add_(padded[:, first + shift:s * size - first + shift], alpha=weight)
+    # unknown u of row r, channel j: at (C - 1) * first_column + j * n_columns + column + local
+    slot = ((c - 1) * first_column + column)[row] + local
+    slot = slot + (torch.arange(c)[:, None] * n_columns[row])              # (C, unknowns)
+    rhs = np.zeros(c * int(ends[-1]))
+    rhs[slot.numpy()] = total[:, row * size + at[pixel] - first].numpy()
+    failed = []
+    a = b0 = c0 = 0
+    for kd, z, n in zip(kds.tolist(), members.cumsum(0).tolist(), group_columns.tolist(),
+                        strict=True):                  # one call per half-bandwidth kd
+        b1 = b0 + n * (kd + 1)
+        # Fortran-ordered (kd + 1, n) band and (n, C) right-hand side, solved in place
+        b = rhs[c0:c0 + c * n].reshape(c, n).T
+        x, info = dpbsv(band[b0:b1].reshape(n, kd + 1).T, b, lower=1, overwrite_ab=1,
+                        overwrite_b=1)[1:]
+        if info != 0:
+            failed += order[a:z].tolist()
+        elif not np.shares_memory(x, b):
+            b[...] = x
+        a, b0, c0 = z, b1, c0 + c * n
+    solved = torch.ones(s, dtype=torch.bool)
+    solved[failed] = False
+    keep = solved[row]
+    flat = (row * c * d + pixel)[keep] + (torch.arange(c) * d)[:, None]     # (C, unknowns)
+    out.view(-1)[flat.reshape(-1)] = torch.from_numpy(rhs[slot[:, keep].reshape(-1).numpy()])
+    return failed
 
 
 def _impute_sparse(images: Tensor, removed: Tensor, height: int, width: int) -> Tensor:
@@ -507,7 +568,7 @@ def _impute_sparse(images: Tensor, removed: Tensor, height: int, width: int) -> 
 
 
 def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: int,
-                     width: int, *, pixels: list[Tensor] | None = None) -> Tensor:
+                     width: int) -> Tensor:
     """Imputation of each image with the first ``counts[j]`` pixels of its ``order`` removed.
 
     ``images`` (B, C, d) float64 on the CPU, ``order`` (B, d) a permutation of the pixels
@@ -516,22 +577,18 @@ def _impute_prefixes(images: Tensor, order: Tensor, counts: list[int], height: i
     of nested removed sets are leading blocks of the largest one, ordered by removal,
     and so are their Cholesky factors: one dense factorisation per image serves every
     such count (if one fails, :func:`_impute_rows` solves them). Larger counts, in
-    images at most ``_BANDED_MAX_WIDTH`` wide: banded systems, all images of a count
-    built at once (:func:`_impute_banded`); in wider images, one block-diagonal sparse
-    solve for all images and counts (:func:`_impute_sparse`). ``pixels``: the
-    :func:`_prefix_pixels` of ``order`` and ``counts``, if the caller has them.
+    images at most ``_BANDED_MAX_WIDTH`` wide: banded systems, all images and counts
+    together (:func:`_impute_banded`, one LAPACK call per half-bandwidth and chunk); in
+    wider images, one block-diagonal sparse solve for all images and counts
+    (:func:`_impute_sparse`).
     """
     b, c, d = images.shape
     out = images[:, None].repeat(1, len(counts), 1, 1)
     large = [j for j, k in enumerate(counts) if k > _DENSE_MAX_UNKNOWNS]
-    if large and width <= _BANDED_MAX_WIDTH:
-        pixels = _prefix_pixels(order, counts) if pixels is None else pixels
-        for j in large:
-            out[:, j] = _impute_banded(images, pixels[j], height, width)
-    elif large:
+    if large:
         masks = prefix_masks(order, [counts[j] for j in large]).reshape(-1, d)
-        solved = _impute_sparse(images.repeat_interleave(len(large), dim=0), masks, height,
-                                width)
+        solve = _impute_banded if width <= _BANDED_MAX_WIDTH else _impute_sparse
+        solved = solve(images.repeat_interleave(len(large), dim=0), masks, height, width)
         out[:, large] = solved.reshape(b, len(large), c, d)
     small = [j for j, k in enumerate(counts) if 0 < k <= _DENSE_MAX_UNKNOWNS]
     if not small:

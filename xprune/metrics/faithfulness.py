@@ -935,8 +935,9 @@ def road_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     et al. 2022, "RemOve And Debias"). Pixels are ranked by the map summed over
     channels, signed, ties by index (row-major). The removed sets of one image
     are nested, so one Cholesky factorisation of its largest system of up to
-    192 unknowns serves every such percentage; larger systems are solved one by
-    one, banded (same solution, to rounding).
+    192 unknowns serves every such percentage; larger systems are banded, built
+    for all images and percentages at once and solved one LAPACK call per
+    half-bandwidth (same solution, to rounding).
 
     Parameters
     ----------
