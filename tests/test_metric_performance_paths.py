@@ -449,6 +449,59 @@ def test_faithfulness_correlation_chunks_agree(cnn64, batch):
     torch.testing.assert_close(run(35), run(4096), atol=1e-12, rtol=0)
 
 
+def topk_set(keys, size):
+    """The set torch.topk selects, as a mask: what the subsets were before _top_sets."""
+    return torch.zeros(keys.shape, dtype=torch.bool).scatter_(
+        -1, keys.topk(size, dim=-1, sorted=False).indices, True)
+
+
+@pytest.mark.parametrize(("d", "sizes"), [(2, [1]), (64, [1, 16, 63]), (3072, [768, 5])])
+def test_top_sets_are_the_topk_sets_of_uniform_keys(d, sizes):
+    keys = torch.rand(3, 70, d, generator=seeded(11))
+    for size in sizes:
+        got = faithfulness._top_sets(keys, size)
+        assert torch.equal(got, topk_set(keys, size))
+        assert (got.sum(-1) == size).all()
+
+
+def test_top_sets_with_ties_at_the_cut_take_the_topk_set():
+    """A key below the size-th largest equal to it leaves the set ambiguous: those rows take
+    torch.topk's choice (the subsets drawn before), the others are unique."""
+    keys = torch.tensor([[0.5, 0.5, 0.5, 0.1, 0.9],      # 3 tied for 2 places (size 3)
+                         [0.2, 0.7, 0.3, 0.7, 0.7],      # 3 tied for 3 places: unique
+                         [0.25, 0.75, 0.5, 0.0, 1.0],    # no tie
+                         [0.4, 0.4, 0.4, 0.4, 0.4]])     # all tied
+    got = faithfulness._top_sets(keys, 3)
+    assert torch.equal(got, topk_set(keys, 3))
+    assert torch.equal(got[1:3], torch.tensor([[False, True, False, True, True],
+                                               [False, True, True, False, True]]))
+    assert got[0, 4] and got[0, :3].sum() == 2 and not got[0, 3]
+    assert (got.sum(1) == 3).all()
+
+
+def test_subset_draws_in_blocks_are_the_draws_of_the_whole_chunk(digits_cnn, batch,
+                                                                 monkeypatch):
+    """Keys drawn, selected and summed a few samples at a time (SUBSET_BLOCK_ELEMENTS) give the
+    scores, bit for bit, of the subsets drawn for the whole batch at once with topk."""
+    x, a, t = batch
+    sizes, runs = [3, 16, 40], 6
+    scores = feature_map(a).double()
+    gen = seeded(8)
+    keys = torch.rand(x.shape[0], len(sizes), runs, 64, generator=gen)
+    mask = torch.cat([topk_set(keys[:, j], size) for j, size in enumerate(sizes)], dim=1)
+    mass = (mask.double() * scores[:, None, :]).sum(dim=2)
+    perturbed = _perturbed_scores(digits_cnn, x, t, lambda sl: mask[sl], len(sizes) * runs,
+                                  as_baseline(0.0, x), "logit", 4096, removal=ReplacePixels())
+    original = target_scores(digits_cnn, x, t, output="logit")
+    expected = pearson(mass.reshape(-1, runs), (original[:, None] - perturbed).reshape(-1, runs))
+    for block in (1, 3 * 18 * 64, 2 ** 18):
+        monkeypatch.setattr(faithfulness, "SUBSET_BLOCK_ELEMENTS", block)
+        got = faithfulness._subset_correlations(
+            digits_cnn, x, scores, t, sizes, n_runs=runs, baseline=0.0, output="logit",
+            generator=seeded(8), max_rows=4096)
+        assert torch.equal(got, expected.reshape(-1, len(sizes)))
+
+
 def complexity_as_it_was(model, x, a, t, *, eps, n_samples, noise, output, seed, max_rows):
     """model_effective_complexity before issue 8: its own chunked perturb-and-score loop."""
     gen = seeded(seed)
