@@ -16,6 +16,27 @@ def test_average_ranks_match_scipy_with_ties():
     np.testing.assert_allclose(average_ranks(x).numpy(), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int64, torch.bfloat16])
+def test_average_ranks_equal_scipy_bitwise_on_every_dtype(dtype):
+    """Ranks are exact in float64 whatever sorts the rows (NumPy's argsort for CPU NumPy
+    dtypes, torch.sort otherwise): equal to scipy's, ties at -0.0 / 0.0 and +-inf included."""
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(32, 3072, generator=gen) * 4).round()  # many ties
+    x[0, ::2], x[0, 1::2] = -0.0, 0.0
+    x[1, :5], x[1, 5:9] = float("inf"), -float("inf")
+    x[2] = torch.randn(3072, generator=gen)  # no ties
+    x = x[:, :1000] if dtype == torch.int64 else x
+    x = x.clamp(-1e9, 1e9).to(dtype) if dtype == torch.int64 else x.to(dtype)
+    expected = torch.as_tensor(stats.rankdata(x.double().numpy(), axis=1))
+    assert torch.equal(average_ranks(x), expected)
+
+
+def test_average_ranks_rank_nan_last_in_index_order():
+    """As the stable sort did: each NaN its own rank, after the numbers, in index order."""
+    x = torch.tensor([[2.0, float("nan"), 1.0, float("nan"), 2.0]], dtype=torch.float64)
+    assert average_ranks(x).tolist() == [[2.5, 4.0, 1.0, 5.0, 2.5]]
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_spearman_matches_scipy(ties):
     gen = torch.Generator().manual_seed(1)

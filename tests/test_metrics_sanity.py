@@ -283,6 +283,22 @@ def test_random_logit_draws_are_uniform_never_the_target_and_per_sample():
     assert torch.equal(prefix, other[:7])  # drawn in batch order: later samples change nothing
 
 
+@pytest.mark.parametrize("n_classes", [2, 10, 1000])
+def test_random_logit_draws_equal_one_draw_per_sample_in_order(n_classes):
+    """The N draws of one randint are those of N one-element draws in sample order (the
+    definition before the draws were batched), and leave the generator in the same state."""
+    t = torch.randint(0, n_classes, (257,), generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(3)
+    expected = []
+    for target in t.tolist():
+        r = int(torch.randint(0, n_classes - 1, (1,), generator=gen))
+        expected.append(r + (r >= target))
+    ours_gen = torch.Generator().manual_seed(3)
+    other = sanity._other_classes(t, n_classes, ours_gen)
+    assert other.dtype == torch.long and other.tolist() == expected
+    assert torch.equal(ours_gen.get_state(), gen.get_state())
+
+
 def test_random_logit_matches_quantus_with_its_drawn_classes(digits_cnn, batch, monkeypatch):
     """Quantus draws the other class with np.random (seed 42); we inject the same classes.
     Not compared with SSIM: Quantus flattens the maps to 1-D before calling scikit-image, a

@@ -282,15 +282,13 @@ def parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     seeds = [_draw_seed(generator) for _ in names]
     modules = dict(work.named_modules())
-    saved = ({k: v.detach().clone() for k, v in work.state_dict().items()}
-             if order == "independent" else None)
     original = (_given(attributions, x) if attributions is not None
                 else _maps(attribute_fn, work, x, t, inputs))
     values = []
     with undefined_reasons() as reasons:  # one warning for the whole curve
         for i, (name, seed) in enumerate(zip(names, seeds, strict=True)):
-            if saved is not None and i:
-                work.load_state_dict(saved)
+            if order == "independent" and i:  # the caller's untouched weights, copied back
+                work.load_state_dict(model.state_dict())
             module = modules[name]
             with _seeded_rng(seed, model_device(module)), torch.no_grad():
                 module.reset_parameters()
@@ -347,12 +345,14 @@ def model_parameter_randomisation(model: nn.Module, inputs: Tensor, target: Any,
 
 
 def _other_classes(targets: Tensor, n_classes: int, generator: torch.Generator) -> Tensor:
-    """For each sample in order, a class drawn uniformly from the n_classes - 1 non-targets."""
-    other = torch.empty_like(targets)
-    for i, t in enumerate(targets.tolist()):
-        r = int(torch.randint(0, n_classes - 1, (1,), generator=generator))
-        other[i] = r + (r >= t)  # skip the target: r indexes the other classes in order
-    return other
+    """For each sample in order, a class drawn uniformly from the n_classes - 1 non-targets.
+
+    One ``torch.randint`` of N draws: on the CPU generator the same values as N
+    one-element draws in sample order (a sample's class does not depend on the
+    batch after it)."""
+    r = torch.randint(0, n_classes - 1, targets.shape, generator=generator)
+    other = r + (r >= targets.cpu()).long()  # skip the target: r indexes the other classes
+    return other.to(targets.device)
 
 
 @register(category="randomisation", kind="randomisation", higher_is_better=False,
