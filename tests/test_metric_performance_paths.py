@@ -743,3 +743,62 @@ def test_cpu_forwards_of_token_ids_take_about_8192_tokens_a_pass():
     with torch.no_grad():
         literal = torch.stack([model(ids[i:i + 1])[0, t[i]] for i in range(150)])
     torch.testing.assert_close(ours, literal.double(), atol=1e-6, rtol=1e-5)
+
+
+# --- the curves forward a repeated row once ------------------------------------------------
+
+CURVES = {"deletion": faithfulness.deletion_curve, "insertion": faithfulness.insertion_curve,
+          "region": faithfulness.region_perturbation_curve}
+
+
+@pytest.mark.parametrize("curve, steps", [("deletion", None), ("insertion", None),
+                                          ("region", None), ("deletion", 16)])
+def test_curves_forward_each_distinct_row_once(digits_cnn, batch, curve, steps, monkeypatch):
+    """Digits with the zero baseline: a step that removes (inserts) only black pixels leaves
+    the row as it was, so its score is the previous step's, unforwarded. A forward hook
+    counts the rows: N x (steps + 1) less the steps whose pixels are all 0 (literal count
+    from the ranking), plus the one row model_targets looks at. The curve equals the path
+    that forwards every row (assert_close: a pass's other rows may change float rounding)
+    and repeats bit for bit."""
+    x, a, t = batch
+    model = copy.deepcopy(digits_cnn).eval()
+    fn = CURVES[curve]
+    n, d = x.shape[0], 64
+    seen = []
+    hook = model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        fn(model, x, a, t, steps=steps)              # a first call: the view's checking probes
+        seen.clear()
+        got = fn(model, x, a, t, steps=steps).values
+        forwarded = sum(seen)
+        assert torch.equal(fn(model, x, a, t, steps=steps).values, got)
+        k = steps or d                                # pixels d / k per step, by rank
+        order = feature_map(a).argsort(dim=1, descending=True, stable=True)
+        black = (x.reshape(n, d) == 0).gather(1, order).reshape(n, k, d // k).all(dim=2)
+        assert 0 < int(black.sum()) < n * k
+        assert forwarded == 1 + n * (k + 1) - int(black.sum())
+        original = faithfulness.perturbed_scores
+        monkeypatch.setattr(faithfulness, "perturbed_scores", lambda *args, **kw: original(
+            *args, **{**kw, "reuse_repeats": False}))
+        seen.clear()
+        every = fn(model, x, a, t, steps=steps).values
+        assert sum(seen) == 1 + n * (k + 1)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(got, every)
+
+
+def test_repeated_rows_compare_bits():
+    """-0.0 and 0.0 are different rows (a model may tell them apart), a NaN row equals itself;
+    a sample's first row never repeats, nor does a row repeat another sample's."""
+    from xprune.metrics._removal import repeated_rows
+
+    rows = torch.tensor([[0.0, 1.0], [0.0, 1.0], [-0.0, 1.0],       # sample 0
+                         [-0.0, 1.0], [float("nan"), 2.0], [float("nan"), 2.0]])  # sample 1
+    assert repeated_rows([rows], 3).tolist() == [False, True, False, False, False, True]
+    ids = torch.tensor([[3, 4], [3, 4], [3, 4], [3, 4]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 0]])
+    assert repeated_rows([ids], 2).tolist() == [False, True, False, True]
+    assert repeated_rows([ids, mask], 4).tolist() == [False, True, False, True]
+    assert repeated_rows([ids, mask], 2).tolist() == [False, True, False, True]
+    assert repeated_rows([ids[:2], mask[1:3]], 2).tolist() == [False, False]

@@ -114,6 +114,14 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     ------
     ValueError
         On mismatched shapes, NaN/Inf, ``steps`` outside [1, d], a bad target or output.
+
+    Notes
+    -----
+    A step that removes only features already at the baseline's value (a digit's
+    black pixels with the zero baseline: about half of them) leaves the input as it
+    was: that point takes the previous point's score instead of a forward pass of
+    the same row (bit for bit the same row, every input of the model compared). The
+    same holds for insertion and region perturbation.
     """
     return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
                          output=output, max_rows=max_rows, insert=False, removal=removal)
@@ -144,7 +152,7 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
         return rank[sl, None, :] < changed[None, :, None]
 
     values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
-                              removal=removal)
+                              removal=removal, reuse_repeats=True)
     return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
 
 
@@ -709,7 +717,7 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
         return feature_rank[sl, None, :] < ks[None, :, None]
 
     values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
-                              removal=removal)
+                              removal=removal, reuse_repeats=True)
     return DeletionCurve(fractions=torch.arange(steps + 1, dtype=torch.float64) / n_patches,
                          values=values)
 
