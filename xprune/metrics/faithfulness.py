@@ -389,9 +389,9 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     max_rows : int
         At most this many rows per forward pass (on CPU fewer for large rows,
         about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
-        ``n_samples`` perturbed rows of c = rows // n_samples whole samples (at
-        least one), with their c unperturbed rows where they fit, else those go
-        first in passes of their own. The noise is drawn per pass, so the same
+        ``n_samples`` perturbed rows and the unperturbed row of c = rows //
+        (n_samples + 1) whole samples; where one sample's rows exceed a pass
+        (c = 1), the unperturbed rows go first in passes of their own. The noise is drawn per pass, so the same
         inputs, seed and ``max_rows`` give the same bits; another pass size
         draws other noise. Memory is bounded by the pass, not by N x n_samples.
 
@@ -411,9 +411,9 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     n, feat, s = x.shape[0], x.shape[1:], n_samples
     rows = forward_rows(model, x, max_rows)
-    chunk = max(1, rows // s)
-    # the unperturbed rows ride in their samples' pass where it has room (one pass for
-    # all of a small batch), else go first, in passes of their own
+    chunk = max(1, rows // (s + 1))
+    # the unperturbed rows ride in their samples' pass (one pass for all of a small batch);
+    # where one sample's s + 1 rows exceed a pass they go first, in passes of their own
     fold = min(chunk, n) * (s + 1) <= rows
     out = torch.empty(n, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
