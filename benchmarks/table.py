@@ -340,8 +340,9 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
             call()
         finally:
             hook.remove()
-        fwd, what = floor(sum(seen))
-        return [(fwd, f"{what}: the rows forwarded, {sum(seen):,} of {n * (steps + 1):,} "
+        rows = sum(seen) - 1      # less the one row model_targets reads the outputs from
+        fwd, what = floor(rows)
+        return [(fwd, f"{what}: the rows forwarded, {rows:,} of {n * (steps + 1):,} "
                       f"(repeated rows reuse their predecessor's score)")]
 
     deletion = lambda: faithfulness.deletion_auc(model, x, a, t)  # noqa: E731
