@@ -28,7 +28,10 @@ explainer-bound ones the explainer's calls on the N x n_samples perturbed
 inputs alone (the unperturbed maps are given; relative stability adds the
 forwards of the N x (n_samples + 1) inputs whose logits it reads; the
 randomisation test the maps of the N inputs on each re-initialised model and the
-re-initialisation; random logit the maps of the N inputs for the drawn classes). ROAD also needs its imputation, a
+re-initialisation; random logit the maps of the N inputs for the drawn classes). The
+curves (deletion, insertion, AOPC) forward a step's row only where it differs from the
+step before (removing pixels already at the baseline's value changes nothing): their
+second line is the floor of the rows they forwarded, counted by a forward hook. ROAD also needs its imputation, a
 sparse linear system per image and percentage that no forward pass includes, so it
 gets a second line against the forwards plus one bare ``scipy.sparse.linalg.spsolve``
 per system (systems built beforehand, untimed), a third against the forwards plus the
@@ -342,10 +345,34 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
                         quantus_flipping())
         assert ok, f"deletion curve vs Quantus PixelFlipping on {size}: {why}"
         flip_peers = {"Quantus PixelFlipping": quantus_flipping}
-    row("deletion AUC", lambda: faithfulness.deletion_auc(model, x, a, t),
-        floor(n * (steps + 1)), flip_peers)
-    row("insertion AUC", lambda: faithfulness.insertion_auc(model, x, a, t),
-        floor(n * (steps + 1)))
+    def distinct_floor(name, call):
+        """The curves forward only the rows that differ from their step's predecessor (a step
+        removing pixels already at the baseline's value reuses its score): a second floor
+        line, the bare forwards of the rows the call forwarded (counted by a forward hook on
+        a warm call), beside the first line's floor of all N x (steps + 1) rows."""
+        if metrics and not any(m.lower() in name.lower() for m in metrics):
+            return ()
+        seen = []
+        hook = model.register_forward_hook(
+            lambda m, args, out: seen.append(getattr(out, "logits", out).shape[0]))
+        try:
+            call()
+            seen.clear()
+            call()
+        finally:
+            hook.remove()
+        rows = sum(seen) - 1      # less the one row model_targets reads the outputs from
+        fwd, what = floor(rows)
+        return [(fwd, f"{what}: the rows forwarded, {rows:,} of {n * (steps + 1):,} "
+                      f"(repeated rows reuse their predecessor's score)")]
+
+    deletion = lambda: faithfulness.deletion_auc(model, x, a, t)  # noqa: E731
+    insertion = lambda: faithfulness.insertion_auc(model, x, a, t)  # noqa: E731
+    aopc = lambda: faithfulness.aopc(model, x, a, t)  # noqa: E731
+    row("deletion AUC", deletion, floor(n * (steps + 1)), flip_peers,
+        floor2=distinct_floor("deletion AUC", deletion))
+    row("insertion AUC", insertion, floor(n * (steps + 1)),
+        floor2=distinct_floor("insertion AUC", insertion))
     # Quantus draws its subsets over the map's elements: on images with C > 1 channels
     # xprune does the same work on the elements, the images flattened to rows of C*H*W
     # columns (the model unflattens them); means must agree within 3 standard errors.
@@ -371,7 +398,7 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
         fc_peers = {"Quantus FaithfulnessCorrelation": quantus_fc}
     row("faithfulness correlation" + (" (elements)" if flat else ""), ours_fc,
         floor(n * (RUNS + 1)), fc_peers)
-    row("AOPC", lambda: faithfulness.aopc(model, x, a, t), floor(n * (steps + 1)))
+    row("AOPC", aopc, floor(n * (steps + 1)), floor2=distinct_floor("AOPC", aopc))
     if tokens:  # ERASER's five bins: the unperturbed row and one row per bin; LOO: one per token
         bins = len(erasure.DEFAULT_FRACTIONS)
         counted = int(a.feature_mask.sum()) if a.feature_mask is not None else x.numel()

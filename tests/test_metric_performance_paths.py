@@ -732,9 +732,16 @@ def test_lipschitz_with_merged_calls_equals_the_two_call_version(cnn64, batch):
 # --- forward passes of cache-sized batches on CPU ------------------------------------------
 
 def test_cpu_forwards_take_cache_sized_batches_with_the_same_scores():
-    """3x32x32 images on CPU: passes of 2**18 // 3072 = 85 rows (max_rows still caps them),
+    """3x32x32 images into the CNN on CPU: passes of 64 rows (its widest activation, 32 x 32
+    x 32 = 32,768 elements a row, would allow 2**19 // 32,768 = 16, raised to the 64-row
+    minimum, under the 2**18 // 3,072 = 85 of the input rule; max_rows still caps them),
     and the scores are those of the rows sent one at a time (literal loop)."""
-    from xprune.metrics._base import CPU_FORWARD_ELEMENTS, forward_rows
+    from xprune.metrics._base import (
+        CPU_FORWARD_ELEMENTS,
+        CPU_FORWARD_MIN_ROWS,
+        conv_activation_elements,
+        forward_rows,
+    )
     from xprune.models import DigitsCNN
 
     torch.manual_seed(0)
@@ -745,10 +752,12 @@ def test_cpu_forwards_take_cache_sized_batches_with_the_same_scores():
     hook = model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     try:
         ours = target_scores(model, x, t, output="probability")
-        assert CPU_FORWARD_ELEMENTS // 3072 == 85 == forward_rows(model, x, 4096)
+        assert conv_activation_elements(model, x[0]) == 32 * 32 * 32
+        assert CPU_FORWARD_ELEMENTS // 3072 == 85
+        assert CPU_FORWARD_MIN_ROWS == 64 == forward_rows(model, x, 4096)
         # the first pass of a shape is checked on 4 rows, eager and channels last, both
         # through the model itself (its hooks fire: tests/test_metrics_forward.py)
-        assert seen == [4, 4, 85, 85, 30]
+        assert seen == [4, 4, 64, 64, 64, 8]
         seen.clear()
         target_scores(model, x, t, output="probability", max_rows=16)
         assert seen == [16] * 12 + [8]
@@ -758,6 +767,38 @@ def test_cpu_forwards_take_cache_sized_batches_with_the_same_scores():
         literal = torch.stack([model(x[i:i + 1]).softmax(dim=1)[0, t[i]] for i in range(200)])
     torch.testing.assert_close(ours, literal.double(), atol=1e-6, rtol=1e-5)
     assert forward_rows(model, x[:, :1, :2, :2], 4096) == 4096      # small rows: max_rows
+    assert forward_rows(model, x[:, :, :8, :8], 4096) == 256         # 32 x 8 x 8 = 2,048
+
+
+def test_conv_passes_are_sized_by_the_widest_activation(digits_cnn, digits_batch):
+    """The 8x8 digits CNN widens its 64 input elements to 32 x 8 x 8 = 2,048 in its second
+    convolution: passes of 2**19 // 2,048 = 256 rows (not the input rule's 4,096), with the
+    scores of the rows sent one at a time. Models without a convolution keep the input rule
+    (a tabular MLP: max_rows), and a conv model's huge rows the input rule's few rows."""
+    from xprune.metrics._base import CPU_FORWARD_ACTIVATIONS, conv_activation_elements, forward_rows
+    from xprune.models import TabularMLP
+
+    model = copy.deepcopy(digits_cnn).eval()
+    x = digits_batch[0][:50].repeat(12, 1, 1, 1)                 # 600 rows
+    t = torch.arange(600) % 10
+    assert conv_activation_elements(model, x[0]) == 2048
+    assert forward_rows(model, x, 4096) == CPU_FORWARD_ACTIVATIONS // 2048 == 256
+    assert forward_rows(model, x, 100) == 100                          # max_rows caps
+    seen = []
+    hook = model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        ours = target_scores(model, x, t, output="logit")
+        assert seen == [4, 4, 256, 256, 88]           # the channels-last check, then passes
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        literal = torch.stack([model(x[i:i + 1])[0, t[i]] for i in range(600)])
+    torch.testing.assert_close(ours, literal.double(), atol=1e-5, rtol=1e-5)
+    mlp = TabularMLP(30).eval()
+    assert conv_activation_elements(mlp, torch.zeros(30)) == 0
+    assert forward_rows(mlp, torch.zeros(5, 30), 4096) == 4096            # 2**18 // 30 > 4096
+    wide = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten())          # 224 x 224 images:
+    assert forward_rows(wide, torch.zeros(2, 3, 224, 224), 4096) == 1  # input rule, 1 row
 
 
 def test_cpu_forwards_of_token_ids_take_about_8192_tokens_a_pass():
@@ -792,3 +833,62 @@ def test_cpu_forwards_of_token_ids_take_about_8192_tokens_a_pass():
     with torch.no_grad():
         literal = torch.stack([model(ids[i:i + 1])[0, t[i]] for i in range(150)])
     torch.testing.assert_close(ours, literal.double(), atol=1e-6, rtol=1e-5)
+
+
+# --- the curves forward a repeated row once ------------------------------------------------
+
+CURVES = {"deletion": faithfulness.deletion_curve, "insertion": faithfulness.insertion_curve,
+          "region": faithfulness.region_perturbation_curve}
+
+
+@pytest.mark.parametrize("curve, steps", [("deletion", None), ("insertion", None),
+                                          ("region", None), ("deletion", 16)])
+def test_curves_forward_each_distinct_row_once(digits_cnn, batch, curve, steps, monkeypatch):
+    """Digits with the zero baseline: a step that removes (inserts) only black pixels leaves
+    the row as it was, so its score is the previous step's, unforwarded. A forward hook
+    counts the rows: N x (steps + 1) less the steps whose pixels are all 0 (literal count
+    from the ranking), plus the one row model_targets looks at. The curve equals the path
+    that forwards every row (assert_close: a pass's other rows may change float rounding)
+    and repeats bit for bit."""
+    x, a, t = batch
+    model = copy.deepcopy(digits_cnn).eval()
+    fn = CURVES[curve]
+    n, d = x.shape[0], 64
+    seen = []
+    hook = model.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        fn(model, x, a, t, steps=steps)              # a first call: the view's checking probes
+        seen.clear()
+        got = fn(model, x, a, t, steps=steps).values
+        forwarded = sum(seen)
+        assert torch.equal(fn(model, x, a, t, steps=steps).values, got)
+        k = steps or d                                # pixels d / k per step, by rank
+        order = feature_map(a).argsort(dim=1, descending=True, stable=True)
+        black = (x.reshape(n, d) == 0).gather(1, order).reshape(n, k, d // k).all(dim=2)
+        assert 0 < int(black.sum()) < n * k
+        assert forwarded == 1 + n * (k + 1) - int(black.sum())
+        original = faithfulness.perturbed_scores
+        monkeypatch.setattr(faithfulness, "perturbed_scores", lambda *args, **kw: original(
+            *args, **{**kw, "reuse_repeats": False}))
+        seen.clear()
+        every = fn(model, x, a, t, steps=steps).values
+        assert sum(seen) == 1 + n * (k + 1)
+    finally:
+        hook.remove()
+    torch.testing.assert_close(got, every)
+
+
+def test_repeated_rows_compare_bits():
+    """-0.0 and 0.0 are different rows (a model may tell them apart), a NaN row equals itself;
+    a sample's first row never repeats, nor does a row repeat another sample's."""
+    from xprune.metrics._removal import repeated_rows
+
+    rows = torch.tensor([[0.0, 1.0], [0.0, 1.0], [-0.0, 1.0],       # sample 0
+                         [-0.0, 1.0], [float("nan"), 2.0], [float("nan"), 2.0]])  # sample 1
+    assert repeated_rows([rows], 3).tolist() == [False, True, False, False, False, True]
+    ids = torch.tensor([[3, 4], [3, 4], [3, 4], [3, 4]])
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 0]])
+    assert repeated_rows([ids], 2).tolist() == [False, True, False, True]
+    assert repeated_rows([ids, mask], 4).tolist() == [False, True, False, True]
+    assert repeated_rows([ids, mask], 2).tolist() == [False, True, False, True]
+    assert repeated_rows([ids[:2], mask[1:3]], 2).tolist() == [False, False]

@@ -81,6 +81,33 @@ def test_view_gives_the_models_logits(digits_cnn, digits_batch, images):
         assert list(view_status(model).values()) == ["view"], view_status(model)
 
 
+def test_one_input_channel_runs_every_convolution_channels_last(digits_cnn, digits_batch):
+    """A 1x8x8 digit: the first convolution's weight (16, 1, 3, 3) is channels-last contiguous
+    in the default layout too, so a copy keeping its strides (``contiguous``) ran that
+    convolution in the default layout and reordered its output for the second; the view's
+    copies have the canonical strides, so both convolutions put out channels last."""
+    model = copy.deepcopy(digits_cnn).eval()
+    x = digits_batch[0][:32]
+    seen = {}
+    hooks = [m.register_forward_hook(
+        lambda mod, args, out, name=name: seen.__setitem__(
+            name, out.is_contiguous(memory_format=torch.channels_last)
+            and not out.is_contiguous()))
+        for name, m in (("conv1", model.conv1), ("conv2", model.conv2))]
+    try:
+        with torch.no_grad():
+            forward = inference_forward(model, x)
+            forward(x)                                  # the first pass: checked, then viewed
+            seen.clear()
+            got = forward(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen == {"conv1": True, "conv2": True}
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x))
+
+
 def test_metrics_with_the_view_equal_the_eager_metrics(images):
     """Deletion, faithfulness correlation, ROAD accuracy, infidelity and the stability logits
     agree with the same metrics run through the model itself (fast_forwards(False))."""

@@ -617,22 +617,66 @@ def output_scores(logits: Tensor, output: str, model: nn.Module) -> Tensor:
 #: Other devices take ``max_rows`` rows a pass.
 CPU_FORWARD_ELEMENTS = 2 ** 18
 
+#: A convolutional model's passes on CPU hold about this many elements of its widest
+#: activation (2 MiB of float32), bounded per row by :func:`conv_activation_elements`: its
+#: widest convolution's output channels at the input's full resolution. Small inputs widen
+#: the most (the 8x8 digits CNN: 64 input elements, 2,048 in its second convolution's
+#: output), so input elements alone sent them in passes of 4,096 rows, 2.0x the time of
+#: passes of 256 (its fastest, channels last, one thread; 1.2x faster than 4,096 eager
+#: against 1.8x at 128-256 rows). The rule gives 256 rows for the digits CNN.
+CPU_FORWARD_ACTIVATIONS = 2 ** 19
+
+#: The activation rule gives no fewer rows than this (the 3x32x32 CNN, 32,768 elements a
+#: row in its widest activation, gets 64, its fastest pass): below 64 rows two threads
+#: wait for each other at every op (see :data:`CPU_FORWARD_ELEMENTS`).
+CPU_FORWARD_MIN_ROWS = 64
+
 #: Token ids (M, T) into a model with an ``nn.Embedding``: a CPU pass takes about this many
 #: tokens (64 sequences of 128), since each id becomes a vector of the model's width. The
 #: 6-layer, 384-wide BERT of ``benchmarks/table.py`` ran fastest at 64 rows of 128 tokens
 #: among 16 to 4,096 (its floor's batch); one pass of 260-400 rows cost it 1.2-1.4x.
 CPU_FORWARD_TOKENS = 2 ** 13
 
+_CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                nn.ConvTranspose3d)
+
+
+def conv_activation_elements(model: nn.Module, row: Tensor) -> int:
+    """A bound on the elements per row of a conv model's widest activation; 0 without one.
+
+    ``row`` (C, *S) is one input row; the bound is the largest ``out_channels`` of the
+    model's convolutions times the input's positions ``prod(S)`` (every convolution's
+    output at full resolution; strides and pooling only shrink it, so it is exact for the
+    stride-1 convolutions of the digits CNN: 32 x 8 x 8 = 2,048). Read from the model's
+    structure, without a forward pass. 0 for a model without convolution or rows with
+    fewer than two axes.
+    """
+    if row.dim() < 2:
+        return 0
+    widths = [m.out_channels for m in model.modules() if isinstance(m, _CONV_LAYERS)]
+    return max(widths) * (row.numel() // max(1, row.shape[0])) if widths else 0
+
 
 def forward_rows(model: nn.Module, x: Tensor, max_rows: int) -> int:
-    """Rows of ``x`` (M, *F) per forward pass: ``max_rows`` at most, fewer on CPU for large
-    rows so that one pass sees about :data:`CPU_FORWARD_ELEMENTS` input elements, or for
-    token ids :data:`CPU_FORWARD_TOKENS` tokens (at least 1)."""
+    """Rows of ``x`` (M, *F) per forward pass: the one pass-size policy of the metrics.
+
+    ``max_rows`` at most; on CPU fewer: for token ids into a model with an embedding
+    :data:`CPU_FORWARD_TOKENS` tokens a pass; otherwise about
+    :data:`CPU_FORWARD_ELEMENTS` input elements a pass and, for a convolutional model,
+    about :data:`CPU_FORWARD_ACTIVATIONS` elements of its widest activation
+    (:func:`conv_activation_elements`) but not fewer than :data:`CPU_FORWARD_MIN_ROWS`
+    rows by that rule. At least 1. Depends on the model's structure and the rows' shape
+    only, never on timing. Other devices take ``max_rows``.
+    """
     if model_device(model).type != "cpu":
         return max_rows
     if is_token_ids(x) and any(isinstance(m, nn.Embedding) for m in model.modules()):
         return max(1, min(max_rows, CPU_FORWARD_TOKENS // max(1, x.shape[1])))
-    return max(1, min(max_rows, CPU_FORWARD_ELEMENTS // max(1, x[0].numel())))
+    rows = min(max_rows, CPU_FORWARD_ELEMENTS // max(1, x[0].numel()))
+    widest = conv_activation_elements(model, x[0])
+    if widest:
+        rows = min(rows, max(CPU_FORWARD_MIN_ROWS, CPU_FORWARD_ACTIVATIONS // widest))
+    return max(1, rows)
 
 
 @torch.no_grad()

@@ -154,11 +154,17 @@ def _four_d(model: nn.Module) -> dict[str, Tensor]:
 
 def _channels_last(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """Name -> a channels-last copy of each of ``tensors`` (a tensor held under several names,
-    tied, gets one copy)."""
+    tied, gets one copy).
+
+    The copies have the canonical channels-last strides even where the default layout
+    already counts as channels-last contiguous (one input channel, as the digits CNN's first
+    convolution: ``contiguous`` would return the weight as it is, its strides read as the
+    default layout, and that convolution, with the next one's input, ran in the default
+    layout: 1.4x the time of a pass of 256 digits)."""
     copies: dict[int, Tensor] = {}
     for t in tensors.values():
         if id(t) not in copies:
-            copies[id(t)] = t.detach().contiguous(memory_format=_layout(t))
+            copies[id(t)] = torch.empty_like(t, memory_format=_layout(t)).copy_(t.detach())
     return {name: copies[id(t)] for name, t in tensors.items()}
 
 

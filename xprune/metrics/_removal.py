@@ -90,7 +90,7 @@ from torch import Tensor, nn
 from .._validation import check_positive_int, check_tensor, closest_name
 from ..attribution import make_baseline
 from ..attribution._inputs import ModelInputs
-from ._base import PassThrough, feature_map, for_samples, target_scores
+from ._base import PassThrough, feature_map, for_samples, rows_per_sample, target_scores
 
 __all__ = ["REMOVAL_UNITS", "DropTokens", "Grouped", "Removal", "ReplaceAudio",
            "ReplaceColumns", "ReplacePixels", "ReplaceTokens", "as_baseline", "grouped",
@@ -731,7 +731,7 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
                      masks_for: Callable[[slice], Tensor], n_per_sample: int,
                      baseline: Tensor | Callable[[slice], Tensor], output: str, max_rows: int,
                      reduce: Callable[[slice, Tensor], Tensor] | None = None, *,
-                     removal: Removal) -> Tensor:
+                     removal: Removal, reuse_repeats: bool = False) -> Tensor:
     """Scores of ``x`` with the features of ``masks_for(sample_slice) -> (c, *R, d)`` removed.
 
     ``removal`` (the metric's choice, from :func:`removal_for`) takes out the
@@ -750,6 +750,16 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
     (N, n_per_sample), or with ``reduce(sample_slice, scores (c,
     n_per_sample)) -> Tensor (c, ...)`` the reduced chunks concatenated, so
     that only each chunk's reduction is kept.
+
+    ``reuse_repeats`` (the curves: deletion, insertion, region perturbation / AOPC)
+    forwards only the rows that differ from the row before them of the same sample
+    (:func:`repeated_rows`: bit for bit, in every input the model takes) and gives each
+    repeat its predecessor's score: a step that removes (or inserts) only features
+    already at the baseline's value (the digits' black pixels with a black baseline)
+    leaves the row as it was. The scores are those of the rows forwarded, so a curve
+    equals the one scored row by row; against scoring every row it differs only by the
+    rounding a pass's composition may bring (float32 convolutions batch rows
+    differently), and the same call repeated gives the same bits.
     """
     n = x.shape[0]
     chunk = max(1, max_rows // n_per_sample)
@@ -765,10 +775,64 @@ def perturbed_scores(model: nn.Module, x: Tensor, targets: Tensor,
             b = baseline
         part, perturbed = removed_rows(model, removal, x, sl, removed, b, n_per_sample)
         t = targets[sl].repeat_interleave(n_per_sample)
-        scores = target_scores(part, perturbed, t, output=output, max_rows=max_rows)
+        if reuse_repeats and n_per_sample > 1:
+            scores = _scores_of_distinct_rows(part, perturbed, t, n_per_sample, output,
+                                              max_rows)
+        else:
+            scores = target_scores(part, perturbed, t, output=output, max_rows=max_rows)
         scores = scores.reshape(-1, n_per_sample)
         out.append(scores if reduce is None else reduce(sl, scores))
     return torch.cat(out)
+
+
+def _row_bits(t: Tensor) -> Tensor:
+    """``t`` as integers of its elements' width (float rows compare bit for bit: -0.0 is not
+    0.0, a NaN equals itself), or itself when it is not floating point."""
+    if not t.is_floating_point():
+        return t
+    return t.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()])
+
+
+def repeated_rows(tensors: Sequence[Tensor], n_per_sample: int) -> Tensor:
+    """True where a row equals the row before it of the same sample: bool (M,).
+
+    ``tensors`` hold the same M = c * ``n_per_sample`` rows, sample major (sample i's rows
+    ``i * n_per_sample ..``), e.g. the attributed input and any other input given per row; a
+    row repeats when it is bit for bit the previous one in every tensor. A sample's first
+    row never repeats.
+    """
+    m = tensors[0].shape[0]
+    c = m // n_per_sample
+    same = torch.ones(c, n_per_sample - 1, dtype=torch.bool)
+    for t in tensors:
+        bits = _row_bits(t).reshape(c, n_per_sample, -1)
+        same &= (bits[:, 1:] == bits[:, :-1]).all(dim=2).cpu()
+    return torch.cat([torch.zeros(c, 1, dtype=torch.bool), same], dim=1).reshape(m)
+
+
+def _scores_of_distinct_rows(model: nn.Module, rows: Tensor, targets: Tensor,
+                             n_per_sample: int, output: str, max_rows: int) -> Tensor:
+    """:func:`target_scores` of ``rows`` (M, *F), each repeat (:func:`repeated_rows`)
+    given the score of the row it repeats instead of being forwarded: shape (M,).
+
+    A :class:`PassThrough` model's other inputs follow the forwarded rows: those of each
+    row's sample, or, where the removal gave every row its own (token dropping), the row's
+    own, which must repeat too.
+    """
+    m = rows.shape[0]
+    tensors = [rows]
+    if isinstance(model, PassThrough) and model._samples().shape[0] == m:   # inputs per row
+        own = model._samples()
+        tensors += [t[own.to(t.device)] for t in model.structure.others]
+    repeat = repeated_rows(tensors, n_per_sample)
+    if not bool(repeat.any()):
+        return target_scores(model, rows, targets, output=output, max_rows=max_rows)
+    kept = (~repeat).nonzero()[:, 0]
+    if isinstance(model, PassThrough):          # each forwarded row keeps its own other inputs
+        model = model.select(kept // rows_per_sample(model._samples().shape[0], m))
+    scores = target_scores(model, rows[kept.to(rows.device)], targets[kept], output=output,
+                           max_rows=max_rows)
+    return scores[(~repeat).cumsum(0) - 1]       # a repeat: the last forwarded row before it
 
 
 def removed_rows(model: nn.Module, removal: Removal, x: Tensor, sl: slice, removed: Tensor,

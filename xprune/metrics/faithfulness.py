@@ -115,6 +115,14 @@ def deletion_curve(model: nn.Module, inputs: Tensor, attributions: Tensor | Attr
     ------
     ValueError
         On mismatched shapes, NaN/Inf, ``steps`` outside [1, d], a bad target or output.
+
+    Notes
+    -----
+    A step that removes only features already at the baseline's value (a digit's
+    black pixels with the zero baseline: about half of them) leaves the input as it
+    was: that point takes the previous point's score instead of a forward pass of
+    the same row (bit for bit the same row, every input of the model compared). The
+    same holds for insertion and region perturbation.
     """
     return _ranked_curve(model, inputs, attributions, target, baseline=baseline, steps=steps,
                          output=output, max_rows=max_rows, insert=False, removal=removal)
@@ -145,7 +153,7 @@ def _ranked_curve(model, inputs, attributions, target, *, baseline, steps, outpu
         return rank[sl, None, :] < changed[None, :, None]
 
     values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
-                              removal=removal)
+                              removal=removal, reuse_repeats=True)
     return DeletionCurve(fractions=changed.cpu().double() / d, values=values)
 
 
@@ -424,9 +432,9 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     max_rows : int
         At most this many rows per forward pass (on CPU fewer for large rows,
         about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
-        ``n_samples`` perturbed rows of c = rows // n_samples whole samples (at
-        least one), with their c unperturbed rows where they fit, else those go
-        first in passes of their own. The noise is drawn per pass, so the same
+        ``n_samples`` perturbed rows and the unperturbed row of c = rows //
+        (n_samples + 1) whole samples; where one sample's rows exceed a pass
+        (c = 1), the unperturbed rows go first in passes of their own. The noise is drawn per pass, so the same
         inputs, seed and ``max_rows`` give the same bits; another pass size
         draws other noise. Memory is bounded by the pass, not by N x n_samples.
 
@@ -446,9 +454,9 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     n, feat, s = x.shape[0], x.shape[1:], n_samples
     rows = forward_rows(model, x, max_rows)
-    chunk = max(1, rows // s)
-    # the unperturbed rows ride in their samples' pass where it has room (one pass for
-    # all of a small batch), else go first, in passes of their own
+    chunk = max(1, rows // (s + 1))
+    # the unperturbed rows ride in their samples' pass (one pass for all of a small batch);
+    # where one sample's s + 1 rows exceed a pass they go first, in passes of their own
     fold = min(chunk, n) * (s + 1) <= rows
     out = torch.empty(n, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
@@ -752,7 +760,7 @@ def region_perturbation_curve(model: nn.Module, inputs: Tensor,
         return feature_rank[sl, None, :] < ks[None, :, None]
 
     values = perturbed_scores(model, x, targets, masks_for, steps + 1, b, output, max_rows,
-                              removal=removal)
+                              removal=removal, reuse_repeats=True)
     return DeletionCurve(fractions=torch.arange(steps + 1, dtype=torch.float64) / n_patches,
                          values=values)
 
