@@ -166,3 +166,83 @@ def test_sanity_checks_reuse_the_given_original_maps(setup, order):
                                                          generator=seeded(3)))
     with pytest.raises(ValueError, match="computed on other inputs"):
         sanity.random_logit(model, x + 1, a.targets, counted, attributions=a)
+
+
+@pytest.mark.parametrize("name", sorted(STABILITY))
+def test_explainer_calls_in_chunks_equal_one_call(setup, name):
+    """The same perturbed rows sent in calls of 7 rows or in one call give the same scores
+    (a map depends on its row alone, up to rounding), and every row is explained once."""
+    model, x, a = setup
+    n, s = x.shape[0], 3
+    counted = CountingExplainer(xprune.explainer(model, "integrated_gradients",
+                                                 params={"n_steps": 4}))
+    fn = STABILITY[name]
+    one = fn(model, counted, x, a.targets, n_samples=s, generator=seeded(2), attributions=a)
+    assert counted.calls == [n * s]
+    counted.calls.clear()
+    chunked = fn(model, counted, x, a.targets, n_samples=s, generator=seeded(2), max_rows=7,
+                 attributions=a)
+    assert sum(counted.calls) == n * s and max(counted.calls) <= 7
+    torch.testing.assert_close(chunked, one, rtol=1e-9, atol=1e-12, equal_nan=True)
+
+
+# --- the attribution passes behind an explainer call on the CPU (issue 23) -----------------
+
+class PassRows:
+    """Records the rows of each forward pass with gradients through ``module``."""
+
+    def __init__(self, module):
+        self.rows = []
+        self.handle = module.register_forward_hook(self.hook)
+
+    def hook(self, module, inputs, output):
+        if torch.is_grad_enabled():
+            self.rows.append(int(inputs[0].shape[0]))
+
+
+def test_cpu_passes_keep_to_the_byte_budget_with_captums_maps(setup, monkeypatch):
+    """Integrated Gradients on the CPU sends its N x n_steps rows in passes of at most
+    CPU_PASS_BYTES of activations (here set to 40 rows' worth), every row once, and its maps
+    equal Captum's IG computed in a single pass on the same inputs."""
+    from captum.attr import IntegratedGradients
+
+    import xprune.attribution as attribution
+    from xprune.attribution._inputs import activation_bytes_per_row
+
+    model, x, a = setup
+    per_row = activation_bytes_per_row(model, x[:2], (), model)
+    monkeypatch.setattr(attribution, "CPU_PASS_BYTES", 40 * per_row + per_row // 2)
+    explain = xprune.explainer(model, "integrated_gradients", params={"n_steps": 16})
+    passes = PassRows(model.conv1)
+    try:
+        ours = explain(x, a.targets)
+    finally:
+        passes.handle.remove()
+    assert passes.rows[:2] == [1, 2]      # the probes that measure a row's bytes
+    assert passes.rows[2:] == [40] * 4    # 4 of the 16 steps of the 10 inputs a pass
+    reference = IntegratedGradients(model).attribute(
+        x.clone().requires_grad_(), baselines=0.0, target=a.targets, n_steps=16,
+        method="gausslegendre", internal_batch_size=x.shape[0] * 16)
+    torch.testing.assert_close(ours, reference.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_cpu_passes_are_cut_to_no_fewer_than_the_minimum_rows(setup, monkeypatch):
+    """A byte budget below one row still leaves CPU_MIN_PASS_ROWS (8) rows a pass, and a method
+    that needs more rows per input (GradientSHAP's samples) is not refused for it; the maps
+    are those of the uncut passes up to rounding."""
+    import xprune.attribution as attribution
+
+    model, x, a = setup
+    uncut = xprune.explainer(model, "integrated_gradients", params={"n_steps": 4})(x, a.targets)
+    monkeypatch.setattr(attribution, "CPU_PASS_BYTES", 1)
+    passes = PassRows(model.conv1)
+    try:
+        cut = xprune.explainer(model, "integrated_gradients", params={"n_steps": 4})(x, a.targets)
+        # after the probes: 8 inputs x 1 step a pass, then the last 2 inputs x 4 steps
+        assert passes.rows[2:] == [8] * 5
+        passes.rows.clear()
+        xprune.attribute(model, x, a.targets, "gradient_shap", params={"n_samples": 20})
+    finally:
+        passes.handle.remove()
+    torch.testing.assert_close(cut, uncut, rtol=1e-10, atol=1e-12)
+    assert max(passes.rows[2:]) == 20

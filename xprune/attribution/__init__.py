@@ -28,6 +28,8 @@ from .._validation import check_device, check_positive_int, check_targets, check
 from ..models import forward_error, layer_trace, predict
 from ._baselines import BASELINE_KINDS, check_rows, make_baseline, rows_of
 from ._inputs import (
+    CPU_MIN_PASS_ROWS,
+    CPU_PASS_BYTES,
     DEFAULT_MAX_BYTES,
     EmbeddingForward,
     ModelForward,
@@ -395,8 +397,10 @@ def attribute(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any,
         probe pass measures the bytes a row costs
         (:func:`~xprune.attribution._inputs.activation_bytes_per_row`), and
         the rows per pass (``n_steps`` of IG included) are bounded by
-        ``max_bytes`` / that, as well as by ``max_rows``. The results do not
-        depend on it beyond floating-point rounding.
+        ``max_bytes`` / that, as well as by ``max_rows``; on the CPU also by
+        about :data:`~xprune.attribution._inputs.CPU_PASS_BYTES` (16 MiB) of
+        activations a pass, the faster size there (at least 8 rows). The
+        results do not depend on it beyond floating-point rounding.
 
     Returns
     -------
@@ -442,8 +446,11 @@ def _float_ids_refused(main: Tensor):
 
 
 def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module, *,
-                   max_rows: int, max_bytes: int, memo: dict | None) -> int:
-    """The rows one forward pass may hold: ``max_rows``, lowered to fit ``max_bytes``."""
+                   max_rows: int, max_bytes: int, memo: dict | None, min_rows: int = 1) -> int:
+    """The rows one forward pass may hold: ``max_rows``, lowered to fit ``max_bytes``, and on
+    the CPU to about :data:`~._inputs.CPU_PASS_BYTES` of activations (the faster passes
+    there), never below ``min_rows`` (the method's rows per input) or
+    :data:`~._inputs.CPU_MIN_PASS_ROWS` for that cut: only ``max_bytes`` may refuse a method."""
     key = ("bytes_per_row", type(forward).__name__, tuple(x.shape[1:]))
     if memo is not None and key in memo:
         per_row = memo[key]
@@ -451,7 +458,10 @@ def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module,
         per_row = activation_bytes_per_row(forward, x, args, model)
         if memo is not None:
             memo[key] = per_row
-    return max(1, min(max_rows, max_bytes // per_row))
+    rows = max(1, min(max_rows, max_bytes // per_row))
+    if model_device(model).type == "cpu":
+        rows = min(rows, max(min_rows, CPU_MIN_PASS_ROWS, CPU_PASS_BYTES // per_row))
+    return rows
 
 
 def _per_sample_spec(spec, fields: tuple[str, ...], rows: Tensor | None, n: int,
@@ -562,7 +572,8 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
                 emb = layer(probe_x)
             probe_forward, probe_x, probe_args = embedded, emb, (probe_x, *probe_args)
         budget_rows = _rows_per_pass(probe_forward, probe_x, probe_args, model,
-                                     max_rows=max_rows, max_bytes=max_bytes, memo=memo)
+                                     max_rows=max_rows, max_bytes=max_bytes, memo=memo,
+                                     min_rows=rows)
     targets = _resolve_targets(model, structure, target, labels=labels, max_rows=budget_rows,
                                outputs=outputs)
     if rows > max_rows:
