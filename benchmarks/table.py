@@ -361,8 +361,15 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
             floor(n * (bins + 1)))
         row("tau-LOO", lambda: erasure.tau_loo(model, x, a, t, **mask), floor(n + counted))
     if not tokens:
+        inf_fwd, inf_what = floor(n * (S + 1))
+        feat = "x".join(map(str, x.shape[1:]))
+
+        def draws() -> None:  # infidelity's perturbations, bare: N x S float32 normals
+            torch.empty((n * S, *x.shape[1:])).normal_(0.0, 0.1, generator=gen())
         row("infidelity", lambda: faithfulness.infidelity(model, x, a, t, generator=gen()),
-            floor(n * (S + 1)))
+            (inf_fwd, inf_what),
+            floor2=[(lambda: (inf_fwd(), draws()),
+                     f"{inf_what} + {n * S:,} x {feat} bare float32 normals")])
         road_counts = [min(d - 1, int(math.floor(p * d + 1e-9)))
                        for p in faithfulness.ROAD_PERCENTAGES]
         fwd, fwd_what = floor(n * 9)

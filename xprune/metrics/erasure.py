@@ -27,7 +27,8 @@ everything removed for sufficiency); ferret instead skips empty bins and
 bins whose rationale equals the previous one (see the tests).
 
 All samples and bins go through the model together, in forward passes of at
-most ``max_rows`` rows.
+most ``max_rows`` rows, on CPU of about ``CPU_FORWARD_TOKENS`` tokens
+(:func:`~xprune.metrics._base.forward_rows`).
 """
 
 from __future__ import annotations
