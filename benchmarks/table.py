@@ -439,8 +439,15 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
             floor(n * (bins + 1)))
         row("tau-LOO", lambda: erasure.tau_loo(model, x, a, t, **mask), floor(n + counted))
     if not tokens:
+        inf_fwd, inf_what = floor(n * (S + 1))
+        feat = "x".join(map(str, x.shape[1:]))
+
+        def infidelity_draws() -> None:  # infidelity's perturbations, bare: N x S float32 normals
+            torch.empty((n * S, *x.shape[1:])).normal_(0.0, 0.1, generator=gen())
         row("infidelity", lambda: faithfulness.infidelity(model, x, a, t, generator=gen()),
-            floor(n * (S + 1)))
+            (inf_fwd, inf_what),
+            floor2=[(lambda: (inf_fwd(), infidelity_draws()),
+                     f"{inf_what} + {n * S:,} x {feat} bare float32 normals")])
         road_counts = [min(d - 1, int(math.floor(p * d + 1e-9)))
                        for p in faithfulness.ROAD_PERCENTAGES]
         fwd, fwd_what = floor(n * 9)
@@ -448,13 +455,13 @@ def rows_for(size: str, model, x: torch.Tensor, reps: int,
                                            road_counts)
         n_systems = len(systems)
         banded = banded_imputation_floor(systems)
-        draws = noise_draws(road_counts, n, x.shape[1])
+        road_draws = noise_draws(road_counts, n, x.shape[1])
         row("ROAD (MoRF)", lambda: faithfulness.road(model, x, a, t, generator=gen()),
             (fwd, fwd_what),
             floor2=[(lambda: (fwd(), solves()), f"{fwd_what} + {n_systems:,} bare scipy solves"),
                     (lambda: (fwd(), banded()),
                      f"{fwd_what} + {n_systems:,} bare banded LAPACK solves"),
-                    (lambda: (fwd(), banded(), draws()),
+                    (lambda: (fwd(), banded(), road_draws()),
                      f"{fwd_what} + {n_systems:,} bare banded LAPACK solves + noise draws")])
         explain = xprune.explainer(model, "integrated_gradients", params=IG)
         flat_rows = x.repeat_interleave(S, dim=0) + 0.01

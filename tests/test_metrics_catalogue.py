@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from torch import nn
 
 import xprune
 from xprune import metrics as M
@@ -296,8 +297,9 @@ def test_infidelity_float32_draws_match_captum(digits_cnn, digits_batch):
 
 
 def test_infidelity_runs_the_floor_rows_in_bounded_passes(digits_cnn, digits_batch):
-    """N unperturbed + N x n_samples perturbed rows and no more (plus the one row that
-    counts the model's outputs), in passes of at most ``max_rows``."""
+    """N unperturbed + N x n_samples perturbed rows and no more (no forward of its own to
+    count the model's outputs: the first pass checks the targets), in passes of at most
+    ``max_rows``."""
     x = digits_batch[0][:40]
     a = xprune.attribute(digits_cnn, x, "predicted", "saliency", params={"abs": False})
     seen = []
@@ -310,9 +312,67 @@ def test_infidelity_runs_the_floor_rows_in_bounded_passes(digits_cnn, digits_bat
         M.infidelity(digits_cnn, x, a, a.targets, n_samples=10)
     finally:
         handle.remove()
-    # 50 // 11 = 4 samples a pass: their 40 perturbed rows with their 4 unperturbed ones
-    assert bounded == [1] + [44] * 10
-    # the digits CNN's passes of 256 rows (its widest activation): 23 samples' x and x - I
-    # together, then the other 17's
-    assert seen == [1, 23 * 11, 17 * 11]
+    # 5 samples' 50 perturbed rows a pass leave no room: the 40 unperturbed rows go first
+    assert bounded == [40] + [50] * 8
+    # the digits CNN's passes of 256 rows (its widest activation): 25 samples' 250 draws
+    # with their 25 unperturbed rows (275 <= 256 + 64), then the other 15's
+    assert seen == [25 * 11, 15 * 11]
     assert chunked.shape == (40,) and bool(torch.isfinite(chunked).all())
+
+
+def test_infidelity_folds_the_unperturbed_rows_into_cache_sized_passes():
+    """3x16x16 rows into a linear model (no convolution, so no activation cap): a CPU pass
+    is 341 rows (CPU_FORWARD_ELEMENTS), the draws' pass 34
+    samples x 10; their 34 unperturbed rows ride along (374 <= 341 + 85), so 40 samples take
+    two passes, [374, 66], no pass of their own for x and no probe row; the scores equal
+    Captum's given the same draws. With 2 draws, 180 samples (170 a pass: 510 rows > 341 +
+    85), x goes first."""
+    from captum.metrics import infidelity as captum_infidelity
+
+    from xprune.metrics._base import CPU_FORWARD_ELEMENTS, forward_rows
+
+    assert CPU_FORWARD_ELEMENTS // (3 * 16 * 16) == 341
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10)).double().eval()
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(180, 3, 16, 16, generator=gen, dtype=torch.float64)
+    a = torch.randn(180, 3, 16, 16, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, 10, (180,), generator=gen)
+    seen = []
+    assert forward_rows(model, x, 4096) == 341
+    handle = model[1].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    try:
+        ours = M.infidelity(model, x[:40], a[:40], t[:40],
+                            generator=torch.Generator().manual_seed(4))
+        folded = list(seen)
+        seen.clear()
+        few = M.infidelity(model, x, a, t, n_samples=2, noise_std=0.2,
+                           generator=torch.Generator().manual_seed(4))
+    finally:
+        handle.remove()
+    assert folded == [374, 66]
+    assert seen == [180, 340, 20]      # 2 draws: x first, then 170 samples' draws a pass
+    for got, k, s, std in ((ours, 40, 10, 0.1), (few, 180, 2, 0.2)):
+        noise = _infidelity_draws(x[:k], s, 341, 4, std, torch.float64)
+        theirs = captum_infidelity(model, lambda b, noise=noise: (noise, b - noise), x[:k],
+                                   a[:k], target=t[:k], n_perturb_samples=s)
+        torch.testing.assert_close(got, theirs.double())
+
+
+def test_infidelity_checks_the_targets_on_its_first_pass(linear_model):
+    """The targets and the logit outputs are checked on the outputs of the metric's own first
+    pass: the same errors as a separate probe gave."""
+    x = torch.rand(3, 64)
+    a = torch.rand(3, 64)
+    with pytest.raises(ValueError, match=r"Expected `target` in \[0, 10\) for a model with 10 "
+                                         r"outputs, got values from 0 to 10"):
+        M.infidelity(linear_model, x, a, torch.tensor([0, 10, 2]))
+    with pytest.raises(ValueError, match="Expected `target` for a model with 10 outputs"):
+        M.infidelity(linear_model, x, a, None)
+    softmax = nn.Sequential(linear_model, nn.Softmax(dim=1)).eval()
+    with pytest.raises(ValueError, match="already probabilities"):
+        M.infidelity(softmax, x, a, 1)
+    one = nn.Linear(64, 1).eval()     # one output: no target needed, index 0
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(M.infidelity(one, x, a, None, generator=seeded()),
+                       M.infidelity(one, x, a, 0, generator=seeded()))

@@ -115,6 +115,49 @@ def test_tau_loo_equals_kendall_tau_of_the_literal_leave_one_out_drop(bert, sent
         torch.testing.assert_close(float(got[i]), float(expected), rtol=0, atol=1e-12)
 
 
+def _passes(model, fn, monkeypatch, tokens):
+    """``fn()`` with a CPU pass of ``tokens`` tokens, and the (rows, width) of every pass."""
+    from xprune.metrics import _base
+
+    monkeypatch.setattr(_base, "CPU_FORWARD_TOKENS", tokens)
+    seen = []
+    handle = model.bert.embeddings.register_forward_hook(
+        lambda m, i, o: seen.append(tuple(o.shape[:2])))
+    try:
+        return fn(), seen
+    finally:
+        handle.remove()
+
+
+def test_tau_loo_rows_go_in_token_sized_passes_with_equal_scores(bert, sentences, monkeypatch):
+    """The N + N x L leave-one-out rows go through the model in passes of CPU_FORWARD_TOKENS
+    tokens (memory bounded by the pass, not by L: the benchmark's 516 rows of 128 tokens took
+    1 GiB in one pass), and score as in one pass; with an attention mask, each length-sorted
+    group is cut to its longest row and holds the rows that fit at that width."""
+    ids = torch.randint(5, 80, (3, 20), generator=torch.Generator().manual_seed(3))
+    scores = torch.randn(3, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    run = lambda: tau_loo(bert, ids, scores, 1, baseline=MASK_ID)  # noqa: E731
+    one, whole = _passes(bert, run, monkeypatch, 10 ** 6)
+    chunked, passes = _passes(bert, run, monkeypatch, 200)
+    # one row counts the model's outputs, then 3 unperturbed + 3 x 20 left out
+    assert whole == [(1, 20), (63, 20)]
+    assert passes == [(1, 20)] + [(10, 20)] * 6 + [(3, 20)]   # 200 tokens: 10 rows of 20
+    torch.testing.assert_close(chunked, one, rtol=0, atol=1e-12)
+
+    inputs, scores, counted = sentences
+    run = lambda: tau_loo(bert, inputs, scores, 1, removal="delete",  # noqa: E731
+                          feature_mask=counted)
+    one, groups = _passes(bert, run, monkeypatch, 10 ** 6)
+    chunked, passes = _passes(bert, run, monkeypatch, 100)
+    rows = 6 + int(counted.sum())
+    assert groups[0][0] == passes[0][0] == 1          # the row that counts the outputs
+    groups, passes = groups[1:], passes[1:]
+    assert sum(r for r, _ in groups) == sum(r for r, _ in passes) == rows
+    assert len(groups) == math.ceil(rows / 256)
+    assert len(passes) > 1 and all(r * w <= 100 for r, w in passes)
+    torch.testing.assert_close(chunked, one, rtol=0, atol=1e-12)
+
+
 def test_normalised_aopc_equals_min_max_over_every_ordering(bert):
     """Edin et al.: (AOPC - min over orderings) / (max - min); here by enumerating all 5! orders
     of a 5-word sentence, one forward per prefix, against the exact and the beam bounds."""

@@ -27,7 +27,8 @@ everything removed for sufficiency); ferret instead skips empty bins and
 bins whose rationale equals the previous one (see the tests).
 
 All samples and bins go through the model together, in forward passes of at
-most ``max_rows`` rows.
+most ``max_rows`` rows, on CPU of about ``CPU_FORWARD_TOKENS`` tokens
+(:func:`~xprune.metrics._base.forward_rows`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from ..attribution import DEFAULT_MAX_ROWS, Attributions, n_outputs
 from ..attribution._inputs import ModelInputs, TokenOptions, structure_inputs, token_feature_mask
 from ._base import (
     check_output,
+    forward_rows,
     output_scores,
     per_sample_masked,
     register,
@@ -186,24 +188,40 @@ class _Setup:
     def _forward(self, structure: ModelInputs, targets: Tensor) -> Tensor:
         """Target scores of the rows of ``structure``.
 
-        With an attention mask among the inputs, rows are sorted by their
-        attended length and sent in groups of at most :data:`_GROUP` rows,
-        each cut after its last attended position (masked trailing positions
-        change nothing in a model that honours its attention mask; they only
-        cost time, and deleting tokens makes sequences shorter).
+        Passes of at most ``max_rows`` rows, on CPU of about
+        :data:`~xprune.metrics._base.CPU_FORWARD_TOKENS` tokens (or
+        ``CPU_FORWARD_ELEMENTS`` input elements), :func:`~xprune.metrics._base.forward_rows`:
+        memory stays bounded by the pass, not by the number of rows (tau-LOO's one row per
+        token). With an attention mask among the inputs, rows are sorted by their
+        attended length and sent in groups of at most :data:`_GROUP` rows (and the
+        rows above at the group's width), each cut after its last attended position
+        (masked trailing positions change nothing in a model that honours its attention
+        mask; they only cost time, and deleting tokens makes sequences shorter).
         """
         where = attention_mask_index(structure, self.model)
         m = len(structure)
+        out = torch.empty(m, dtype=torch.float64)
         if where is None:
-            return self._logit_scores(structure, targets)
+            step = forward_rows(self.model, structure.main, self.max_rows) if m else 1
+            for start in range(0, m, step):
+                out[start:start + step] = self._logit_scores(structure.rows(start, start + step),
+                                                             targets[start:start + step])
+            return out
         mask = structure.tensors[where]
         t = mask.shape[1]
         positions = torch.arange(1, t + 1, device=mask.device)
         lengths = ((mask != 0) * positions).amax(dim=1).clamp(min=1).cpu()
         order = torch.argsort(lengths, stable=True)
-        out = torch.empty(m, dtype=torch.float64)
-        for start in range(0, m, _GROUP):
-            rows = order[start:start + _GROUP]
+        start = 0
+        while start < m:
+            # at most _GROUP rows, and the rows forward_rows allows at the width of the
+            # group's last row (the longest: rows are sorted by length), or fewer
+            stop = min(m, start + _GROUP)
+            width = int(lengths[order[stop - 1]])
+            stop = min(stop, start + forward_rows(self.model, structure.main[:1, :width],
+                                                  self.max_rows))
+            rows = order[start:stop]
+            start = stop
             width = int(lengths[rows].max())
             idx = rows.to(mask.device)
             part = ModelInputs(structure.kind, structure.keys, tuple(

@@ -17,8 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from .._state import as_logits, eval_mode, model_device, to_model
-from .._validation import check_count, check_fraction, check_positive_int, check_tensor
-from ..attribution import DEFAULT_MAX_ROWS, Attributions
+from .._validation import (
+    check_count,
+    check_fraction,
+    check_positive_int,
+    check_targets,
+    check_tensor,
+)
+from ..attribution import DEFAULT_MAX_ROWS, Attributions, check_logit_outputs
 from ._base import (
     any_inputs,
     check_map_and_inputs,
@@ -407,7 +413,8 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     perturbations (a test compares the two on injected noise), done in one
     forward pass of each sample's unperturbed input and cache-sized passes of
     the perturbed rows, with the dot products ``I^T a`` and the errors reduced
-    in float64 on the CPU.
+    in float64 on the CPU. The N x (n_samples + 1) rows are all the forwards
+    it runs: the targets are checked against the outputs of its first pass.
 
     Parameters
     ----------
@@ -431,12 +438,13 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         batch. Default: seed 0.
     max_rows : int
         At most this many rows per forward pass (on CPU fewer for large rows,
-        about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
-        ``n_samples`` perturbed rows and the unperturbed row of c = rows //
-        (n_samples + 1) whole samples; where one sample's rows exceed a pass
-        (c = 1), the unperturbed rows go first in passes of their own. The noise is drawn per pass, so the same
-        inputs, seed and ``max_rows`` give the same bits; another pass size
-        draws other noise. Memory is bounded by the pass, not by N x n_samples.
+        rows = about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
+        ``n_samples`` perturbed rows of c = rows // n_samples whole samples (at
+        least one), with their c unperturbed rows where c (n_samples + 1) is at
+        most ``max_rows`` and rows + rows // 4, else those go first in passes of
+        their own. The noise is drawn per pass of c samples, so the same inputs,
+        seed and ``max_rows`` give the same bits; another pass size may draw
+        other noise. Memory is bounded by the pass, not by N x n_samples.
 
     Returns
     -------
@@ -450,21 +458,23 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     if isinstance(noise_std, bool) or not isinstance(noise_std, (int, float)) \
             or not noise_std > 0:
         raise ValueError(f"Expected `noise_std` > 0, got {noise_std!r}.")
-    targets = model_targets(model, x, target)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     n, feat, s = x.shape[0], x.shape[1:], n_samples
     rows = forward_rows(model, x, max_rows)
-    chunk = max(1, rows // (s + 1))
-    # the unperturbed rows ride in their samples' pass (one pass for all of a small batch);
-    # where one sample's s + 1 rows exceed a pass they go first, in passes of their own
-    fold = min(chunk, n) * (s + 1) <= rows
+    chunk = max(1, rows // s)
+    # each sample's unperturbed row rides in its samples' pass (c (s + 1) rows, c more than
+    # the c * s <= rows of the draws) where that stays within `max_rows` and a quarter above
+    # the cache-sized `rows`, else the unperturbed rows go first, in passes of their own
+    fold = min(chunk, n) * (s + 1) <= min(max_rows, rows + rows // 4)
+    logits = _FirstPassTargets(model, target, n)
     out = torch.empty(n, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
         xm = to_model(x, model)
         # float64 normals cost about 5x float32 ones on CPU: draw in the model's precision
         draw = torch.float64 if xm.dtype == torch.float64 else torch.float32
         if not fold:
-            original = target_scores(model, xm, targets, output="logit", max_rows=rows)
+            original = torch.cat([logits(slice(i, min(n, i + rows)), xm[i:i + rows], 1)
+                                  for i in range(0, n, rows)])
         for start in range(0, n, chunk):
             sl = slice(start, min(n, start + chunk))
             c = sl.stop - sl.start
@@ -476,9 +486,7 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
                 batch[:, 0] = xm[sl]
             torch.sub(xm[sl, None], noise.to(xm.device).reshape(c, s, *feat),
                       out=batch[:, k:])                       # a view: written in place
-            t = targets[sl].repeat_interleave(k + s)
-            scores = target_scores(for_samples(model, sl), batch.reshape(-1, *feat), t,
-                                   output="logit", max_rows=rows).reshape(c, k + s)
+            scores = logits(sl, batch.reshape(-1, *feat), k + s).reshape(c, k + s)
             base = scores[:, 0] if fold else original[sl]
             drop = base[:, None] - scores[:, k:]                  # f_t(x) - f_t(x - I)
             a_c = a[sl].detach().reshape(c, -1, 1).to("cpu", torch.float64)
@@ -490,6 +498,32 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
                 explained = beta[:, None] * explained
             out[sl] = (explained - drop).pow(2).mean(dim=1)
     return out
+
+
+class _FirstPassTargets:
+    """``logits(sl, batch, r)``: the target's logit (float64, CPU) of each row of ``batch``,
+    one forward pass of the rows of samples ``sl``, ``r`` rows per sample, sample major.
+
+    The targets are checked (:func:`~xprune._validation.check_targets`, and that the model
+    returns logits, :func:`~xprune.attribution.check_logit_outputs`) against the outputs of
+    the first pass, whose first row must be sample 0's unperturbed input: the number of
+    outputs comes from the pass the metric needs anyway, not from a forward of its own.
+    """
+
+    def __init__(self, model: nn.Module, target: Any, n: int) -> None:
+        self.model, self.target, self.n = model, target, n
+        self.targets: Tensor | None = None
+
+    def __call__(self, sl: slice, batch: Tensor, r: int) -> Tensor:
+        out = as_logits(row_forward(for_samples(self.model, sl), batch)(0, batch.shape[0]),
+                        self.model)
+        if self.targets is None:
+            check_logit_outputs(self.model, out[:1])
+            t = check_targets(self.target, self.n, out.shape[1] if out.dim() > 1 else 1)
+            self.targets = torch.zeros(self.n, dtype=torch.long) if t is None else t
+        out = out if out.dim() > 1 else out[:, None]
+        idx = self.targets[sl].to(out.device).repeat_interleave(r)
+        return out.gather(1, idx[:, None])[:, 0].double().cpu()
 
 
 # --- sensitivity-n ------------------------------------------------------------------------
