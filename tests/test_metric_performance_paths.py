@@ -892,3 +892,66 @@ def test_repeated_rows_compare_bits():
     assert repeated_rows([ids, mask], 4).tolist() == [False, True, False, True]
     assert repeated_rows([ids, mask], 2).tolist() == [False, True, False, True]
     assert repeated_rows([ids[:2], mask[1:3]], 2).tolist() == [False, False]
+
+
+# --- review fixes of session 8 -----------------------------------------------------------------
+
+def test_infidelity_keeps_to_max_rows_when_one_samples_draws_exceed_it():
+    """More draws than ``max_rows``: the passes still hold at most ``max_rows`` rows, and the
+    noise, drawn per sample, is the same whatever the pass size (scores assert_close)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval()
+    x, a = torch.randn(2, 4), torch.randn(2, 4)
+    t = torch.tensor([0, 1])
+    seen = []
+    handle = model.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    try:
+        small = faithfulness.infidelity(model, x, a, t, n_samples=50, max_rows=8)
+        passes = list(seen)
+    finally:
+        handle.remove()
+    whole = faithfulness.infidelity(model, x, a, t, n_samples=50, max_rows=4096)
+    assert max(passes) <= 8 and sum(passes) == 2 + 2 * 50
+    torch.testing.assert_close(small, whole)
+
+
+def test_seeded_random_methods_take_no_cpu_pass_cut(monkeypatch):
+    """The CPU's 16 MiB pass cut applies to deterministic methods only: SmoothGrad's draws
+    follow its passes, so with the cut made tiny its maps stay bit-identical to the uncut
+    ones (and its passes whole), while Saliency's passes are cut and its maps unchanged
+    beyond rounding."""
+    import xprune.attribution as attribution
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 3)).eval()
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    params = {"nt_samples": 4, "seed": 3}
+    before = {m: xprune.attribute(model, x, "predicted", m, params=p).values
+              for m, p in (("smoothgrad", params), ("saliency", None))}
+    seen = []
+    handle = model[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    monkeypatch.setattr(attribution, "CPU_PASS_BYTES", 1)
+    try:
+        smooth = xprune.attribute(model, x, "predicted", "smoothgrad", params=params).values
+        smooth_passes = list(seen)
+        seen.clear()
+        plain = xprune.attribute(model, x, "predicted", "saliency").values
+        plain_passes = list(seen)
+    finally:
+        handle.remove()
+    assert torch.equal(smooth, before["smoothgrad"])
+    assert max(smooth_passes) == 16 * 4
+    assert max(plain_passes) == attribution.CPU_MIN_PASS_ROWS
+    torch.testing.assert_close(plain, before["saliency"])
+
+
+def test_transposed_convolutions_widen_the_activation_bound():
+    """A stride-4 transposed convolution makes 16x the positions of its 8x8 input: the bound
+    is 32 channels x 32 x 32 = 32,768 elements a row, not 32 x 8 x 8."""
+    from xprune.metrics._base import conv_activation_elements
+
+    model = nn.Sequential(nn.ConvTranspose2d(1, 32, 4, stride=4))
+    assert model(torch.zeros(1, 1, 8, 8))[0].numel() == 32 * 32 * 32
+    assert conv_activation_elements(model, torch.zeros(1, 8, 8)) == 32 * 32 * 32
+    assert conv_activation_elements(nn.Conv2d(1, 32, 3), torch.zeros(1, 8, 8)) == 32 * 8 * 8

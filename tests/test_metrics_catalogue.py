@@ -245,11 +245,10 @@ def test_infidelity_closed_form_literal_and_scale(linear_model):
 
 def _infidelity_draws(x, n_samples, rows, seed, std, dtype):
     """The perturbations xprune's infidelity documents, (N * n_samples, *F): one randn of
-    c * n_samples rows per pass of c = rows // n_samples samples, sample-major."""
-    gen, chunk, parts = torch.Generator().manual_seed(seed), max(1, rows // n_samples), []
-    for start in range(0, x.shape[0], chunk):
-        c = min(chunk, x.shape[0] - start)
-        parts.append(torch.empty((c * n_samples, *x.shape[1:]), dtype=dtype).normal_(
+    n_samples rows per sample, in sample order, whatever the pass size ``rows``."""
+    gen, parts = torch.Generator().manual_seed(seed), []
+    for _ in range(x.shape[0]):
+        parts.append(torch.empty((n_samples, *x.shape[1:]), dtype=dtype).normal_(
             0.0, std, generator=gen))
     return torch.cat(parts).to(x.dtype)
 

@@ -399,8 +399,12 @@ def attribute(model: nn.Module, inputs: Tensor | tuple | Mapping, target: Any,
         the rows per pass (``n_steps`` of IG included) are bounded by
         ``max_bytes`` / that, as well as by ``max_rows``; on the CPU also by
         about :data:`~xprune.attribution._inputs.CPU_PASS_BYTES` (16 MiB) of
-        activations a pass, the faster size there (at least 8 rows). The
-        results do not depend on it beyond floating-point rounding.
+        activations a pass, the faster size there (at least 8 rows), except
+        for methods that draw random numbers per pass (SmoothGrad, VarGrad,
+        GradientSHAP, LIME, KernelSHAP, a ``"uniform"`` baseline), whose
+        draws follow ``max_rows`` and ``max_bytes`` alone. Deterministic
+        methods' results do not depend on the passes beyond floating-point
+        rounding.
 
     Returns
     -------
@@ -446,11 +450,14 @@ def _float_ids_refused(main: Tensor):
 
 
 def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module, *,
-                   max_rows: int, max_bytes: int, memo: dict | None, min_rows: int = 1) -> int:
+                   max_rows: int, max_bytes: int, memo: dict | None, min_rows: int = 1,
+                   cpu_cut: bool = True) -> int:
     """The rows one forward pass may hold: ``max_rows``, lowered to fit ``max_bytes``, and on
-    the CPU to about :data:`~._inputs.CPU_PASS_BYTES` of activations (the faster passes
-    there), never below ``min_rows`` (the method's rows per input) or
-    :data:`~._inputs.CPU_MIN_PASS_ROWS` for that cut: only ``max_bytes`` may refuse a method."""
+    the CPU (``cpu_cut``) to about :data:`~._inputs.CPU_PASS_BYTES` of activations (the
+    faster passes there), never below ``min_rows`` (the method's rows per input) or
+    :data:`~._inputs.CPU_MIN_PASS_ROWS` for that cut: only ``max_bytes`` may refuse a method.
+    Methods that draw random numbers per call take no CPU cut: their draws follow the passes,
+    and a seed must give the same maps on every device."""
     key = ("bytes_per_row", type(forward).__name__, tuple(x.shape[1:]))
     if memo is not None and key in memo:
         per_row = memo[key]
@@ -459,7 +466,7 @@ def _rows_per_pass(forward: nn.Module, x: Tensor, args: tuple, model: nn.Module,
         if memo is not None:
             memo[key] = per_row
     rows = max(1, min(max_rows, max_bytes // per_row))
-    if model_device(model).type == "cpu":
+    if cpu_cut and model_device(model).type == "cpu":
         rows = min(rows, max(min_rows, CPU_MIN_PASS_ROWS, CPU_PASS_BYTES // per_row))
     return rows
 
@@ -573,7 +580,7 @@ def _attribute(model, inputs, target, method, *, params, output, model_tag, max_
             probe_forward, probe_x, probe_args = embedded, emb, (probe_x, *probe_args)
         budget_rows = _rows_per_pass(probe_forward, probe_x, probe_args, model,
                                      max_rows=max_rows, max_bytes=max_bytes, memo=memo,
-                                     min_rows=rows)
+                                     min_rows=rows, cpu_cut=not info.random_per_call(spec))
     targets = _resolve_targets(model, structure, target, labels=labels, max_rows=budget_rows,
                                outputs=outputs)
     if rows > max_rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -647,14 +648,21 @@ def conv_activation_elements(model: nn.Module, row: Tensor) -> int:
     ``row`` (C, *S) is one input row; the bound is the largest ``out_channels`` of the
     model's convolutions times the input's positions ``prod(S)`` (every convolution's
     output at full resolution; strides and pooling only shrink it, so it is exact for the
-    stride-1 convolutions of the digits CNN: 32 x 8 x 8 = 2,048). Read from the model's
+    stride-1 convolutions of the digits CNN: 32 x 8 x 8 = 2,048), times the product of every
+    transposed convolution's strides, which upsample. Read from the model's
     structure, without a forward pass. 0 for a model without convolution or rows with
     fewer than two axes.
     """
     if row.dim() < 2:
         return 0
-    widths = [m.out_channels for m in model.modules() if isinstance(m, _CONV_LAYERS)]
-    return max(widths) * (row.numel() // max(1, row.shape[0])) if widths else 0
+    convs = [m for m in model.modules() if isinstance(m, _CONV_LAYERS)]
+    if not convs:
+        return 0
+    grow = 1      # transposed convolutions upsample: their strides multiply the positions
+    for m in convs:
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            grow *= math.prod(m.stride)
+    return max(m.out_channels for m in convs) * (row.numel() // max(1, row.shape[0])) * grow
 
 
 def forward_rows(model: nn.Module, x: Tensor, max_rows: int) -> int:

@@ -431,20 +431,19 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
         et al.'s definition).
     generator : torch.Generator, optional
         The perturbations are drawn on the CPU, one ``Tensor.normal_(0,
-        noise_std)`` of shape (c * n_samples, *F) per pass of c samples
-        (sample-major: sample i's draws are rows ``i * n_samples ..`` of its
-        pass), in float32 (float64 for a float64 model), then cast to the
-        model's dtype; the same seed gives bit-identical scores for the same
-        batch. Default: seed 0.
+        noise_std)`` of shape (n_samples, *F) per sample, in sample order, in
+        float32 (float64 for a float64 model), then cast to the model's dtype:
+        the same seed gives the same perturbations whatever the pass size or
+        device, and bit-identical scores for the same batch. Default: seed 0.
     max_rows : int
-        At most this many rows per forward pass (on CPU fewer for large rows,
-        rows = about ``CPU_FORWARD_ELEMENTS`` input elements a pass): the
-        ``n_samples`` perturbed rows of c = rows // n_samples whole samples (at
-        least one), with their c unperturbed rows where c (n_samples + 1) is at
-        most ``max_rows`` and rows + rows // 4, else those go first in passes of
-        their own. The noise is drawn per pass of c samples, so the same inputs,
-        seed and ``max_rows`` give the same bits; another pass size may draw
-        other noise. Memory is bounded by the pass, not by N x n_samples.
+        At most this many rows per forward pass (on CPU fewer: rows =
+        :func:`~xprune.metrics._base.forward_rows`): the ``n_samples`` perturbed
+        rows of c = rows // n_samples whole samples (at least one; where one
+        sample's rows exceed the pass they go in several), with their c
+        unperturbed rows where c (n_samples + 1) is at most ``max_rows`` and
+        rows + rows // 4, else those go first in passes of their own. Memory is
+        bounded by the pass, not by N x n_samples; the scores do not depend on
+        it beyond floating-point rounding.
 
     Returns
     -------
@@ -466,7 +465,7 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
     # the c * s <= rows of the draws) where that stays within `max_rows` and a quarter above
     # the cache-sized `rows`, else the unperturbed rows go first, in passes of their own
     fold = min(chunk, n) * (s + 1) <= min(max_rows, rows + rows // 4)
-    logits = _FirstPassTargets(model, target, n)
+    logits = _FirstPassTargets(model, target, n, min(max_rows, rows + rows // 4))
     out = torch.empty(n, dtype=torch.float64)
     with eval_mode(model), torch.no_grad():
         xm = to_model(x, model)
@@ -479,8 +478,9 @@ def infidelity(model: nn.Module, inputs: Tensor, attributions: Tensor | Attribut
             sl = slice(start, min(n, start + chunk))
             c = sl.stop - sl.start
             k = 1 if fold else 0          # each sample's unperturbed row, first in its block
-            noise = torch.empty((c * s, *feat), dtype=draw).normal_(
-                0.0, noise_std, generator=gen).to(xm.dtype)                  # I, (c * s, *F)
+            # one draw per sample, in sample order: the noise does not depend on the passes
+            noise = torch.cat([torch.empty((s, *feat), dtype=draw).normal_(
+                0.0, noise_std, generator=gen) for _ in range(c)]).to(xm.dtype)  # I, (c*s, *F)
             batch = xm.new_empty((c, k + s, *feat))    # sample major: [x; x - I_1 .. x - I_s]
             if fold:
                 batch[:, 0] = xm[sl]
@@ -504,19 +504,21 @@ class _FirstPassTargets:
     """``logits(sl, batch, r)``: the target's logit (float64, CPU) of each row of ``batch``,
     one forward pass of the rows of samples ``sl``, ``r`` rows per sample, sample major.
 
-    The targets are checked (:func:`~xprune._validation.check_targets`, and that the model
+    Rows go through the model at most ``step`` at a time. The targets are checked (:func:`~xprune._validation.check_targets`, and that the model
     returns logits, :func:`~xprune.attribution.check_logit_outputs`) against the outputs of
     the first pass, whose first row must be sample 0's unperturbed input: the number of
     outputs comes from the pass the metric needs anyway, not from a forward of its own.
     """
 
-    def __init__(self, model: nn.Module, target: Any, n: int) -> None:
-        self.model, self.target, self.n = model, target, n
+    def __init__(self, model: nn.Module, target: Any, n: int, step: int) -> None:
+        self.model, self.target, self.n, self.step = model, target, n, step
         self.targets: Tensor | None = None
 
     def __call__(self, sl: slice, batch: Tensor, r: int) -> Tensor:
-        out = as_logits(row_forward(for_samples(self.model, sl), batch)(0, batch.shape[0]),
-                        self.model)
+        run = row_forward(for_samples(self.model, sl), batch)
+        m = batch.shape[0]      # more than `step` rows only where one sample's rows exceed it
+        out = torch.cat([as_logits(run(i, min(m, i + self.step)), self.model)
+                         for i in range(0, m, self.step)])
         if self.targets is None:
             check_logit_outputs(self.model, out[:1])
             t = check_targets(self.target, self.n, out.shape[1] if out.dim() > 1 else 1)
