@@ -26,6 +26,7 @@ from .._validation import (
 )
 from ..attribution import DEFAULT_MAX_ROWS, Attributions, check_logit_outputs
 from ._base import (
+    PassThrough,
     any_inputs,
     check_map_and_inputs,
     check_output,
@@ -40,6 +41,7 @@ from ._base import (
     target_scores,
 )
 from ._base import warn_undefined as _warn_nan  # the one helper for undefined scores
+from ._forward import inference_forward
 from ._imputation import NoisyLinearImputation
 from ._removal import (
     Removal,
@@ -513,9 +515,16 @@ class _FirstPassTargets:
     def __init__(self, model: nn.Module, target: Any, n: int, step: int) -> None:
         self.model, self.target, self.n, self.step = model, target, n, step
         self.targets: Tensor | None = None
+        self.forward: Any = None
 
     def __call__(self, sl: slice, batch: Tensor, r: int) -> Tensor:
-        run = row_forward(for_samples(self.model, sl), batch)
+        if isinstance(self.model, PassThrough):     # other inputs follow the samples
+            run = row_forward(for_samples(self.model, sl), batch)
+        else:   # every pass has rows of one shape: the model's forward is prepared once
+            if self.forward is None:
+                self.forward = inference_forward(self.model, batch)
+            forward = self.forward
+            run = lambda i, j: forward(batch[i:j])  # noqa: E731
         m = batch.shape[0]      # more than `step` rows only where one sample's rows exceed it
         out = torch.cat([as_logits(run(i, min(m, i + self.step)), self.model)
                          for i in range(0, m, self.step)])
